@@ -1,0 +1,51 @@
+//! Client errors.
+
+use mimi_rm_protocol::{ErrorCode, ErrorResponse};
+
+/// What can go wrong in the client.
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    /// The hub refused the request with a stable error code.
+    #[error("hub refused ({status}): {response}")]
+    Hub {
+        /// HTTP status.
+        status: u16,
+        /// Decoded error body.
+        response: ErrorResponse,
+    },
+    /// The hub could not be reached or answered garbage.
+    #[error("transport: {0}")]
+    Transport(String),
+    /// OpenMLS failed.
+    #[error("mls: {0}")]
+    Mls(String),
+    /// Our own cryptography failed (e.g. a wrong key).
+    #[error("crypto: {0}")]
+    Crypto(#[from] mimi_rm_crypto::CryptoError),
+    /// Local state could not be read or written.
+    #[error("state: {0}")]
+    State(String),
+    /// The hub answered something that does not fit the request.
+    #[error("unexpected response: {0}")]
+    Unexpected(&'static str),
+    /// Unknown group handle.
+    #[error("unknown group")]
+    UnknownGroup,
+    /// A contact has no AddPackage left.
+    #[error("no AddPackage available for that contact")]
+    NoAddPackage,
+}
+
+impl ClientError {
+    /// The hub's error code, if this is a hub refusal.
+    pub fn code(&self) -> Option<ErrorCode> {
+        match self {
+            Self::Hub { response, .. } => Some(response.code),
+            _ => None,
+        }
+    }
+
+    pub(crate) fn mls(e: impl std::fmt::Display) -> Self {
+        Self::Mls(e.to_string())
+    }
+}

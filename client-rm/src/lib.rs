@@ -1,0 +1,19 @@
+//! mimi-client-rm: the client side of the reduced-metadata MIMI hub.
+//!
+//! A [`Client`] holds every key the hub must not have — MLS secrets, group EAR keys, the queue
+//! ratchet, AddPackage keys — persists them in its own directory so it can restart and carry on,
+//! and drives the hub over HTTP: QS records, AddPackages, groups, messages.
+#![forbid(unsafe_code)]
+#![deny(missing_docs)]
+
+mod client;
+mod contact;
+mod error;
+mod provider;
+mod state;
+mod transport;
+
+pub use client::{Client, Event, GroupHandle};
+pub use contact::ContactCard;
+pub use error::ClientError;
+pub use transport::{Recorder, Transport, envelope};

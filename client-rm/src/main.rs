@@ -1,0 +1,180 @@
+//! `mimi-rm`: use a reduced-metadata MIMI hub from the command line.
+#![forbid(unsafe_code)]
+
+use clap::{Parser, Subcommand};
+use mimi_client_rm::{Client, ContactCard, Event, GroupHandle};
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+/// A MIMI client for reduced-metadata hubs. Keys and group state live in --dir; the hub only
+/// ever sees pseudonyms and ciphertexts.
+#[derive(Parser)]
+#[command(version, about, long_about = None)]
+struct Cli {
+    /// Directory holding this client's keys and state.
+    #[arg(long, default_value = "./mimi-client")]
+    dir: PathBuf,
+    /// Base URL of your hub.
+    #[arg(long, default_value = "http://127.0.0.1:8080")]
+    hub: String,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Create a pseudonymous account on the hub and publish AddPackages.
+    Register {
+        /// Name shown locally (never sent to the hub).
+        #[arg(long)]
+        name: String,
+    },
+    /// Print the contact card others need to add you to groups.
+    Contact,
+    /// Create a new group; prints its id.
+    CreateGroup,
+    /// Add the owner of a contact card to a group.
+    Invite {
+        /// Group id (hex).
+        #[arg(long)]
+        group: String,
+        /// Contact card (`mimi-contact:…`).
+        #[arg(long)]
+        contact: String,
+    },
+    /// Send a message to a group.
+    Send {
+        /// Group id (hex).
+        #[arg(long)]
+        group: String,
+        /// Text to send.
+        #[arg(long)]
+        message: String,
+    },
+    /// Fetch and show everything that arrived.
+    Receive,
+    /// Keep receiving every few seconds until interrupted.
+    Listen {
+        /// Poll interval in seconds.
+        #[arg(long, default_value_t = 2)]
+        interval: u64,
+    },
+    /// Refresh your keys in a group (and commit pending proposals).
+    Update {
+        /// Group id (hex).
+        #[arg(long)]
+        group: String,
+    },
+    /// Remove a member by leaf index.
+    Remove {
+        /// Group id (hex).
+        #[arg(long)]
+        group: String,
+        /// Leaf index of the member.
+        #[arg(long)]
+        leaf: u32,
+    },
+    /// Ask to leave a group (another member commits it).
+    Leave {
+        /// Group id (hex).
+        #[arg(long)]
+        group: String,
+    },
+    /// Remove everyone and delete the group.
+    Delete {
+        /// Group id (hex).
+        #[arg(long)]
+        group: String,
+    },
+    /// List your groups with your leaf index and the members' leaf indices.
+    Groups,
+}
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+        )
+        .init();
+    match run(Cli::parse()).await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("mimi-rm: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn print_events(events: &[Event]) {
+    for e in events {
+        match e {
+            Event::Joined { group } => println!("joined group {group}"),
+            Event::Message {
+                group,
+                sender,
+                plaintext,
+            } => println!("[{group}] leaf {sender}: {}", String::from_utf8_lossy(plaintext)),
+            Event::Commit { group, epoch } => println!("[{group}] now at epoch {epoch}"),
+            Event::Proposal { group } => println!("[{group}] a member proposed a change"),
+            Event::Removed { group } => println!("removed from group {group}"),
+            Event::Undecryptable { seq, reason } => println!("could not process queue entry {seq}: {reason}"),
+        }
+    }
+}
+
+async fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
+    if let Command::Register { name } = &cli.command {
+        let client = Client::register(&cli.dir, &cli.hub, name).await?;
+        println!("registered {} in {}", client.name(), cli.dir.display());
+        println!("{}", client.contact_card()?.to_text());
+        return Ok(());
+    }
+    let mut client = Client::load(&cli.dir, &cli.hub)?;
+    match cli.command {
+        Command::Register { .. } => {}
+        Command::Contact => println!("{}", client.contact_card()?.to_text()),
+        Command::CreateGroup => println!("{}", client.create_group().await?),
+        Command::Invite { group, contact } => {
+            let epoch = client
+                .invite(&GroupHandle::from_hex(&group)?, &ContactCard::from_text(&contact)?)
+                .await?;
+            println!("invited; group at epoch {epoch}");
+        }
+        Command::Send { group, message } => {
+            client.send(&GroupHandle::from_hex(&group)?, message.as_bytes()).await?;
+            println!("sent");
+        }
+        Command::Receive => print_events(&client.receive().await?),
+        Command::Listen { interval } => loop {
+            tokio::select! {
+                r = client.receive() => print_events(&r?),
+                _ = tokio::signal::ctrl_c() => return Ok(()),
+            }
+            tokio::time::sleep(std::time::Duration::from_secs(interval)).await;
+        },
+        Command::Update { group } => {
+            let epoch = client.update(&GroupHandle::from_hex(&group)?).await?;
+            println!("updated; group at epoch {epoch}");
+        }
+        Command::Remove { group, leaf } => {
+            let epoch = client.remove(&GroupHandle::from_hex(&group)?, &[leaf]).await?;
+            println!("removed leaf {leaf}; group at epoch {epoch}");
+        }
+        Command::Leave { group } => {
+            client.leave(&GroupHandle::from_hex(&group)?).await?;
+            println!("leave proposed; another member will commit it");
+        }
+        Command::Delete { group } => {
+            client.delete_group(&GroupHandle::from_hex(&group)?).await?;
+            println!("group deleted");
+        }
+        Command::Groups => {
+            for g in client.groups() {
+                println!("{g}  you: leaf {}  members: {:?}", client.own_leaf(&g)?, client.members(&g)?);
+            }
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,96 @@
+//! The client's persisted state: keys and bookkeeping next to the OpenMLS key store.
+//!
+//! Written atomically (temp file + rename) after every operation that changes it.
+
+use crate::error::ClientError;
+use serde::{Deserialize, Serialize};
+use std::collections::{BTreeMap, HashMap};
+use std::path::Path;
+
+/// Per-group secrets the hub never keeps.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct GroupMeta {
+    /// Hex `GroupStateEarKey`.
+    pub ear_key: String,
+    /// Hex public key of the leaf signer used in this group.
+    pub signer_public: String,
+}
+
+/// A KeyPackage we published and may be welcomed with.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct PendingKeyPackage {
+    /// Hex init private key (to open the hub's sealed JoinerInfo).
+    pub init_private: String,
+    /// Hex leaf signature public key.
+    pub signer_public: String,
+}
+
+/// Everything but the OpenMLS key store.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ClientState {
+    /// Local display name (never sent to the hub).
+    pub name: String,
+    /// Pseudonymous QS user id (hex).
+    pub user_id: String,
+    /// Pseudonymous QS client id (hex).
+    pub client_id: String,
+    /// Hex Ed25519 QS client auth key.
+    pub client_auth_key: String,
+    /// Hex Ed25519 QS user auth key.
+    pub user_auth_key: String,
+    /// Hex friendship token.
+    pub friendship_token: String,
+    /// Hex AddPackage EAR key.
+    pub add_package_key: String,
+    /// Hex queue ratchet state (secret ‖ next seq).
+    pub queue_ratchet: String,
+    /// Hex QS HPKE public key.
+    pub qs_public_key: String,
+    /// Hub domain.
+    pub domain: String,
+    /// Groups by hex group id.
+    pub groups: BTreeMap<String, GroupMeta>,
+    /// Published KeyPackages by hex KeyPackageRef.
+    pub key_packages: BTreeMap<String, PendingKeyPackage>,
+}
+
+#[derive(Serialize, Deserialize)]
+struct OnDisk {
+    state: ClientState,
+    mls: Vec<(String, String)>,
+}
+
+/// Writes state and key store atomically into `dir`.
+pub fn save(dir: &Path, state: &ClientState, mls: &HashMap<Vec<u8>, Vec<u8>>) -> Result<(), ClientError> {
+    let mut entries: Vec<(String, String)> =
+        mls.iter().map(|(k, v)| (hex::encode(k), hex::encode(v))).collect();
+    entries.sort();
+    let disk = OnDisk {
+        state: state.clone(),
+        mls: entries,
+    };
+    let text = serde_json::to_vec(&disk).map_err(|e| ClientError::State(e.to_string()))?;
+    std::fs::create_dir_all(dir).map_err(|e| ClientError::State(e.to_string()))?;
+    let tmp = dir.join("client.json.tmp");
+    std::fs::write(&tmp, text).map_err(|e| ClientError::State(e.to_string()))?;
+    std::fs::rename(&tmp, dir.join("client.json")).map_err(|e| ClientError::State(e.to_string()))
+}
+
+/// Loads what [`save`] wrote.
+pub fn load(dir: &Path) -> Result<(ClientState, HashMap<Vec<u8>, Vec<u8>>), ClientError> {
+    let text = std::fs::read(dir.join("client.json")).map_err(|e| ClientError::State(e.to_string()))?;
+    let disk: OnDisk = serde_json::from_slice(&text).map_err(|e| ClientError::State(e.to_string()))?;
+    let mut mls = HashMap::new();
+    for (k, v) in disk.mls {
+        mls.insert(
+            hex::decode(k).map_err(|e| ClientError::State(e.to_string()))?,
+            hex::decode(v).map_err(|e| ClientError::State(e.to_string()))?,
+        );
+    }
+    Ok((disk.state, mls))
+}
+
+/// Hex decode for stored fields.
+pub fn unhex(s: &str) -> Result<Vec<u8>, ClientError> {
+    hex::decode(s).map_err(|e| ClientError::State(format!("stored hex: {e}")))
+}

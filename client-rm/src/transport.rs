@@ -1,0 +1,115 @@
+//! HTTP transport to a hub: envelope, POST, decode the answer or the error.
+
+use crate::error::ClientError;
+use mimi_rm_protocol::ds::{DsRequest, DsResponse};
+use mimi_rm_protocol::qs::{QsRequest, QsResponse};
+use mimi_rm_protocol::{Envelope, ErrorResponse, TransactionType, decode_exact, encode, paths};
+
+const MAX_RESPONSE: usize = 64 << 20;
+
+/// Every request body sent, by path: a wire log for debugging and for tests that replay traffic.
+pub type Recorder = std::sync::Arc<std::sync::Mutex<Vec<(String, Vec<u8>)>>>;
+
+/// A hub's base URL plus a connection pool.
+#[derive(Clone)]
+pub struct Transport {
+    http: reqwest::Client,
+    base: String,
+    recorder: Option<Recorder>,
+}
+
+impl Transport {
+    /// A transport to the hub at `base` (e.g. `http://127.0.0.1:8080`).
+    pub fn new(base: impl Into<String>) -> Self {
+        Self {
+            http: reqwest::Client::new(),
+            base: base.into().trim_end_matches('/').to_owned(),
+            recorder: None,
+        }
+    }
+
+    /// Records every request body posted from now on.
+    pub fn set_recorder(&mut self, recorder: Recorder) {
+        self.recorder = Some(recorder);
+    }
+
+    /// The hub base URL.
+    pub fn base(&self) -> &str {
+        &self.base
+    }
+
+    /// Posts raw bytes to a path; returns the body of a 200 or the decoded error.
+    pub async fn post_raw(&self, path: &str, body: Vec<u8>) -> Result<Vec<u8>, ClientError> {
+        if let Some(r) = &self.recorder {
+            r.lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .push((path.to_owned(), body.clone()));
+        }
+        let resp = self
+            .http
+            .post(format!("{}{}", self.base, path))
+            .header("content-type", paths::CONTENT_TYPE)
+            .body(body)
+            .send()
+            .await
+            .map_err(|e| ClientError::Transport(e.to_string()))?;
+        let status = resp.status().as_u16();
+        let bytes = resp
+            .bytes()
+            .await
+            .map_err(|e| ClientError::Transport(e.to_string()))?;
+        if status == 200 {
+            return Ok(bytes.to_vec());
+        }
+        let response: ErrorResponse = decode_exact(&bytes, MAX_RESPONSE)
+            .map_err(|e| ClientError::Transport(format!("status {status}, undecodable error: {e}")))?;
+        Err(ClientError::Hub { status, response })
+    }
+
+    /// Sends a DS request to the endpoint its operation belongs to.
+    pub async fn ds(&self, req: &DsRequest) -> Result<DsResponse, ClientError> {
+        use mimi_rm_protocol::ds::DsOperation::*;
+        let (tt, path) = match req.tbs.operation {
+            WelcomeInfo(_) => (TransactionType::WelcomeInformation, paths::WELCOME_INFORMATION),
+            ExternalCommitInfo => (
+                TransactionType::ExternalCommitInformation,
+                paths::EXTERNAL_COMMIT_INFORMATION,
+            ),
+            _ => (TransactionType::GroupOperation, paths::GROUP_OPERATION),
+        };
+        let body = envelope(tt, req)?;
+        let bytes = self.post_raw(path, body).await?;
+        decode_exact(&bytes, MAX_RESPONSE).map_err(|e| ClientError::Transport(e.to_string()))
+    }
+
+    /// Sends a QS request.
+    pub async fn qs(&self, req: &QsRequest) -> Result<QsResponse, ClientError> {
+        let body = envelope(TransactionType::QueueService, req)?;
+        let bytes = self.post_raw(paths::QS, body).await?;
+        decode_exact(&bytes, MAX_RESPONSE).map_err(|e| ClientError::Transport(e.to_string()))
+    }
+}
+
+/// Encodes a request inside a current-version envelope.
+pub fn envelope<T: tls_codec::Serialize>(tt: TransactionType, req: &T) -> Result<Vec<u8>, ClientError> {
+    let payload = encode(req).map_err(|e| ClientError::State(e.to_string()))?;
+    encode(&Envelope::new(tt, payload)).map_err(|e| ClientError::State(e.to_string()))
+}
+
+impl Transport {
+    /// The domain the hub serves (discovery endpoint).
+    pub async fn domain(&self) -> Result<String, ClientError> {
+        let resp = self
+            .http
+            .get(format!("{}{}", self.base, paths::DS_DOMAIN))
+            .send()
+            .await
+            .map_err(|e| ClientError::Transport(e.to_string()))?;
+        if !resp.status().is_success() {
+            return Err(ClientError::Transport(format!("discovery: status {}", resp.status())));
+        }
+        resp.text()
+            .await
+            .map_err(|e| ClientError::Transport(e.to_string()))
+    }
+}

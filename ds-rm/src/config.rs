@@ -1,0 +1,80 @@
+//! Operator configuration: TOML file, overridden by command-line flags.
+
+use serde::Deserialize;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+/// Everything `ds-rm serve` needs. Every field has a default so a config file may set any subset.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    /// The provider domain this hub serves; group ids and queue refs are qualified by it.
+    pub domain: String,
+    /// Address to listen on.
+    pub listen: SocketAddr,
+    /// RocksDB data directory.
+    pub data_dir: PathBuf,
+    /// Largest request body in bytes; larger bodies get 413 before decoding.
+    pub max_body_bytes: usize,
+    /// Accepted request age / clock skew in seconds.
+    pub freshness_window_secs: u64,
+    /// fsync every batch before answering (turning this off risks losing acknowledged data).
+    pub sync_writes: bool,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            domain: "localhost".into(),
+            listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
+            data_dir: PathBuf::from("./ds-rm-data"),
+            max_body_bytes: 1 << 20,
+            freshness_window_secs: 60,
+            sync_writes: true,
+        }
+    }
+}
+
+/// Config-file problems.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("reading {path}: {source}")]
+    Read {
+        /// File path.
+        path: PathBuf,
+        /// I/O error.
+        source: std::io::Error,
+    },
+    /// The file is not valid TOML for [`Config`].
+    #[error("parsing {path}: {source}")]
+    Parse {
+        /// File path.
+        path: PathBuf,
+        /// Parser error.
+        source: toml::de::Error,
+    },
+}
+
+impl Config {
+    /// Loads a TOML config file.
+    pub fn from_file(path: &std::path::Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        toml::from_str(&text).map_err(|source| ConfigError::Parse {
+            path: path.to_owned(),
+            source,
+        })
+    }
+
+    /// The core's view of the config.
+    pub fn hub_config(&self) -> crate::core::HubConfig {
+        crate::core::HubConfig {
+            domain: self.domain.clone(),
+            max_body: self.max_body_bytes,
+            freshness_window_ms: self.freshness_window_secs * 1000,
+        }
+    }
+}

@@ -1,0 +1,690 @@
+//! The delivery service: validates every group operation as a public observer of the group.
+//!
+//! Flow of one request (sans-I/O: all reads and writes go through the caller's [`Txn`]):
+//! decrypt the state with the client's EAR key → authenticate the signer against the tree →
+//! let OpenMLS validate the handshake → check the operation's own rules → merge → re-encrypt →
+//! return the response and the fan-out items (addressed by sealed `QueueRef`s, never queue ids).
+
+pub mod public_store;
+pub mod state;
+
+use crate::core::HubError;
+use crate::core::replay::ReplayGuard;
+use crate::store::{Cf, Txn};
+use mimi_rm_crypto::{ear::EarKey, hpke_seal, sign::verify_raw_ed25519};
+use mimi_rm_protocol::ds::*;
+use mimi_rm_protocol::queue::*;
+use mimi_rm_protocol::{decode_exact, encode};
+use openmls::prelude::{tls_codec::Deserialize as _, tls_codec::Serialize as _, *};
+use openmls_rust_crypto::RustCrypto;
+use public_store::PublicStore;
+use state::{DsGroupState, GroupRow, PastTree};
+use std::collections::HashSet;
+use tls_codec::VLBytes;
+use zeroize::Zeroize;
+
+/// How long a reserved group id stays reserved.
+const RESERVATION_SECS: u64 = 3600;
+/// Upper bound for decoding a stored row (sanity, not policy).
+const MAX_ROW: usize = 64 << 20;
+
+/// What a DS request needs to know about its environment.
+pub struct DsContext<'a> {
+    /// The domain this hub serves.
+    pub domain: &'a str,
+    /// Current time (ms since the Unix epoch).
+    pub now_ms: u64,
+    /// Replay protection for verified requests.
+    pub replay: &'a ReplayGuard,
+}
+
+/// A message to put into one member's queue, addressed only by its sealed `QueueRef`.
+#[derive(Debug, Clone)]
+pub struct Fanout {
+    /// Where to deliver.
+    pub queue_ref: QueueRef,
+    /// What to deliver.
+    pub message: QueueMessage,
+}
+
+/// The result of a DS request.
+#[derive(Debug)]
+pub struct DsOutcome {
+    /// What to answer.
+    pub response: DsResponse,
+    /// What to enqueue, in the same atomic batch as the state change.
+    pub fanout: Vec<Fanout>,
+}
+
+/// Processes one decoded DS request.
+pub fn process(ctx: &DsContext<'_>, txn: &mut Txn<'_>, mut req: DsRequest) -> Result<DsOutcome, HubError> {
+    let signed = signed_bytes(&req.tbs)?;
+    // Take the EAR key out of the request right away so only the zeroizing type holds it.
+    let ear_key = match req.tbs.ear_key.as_mut() {
+        Some(k) => {
+            let key = EarKey::from_bytes(k.as_slice())
+                .map_err(|_| HubError::InvalidRequest("EAR key must be 32 bytes"));
+            k.zeroize();
+            Some(key?)
+        }
+        None => None,
+    };
+    match &req.tbs.operation {
+        DsOperation::RequestGroupId => reserve_group_id(ctx, txn),
+        DsOperation::CreateGroup(params) => {
+            let key = ear_key.ok_or(HubError::InvalidRequest("missing EAR key"))?;
+            create_group(ctx, txn, &req, &signed, params, key)
+        }
+        _ => {
+            let key = ear_key.ok_or(HubError::InvalidRequest("missing EAR key"))?;
+            let mut group = LoadedGroup::load(txn, req.tbs.group_id.as_slice(), key)?;
+            let sender = group.authenticate(ctx, &req, &signed)?;
+            let outcome = group.apply(ctx, sender, &req.tbs.operation)?;
+            match outcome.write {
+                Write::None => {}
+                Write::Save => group.save(txn, ctx.now_ms)?,
+                Write::Delete => txn.delete(Cf::DsGroups, group.group_id.clone()),
+            }
+            Ok(DsOutcome {
+                response: outcome.response,
+                fanout: outcome.fanout,
+            })
+        }
+    }
+}
+
+/// The exact bytes a DS request signature covers.
+pub fn signed_bytes(tbs: &DsRequestTbs) -> Result<Vec<u8>, HubError> {
+    let mut out = DS_REQUEST_SIGNATURE_LABEL.to_vec();
+    out.extend(encode(tbs).map_err(|e| HubError::malformed("request", e))?);
+    Ok(out)
+}
+
+fn verify(key: &[u8], signed: &[u8], signature: &VLBytes) -> Result<(), HubError> {
+    verify_raw_ed25519(key, signed, signature.as_slice()).map_err(|_| HubError::InvalidSignature)
+}
+
+fn reserve_group_id(ctx: &DsContext<'_>, txn: &mut Txn<'_>) -> Result<DsOutcome, HubError> {
+    for _ in 0..4 {
+        let id = QualifiedGroupId {
+            uuid: mimi_rm_crypto::ids::random_id(),
+            domain: ctx.domain.as_bytes().to_vec().into(),
+        };
+        let bytes = encode(&id).map_err(|e| HubError::Internal(e.to_string()))?;
+        if txn.get(Cf::DsGroups, &bytes)?.is_none() && txn.get(Cf::DsReservations, &bytes)?.is_none() {
+            let expiry = ctx.now_ms / 1000 + RESERVATION_SECS;
+            txn.put(Cf::DsReservations, bytes.clone(), expiry.to_be_bytes().to_vec());
+            return Ok(DsOutcome {
+                response: DsResponse::GroupId(bytes.into()),
+                fanout: Vec::new(),
+            });
+        }
+    }
+    Err(HubError::Internal("could not find a free group id".into()))
+}
+
+fn create_group(
+    ctx: &DsContext<'_>,
+    txn: &mut Txn<'_>,
+    req: &DsRequest,
+    signed: &[u8],
+    params: &CreateGroup,
+    key: EarKey,
+) -> Result<DsOutcome, HubError> {
+    let gid = req.tbs.group_id.as_slice();
+    let qualified: QualifiedGroupId =
+        decode_exact(gid, 1024).map_err(|_| HubError::InvalidGroupId("not a qualified group id"))?;
+    if qualified.domain.as_slice() != ctx.domain.as_bytes() {
+        return Err(HubError::InvalidGroupId("group id belongs to another domain"));
+    }
+    if txn.get(Cf::DsGroups, gid)?.is_some() {
+        return Err(HubError::GroupExists);
+    }
+    let reserved = txn
+        .get(Cf::DsReservations, gid)?
+        .and_then(|v| <[u8; 8]>::try_from(v.as_slice()).ok())
+        .map(u64::from_be_bytes);
+    match reserved {
+        Some(expiry) if expiry >= ctx.now_ms / 1000 => {}
+        _ => return Err(HubError::InvalidGroupId("group id is not reserved")),
+    }
+    if req.tbs.sender != DsSender::Member(0) {
+        return Err(HubError::NotAuthorized("the creator signs as leaf 0"));
+    }
+    let vgi = parse_group_info(params.group_info.as_slice())?;
+    if vgi.group_id().as_slice() != gid {
+        return Err(HubError::InvalidGroupInfo("group id mismatch".into()));
+    }
+    if vgi.extensions().external_pub().is_none() {
+        return Err(HubError::InvalidGroupInfo("missing external_pub".into()));
+    }
+    let tree = RatchetTreeIn::tls_deserialize_exact(params.ratchet_tree.as_slice())
+        .map_err(|e| HubError::malformed("ratchet tree", e))?;
+    let store = PublicStore::default();
+    let (pg, _) = PublicGroup::from_external(&RustCrypto::default(), &store, tree, vgi, ProposalStore::new())
+        .map_err(|e| HubError::InvalidGroupInfo(e.to_string()))?;
+    if pg.group_context().epoch().as_u64() != 0 || pg.members().count() != 1 {
+        return Err(HubError::InvalidGroupInfo("a new group has one member at epoch 0".into()));
+    }
+    if pg.ciphersuite().signature_algorithm() != SignatureScheme::ED25519 {
+        return Err(HubError::InvalidRequest("only Ed25519 ciphersuites are supported"));
+    }
+    let leaf = pg
+        .leaf(LeafNodeIndex::new(0))
+        .ok_or(HubError::InvalidGroupInfo("no leaf 0".into()))?;
+    verify(leaf.signature_key().as_slice(), signed, &req.signature)?;
+    ctx.replay.check_and_record(req.signature.as_slice(), req.tbs.timestamp_ms, ctx.now_ms)?;
+    queue_ref_of(leaf)?;
+    let group = LoadedGroup {
+        group_id: gid.to_vec(),
+        key,
+        store,
+        pg,
+        group_info: params.group_info.clone(),
+        past_trees: Vec::new(),
+    };
+    group.save(txn, ctx.now_ms)?;
+    txn.delete(Cf::DsReservations, gid.to_vec());
+    Ok(DsOutcome {
+        response: DsResponse::Accepted(0),
+        fanout: Vec::new(),
+    })
+}
+
+fn parse_group_info(bytes: &[u8]) -> Result<VerifiableGroupInfo, HubError> {
+    match MlsMessageIn::tls_deserialize_exact(bytes)
+        .map_err(|e| HubError::malformed("group info", e))?
+        .extract()
+    {
+        MlsMessageBodyIn::GroupInfo(vgi) => Ok(vgi),
+        _ => Err(HubError::InvalidGroupInfo("not a GroupInfo message".into())),
+    }
+}
+
+fn parse_protocol_message(bytes: &[u8]) -> Result<ProtocolMessage, HubError> {
+    MlsMessageIn::tls_deserialize_exact(bytes)
+        .map_err(|e| HubError::malformed("MLS message", e))?
+        .try_into_protocol_message()
+        .map_err(|e| HubError::InvalidMls(e.to_string()))
+}
+
+/// The sealed fan-out address a leaf carries in its extensions.
+fn queue_ref_of(leaf: &LeafNode) -> Result<QueueRef, HubError> {
+    let ext = leaf
+        .extensions()
+        .unknown(QUEUE_REF_EXTENSION_TYPE)
+        .ok_or(HubError::InvalidRequest("leaf has no QueueRef extension"))?;
+    decode_exact(&ext.0, 4096).map_err(|e| HubError::malformed("QueueRef extension", e))
+}
+
+/// Who an authenticated request came from.
+#[derive(Debug, Clone)]
+enum Authenticated {
+    Member(LeafNodeIndex),
+    /// A Welcome joiner, by its leaf signature key.
+    Joiner(Vec<u8>),
+    /// Only proved knowledge of the EAR key.
+    KeyHolder,
+}
+
+enum Write {
+    None,
+    Save,
+    Delete,
+}
+
+struct Applied {
+    response: DsResponse,
+    fanout: Vec<Fanout>,
+    write: Write,
+}
+
+/// A decrypted group for the duration of one request; the EAR key is zeroized on drop.
+struct LoadedGroup {
+    group_id: Vec<u8>,
+    key: EarKey,
+    store: PublicStore,
+    pg: PublicGroup,
+    group_info: VLBytes,
+    past_trees: Vec<PastTree>,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum CommitKind {
+    Add,
+    Remove,
+    Update,
+    Delete,
+}
+
+impl LoadedGroup {
+    fn load(txn: &Txn<'_>, group_id: &[u8], key: EarKey) -> Result<Self, HubError> {
+        let raw = txn.get(Cf::DsGroups, group_id)?.ok_or(HubError::UnknownGroup)?;
+        let row: GroupRow =
+            decode_exact(&raw, MAX_ROW).map_err(|e| HubError::Internal(format!("stored row: {e}")))?;
+        let state = DsGroupState::open(&row, &key, group_id)?;
+        let store = PublicStore::from_blob(state.public_group);
+        let pg = PublicGroup::load(&store, &GroupId::from_slice(group_id))
+            .map_err(|e| HubError::Internal(format!("load public group: {e}")))?
+            .ok_or_else(|| HubError::Internal("state without public group".into()))?;
+        Ok(Self {
+            group_id: group_id.to_vec(),
+            key,
+            store,
+            pg,
+            group_info: state.group_info,
+            past_trees: state.past_trees,
+        })
+    }
+
+    fn save(&self, txn: &mut Txn<'_>, now_ms: u64) -> Result<(), HubError> {
+        let state = DsGroupState {
+            public_group: self.store.to_blob(),
+            group_info: self.group_info.clone(),
+            past_trees: self.past_trees.clone(),
+        };
+        let row = state.seal(&self.key, &self.group_id, now_ms)?;
+        let bytes = encode(&row).map_err(|e| HubError::Internal(e.to_string()))?;
+        txn.put(Cf::DsGroups, self.group_id.clone(), bytes);
+        Ok(())
+    }
+
+    fn epoch(&self) -> u64 {
+        self.pg.group_context().epoch().as_u64()
+    }
+
+    fn authenticate(
+        &mut self,
+        ctx: &DsContext<'_>,
+        req: &DsRequest,
+        signed: &[u8],
+    ) -> Result<Authenticated, HubError> {
+        let who = match (&req.tbs.sender, &req.tbs.operation) {
+            (DsSender::Member(i), op) if !matches!(op, DsOperation::WelcomeInfo(_)) => {
+                let idx = LeafNodeIndex::new(*i);
+                let leaf = self
+                    .pg
+                    .leaf(idx)
+                    .ok_or(HubError::NotAuthorized("no member at that leaf index"))?;
+                verify(leaf.signature_key().as_slice(), signed, &req.signature)?;
+                Authenticated::Member(idx)
+            }
+            (DsSender::Joiner(key), DsOperation::WelcomeInfo(_)) => {
+                verify(key.as_slice(), signed, &req.signature)?;
+                Authenticated::Joiner(key.as_slice().to_vec())
+            }
+            (DsSender::Anonymous, DsOperation::ExternalCommitInfo) => Authenticated::KeyHolder,
+            _ => return Err(HubError::NotAuthorized("sender type not allowed for this operation")),
+        };
+        if !matches!(who, Authenticated::KeyHolder) {
+            ctx.replay
+                .check_and_record(req.signature.as_slice(), req.tbs.timestamp_ms, ctx.now_ms)?;
+        }
+        Ok(who)
+    }
+
+    fn apply(
+        &mut self,
+        ctx: &DsContext<'_>,
+        who: Authenticated,
+        op: &DsOperation,
+    ) -> Result<Applied, HubError> {
+        // A member signing a request proves it has joined: its Welcome tree is no longer needed.
+        let mut joiner_seen = false;
+        if let Authenticated::Member(idx) = &who {
+            let idx = *idx;
+            joiner_seen = self.forget_joiner(idx);
+        }
+        let mut applied = match (op, who) {
+            (DsOperation::AddMembers(b), Authenticated::Member(s)) => self.commit(ctx, s, CommitKind::Add, b)?,
+            (DsOperation::RemoveMembers(b), Authenticated::Member(s)) => {
+                self.commit(ctx, s, CommitKind::Remove, b)?
+            }
+            (DsOperation::Update(b), Authenticated::Member(s)) => self.commit(ctx, s, CommitKind::Update, b)?,
+            (DsOperation::DeleteGroup(b), Authenticated::Member(s)) => {
+                self.commit(ctx, s, CommitKind::Delete, b)?
+            }
+            (DsOperation::SelfRemove(p), Authenticated::Member(s)) => self.self_remove(s, p)?,
+            (DsOperation::SendMessage(m), Authenticated::Member(s)) => self.send(s, m)?,
+            (DsOperation::WelcomeInfo(epoch), Authenticated::Joiner(key)) => self.welcome_info(*epoch, &key)?,
+            (DsOperation::ExternalCommitInfo, _) => Applied {
+                response: DsResponse::ExternalCommitInfo(ExternalCommitInfo {
+                    group_info: self.group_info.clone(),
+                    ratchet_tree: self.tree_bytes()?.into(),
+                }),
+                fanout: Vec::new(),
+                write: Write::None,
+            },
+            _ => return Err(HubError::NotAuthorized("operation not allowed for this sender")),
+        };
+        if joiner_seen && matches!(applied.write, Write::None) {
+            applied.write = Write::Save;
+        }
+        Ok(applied)
+    }
+
+    fn forget_joiner(&mut self, idx: LeafNodeIndex) -> bool {
+        let Some(key) = self.pg.leaf(idx).map(|l| l.signature_key().as_slice().to_vec()) else {
+            return false;
+        };
+        let before: usize = self.past_trees.iter().map(|t| t.joiners.len()).sum();
+        for t in &mut self.past_trees {
+            t.joiners.retain(|j| j.as_slice() != key.as_slice());
+        }
+        self.past_trees.retain(|t| !t.joiners.is_empty());
+        before != self.past_trees.iter().map(|t| t.joiners.len()).sum::<usize>()
+    }
+
+    fn tree_bytes(&self) -> Result<Vec<u8>, HubError> {
+        self.pg
+            .export_ratchet_tree()
+            .tls_serialize_detached()
+            .map_err(|e| HubError::Internal(format!("encode tree: {e:?}")))
+    }
+
+    /// Every member except `except`, with its fan-out address.
+    fn recipients(&self, except: Option<LeafNodeIndex>) -> Vec<QueueRef> {
+        self.pg
+            .members()
+            .filter(|m| Some(m.index) != except)
+            .filter_map(|m| self.pg.leaf(m.index).and_then(|l| queue_ref_of(l).ok()))
+            .collect()
+    }
+
+    fn fan(recipients: Vec<QueueRef>, bytes: &VLBytes) -> Vec<Fanout> {
+        recipients
+            .into_iter()
+            .map(|queue_ref| Fanout {
+                queue_ref,
+                message: QueueMessage::Mls(bytes.clone()),
+            })
+            .collect()
+    }
+
+    fn commit(
+        &mut self,
+        ctx: &DsContext<'_>,
+        sender: LeafNodeIndex,
+        kind: CommitKind,
+        bundle: &CommitBundle,
+    ) -> Result<Applied, HubError> {
+        let crypto = RustCrypto::default();
+        let pm = parse_protocol_message(bundle.commit.as_slice())?;
+        if pm.wire_format() != WireFormat::PublicMessage {
+            return Err(HubError::InvalidMls("handshake messages must be PublicMessages".into()));
+        }
+        if pm.group_id().as_slice() != self.group_id.as_slice() {
+            return Err(HubError::InvalidMls("commit is for another group".into()));
+        }
+        let current = self.epoch();
+        if pm.epoch().as_u64() != current {
+            return Err(HubError::WrongEpoch { current });
+        }
+        let processed = self
+            .pg
+            .process_message(&crypto, pm)
+            .map_err(|e| HubError::InvalidMls(e.to_string()))?;
+        if !matches!(processed.sender(), Sender::Member(i) if *i == sender) {
+            return Err(HubError::NotAuthorized("commit not sent by the signing member"));
+        }
+        let ProcessedMessageContent::StagedCommitMessage(staged) = processed.into_content() else {
+            return Err(HubError::WrongOperation("not a commit"));
+        };
+        let staged = *staged;
+
+        // Pending proposals (self-removes) must be committed by whatever commit comes next.
+        let pending: HashSet<ProposalRef> = self
+            .pg
+            .queued_proposals(&self.store)
+            .map_err(|e| HubError::Internal(e.to_string()))?
+            .into_iter()
+            .map(|(r, _)| r)
+            .collect();
+        let mut covered = 0usize;
+        let (mut adds, mut removed) = (Vec::new(), Vec::new());
+        for qp in staged.queued_proposals() {
+            let is_pending = pending.contains(qp.proposal_reference_ref());
+            covered += usize::from(is_pending);
+            match qp.proposal() {
+                Proposal::Add(a) => adds.push(a.key_package().clone()),
+                Proposal::Remove(r) if !is_pending => removed.push(r.removed()),
+                Proposal::Remove(_) => {}
+                _ => return Err(HubError::WrongOperation("only add and remove proposals are supported")),
+            }
+        }
+        if covered != pending.len() {
+            return Err(HubError::WrongOperation("commit must include every pending proposal"));
+        }
+        let has_path = staged.update_path_leaf_node().is_some();
+        let ok = match kind {
+            CommitKind::Add => !adds.is_empty() && removed.is_empty(),
+            CommitKind::Remove => !removed.is_empty() && adds.is_empty(),
+            CommitKind::Update => has_path && adds.is_empty() && removed.is_empty(),
+            CommitKind::Delete => {
+                let others: HashSet<LeafNodeIndex> =
+                    self.pg.members().map(|m| m.index).filter(|i| *i != sender).collect();
+                adds.is_empty() && others == removed.iter().copied().collect()
+            }
+        };
+        if !ok {
+            return Err(HubError::WrongOperation(match kind {
+                CommitKind::Add => "add_members needs add proposals only",
+                CommitKind::Remove => "remove_members needs remove proposals only",
+                CommitKind::Update => "update needs an update path and no adds or removes",
+                CommitKind::Delete => "delete_group must remove every other member",
+            }));
+        }
+        if let Some(leaf) = staged.update_path_leaf_node() {
+            queue_ref_of(leaf)?;
+        }
+        for kp in &adds {
+            queue_ref_of(kp.leaf_node())?;
+        }
+        // Fan out with the roster from before the commit: removed members learn of it too.
+        let fanout = Self::fan(self.recipients(Some(sender)), &bundle.commit);
+        if kind == CommitKind::Delete {
+            return Ok(Applied {
+                response: DsResponse::Deleted,
+                fanout,
+                write: Write::Delete,
+            });
+        }
+        self.pg
+            .merge_commit(&self.store, staged)
+            .map_err(|e| HubError::Internal(format!("merge: {e}")))?;
+        self.check_group_info(&crypto, sender, bundle.group_info.as_slice())?;
+        self.group_info = bundle.group_info.clone();
+        let mut fanout = fanout;
+        if kind == CommitKind::Add {
+            fanout.extend(self.welcomes(ctx, &crypto, &adds, bundle.welcome.as_ref())?);
+        }
+        // Joiners that were removed again will never ask for their tree.
+        let present: HashSet<Vec<u8>> = self
+            .pg
+            .members()
+            .map(|m| m.signature_key.clone())
+            .collect();
+        for t in &mut self.past_trees {
+            t.joiners.retain(|j| present.contains(j.as_slice()));
+        }
+        self.past_trees.retain(|t| !t.joiners.is_empty());
+        Ok(Applied {
+            response: DsResponse::Accepted(self.epoch()),
+            fanout,
+            write: Write::Save,
+        })
+    }
+
+    /// Checks the committer's GroupInfo against the merged state: same context, the commit's
+    /// confirmation tag, signed by the committer, with `external_pub` for external joiners.
+    fn check_group_info(
+        &self,
+        crypto: &RustCrypto,
+        committer: LeafNodeIndex,
+        bytes: &[u8],
+    ) -> Result<(), HubError> {
+        let vgi = parse_group_info(bytes)?;
+        if vgi.group_context() != self.pg.group_context() {
+            return Err(HubError::InvalidGroupInfo("does not match the new epoch".into()));
+        }
+        if vgi.extensions().external_pub().is_none() {
+            return Err(HubError::InvalidGroupInfo("missing external_pub".into()));
+        }
+        let payload = vgi
+            .unsigned_payload()
+            .map_err(|e| HubError::InvalidGroupInfo(format!("{e:?}")))?;
+        let tag = self
+            .pg
+            .confirmation_tag()
+            .tls_serialize_detached()
+            .map_err(|e| HubError::Internal(format!("{e:?}")))?;
+        // GroupInfoTBS ends with `confirmation_tag ‖ uint32 signer`.
+        let split = payload
+            .len()
+            .checked_sub(4)
+            .ok_or_else(|| HubError::InvalidGroupInfo("truncated".into()))?;
+        let (head, signer) = payload.split_at(split);
+        let signer = u32::from_be_bytes([signer[0], signer[1], signer[2], signer[3]]);
+        if !head.ends_with(&tag) {
+            return Err(HubError::InvalidGroupInfo("confirmation tag differs from the commit's".into()));
+        }
+        if signer != committer.u32() {
+            return Err(HubError::InvalidGroupInfo("not signed by the committer".into()));
+        }
+        let leaf = self
+            .pg
+            .leaf(committer)
+            .ok_or_else(|| HubError::InvalidGroupInfo("committer left the group".into()))?;
+        let pk = OpenMlsSignaturePublicKey::from_signature_key(
+            leaf.signature_key().clone(),
+            self.pg.ciphersuite().signature_algorithm(),
+        );
+        vgi.verify_no_out(crypto, &pk)
+            .map_err(|_| HubError::InvalidGroupInfo("bad signature".into()))
+    }
+
+    /// Builds one WelcomeBundle per joiner and remembers this epoch's tree for them.
+    fn welcomes(
+        &mut self,
+        ctx: &DsContext<'_>,
+        crypto: &RustCrypto,
+        adds: &[KeyPackage],
+        welcome: Option<&VLBytes>,
+    ) -> Result<Vec<Fanout>, HubError> {
+        let welcome_bytes = welcome.ok_or(HubError::WrongOperation("add_members needs a Welcome"))?;
+        let MlsMessageBodyIn::Welcome(w) = MlsMessageIn::tls_deserialize_exact(welcome_bytes.as_slice())
+            .map_err(|e| HubError::malformed("welcome", e))?
+            .extract()
+        else {
+            return Err(HubError::malformed("welcome", "not a Welcome message"));
+        };
+        let covered: HashSet<Vec<u8>> =
+            w.secrets().iter().map(|s| s.new_member().as_slice().to_vec()).collect();
+        let epoch = self.epoch();
+        let mut out = Vec::with_capacity(adds.len());
+        let mut joiners = Vec::with_capacity(adds.len());
+        for kp in adds {
+            let kp_ref = kp
+                .hash_ref(crypto)
+                .map_err(|e| HubError::Internal(e.to_string()))?;
+            if !covered.contains(kp_ref.as_slice()) {
+                return Err(HubError::WrongOperation("the Welcome does not cover every added member"));
+            }
+            let info = JoinerInfo {
+                group_id: self.group_id.clone().into(),
+                ear_key: self.key.as_bytes().to_vec().into(),
+                epoch,
+                hub_domain: ctx.domain.as_bytes().to_vec().into(),
+            };
+            let mut plain = encode(&info).map_err(|e| HubError::Internal(e.to_string()))?;
+            let pk = hpke_seal::HpkePublicKey::from_bytes(kp.hpke_init_key().as_slice())
+                .map_err(|_| HubError::InvalidRequest("unsupported KeyPackage init key"))?;
+            let sealed = hpke_seal::seal(&pk, JOINER_INFO_HPKE_LABEL, kp_ref.as_slice(), &plain);
+            plain.zeroize();
+            let sealed = sealed.map_err(|e| HubError::Internal(e.to_string()))?;
+            out.push(Fanout {
+                queue_ref: queue_ref_of(kp.leaf_node())?,
+                message: QueueMessage::Welcome(WelcomeBundle {
+                    welcome: welcome_bytes.clone(),
+                    joiner_info: HpkeCiphertextWire {
+                        kem_output: sealed.kem_output.into(),
+                        ciphertext: sealed.ciphertext.into(),
+                    },
+                }),
+            });
+            joiners.push(kp.leaf_node().signature_key().as_slice().to_vec().into());
+        }
+        self.past_trees.push(PastTree {
+            epoch,
+            ratchet_tree: self.tree_bytes()?.into(),
+            joiners,
+        });
+        Ok(out)
+    }
+
+    fn self_remove(&mut self, sender: LeafNodeIndex, bytes: &VLBytes) -> Result<Applied, HubError> {
+        let pm = parse_protocol_message(bytes.as_slice())?;
+        if pm.wire_format() != WireFormat::PublicMessage {
+            return Err(HubError::InvalidMls("proposals must be PublicMessages".into()));
+        }
+        let current = self.epoch();
+        if pm.epoch().as_u64() != current {
+            return Err(HubError::WrongEpoch { current });
+        }
+        let processed = self
+            .pg
+            .process_message(&RustCrypto::default(), pm)
+            .map_err(|e| HubError::InvalidMls(e.to_string()))?;
+        let ProcessedMessageContent::ProposalMessage(qp) = processed.into_content() else {
+            return Err(HubError::WrongOperation("self_remove needs a proposal"));
+        };
+        let own = matches!(qp.sender(), Sender::Member(i) if *i == sender)
+            && matches!(qp.proposal(), Proposal::Remove(r) if r.removed() == sender);
+        if !own {
+            return Err(HubError::WrongOperation("self_remove must remove the sender itself"));
+        }
+        self.pg
+            .add_proposal(&self.store, *qp)
+            .map_err(|e| HubError::Internal(e.to_string()))?;
+        Ok(Applied {
+            response: DsResponse::Accepted(current),
+            fanout: Self::fan(self.recipients(Some(sender)), bytes),
+            write: Write::Save,
+        })
+    }
+
+    fn send(&self, sender: LeafNodeIndex, bytes: &VLBytes) -> Result<Applied, HubError> {
+        let pm = parse_protocol_message(bytes.as_slice())?;
+        if pm.wire_format() != WireFormat::PrivateMessage || pm.content_type() != ContentType::Application {
+            return Err(HubError::InvalidMls("application messages must be PrivateMessages".into()));
+        }
+        if pm.group_id().as_slice() != self.group_id.as_slice() {
+            return Err(HubError::InvalidMls("message is for another group".into()));
+        }
+        let current = self.epoch();
+        if pm.epoch().as_u64() > current {
+            return Err(HubError::WrongEpoch { current });
+        }
+        Ok(Applied {
+            response: DsResponse::Accepted(current),
+            fanout: Self::fan(self.recipients(Some(sender)), bytes),
+            write: Write::None,
+        })
+    }
+
+    fn welcome_info(&self, epoch: u64, joiner: &[u8]) -> Result<Applied, HubError> {
+        // Only a joiner of that epoch's Welcome may read the tree (it proved key possession).
+        let tree = self
+            .past_trees
+            .iter()
+            .find(|t| t.epoch == epoch && t.joiners.iter().any(|j| j.as_slice() == joiner))
+            .ok_or(HubError::UnknownEpoch)?;
+        Ok(Applied {
+            response: DsResponse::WelcomeInfo(WelcomeInfo {
+                ratchet_tree: tree.ratchet_tree.clone(),
+            }),
+            fanout: Vec::new(),
+            write: Write::None,
+        })
+    }
+}

@@ -1,0 +1,104 @@
+//! The persisted group row and the EAR-encrypted group state inside it.
+//!
+//! On disk a group is `GroupRow { format, activity_month, ciphertext }`: the only plaintext is a
+//! format byte and the month of last activity. Everything else — the public MLS state, the
+//! current GroupInfo, the trees kept for pending Welcome joiners — is one padded, key-committed
+//! ciphertext under the group's `GroupStateEarKey`, which only members hold.
+
+use super::public_store::PublicStoreBlob;
+use crate::core::HubError;
+use mimi_rm_crypto::{CryptoError, ear};
+use mimi_rm_protocol::decode_exact;
+use tls_codec::{Serialize as _, TlsDeserialize, TlsSerialize, TlsSize, VLBytes};
+
+/// Format byte of [`GroupRow`]; bump on any change of the row or state layout.
+pub const GROUP_ROW_FORMAT: u8 = 1;
+/// EAR domain label of group state ciphertexts.
+const STATE_DOMAIN: &str = "ds group state";
+/// Upper bound on a decrypted state (a sanity limit, not a policy).
+const MAX_STATE: usize = 64 << 20;
+
+/// The outer, plaintext row stored under the group id.
+#[derive(Debug, Clone, PartialEq, Eq, TlsSerialize, TlsDeserialize, TlsSize)]
+pub struct GroupRow {
+    /// [`GROUP_ROW_FORMAT`].
+    pub format: u8,
+    /// Months since 1970-01 of the last state change: coarse on purpose.
+    pub activity_month: u32,
+    /// EAR ciphertext of [`DsGroupState`].
+    pub ciphertext: VLBytes,
+}
+
+/// A ratchet tree kept for Welcome joiners of one epoch.
+#[derive(Debug, Clone, PartialEq, Eq, TlsSerialize, TlsDeserialize, TlsSize)]
+pub struct PastTree {
+    /// The epoch the Welcome brings its joiners into.
+    pub epoch: u64,
+    /// TLS-encoded ratchet tree of that epoch.
+    pub ratchet_tree: VLBytes,
+    /// Leaf signature keys of joiners that have not yet been seen as members.
+    pub joiners: Vec<VLBytes>,
+}
+
+/// Everything the hub knows about a group, encrypted at rest.
+#[derive(Debug, Clone, PartialEq, Eq, TlsSerialize, TlsDeserialize, TlsSize)]
+pub struct DsGroupState {
+    /// OpenMLS public group (tree, context, transcript hash, confirmation tag, proposals).
+    pub public_group: PublicStoreBlob,
+    /// `MLSMessage` with the GroupInfo of the current epoch, signed by the last committer.
+    pub group_info: VLBytes,
+    /// Trees for outstanding Welcomes.
+    pub past_trees: Vec<PastTree>,
+}
+
+/// Associated data binding a state ciphertext to its group id, so a row copied under another
+/// group id never decrypts.
+fn aad(group_id: &[u8]) -> Vec<u8> {
+    let mut a = b"group:".to_vec();
+    a.extend_from_slice(group_id);
+    a
+}
+
+/// Months since 1970-01 for a Unix time in milliseconds.
+pub fn month_of(now_ms: u64) -> u32 {
+    // 30.44-day months are fine for a coarse activity marker.
+    (now_ms / 1000 / 2_629_746) as u32
+}
+
+impl DsGroupState {
+    /// Pads and encrypts the state into a row.
+    pub fn seal(
+        &self,
+        key: &ear::EarKey,
+        group_id: &[u8],
+        now_ms: u64,
+    ) -> Result<GroupRow, HubError> {
+        let plain = self
+            .tls_serialize_detached()
+            .map_err(|e| HubError::Internal(format!("encode state: {e:?}")))?;
+        let ciphertext = ear::seal(key, STATE_DOMAIN, &aad(group_id), &plain)
+            .map_err(|e| HubError::Internal(format!("seal state: {e}")))?;
+        Ok(GroupRow {
+            format: GROUP_ROW_FORMAT,
+            activity_month: month_of(now_ms),
+            ciphertext: ciphertext.into(),
+        })
+    }
+
+    /// Decrypts a row; a wrong key is reported as [`HubError::WrongEarKey`].
+    pub fn open(row: &GroupRow, key: &ear::EarKey, group_id: &[u8]) -> Result<Self, HubError> {
+        if row.format != GROUP_ROW_FORMAT {
+            return Err(HubError::Internal(format!(
+                "unsupported group row format {}",
+                row.format
+            )));
+        }
+        let plain = ear::open(key, STATE_DOMAIN, &aad(group_id), row.ciphertext.as_slice())
+            .map_err(|e| match e {
+                CryptoError::WrongKey => HubError::WrongEarKey,
+                other => HubError::Internal(format!("open state: {other}")),
+            })?;
+        decode_exact(&plain, MAX_STATE)
+            .map_err(|e| HubError::Internal(format!("decode state: {e}")))
+    }
+}

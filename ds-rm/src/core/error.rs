@@ -1,0 +1,134 @@
+//! The hub's error enum and its mapping to stable wire codes.
+
+use crate::store::StoreError;
+use mimi_rm_protocol::{ErrorCode, ErrorResponse};
+
+/// Every way a request can fail. Client-caused variants carry enough context for a useful
+/// `detail`; server faults (`Store`, `Internal`) are logged but reported without internals.
+#[derive(Debug, thiserror::Error)]
+pub enum HubError {
+    /// The body does not decode as the expected type.
+    #[error("malformed {what}: {detail}")]
+    Malformed {
+        /// Which structure failed.
+        what: &'static str,
+        /// Decoder message.
+        detail: String,
+    },
+    /// The body exceeds the limit.
+    #[error("request too large")]
+    TooLarge,
+    /// Unknown protocol version.
+    #[error("unsupported protocol version {0}")]
+    UnsupportedVersion(u16),
+    /// Envelope type does not belong to this path.
+    #[error("transaction type not served at this endpoint")]
+    WrongEndpoint,
+    /// Timestamp outside the accepted window.
+    #[error("request timestamp outside the accepted window")]
+    Stale,
+    /// Same signed request seen before.
+    #[error("request was already processed")]
+    Replayed,
+    /// Signature check failed.
+    #[error("invalid request signature")]
+    InvalidSignature,
+    /// Signer may not do this.
+    #[error("not authorized: {0}")]
+    NotAuthorized(&'static str),
+    /// The EAR key does not open the group state.
+    #[error("the group state EAR key is wrong")]
+    WrongEarKey,
+    /// No such group.
+    #[error("unknown group")]
+    UnknownGroup,
+    /// Group id foreign, unreserved or malformed.
+    #[error("invalid group id: {0}")]
+    InvalidGroupId(&'static str),
+    /// Group already exists.
+    #[error("group already exists")]
+    GroupExists,
+    /// Commit for another epoch.
+    #[error("wrong epoch: the group is at epoch {current}")]
+    WrongEpoch {
+        /// The group's current epoch.
+        current: u64,
+    },
+    /// OpenMLS rejected the message.
+    #[error("invalid MLS message: {0}")]
+    InvalidMls(String),
+    /// Proposals do not match the operation.
+    #[error("commit does not fit the operation: {0}")]
+    WrongOperation(&'static str),
+    /// GroupInfo does not match the new state.
+    #[error("invalid GroupInfo: {0}")]
+    InvalidGroupInfo(String),
+    /// Unknown QS client record.
+    #[error("unknown client")]
+    UnknownClient,
+    /// Unknown friendship token.
+    #[error("unknown friendship token")]
+    UnknownToken,
+    /// Otherwise invalid.
+    #[error("invalid request: {0}")]
+    InvalidRequest(&'static str),
+    /// No tree stored for that epoch (or not for this joiner).
+    #[error("nothing stored for that epoch")]
+    UnknownEpoch,
+    /// Storage failed.
+    #[error("storage: {0}")]
+    Store(#[from] StoreError),
+    /// A bug or an inconsistent state.
+    #[error("internal: {0}")]
+    Internal(String),
+}
+
+impl HubError {
+    /// The stable wire code.
+    pub fn code(&self) -> ErrorCode {
+        match self {
+            Self::Malformed { .. } => ErrorCode::Malformed,
+            Self::TooLarge => ErrorCode::TooLarge,
+            Self::UnsupportedVersion(_) => ErrorCode::UnsupportedVersion,
+            Self::WrongEndpoint => ErrorCode::WrongEndpoint,
+            Self::Stale => ErrorCode::StaleRequest,
+            Self::Replayed => ErrorCode::Replayed,
+            Self::InvalidSignature => ErrorCode::InvalidSignature,
+            Self::NotAuthorized(_) => ErrorCode::NotAuthorized,
+            Self::WrongEarKey => ErrorCode::WrongEarKey,
+            Self::UnknownGroup => ErrorCode::UnknownGroup,
+            Self::InvalidGroupId(_) => ErrorCode::InvalidGroupId,
+            Self::GroupExists => ErrorCode::GroupExists,
+            Self::WrongEpoch { .. } => ErrorCode::WrongEpoch,
+            Self::InvalidMls(_) => ErrorCode::InvalidMlsMessage,
+            Self::WrongOperation(_) => ErrorCode::WrongOperation,
+            Self::InvalidGroupInfo(_) => ErrorCode::InvalidGroupInfo,
+            Self::UnknownClient => ErrorCode::UnknownClient,
+            Self::UnknownToken => ErrorCode::UnknownToken,
+            Self::InvalidRequest(_) => ErrorCode::InvalidRequest,
+            Self::UnknownEpoch => ErrorCode::UnknownEpoch,
+            Self::Store(_) | Self::Internal(_) => ErrorCode::Internal,
+        }
+    }
+
+    /// The body sent to the client; server faults say only "internal error".
+    pub fn to_response(&self) -> ErrorResponse {
+        let detail = match self {
+            Self::Store(_) | Self::Internal(_) => "internal error".to_owned(),
+            other => other.to_string(),
+        };
+        let mut resp = ErrorResponse::new(self.code(), detail);
+        if let Self::WrongEpoch { current } = self {
+            resp.current_epoch = Some(*current);
+        }
+        resp
+    }
+
+    /// Shorthand for decode failures.
+    pub fn malformed(what: &'static str, e: impl std::fmt::Display) -> Self {
+        Self::Malformed {
+            what,
+            detail: e.to_string(),
+        }
+    }
+}

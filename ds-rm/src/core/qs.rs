@@ -1,0 +1,293 @@
+//! The queueing service: pseudonymous records, AddPackages and forward-secret queues.
+//!
+//! The QS knows clients only by random ids and auth keys. Queue contents are encrypted under a
+//! per-queue hash ratchet whose current secret is the only key the QS keeps: after each enqueue the
+//! previous secret is overwritten, so a seized disk cannot read messages already queued.
+
+use crate::core::HubError;
+use crate::core::ds::state::month_of;
+use crate::store::{Cf, Txn};
+use mimi_rm_crypto::hpke_seal::{self, HpkeCiphertext, HpkeKeyPair};
+use mimi_rm_crypto::ratchet::{QueueRatchet, RatchetSecret};
+use mimi_rm_crypto::sign::VerifyingKey;
+use mimi_rm_protocol::qs::*;
+use mimi_rm_protocol::queue::{QUEUE_REF_HPKE_LABEL, QueueMessage, QueueRef, QueueRefPlain};
+use mimi_rm_protocol::{decode_exact, encode};
+use sha2::{Digest, Sha256};
+use tls_codec::{TlsDeserialize, TlsSerialize, TlsSize, VLBytes};
+
+/// A pseudonymous client (queue) id.
+pub type ClientId = [u8; 16];
+
+/// Most AddPackages one client may publish at once.
+pub const MAX_ADD_PACKAGES: usize = 100;
+/// Most messages returned by one dequeue.
+pub const MAX_DEQUEUE: u32 = 500;
+/// Index under which the last-resort AddPackage is stored (sorts after all one-time ones).
+const LAST_RESORT_INDEX: u32 = u32::MAX;
+
+/// A client record: auth key, owning pseudonymous user, queue ratchet state.
+#[derive(Debug, Clone, PartialEq, Eq, TlsSerialize, TlsDeserialize, TlsSize)]
+pub struct ClientRecord {
+    /// Pseudonymous user id.
+    pub user_id: [u8; 16],
+    /// Ed25519 key that signs this client's QS requests.
+    pub auth_key: VLBytes,
+    /// Current queue ratchet (secret ‖ next sequence number).
+    pub ratchet: VLBytes,
+    /// Month of the last dequeue.
+    pub activity_month: u32,
+}
+
+/// A user record: its clients and the hash of its friendship token.
+#[derive(Debug, Clone, PartialEq, Eq, TlsSerialize, TlsDeserialize, TlsSize)]
+pub struct UserRecord {
+    /// Ed25519 key for user-level changes.
+    pub user_auth_key: VLBytes,
+    /// SHA-256 of the friendship token.
+    pub friendship_hash: [u8; 32],
+    /// The user's client ids.
+    pub clients: Vec<ClientId>,
+}
+
+/// The QS's long-term key: clients seal their `QueueRef`s to it.
+pub struct QsKeys {
+    /// HPKE key pair.
+    pub hpke: HpkeKeyPair,
+}
+
+fn put<T: tls_codec::Serialize>(txn: &mut Txn<'_>, cf: Cf, key: Vec<u8>, v: &T) -> Result<(), HubError> {
+    txn.put(cf, key, encode(v).map_err(|e| HubError::Internal(e.to_string()))?);
+    Ok(())
+}
+
+fn get<T: tls_codec::Deserialize>(txn: &Txn<'_>, cf: Cf, key: &[u8]) -> Result<Option<T>, HubError> {
+    txn.get(cf, key)?
+        .map(|v| decode_exact(&v, 1 << 20).map_err(|e| HubError::Internal(format!("stored record: {e}"))))
+        .transpose()
+}
+
+fn queue_key(client: &ClientId, seq: u64) -> Vec<u8> {
+    let mut k = client.to_vec();
+    k.extend_from_slice(&seq.to_be_bytes());
+    k
+}
+
+fn package_key(client: &ClientId, index: u32) -> Vec<u8> {
+    let mut k = client.to_vec();
+    k.extend_from_slice(&index.to_be_bytes());
+    k
+}
+
+/// Opens a sealed `QueueRef` addressed to this QS; returns the client id it names.
+pub fn open_queue_ref(keys: &QsKeys, domain: &str, qr: &QueueRef) -> Result<ClientId, HubError> {
+    if qr.domain.as_slice() != domain.as_bytes() {
+        return Err(HubError::InvalidRequest("queue ref for another domain"));
+    }
+    let ct = HpkeCiphertext {
+        kem_output: qr.sealed.kem_output.as_slice().to_vec(),
+        ciphertext: qr.sealed.ciphertext.as_slice().to_vec(),
+    };
+    let plain = hpke_seal::open(&keys.hpke.private, QUEUE_REF_HPKE_LABEL, domain.as_bytes(), &ct)
+        .map_err(|_| HubError::InvalidRequest("queue ref does not open"))?;
+    let plain: QueueRefPlain =
+        decode_exact(&plain, 1024).map_err(|e| HubError::malformed("queue ref", e))?;
+    Ok(plain.client_id)
+}
+
+/// Appends a message to a client's queue under the next ratchet key. The caller holds the
+/// client's queue lock. Returns `false` if the client record no longer exists.
+pub fn enqueue(txn: &mut Txn<'_>, client: &ClientId, message: &QueueMessage) -> Result<bool, HubError> {
+    let Some(mut record) = get::<ClientRecord>(txn, Cf::QsClients, client)? else {
+        return Ok(false);
+    };
+    let mut ratchet = QueueRatchet::from_bytes(record.ratchet.as_slice())
+        .map_err(|e| HubError::Internal(format!("stored ratchet: {e}")))?;
+    let plain = encode(message).map_err(|e| HubError::Internal(e.to_string()))?;
+    let (seq, ct) = ratchet
+        .encrypt_next(&plain)
+        .map_err(|e| HubError::Internal(format!("ratchet: {e}")))?;
+    txn.put(Cf::QsQueues, queue_key(client, seq), ct);
+    record.ratchet = ratchet.to_bytes().to_vec().into();
+    put(txn, Cf::QsClients, client.to_vec(), &record)?;
+    Ok(true)
+}
+
+/// Looks up which client ids a request will touch, so the caller can lock them first.
+pub fn clients_touched(txn: &Txn<'_>, req: &QsRequest) -> Result<Vec<ClientId>, HubError> {
+    Ok(match (&req.tbs.sender, &req.tbs.operation) {
+        (QsSender::Client(c), _) => vec![*c],
+        (_, QsOperation::FetchAddPackages(token)) => match user_of_token(txn, token.as_slice())? {
+            Some((_, user)) => user.clients,
+            None => Vec::new(),
+        },
+        _ => Vec::new(),
+    })
+}
+
+fn user_of_token(txn: &Txn<'_>, token: &[u8]) -> Result<Option<([u8; 16], UserRecord)>, HubError> {
+    let hash: [u8; 32] = Sha256::digest(token).into();
+    let Some(uid) = txn.get(Cf::QsFriendship, &hash)? else {
+        return Ok(None);
+    };
+    let uid: [u8; 16] = uid
+        .as_slice()
+        .try_into()
+        .map_err(|_| HubError::Internal("stored user id".into()))?;
+    Ok(get::<UserRecord>(txn, Cf::QsUsers, &uid)?.map(|u| (uid, u)))
+}
+
+/// The signed bytes of a QS request.
+pub fn signed_bytes(tbs: &QsRequestTbs) -> Result<Vec<u8>, HubError> {
+    encode(tbs).map_err(|e| HubError::malformed("request", e))
+}
+
+fn verify(key: &[u8], tbs: &[u8], sig: &VLBytes) -> Result<(), HubError> {
+    let vk = VerifyingKey::from_bytes(key).map_err(|_| HubError::InvalidRequest("bad auth key"))?;
+    vk.verify(QS_REQUEST_SIGNATURE_LABEL, tbs, sig.as_slice())
+        .map_err(|_| HubError::InvalidSignature)
+}
+
+/// Processes one QS request. Freshness was checked by the caller; replay is checked here after
+/// the signature, for signed requests.
+pub fn process(
+    txn: &mut Txn<'_>,
+    keys: &QsKeys,
+    replay: &crate::core::replay::ReplayGuard,
+    now_ms: u64,
+    req: &QsRequest,
+) -> Result<QsResponse, HubError> {
+    let tbs = signed_bytes(&req.tbs)?;
+    match (&req.tbs.sender, &req.tbs.operation) {
+        (QsSender::Anonymous, QsOperation::EncryptionKey) => Ok(QsResponse::EncryptionKey(
+            keys.hpke.public.as_bytes().to_vec().into(),
+        )),
+        (QsSender::NewClient, QsOperation::CreateUser(p)) => {
+            verify(p.client_auth_key.as_slice(), &tbs, &req.signature)?;
+            replay.check_and_record(req.signature.as_slice(), req.tbs.timestamp_ms, now_ms)?;
+            create_user(txn, now_ms, p)
+        }
+        (QsSender::Anonymous, QsOperation::FetchAddPackages(token)) => fetch_add_packages(txn, token),
+        (QsSender::Client(id), op) => {
+            let mut record = get::<ClientRecord>(txn, Cf::QsClients, id)?.ok_or(HubError::UnknownClient)?;
+            verify(record.auth_key.as_slice(), &tbs, &req.signature)?;
+            replay.check_and_record(req.signature.as_slice(), req.tbs.timestamp_ms, now_ms)?;
+            match op {
+                QsOperation::PublishAddPackages(p) => publish(txn, id, p),
+                QsOperation::Dequeue(d) => {
+                    let month = month_of(now_ms);
+                    if record.activity_month != month {
+                        record.activity_month = month;
+                        put(txn, Cf::QsClients, id.to_vec(), &record)?;
+                    }
+                    dequeue(txn, id, d)
+                }
+                _ => Err(HubError::NotAuthorized("operation not allowed for a client")),
+            }
+        }
+        _ => Err(HubError::NotAuthorized("sender type not allowed for this operation")),
+    }
+}
+
+fn create_user(txn: &mut Txn<'_>, now_ms: u64, p: &CreateUser) -> Result<QsResponse, HubError> {
+    if p.friendship_token.as_slice().len() != 32 {
+        return Err(HubError::InvalidRequest("friendship token must be 32 bytes"));
+    }
+    VerifyingKey::from_bytes(p.user_auth_key.as_slice())
+        .map_err(|_| HubError::InvalidRequest("bad user auth key"))?;
+    let secret = RatchetSecret::from_bytes(p.initial_ratchet_secret.as_slice())
+        .map_err(|_| HubError::InvalidRequest("ratchet secret must be 32 bytes"))?;
+    let hash: [u8; 32] = Sha256::digest(p.friendship_token.as_slice()).into();
+    if txn.get(Cf::QsFriendship, &hash)?.is_some() {
+        return Err(HubError::InvalidRequest("friendship token already in use"));
+    }
+    let user_id = mimi_rm_crypto::ids::random_id();
+    let client_id = mimi_rm_crypto::ids::random_id();
+    put(
+        txn,
+        Cf::QsUsers,
+        user_id.to_vec(),
+        &UserRecord {
+            user_auth_key: p.user_auth_key.clone(),
+            friendship_hash: hash,
+            clients: vec![client_id],
+        },
+    )?;
+    txn.put(Cf::QsFriendship, hash.to_vec(), user_id.to_vec());
+    put(
+        txn,
+        Cf::QsClients,
+        client_id.to_vec(),
+        &ClientRecord {
+            user_id,
+            auth_key: p.client_auth_key.clone(),
+            ratchet: QueueRatchet::new(secret).to_bytes().to_vec().into(),
+            activity_month: month_of(now_ms),
+        },
+    )?;
+    Ok(QsResponse::UserCreated(UserCreated { user_id, client_id }))
+}
+
+fn publish(txn: &mut Txn<'_>, client: &ClientId, p: &PublishAddPackages) -> Result<QsResponse, HubError> {
+    if p.packages.len() > MAX_ADD_PACKAGES {
+        return Err(HubError::InvalidRequest("too many AddPackages"));
+    }
+    if p.last_resort.as_slice().is_empty() {
+        return Err(HubError::InvalidRequest("a last-resort AddPackage is required"));
+    }
+    for (k, _) in txn.scan_prefix(Cf::QsAddPackages, client, usize::MAX)? {
+        txn.delete(Cf::QsAddPackages, k);
+    }
+    for (i, pkg) in p.packages.iter().enumerate() {
+        txn.put(Cf::QsAddPackages, package_key(client, i as u32), pkg.as_slice().to_vec());
+    }
+    txn.put(
+        Cf::QsAddPackages,
+        package_key(client, LAST_RESORT_INDEX),
+        p.last_resort.as_slice().to_vec(),
+    );
+    Ok(QsResponse::Ok)
+}
+
+fn fetch_add_packages(txn: &mut Txn<'_>, token: &VLBytes) -> Result<QsResponse, HubError> {
+    let (_, user) = user_of_token(txn, token.as_slice())?.ok_or(HubError::UnknownToken)?;
+    let mut out = Vec::new();
+    for client in &user.clients {
+        if let Some((k, v)) = txn.scan_prefix(Cf::QsAddPackages, client, 1)?.into_iter().next() {
+            // One-time packages are consumed; the last-resort one stays.
+            if k != package_key(client, LAST_RESORT_INDEX) {
+                txn.delete(Cf::QsAddPackages, k);
+            }
+            out.push(v.into());
+        }
+    }
+    Ok(QsResponse::AddPackages(out))
+}
+
+fn dequeue(txn: &mut Txn<'_>, client: &ClientId, d: &Dequeue) -> Result<QsResponse, HubError> {
+    let entries = txn.scan_prefix(Cf::QsQueues, client, usize::MAX)?;
+    let max = d.max.min(MAX_DEQUEUE) as usize;
+    let mut messages = Vec::new();
+    let mut remaining = 0u64;
+    for (k, v) in entries {
+        let seq = k
+            .get(16..24)
+            .and_then(|b| <[u8; 8]>::try_from(b).ok())
+            .map(u64::from_be_bytes)
+            .ok_or_else(|| HubError::Internal("queue key".into()))?;
+        if seq < d.ack_below {
+            txn.delete(Cf::QsQueues, k);
+        } else if messages.len() < max {
+            messages.push(QueuedCiphertext {
+                seq,
+                ciphertext: v.into(),
+            });
+        } else {
+            remaining += 1;
+        }
+    }
+    Ok(QsResponse::Messages(Messages {
+        messages,
+        remaining,
+    }))
+}

@@ -1,0 +1,79 @@
+//! Freshness and replay protection for signed requests.
+//!
+//! A request is fresh if its timestamp lies within `window` of the hub's clock and not before the
+//! process started. Signatures of verified requests are remembered (hashed) until their timestamp
+//! leaves the window, so an exact replay is refused. The cache lives only in memory: requests
+//! signed before a restart are stale afterwards, so nothing about request history touches disk.
+
+use crate::core::HubError;
+use sha2::{Digest, Sha256};
+use std::collections::HashMap;
+use std::sync::Mutex;
+
+/// Freshness window and the set of recently seen signatures.
+pub struct ReplayGuard {
+    window_ms: u64,
+    not_before_ms: u64,
+    seen: Mutex<HashMap<[u8; 32], u64>>,
+}
+
+impl ReplayGuard {
+    /// A guard accepting timestamps within `window_ms` of now and not before `started_ms`.
+    pub fn new(window_ms: u64, started_ms: u64) -> Self {
+        Self {
+            window_ms,
+            not_before_ms: started_ms,
+            seen: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// Rejects timestamps outside the window.
+    pub fn check_fresh(&self, timestamp_ms: u64, now_ms: u64) -> Result<(), HubError> {
+        let too_old = timestamp_ms.saturating_add(self.window_ms) < now_ms;
+        let too_new = timestamp_ms > now_ms.saturating_add(self.window_ms);
+        if too_old || too_new || timestamp_ms < self.not_before_ms {
+            return Err(HubError::Stale);
+        }
+        Ok(())
+    }
+
+    /// Records a verified signature; fails if it was seen within the window.
+    pub fn check_and_record(
+        &self,
+        signature: &[u8],
+        timestamp_ms: u64,
+        now_ms: u64,
+    ) -> Result<(), HubError> {
+        self.check_fresh(timestamp_ms, now_ms)?;
+        let digest: [u8; 32] = Sha256::digest(signature).into();
+        let mut seen = self.seen.lock().unwrap_or_else(|p| p.into_inner());
+        if seen.len() > 4096 {
+            seen.retain(|_, expiry| *expiry >= now_ms);
+        }
+        if seen.contains_key(&digest) {
+            return Err(HubError::Replayed);
+        }
+        seen.insert(digest, timestamp_ms.saturating_add(self.window_ms));
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn window_and_replay() {
+        let g = ReplayGuard::new(1000, 10_000);
+        assert!(g.check_fresh(9_999, 10_500).is_err(), "before start");
+        assert!(g.check_fresh(10_000, 11_000).is_ok());
+        assert!(g.check_fresh(10_000, 11_001).is_err(), "too old");
+        assert!(g.check_fresh(12_001, 11_000).is_err(), "too new");
+        g.check_and_record(b"sig", 10_100, 10_200).unwrap();
+        assert!(matches!(
+            g.check_and_record(b"sig", 10_100, 10_300),
+            Err(HubError::Replayed)
+        ));
+        g.check_and_record(b"other", 10_100, 10_300).unwrap();
+    }
+}

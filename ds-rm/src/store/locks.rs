@@ -1,0 +1,68 @@
+//! Per-key serialisation with a fixed set of lock stripes.
+//!
+//! Groups and queues use separate stripe arrays and are always taken in the order "group first,
+//! then queues in ascending stripe order", which makes deadlock impossible.
+
+use std::sync::{Mutex, MutexGuard};
+
+const STRIPES: usize = 1024;
+
+/// Lock stripes for group ids and for queue (client) ids.
+pub struct KeyLocks {
+    groups: Vec<Mutex<()>>,
+    queues: Vec<Mutex<()>>,
+}
+
+/// Guards held for the rest of a request.
+#[derive(Default)]
+pub struct LockSet<'a> {
+    guards: Vec<MutexGuard<'a, ()>>,
+    queue_stripes: Vec<usize>,
+}
+
+fn stripe(key: &[u8]) -> usize {
+    // FNV-1a: cheap and good enough to spread random ids over stripes.
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in key {
+        h ^= u64::from(*b);
+        h = h.wrapping_mul(0x0100_0000_01b3);
+    }
+    (h % STRIPES as u64) as usize
+}
+
+fn lock(m: &Mutex<()>) -> MutexGuard<'_, ()> {
+    // A poisoned stripe only means another request panicked while holding it; the data it
+    // protects lives in the database, which that request never committed to.
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+impl Default for KeyLocks {
+    fn default() -> Self {
+        Self {
+            groups: (0..STRIPES).map(|_| Mutex::new(())).collect(),
+            queues: (0..STRIPES).map(|_| Mutex::new(())).collect(),
+        }
+    }
+}
+
+impl KeyLocks {
+    /// Serialises requests on one group. Must be the first lock a request takes.
+    pub fn lock_group(&self, group_id: &[u8]) -> LockSet<'_> {
+        LockSet {
+            guards: vec![lock(&self.groups[stripe(group_id)])],
+            queue_stripes: Vec::new(),
+        }
+    }
+
+    /// Adds the locks of `queues` to `set`. Call at most once per set, after any group lock.
+    pub fn lock_queues<'a>(&'a self, set: &mut LockSet<'a>, queues: &[[u8; 16]]) {
+        let mut stripes: Vec<usize> = queues.iter().map(|q| stripe(q)).collect();
+        stripes.sort_unstable();
+        stripes.dedup();
+        debug_assert!(set.queue_stripes.is_empty(), "queue locks taken twice");
+        for s in &stripes {
+            set.guards.push(lock(&self.queues[*s]));
+        }
+        set.queue_stripes = stripes;
+    }
+}

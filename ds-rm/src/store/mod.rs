@@ -1,0 +1,180 @@
+//! Storage: a small transactional key-value interface and its RocksDB implementation.
+//!
+//! The core never sees RocksDB. It reads through [`Txn`], which buffers every write of one request
+//! in a [`Batch`] that the shell commits atomically (and durably) or drops. The interface is
+//! deliberately the shape a distributed transactional KV could implement too.
+
+mod locks;
+mod rocks;
+
+pub use locks::{KeyLocks, LockSet};
+pub use rocks::RocksStore;
+
+use std::collections::HashMap;
+
+/// Every record kind has its own column family, so a dump shows exactly what each holds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Cf {
+    /// group id → encrypted group state row.
+    DsGroups,
+    /// group id → reservation expiry (seconds).
+    DsReservations,
+    /// pseudonymous user id → user record.
+    QsUsers,
+    /// SHA-256(friendship token) → pseudonymous user id.
+    QsFriendship,
+    /// pseudonymous client id → client record (auth key, ratchet state).
+    QsClients,
+    /// client id ‖ seq → ratchet ciphertext.
+    QsQueues,
+    /// client id ‖ index → encrypted AddPackage.
+    QsAddPackages,
+    /// name → server key material (QS HPKE key).
+    ServerKeys,
+}
+
+impl Cf {
+    /// All column families, in a fixed order.
+    pub const ALL: [Cf; 8] = [
+        Cf::DsGroups,
+        Cf::DsReservations,
+        Cf::QsUsers,
+        Cf::QsFriendship,
+        Cf::QsClients,
+        Cf::QsQueues,
+        Cf::QsAddPackages,
+        Cf::ServerKeys,
+    ];
+
+    /// The RocksDB column-family name.
+    pub fn name(self) -> &'static str {
+        match self {
+            Cf::DsGroups => "ds_groups",
+            Cf::DsReservations => "ds_reservations",
+            Cf::QsUsers => "qs_users",
+            Cf::QsFriendship => "qs_friendship",
+            Cf::QsClients => "qs_clients",
+            Cf::QsQueues => "qs_queues",
+            Cf::QsAddPackages => "qs_add_packages",
+            Cf::ServerKeys => "server_keys",
+        }
+    }
+}
+
+/// Storage failures; always a server fault, never the client's.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// The database reported an error.
+    #[error("rocksdb: {0}")]
+    Rocks(#[from] rocksdb::Error),
+    /// A column family is missing (database opened by an incompatible version).
+    #[error("missing column family {0}")]
+    MissingCf(&'static str),
+}
+
+/// One buffered write.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Op {
+    /// Set `key` to `value`.
+    Put(Cf, Vec<u8>, Vec<u8>),
+    /// Remove `key`.
+    Delete(Cf, Vec<u8>),
+}
+
+/// The writes of one request, applied all together or not at all.
+#[derive(Debug, Default, Clone)]
+pub struct Batch {
+    /// Writes in order.
+    pub ops: Vec<Op>,
+}
+
+/// A transactional key-value store.
+pub trait Store: Send + Sync + 'static {
+    /// Reads one value.
+    fn get(&self, cf: Cf, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError>;
+    /// All entries whose key starts with `prefix`, in key order, at most `limit`.
+    fn scan_prefix(
+        &self,
+        cf: Cf,
+        prefix: &[u8],
+        limit: usize,
+    ) -> Result<Vec<(Vec<u8>, Vec<u8>)>, StoreError>;
+    /// Applies a batch atomically; returns only once it is durable under the sync policy.
+    fn write(&self, batch: Batch) -> Result<(), StoreError>;
+    /// Every entry of every column family (audit and tests).
+    fn dump(&self) -> Result<Vec<(Cf, Vec<u8>, Vec<u8>)>, StoreError>;
+}
+
+/// Read-your-writes view over a store for the duration of one request.
+pub struct Txn<'s> {
+    store: &'s dyn Store,
+    batch: Batch,
+    overlay: HashMap<(Cf, Vec<u8>), Option<Vec<u8>>>,
+}
+
+impl<'s> Txn<'s> {
+    /// Starts an empty transaction.
+    pub fn new(store: &'s dyn Store) -> Self {
+        Self {
+            store,
+            batch: Batch::default(),
+            overlay: HashMap::new(),
+        }
+    }
+
+    /// Reads a value, seeing this transaction's own writes.
+    pub fn get(&self, cf: Cf, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
+        match self.overlay.get(&(cf, key.to_vec())) {
+            Some(v) => Ok(v.clone()),
+            None => self.store.get(cf, key),
+        }
+    }
+
+    /// Prefix scan of committed data merged with this transaction's writes.
+    pub fn scan_prefix(
+        &self,
+        cf: Cf,
+        prefix: &[u8],
+        limit: usize,
+    ) -> Result<Vec<(Vec<u8>, Vec<u8>)>, StoreError> {
+        let mut merged: std::collections::BTreeMap<Vec<u8>, Vec<u8>> = self
+            .store
+            .scan_prefix(cf, prefix, usize::MAX)?
+            .into_iter()
+            .collect();
+        for ((c, k), v) in &self.overlay {
+            if *c == cf && k.starts_with(prefix) {
+                match v {
+                    Some(v) => merged.insert(k.clone(), v.clone()),
+                    None => merged.remove(k),
+                };
+            }
+        }
+        Ok(merged.into_iter().take(limit).collect())
+    }
+
+    /// Buffers a write.
+    pub fn put(&mut self, cf: Cf, key: Vec<u8>, value: Vec<u8>) {
+        self.overlay.insert((cf, key.clone()), Some(value.clone()));
+        self.batch.ops.push(Op::Put(cf, key, value));
+    }
+
+    /// Buffers a delete.
+    pub fn delete(&mut self, cf: Cf, key: Vec<u8>) {
+        self.overlay.insert((cf, key.clone()), None);
+        self.batch.ops.push(Op::Delete(cf, key));
+    }
+
+    /// Whether anything was written.
+    pub fn is_empty(&self) -> bool {
+        self.batch.ops.is_empty()
+    }
+
+    /// Commits all buffered writes atomically.
+    pub fn commit(self) -> Result<(), StoreError> {
+        if self.batch.ops.is_empty() {
+            return Ok(());
+        }
+        self.store.write(self.batch)
+    }
+}

@@ -1,0 +1,89 @@
+//! RocksDB implementation of [`Store`].
+
+use super::{Batch, Cf, Op, Store, StoreError};
+use rocksdb::{ColumnFamilyDescriptor, DB, IteratorMode, Options, WriteBatch, WriteOptions};
+use std::path::Path;
+
+/// One RocksDB database with a column family per [`Cf`].
+pub struct RocksStore {
+    db: DB,
+    sync: bool,
+}
+
+impl RocksStore {
+    /// Opens (creating if needed) the database at `path`. With `sync`, every batch is fsynced
+    /// before `write` returns, so an acknowledged request survives power loss.
+    pub fn open(path: &Path, sync: bool) -> Result<Self, StoreError> {
+        let mut opts = Options::default();
+        opts.create_if_missing(true);
+        opts.create_missing_column_families(true);
+        let cfs = Cf::ALL
+            .iter()
+            .map(|cf| ColumnFamilyDescriptor::new(cf.name(), Options::default()));
+        let db = DB::open_cf_descriptors(&opts, path, cfs)?;
+        Ok(Self { db, sync })
+    }
+
+    /// Opens a database read-only, even while a hub process has it open (audit, tests). It sees
+    /// the state as of opening, including the write-ahead log.
+    pub fn open_read_only(path: &Path) -> Result<Self, StoreError> {
+        let names = Cf::ALL.iter().map(|cf| cf.name());
+        let db = DB::open_cf_for_read_only(&Options::default(), path, names, false)?;
+        Ok(Self { db, sync: false })
+    }
+
+    fn handle(&self, cf: Cf) -> Result<&rocksdb::ColumnFamily, StoreError> {
+        self.db.cf_handle(cf.name()).ok_or(StoreError::MissingCf(cf.name()))
+    }
+}
+
+impl Store for RocksStore {
+    fn get(&self, cf: Cf, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
+        Ok(self.db.get_cf(self.handle(cf)?, key)?)
+    }
+
+    fn scan_prefix(
+        &self,
+        cf: Cf,
+        prefix: &[u8],
+        limit: usize,
+    ) -> Result<Vec<(Vec<u8>, Vec<u8>)>, StoreError> {
+        let mut out = Vec::new();
+        let iter = self.db.iterator_cf(
+            self.handle(cf)?,
+            IteratorMode::From(prefix, rocksdb::Direction::Forward),
+        );
+        for item in iter {
+            let (k, v) = item?;
+            if !k.starts_with(prefix) || out.len() >= limit {
+                break;
+            }
+            out.push((k.to_vec(), v.to_vec()));
+        }
+        Ok(out)
+    }
+
+    fn write(&self, batch: Batch) -> Result<(), StoreError> {
+        let mut wb = WriteBatch::default();
+        for op in batch.ops {
+            match op {
+                Op::Put(cf, k, v) => wb.put_cf(self.handle(cf)?, k, v),
+                Op::Delete(cf, k) => wb.delete_cf(self.handle(cf)?, k),
+            }
+        }
+        let mut wo = WriteOptions::default();
+        wo.set_sync(self.sync);
+        Ok(self.db.write_opt(wb, &wo)?)
+    }
+
+    fn dump(&self) -> Result<Vec<(Cf, Vec<u8>, Vec<u8>)>, StoreError> {
+        let mut out = Vec::new();
+        for cf in Cf::ALL {
+            for item in self.db.iterator_cf(self.handle(cf)?, IteratorMode::Start) {
+                let (k, v) = item?;
+                out.push((cf, k.to_vec(), v.to_vec()));
+            }
+        }
+        Ok(out)
+    }
+}

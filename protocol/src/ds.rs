@@ -1,0 +1,171 @@
+//! Delivery-service requests and responses.
+//!
+//! Every request is a [`DsRequestTbs`] signed as a whole (EAR key and timestamp included) by the
+//! sender's MLS leaf key, or by a joiner's KeyPackage key, so a captured request cannot be altered
+//! or re-targeted. The label below domain-separates these signatures from every MLS signature.
+
+use tls_codec::{TlsDeserialize, TlsSerialize, TlsSize, VLBytes};
+
+/// Signature label prefix for DS requests (the signer signs `label ‖ encoded tbs`).
+pub const DS_REQUEST_SIGNATURE_LABEL: &[u8] = b"mimi-rm 1.0 ds request\0";
+
+/// A group id qualified by the hub's domain; its TLS encoding is the MLS group id.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, TlsSerialize, TlsDeserialize, TlsSize)]
+pub struct QualifiedGroupId {
+    /// Random part, chosen by the hub at reservation.
+    pub uuid: [u8; 16],
+    /// The hub domain that owns the group.
+    pub domain: VLBytes,
+}
+
+/// Who signs a DS request.
+#[derive(Debug, Clone, PartialEq, Eq, TlsSerialize, TlsDeserialize, TlsSize)]
+#[repr(u8)]
+pub enum DsSender {
+    /// No signature (only `RequestGroupId`).
+    #[tls_codec(discriminant = 0)]
+    Anonymous,
+    /// A current member, by leaf index; verified with that leaf's signature key.
+    #[tls_codec(discriminant = 1)]
+    Member(u32),
+    /// A Welcome joiner, by the signature key of its KeyPackage leaf.
+    #[tls_codec(discriminant = 2)]
+    Joiner(VLBytes),
+}
+
+/// A commit plus what the hub needs to keep serving the group after it.
+#[derive(Debug, Clone, PartialEq, Eq, TlsSerialize, TlsDeserialize, TlsSize)]
+pub struct CommitBundle {
+    /// `MLSMessage` (PublicMessage) carrying the commit.
+    pub commit: VLBytes,
+    /// `MLSMessage` carrying the GroupInfo of the new epoch, signed by the committer.
+    pub group_info: VLBytes,
+    /// `MLSMessage` carrying the Welcome, when the commit adds members.
+    pub welcome: Option<VLBytes>,
+}
+
+/// Group creation: the epoch-0 public state.
+#[derive(Debug, Clone, PartialEq, Eq, TlsSerialize, TlsDeserialize, TlsSize)]
+pub struct CreateGroup {
+    /// `MLSMessage` carrying the epoch-0 GroupInfo.
+    pub group_info: VLBytes,
+    /// TLS-encoded ratchet tree.
+    pub ratchet_tree: VLBytes,
+}
+
+/// One DS operation.
+#[derive(Debug, Clone, PartialEq, Eq, TlsSerialize, TlsDeserialize, TlsSize)]
+#[repr(u8)]
+pub enum DsOperation {
+    /// Reserve a fresh group id on this hub.
+    #[tls_codec(discriminant = 0)]
+    RequestGroupId,
+    /// Create the reserved group.
+    #[tls_codec(discriminant = 1)]
+    CreateGroup(CreateGroup),
+    /// Add-only commit with a Welcome.
+    #[tls_codec(discriminant = 2)]
+    AddMembers(CommitBundle),
+    /// Remove-only commit.
+    #[tls_codec(discriminant = 3)]
+    RemoveMembers(CommitBundle),
+    /// Commit with an UpdatePath; commits every pending proposal (e.g. self-removes).
+    #[tls_codec(discriminant = 4)]
+    Update(CommitBundle),
+    /// A member's Remove proposal for itself (`MLSMessage`, PublicMessage); stored until committed.
+    #[tls_codec(discriminant = 5)]
+    SelfRemove(VLBytes),
+    /// An application message (`MLSMessage`, PrivateMessage), fanned out uninspected.
+    #[tls_codec(discriminant = 6)]
+    SendMessage(VLBytes),
+    /// A commit removing every other member; then the group is deleted.
+    #[tls_codec(discriminant = 7)]
+    DeleteGroup(CommitBundle),
+    /// The ratchet tree of the given epoch, for a Welcome joiner.
+    #[tls_codec(discriminant = 8)]
+    WelcomeInfo(u64),
+    /// GroupInfo and ratchet tree of the current epoch.
+    #[tls_codec(discriminant = 9)]
+    ExternalCommitInfo,
+}
+
+impl DsOperation {
+    /// Short name for logs and errors.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Self::RequestGroupId => "request_group_id",
+            Self::CreateGroup(_) => "create_group",
+            Self::AddMembers(_) => "add_members",
+            Self::RemoveMembers(_) => "remove_members",
+            Self::Update(_) => "update",
+            Self::SelfRemove(_) => "self_remove",
+            Self::SendMessage(_) => "send_message",
+            Self::DeleteGroup(_) => "delete_group",
+            Self::WelcomeInfo(_) => "welcome_info",
+            Self::ExternalCommitInfo => "external_commit_info",
+        }
+    }
+}
+
+/// The signed part of a DS request.
+#[derive(Debug, Clone, PartialEq, Eq, TlsSerialize, TlsDeserialize, TlsSize)]
+pub struct DsRequestTbs {
+    /// The MLS group id (encoded [`QualifiedGroupId`]); empty for `RequestGroupId`.
+    pub group_id: VLBytes,
+    /// The group's `GroupStateEarKey`; absent only for `RequestGroupId`.
+    pub ear_key: Option<VLBytes>,
+    /// Milliseconds since the Unix epoch when the client signed.
+    pub timestamp_ms: u64,
+    /// Random per request, so two identical operations in one millisecond stay distinct.
+    pub nonce: [u8; 16],
+    /// The signer.
+    pub sender: DsSender,
+    /// What to do.
+    pub operation: DsOperation,
+}
+
+/// A DS request: the signed body plus the signature over `DS_REQUEST_SIGNATURE_LABEL ‖ tbs`.
+#[derive(Debug, Clone, PartialEq, Eq, TlsSerialize, TlsDeserialize, TlsSize)]
+pub struct DsRequest {
+    /// Signed content.
+    pub tbs: DsRequestTbs,
+    /// Ed25519 signature (empty for anonymous requests).
+    pub signature: VLBytes,
+}
+
+/// The ratchet tree a Welcome joiner needs.
+#[derive(Debug, Clone, PartialEq, Eq, TlsSerialize, TlsDeserialize, TlsSize)]
+pub struct WelcomeInfo {
+    /// TLS-encoded ratchet tree of the Welcome's epoch.
+    pub ratchet_tree: VLBytes,
+}
+
+/// What an external joiner needs.
+#[derive(Debug, Clone, PartialEq, Eq, TlsSerialize, TlsDeserialize, TlsSize)]
+pub struct ExternalCommitInfo {
+    /// `MLSMessage` with the current GroupInfo.
+    pub group_info: VLBytes,
+    /// TLS-encoded current ratchet tree.
+    pub ratchet_tree: VLBytes,
+}
+
+/// A successful DS response.
+#[derive(Debug, Clone, PartialEq, Eq, TlsSerialize, TlsDeserialize, TlsSize)]
+#[repr(u8)]
+pub enum DsResponse {
+    /// Done; the group is now at this epoch.
+    #[tls_codec(discriminant = 0)]
+    Accepted(u64),
+    /// A freshly reserved group id.
+    #[tls_codec(discriminant = 1)]
+    GroupId(VLBytes),
+    /// Answer to `WelcomeInfo`.
+    #[tls_codec(discriminant = 2)]
+    WelcomeInfo(WelcomeInfo),
+    /// Answer to `ExternalCommitInfo`.
+    #[tls_codec(discriminant = 3)]
+    ExternalCommitInfo(ExternalCommitInfo),
+    /// The group was deleted.
+    #[tls_codec(discriminant = 4)]
+    Deleted,
+}

@@ -1,0 +1,143 @@
+//! Queueing-service requests: pseudonymous records, AddPackages, queues.
+
+use tls_codec::{TlsDeserialize, TlsSerialize, TlsSize, VLBytes};
+
+/// Signature label of QS requests (signed with the client's QS auth key).
+pub const QS_REQUEST_SIGNATURE_LABEL: &str = "qs request";
+
+/// Create a pseudonymous user with its first client.
+#[derive(Debug, Clone, PartialEq, Eq, TlsSerialize, TlsDeserialize, TlsSize)]
+pub struct CreateUser {
+    /// Ed25519 key authorising user-level changes.
+    pub user_auth_key: VLBytes,
+    /// Ed25519 key authorising this client's requests; the request is signed with it.
+    pub client_auth_key: VLBytes,
+    /// 32 random bytes; contacts present it to fetch AddPackages. The QS keeps only its hash.
+    pub friendship_token: VLBytes,
+    /// Initial secret of the queue ratchet (the QS only ever keeps the current one).
+    pub initial_ratchet_secret: VLBytes,
+}
+
+/// Replace this client's published AddPackages.
+#[derive(Debug, Clone, PartialEq, Eq, TlsSerialize, TlsDeserialize, TlsSize)]
+pub struct PublishAddPackages {
+    /// One-time AddPackages, each encrypted under the user's `AddPackageEarKey`.
+    pub packages: Vec<VLBytes>,
+    /// The last-resort AddPackage, handed out when no one-time package is left.
+    pub last_resort: VLBytes,
+}
+
+/// Fetch and consume messages.
+#[derive(Debug, Clone, PartialEq, Eq, TlsSerialize, TlsDeserialize, TlsSize)]
+pub struct Dequeue {
+    /// Acknowledge (delete) every message with a sequence number below this.
+    pub ack_below: u64,
+    /// At most this many messages (capped by the server).
+    pub max: u32,
+}
+
+/// One QS operation.
+#[derive(Debug, Clone, PartialEq, Eq, TlsSerialize, TlsDeserialize, TlsSize)]
+#[repr(u8)]
+pub enum QsOperation {
+    /// The QS HPKE public key clients seal `QueueRef`s to (anonymous).
+    #[tls_codec(discriminant = 0)]
+    EncryptionKey,
+    /// Create a user + client record (anonymous, signed by the new client key).
+    #[tls_codec(discriminant = 1)]
+    CreateUser(CreateUser),
+    /// Replace the sender's AddPackages.
+    #[tls_codec(discriminant = 2)]
+    PublishAddPackages(PublishAddPackages),
+    /// Fetch one AddPackage per client of the user behind a friendship token (anonymous).
+    #[tls_codec(discriminant = 3)]
+    FetchAddPackages(VLBytes),
+    /// Read the sender's queue.
+    #[tls_codec(discriminant = 4)]
+    Dequeue(Dequeue),
+}
+
+/// Who signs a QS request.
+#[derive(Debug, Clone, PartialEq, Eq, TlsSerialize, TlsDeserialize, TlsSize)]
+#[repr(u8)]
+pub enum QsSender {
+    /// Unauthenticated (key fetch, AddPackage fetch by token).
+    #[tls_codec(discriminant = 0)]
+    Anonymous,
+    /// A client record, by its pseudonymous id.
+    #[tls_codec(discriminant = 1)]
+    Client([u8; 16]),
+    /// A client being created (verified with `CreateUser::client_auth_key`).
+    #[tls_codec(discriminant = 2)]
+    NewClient,
+}
+
+/// The signed part of a QS request.
+#[derive(Debug, Clone, PartialEq, Eq, TlsSerialize, TlsDeserialize, TlsSize)]
+pub struct QsRequestTbs {
+    /// Milliseconds since the Unix epoch at signing.
+    pub timestamp_ms: u64,
+    /// Random per request.
+    pub nonce: [u8; 16],
+    /// The signer.
+    pub sender: QsSender,
+    /// What to do.
+    pub operation: QsOperation,
+}
+
+/// A QS request with its signature (empty when anonymous).
+#[derive(Debug, Clone, PartialEq, Eq, TlsSerialize, TlsDeserialize, TlsSize)]
+pub struct QsRequest {
+    /// Signed content.
+    pub tbs: QsRequestTbs,
+    /// Labelled Ed25519 signature over the encoded `tbs`.
+    pub signature: VLBytes,
+}
+
+/// The ids of a created user/client.
+#[derive(Debug, Clone, PartialEq, Eq, TlsSerialize, TlsDeserialize, TlsSize)]
+pub struct UserCreated {
+    /// Pseudonymous user id.
+    pub user_id: [u8; 16],
+    /// Pseudonymous client (queue) id.
+    pub client_id: [u8; 16],
+}
+
+/// One queued ciphertext.
+#[derive(Debug, Clone, PartialEq, Eq, TlsSerialize, TlsDeserialize, TlsSize)]
+pub struct QueuedCiphertext {
+    /// Sequence number (also the ratchet position).
+    pub seq: u64,
+    /// Ratchet ciphertext of a `QueueMessage`.
+    pub ciphertext: VLBytes,
+}
+
+/// Answer to `Dequeue`.
+#[derive(Debug, Clone, PartialEq, Eq, TlsSerialize, TlsDeserialize, TlsSize)]
+pub struct Messages {
+    /// Messages in sequence order starting at `ack_below`.
+    pub messages: Vec<QueuedCiphertext>,
+    /// How many more are queued after these.
+    pub remaining: u64,
+}
+
+/// A successful QS response.
+#[derive(Debug, Clone, PartialEq, Eq, TlsSerialize, TlsDeserialize, TlsSize)]
+#[repr(u8)]
+pub enum QsResponse {
+    /// Done.
+    #[tls_codec(discriminant = 0)]
+    Ok,
+    /// The QS HPKE public key.
+    #[tls_codec(discriminant = 1)]
+    EncryptionKey(VLBytes),
+    /// Answer to `CreateUser`.
+    #[tls_codec(discriminant = 2)]
+    UserCreated(UserCreated),
+    /// Encrypted AddPackages, one per client.
+    #[tls_codec(discriminant = 3)]
+    AddPackages(Vec<VLBytes>),
+    /// Answer to `Dequeue`.
+    #[tls_codec(discriminant = 4)]
+    Messages(Messages),
+}

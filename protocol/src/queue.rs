@@ -1,0 +1,70 @@
+//! What travels through a client's queue, and the sealed address that routes it there.
+
+use tls_codec::{TlsDeserialize, TlsSerialize, TlsSize, VLBytes};
+
+/// MLS extension type of the leaf-node extension that carries a [`QueueRef`] (private range).
+pub const QUEUE_REF_EXTENSION_TYPE: u16 = 0xff00;
+
+/// HPKE label under which clients seal a [`QueueRefPlain`] to their QS.
+pub const QUEUE_REF_HPKE_LABEL: &str = "queue ref";
+/// HPKE label under which the hub seals a [`JoinerInfo`] to a KeyPackage init key.
+pub const JOINER_INFO_HPKE_LABEL: &str = "joiner info";
+
+/// An HPKE ciphertext on the wire.
+#[derive(Debug, Clone, PartialEq, Eq, TlsSerialize, TlsDeserialize, TlsSize)]
+pub struct HpkeCiphertextWire {
+    /// Encapsulated key.
+    pub kem_output: VLBytes,
+    /// AEAD ciphertext.
+    pub ciphertext: VLBytes,
+}
+
+/// A member's fan-out address as the hub sees it: only the QS domain is readable.
+#[derive(Debug, Clone, PartialEq, Eq, TlsSerialize, TlsDeserialize, TlsSize)]
+pub struct QueueRef {
+    /// Domain of the QS holding the queue.
+    pub domain: VLBytes,
+    /// [`QueueRefPlain`] sealed to that QS's HPKE key; fresh per KeyPackage, so unlinkable.
+    pub sealed: HpkeCiphertextWire,
+}
+
+/// What the QS finds inside a sealed [`QueueRef`].
+#[derive(Debug, Clone, PartialEq, Eq, TlsSerialize, TlsDeserialize, TlsSize)]
+pub struct QueueRefPlain {
+    /// The pseudonymous client (queue) id.
+    pub client_id: [u8; 16],
+}
+
+/// What the hub tells a Welcome joiner, sealed to its KeyPackage init key.
+#[derive(Debug, Clone, PartialEq, Eq, TlsSerialize, TlsDeserialize, TlsSize)]
+pub struct JoinerInfo {
+    /// The MLS group id (the Welcome hides it until processed, but the tree request needs it).
+    pub group_id: VLBytes,
+    /// The group's `GroupStateEarKey`: needed for every later request.
+    pub ear_key: VLBytes,
+    /// The epoch the Welcome is for (so the joiner asks for that epoch's tree).
+    pub epoch: u64,
+    /// Domain of the hub that hosts the group.
+    pub hub_domain: VLBytes,
+}
+
+/// A Welcome for one joiner.
+#[derive(Debug, Clone, PartialEq, Eq, TlsSerialize, TlsDeserialize, TlsSize)]
+pub struct WelcomeBundle {
+    /// `MLSMessage` with the Welcome.
+    pub welcome: VLBytes,
+    /// [`JoinerInfo`] sealed to the joiner's KeyPackage init key.
+    pub joiner_info: HpkeCiphertextWire,
+}
+
+/// The plaintext of one queue entry (encrypted at rest under the queue ratchet).
+#[derive(Debug, Clone, PartialEq, Eq, TlsSerialize, TlsDeserialize, TlsSize)]
+#[repr(u8)]
+pub enum QueueMessage {
+    /// An `MLSMessage` (commit, proposal or application message).
+    #[tls_codec(discriminant = 1)]
+    Mls(VLBytes),
+    /// A Welcome for this client.
+    #[tls_codec(discriminant = 2)]
+    Welcome(WelcomeBundle),
+}

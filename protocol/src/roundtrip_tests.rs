@@ -1,0 +1,210 @@
+//! Round trip, trailing-byte, truncation and limit tests for every wire type.
+
+use crate::codec::{DecodeError, decode_exact, encode};
+use crate::ds::*;
+use crate::envelope::*;
+use crate::error::*;
+use crate::qs::*;
+use crate::queue::*;
+use tls_codec::{Deserialize, Serialize};
+
+const LIMIT: usize = 1 << 20;
+
+/// Encodes, decodes back, and checks that every strict prefix and a trailing byte are rejected
+/// without a panic.
+fn check<T: Serialize + Deserialize + PartialEq + std::fmt::Debug>(value: T) {
+    let bytes = encode(&value).expect("encode");
+    let back: T = decode_exact(&bytes, LIMIT).expect("decode");
+    assert_eq!(back, value);
+    for cut in 0..bytes.len() {
+        assert!(
+            decode_exact::<T>(&bytes[..cut], LIMIT).is_err(),
+            "prefix of {cut} bytes decoded"
+        );
+    }
+    let mut longer = bytes.clone();
+    longer.push(0);
+    assert!(matches!(
+        decode_exact::<T>(&longer, LIMIT),
+        Err(DecodeError::Malformed(_))
+    ));
+    assert!(matches!(
+        decode_exact::<T>(&bytes, bytes.len() - 1),
+        Err(DecodeError::TooLarge { .. })
+    ));
+}
+
+fn b(s: &[u8]) -> tls_codec::VLBytes {
+    s.to_vec().into()
+}
+
+fn bundle() -> CommitBundle {
+    CommitBundle {
+        commit: b(b"commit"),
+        group_info: b(b"gi"),
+        welcome: Some(b(b"welcome")),
+    }
+}
+
+#[test]
+fn ds_types_round_trip() {
+    check(QualifiedGroupId {
+        uuid: [7; 16],
+        domain: b(b"hub.example"),
+    });
+    let ops = vec![
+        DsOperation::RequestGroupId,
+        DsOperation::CreateGroup(CreateGroup {
+            group_info: b(b"gi"),
+            ratchet_tree: b(b"tree"),
+        }),
+        DsOperation::AddMembers(bundle()),
+        DsOperation::RemoveMembers(CommitBundle {
+            welcome: None,
+            ..bundle()
+        }),
+        DsOperation::Update(bundle()),
+        DsOperation::SelfRemove(b(b"proposal")),
+        DsOperation::SendMessage(b(b"app")),
+        DsOperation::DeleteGroup(bundle()),
+        DsOperation::WelcomeInfo(3),
+        DsOperation::ExternalCommitInfo,
+    ];
+    for (i, operation) in ops.into_iter().enumerate() {
+        let sender = match i % 3 {
+            0 => DsSender::Anonymous,
+            1 => DsSender::Member(i as u32),
+            _ => DsSender::Joiner(b(b"sigkey")),
+        };
+        check(DsRequest {
+            tbs: DsRequestTbs {
+                group_id: b(b"gid"),
+                ear_key: (i % 2 == 0).then(|| b(&[1; 32])),
+                timestamp_ms: 1_700_000_000_000 + i as u64,
+                nonce: [i as u8; 16],
+                sender,
+                operation,
+            },
+            signature: b(&[9; 64]),
+        });
+    }
+    for r in [
+        DsResponse::Accepted(5),
+        DsResponse::GroupId(b(b"g")),
+        DsResponse::WelcomeInfo(WelcomeInfo {
+            ratchet_tree: b(b"t"),
+        }),
+        DsResponse::ExternalCommitInfo(ExternalCommitInfo {
+            group_info: b(b"gi"),
+            ratchet_tree: b(b"t"),
+        }),
+        DsResponse::Deleted,
+    ] {
+        check(r);
+    }
+}
+
+#[test]
+fn queue_types_round_trip() {
+    let ct = HpkeCiphertextWire {
+        kem_output: b(&[1; 32]),
+        ciphertext: b(&[2; 40]),
+    };
+    check(QueueRef {
+        domain: b(b"hub.example"),
+        sealed: ct.clone(),
+    });
+    check(QueueRefPlain { client_id: [3; 16] });
+    check(JoinerInfo {
+        group_id: b(b"gid"),
+        ear_key: b(&[4; 32]),
+        epoch: 2,
+        hub_domain: b(b"hub.example"),
+    });
+    check(QueueMessage::Mls(b(b"mls")));
+    check(QueueMessage::Welcome(WelcomeBundle {
+        welcome: b(b"w"),
+        joiner_info: ct,
+    }));
+}
+
+#[test]
+fn qs_types_round_trip() {
+    let ops = vec![
+        QsOperation::EncryptionKey,
+        QsOperation::CreateUser(CreateUser {
+            user_auth_key: b(&[1; 32]),
+            client_auth_key: b(&[2; 32]),
+            friendship_token: b(&[3; 32]),
+            initial_ratchet_secret: b(&[4; 32]),
+        }),
+        QsOperation::PublishAddPackages(PublishAddPackages {
+            packages: vec![b(b"a"), b(b"bb")],
+            last_resort: b(b"lr"),
+        }),
+        QsOperation::FetchAddPackages(b(&[3; 32])),
+        QsOperation::Dequeue(Dequeue {
+            ack_below: 4,
+            max: 10,
+        }),
+    ];
+    for (i, operation) in ops.into_iter().enumerate() {
+        check(QsRequest {
+            tbs: QsRequestTbs {
+                timestamp_ms: 5,
+                nonce: [i as u8; 16],
+                sender: match i % 3 {
+                    0 => QsSender::Anonymous,
+                    1 => QsSender::NewClient,
+                    _ => QsSender::Client([5; 16]),
+                },
+                operation,
+            },
+            signature: b(&[6; 64]),
+        });
+    }
+    for r in [
+        QsResponse::Ok,
+        QsResponse::EncryptionKey(b(&[1; 32])),
+        QsResponse::UserCreated(UserCreated {
+            user_id: [1; 16],
+            client_id: [2; 16],
+        }),
+        QsResponse::AddPackages(vec![b(b"x")]),
+        QsResponse::Messages(Messages {
+            messages: vec![QueuedCiphertext {
+                seq: 1,
+                ciphertext: b(b"c"),
+            }],
+            remaining: 0,
+        }),
+    ] {
+        check(r);
+    }
+}
+
+#[test]
+fn envelope_and_error_round_trip() {
+    check(Envelope::new(TransactionType::GroupOperation, vec![1, 2, 3]));
+    check(Envelope::new(TransactionType::QueueService, vec![]));
+    let mut e = ErrorResponse::new(ErrorCode::WrongEpoch, "current epoch 4");
+    e.current_epoch = Some(4);
+    check(e);
+    check(ErrorResponse::new(ErrorCode::Internal, ""));
+}
+
+#[test]
+fn unknown_discriminants_are_rejected() {
+    // TransactionType 0x0063 does not exist.
+    let bytes = [0, 1, 0, 0x63, 0];
+    assert!(decode_exact::<Envelope>(&bytes, LIMIT).is_err());
+    // DsOperation discriminant 0xee does not exist.
+    assert!(decode_exact::<DsOperation>(&[0xee], LIMIT).is_err());
+}
+
+#[test]
+fn forged_length_prefix_does_not_allocate_or_panic() {
+    // A VLBytes claiming ~1 GiB followed by 3 bytes.
+    let bytes = [0xbf, 0xff, 0xff, 0xff, 1, 2, 3];
+    assert!(decode_exact::<tls_codec::VLBytes>(&bytes, LIMIT).is_err());
+}
