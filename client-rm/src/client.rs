@@ -15,7 +15,6 @@ use mimi_rm_protocol::queue::*;
 use mimi_rm_protocol::{decode_exact, encode};
 use openmls::prelude::{tls_codec::Deserialize as _, tls_codec::Serialize as _, *};
 use openmls_basic_credential::SignatureKeyPair;
-use openmls_traits::OpenMlsProvider as _;
 use openmls_traits::signatures::Signer as _;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -400,7 +399,7 @@ impl Client {
             Some(s) => {
                 let mut signed = DS_REQUEST_SIGNATURE_LABEL.to_vec();
                 signed.extend(encode(&tbs).map_err(|e| ClientError::State(e.to_string()))?);
-                s.sign(&signed).map_err(ClientError::mls)?
+                s.sign(&signed).map_err(|e| ClientError::Mls(format!("sign: {e:?}")))?
             }
             None => Vec::new(),
         };
@@ -599,7 +598,7 @@ impl Client {
         loop {
             let mut ratchet = QueueRatchet::from_bytes(&unhex(&self.state.queue_ratchet)?)?;
             let op = QsOperation::Dequeue(Dequeue {
-                ack_below: ratchet_next(&ratchet),
+                ack_below: ratchet.next_seq(),
                 max: 100,
             });
             let QsResponse::Messages(batch) = self.transport.qs(&signed_qs(&auth, QsSender::Client(id), op)?).await?
@@ -642,7 +641,7 @@ impl Client {
         // Acknowledge everything consumed so the QS deletes it.
         let ratchet = QueueRatchet::from_bytes(&unhex(&self.state.queue_ratchet)?)?;
         let op = QsOperation::Dequeue(Dequeue {
-            ack_below: ratchet_next(&ratchet),
+            ack_below: ratchet.next_seq(),
             max: 0,
         });
         self.transport.qs(&signed_qs(&auth, QsSender::Client(id), op)?).await?;
@@ -758,13 +757,6 @@ impl Client {
         self.persist()?;
         Ok(Event::Joined { group: handle })
     }
-}
-
-fn ratchet_next(r: &QueueRatchet) -> u64 {
-    let b = r.to_bytes();
-    let mut n = [0u8; 8];
-    n.copy_from_slice(&b[32..40]);
-    u64::from_be_bytes(n)
 }
 
 fn anonymous_qs(operation: QsOperation) -> QsRequest {

@@ -86,7 +86,7 @@ fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
         }
         Command::Audit { data } => {
             let store = RocksStore::open_read_only(&data)?;
-            print!("{}", mimi_ds_rm::audit::render(&store)?);
+            print!("{}", crate::audit::render(&store)?);
             Ok(())
         }
     }
@@ -104,7 +104,7 @@ fn serve(cfg: Config) -> Result<(), Box<dyn std::error::Error>> {
             data = %cfg.data_dir.display(),
             "ds-rm hub listening"
         );
-        axum::serve(listener, mimi_ds_rm::http::router(hub))
+        axum::serve(listener, crate::http::router(hub))
             .with_graceful_shutdown(shutdown_signal())
             .await?;
         tracing::info!("ds-rm hub stopped");

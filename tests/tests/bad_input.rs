@@ -62,7 +62,10 @@ async fn bad_requests_get_their_code_and_change_nothing() {
     let recorder = Arc::new(Mutex::new(Vec::new()));
     alice.set_recorder(recorder.clone());
     bob.set_recorder(recorder.clone());
+    // Positive control: the read-only dump does see fresh writes.
+    let fresh = hub.dump();
     alice.send(&g, b"queued for bob").await.unwrap();
+    assert!(fresh != hub.dump(), "dump must reflect an accepted request");
     let (path, send_body) = recorder.lock().unwrap().last().cloned().unwrap();
     assert_eq!(path, paths::GROUP_OPERATION);
     let stranger = SigningKey::from_bytes(&rand::random());

@@ -15,6 +15,8 @@ use mimi_rm_crypto::{ear::EarKey, hpke_seal, sign::verify_raw_ed25519};
 use mimi_rm_protocol::ds::*;
 use mimi_rm_protocol::queue::*;
 use mimi_rm_protocol::{decode_exact, encode};
+use openmls::ciphersuite::hash_ref::ProposalRef;
+use openmls::messages::group_info::VerifiableGroupInfo;
 use openmls::prelude::{tls_codec::Deserialize as _, tls_codec::Serialize as _, *};
 use openmls_rust_crypto::RustCrypto;
 use public_store::PublicStore;
@@ -58,7 +60,8 @@ pub struct DsOutcome {
 
 /// Processes one decoded DS request.
 pub fn process(ctx: &DsContext<'_>, txn: &mut Txn<'_>, mut req: DsRequest) -> Result<DsOutcome, HubError> {
-    let signed = signed_bytes(&req.tbs)?;
+    // The signed bytes contain the EAR key: wipe them when the request is done.
+    let signed = zeroize::Zeroizing::new(signed_bytes(&req.tbs)?);
     // Take the EAR key out of the request right away so only the zeroizing type holds it.
     let ear_key = match req.tbs.ear_key.as_mut() {
         Some(k) => {
