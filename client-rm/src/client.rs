@@ -128,7 +128,8 @@ fn caps() -> Capabilities {
 }
 
 fn b32(v: &[u8]) -> Result<[u8; 32], ClientError> {
-    v.try_into().map_err(|_| ClientError::State("expected 32 bytes".into()))
+    v.try_into()
+        .map_err(|_| ClientError::State("expected 32 bytes".into()))
 }
 
 impl Client {
@@ -154,7 +155,11 @@ impl Client {
             friendship_token: token.to_vec().into(),
             initial_ratchet_secret: secret.as_bytes().to_vec().into(),
         };
-        let req = signed_qs(&client_auth, QsSender::NewClient, QsOperation::CreateUser(create))?;
+        let req = signed_qs(
+            &client_auth,
+            QsSender::NewClient,
+            QsOperation::CreateUser(create),
+        )?;
         let QsResponse::UserCreated(ids) = transport.qs(&req).await? else {
             return Err(ClientError::Unexpected("expected UserCreated"));
         };
@@ -252,7 +257,11 @@ impl Client {
 
     /// Leaf indices of the current members.
     pub fn members(&self, group: &GroupHandle) -> Result<Vec<u32>, ClientError> {
-        Ok(self.load_group(group)?.members().map(|m| m.index.u32()).collect())
+        Ok(self
+            .load_group(group)?
+            .members()
+            .map(|m| m.index.u32())
+            .collect())
     }
 
     /// The EAR key of a group (for tests and diagnostics; never logged).
@@ -266,7 +275,9 @@ impl Client {
     }
 
     fn client_auth(&self) -> Result<SigningKey, ClientError> {
-        Ok(SigningKey::from_bytes(&unhex(&self.state.client_auth_key)?)?)
+        Ok(SigningKey::from_bytes(&unhex(
+            &self.state.client_auth_key,
+        )?)?)
     }
 
     fn client_id(&self) -> Result<[u8; 16], ClientError> {
@@ -305,7 +316,12 @@ impl Client {
             client_id: self.client_id()?,
         })
         .map_err(|e| ClientError::State(e.to_string()))?;
-        let sealed = hpke_seal::seal(&pk, QUEUE_REF_HPKE_LABEL, self.state.domain.as_bytes(), &plain)?;
+        let sealed = hpke_seal::seal(
+            &pk,
+            QUEUE_REF_HPKE_LABEL,
+            self.state.domain.as_bytes(),
+            &plain,
+        )?;
         let qr = QueueRef {
             domain: self.state.domain.as_bytes().to_vec().into(),
             sealed: HpkeCiphertextWire {
@@ -314,13 +330,19 @@ impl Client {
             },
         };
         let bytes = encode(&qr).map_err(|e| ClientError::State(e.to_string()))?;
-        Ok(Extension::Unknown(QUEUE_REF_EXTENSION_TYPE, UnknownExtension(bytes)))
+        Ok(Extension::Unknown(
+            QUEUE_REF_EXTENSION_TYPE,
+            UnknownExtension(bytes),
+        ))
     }
 
     /// A fresh pseudonymous leaf identity and signature key.
     fn new_leaf_identity(&self) -> Result<(SignatureKeyPair, CredentialWithKey), ClientError> {
-        let signer = SignatureKeyPair::new(CIPHERSUITE.signature_algorithm()).map_err(ClientError::mls)?;
-        signer.store(self.provider.storage()).map_err(ClientError::mls)?;
+        let signer =
+            SignatureKeyPair::new(CIPHERSUITE.signature_algorithm()).map_err(ClientError::mls)?;
+        signer
+            .store(self.provider.storage())
+            .map_err(ClientError::mls)?;
         let credential = BasicCredential::new(mimi_rm_crypto::ids::random_id().to_vec()).into();
         let cwk = CredentialWithKey {
             credential,
@@ -374,7 +396,11 @@ impl Client {
             packages,
             last_resort: last_resort.into(),
         });
-        let req = signed_qs(&self.client_auth()?, QsSender::Client(self.client_id()?), op)?;
+        let req = signed_qs(
+            &self.client_auth()?,
+            QsSender::Client(self.client_id()?),
+            op,
+        )?;
         self.transport.qs(&req).await?;
         self.persist()
     }
@@ -399,7 +425,8 @@ impl Client {
             Some(s) => {
                 let mut signed = DS_REQUEST_SIGNATURE_LABEL.to_vec();
                 signed.extend(encode(&tbs).map_err(|e| ClientError::State(e.to_string()))?);
-                s.sign(&signed).map_err(|e| ClientError::Mls(format!("sign: {e:?}")))?
+                s.sign(&signed)
+                    .map_err(|e| ClientError::Mls(format!("sign: {e:?}")))?
             }
             None => Vec::new(),
         };
@@ -411,7 +438,13 @@ impl Client {
 
     /// Creates a group on the hub with us as its only member.
     pub async fn create_group(&mut self) -> Result<GroupHandle, ClientError> {
-        let req = self.ds_request(&[], None, DsSender::Anonymous, DsOperation::RequestGroupId, None)?;
+        let req = self.ds_request(
+            &[],
+            None,
+            DsSender::Anonymous,
+            DsOperation::RequestGroupId,
+            None,
+        )?;
         let DsResponse::GroupId(gid) = self.transport.ds(&req).await? else {
             return Err(ClientError::Unexpected("expected a group id"));
         };
@@ -427,8 +460,14 @@ impl Client {
             )
             .map_err(ClientError::mls)?
             .build();
-        let group = MlsGroup::new_with_group_id(&self.provider, &signer, &cfg, GroupId::from_slice(&gid), cwk)
-            .map_err(ClientError::mls)?;
+        let group = MlsGroup::new_with_group_id(
+            &self.provider,
+            &signer,
+            &cfg,
+            GroupId::from_slice(&gid),
+            cwk,
+        )
+        .map_err(ClientError::mls)?;
         let group_info = group
             .export_group_info(self.provider.crypto(), &signer, false)
             .map_err(ClientError::mls)?
@@ -457,7 +496,11 @@ impl Client {
     }
 
     /// Fetches the contact's AddPackages with its card and adds all its clients to the group.
-    pub async fn invite(&mut self, group: &GroupHandle, contact: &ContactCard) -> Result<u64, ClientError> {
+    pub async fn invite(
+        &mut self,
+        group: &GroupHandle,
+        contact: &ContactCard,
+    ) -> Result<u64, ClientError> {
         let op = QsOperation::FetchAddPackages(contact.friendship_token.to_vec().into());
         let QsResponse::AddPackages(pkgs) = self.transport.qs(&anonymous_qs(op)).await? else {
             return Err(ClientError::Unexpected("expected AddPackages"));
@@ -479,7 +522,11 @@ impl Client {
     }
 
     /// Removes members by leaf index.
-    pub async fn remove(&mut self, group: &GroupHandle, leaves: &[u32]) -> Result<u64, ClientError> {
+    pub async fn remove(
+        &mut self,
+        group: &GroupHandle,
+        leaves: &[u32],
+    ) -> Result<u64, ClientError> {
         let plan = Plan::Remove(leaves.iter().map(|l| LeafNodeIndex::new(*l)).collect());
         self.commit(group, plan).await
     }
@@ -493,10 +540,15 @@ impl Client {
     pub async fn delete_group(&mut self, group: &GroupHandle) -> Result<(), ClientError> {
         let mls = self.load_group(group)?;
         let own = mls.own_leaf_index();
-        let others = mls.members().map(|m| m.index).filter(|i| *i != own).collect();
+        let others = mls
+            .members()
+            .map(|m| m.index)
+            .filter(|i| *i != own)
+            .collect();
         self.commit(group, Plan::Delete(others)).await?;
         let mut mls = self.load_group(group)?;
-        mls.delete(self.provider.storage()).map_err(ClientError::mls)?;
+        mls.delete(self.provider.storage())
+            .map_err(ClientError::mls)?;
         self.state.groups.remove(&hex::encode(&group.0));
         self.persist()
     }
@@ -513,7 +565,13 @@ impl Client {
             .map_err(ClientError::mls)?;
         let ear_key = EarKey::from_bytes(&unhex(&meta.ear_key)?)?;
         let sender = DsSender::Member(mls.own_leaf_index().u32());
-        let req = self.ds_request(&group.0, Some(&ear_key), sender, DsOperation::SelfRemove(proposal.into()), Some(&signer))?;
+        let req = self.ds_request(
+            &group.0,
+            Some(&ear_key),
+            sender,
+            DsOperation::SelfRemove(proposal.into()),
+            Some(&signer),
+        )?;
         self.transport.ds(&req).await?;
         self.persist()
     }
@@ -530,7 +588,13 @@ impl Client {
             .map_err(ClientError::mls)?;
         let ear_key = EarKey::from_bytes(&unhex(&meta.ear_key)?)?;
         let sender = DsSender::Member(mls.own_leaf_index().u32());
-        let req = self.ds_request(&group.0, Some(&ear_key), sender, DsOperation::SendMessage(msg.into()), Some(&signer))?;
+        let req = self.ds_request(
+            &group.0,
+            Some(&ear_key),
+            sender,
+            DsOperation::SendMessage(msg.into()),
+            Some(&signer),
+        )?;
         self.transport.ds(&req).await?;
         self.persist()
     }
@@ -549,7 +613,12 @@ impl Client {
             .load_psks(self.provider.storage())
             .map_err(ClientError::mls)?
             .create_group_info(true)
-            .build(self.provider.rand(), self.provider.crypto(), &signer, |_| true)
+            .build(
+                self.provider.rand(),
+                self.provider.crypto(),
+                &signer,
+                |_| true,
+            )
             .map_err(ClientError::mls)?
             .stage_commit(&self.provider)
             .map_err(ClientError::mls)?;
@@ -577,7 +646,8 @@ impl Client {
         let req = self.ds_request(&group.0, Some(&ear_key), sender, op, Some(&signer))?;
         match self.transport.ds(&req).await {
             Ok(_) => {
-                mls.merge_pending_commit(&self.provider).map_err(ClientError::mls)?;
+                mls.merge_pending_commit(&self.provider)
+                    .map_err(ClientError::mls)?;
                 self.persist()?;
                 Ok(mls.epoch().as_u64())
             }
@@ -601,7 +671,10 @@ impl Client {
                 ack_below: ratchet.next_seq(),
                 max: 100,
             });
-            let QsResponse::Messages(batch) = self.transport.qs(&signed_qs(&auth, QsSender::Client(id), op)?).await?
+            let QsResponse::Messages(batch) = self
+                .transport
+                .qs(&signed_qs(&auth, QsSender::Client(id), op)?)
+                .await?
             else {
                 return Err(ClientError::Unexpected("expected Messages"));
             };
@@ -644,7 +717,9 @@ impl Client {
             ack_below: ratchet.next_seq(),
             max: 0,
         });
-        self.transport.qs(&signed_qs(&auth, QsSender::Client(id), op)?).await?;
+        self.transport
+            .qs(&signed_qs(&auth, QsSender::Client(id), op)?)
+            .await?;
         Ok(events)
     }
 
@@ -662,7 +737,9 @@ impl Client {
             .map_err(ClientError::mls)?;
         let group = GroupHandle(pm.group_id().as_slice().to_vec());
         let mut mls = self.load_group(&group)?;
-        let processed = mls.process_message(&self.provider, pm).map_err(ClientError::mls)?;
+        let processed = mls
+            .process_message(&self.provider, pm)
+            .map_err(ClientError::mls)?;
         let sender = match processed.sender() {
             Sender::Member(i) => i.u32(),
             _ => u32::MAX,
@@ -679,7 +756,8 @@ impl Client {
                 Event::Proposal { group }
             }
             ProcessedMessageContent::StagedCommitMessage(sc) => {
-                mls.merge_staged_commit(&self.provider, *sc).map_err(ClientError::mls)?;
+                mls.merge_staged_commit(&self.provider, *sc)
+                    .map_err(ClientError::mls)?;
                 if mls.is_active() {
                     Event::Commit {
                         group,
@@ -696,9 +774,10 @@ impl Client {
     }
 
     async fn join(&mut self, bundle: WelcomeBundle) -> Result<Event, ClientError> {
-        let MlsMessageBodyIn::Welcome(welcome) = MlsMessageIn::tls_deserialize_exact(bundle.welcome.as_slice())
-            .map_err(ClientError::mls)?
-            .extract()
+        let MlsMessageBodyIn::Welcome(welcome) =
+            MlsMessageIn::tls_deserialize_exact(bundle.welcome.as_slice())
+                .map_err(ClientError::mls)?
+                .extract()
         else {
             return Err(ClientError::Unexpected("not a Welcome"));
         };
@@ -707,9 +786,14 @@ impl Client {
             .iter()
             .find_map(|s| {
                 let r = hex::encode(s.new_member().as_slice());
-                self.state.key_packages.get(&r).map(|p| (s.new_member(), p.clone()))
+                self.state
+                    .key_packages
+                    .get(&r)
+                    .map(|p| (s.new_member(), p.clone()))
             })
-            .ok_or(ClientError::Unexpected("Welcome for none of our KeyPackages"))?;
+            .ok_or(ClientError::Unexpected(
+                "Welcome for none of our KeyPackages",
+            ))?;
         let init = HpkePrivateKey::from_bytes(&unhex(&pending.init_private)?)?;
         let ct = HpkeCiphertext {
             kem_output: bundle.joiner_info.kem_output.as_slice().to_vec(),
@@ -733,7 +817,8 @@ impl Client {
         let DsResponse::WelcomeInfo(wi) = self.transport.ds(&req).await? else {
             return Err(ClientError::Unexpected("expected WelcomeInfo"));
         };
-        let tree = RatchetTreeIn::tls_deserialize_exact(wi.ratchet_tree.as_slice()).map_err(ClientError::mls)?;
+        let tree = RatchetTreeIn::tls_deserialize_exact(wi.ratchet_tree.as_slice())
+            .map_err(ClientError::mls)?;
         let join_cfg = MlsGroupJoinConfig::builder()
             .wire_format_policy(PURE_PLAINTEXT_WIRE_FORMAT_POLICY)
             .use_ratchet_tree_extension(false)
@@ -744,7 +829,9 @@ impl Client {
             .map_err(ClientError::mls)?;
         let handle = GroupHandle(group.group_id().as_slice().to_vec());
         if handle.0 != info.group_id.as_slice() {
-            return Err(ClientError::Unexpected("Welcome and joiner info name different groups"));
+            return Err(ClientError::Unexpected(
+                "Welcome and joiner info name different groups",
+            ));
         }
         self.state.groups.insert(
             hex::encode(&handle.0),
@@ -753,7 +840,9 @@ impl Client {
                 signer_public: pending.signer_public.clone(),
             },
         );
-        self.state.key_packages.remove(&hex::encode(kp_ref.as_slice()));
+        self.state
+            .key_packages
+            .remove(&hex::encode(kp_ref.as_slice()));
         self.persist()?;
         Ok(Event::Joined { group: handle })
     }
@@ -771,7 +860,11 @@ fn anonymous_qs(operation: QsOperation) -> QsRequest {
     }
 }
 
-fn signed_qs(key: &SigningKey, sender: QsSender, operation: QsOperation) -> Result<QsRequest, ClientError> {
+fn signed_qs(
+    key: &SigningKey,
+    sender: QsSender,
+    operation: QsOperation,
+) -> Result<QsRequest, ClientError> {
     let tbs = QsRequestTbs {
         timestamp_ms: now_ms(),
         nonce: mimi_rm_crypto::ids::random_id(),

@@ -34,8 +34,11 @@ impl ContactCard {
         let hexpart = s
             .trim()
             .strip_prefix(PREFIX)
-            .ok_or(ClientError::Unexpected("contact card must start with mimi-contact:"))?;
-        let b = hex::decode(hexpart).map_err(|_| ClientError::Unexpected("contact card is not hex"))?;
+            .ok_or(ClientError::Unexpected(
+                "contact card must start with mimi-contact:",
+            ))?;
+        let b =
+            hex::decode(hexpart).map_err(|_| ClientError::Unexpected("contact card is not hex"))?;
         if b.len() != 64 {
             return Err(ClientError::Unexpected("contact card has the wrong length"));
         }

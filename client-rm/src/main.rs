@@ -115,11 +115,16 @@ fn print_events(events: &[Event]) {
                 group,
                 sender,
                 plaintext,
-            } => println!("[{group}] leaf {sender}: {}", String::from_utf8_lossy(plaintext)),
+            } => println!(
+                "[{group}] leaf {sender}: {}",
+                String::from_utf8_lossy(plaintext)
+            ),
             Event::Commit { group, epoch } => println!("[{group}] now at epoch {epoch}"),
             Event::Proposal { group } => println!("[{group}] a member proposed a change"),
             Event::Removed { group } => println!("removed from group {group}"),
-            Event::Undecryptable { seq, reason } => println!("could not process queue entry {seq}: {reason}"),
+            Event::Undecryptable { seq, reason } => {
+                println!("could not process queue entry {seq}: {reason}")
+            }
         }
     }
 }
@@ -138,12 +143,17 @@ async fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
         Command::CreateGroup => println!("{}", client.create_group().await?),
         Command::Invite { group, contact } => {
             let epoch = client
-                .invite(&GroupHandle::from_hex(&group)?, &ContactCard::from_text(&contact)?)
+                .invite(
+                    &GroupHandle::from_hex(&group)?,
+                    &ContactCard::from_text(&contact)?,
+                )
                 .await?;
             println!("invited; group at epoch {epoch}");
         }
         Command::Send { group, message } => {
-            client.send(&GroupHandle::from_hex(&group)?, message.as_bytes()).await?;
+            client
+                .send(&GroupHandle::from_hex(&group)?, message.as_bytes())
+                .await?;
             println!("sent");
         }
         Command::Receive => print_events(&client.receive().await?),
@@ -159,7 +169,9 @@ async fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
             println!("updated; group at epoch {epoch}");
         }
         Command::Remove { group, leaf } => {
-            let epoch = client.remove(&GroupHandle::from_hex(&group)?, &[leaf]).await?;
+            let epoch = client
+                .remove(&GroupHandle::from_hex(&group)?, &[leaf])
+                .await?;
             println!("removed leaf {leaf}; group at epoch {epoch}");
         }
         Command::Leave { group } => {
@@ -172,7 +184,11 @@ async fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
         }
         Command::Groups => {
             for g in client.groups() {
-                println!("{g}  you: leaf {}  members: {:?}", client.own_leaf(&g)?, client.members(&g)?);
+                println!(
+                    "{g}  you: leaf {}  members: {:?}",
+                    client.own_leaf(&g)?,
+                    client.members(&g)?
+                );
             }
         }
     }

@@ -54,6 +54,9 @@ pub struct ClientState {
     pub key_packages: BTreeMap<String, PendingKeyPackage>,
 }
 
+/// OpenMLS key-store entries (key → value).
+pub type MlsStore = HashMap<Vec<u8>, Vec<u8>>;
+
 #[derive(Serialize, Deserialize)]
 struct OnDisk {
     state: ClientState,
@@ -61,9 +64,15 @@ struct OnDisk {
 }
 
 /// Writes state and key store atomically into `dir`.
-pub fn save(dir: &Path, state: &ClientState, mls: &HashMap<Vec<u8>, Vec<u8>>) -> Result<(), ClientError> {
-    let mut entries: Vec<(String, String)> =
-        mls.iter().map(|(k, v)| (hex::encode(k), hex::encode(v))).collect();
+pub fn save(
+    dir: &Path,
+    state: &ClientState,
+    mls: &HashMap<Vec<u8>, Vec<u8>>,
+) -> Result<(), ClientError> {
+    let mut entries: Vec<(String, String)> = mls
+        .iter()
+        .map(|(k, v)| (hex::encode(k), hex::encode(v)))
+        .collect();
     entries.sort();
     let disk = OnDisk {
         state: state.clone(),
@@ -77,9 +86,11 @@ pub fn save(dir: &Path, state: &ClientState, mls: &HashMap<Vec<u8>, Vec<u8>>) ->
 }
 
 /// Loads what [`save`] wrote.
-pub fn load(dir: &Path) -> Result<(ClientState, HashMap<Vec<u8>, Vec<u8>>), ClientError> {
-    let text = std::fs::read(dir.join("client.json")).map_err(|e| ClientError::State(e.to_string()))?;
-    let disk: OnDisk = serde_json::from_slice(&text).map_err(|e| ClientError::State(e.to_string()))?;
+pub fn load(dir: &Path) -> Result<(ClientState, MlsStore), ClientError> {
+    let text =
+        std::fs::read(dir.join("client.json")).map_err(|e| ClientError::State(e.to_string()))?;
+    let disk: OnDisk =
+        serde_json::from_slice(&text).map_err(|e| ClientError::State(e.to_string()))?;
     let mut mls = HashMap::new();
     for (k, v) in disk.mls {
         mls.insert(

@@ -61,8 +61,9 @@ impl Transport {
         if status == 200 {
             return Ok(bytes.to_vec());
         }
-        let response: ErrorResponse = decode_exact(&bytes, MAX_RESPONSE)
-            .map_err(|e| ClientError::Transport(format!("status {status}, undecodable error: {e}")))?;
+        let response: ErrorResponse = decode_exact(&bytes, MAX_RESPONSE).map_err(|e| {
+            ClientError::Transport(format!("status {status}, undecodable error: {e}"))
+        })?;
         Err(ClientError::Hub { status, response })
     }
 
@@ -70,7 +71,10 @@ impl Transport {
     pub async fn ds(&self, req: &DsRequest) -> Result<DsResponse, ClientError> {
         use mimi_rm_protocol::ds::DsOperation::*;
         let (tt, path) = match req.tbs.operation {
-            WelcomeInfo(_) => (TransactionType::WelcomeInformation, paths::WELCOME_INFORMATION),
+            WelcomeInfo(_) => (
+                TransactionType::WelcomeInformation,
+                paths::WELCOME_INFORMATION,
+            ),
             ExternalCommitInfo => (
                 TransactionType::ExternalCommitInformation,
                 paths::EXTERNAL_COMMIT_INFORMATION,
@@ -91,7 +95,10 @@ impl Transport {
 }
 
 /// Encodes a request inside a current-version envelope.
-pub fn envelope<T: tls_codec::Serialize>(tt: TransactionType, req: &T) -> Result<Vec<u8>, ClientError> {
+pub fn envelope<T: tls_codec::Serialize>(
+    tt: TransactionType,
+    req: &T,
+) -> Result<Vec<u8>, ClientError> {
     let payload = encode(req).map_err(|e| ClientError::State(e.to_string()))?;
     encode(&Envelope::new(tt, payload)).map_err(|e| ClientError::State(e.to_string()))
 }
@@ -106,7 +113,10 @@ impl Transport {
             .await
             .map_err(|e| ClientError::Transport(e.to_string()))?;
         if !resp.status().is_success() {
-            return Err(ClientError::Transport(format!("discovery: status {}", resp.status())));
+            return Err(ClientError::Transport(format!(
+                "discovery: status {}",
+                resp.status()
+            )));
         }
         resp.text()
             .await

@@ -103,9 +103,14 @@ pub fn seal(
     pt: &[u8],
 ) -> Result<HpkeCiphertext, CryptoError> {
     let pk = KemPublicKey::from_bytes(&pk.0).map_err(|_| CryptoError::InvalidKey)?;
-    let (enc, ciphertext) =
-        hpke::single_shot_seal::<AesGcm256, HkdfSha256, Kem>(&OpModeS::Base, &pk, &info(label), pt, aad)
-            .map_err(|_| CryptoError::Hpke)?;
+    let (enc, ciphertext) = hpke::single_shot_seal::<AesGcm256, HkdfSha256, Kem>(
+        &OpModeS::Base,
+        &pk,
+        &info(label),
+        pt,
+        aad,
+    )
+    .map_err(|_| CryptoError::Hpke)?;
     Ok(HpkeCiphertext {
         kem_output: enc.to_bytes().to_vec(),
         ciphertext,
@@ -162,13 +167,18 @@ mod tests {
     // RFC, and AES-256-GCM is exercised by the round-trip tests.
     const IKM_E: &str = "7268600d403fce431561aef583ee1613527cff655c1343f29812e66706df3234";
     const IKM_R: &str = "6db9df30aa07dd42ee5e8181afdb977e538f5e1fec8a06223f33f7013e525037";
-    const PK_RM: &str = "3948cfe0ad1ddb695d780e59077195da6c56506b207329794b1f3e6ee69bfb34";
+    // Note: the brief this crate was written from gave pkRm as "…6c56506b207329794b1f3e6ee69bfb34",
+    // a transcription error: X25519(skRm) (checked independently) and the RFC both give the value
+    // below, and the receiver test only decrypts the RFC ciphertext if pkRm is this one.
+    const PK_RM: &str = "3948cfe0ad1ddb695d780e59077195da6c56506b027329794ab02bca80815c4d";
     const SK_RM: &str = "4612c550263fc8ad58375df3f557aac531d26850903e55a9f23f21d8534e8ac8";
     const ENC: &str = "37fda3567bdbd628e88668c3c8d7e97d1d1253b6d4ea6d44c150f741f1bf4431";
     const INFO: &str = "4f6465206f6e2061204772656369616e2055726e";
     const PT: &str = "4265617574792069732074727574682c20747275746820626561757479";
     const AAD0: &str = "436f756e742d30";
     const CT0: &str = "f938558b5d72f1a23810b4be2ab4f84331acc02fc97babc53a52ae8218a355a96d8770ac83d07bea87e13c512a";
+    const AAD1: &str = "436f756e742d31";
+    const CT1: &str = "af2d7e9ac9ae7e270f46ba1f975be53c09f8d875bdc8535458c2494e8a6eab251c03d0c22a56b8ca42c2063b84";
 
     /// An "RNG" that replays fixed bytes, so the sender's ephemeral key is the RFC's `ikmE`.
     struct FixedRng(Vec<u8>);
@@ -196,7 +206,10 @@ mod tests {
     fn rfc9180_a_1_1_keys() {
         let (sk, pk) = Kem::derive_keypair(&h(IKM_R));
         assert_eq!(pk.to_bytes().to_vec(), h(PK_RM));
-        assert_eq!(sk.to_bytes().to_vec(), h(SK_RM));
+        // The crate stores X25519 scalars clamped, so compare against the clamped RFC skRm.
+        let sk_rm = KemPrivateKey::from_bytes(&h(SK_RM)).unwrap();
+        assert_eq!(sk.to_bytes(), sk_rm.to_bytes());
+        assert_ne!(sk.to_bytes().to_vec(), h(SK_RM), "RFC skRm is unclamped");
         let (_, pk_e) = Kem::derive_keypair(&h(IKM_E));
         assert_eq!(pk_e.to_bytes().to_vec(), h(ENC));
     }
@@ -209,13 +222,14 @@ mod tests {
             hpke::setup_receiver::<AesGcm128, HkdfSha256, Kem>(&OpModeR::Base, &sk, &enc, &h(INFO))
                 .unwrap();
         assert_eq!(ctx.open(&h(CT0), &h(AAD0)).unwrap(), h(PT));
+        assert_eq!(ctx.open(&h(CT1), &h(AAD1)).unwrap(), h(PT));
     }
 
     #[test]
     fn rfc9180_a_1_1_sender() {
         let pk = KemPublicKey::from_bytes(&h(PK_RM)).unwrap();
         let mut rng = FixedRng(h(IKM_E));
-        let (enc, mut ctx) = hpke::setup_sender_with_rng::<AesGcm128, HkdfSha256, Kem, _>(
+        let (enc, mut ctx) = hpke::setup_sender_with_rng::<AesGcm128, HkdfSha256, Kem>(
             &OpModeS::Base,
             &pk,
             &h(INFO),
@@ -224,6 +238,7 @@ mod tests {
         .unwrap();
         assert_eq!(enc.to_bytes().to_vec(), h(ENC));
         assert_eq!(ctx.seal(&h(PT), &h(AAD0)).unwrap(), h(CT0));
+        assert_eq!(ctx.seal(&h(PT), &h(AAD1)).unwrap(), h(CT1));
     }
 
     #[test]
@@ -232,15 +247,27 @@ mod tests {
         let ct = seal(&kp.public, "queue ref", b"aad", b"client 7").unwrap();
         assert_eq!(ct.kem_output.len(), 32);
         assert_eq!(ct.ciphertext.len(), 8 + 16);
-        assert_eq!(open(&kp.private, "queue ref", b"aad", &ct).unwrap(), b"client 7");
-        assert_eq!(open(&kp.private, "joiner info", b"aad", &ct), Err(CryptoError::Hpke));
-        assert_eq!(open(&kp.private, "queue ref", b"other", &ct), Err(CryptoError::Hpke));
+        assert_eq!(
+            open(&kp.private, "queue ref", b"aad", &ct).unwrap(),
+            b"client 7"
+        );
+        assert_eq!(
+            open(&kp.private, "joiner info", b"aad", &ct),
+            Err(CryptoError::Hpke)
+        );
+        assert_eq!(
+            open(&kp.private, "queue ref", b"other", &ct),
+            Err(CryptoError::Hpke)
+        );
         assert_eq!(
             open(&HpkeKeyPair::generate().private, "queue ref", b"aad", &ct),
             Err(CryptoError::Hpke)
         );
         let ct2 = seal(&kp.public, "queue ref", b"aad", b"client 7").unwrap();
-        assert_ne!(ct, ct2, "sealing is randomised, so two seals are unlinkable");
+        assert_ne!(
+            ct, ct2,
+            "sealing is randomised, so two seals are unlinkable"
+        );
     }
 
     #[test]
@@ -249,7 +276,10 @@ mod tests {
         let ct = seal_to_init_key(kp.public.as_bytes(), "welcome", b"", b"hi").unwrap();
         let sk = HpkePrivateKey::from_bytes(kp.private.as_bytes()).unwrap();
         assert_eq!(open(&sk, "welcome", b"", &ct).unwrap(), b"hi");
-        assert_eq!(HpkePublicKey::from_bytes(kp.public.as_bytes()).unwrap(), kp.public);
+        assert_eq!(
+            HpkePublicKey::from_bytes(kp.public.as_bytes()).unwrap(),
+            kp.public
+        );
         assert_eq!(format!("{:?}", kp.private), "HpkePrivateKey([redacted])");
     }
 
@@ -262,7 +292,10 @@ mod tests {
                 kem_output,
                 ciphertext: ct.ciphertext.clone(),
             };
-            assert!(matches!(open(&kp.private, "l", b"", &bad), Err(CryptoError::Malformed(_))));
+            assert!(matches!(
+                open(&kp.private, "l", b"", &bad),
+                Err(CryptoError::Malformed(_))
+            ));
         }
         for cut in 0..ct.ciphertext.len() {
             let bad = HpkeCiphertext {
@@ -279,7 +312,10 @@ mod tests {
         assert_eq!(open(&kp.private, "l", b"", &zero), Err(CryptoError::Hpke));
         let zero_pk = HpkePublicKey::from_bytes(&[0; 32]).unwrap();
         assert_eq!(seal(&zero_pk, "l", b"", b"x"), Err(CryptoError::Hpke));
-        assert_eq!(HpkePublicKey::from_bytes(&[0; 5]), Err(CryptoError::InvalidKey));
+        assert_eq!(
+            HpkePublicKey::from_bytes(&[0; 5]),
+            Err(CryptoError::InvalidKey)
+        );
         assert!(HpkePrivateKey::from_bytes(&[0; 31]).is_err());
         assert!(seal_to_init_key(&[0; 31], "l", b"", b"x").is_err());
     }

@@ -130,9 +130,15 @@ mod tests {
     fn unpad_rejects_bad_input() {
         assert!(matches!(unpad(&[]), Err(CryptoError::Malformed(_))));
         assert!(matches!(unpad(&[0, 0]), Err(CryptoError::Malformed(_))));
-        assert!(matches!(unpad(&[0, 0, 0, 9, 1]), Err(CryptoError::Malformed(_))));
+        assert!(matches!(
+            unpad(&[0, 0, 0, 9, 1]),
+            Err(CryptoError::Malformed(_))
+        ));
         assert!(matches!(unpad(&[0xff; 16]), Err(CryptoError::Malformed(_))));
-        assert!(matches!(unpad(&[0, 0, 0, 1, 1, 7]), Err(CryptoError::Malformed(_))));
+        assert!(matches!(
+            unpad(&[0, 0, 0, 1, 1, 7]),
+            Err(CryptoError::Malformed(_))
+        ));
         assert_eq!(unpad(&[0, 0, 0, 0]).unwrap(), b"");
         assert_eq!(unpad(&[0, 0, 0, 1, 9, 0, 0]).unwrap(), [9]);
     }

@@ -195,8 +195,14 @@ mod tests {
     use super::*;
 
     /// Pins the chain derivation and message format.
-    const KAT_ADVANCE: [&str; 2] = ["KAT_SECRET_PLACEHOLDER", "KAT_KEY_PLACEHOLDER"];
-    const KAT_RATCHET: [&str; 2] = ["KAT_CT0_PLACEHOLDER", "KAT_CT1_PLACEHOLDER"];
+    const KAT_ADVANCE: [&str; 2] = [
+        "600bb3a1ba343d1ee15480ae301abd03bbffe0a8a25120c298d3c836813c6d02",
+        "8bd8c55cbe4f13eb6b61d2559c2e3cfdffb56c0aa3d179cee88b0950dc795674",
+    ];
+    const KAT_RATCHET: [&str; 2] = [
+        "394197f02ee6c94f24e7b96d40cd27572b846a1bc717b1071639",
+        "353700866c0c473888fb8c14afe1db663df0bbc49ae26ebb55d6",
+    ];
 
     #[test]
     fn known_answer() {
@@ -222,7 +228,10 @@ mod tests {
             .collect();
         assert_eq!(msgs.iter().map(|m| m.0).collect::<Vec<_>>(), [0, 1, 2]);
         for (i, (seq, ct)) in msgs.iter().enumerate() {
-            assert_eq!(client.decrypt_next(*seq, ct).unwrap(), format!("message {i}").as_bytes());
+            assert_eq!(
+                client.decrypt_next(*seq, ct).unwrap(),
+                format!("message {i}").as_bytes()
+            );
         }
         assert_eq!(client, qs);
         assert_eq!(client.next_seq(), 3);
@@ -278,8 +287,14 @@ mod tests {
         let back = QueueRatchet::from_bytes(&bytes).unwrap();
         assert_eq!(back, r);
         assert_eq!(back.next_seq(), 1);
-        assert!(matches!(QueueRatchet::from_bytes(&[0; 39]), Err(CryptoError::Malformed(_))));
-        assert!(matches!(QueueRatchet::from_bytes(&[0; 41]), Err(CryptoError::Malformed(_))));
+        assert!(matches!(
+            QueueRatchet::from_bytes(&[0; 39]),
+            Err(CryptoError::Malformed(_))
+        ));
+        assert!(matches!(
+            QueueRatchet::from_bytes(&[0; 41]),
+            Err(CryptoError::Malformed(_))
+        ));
     }
 
     #[test]
@@ -287,13 +302,22 @@ mod tests {
         let mut bytes = [7u8; 40];
         bytes[32..].copy_from_slice(&u64::MAX.to_be_bytes());
         let mut r = QueueRatchet::from_bytes(&bytes).unwrap();
-        assert!(matches!(r.encrypt_next(b"x"), Err(CryptoError::Malformed(_))));
-        assert!(matches!(r.decrypt_next(u64::MAX, &[0; 40]), Err(CryptoError::Malformed(_))));
+        assert!(matches!(
+            r.encrypt_next(b"x"),
+            Err(CryptoError::Malformed(_))
+        ));
+        assert!(matches!(
+            r.decrypt_next(u64::MAX, &[0; 40]),
+            Err(CryptoError::Malformed(_))
+        ));
         let (_, key) = RatchetSecret::random().advance(0);
         for len in [0, 1, 15, 16, 17, 100] {
             assert_eq!(key.decrypt(0, &vec![0; len]), Err(CryptoError::WrongKey));
         }
         assert_eq!(format!("{key:?}"), "RatchetKey([redacted])");
-        assert_eq!(format!("{:?}", RatchetSecret::random()), "RatchetSecret([redacted])");
+        assert_eq!(
+            format!("{:?}", RatchetSecret::random()),
+            "RatchetSecret([redacted])"
+        );
     }
 }

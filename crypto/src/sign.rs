@@ -109,24 +109,43 @@ mod tests {
         let sig = k.sign("qs request", b"m");
         assert_eq!(sig.len(), 64);
         vk.verify("qs request", b"m", &sig).unwrap();
-        assert_eq!(vk.verify("ds request", b"m", &sig), Err(CryptoError::Signature));
-        assert_eq!(vk.verify("qs request", b"n", &sig), Err(CryptoError::Signature));
+        assert_eq!(
+            vk.verify("ds request", b"m", &sig),
+            Err(CryptoError::Signature)
+        );
+        assert_eq!(
+            vk.verify("qs request", b"n", &sig),
+            Err(CryptoError::Signature)
+        );
         // Shifting bytes between label and message does not keep a signature valid.
         let sig2 = k.sign("ab", b"c");
         assert_eq!(vk.verify("a", b"bc", &sig2), Err(CryptoError::Signature));
         assert_eq!(
-            SigningKey::generate().verifying_key().verify("qs request", b"m", &sig),
+            SigningKey::generate()
+                .verifying_key()
+                .verify("qs request", b"m", &sig),
             Err(CryptoError::Signature)
         );
-        assert_eq!(vk.verify("qs request", b"m", &sig[..63]), Err(CryptoError::Signature));
-        assert_eq!(vk.verify("qs request", b"m", &[]), Err(CryptoError::Signature));
+        assert_eq!(
+            vk.verify("qs request", b"m", &sig[..63]),
+            Err(CryptoError::Signature)
+        );
+        assert_eq!(
+            vk.verify("qs request", b"m", &[]),
+            Err(CryptoError::Signature)
+        );
     }
 
     #[test]
     fn labelled_signature_is_over_the_documented_bytes() {
         let k = SigningKey::from_bytes(&[9; 32]).unwrap();
         let sig = k.sign("label", b"msg");
-        verify_raw_ed25519(k.verifying_key().as_bytes(), b"mimi-rm 1.0 label\0msg", &sig).unwrap();
+        verify_raw_ed25519(
+            k.verifying_key().as_bytes(),
+            b"mimi-rm 1.0 label\0msg",
+            &sig,
+        )
+        .unwrap();
     }
 
     #[test]
@@ -135,11 +154,20 @@ mod tests {
         let sig = sk.sign(b"payload").to_bytes();
         let pk = sk.verifying_key().to_bytes();
         verify_raw_ed25519(&pk, b"payload", &sig).unwrap();
-        assert_eq!(verify_raw_ed25519(&pk, b"payloaD", &sig), Err(CryptoError::Signature));
+        assert_eq!(
+            verify_raw_ed25519(&pk, b"payloaD", &sig),
+            Err(CryptoError::Signature)
+        );
         let mut bad = sig;
         bad[10] ^= 1;
-        assert_eq!(verify_raw_ed25519(&pk, b"payload", &bad), Err(CryptoError::Signature));
-        assert_eq!(verify_raw_ed25519(&[0; 31], b"payload", &sig), Err(CryptoError::InvalidKey));
+        assert_eq!(
+            verify_raw_ed25519(&pk, b"payload", &bad),
+            Err(CryptoError::Signature)
+        );
+        assert_eq!(
+            verify_raw_ed25519(&[0; 31], b"payload", &sig),
+            Err(CryptoError::InvalidKey)
+        );
         // Our wrapper over the same seed gives the same public key.
         let ours = SigningKey::from_bytes(&[5; 32]).unwrap();
         assert_eq!(ours.verifying_key().as_bytes(), &pk);
@@ -152,7 +180,10 @@ mod tests {
         assert_eq!(k.verifying_key(), k2.verifying_key());
         let vk = VerifyingKey::from_bytes(k.verifying_key().as_bytes()).unwrap();
         assert_eq!(vk, k.verifying_key());
-        assert_eq!(VerifyingKey::from_bytes(&[1; 31]), Err(CryptoError::InvalidKey));
+        assert_eq!(
+            VerifyingKey::from_bytes(&[1; 31]),
+            Err(CryptoError::InvalidKey)
+        );
         assert!(SigningKey::from_bytes(&[1; 33]).is_err());
         assert_eq!(format!("{k:?}"), "SigningKey([redacted])");
     }

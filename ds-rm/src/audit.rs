@@ -12,7 +12,13 @@ pub fn render(store: &dyn Store) -> Result<String, StoreError> {
         let _ = writeln!(out, "== {} ({} records)", cf.name(), rows.len());
         for (_, k, v) in rows {
             let preview: String = hex::encode(&v[..v.len().min(16)]);
-            let _ = writeln!(out, "  key {}  value {} bytes  {}…", hex::encode(k), v.len(), preview);
+            let _ = writeln!(
+                out,
+                "  key {}  value {} bytes  {}…",
+                hex::encode(k),
+                v.len(),
+                preview
+            );
         }
     }
     Ok(out)

@@ -1,9 +1,9 @@
 //! The `ds-rm` command line: `serve` a hub or `audit` its data directory.
 
-use clap::{Parser, Subcommand};
 use crate::config::Config;
 use crate::core::Hub;
 use crate::store::RocksStore;
+use clap::{Parser, Subcommand};
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -118,7 +118,8 @@ async fn shutdown_signal() {
     };
     #[cfg(unix)]
     let term = async {
-        if let Ok(mut s) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+        if let Ok(mut s) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        {
             s.recv().await;
         }
     };

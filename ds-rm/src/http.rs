@@ -16,7 +16,10 @@ pub fn router(hub: Arc<Hub>) -> Router {
     Router::new()
         .route(paths::GROUP_OPERATION, post(group_operation))
         .route(paths::WELCOME_INFORMATION, post(welcome_information))
-        .route(paths::EXTERNAL_COMMIT_INFORMATION, post(external_commit_information))
+        .route(
+            paths::EXTERNAL_COMMIT_INFORMATION,
+            post(external_commit_information),
+        )
         .route(paths::QS, post(queue_service))
         .route(paths::DS_DOMAIN, get(ds_domain))
         .route("/metrics", get(metrics))
@@ -68,10 +71,8 @@ async fn dispatch(hub: Arc<Hub>, endpoint: TransactionType, body: Body) -> Respo
             return error_response(&HubError::TooLarge);
         }
     };
-    let result = tokio::task::spawn_blocking(move || {
-        hub.handle(endpoint, &bytes, crate::now_ms())
-    })
-    .await;
+    let result =
+        tokio::task::spawn_blocking(move || hub.handle(endpoint, &bytes, crate::now_ms())).await;
     match result {
         Ok(Ok(body)) => (
             StatusCode::OK,
@@ -89,7 +90,8 @@ async fn dispatch(hub: Arc<Hub>, endpoint: TransactionType, body: Body) -> Respo
 
 fn error_response(e: &HubError) -> Response {
     let resp = e.to_response();
-    let status = StatusCode::from_u16(resp.code.http_status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    let status =
+        StatusCode::from_u16(resp.code.http_status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
     if status.is_server_error() {
         tracing::error!(error = %e, "request failed");
     } else {

@@ -185,7 +185,10 @@ fn qs_types_round_trip() {
 
 #[test]
 fn envelope_and_error_round_trip() {
-    check(Envelope::new(TransactionType::GroupOperation, vec![1, 2, 3]));
+    check(Envelope::new(
+        TransactionType::GroupOperation,
+        vec![1, 2, 3],
+    ));
     check(Envelope::new(TransactionType::QueueService, vec![]));
     let mut e = ErrorResponse::new(ErrorCode::WrongEpoch, "current epoch 4");
     e.current_epoch = Some(4);

@@ -32,7 +32,9 @@ impl HubProcess {
         let config = dir.join("hub.toml");
         std::fs::write(
             &config,
-            format!("domain = \"{domain}\"\nmax_body_bytes = {max_body}\nfreshness_window_secs = 60\n"),
+            format!(
+                "domain = \"{domain}\"\nmax_body_bytes = {max_body}\nfreshness_window_secs = 60\n"
+            ),
         )
         .expect("write config");
         let mut hub = Self {
@@ -79,7 +81,10 @@ impl HubProcess {
     /// Stops the process gracefully (SIGTERM) and waits for it.
     pub fn stop(&mut self) {
         if let Some(mut child) = self.child.take() {
-            let _ = Command::new("kill").arg("-TERM").arg(child.id().to_string()).status();
+            let _ = Command::new("kill")
+                .arg("-TERM")
+                .arg(child.id().to_string())
+                .status();
             for _ in 0..200 {
                 if let Ok(Some(_)) = child.try_wait() {
                     return;
@@ -148,4 +153,3 @@ pub async fn post(url: &str, path: &str, body: Vec<u8>) -> (u16, Vec<u8>) {
 pub fn error_of(body: &[u8]) -> mimi_rm_protocol::ErrorResponse {
     mimi_rm_protocol::decode_exact(body, 1 << 20).expect("error body decodes")
 }
-

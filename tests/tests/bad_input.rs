@@ -47,8 +47,16 @@ fn ds_signed(
 async fn rejected(hub: &HubProcess, path: &str, body: Vec<u8>, status: u16, code: ErrorCode) {
     let before = hub.dump();
     let (s, resp) = post(&hub.url(), path, body).await;
-    assert_eq!((s, error_of(&resp).code), (status, code), "{}", error_of(&resp));
-    assert!(before == hub.dump(), "stored data changed after a rejected request ({code:?})");
+    assert_eq!(
+        (s, error_of(&resp).code),
+        (status, code),
+        "{}",
+        error_of(&resp)
+    );
+    assert!(
+        before == hub.dump(),
+        "stored data changed after a rejected request ({code:?})"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -72,43 +80,174 @@ async fn bad_requests_get_their_code_and_change_nothing() {
     let junk = DsOperation::SendMessage(vec![0u8; 8].into());
 
     // Replay of a request that was accepted.
-    rejected(&hub, paths::GROUP_OPERATION, send_body.clone(), 403, ErrorCode::Replayed).await;
+    rejected(
+        &hub,
+        paths::GROUP_OPERATION,
+        send_body.clone(),
+        403,
+        ErrorCode::Replayed,
+    )
+    .await;
     // Wrong EAR key: the state does not open, whatever the signature.
     let wrong_ear: [u8; 32] = rand::random();
-    let body = ds_signed(&g, &wrong_ear, DsSender::Member(0), junk.clone(), &stranger, now());
-    rejected(&hub, paths::GROUP_OPERATION, body, 403, ErrorCode::WrongEarKey).await;
+    let body = ds_signed(
+        &g,
+        &wrong_ear,
+        DsSender::Member(0),
+        junk.clone(),
+        &stranger,
+        now(),
+    );
+    rejected(
+        &hub,
+        paths::GROUP_OPERATION,
+        body,
+        403,
+        ErrorCode::WrongEarKey,
+    )
+    .await;
     // Right key, but signed by someone who is not the member at leaf 0.
-    let body = ds_signed(&g, &ear, DsSender::Member(0), junk.clone(), &stranger, now());
-    rejected(&hub, paths::GROUP_OPERATION, body, 403, ErrorCode::InvalidSignature).await;
+    let body = ds_signed(
+        &g,
+        &ear,
+        DsSender::Member(0),
+        junk.clone(),
+        &stranger,
+        now(),
+    );
+    rejected(
+        &hub,
+        paths::GROUP_OPERATION,
+        body,
+        403,
+        ErrorCode::InvalidSignature,
+    )
+    .await;
     // A leaf index nobody occupies.
-    let body = ds_signed(&g, &ear, DsSender::Member(42), junk.clone(), &stranger, now());
-    rejected(&hub, paths::GROUP_OPERATION, body, 403, ErrorCode::NotAuthorized).await;
+    let body = ds_signed(
+        &g,
+        &ear,
+        DsSender::Member(42),
+        junk.clone(),
+        &stranger,
+        now(),
+    );
+    rejected(
+        &hub,
+        paths::GROUP_OPERATION,
+        body,
+        403,
+        ErrorCode::NotAuthorized,
+    )
+    .await;
     // Stale and future timestamps.
-    let body = ds_signed(&g, &ear, DsSender::Member(0), junk.clone(), &stranger, now() - 600_000);
-    rejected(&hub, paths::GROUP_OPERATION, body, 403, ErrorCode::StaleRequest).await;
-    let body = ds_signed(&g, &ear, DsSender::Member(0), junk.clone(), &stranger, now() + 600_000);
-    rejected(&hub, paths::GROUP_OPERATION, body, 403, ErrorCode::StaleRequest).await;
+    let body = ds_signed(
+        &g,
+        &ear,
+        DsSender::Member(0),
+        junk.clone(),
+        &stranger,
+        now() - 600_000,
+    );
+    rejected(
+        &hub,
+        paths::GROUP_OPERATION,
+        body,
+        403,
+        ErrorCode::StaleRequest,
+    )
+    .await;
+    let body = ds_signed(
+        &g,
+        &ear,
+        DsSender::Member(0),
+        junk.clone(),
+        &stranger,
+        now() + 600_000,
+    );
+    rejected(
+        &hub,
+        paths::GROUP_OPERATION,
+        body,
+        403,
+        ErrorCode::StaleRequest,
+    )
+    .await;
     // Unknown group.
     let other = GroupHandle(vec![9; 20]);
-    let body = ds_signed(&other, &ear, DsSender::Member(0), junk.clone(), &stranger, now());
-    rejected(&hub, paths::GROUP_OPERATION, body, 404, ErrorCode::UnknownGroup).await;
+    let body = ds_signed(
+        &other,
+        &ear,
+        DsSender::Member(0),
+        junk.clone(),
+        &stranger,
+        now(),
+    );
+    rejected(
+        &hub,
+        paths::GROUP_OPERATION,
+        body,
+        404,
+        ErrorCode::UnknownGroup,
+    )
+    .await;
     // A valid body on the wrong endpoint.
-    rejected(&hub, paths::WELCOME_INFORMATION, send_body.clone(), 400, ErrorCode::WrongEndpoint).await;
+    rejected(
+        &hub,
+        paths::WELCOME_INFORMATION,
+        send_body.clone(),
+        400,
+        ErrorCode::WrongEndpoint,
+    )
+    .await;
     // Unsupported version.
     let mut env: Envelope = decode_exact(&send_body, 1 << 20).unwrap();
     env.version = PROTOCOL_VERSION + 1;
-    rejected(&hub, paths::GROUP_OPERATION, encode(&env).unwrap(), 400, ErrorCode::UnsupportedVersion).await;
+    rejected(
+        &hub,
+        paths::GROUP_OPERATION,
+        encode(&env).unwrap(),
+        400,
+        ErrorCode::UnsupportedVersion,
+    )
+    .await;
     // Malformed, truncated and trailing bytes, on every endpoint.
-    for p in [paths::GROUP_OPERATION, paths::WELCOME_INFORMATION, paths::EXTERNAL_COMMIT_INFORMATION, paths::QS] {
-        rejected(&hub, p, b"definitely not TLS".to_vec(), 400, ErrorCode::Malformed).await;
+    for p in [
+        paths::GROUP_OPERATION,
+        paths::WELCOME_INFORMATION,
+        paths::EXTERNAL_COMMIT_INFORMATION,
+        paths::QS,
+    ] {
+        rejected(
+            &hub,
+            p,
+            b"definitely not TLS".to_vec(),
+            400,
+            ErrorCode::Malformed,
+        )
+        .await;
         rejected(&hub, p, Vec::new(), 400, ErrorCode::Malformed).await;
     }
     for cut in [1, 5, send_body.len() / 2, send_body.len() - 1] {
-        rejected(&hub, paths::GROUP_OPERATION, send_body[..cut].to_vec(), 400, ErrorCode::Malformed).await;
+        rejected(
+            &hub,
+            paths::GROUP_OPERATION,
+            send_body[..cut].to_vec(),
+            400,
+            ErrorCode::Malformed,
+        )
+        .await;
     }
     let mut trailing = send_body.clone();
     trailing.push(0);
-    rejected(&hub, paths::GROUP_OPERATION, trailing, 400, ErrorCode::Malformed).await;
+    rejected(
+        &hub,
+        paths::GROUP_OPERATION,
+        trailing,
+        400,
+        ErrorCode::Malformed,
+    )
+    .await;
     // Oversized bodies get 413 before decoding.
     for p in [paths::GROUP_OPERATION, paths::QS] {
         rejected(&hub, p, vec![0u8; MAX_BODY + 1], 413, ErrorCode::TooLarge).await;
@@ -129,7 +268,14 @@ async fn bad_requests_get_their_code_and_change_nothing() {
         signature: stranger.sign(&signed).to_bytes().to_vec().into(),
     };
     let body = envelope(TransactionType::WelcomeInformation, &req).unwrap();
-    rejected(&hub, paths::WELCOME_INFORMATION, body, 404, ErrorCode::UnknownEpoch).await;
+    rejected(
+        &hub,
+        paths::WELCOME_INFORMATION,
+        body,
+        404,
+        ErrorCode::UnknownEpoch,
+    )
+    .await;
 
     // QS: a dequeue signed by the wrong key, for an unknown client, and a replayed dequeue.
     let bob_id = bob.client_id_bytes().unwrap();
@@ -137,15 +283,32 @@ async fn bad_requests_get_their_code_and_change_nothing() {
         timestamp_ms: now(),
         nonce: rand::random(),
         sender: QsSender::Client(bob_id),
-        operation: QsOperation::Dequeue(Dequeue { ack_below: 100, max: 10 }),
+        operation: QsOperation::Dequeue(Dequeue {
+            ack_below: 100,
+            max: 10,
+        }),
     };
     let qs_key = mimi_rm_crypto::sign::SigningKey::generate();
     let sig = qs_key.sign(QS_REQUEST_SIGNATURE_LABEL, &encode(&tbs).unwrap());
-    let body = envelope(TransactionType::QueueService, &QsRequest { tbs: tbs.clone(), signature: sig.clone().into() }).unwrap();
+    let body = envelope(
+        TransactionType::QueueService,
+        &QsRequest {
+            tbs: tbs.clone(),
+            signature: sig.clone().into(),
+        },
+    )
+    .unwrap();
     rejected(&hub, paths::QS, body, 403, ErrorCode::InvalidSignature).await;
     let mut unknown = tbs.clone();
     unknown.sender = QsSender::Client([0xee; 16]);
-    let body = envelope(TransactionType::QueueService, &QsRequest { tbs: unknown, signature: sig.into() }).unwrap();
+    let body = envelope(
+        TransactionType::QueueService,
+        &QsRequest {
+            tbs: unknown,
+            signature: sig.into(),
+        },
+    )
+    .unwrap();
     rejected(&hub, paths::QS, body, 404, ErrorCode::UnknownClient).await;
     let events = bob.receive().await.unwrap();
     assert_eq!(messages(&events), vec![b"queued for bob".to_vec()]);
@@ -187,7 +350,10 @@ async fn bad_requests_get_their_code_and_change_nothing() {
         }
         other => panic!("unexpected {other}"),
     }
-    assert!(before == hub.dump(), "a rejected commit changed stored data");
+    assert!(
+        before == hub.dump(),
+        "a rejected commit changed stored data"
+    );
     // Bob's rejected commit was discarded locally; after catching up he commits fine.
     bob.receive().await.unwrap();
     assert_eq!(bob.update(&g).await.unwrap(), alice.epoch(&g).unwrap() + 1);

@@ -30,32 +30,75 @@ async fn three_clients_create_talk_update_remove_leave_delete() {
     a.sort();
     assert_eq!(a, vec![b"carol here".to_vec(), b"hi from bob".to_vec()]);
     let b = messages(&bob.receive().await.unwrap());
-    assert_eq!(b, vec![b"hello from alice".to_vec(), b"carol here".to_vec()]);
+    assert_eq!(
+        b,
+        vec![b"hello from alice".to_vec(), b"carol here".to_vec()]
+    );
     let c = messages(&carol.receive().await.unwrap());
-    assert_eq!(c, vec![b"hello from alice".to_vec(), b"hi from bob".to_vec()]);
+    assert_eq!(
+        c,
+        vec![b"hello from alice".to_vec(), b"hi from bob".to_vec()]
+    );
 
     // Update (fresh UpdatePath) by bob.
     assert_eq!(bob.update(&g).await.unwrap(), 3);
-    assert!(alice.receive().await.unwrap().contains(&Event::Commit { group: g.clone(), epoch: 3 }));
-    assert!(carol.receive().await.unwrap().contains(&Event::Commit { group: g.clone(), epoch: 3 }));
+    assert!(alice.receive().await.unwrap().contains(&Event::Commit {
+        group: g.clone(),
+        epoch: 3
+    }));
+    assert!(carol.receive().await.unwrap().contains(&Event::Commit {
+        group: g.clone(),
+        epoch: 3
+    }));
     alice.send(&g, b"after update").await.unwrap();
-    assert_eq!(messages(&bob.receive().await.unwrap()), vec![b"after update".to_vec()]);
-    assert_eq!(messages(&carol.receive().await.unwrap()), vec![b"after update".to_vec()]);
+    assert_eq!(
+        messages(&bob.receive().await.unwrap()),
+        vec![b"after update".to_vec()]
+    );
+    assert_eq!(
+        messages(&carol.receive().await.unwrap()),
+        vec![b"after update".to_vec()]
+    );
 
     // Carol leaves: her proposal is stored by the hub and committed by alice.
     carol.leave(&g).await.unwrap();
-    assert!(alice.receive().await.unwrap().contains(&Event::Proposal { group: g.clone() }));
-    assert!(bob.receive().await.unwrap().contains(&Event::Proposal { group: g.clone() }));
+    assert!(
+        alice
+            .receive()
+            .await
+            .unwrap()
+            .contains(&Event::Proposal { group: g.clone() })
+    );
+    assert!(
+        bob.receive()
+            .await
+            .unwrap()
+            .contains(&Event::Proposal { group: g.clone() })
+    );
     assert_eq!(alice.update(&g).await.unwrap(), 4);
-    assert!(carol.receive().await.unwrap().contains(&Event::Removed { group: g.clone() }));
-    assert!(bob.receive().await.unwrap().contains(&Event::Commit { group: g.clone(), epoch: 4 }));
+    assert!(
+        carol
+            .receive()
+            .await
+            .unwrap()
+            .contains(&Event::Removed { group: g.clone() })
+    );
+    assert!(bob.receive().await.unwrap().contains(&Event::Commit {
+        group: g.clone(),
+        epoch: 4
+    }));
     assert_eq!(alice.members(&g).unwrap().len(), 2);
     assert!(carol.groups().is_empty());
 
     // Alice removes bob; bob learns it and reads nothing afterwards.
     let bob_leaf = bob.own_leaf(&g).unwrap();
     assert_eq!(alice.remove(&g, &[bob_leaf]).await.unwrap(), 5);
-    assert!(bob.receive().await.unwrap().contains(&Event::Removed { group: g.clone() }));
+    assert!(
+        bob.receive()
+            .await
+            .unwrap()
+            .contains(&Event::Removed { group: g.clone() })
+    );
     alice.send(&g, b"only alice is left").await.unwrap();
     assert!(messages(&bob.receive().await.unwrap()).is_empty());
     assert!(messages(&carol.receive().await.unwrap()).is_empty());
@@ -98,14 +141,23 @@ async fn restart_and_crash_lose_nothing() {
         vec![b"before restart 1".to_vec(), b"before restart 2".to_vec()]
     );
     bob.send(&g, b"after restart").await.unwrap();
-    assert_eq!(messages(&alice.receive().await.unwrap()), vec![b"after restart".to_vec()]);
+    assert_eq!(
+        messages(&alice.receive().await.unwrap()),
+        vec![b"after restart".to_vec()]
+    );
 
     // An acknowledged commit and message survive SIGKILL.
     assert_eq!(alice.update(&g).await.unwrap(), 2);
     alice.send(&g, b"before crash").await.unwrap();
     hub.crash_and_restart();
     let events = bob.receive().await.unwrap();
-    assert!(events.contains(&Event::Commit { group: g.clone(), epoch: 2 }), "{events:?}");
+    assert!(
+        events.contains(&Event::Commit {
+            group: g.clone(),
+            epoch: 2
+        }),
+        "{events:?}"
+    );
     assert_eq!(messages(&events), vec![b"before crash".to_vec()]);
 
     // The clients restart too, from their directories, and carry on.
@@ -114,9 +166,15 @@ async fn restart_and_crash_lose_nothing() {
     let mut alice = mimi_client_rm::Client::load(&dir.path().join("alice"), &hub.url()).unwrap();
     let mut bob = mimi_client_rm::Client::load(&dir.path().join("bob"), &hub.url()).unwrap();
     assert_eq!(bob.update(&g).await.unwrap(), 3);
-    assert!(alice.receive().await.unwrap().contains(&Event::Commit { group: g.clone(), epoch: 3 }));
+    assert!(alice.receive().await.unwrap().contains(&Event::Commit {
+        group: g.clone(),
+        epoch: 3
+    }));
     bob.send(&g, b"both restarted").await.unwrap();
-    assert_eq!(messages(&alice.receive().await.unwrap()), vec![b"both restarted".to_vec()]);
+    assert_eq!(
+        messages(&alice.receive().await.unwrap()),
+        vec![b"both restarted".to_vec()]
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -156,5 +214,8 @@ async fn concurrent_commits_for_one_epoch_exactly_one_wins() {
         assert_eq!(bob.epoch(&g).unwrap(), expected_epoch);
     }
     alice.send(&g, b"converged").await.unwrap();
-    assert_eq!(messages(&bob.receive().await.unwrap()), vec![b"converged".to_vec()]);
+    assert_eq!(
+        messages(&bob.receive().await.unwrap()),
+        vec![b"converged".to_vec()]
+    );
 }

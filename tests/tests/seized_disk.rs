@@ -18,7 +18,13 @@ async fn raw_dump_reveals_no_identities_queue_ids_or_plaintext() {
     let g = group_of(&mut alice, &mut [&mut bob, &mut carol]).await;
     let g2 = group_of(&mut bob, &mut [&mut carol]).await;
     let plaintexts: Vec<Vec<u8>> = (0..6)
-        .map(|i| format!("plaintext-marker-{i}-{}", hex::encode(rand::random::<[u8; 8]>())).into_bytes())
+        .map(|i| {
+            format!(
+                "plaintext-marker-{i}-{}",
+                hex::encode(rand::random::<[u8; 8]>())
+            )
+            .into_bytes()
+        })
         .collect();
     alice.send(&g, &plaintexts[0]).await.unwrap();
     bob.send(&g, &plaintexts[1]).await.unwrap();
@@ -47,17 +53,29 @@ async fn raw_dump_reveals_no_identities_queue_ids_or_plaintext() {
     assert_eq!(identities.len(), 3 + 2, "one leaf per membership");
 
     let dump = hub.dump();
-    assert!(dump.iter().any(|(cf, _, _)| *cf == Cf::DsGroups), "groups are stored");
-    assert!(dump.iter().any(|(cf, _, _)| *cf == Cf::QsQueues), "messages are queued");
+    assert!(
+        dump.iter().any(|(cf, _, _)| *cf == Cf::DsGroups),
+        "groups are stored"
+    );
+    assert!(
+        dump.iter().any(|(cf, _, _)| *cf == Cf::QsQueues),
+        "messages are queued"
+    );
     for (cf, k, v) in &dump {
         for id in &identities {
-            assert!(!contains(k, id) && !contains(v, id), "leaf identity in {cf:?}");
+            assert!(
+                !contains(k, id) && !contains(v, id),
+                "leaf identity in {cf:?}"
+            );
         }
         for p in &plaintexts {
             assert!(!contains(k, p) && !contains(v, p), "plaintext in {cf:?}");
         }
         for s in &secrets {
-            assert!(!contains(k, s) && !contains(v, s), "client-held key or token in {cf:?}");
+            assert!(
+                !contains(k, s) && !contains(v, s),
+                "client-held key or token in {cf:?}"
+            );
         }
         if matches!(cf, Cf::DsGroups | Cf::DsReservations) {
             for q in &queue_ids {

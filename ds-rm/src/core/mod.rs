@@ -103,7 +103,12 @@ impl Hub {
     }
 
     /// Handles one request body posted to the endpoint of `endpoint`.
-    pub fn handle(&self, endpoint: TransactionType, body: &[u8], now_ms: u64) -> Result<Vec<u8>, HubError> {
+    pub fn handle(
+        &self,
+        endpoint: TransactionType,
+        body: &[u8],
+        now_ms: u64,
+    ) -> Result<Vec<u8>, HubError> {
         use std::sync::atomic::Ordering::Relaxed;
         let result = self.handle_inner(endpoint, body, now_ms);
         match &result {
@@ -113,11 +118,17 @@ impl Hub {
         result
     }
 
-    fn handle_inner(&self, endpoint: TransactionType, body: &[u8], now_ms: u64) -> Result<Vec<u8>, HubError> {
+    fn handle_inner(
+        &self,
+        endpoint: TransactionType,
+        body: &[u8],
+        now_ms: u64,
+    ) -> Result<Vec<u8>, HubError> {
         if body.len() > self.config.max_body {
             return Err(HubError::TooLarge);
         }
-        let env: Envelope = decode_exact(body, self.config.max_body).map_err(|e| HubError::malformed("envelope", e))?;
+        let env: Envelope = decode_exact(body, self.config.max_body)
+            .map_err(|e| HubError::malformed("envelope", e))?;
         if env.version != PROTOCOL_VERSION {
             return Err(HubError::UnsupportedVersion(env.version));
         }
@@ -167,7 +178,9 @@ impl Hub {
                 Err(e) => {
                     // Federation delivers foreign queues (separate issue); here they are counted.
                     tracing::warn!(op, error = %e, "fan-out item not deliverable locally");
-                    self.metrics.undeliverable.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    self.metrics
+                        .undeliverable
+                        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                 }
             }
         }
@@ -178,11 +191,15 @@ impl Hub {
             if qs::enqueue(&mut txn, &client, message)? {
                 delivered += 1;
             } else {
-                self.metrics.undeliverable.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                self.metrics
+                    .undeliverable
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             }
         }
         txn.commit()?;
-        self.metrics.enqueued.fetch_add(delivered, std::sync::atomic::Ordering::Relaxed);
+        self.metrics
+            .enqueued
+            .fetch_add(delivered, std::sync::atomic::Ordering::Relaxed);
         tracing::debug!(op, delivered, "group operation committed");
         drop(locks);
         encode(&outcome.response).map_err(|e| HubError::Internal(e.to_string()))

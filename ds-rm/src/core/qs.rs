@@ -56,14 +56,29 @@ pub struct QsKeys {
     pub hpke: HpkeKeyPair,
 }
 
-fn put<T: tls_codec::Serialize>(txn: &mut Txn<'_>, cf: Cf, key: Vec<u8>, v: &T) -> Result<(), HubError> {
-    txn.put(cf, key, encode(v).map_err(|e| HubError::Internal(e.to_string()))?);
+fn put<T: tls_codec::Serialize>(
+    txn: &mut Txn<'_>,
+    cf: Cf,
+    key: Vec<u8>,
+    v: &T,
+) -> Result<(), HubError> {
+    txn.put(
+        cf,
+        key,
+        encode(v).map_err(|e| HubError::Internal(e.to_string()))?,
+    );
     Ok(())
 }
 
-fn get<T: tls_codec::Deserialize>(txn: &Txn<'_>, cf: Cf, key: &[u8]) -> Result<Option<T>, HubError> {
+fn get<T: tls_codec::Deserialize>(
+    txn: &Txn<'_>,
+    cf: Cf,
+    key: &[u8],
+) -> Result<Option<T>, HubError> {
     txn.get(cf, key)?
-        .map(|v| decode_exact(&v, 1 << 20).map_err(|e| HubError::Internal(format!("stored record: {e}"))))
+        .map(|v| {
+            decode_exact(&v, 1 << 20).map_err(|e| HubError::Internal(format!("stored record: {e}")))
+        })
         .transpose()
 }
 
@@ -88,8 +103,13 @@ pub fn open_queue_ref(keys: &QsKeys, domain: &str, qr: &QueueRef) -> Result<Clie
         kem_output: qr.sealed.kem_output.as_slice().to_vec(),
         ciphertext: qr.sealed.ciphertext.as_slice().to_vec(),
     };
-    let plain = hpke_seal::open(&keys.hpke.private, QUEUE_REF_HPKE_LABEL, domain.as_bytes(), &ct)
-        .map_err(|_| HubError::InvalidRequest("queue ref does not open"))?;
+    let plain = hpke_seal::open(
+        &keys.hpke.private,
+        QUEUE_REF_HPKE_LABEL,
+        domain.as_bytes(),
+        &ct,
+    )
+    .map_err(|_| HubError::InvalidRequest("queue ref does not open"))?;
     let plain: QueueRefPlain =
         decode_exact(&plain, 1024).map_err(|e| HubError::malformed("queue ref", e))?;
     Ok(plain.client_id)
@@ -97,7 +117,11 @@ pub fn open_queue_ref(keys: &QsKeys, domain: &str, qr: &QueueRef) -> Result<Clie
 
 /// Appends a message to a client's queue under the next ratchet key. The caller holds the
 /// client's queue lock. Returns `false` if the client record no longer exists.
-pub fn enqueue(txn: &mut Txn<'_>, client: &ClientId, message: &QueueMessage) -> Result<bool, HubError> {
+pub fn enqueue(
+    txn: &mut Txn<'_>,
+    client: &ClientId,
+    message: &QueueMessage,
+) -> Result<bool, HubError> {
     let Some(mut record) = get::<ClientRecord>(txn, Cf::QsClients, client)? else {
         return Ok(false);
     };
@@ -167,9 +191,12 @@ pub fn process(
             replay.check_and_record(req.signature.as_slice(), req.tbs.timestamp_ms, now_ms)?;
             create_user(txn, now_ms, p)
         }
-        (QsSender::Anonymous, QsOperation::FetchAddPackages(token)) => fetch_add_packages(txn, token),
+        (QsSender::Anonymous, QsOperation::FetchAddPackages(token)) => {
+            fetch_add_packages(txn, token)
+        }
         (QsSender::Client(id), op) => {
-            let mut record = get::<ClientRecord>(txn, Cf::QsClients, id)?.ok_or(HubError::UnknownClient)?;
+            let mut record =
+                get::<ClientRecord>(txn, Cf::QsClients, id)?.ok_or(HubError::UnknownClient)?;
             verify(record.auth_key.as_slice(), &tbs, &req.signature)?;
             replay.check_and_record(req.signature.as_slice(), req.tbs.timestamp_ms, now_ms)?;
             match op {
@@ -182,16 +209,22 @@ pub fn process(
                     }
                     dequeue(txn, id, d)
                 }
-                _ => Err(HubError::NotAuthorized("operation not allowed for a client")),
+                _ => Err(HubError::NotAuthorized(
+                    "operation not allowed for a client",
+                )),
             }
         }
-        _ => Err(HubError::NotAuthorized("sender type not allowed for this operation")),
+        _ => Err(HubError::NotAuthorized(
+            "sender type not allowed for this operation",
+        )),
     }
 }
 
 fn create_user(txn: &mut Txn<'_>, now_ms: u64, p: &CreateUser) -> Result<QsResponse, HubError> {
     if p.friendship_token.as_slice().len() != 32 {
-        return Err(HubError::InvalidRequest("friendship token must be 32 bytes"));
+        return Err(HubError::InvalidRequest(
+            "friendship token must be 32 bytes",
+        ));
     }
     VerifyingKey::from_bytes(p.user_auth_key.as_slice())
         .map_err(|_| HubError::InvalidRequest("bad user auth key"))?;
@@ -228,18 +261,28 @@ fn create_user(txn: &mut Txn<'_>, now_ms: u64, p: &CreateUser) -> Result<QsRespo
     Ok(QsResponse::UserCreated(UserCreated { user_id, client_id }))
 }
 
-fn publish(txn: &mut Txn<'_>, client: &ClientId, p: &PublishAddPackages) -> Result<QsResponse, HubError> {
+fn publish(
+    txn: &mut Txn<'_>,
+    client: &ClientId,
+    p: &PublishAddPackages,
+) -> Result<QsResponse, HubError> {
     if p.packages.len() > MAX_ADD_PACKAGES {
         return Err(HubError::InvalidRequest("too many AddPackages"));
     }
     if p.last_resort.as_slice().is_empty() {
-        return Err(HubError::InvalidRequest("a last-resort AddPackage is required"));
+        return Err(HubError::InvalidRequest(
+            "a last-resort AddPackage is required",
+        ));
     }
     for (k, _) in txn.scan_prefix(Cf::QsAddPackages, client, usize::MAX)? {
         txn.delete(Cf::QsAddPackages, k);
     }
     for (i, pkg) in p.packages.iter().enumerate() {
-        txn.put(Cf::QsAddPackages, package_key(client, i as u32), pkg.as_slice().to_vec());
+        txn.put(
+            Cf::QsAddPackages,
+            package_key(client, i as u32),
+            pkg.as_slice().to_vec(),
+        );
     }
     txn.put(
         Cf::QsAddPackages,
@@ -253,7 +296,11 @@ fn fetch_add_packages(txn: &mut Txn<'_>, token: &VLBytes) -> Result<QsResponse, 
     let (_, user) = user_of_token(txn, token.as_slice())?.ok_or(HubError::UnknownToken)?;
     let mut out = Vec::new();
     for client in &user.clients {
-        if let Some((k, v)) = txn.scan_prefix(Cf::QsAddPackages, client, 1)?.into_iter().next() {
+        if let Some((k, v)) = txn
+            .scan_prefix(Cf::QsAddPackages, client, 1)?
+            .into_iter()
+            .next()
+        {
             // One-time packages are consumed; the last-resort one stays.
             if k != package_key(client, LAST_RESORT_INDEX) {
                 txn.delete(Cf::QsAddPackages, k);

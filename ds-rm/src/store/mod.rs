@@ -72,6 +72,11 @@ pub enum StoreError {
     MissingCf(&'static str),
 }
 
+/// A key and its value.
+pub type Entry = (Vec<u8>, Vec<u8>);
+/// A key and its value in a column family.
+pub type CfEntry = (Cf, Vec<u8>, Vec<u8>);
+
 /// One buffered write.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Op {
@@ -93,16 +98,11 @@ pub trait Store: Send + Sync + 'static {
     /// Reads one value.
     fn get(&self, cf: Cf, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError>;
     /// All entries whose key starts with `prefix`, in key order, at most `limit`.
-    fn scan_prefix(
-        &self,
-        cf: Cf,
-        prefix: &[u8],
-        limit: usize,
-    ) -> Result<Vec<(Vec<u8>, Vec<u8>)>, StoreError>;
+    fn scan_prefix(&self, cf: Cf, prefix: &[u8], limit: usize) -> Result<Vec<Entry>, StoreError>;
     /// Applies a batch atomically; returns only once it is durable under the sync policy.
     fn write(&self, batch: Batch) -> Result<(), StoreError>;
     /// Every entry of every column family (audit and tests).
-    fn dump(&self) -> Result<Vec<(Cf, Vec<u8>, Vec<u8>)>, StoreError>;
+    fn dump(&self) -> Result<Vec<CfEntry>, StoreError>;
 }
 
 /// Read-your-writes view over a store for the duration of one request.
@@ -136,7 +136,7 @@ impl<'s> Txn<'s> {
         cf: Cf,
         prefix: &[u8],
         limit: usize,
-    ) -> Result<Vec<(Vec<u8>, Vec<u8>)>, StoreError> {
+    ) -> Result<Vec<Entry>, StoreError> {
         let mut merged: std::collections::BTreeMap<Vec<u8>, Vec<u8>> = self
             .store
             .scan_prefix(cf, prefix, usize::MAX)?

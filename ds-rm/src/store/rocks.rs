@@ -1,6 +1,6 @@
 //! RocksDB implementation of [`Store`].
 
-use super::{Batch, Cf, Op, Store, StoreError};
+use super::{Batch, Cf, CfEntry, Entry, Op, Store, StoreError};
 use rocksdb::{ColumnFamilyDescriptor, DB, IteratorMode, Options, WriteBatch, WriteOptions};
 use std::path::Path;
 
@@ -33,7 +33,9 @@ impl RocksStore {
     }
 
     fn handle(&self, cf: Cf) -> Result<&rocksdb::ColumnFamily, StoreError> {
-        self.db.cf_handle(cf.name()).ok_or(StoreError::MissingCf(cf.name()))
+        self.db
+            .cf_handle(cf.name())
+            .ok_or(StoreError::MissingCf(cf.name()))
     }
 }
 
@@ -42,12 +44,7 @@ impl Store for RocksStore {
         Ok(self.db.get_cf(self.handle(cf)?, key)?)
     }
 
-    fn scan_prefix(
-        &self,
-        cf: Cf,
-        prefix: &[u8],
-        limit: usize,
-    ) -> Result<Vec<(Vec<u8>, Vec<u8>)>, StoreError> {
+    fn scan_prefix(&self, cf: Cf, prefix: &[u8], limit: usize) -> Result<Vec<Entry>, StoreError> {
         let mut out = Vec::new();
         let iter = self.db.iterator_cf(
             self.handle(cf)?,
@@ -76,7 +73,7 @@ impl Store for RocksStore {
         Ok(self.db.write_opt(wb, &wo)?)
     }
 
-    fn dump(&self) -> Result<Vec<(Cf, Vec<u8>, Vec<u8>)>, StoreError> {
+    fn dump(&self) -> Result<Vec<CfEntry>, StoreError> {
         let mut out = Vec::new();
         for cf in Cf::ALL {
             for item in self.db.iterator_cf(self.handle(cf)?, IteratorMode::Start) {

@@ -13,14 +13,21 @@ type BoxError = Box<dyn std::error::Error + Send + Sync>;
 fn show(who: &str, events: &[Event]) {
     for e in events {
         match e {
-            Event::Message { sender, plaintext, .. } => {
-                println!("  {who:<6} reads  leaf {sender}: {:?}", String::from_utf8_lossy(plaintext))
+            Event::Message {
+                sender, plaintext, ..
+            } => {
+                println!(
+                    "  {who:<6} reads  leaf {sender}: {:?}",
+                    String::from_utf8_lossy(plaintext)
+                )
             }
             Event::Joined { .. } => println!("  {who:<6} joined the group"),
             Event::Commit { epoch, .. } => println!("  {who:<6} applied a commit -> epoch {epoch}"),
             Event::Proposal { .. } => println!("  {who:<6} saw a proposal"),
             Event::Removed { .. } => println!("  {who:<6} was removed"),
-            Event::Undecryptable { seq, reason } => println!("  {who:<6} could not read #{seq}: {reason}"),
+            Event::Undecryptable { seq, reason } => {
+                println!("  {who:<6} could not read #{seq}: {reason}")
+            }
         }
     }
 }
@@ -34,13 +41,20 @@ async fn main() -> Result<(), BoxError> {
         ..Config::default()
     };
     let store = Arc::new(RocksStore::open(&cfg.data_dir, true)?);
-    let hub = Arc::new(Hub::new(store.clone(), cfg.hub_config(), mimi_ds_rm::now_ms())?);
+    let hub = Arc::new(Hub::new(
+        store.clone(),
+        cfg.hub_config(),
+        mimi_ds_rm::now_ms(),
+    )?);
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let url = format!("http://{}", listener.local_addr()?);
     tokio::spawn(async move {
         let _ = axum::serve(listener, mimi_ds_rm::http::router(hub)).await;
     });
-    println!("embedded hub for domain demo.hub at {url}, data in {}\n", cfg.data_dir.display());
+    println!(
+        "embedded hub for domain demo.hub at {url}, data in {}\n",
+        cfg.data_dir.display()
+    );
 
     let mut alice = Client::register(&dir.path().join("alice"), &url, "alice").await?;
     let mut bob = Client::register(&dir.path().join("bob"), &url, "bob").await?;
@@ -64,6 +78,8 @@ async fn main() -> Result<(), BoxError> {
     show("carol", &carol.receive().await?);
     bob.update(&g).await?;
     println!("  bob    refreshed his keys (update commit)");
+    let row = store.get(Cf::DsGroups, &g.0)?.map(|v| v.len()).unwrap_or(0);
+    println!("  (hub)  encrypted state row of this 3-member group: {row} bytes");
     carol.leave(&g).await?;
     println!("  carol  asked to leave");
     show("alice", &alice.receive().await?);
@@ -71,7 +87,9 @@ async fn main() -> Result<(), BoxError> {
     println!("  alice  committed carol's leave");
     show("bob", &bob.receive().await?);
     show("carol", &carol.receive().await?);
-    alice.send(&g, b"Carol is gone; see you at noon, Bob.").await?;
+    alice
+        .send(&g, b"Carol is gone; see you at noon, Bob.")
+        .await?;
     bob.send(&g, b"(this one stays queued on the hub)").await?;
     show("bob", &bob.receive().await?);
 
@@ -80,7 +98,12 @@ async fn main() -> Result<(), BoxError> {
     for cf in Cf::ALL {
         let rows: Vec<_> = dump.iter().filter(|(c, _, _)| *c == cf).collect();
         let bytes: usize = rows.iter().map(|(_, k, v)| k.len() + v.len()).sum();
-        println!("  {:<16} {:>3} records {:>7} bytes", cf.name(), rows.len(), bytes);
+        println!(
+            "  {:<16} {:>3} records {:>7} bytes",
+            cf.name(),
+            rows.len(),
+            bytes
+        );
         for (_, k, v) in rows.iter().take(3) {
             println!(
                 "      key {}…  value {}… ({} B)",
@@ -98,7 +121,11 @@ async fn main() -> Result<(), BoxError> {
     });
     println!(
         "\nsearching the dump for 'lunch', 'noon', 'alice', 'carol': {}",
-        if found { "FOUND (this is a bug)" } else { "nothing found" }
+        if found {
+            "FOUND (this is a bug)"
+        } else {
+            "nothing found"
+        }
     );
     println!("group state is one padded AES-256-GCM ciphertext under a key only members hold;");
     println!("queues are ratchet ciphertexts whose earlier keys the hub has already deleted.");

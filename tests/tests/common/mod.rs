@@ -10,7 +10,12 @@ pub const MAX_BODY: usize = 256 * 1024;
 
 /// Starts a real hub process in `dir`.
 pub fn hub(dir: &Path) -> HubProcess {
-    HubProcess::start(Path::new(env!("CARGO_BIN_EXE_hub-under-test")), dir, "hub.test", MAX_BODY)
+    HubProcess::start(
+        Path::new(env!("CARGO_BIN_EXE_hub-under-test")),
+        dir,
+        "hub.test",
+        MAX_BODY,
+    )
 }
 
 /// Registers a client with its state under `dir/name`.

@@ -59,7 +59,11 @@ pub struct DsOutcome {
 }
 
 /// Processes one decoded DS request.
-pub fn process(ctx: &DsContext<'_>, txn: &mut Txn<'_>, mut req: DsRequest) -> Result<DsOutcome, HubError> {
+pub fn process(
+    ctx: &DsContext<'_>,
+    txn: &mut Txn<'_>,
+    mut req: DsRequest,
+) -> Result<DsOutcome, HubError> {
     // The signed bytes contain the EAR key: wipe them when the request is done.
     let signed = zeroize::Zeroizing::new(signed_bytes(&req.tbs)?);
     // Take the EAR key out of the request right away so only the zeroizing type holds it.
@@ -114,9 +118,15 @@ fn reserve_group_id(ctx: &DsContext<'_>, txn: &mut Txn<'_>) -> Result<DsOutcome,
             domain: ctx.domain.as_bytes().to_vec().into(),
         };
         let bytes = encode(&id).map_err(|e| HubError::Internal(e.to_string()))?;
-        if txn.get(Cf::DsGroups, &bytes)?.is_none() && txn.get(Cf::DsReservations, &bytes)?.is_none() {
+        if txn.get(Cf::DsGroups, &bytes)?.is_none()
+            && txn.get(Cf::DsReservations, &bytes)?.is_none()
+        {
             let expiry = ctx.now_ms / 1000 + RESERVATION_SECS;
-            txn.put(Cf::DsReservations, bytes.clone(), expiry.to_be_bytes().to_vec());
+            txn.put(
+                Cf::DsReservations,
+                bytes.clone(),
+                expiry.to_be_bytes().to_vec(),
+            );
             return Ok(DsOutcome {
                 response: DsResponse::GroupId(bytes.into()),
                 fanout: Vec::new(),
@@ -135,10 +145,12 @@ fn create_group(
     key: EarKey,
 ) -> Result<DsOutcome, HubError> {
     let gid = req.tbs.group_id.as_slice();
-    let qualified: QualifiedGroupId =
-        decode_exact(gid, 1024).map_err(|_| HubError::InvalidGroupId("not a qualified group id"))?;
+    let qualified: QualifiedGroupId = decode_exact(gid, 1024)
+        .map_err(|_| HubError::InvalidGroupId("not a qualified group id"))?;
     if qualified.domain.as_slice() != ctx.domain.as_bytes() {
-        return Err(HubError::InvalidGroupId("group id belongs to another domain"));
+        return Err(HubError::InvalidGroupId(
+            "group id belongs to another domain",
+        ));
     }
     if txn.get(Cf::DsGroups, gid)?.is_some() {
         return Err(HubError::GroupExists);
@@ -164,19 +176,30 @@ fn create_group(
     let tree = RatchetTreeIn::tls_deserialize_exact(params.ratchet_tree.as_slice())
         .map_err(|e| HubError::malformed("ratchet tree", e))?;
     let store = PublicStore::default();
-    let (pg, _) = PublicGroup::from_external(&RustCrypto::default(), &store, tree, vgi, ProposalStore::new())
-        .map_err(|e| HubError::InvalidGroupInfo(e.to_string()))?;
+    let (pg, _) = PublicGroup::from_external(
+        &RustCrypto::default(),
+        &store,
+        tree,
+        vgi,
+        ProposalStore::new(),
+    )
+    .map_err(|e| HubError::InvalidGroupInfo(e.to_string()))?;
     if pg.group_context().epoch().as_u64() != 0 || pg.members().count() != 1 {
-        return Err(HubError::InvalidGroupInfo("a new group has one member at epoch 0".into()));
+        return Err(HubError::InvalidGroupInfo(
+            "a new group has one member at epoch 0".into(),
+        ));
     }
     if pg.ciphersuite().signature_algorithm() != SignatureScheme::ED25519 {
-        return Err(HubError::InvalidRequest("only Ed25519 ciphersuites are supported"));
+        return Err(HubError::InvalidRequest(
+            "only Ed25519 ciphersuites are supported",
+        ));
     }
     let leaf = pg
         .leaf(LeafNodeIndex::new(0))
         .ok_or(HubError::InvalidGroupInfo("no leaf 0".into()))?;
     verify(leaf.signature_key().as_slice(), signed, &req.signature)?;
-    ctx.replay.check_and_record(req.signature.as_slice(), req.tbs.timestamp_ms, ctx.now_ms)?;
+    ctx.replay
+        .check_and_record(req.signature.as_slice(), req.tbs.timestamp_ms, ctx.now_ms)?;
     queue_ref_of(leaf)?;
     let group = LoadedGroup {
         group_id: gid.to_vec(),
@@ -262,9 +285,11 @@ enum CommitKind {
 
 impl LoadedGroup {
     fn load(txn: &Txn<'_>, group_id: &[u8], key: EarKey) -> Result<Self, HubError> {
-        let raw = txn.get(Cf::DsGroups, group_id)?.ok_or(HubError::UnknownGroup)?;
-        let row: GroupRow =
-            decode_exact(&raw, MAX_ROW).map_err(|e| HubError::Internal(format!("stored row: {e}")))?;
+        let raw = txn
+            .get(Cf::DsGroups, group_id)?
+            .ok_or(HubError::UnknownGroup)?;
+        let row: GroupRow = decode_exact(&raw, MAX_ROW)
+            .map_err(|e| HubError::Internal(format!("stored row: {e}")))?;
         let state = DsGroupState::open(&row, &key, group_id)?;
         let store = PublicStore::from_blob(state.public_group);
         let pg = PublicGroup::load(&store, &GroupId::from_slice(group_id))
@@ -317,11 +342,18 @@ impl LoadedGroup {
                 Authenticated::Joiner(key.as_slice().to_vec())
             }
             (DsSender::Anonymous, DsOperation::ExternalCommitInfo) => Authenticated::KeyHolder,
-            _ => return Err(HubError::NotAuthorized("sender type not allowed for this operation")),
+            _ => {
+                return Err(HubError::NotAuthorized(
+                    "sender type not allowed for this operation",
+                ));
+            }
         };
         if !matches!(who, Authenticated::KeyHolder) {
-            ctx.replay
-                .check_and_record(req.signature.as_slice(), req.tbs.timestamp_ms, ctx.now_ms)?;
+            ctx.replay.check_and_record(
+                req.signature.as_slice(),
+                req.tbs.timestamp_ms,
+                ctx.now_ms,
+            )?;
         }
         Ok(who)
     }
@@ -339,17 +371,23 @@ impl LoadedGroup {
             joiner_seen = self.forget_joiner(idx);
         }
         let mut applied = match (op, who) {
-            (DsOperation::AddMembers(b), Authenticated::Member(s)) => self.commit(ctx, s, CommitKind::Add, b)?,
+            (DsOperation::AddMembers(b), Authenticated::Member(s)) => {
+                self.commit(ctx, s, CommitKind::Add, b)?
+            }
             (DsOperation::RemoveMembers(b), Authenticated::Member(s)) => {
                 self.commit(ctx, s, CommitKind::Remove, b)?
             }
-            (DsOperation::Update(b), Authenticated::Member(s)) => self.commit(ctx, s, CommitKind::Update, b)?,
+            (DsOperation::Update(b), Authenticated::Member(s)) => {
+                self.commit(ctx, s, CommitKind::Update, b)?
+            }
             (DsOperation::DeleteGroup(b), Authenticated::Member(s)) => {
                 self.commit(ctx, s, CommitKind::Delete, b)?
             }
             (DsOperation::SelfRemove(p), Authenticated::Member(s)) => self.self_remove(s, p)?,
             (DsOperation::SendMessage(m), Authenticated::Member(s)) => self.send(s, m)?,
-            (DsOperation::WelcomeInfo(epoch), Authenticated::Joiner(key)) => self.welcome_info(*epoch, &key)?,
+            (DsOperation::WelcomeInfo(epoch), Authenticated::Joiner(key)) => {
+                self.welcome_info(*epoch, &key)?
+            }
             (DsOperation::ExternalCommitInfo, _) => Applied {
                 response: DsResponse::ExternalCommitInfo(ExternalCommitInfo {
                     group_info: self.group_info.clone(),
@@ -358,7 +396,11 @@ impl LoadedGroup {
                 fanout: Vec::new(),
                 write: Write::None,
             },
-            _ => return Err(HubError::NotAuthorized("operation not allowed for this sender")),
+            _ => {
+                return Err(HubError::NotAuthorized(
+                    "operation not allowed for this sender",
+                ));
+            }
         };
         if joiner_seen && matches!(applied.write, Write::None) {
             applied.write = Write::Save;
@@ -367,7 +409,11 @@ impl LoadedGroup {
     }
 
     fn forget_joiner(&mut self, idx: LeafNodeIndex) -> bool {
-        let Some(key) = self.pg.leaf(idx).map(|l| l.signature_key().as_slice().to_vec()) else {
+        let Some(key) = self
+            .pg
+            .leaf(idx)
+            .map(|l| l.signature_key().as_slice().to_vec())
+        else {
             return false;
         };
         let before: usize = self.past_trees.iter().map(|t| t.joiners.len()).sum();
@@ -375,7 +421,12 @@ impl LoadedGroup {
             t.joiners.retain(|j| j.as_slice() != key.as_slice());
         }
         self.past_trees.retain(|t| !t.joiners.is_empty());
-        before != self.past_trees.iter().map(|t| t.joiners.len()).sum::<usize>()
+        before
+            != self
+                .past_trees
+                .iter()
+                .map(|t| t.joiners.len())
+                .sum::<usize>()
     }
 
     fn tree_bytes(&self) -> Result<Vec<u8>, HubError> {
@@ -414,7 +465,9 @@ impl LoadedGroup {
         let crypto = RustCrypto::default();
         let pm = parse_protocol_message(bundle.commit.as_slice())?;
         if pm.wire_format() != WireFormat::PublicMessage {
-            return Err(HubError::InvalidMls("handshake messages must be PublicMessages".into()));
+            return Err(HubError::InvalidMls(
+                "handshake messages must be PublicMessages".into(),
+            ));
         }
         if pm.group_id().as_slice() != self.group_id.as_slice() {
             return Err(HubError::InvalidMls("commit is for another group".into()));
@@ -428,7 +481,9 @@ impl LoadedGroup {
             .process_message(&crypto, pm)
             .map_err(|e| HubError::InvalidMls(e.to_string()))?;
         if !matches!(processed.sender(), Sender::Member(i) if *i == sender) {
-            return Err(HubError::NotAuthorized("commit not sent by the signing member"));
+            return Err(HubError::NotAuthorized(
+                "commit not sent by the signing member",
+            ));
         }
         let ProcessedMessageContent::StagedCommitMessage(staged) = processed.into_content() else {
             return Err(HubError::WrongOperation("not a commit"));
@@ -452,11 +507,17 @@ impl LoadedGroup {
                 Proposal::Add(a) => adds.push(a.key_package().clone()),
                 Proposal::Remove(r) if !is_pending => removed.push(r.removed()),
                 Proposal::Remove(_) => {}
-                _ => return Err(HubError::WrongOperation("only add and remove proposals are supported")),
+                _ => {
+                    return Err(HubError::WrongOperation(
+                        "only add and remove proposals are supported",
+                    ));
+                }
             }
         }
         if covered != pending.len() {
-            return Err(HubError::WrongOperation("commit must include every pending proposal"));
+            return Err(HubError::WrongOperation(
+                "commit must include every pending proposal",
+            ));
         }
         let has_path = staged.update_path_leaf_node().is_some();
         let ok = match kind {
@@ -464,8 +525,12 @@ impl LoadedGroup {
             CommitKind::Remove => !removed.is_empty() && adds.is_empty(),
             CommitKind::Update => has_path && adds.is_empty() && removed.is_empty(),
             CommitKind::Delete => {
-                let others: HashSet<LeafNodeIndex> =
-                    self.pg.members().map(|m| m.index).filter(|i| *i != sender).collect();
+                let others: HashSet<LeafNodeIndex> = self
+                    .pg
+                    .members()
+                    .map(|m| m.index)
+                    .filter(|i| *i != sender)
+                    .collect();
                 adds.is_empty() && others == removed.iter().copied().collect()
             }
         };
@@ -502,11 +567,8 @@ impl LoadedGroup {
             fanout.extend(self.welcomes(ctx, &crypto, &adds, bundle.welcome.as_ref())?);
         }
         // Joiners that were removed again will never ask for their tree.
-        let present: HashSet<Vec<u8>> = self
-            .pg
-            .members()
-            .map(|m| m.signature_key.clone())
-            .collect();
+        let present: HashSet<Vec<u8>> =
+            self.pg.members().map(|m| m.signature_key.clone()).collect();
         for t in &mut self.past_trees {
             t.joiners.retain(|j| present.contains(j.as_slice()));
         }
@@ -528,7 +590,9 @@ impl LoadedGroup {
     ) -> Result<(), HubError> {
         let vgi = parse_group_info(bytes)?;
         if vgi.group_context() != self.pg.group_context() {
-            return Err(HubError::InvalidGroupInfo("does not match the new epoch".into()));
+            return Err(HubError::InvalidGroupInfo(
+                "does not match the new epoch".into(),
+            ));
         }
         if vgi.extensions().external_pub().is_none() {
             return Err(HubError::InvalidGroupInfo("missing external_pub".into()));
@@ -549,10 +613,14 @@ impl LoadedGroup {
         let (head, signer) = payload.split_at(split);
         let signer = u32::from_be_bytes([signer[0], signer[1], signer[2], signer[3]]);
         if !head.ends_with(&tag) {
-            return Err(HubError::InvalidGroupInfo("confirmation tag differs from the commit's".into()));
+            return Err(HubError::InvalidGroupInfo(
+                "confirmation tag differs from the commit's".into(),
+            ));
         }
         if signer != committer.u32() {
-            return Err(HubError::InvalidGroupInfo("not signed by the committer".into()));
+            return Err(HubError::InvalidGroupInfo(
+                "not signed by the committer".into(),
+            ));
         }
         let leaf = self
             .pg
@@ -574,15 +642,20 @@ impl LoadedGroup {
         adds: &[KeyPackage],
         welcome: Option<&VLBytes>,
     ) -> Result<Vec<Fanout>, HubError> {
-        let welcome_bytes = welcome.ok_or(HubError::WrongOperation("add_members needs a Welcome"))?;
-        let MlsMessageBodyIn::Welcome(w) = MlsMessageIn::tls_deserialize_exact(welcome_bytes.as_slice())
-            .map_err(|e| HubError::malformed("welcome", e))?
-            .extract()
+        let welcome_bytes =
+            welcome.ok_or(HubError::WrongOperation("add_members needs a Welcome"))?;
+        let MlsMessageBodyIn::Welcome(w) =
+            MlsMessageIn::tls_deserialize_exact(welcome_bytes.as_slice())
+                .map_err(|e| HubError::malformed("welcome", e))?
+                .extract()
         else {
             return Err(HubError::malformed("welcome", "not a Welcome message"));
         };
-        let covered: HashSet<Vec<u8>> =
-            w.secrets().iter().map(|s| s.new_member().as_slice().to_vec()).collect();
+        let covered: HashSet<Vec<u8>> = w
+            .secrets()
+            .iter()
+            .map(|s| s.new_member().as_slice().to_vec())
+            .collect();
         let epoch = self.epoch();
         let mut out = Vec::with_capacity(adds.len());
         let mut joiners = Vec::with_capacity(adds.len());
@@ -591,7 +664,9 @@ impl LoadedGroup {
                 .hash_ref(crypto)
                 .map_err(|e| HubError::Internal(e.to_string()))?;
             if !covered.contains(kp_ref.as_slice()) {
-                return Err(HubError::WrongOperation("the Welcome does not cover every added member"));
+                return Err(HubError::WrongOperation(
+                    "the Welcome does not cover every added member",
+                ));
             }
             let info = JoinerInfo {
                 group_id: self.group_id.clone().into(),
@@ -628,7 +703,9 @@ impl LoadedGroup {
     fn self_remove(&mut self, sender: LeafNodeIndex, bytes: &VLBytes) -> Result<Applied, HubError> {
         let pm = parse_protocol_message(bytes.as_slice())?;
         if pm.wire_format() != WireFormat::PublicMessage {
-            return Err(HubError::InvalidMls("proposals must be PublicMessages".into()));
+            return Err(HubError::InvalidMls(
+                "proposals must be PublicMessages".into(),
+            ));
         }
         let current = self.epoch();
         if pm.epoch().as_u64() != current {
@@ -644,7 +721,9 @@ impl LoadedGroup {
         let own = matches!(qp.sender(), Sender::Member(i) if *i == sender)
             && matches!(qp.proposal(), Proposal::Remove(r) if r.removed() == sender);
         if !own {
-            return Err(HubError::WrongOperation("self_remove must remove the sender itself"));
+            return Err(HubError::WrongOperation(
+                "self_remove must remove the sender itself",
+            ));
         }
         self.pg
             .add_proposal(&self.store, *qp)
@@ -658,8 +737,12 @@ impl LoadedGroup {
 
     fn send(&self, sender: LeafNodeIndex, bytes: &VLBytes) -> Result<Applied, HubError> {
         let pm = parse_protocol_message(bytes.as_slice())?;
-        if pm.wire_format() != WireFormat::PrivateMessage || pm.content_type() != ContentType::Application {
-            return Err(HubError::InvalidMls("application messages must be PrivateMessages".into()));
+        if pm.wire_format() != WireFormat::PrivateMessage
+            || pm.content_type() != ContentType::Application
+        {
+            return Err(HubError::InvalidMls(
+                "application messages must be PrivateMessages".into(),
+            ));
         }
         if pm.group_id().as_slice() != self.group_id.as_slice() {
             return Err(HubError::InvalidMls("message is for another group".into()));

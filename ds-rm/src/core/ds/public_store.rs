@@ -58,9 +58,7 @@ fn enc<T: serde::Serialize>(v: &T) -> Result<VLBytes, PublicStoreError> {
     Ok(postcard::to_allocvec(v)?.into())
 }
 
-fn dec<T: serde::de::DeserializeOwned>(
-    v: &Option<VLBytes>,
-) -> Result<Option<T>, PublicStoreError> {
+fn dec<T: serde::de::DeserializeOwned>(v: &Option<VLBytes>) -> Result<Option<T>, PublicStoreError> {
     v.as_ref()
         .map(|b| postcard::from_bytes(b.as_slice()))
         .transpose()
@@ -91,7 +89,10 @@ impl PublicStorageProvider<CURRENT_VERSION> for PublicStore {
         Ok(())
     }
 
-    fn write_context<G: traits::GroupId<CURRENT_VERSION>, C: traits::GroupContext<CURRENT_VERSION>>(
+    fn write_context<
+        G: traits::GroupId<CURRENT_VERSION>,
+        C: traits::GroupContext<CURRENT_VERSION>,
+    >(
         &self,
         _: &G,
         ctx: &C,
@@ -161,7 +162,10 @@ impl PublicStorageProvider<CURRENT_VERSION> for PublicStore {
         dec(&self.inner.borrow().tree)
     }
 
-    fn group_context<G: traits::GroupId<CURRENT_VERSION>, C: traits::GroupContext<CURRENT_VERSION>>(
+    fn group_context<
+        G: traits::GroupId<CURRENT_VERSION>,
+        C: traits::GroupContext<CURRENT_VERSION>,
+    >(
         &self,
         _: &G,
     ) -> Result<Option<C>, Self::PublicError> {
@@ -220,7 +224,10 @@ impl PublicStorageProvider<CURRENT_VERSION> for PublicStore {
         Ok(())
     }
 
-    fn remove_proposal<G: traits::GroupId<CURRENT_VERSION>, R: traits::ProposalRef<CURRENT_VERSION>>(
+    fn remove_proposal<
+        G: traits::GroupId<CURRENT_VERSION>,
+        R: traits::ProposalRef<CURRENT_VERSION>,
+    >(
         &self,
         _: &G,
         reference: &R,
@@ -244,4 +251,3 @@ impl PublicStorageProvider<CURRENT_VERSION> for PublicStore {
         Ok(())
     }
 }
-
