@@ -80,6 +80,8 @@ async fn main() -> Result<(), BoxError> {
     println!("  bob    refreshed his keys (update commit)");
     let row = store.get(Cf::DsGroups, &g.0)?.map(|v| v.len()).unwrap_or(0);
     println!("  (hub)  encrypted state row of this 3-member group: {row} bytes");
+    show("alice", &alice.receive().await?);
+    show("carol", &carol.receive().await?);
     carol.leave(&g).await?;
     println!("  carol  asked to leave");
     show("alice", &alice.receive().await?);
