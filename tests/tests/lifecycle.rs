@@ -5,7 +5,7 @@ mod common;
 use common::*;
 use mimi_client_rm::Event;
 use mimi_rm_protocol::ds::*;
-use mimi_rm_protocol::{ErrorCode, TransactionType, encode, paths};
+use mimi_rm_protocol::{ErrorCode, TransactionType, paths};
 use mimi_rm_tests::{error_of, post};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -122,7 +122,6 @@ async fn three_clients_create_talk_update_remove_leave_delete() {
     let (status, resp) = post(&hub.url(), paths::EXTERNAL_COMMIT_INFORMATION, body).await;
     assert_eq!(status, 404);
     assert_eq!(error_of(&resp).code, ErrorCode::UnknownGroup);
-    let _ = encode(&req).unwrap();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
