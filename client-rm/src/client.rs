@@ -553,24 +553,50 @@ impl Client {
         self.persist()
     }
 
+    /// What every member request needs: our signer in the group, the group, and its EAR key.
+    fn member(
+        &self,
+        group: &GroupHandle,
+    ) -> Result<(SignatureKeyPair, MlsGroup, EarKey), ClientError> {
+        let meta = self.meta(group)?;
+        Ok((
+            self.signer(&meta.signer_public)?,
+            self.load_group(group)?,
+            EarKey::from_bytes(&unhex(&meta.ear_key)?)?,
+        ))
+    }
+
+    /// A DS request signed by our leaf in `mls`.
+    fn member_request(
+        &self,
+        mls: &MlsGroup,
+        ear_key: &EarKey,
+        signer: &SignatureKeyPair,
+        operation: DsOperation,
+    ) -> Result<DsRequest, ClientError> {
+        let sender = DsSender::Member(mls.own_leaf_index().u32());
+        self.ds_request(
+            mls.group_id().as_slice(),
+            Some(ear_key),
+            sender,
+            operation,
+            Some(signer),
+        )
+    }
+
     /// Proposes our own removal; another member commits it.
     pub async fn leave(&mut self, group: &GroupHandle) -> Result<(), ClientError> {
-        let meta = self.meta(group)?.clone();
-        let signer = self.signer(&meta.signer_public)?;
-        let mut mls = self.load_group(group)?;
+        let (signer, mut mls, ear_key) = self.member(group)?;
         let proposal = mls
             .leave_group(&self.provider, &signer)
             .map_err(ClientError::mls)?
             .to_bytes()
             .map_err(ClientError::mls)?;
-        let ear_key = EarKey::from_bytes(&unhex(&meta.ear_key)?)?;
-        let sender = DsSender::Member(mls.own_leaf_index().u32());
-        let req = self.ds_request(
-            &group.0,
-            Some(&ear_key),
-            sender,
+        let req = self.member_request(
+            &mls,
+            &ear_key,
+            &signer,
             DsOperation::SelfRemove(proposal.into()),
-            Some(&signer),
         )?;
         self.transport.ds(&req).await?;
         self.persist()
@@ -578,31 +604,24 @@ impl Client {
 
     /// Encrypts and sends an application message.
     pub async fn send(&mut self, group: &GroupHandle, plaintext: &[u8]) -> Result<(), ClientError> {
-        let meta = self.meta(group)?.clone();
-        let signer = self.signer(&meta.signer_public)?;
-        let mut mls = self.load_group(group)?;
+        let (signer, mut mls, ear_key) = self.member(group)?;
         let msg = mls
             .create_message(&self.provider, &signer, plaintext)
             .map_err(ClientError::mls)?
             .to_bytes()
             .map_err(ClientError::mls)?;
-        let ear_key = EarKey::from_bytes(&unhex(&meta.ear_key)?)?;
-        let sender = DsSender::Member(mls.own_leaf_index().u32());
-        let req = self.ds_request(
-            &group.0,
-            Some(&ear_key),
-            sender,
+        let req = self.member_request(
+            &mls,
+            &ear_key,
+            &signer,
             DsOperation::SendMessage(msg.into()),
-            Some(&signer),
         )?;
         self.transport.ds(&req).await?;
         self.persist()
     }
 
     async fn commit(&mut self, group: &GroupHandle, plan: Plan) -> Result<u64, ClientError> {
-        let meta = self.meta(group)?.clone();
-        let signer = self.signer(&meta.signer_public)?;
-        let mut mls = self.load_group(group)?;
+        let (signer, mut mls, ear_key) = self.member(group)?;
         let builder = mls.commit_builder();
         let builder = match &plan {
             Plan::Add(kps) => builder.propose_adds(kps.iter().cloned()),
@@ -641,9 +660,7 @@ impl Client {
             Plan::Update => DsOperation::Update(cb),
             Plan::Delete(_) => DsOperation::DeleteGroup(cb),
         };
-        let ear_key = EarKey::from_bytes(&unhex(&meta.ear_key)?)?;
-        let sender = DsSender::Member(mls.own_leaf_index().u32());
-        let req = self.ds_request(&group.0, Some(&ear_key), sender, op, Some(&signer))?;
+        let req = self.member_request(&mls, &ear_key, &signer, op)?;
         match self.transport.ds(&req).await {
             Ok(_) => {
                 mls.merge_pending_commit(&self.provider)

@@ -34,13 +34,17 @@ fn ds_signed(
         sender,
         operation,
     };
+    let tt = match tbs.operation {
+        DsOperation::WelcomeInfo(_) => TransactionType::WelcomeInformation,
+        _ => TransactionType::GroupOperation,
+    };
     let mut signed = DS_REQUEST_SIGNATURE_LABEL.to_vec();
     signed.extend(encode(&tbs).unwrap());
     let req = DsRequest {
         tbs,
         signature: key.sign(&signed).to_bytes().to_vec().into(),
     };
-    envelope(TransactionType::GroupOperation, &req).unwrap()
+    envelope(tt, &req).unwrap()
 }
 
 /// Posts `body`, checks status and code, and checks the whole database is byte-for-byte unchanged.
@@ -253,21 +257,15 @@ async fn bad_requests_get_their_code_and_change_nothing() {
         rejected(&hub, p, vec![0u8; MAX_BODY + 1], 413, ErrorCode::TooLarge).await;
     }
     // Welcome info for an epoch nobody joined, signed by a key that is no joiner.
-    let tbs = DsRequestTbs {
-        group_id: g.0.clone().into(),
-        ear_key: Some(ear.to_vec().into()),
-        timestamp_ms: now(),
-        nonce: rand::random(),
-        sender: DsSender::Joiner(stranger.verifying_key().to_bytes().to_vec().into()),
-        operation: DsOperation::WelcomeInfo(77),
-    };
-    let mut signed = DS_REQUEST_SIGNATURE_LABEL.to_vec();
-    signed.extend(encode(&tbs).unwrap());
-    let req = DsRequest {
-        tbs,
-        signature: stranger.sign(&signed).to_bytes().to_vec().into(),
-    };
-    let body = envelope(TransactionType::WelcomeInformation, &req).unwrap();
+    let joiner = DsSender::Joiner(stranger.verifying_key().to_bytes().to_vec().into());
+    let body = ds_signed(
+        &g,
+        &ear,
+        joiner,
+        DsOperation::WelcomeInfo(77),
+        &stranger,
+        now(),
+    );
     rejected(
         &hub,
         paths::WELCOME_INFORMATION,

@@ -455,6 +455,31 @@ impl LoadedGroup {
             .collect()
     }
 
+    /// Parses a handshake message and lets OpenMLS validate it against the current epoch. Shared by
+    /// commits and stored proposals: both must be PublicMessages for this group and this epoch.
+    fn handshake_at_current_epoch(
+        &self,
+        crypto: &RustCrypto,
+        bytes: &[u8],
+    ) -> Result<ProcessedMessage, HubError> {
+        let pm = parse_protocol_message(bytes)?;
+        if pm.wire_format() != WireFormat::PublicMessage {
+            return Err(HubError::InvalidMls(
+                "handshake messages must be PublicMessages".into(),
+            ));
+        }
+        if pm.group_id().as_slice() != self.group_id.as_slice() {
+            return Err(HubError::InvalidMls("message is for another group".into()));
+        }
+        let current = self.epoch();
+        if pm.epoch().as_u64() != current {
+            return Err(HubError::WrongEpoch { current });
+        }
+        self.pg
+            .process_message(crypto, pm)
+            .map_err(|e| HubError::InvalidMls(e.to_string()))
+    }
+
     fn commit(
         &mut self,
         ctx: &DsContext<'_>,
@@ -463,23 +488,7 @@ impl LoadedGroup {
         bundle: &CommitBundle,
     ) -> Result<Applied, HubError> {
         let crypto = RustCrypto::default();
-        let pm = parse_protocol_message(bundle.commit.as_slice())?;
-        if pm.wire_format() != WireFormat::PublicMessage {
-            return Err(HubError::InvalidMls(
-                "handshake messages must be PublicMessages".into(),
-            ));
-        }
-        if pm.group_id().as_slice() != self.group_id.as_slice() {
-            return Err(HubError::InvalidMls("commit is for another group".into()));
-        }
-        let current = self.epoch();
-        if pm.epoch().as_u64() != current {
-            return Err(HubError::WrongEpoch { current });
-        }
-        let processed = self
-            .pg
-            .process_message(&crypto, pm)
-            .map_err(|e| HubError::InvalidMls(e.to_string()))?;
+        let processed = self.handshake_at_current_epoch(&crypto, bundle.commit.as_slice())?;
         if !matches!(processed.sender(), Sender::Member(i) if *i == sender) {
             return Err(HubError::NotAuthorized(
                 "commit not sent by the signing member",
@@ -701,20 +710,9 @@ impl LoadedGroup {
     }
 
     fn self_remove(&mut self, sender: LeafNodeIndex, bytes: &VLBytes) -> Result<Applied, HubError> {
-        let pm = parse_protocol_message(bytes.as_slice())?;
-        if pm.wire_format() != WireFormat::PublicMessage {
-            return Err(HubError::InvalidMls(
-                "proposals must be PublicMessages".into(),
-            ));
-        }
         let current = self.epoch();
-        if pm.epoch().as_u64() != current {
-            return Err(HubError::WrongEpoch { current });
-        }
-        let processed = self
-            .pg
-            .process_message(&RustCrypto::default(), pm)
-            .map_err(|e| HubError::InvalidMls(e.to_string()))?;
+        let processed =
+            self.handshake_at_current_epoch(&RustCrypto::default(), bytes.as_slice())?;
         let ProcessedMessageContent::ProposalMessage(qp) = processed.into_content() else {
             return Err(HubError::WrongOperation("self_remove needs a proposal"));
         };
