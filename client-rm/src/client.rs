@@ -19,6 +19,12 @@ use openmls_traits::signatures::Signer as _;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
+mod recovery;
+#[cfg(feature = "adversary")]
+mod tamper;
+#[cfg(feature = "adversary")]
+pub use tamper::Tamper;
+
 /// The one ciphersuite this client speaks (MLS MTI).
 pub const CIPHERSUITE: Ciphersuite = Ciphersuite::MLS_128_DHKEMX25519_AES128GCM_SHA256_Ed25519;
 /// EAR domain of AddPackages.
@@ -86,6 +92,17 @@ pub enum Event {
         /// The group.
         group: GroupHandle,
     },
+    /// We left an epoch we could not follow and re-entered the group by external commit. With
+    /// `reported` set, a commit the hub had accepted failed our checks and we reported it;
+    /// without, we had fallen behind.
+    Resynced {
+        /// The group.
+        group: GroupHandle,
+        /// Our report, if a commit failed.
+        reported: Option<CommitRejected>,
+        /// The epoch we re-entered at.
+        epoch: u64,
+    },
     /// A queue entry that could not be processed (logged and skipped).
     Undecryptable {
         /// Queue sequence number.
@@ -93,6 +110,16 @@ pub enum Event {
         /// Why.
         reason: String,
     },
+}
+
+/// What processing one MLS message from the queue led to.
+enum Processed {
+    /// Done; maybe something to report to the user.
+    Done(Option<Event>),
+    /// A commit at our epoch failed: report it and resync.
+    Rejected(GroupHandle, CommitRejected),
+    /// A commit for a later epoch: we missed something; resync.
+    Behind(GroupHandle),
 }
 
 enum Plan {
@@ -622,6 +649,19 @@ impl Client {
 
     async fn commit(&mut self, group: &GroupHandle, plan: Plan) -> Result<u64, ClientError> {
         let (signer, mut mls, ear_key) = self.member(group)?;
+        let op = self.build_commit(&mut mls, &signer, plan, self.provider.crypto())?;
+        self.send_commit(mls, &ear_key, &signer, op).await
+    }
+
+    /// Stages a commit for `plan` and wraps it as the matching DS operation. `crypto` is the
+    /// provider's own, except for the test adversary.
+    fn build_commit(
+        &self,
+        mls: &mut MlsGroup,
+        signer: &SignatureKeyPair,
+        plan: Plan,
+        crypto: &impl openmls_traits::crypto::OpenMlsCrypto,
+    ) -> Result<DsOperation, ClientError> {
         let builder = mls.commit_builder();
         let builder = match &plan {
             Plan::Add(kps) => builder.propose_adds(kps.iter().cloned()),
@@ -632,12 +672,7 @@ impl Client {
             .load_psks(self.provider.storage())
             .map_err(ClientError::mls)?
             .create_group_info(true)
-            .build(
-                self.provider.rand(),
-                self.provider.crypto(),
-                &signer,
-                |_| true,
-            )
+            .build(self.provider.rand(), crypto, signer, |_| true)
             .map_err(ClientError::mls)?
             .stage_commit(&self.provider)
             .map_err(ClientError::mls)?;
@@ -654,13 +689,24 @@ impl Client {
                 .transpose()
                 .map_err(ClientError::mls)?,
         };
-        let op = match plan {
+        Ok(match plan {
             Plan::Add(_) => DsOperation::AddMembers(cb),
             Plan::Remove(_) => DsOperation::RemoveMembers(cb),
             Plan::Update => DsOperation::Update(cb),
             Plan::Delete(_) => DsOperation::DeleteGroup(cb),
-        };
-        let req = self.member_request(&mls, &ear_key, &signer, op)?;
+        })
+    }
+
+    /// Sends a staged commit; merges it only once the hub has accepted it (the hub orders
+    /// commits), and drops it otherwise.
+    async fn send_commit(
+        &mut self,
+        mut mls: MlsGroup,
+        ear_key: &EarKey,
+        signer: &SignatureKeyPair,
+        op: DsOperation,
+    ) -> Result<u64, ClientError> {
+        let req = self.member_request(&mls, ear_key, signer, op)?;
         match self.transport.ds(&req).await {
             Ok(_) => {
                 mls.merge_pending_commit(&self.provider)
@@ -743,20 +789,47 @@ impl Client {
     async fn handle(&mut self, msg: QueueMessage) -> Result<Option<Event>, ClientError> {
         match msg {
             QueueMessage::Welcome(bundle) => self.join(bundle).await.map(Some),
-            QueueMessage::Mls(bytes) => self.process_mls(bytes.as_slice()),
+            QueueMessage::Mls(bytes) => match self.process_mls(bytes.as_slice())? {
+                Processed::Done(event) => Ok(event),
+                Processed::Rejected(group, report) => self.recover(group, Some(report)).await,
+                Processed::Behind(group) => self.recover(group, None).await,
+            },
         }
     }
 
-    fn process_mls(&mut self, bytes: &[u8]) -> Result<Option<Event>, ClientError> {
+    fn process_mls(&mut self, bytes: &[u8]) -> Result<Processed, ClientError> {
         let pm = MlsMessageIn::tls_deserialize_exact(bytes)
             .map_err(ClientError::mls)?
             .try_into_protocol_message()
             .map_err(ClientError::mls)?;
         let group = GroupHandle(pm.group_id().as_slice().to_vec());
         let mut mls = self.load_group(&group)?;
-        let processed = mls
-            .process_message(&self.provider, pm)
-            .map_err(ClientError::mls)?;
+        let (msg_epoch, ours) = (pm.epoch().as_u64(), mls.epoch().as_u64());
+        let is_commit = pm.content_type() == ContentType::Commit;
+        if is_commit && msg_epoch < ours {
+            // Superseded, e.g. another member's resync that lost to ours.
+            tracing::debug!(group = %group, msg_epoch, ours, "ignoring an old commit");
+            return Ok(Processed::Done(None));
+        }
+        if is_commit && msg_epoch > ours {
+            return Ok(Processed::Behind(group));
+        }
+        let processed = match mls.process_message(&self.provider, pm) {
+            Ok(p) => p,
+            // The hub fans out only commits it accepted, so this one moved the hub to an
+            // epoch we cannot enter: report it and resync.
+            Err(e) if is_commit => {
+                tracing::warn!(group = %group, epoch = msg_epoch, error = %e,
+                    "a commit the hub accepted fails our checks");
+                let report = CommitRejected {
+                    epoch: msg_epoch,
+                    commit_ref: commit_ref(bytes),
+                    reason: recovery::reason_of(&e),
+                };
+                return Ok(Processed::Rejected(group, report));
+            }
+            Err(e) => return Err(ClientError::mls(e)),
+        };
         let sender = match processed.sender() {
             Sender::Member(i) => i.u32(),
             _ => u32::MAX,
@@ -785,9 +858,9 @@ impl Client {
                     Event::Removed { group }
                 }
             }
-            _ => return Ok(None),
+            _ => return Ok(Processed::Done(None)),
         };
-        Ok(Some(event))
+        Ok(Processed::Done(Some(event)))
     }
 
     async fn join(&mut self, bundle: WelcomeBundle) -> Result<Event, ClientError> {
@@ -836,14 +909,11 @@ impl Client {
         };
         let tree = RatchetTreeIn::tls_deserialize_exact(wi.ratchet_tree.as_slice())
             .map_err(ClientError::mls)?;
-        let join_cfg = MlsGroupJoinConfig::builder()
-            .wire_format_policy(PURE_PLAINTEXT_WIRE_FORMAT_POLICY)
-            .use_ratchet_tree_extension(false)
-            .build();
-        let group = StagedWelcome::new_from_welcome(&self.provider, &join_cfg, welcome, Some(tree))
-            .map_err(ClientError::mls)?
-            .into_group(&self.provider)
-            .map_err(ClientError::mls)?;
+        let group =
+            StagedWelcome::new_from_welcome(&self.provider, &join_config(), welcome, Some(tree))
+                .map_err(ClientError::mls)?
+                .into_group(&self.provider)
+                .map_err(ClientError::mls)?;
         let handle = GroupHandle(group.group_id().as_slice().to_vec());
         if handle.0 != info.group_id.as_slice() {
             return Err(ClientError::Unexpected(
@@ -863,6 +933,14 @@ impl Client {
         self.persist()?;
         Ok(Event::Joined { group: handle })
     }
+}
+
+/// How we join groups: plaintext handshakes (the hub validates them), no tree in messages.
+fn join_config() -> MlsGroupJoinConfig {
+    MlsGroupJoinConfig::builder()
+        .wire_format_policy(PURE_PLAINTEXT_WIRE_FORMAT_POLICY)
+        .use_ratchet_tree_extension(false)
+        .build()
 }
 
 fn anonymous_qs(operation: QsOperation) -> QsRequest {

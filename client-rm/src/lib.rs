@@ -13,6 +13,8 @@ mod provider;
 mod state;
 mod transport;
 
+#[cfg(feature = "adversary")]
+pub use client::Tamper;
 pub use client::{Client, Event, GroupHandle};
 pub use contact::ContactCard;
 pub use error::ClientError;

@@ -88,6 +88,18 @@ enum Command {
     },
     /// List your groups with your leaf index and the members' leaf indices.
     Groups,
+    /// Re-enter a group by external commit (when your state no longer matches the hub's).
+    Resync {
+        /// Group id (hex).
+        #[arg(long)]
+        group: String,
+    },
+    /// Show how often members reported each leaf's commits as unprocessable.
+    Reports {
+        /// Group id (hex).
+        #[arg(long)]
+        group: String,
+    },
 }
 
 #[tokio::main]
@@ -122,6 +134,17 @@ fn print_events(events: &[Event]) {
             Event::Commit { group, epoch } => println!("[{group}] now at epoch {epoch}"),
             Event::Proposal { group } => println!("[{group}] a member proposed a change"),
             Event::Removed { group } => println!("removed from group {group}"),
+            Event::Resynced {
+                group,
+                reported,
+                epoch,
+            } => match reported {
+                Some(r) => println!(
+                    "[{group}] a commit at epoch {} failed our checks ({:?}); reported it and re-entered at epoch {epoch}",
+                    r.epoch, r.reason
+                ),
+                None => println!("[{group}] we had fallen behind; re-entered at epoch {epoch}"),
+            },
             Event::Undecryptable { seq, reason } => {
                 println!("could not process queue entry {seq}: {reason}")
             }
@@ -181,6 +204,24 @@ async fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
         Command::Delete { group } => {
             client.delete_group(&GroupHandle::from_hex(&group)?).await?;
             println!("group deleted");
+        }
+        Command::Resync { group } => {
+            let epoch = client.resync(&GroupHandle::from_hex(&group)?).await?;
+            println!("re-entered; group at epoch {epoch}");
+        }
+        Command::Reports { group } => {
+            let reports = client
+                .commit_reports(&GroupHandle::from_hex(&group)?)
+                .await?;
+            if reports.is_empty() {
+                println!("no reports");
+            }
+            for t in reports {
+                println!(
+                    "leaf {}: {} reported commits, {} reports",
+                    t.leaf, t.reported_commits, t.reports
+                );
+            }
         }
         Command::Groups => {
             for g in client.groups() {

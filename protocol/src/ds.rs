@@ -87,6 +87,13 @@ pub enum DsOperation {
     /// GroupInfo and ratchet tree of the current epoch.
     #[tls_codec(discriminant = 9)]
     ExternalCommitInfo,
+    /// A member could not process a commit the hub accepted (see [`CommitRejected`]).
+    #[tls_codec(discriminant = 10)]
+    ReportCommit(CommitRejected),
+    /// An external commit by which a member re-enters the group with its own signature key,
+    /// removing its old leaf. Signed by that old leaf, so only a member can resync itself.
+    #[tls_codec(discriminant = 11)]
+    Resync(CommitBundle),
 }
 
 impl DsOperation {
@@ -103,6 +110,8 @@ impl DsOperation {
             Self::DeleteGroup(_) => "delete_group",
             Self::WelcomeInfo(_) => "welcome_info",
             Self::ExternalCommitInfo => "external_commit_info",
+            Self::ReportCommit(_) => "report_commit",
+            Self::Resync(_) => "resync",
         }
     }
 }
@@ -147,6 +156,57 @@ pub struct ExternalCommitInfo {
     pub group_info: VLBytes,
     /// TLS-encoded current ratchet tree.
     pub ratchet_tree: VLBytes,
+    /// How often members reported commits of each current leaf as unprocessable.
+    pub reports: Vec<ReportTally>,
+}
+
+/// Label of [`commit_ref`].
+const COMMIT_REF_LABEL: &str = "commit ref";
+
+/// Names one commit unambiguously: a labelled SHA-256 of its `MLSMessage` bytes exactly as the
+/// hub fanned them out. Reporter and hub compute it independently from the same bytes.
+pub fn commit_ref(commit_message: &[u8]) -> [u8; 32] {
+    mimi_rm_crypto::kdf::labelled_digest(COMMIT_REF_LABEL, commit_message)
+}
+
+/// Why a member could not process a commit (advisory: the hub cannot verify it).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, TlsSerialize, TlsDeserialize, TlsSize)]
+#[repr(u8)]
+pub enum RejectReason {
+    /// The membership tag did not verify (also how a bad confirmation tag surfaces first).
+    MembershipTag = 1,
+    /// The confirmation tag did not match the new epoch.
+    ConfirmationTag = 2,
+    /// The UpdatePath could not be decrypted or did not match the tree.
+    UpdatePath = 3,
+    /// Any other validation failure.
+    Other = 255,
+}
+
+/// A member's report that it could not process a commit the hub accepted and fanned out.
+///
+/// The hub cannot check membership or confirmation tags (it has no epoch secrets), so such a
+/// commit can move the hub to an epoch no honest member can enter. The report is evidence
+/// against the committer's leaf; the reporter then resyncs.
+#[derive(Debug, Clone, PartialEq, Eq, TlsSerialize, TlsDeserialize, TlsSize)]
+pub struct CommitRejected {
+    /// The epoch the commit was sent in (the epoch it moved the group away from).
+    pub epoch: u64,
+    /// [`commit_ref`] of the commit message.
+    pub commit_ref: [u8; 32],
+    /// What failed at the reporter.
+    pub reason: RejectReason,
+}
+
+/// Reports counted against one current leaf.
+#[derive(Debug, Clone, PartialEq, Eq, TlsSerialize, TlsDeserialize, TlsSize)]
+pub struct ReportTally {
+    /// The committer's leaf index.
+    pub leaf: u32,
+    /// Distinct commits of this leaf that at least one member reported.
+    pub reported_commits: u32,
+    /// Distinct (commit, reporting leaf) pairs.
+    pub reports: u32,
 }
 
 /// A successful DS response.

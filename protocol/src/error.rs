@@ -46,6 +46,8 @@ pub enum ErrorCode {
     InvalidRequest = 19,
     /// Nothing is stored for the requested epoch.
     UnknownEpoch = 20,
+    /// A report names a commit the hub does not remember.
+    UnknownCommit = 21,
     /// A server fault; never caused by input.
     Internal = 100,
 }
@@ -66,9 +68,11 @@ impl ErrorCode {
                 403
             }
             Self::WrongEarKey => 403,
-            Self::UnknownGroup | Self::UnknownClient | Self::UnknownToken | Self::UnknownEpoch => {
-                404
-            }
+            Self::UnknownGroup
+            | Self::UnknownClient
+            | Self::UnknownToken
+            | Self::UnknownEpoch
+            | Self::UnknownCommit => 404,
             Self::GroupExists | Self::WrongEpoch => 409,
             Self::TooLarge => 413,
             Self::Internal => 500,

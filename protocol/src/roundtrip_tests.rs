@@ -69,6 +69,12 @@ fn ds_types_round_trip() {
         DsOperation::DeleteGroup(bundle()),
         DsOperation::WelcomeInfo(3),
         DsOperation::ExternalCommitInfo,
+        DsOperation::ReportCommit(CommitRejected {
+            epoch: 7,
+            commit_ref: [9; 32],
+            reason: RejectReason::UpdatePath,
+        }),
+        DsOperation::Resync(bundle()),
     ];
     for (i, operation) in ops.into_iter().enumerate() {
         let sender = match i % 3 {
@@ -97,6 +103,11 @@ fn ds_types_round_trip() {
         DsResponse::ExternalCommitInfo(ExternalCommitInfo {
             group_info: b(b"gi"),
             ratchet_tree: b(b"t"),
+            reports: vec![ReportTally {
+                leaf: 3,
+                reported_commits: 1,
+                reports: 2,
+            }],
         }),
         DsResponse::Deleted,
     ] {

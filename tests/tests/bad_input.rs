@@ -3,64 +3,17 @@
 mod common;
 
 use common::*;
-use ed25519_dalek::{Signer as _, SigningKey};
+use ed25519_dalek::SigningKey;
 use mimi_client_rm::{GroupHandle, envelope};
 use mimi_rm_protocol::ds::*;
 use mimi_rm_protocol::qs::*;
 use mimi_rm_protocol::{
     Envelope, ErrorCode, PROTOCOL_VERSION, TransactionType, decode_exact, encode, paths,
 };
-use mimi_rm_tests::{HubProcess, error_of, post};
 use std::sync::{Arc, Mutex};
 
 fn now() -> u64 {
     mimi_ds_rm::now_ms()
-}
-
-/// A DS request signed with a raw Ed25519 key (the way MLS leaf keys sign).
-fn ds_signed(
-    group: &GroupHandle,
-    ear: &[u8],
-    sender: DsSender,
-    operation: DsOperation,
-    key: &SigningKey,
-    timestamp_ms: u64,
-) -> Vec<u8> {
-    let tbs = DsRequestTbs {
-        group_id: group.0.clone().into(),
-        ear_key: Some(ear.to_vec().into()),
-        timestamp_ms,
-        nonce: rand::random(),
-        sender,
-        operation,
-    };
-    let tt = match tbs.operation {
-        DsOperation::WelcomeInfo(_) => TransactionType::WelcomeInformation,
-        _ => TransactionType::GroupOperation,
-    };
-    let mut signed = DS_REQUEST_SIGNATURE_LABEL.to_vec();
-    signed.extend(encode(&tbs).unwrap());
-    let req = DsRequest {
-        tbs,
-        signature: key.sign(&signed).to_bytes().to_vec().into(),
-    };
-    envelope(tt, &req).unwrap()
-}
-
-/// Posts `body`, checks status and code, and checks the whole database is byte-for-byte unchanged.
-async fn rejected(hub: &HubProcess, path: &str, body: Vec<u8>, status: u16, code: ErrorCode) {
-    let before = hub.dump();
-    let (s, resp) = post(&hub.url(), path, body).await;
-    assert_eq!(
-        (s, error_of(&resp).code),
-        (status, code),
-        "{}",
-        error_of(&resp)
-    );
-    assert!(
-        before == hub.dump(),
-        "stored data changed after a rejected request ({code:?})"
-    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

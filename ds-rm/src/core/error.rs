@@ -75,6 +75,9 @@ pub enum HubError {
     /// No tree stored for that epoch (or not for this joiner).
     #[error("nothing stored for that epoch")]
     UnknownEpoch,
+    /// A report names a commit the hub does not remember.
+    #[error("unknown commit: not among the recently accepted commits")]
+    UnknownCommit,
     /// Storage failed.
     #[error("storage: {0}")]
     Store(#[from] StoreError),
@@ -107,6 +110,7 @@ impl HubError {
             Self::UnknownToken => ErrorCode::UnknownToken,
             Self::InvalidRequest(_) => ErrorCode::InvalidRequest,
             Self::UnknownEpoch => ErrorCode::UnknownEpoch,
+            Self::UnknownCommit => ErrorCode::UnknownCommit,
             Self::Store(_) | Self::Internal(_) => ErrorCode::Internal,
         }
     }

@@ -25,6 +25,15 @@ fn show(who: &str, events: &[Event]) {
             Event::Commit { epoch, .. } => println!("  {who:<6} applied a commit -> epoch {epoch}"),
             Event::Proposal { .. } => println!("  {who:<6} saw a proposal"),
             Event::Removed { .. } => println!("  {who:<6} was removed"),
+            Event::Resynced {
+                reported, epoch, ..
+            } => match reported {
+                Some(r) => println!(
+                    "  {who:<6} rejected the commit of epoch {} ({:?}), reported it, re-entered -> epoch {epoch}",
+                    r.epoch, r.reason
+                ),
+                None => println!("  {who:<6} had fallen behind, re-entered -> epoch {epoch}"),
+            },
             Event::Undecryptable { seq, reason } => {
                 println!("  {who:<6} could not read #{seq}: {reason}")
             }

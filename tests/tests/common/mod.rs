@@ -1,8 +1,11 @@
 //! Shared setup for the end-to-end tests.
 #![allow(dead_code)]
 
-use mimi_client_rm::{Client, Event, GroupHandle};
-use mimi_rm_tests::HubProcess;
+use ed25519_dalek::{Signer as _, SigningKey};
+use mimi_client_rm::{Client, Event, GroupHandle, envelope};
+use mimi_rm_protocol::ds::*;
+use mimi_rm_protocol::{ErrorCode, TransactionType, encode};
+use mimi_rm_tests::{HubProcess, error_of, post};
 use std::path::Path;
 
 /// Default body limit of test hubs.
@@ -55,4 +58,50 @@ pub async fn group_of(creator: &mut Client, others: &mut [&mut Client]) -> Group
         }
     }
     g
+}
+
+/// A DS request signed with a raw Ed25519 key (the way MLS leaf keys sign).
+pub fn ds_signed(
+    group: &GroupHandle,
+    ear: &[u8],
+    sender: DsSender,
+    operation: DsOperation,
+    key: &SigningKey,
+    timestamp_ms: u64,
+) -> Vec<u8> {
+    let tbs = DsRequestTbs {
+        group_id: group.0.clone().into(),
+        ear_key: Some(ear.to_vec().into()),
+        timestamp_ms,
+        nonce: rand::random(),
+        sender,
+        operation,
+    };
+    let tt = match tbs.operation {
+        DsOperation::WelcomeInfo(_) => TransactionType::WelcomeInformation,
+        _ => TransactionType::GroupOperation,
+    };
+    let mut signed = DS_REQUEST_SIGNATURE_LABEL.to_vec();
+    signed.extend(encode(&tbs).unwrap());
+    let req = DsRequest {
+        tbs,
+        signature: key.sign(&signed).to_bytes().to_vec().into(),
+    };
+    envelope(tt, &req).unwrap()
+}
+
+/// Posts `body`, checks status and code, and checks the whole database is byte-for-byte unchanged.
+pub async fn rejected(hub: &HubProcess, path: &str, body: Vec<u8>, status: u16, code: ErrorCode) {
+    let before = hub.dump();
+    let (s, resp) = post(&hub.url(), path, body).await;
+    assert_eq!(
+        (s, error_of(&resp).code),
+        (status, code),
+        "{}",
+        error_of(&resp)
+    );
+    assert!(
+        before == hub.dump(),
+        "stored data changed after a rejected request ({code:?})"
+    );
 }

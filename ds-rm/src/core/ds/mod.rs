@@ -5,12 +5,14 @@
 //! let OpenMLS validate the handshake → check the operation's own rules → merge → re-encrypt →
 //! return the response and the fan-out items (addressed by sealed `QueueRef`s, never queue ids).
 
+pub mod accountability;
 pub mod public_store;
 pub mod state;
 
 use crate::core::HubError;
 use crate::core::replay::ReplayGuard;
 use crate::store::{Cf, Txn};
+use accountability::Accountability;
 use mimi_rm_crypto::{ear::EarKey, hpke_seal, sign::verify_raw_ed25519};
 use mimi_rm_protocol::ds::*;
 use mimi_rm_protocol::queue::*;
@@ -208,6 +210,7 @@ fn create_group(
         pg,
         group_info: params.group_info.clone(),
         past_trees: Vec::new(),
+        acct: Accountability::default(),
     };
     group.save(txn, ctx.now_ms)?;
     txn.delete(Cf::DsReservations, gid.to_vec());
@@ -273,6 +276,7 @@ struct LoadedGroup {
     pg: PublicGroup,
     group_info: VLBytes,
     past_trees: Vec<PastTree>,
+    acct: Accountability,
 }
 
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -302,6 +306,10 @@ impl LoadedGroup {
             pg,
             group_info: state.group_info,
             past_trees: state.past_trees,
+            acct: Accountability {
+                recent: state.recent_commits,
+                tallies: state.tallies,
+            },
         })
     }
 
@@ -310,6 +318,8 @@ impl LoadedGroup {
             public_group: self.store.to_blob(),
             group_info: self.group_info.clone(),
             past_trees: self.past_trees.clone(),
+            recent_commits: self.acct.recent.clone(),
+            tallies: self.acct.tallies.clone(),
         };
         let row = state.seal(&self.key, &self.group_id, now_ms)?;
         let bytes = encode(&row).map_err(|e| HubError::Internal(e.to_string()))?;
@@ -384,6 +394,8 @@ impl LoadedGroup {
                 self.commit(ctx, s, CommitKind::Delete, b)?
             }
             (DsOperation::SelfRemove(p), Authenticated::Member(s)) => self.self_remove(s, p)?,
+            (DsOperation::Resync(b), Authenticated::Member(s)) => self.resync(s, b)?,
+            (DsOperation::ReportCommit(r), Authenticated::Member(s)) => self.report(s, r)?,
             (DsOperation::SendMessage(m), Authenticated::Member(s)) => self.send(s, m)?,
             (DsOperation::WelcomeInfo(epoch), Authenticated::Joiner(key)) => {
                 self.welcome_info(*epoch, &key)?
@@ -392,6 +404,7 @@ impl LoadedGroup {
                 response: DsResponse::ExternalCommitInfo(ExternalCommitInfo {
                     group_info: self.group_info.clone(),
                     ratchet_tree: self.tree_bytes()?.into(),
+                    reports: self.acct.tallies.clone(),
                 }),
                 fanout: Vec::new(),
                 write: Write::None,
@@ -508,14 +521,18 @@ impl LoadedGroup {
             .map(|(r, _)| r)
             .collect();
         let mut covered = 0usize;
-        let (mut adds, mut removed) = (Vec::new(), Vec::new());
+        let (mut adds, mut removed, mut all_removed) = (Vec::new(), Vec::new(), Vec::new());
         for qp in staged.queued_proposals() {
             let is_pending = pending.contains(qp.proposal_reference_ref());
             covered += usize::from(is_pending);
             match qp.proposal() {
                 Proposal::Add(a) => adds.push(a.key_package().clone()),
-                Proposal::Remove(r) if !is_pending => removed.push(r.removed()),
-                Proposal::Remove(_) => {}
+                Proposal::Remove(r) => {
+                    all_removed.push(r.removed().u32());
+                    if !is_pending {
+                        removed.push(r.removed());
+                    }
+                }
                 _ => {
                     return Err(HubError::WrongOperation(
                         "only add and remove proposals are supported",
@@ -566,26 +583,126 @@ impl LoadedGroup {
                 write: Write::Delete,
             });
         }
+        let epoch_before = self.epoch();
         self.pg
             .merge_commit(&self.store, staged)
             .map_err(|e| HubError::Internal(format!("merge: {e}")))?;
-        self.check_group_info(&crypto, sender, bundle.group_info.as_slice())?;
-        self.group_info = bundle.group_info.clone();
+        self.acct.forget_leaves(&all_removed);
+        self.after_merge(&crypto, epoch_before, sender, bundle)?;
         let mut fanout = fanout;
         if kind == CommitKind::Add {
             fanout.extend(self.welcomes(ctx, &crypto, &adds, bundle.welcome.as_ref())?);
         }
-        // Joiners that were removed again will never ask for their tree.
+        Ok(Applied {
+            response: DsResponse::Accepted(self.epoch()),
+            fanout,
+            write: Write::Save,
+        })
+    }
+
+    /// What every merged commit needs: the committer's GroupInfo checked and kept, the commit
+    /// remembered for reports, and trees of joiners that were removed again dropped.
+    fn after_merge(
+        &mut self,
+        crypto: &RustCrypto,
+        epoch_before: u64,
+        committer: LeafNodeIndex,
+        bundle: &CommitBundle,
+    ) -> Result<(), HubError> {
+        self.check_group_info(crypto, committer, bundle.group_info.as_slice())?;
+        self.group_info = bundle.group_info.clone();
+        self.acct.record_commit(
+            epoch_before,
+            commit_ref(bundle.commit.as_slice()),
+            committer.u32(),
+        );
         let present: HashSet<Vec<u8>> =
             self.pg.members().map(|m| m.signature_key.clone()).collect();
         for t in &mut self.past_trees {
             t.joiners.retain(|j| present.contains(j.as_slice()));
         }
         self.past_trees.retain(|t| !t.joiners.is_empty());
+        Ok(())
+    }
+
+    /// A member re-enters by external commit from the hub's public state, keeping its signature
+    /// key and removing its old leaf: the way out of an epoch it cannot process (a commit whose
+    /// tags the hub could not check, or lost local state). Nothing else may ride along, so a
+    /// resync can never change the roster beyond the member's own leaf.
+    fn resync(&mut self, old: LeafNodeIndex, bundle: &CommitBundle) -> Result<Applied, HubError> {
+        let crypto = RustCrypto::default();
+        let processed = self.handshake_at_current_epoch(&crypto, bundle.commit.as_slice())?;
+        if !matches!(processed.sender(), Sender::NewMemberCommit) {
+            return Err(HubError::WrongOperation("resync needs an external commit"));
+        }
+        let ProcessedMessageContent::StagedCommitMessage(staged) = processed.into_content() else {
+            return Err(HubError::WrongOperation("not a commit"));
+        };
+        let staged = *staged;
+        let mut removes_old = false;
+        for qp in staged.queued_proposals() {
+            match qp.proposal() {
+                Proposal::ExternalInit(_) => {}
+                Proposal::Remove(r) if r.removed() == old && !removes_old => removes_old = true,
+                _ => {
+                    return Err(HubError::WrongOperation(
+                        "a resync may only remove the member's own old leaf",
+                    ));
+                }
+            }
+        }
+        if !removes_old {
+            return Err(HubError::WrongOperation(
+                "a resync must remove the member's old leaf",
+            ));
+        }
+        let old_key = self
+            .pg
+            .leaf(old)
+            .map(|l| l.signature_key().as_slice().to_vec())
+            .ok_or(HubError::NotAuthorized("no member at that leaf index"))?;
+        let leaf = staged
+            .update_path_leaf_node()
+            .ok_or(HubError::WrongOperation("an external commit needs a path"))?;
+        if leaf.signature_key().as_slice() != old_key.as_slice() {
+            return Err(HubError::NotAuthorized(
+                "a resync must keep the member's signature key",
+            ));
+        }
+        queue_ref_of(leaf)?;
+        let fanout = Self::fan(self.recipients(Some(old)), &bundle.commit);
+        let epoch_before = self.epoch();
+        self.pg
+            .merge_commit(&self.store, staged)
+            .map_err(|e| HubError::Internal(format!("merge: {e}")))?;
+        let new = self
+            .pg
+            .members()
+            .find(|m| m.signature_key == old_key)
+            .map(|m| m.index)
+            .ok_or_else(|| HubError::Internal("resynced leaf missing after merge".into()))?;
+        self.acct.move_leaf(old.u32(), new.u32());
+        self.after_merge(&crypto, epoch_before, new, bundle)?;
         Ok(Applied {
             response: DsResponse::Accepted(self.epoch()),
             fanout,
             write: Write::Save,
+        })
+    }
+
+    /// Counts a member's report about a commit it could not process. The hub cannot check the
+    /// claim; it only keeps bounded, deduplicated evidence that members read via external
+    /// commit info.
+    fn report(
+        &mut self,
+        reporter: LeafNodeIndex,
+        report: &CommitRejected,
+    ) -> Result<Applied, HubError> {
+        let changed = self.acct.report(reporter.u32(), report)?;
+        Ok(Applied {
+            response: DsResponse::Accepted(self.epoch()),
+            fanout: Vec::new(),
+            write: if changed { Write::Save } else { Write::None },
         })
     }
 

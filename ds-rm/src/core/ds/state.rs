@@ -5,14 +5,16 @@
 //! current GroupInfo, the trees kept for pending Welcome joiners — is one padded, key-committed
 //! ciphertext under the group's `GroupStateEarKey`, which only members hold.
 
+use super::accountability::CommitRecord;
 use super::public_store::PublicStoreBlob;
 use crate::core::HubError;
 use mimi_rm_crypto::{CryptoError, ear};
 use mimi_rm_protocol::decode_exact;
+use mimi_rm_protocol::ds::ReportTally;
 use tls_codec::{Serialize as _, TlsDeserialize, TlsSerialize, TlsSize, VLBytes};
 
 /// Format byte of [`GroupRow`]; bump on any change of the row or state layout.
-pub const GROUP_ROW_FORMAT: u8 = 1;
+pub const GROUP_ROW_FORMAT: u8 = 2;
 /// EAR domain label of group state ciphertexts.
 const STATE_DOMAIN: &str = "ds group state";
 /// Upper bound on a decrypted state (a sanity limit, not a policy).
@@ -49,6 +51,10 @@ pub struct DsGroupState {
     pub group_info: VLBytes,
     /// Trees for outstanding Welcomes.
     pub past_trees: Vec<PastTree>,
+    /// The last accepted commits, so members can report one they could not process.
+    pub recent_commits: Vec<CommitRecord>,
+    /// Reports counted per current committer leaf.
+    pub tallies: Vec<ReportTally>,
 }
 
 /// Associated data binding a state ciphertext to its group id, so a row copied under another

@@ -1,0 +1,277 @@
+//! A misbehaving member, for tests only (cargo feature `adversary`).
+//!
+//! Each [`Tamper`] produces a commit the hub must accept — its signature, epoch, proposals and
+//! tree all validate — but that honest members cannot process, because it breaks something only
+//! holders of the epoch secrets can check. This is the threat the report-and-resync protocol
+//! answers; the tests use it to prove the group heals.
+
+use super::{Client, GroupHandle, Plan};
+use crate::error::ClientError;
+use mimi_rm_protocol::ds::DsOperation;
+use openmls::prelude::{SignContent, tls_codec::Serialize as _};
+use openmls_traits::OpenMlsProvider as _;
+use openmls_traits::crypto::OpenMlsCrypto;
+use openmls_traits::signatures::Signer as _;
+use openmls_traits::types::{
+    AeadType, Ciphersuite, CryptoError, ExporterSecret, HashType, HpkeCiphertext, HpkeConfig,
+    HpkeKeyPair, KemOutput, SignatureScheme,
+};
+use tls_codec::SecretVLBytes;
+
+/// How an update commit is corrupted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Tamper {
+    /// One bit of the confirmation tag flipped; the uploaded GroupInfo carries the same flipped
+    /// tag and is re-signed, so the hub's GroupInfo check passes.
+    ConfirmationTag,
+    /// One bit of the membership tag flipped.
+    MembershipTag,
+    /// Every encrypted path secret is garbage; tags and signature are honestly computed.
+    PathSecrets,
+}
+
+/// Length of an HMAC-SHA256 tag and of an Ed25519 signature.
+const MAC_LEN: usize = 32;
+const SIG_LEN: usize = 64;
+
+impl Client {
+    /// Commits a self-update corrupted as `how` says, and merges it locally once the hub has
+    /// accepted it (as an attacker would). Returns our new epoch.
+    pub async fn update_tampered(
+        &mut self,
+        group: &GroupHandle,
+        how: Tamper,
+    ) -> Result<u64, ClientError> {
+        let (signer, mut mls, ear_key) = self.member(group)?;
+        let mut op = match how {
+            Tamper::PathSecrets => self.build_commit(
+                &mut mls,
+                &signer,
+                Plan::Update,
+                &CorruptingHpke(self.provider.crypto()),
+            )?,
+            _ => self.build_commit(&mut mls, &signer, Plan::Update, self.provider.crypto())?,
+        };
+        let DsOperation::Update(bundle) = &mut op else {
+            return Err(ClientError::Unexpected("an update builds an Update"));
+        };
+        match how {
+            Tamper::MembershipTag => {
+                let mut commit = bundle.commit.as_slice().to_vec();
+                flip_last_tag_byte(&mut commit, 0)?;
+                bundle.commit = commit.into();
+            }
+            Tamper::ConfirmationTag => {
+                // PublicMessage ends with `confirmation_tag<V> ‖ membership_tag<V>`.
+                let mut commit = bundle.commit.as_slice().to_vec();
+                flip_last_tag_byte(&mut commit, 1 + MAC_LEN)?;
+                bundle.commit = commit.into();
+                // GroupInfo ends with `confirmation_tag<V> ‖ u32 signer ‖ signature<V>`.
+                let mut gi = bundle.group_info.as_slice().to_vec();
+                let sig_start = gi
+                    .len()
+                    .checked_sub(2 + SIG_LEN)
+                    .ok_or(ClientError::Unexpected("GroupInfo too short"))?;
+                flip_last_tag_byte(&mut gi, 2 + SIG_LEN + 4)?;
+                // Re-sign GroupInfoTBS (everything between the MLSMessage header and the signature).
+                let tbs = gi[4..sig_start].to_vec();
+                let content = SignContent::new("GroupInfoTBS", tbs.into())
+                    .tls_serialize_detached()
+                    .map_err(ClientError::mls)?;
+                let sig = signer
+                    .sign(&content)
+                    .map_err(|e| ClientError::Mls(format!("sign: {e:?}")))?;
+                gi.truncate(sig_start + 2);
+                gi.extend_from_slice(&sig);
+                bundle.group_info = gi.into();
+            }
+            Tamper::PathSecrets => {}
+        }
+        self.send_commit(mls, &ear_key, &signer, op).await
+    }
+}
+
+impl Client {
+    /// Signs any DS operation as our current leaf in `group`, so tests can send requests an
+    /// honest client never would (e.g. another member's resync under our name).
+    pub fn signed_member_request(
+        &self,
+        group: &GroupHandle,
+        operation: DsOperation,
+    ) -> Result<mimi_rm_protocol::ds::DsRequest, ClientError> {
+        let (signer, mls, ear_key) = self.member(group)?;
+        self.member_request(&mls, &ear_key, &signer, operation)
+    }
+
+    /// Builds the resync commit we would send now, without sending it and without changing our
+    /// state, so tests can send it in someone else's name.
+    pub async fn prepared_resync(
+        &mut self,
+        group: &GroupHandle,
+    ) -> Result<mimi_rm_protocol::ds::CommitBundle, ClientError> {
+        let (signer, _, cwk, ear_key) = self.resync_identity(group)?;
+        let info = self.external_commit_info(group, &ear_key).await?;
+        let before = self.provider.snapshot();
+        let built = self.build_resync(group, &info, cwk, &signer);
+        self.provider = crate::provider::ClientProvider::from_snapshot(before);
+        Ok(built?.1)
+    }
+}
+
+/// Flips the last byte of the 32-byte MAC that ends `after` bytes before the end of `bytes`,
+/// checking its one-byte length prefix so a layout change fails loudly instead of corrupting
+/// something else.
+fn flip_last_tag_byte(bytes: &mut [u8], after: usize) -> Result<(), ClientError> {
+    let end = bytes
+        .len()
+        .checked_sub(after)
+        .ok_or(ClientError::Unexpected("message too short"))?;
+    let prefix = end
+        .checked_sub(MAC_LEN + 1)
+        .ok_or(ClientError::Unexpected("message too short"))?;
+    if bytes[prefix] != MAC_LEN as u8 {
+        return Err(ClientError::Unexpected("unexpected tag layout"));
+    }
+    bytes[end - 1] ^= 0x01;
+    Ok(())
+}
+
+/// The provider's crypto, except that every HPKE seal returns a corrupted ciphertext. During an
+/// update commit the only sealed values are the path secrets.
+struct CorruptingHpke<'a, C>(&'a C);
+
+impl<C: OpenMlsCrypto> OpenMlsCrypto for CorruptingHpke<'_, C> {
+    fn supports(&self, ciphersuite: Ciphersuite) -> Result<(), CryptoError> {
+        self.0.supports(ciphersuite)
+    }
+    fn supported_ciphersuites(&self) -> Vec<Ciphersuite> {
+        self.0.supported_ciphersuites()
+    }
+    fn hkdf_extract(
+        &self,
+        hash_type: HashType,
+        salt: &[u8],
+        ikm: &[u8],
+    ) -> Result<SecretVLBytes, CryptoError> {
+        self.0.hkdf_extract(hash_type, salt, ikm)
+    }
+    fn hmac(
+        &self,
+        hash_type: HashType,
+        key: &[u8],
+        message: &[u8],
+    ) -> Result<SecretVLBytes, CryptoError> {
+        self.0.hmac(hash_type, key, message)
+    }
+    fn hkdf_expand(
+        &self,
+        hash_type: HashType,
+        prk: &[u8],
+        info: &[u8],
+        okm_len: usize,
+    ) -> Result<SecretVLBytes, CryptoError> {
+        self.0.hkdf_expand(hash_type, prk, info, okm_len)
+    }
+    fn hash(&self, hash_type: HashType, data: &[u8]) -> Result<Vec<u8>, CryptoError> {
+        self.0.hash(hash_type, data)
+    }
+    fn aead_encrypt(
+        &self,
+        alg: AeadType,
+        key: &[u8],
+        data: &[u8],
+        nonce: &[u8],
+        aad: &[u8],
+    ) -> Result<Vec<u8>, CryptoError> {
+        self.0.aead_encrypt(alg, key, data, nonce, aad)
+    }
+    fn aead_decrypt(
+        &self,
+        alg: AeadType,
+        key: &[u8],
+        ct_tag: &[u8],
+        nonce: &[u8],
+        aad: &[u8],
+    ) -> Result<Vec<u8>, CryptoError> {
+        self.0.aead_decrypt(alg, key, ct_tag, nonce, aad)
+    }
+    fn signature_key_gen(&self, alg: SignatureScheme) -> Result<(Vec<u8>, Vec<u8>), CryptoError> {
+        self.0.signature_key_gen(alg)
+    }
+    fn verify_signature(
+        &self,
+        alg: SignatureScheme,
+        data: &[u8],
+        pk: &[u8],
+        signature: &[u8],
+    ) -> Result<(), CryptoError> {
+        self.0.verify_signature(alg, data, pk, signature)
+    }
+    fn sign(&self, alg: SignatureScheme, data: &[u8], key: &[u8]) -> Result<Vec<u8>, CryptoError> {
+        self.0.sign(alg, data, key)
+    }
+    fn hpke_seal(
+        &self,
+        config: HpkeConfig,
+        pk_r: &[u8],
+        info: &[u8],
+        aad: &[u8],
+        ptxt: &[u8],
+    ) -> Result<HpkeCiphertext, CryptoError> {
+        let sealed = self.0.hpke_seal(config, pk_r, info, aad, ptxt)?;
+        let mut ciphertext = sealed.ciphertext.as_slice().to_vec();
+        if let Some(b) = ciphertext.last_mut() {
+            *b ^= 0x01;
+        }
+        Ok(HpkeCiphertext {
+            kem_output: sealed.kem_output,
+            ciphertext: ciphertext.into(),
+        })
+    }
+    fn hpke_open(
+        &self,
+        config: HpkeConfig,
+        input: &HpkeCiphertext,
+        sk_r: &[u8],
+        info: &[u8],
+        aad: &[u8],
+    ) -> Result<Vec<u8>, CryptoError> {
+        self.0.hpke_open(config, input, sk_r, info, aad)
+    }
+    fn hpke_setup_sender_and_export(
+        &self,
+        config: HpkeConfig,
+        pk_r: &[u8],
+        info: &[u8],
+        exporter_context: &[u8],
+        exporter_length: usize,
+    ) -> Result<(KemOutput, ExporterSecret), CryptoError> {
+        self.0
+            .hpke_setup_sender_and_export(config, pk_r, info, exporter_context, exporter_length)
+    }
+    fn hpke_setup_receiver_and_export(
+        &self,
+        config: HpkeConfig,
+        enc: &[u8],
+        sk_r: &[u8],
+        info: &[u8],
+        exporter_context: &[u8],
+        exporter_length: usize,
+    ) -> Result<ExporterSecret, CryptoError> {
+        self.0.hpke_setup_receiver_and_export(
+            config,
+            enc,
+            sk_r,
+            info,
+            exporter_context,
+            exporter_length,
+        )
+    }
+    fn derive_hpke_keypair(
+        &self,
+        config: HpkeConfig,
+        ikm: &[u8],
+    ) -> Result<HpkeKeyPair, CryptoError> {
+        self.0.derive_hpke_keypair(config, ikm)
+    }
+}
