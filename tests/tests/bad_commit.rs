@@ -8,7 +8,7 @@
 mod common;
 
 use common::*;
-use mimi_client_rm::{Client, Event, GroupHandle, Tamper, envelope};
+use mimi_client_rm::{Client, Event, GroupHandle, Recorder, Tamper, envelope};
 use mimi_rm_protocol::ds::*;
 use mimi_rm_protocol::{ErrorCode, TransactionType, decode_exact, paths};
 use mimi_rm_tests::{HubProcess, error_of, post};
@@ -184,8 +184,8 @@ async fn group_of_ten_recovers_concurrently() {
     }
 }
 
-/// The commit bytes of the last DS request of type `op` in `recorder`.
-fn recorded_bundle(recorder: &Arc<Mutex<Vec<(String, Vec<u8>)>>>, resync: bool) -> CommitBundle {
+/// The commit bundle of the last recorded update (or, with `resync`, resync) request.
+fn recorded_bundle(recorder: &Recorder, resync: bool) -> CommitBundle {
     recorder
         .lock()
         .unwrap()
