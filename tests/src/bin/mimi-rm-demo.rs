@@ -2,7 +2,7 @@
 //! what the clients read.
 #![forbid(unsafe_code)]
 
-use mimi_client_rm::{Client, Event};
+use mimi_client_rm::{Client, Event, Tamper};
 use mimi_ds_rm::config::Config;
 use mimi_ds_rm::core::Hub;
 use mimi_ds_rm::store::{Cf, RocksStore, Store};
@@ -98,6 +98,18 @@ async fn main() -> Result<(), BoxError> {
     println!("  alice  committed carol's leave");
     show("bob", &bob.receive().await?);
     show("carol", &carol.receive().await?);
+
+    println!("\na commit the hub cannot judge:");
+    bob.update_tampered(&g, Tamper::MembershipTag).await?;
+    println!("  bob    sends an update with a corrupted membership tag; the hub cannot check it");
+    show("alice", &alice.receive().await?);
+    for t in alice.commit_reports(&g).await? {
+        println!(
+            "  (hub)  reports against leaf {}: {} commit(s), {} report(s) (inside the encrypted state)",
+            t.leaf, t.reported_commits, t.reports
+        );
+    }
+    show("bob", &bob.receive().await?);
     alice
         .send(&g, b"Carol is gone; see you at noon, Bob.")
         .await?;
