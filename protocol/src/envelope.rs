@@ -18,6 +18,8 @@ pub enum TransactionType {
     ExternalCommitInformation = 3,
     /// A [`crate::qs::QsRequest`] under `/qs/`.
     QueueService = 16,
+    /// A [`crate::auth::AsRequest`] at `/as/request`.
+    AuthService = 17,
 }
 
 /// `{ version, transaction_type, payload }`: the outer frame of every request.

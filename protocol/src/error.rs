@@ -48,6 +48,14 @@ pub enum ErrorCode {
     UnknownEpoch = 20,
     /// A report names a commit the hub does not remember.
     UnknownCommit = 21,
+    /// The handle is taken.
+    HandleTaken = 22,
+    /// The handle is not a valid handle (length or characters).
+    InvalidHandle = 23,
+    /// A credential in the request is expired or not yet valid.
+    ExpiredCredential = 24,
+    /// Unknown handle or client at the AS.
+    UnknownUser = 25,
     /// A server fault; never caused by input.
     Internal = 100,
 }
@@ -63,7 +71,8 @@ impl ErrorCode {
             | Self::WrongOperation
             | Self::InvalidGroupInfo
             | Self::InvalidRequest
-            | Self::InvalidGroupId => 400,
+            | Self::InvalidGroupId
+            | Self::InvalidHandle => 400,
             Self::StaleRequest | Self::Replayed | Self::InvalidSignature | Self::NotAuthorized => {
                 403
             }
@@ -72,8 +81,10 @@ impl ErrorCode {
             | Self::UnknownClient
             | Self::UnknownToken
             | Self::UnknownEpoch
-            | Self::UnknownCommit => 404,
-            Self::GroupExists | Self::WrongEpoch => 409,
+            | Self::UnknownCommit
+            | Self::UnknownUser => 404,
+            Self::GroupExists | Self::WrongEpoch | Self::HandleTaken => 409,
+            Self::ExpiredCredential => 403,
             Self::TooLarge => 413,
             Self::Internal => 500,
         }

@@ -6,7 +6,9 @@
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]
 
+pub mod auth;
 pub mod codec;
+pub mod credentials;
 pub mod ds;
 pub mod envelope;
 pub mod error;

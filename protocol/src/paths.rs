@@ -8,6 +8,8 @@ pub const WELCOME_INFORMATION: &str = "/welcome_information";
 pub const EXTERNAL_COMMIT_INFORMATION: &str = "/external_commit_information";
 /// All queueing-service operations.
 pub const QS: &str = "/qs/request";
+/// All authentication-service operations.
+pub const AS: &str = "/as/request";
 /// Discovery: which domain this hub serves (GET, text).
 pub const DS_DOMAIN: &str = "/.well-known/mimi/ds-domain";
 /// Media type of every body.
