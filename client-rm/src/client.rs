@@ -2,13 +2,16 @@
 
 use crate::contact::ContactCard;
 use crate::error::ClientError;
+use crate::identity;
 use crate::provider::ClientProvider;
-use crate::state::{self, ClientState, GroupMeta, PendingKeyPackage, unhex};
+use crate::state::{self, ClientState, GroupMeta, MemberRecord, PendingKeyPackage, unhex};
 use crate::transport::Transport;
 use mimi_rm_crypto::ear::{self, EarKey};
 use mimi_rm_crypto::hpke_seal::{self, HpkeCiphertext, HpkePrivateKey, HpkePublicKey};
 use mimi_rm_crypto::ratchet::{QueueRatchet, RatchetSecret};
 use mimi_rm_crypto::sign::SigningKey;
+use mimi_rm_protocol::auth::*;
+use mimi_rm_protocol::credentials::*;
 use mimi_rm_protocol::ds::*;
 use mimi_rm_protocol::qs::*;
 use mimi_rm_protocol::queue::*;
@@ -103,6 +106,23 @@ pub enum Event {
         /// The epoch we re-entered at.
         epoch: u64,
     },
+    /// An invitation we refused: the inviter is not among our contacts, or its attribution did
+    /// not verify. We did not join.
+    InviteRejected {
+        /// The claimed inviter handle, if it could be read.
+        inviter: Option<String>,
+        /// Why.
+        reason: String,
+    },
+    /// A member whose credential chain does not verify: shown, but not trusted.
+    UnverifiedMember {
+        /// The group.
+        group: GroupHandle,
+        /// Its leaf.
+        leaf: u32,
+        /// Why verification failed.
+        reason: String,
+    },
     /// A queue entry that could not be processed (logged and skipped).
     Undecryptable {
         /// Queue sequence number.
@@ -112,10 +132,27 @@ pub enum Event {
     },
 }
 
+/// Who a member is, as far as we could verify.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum MemberIdentity {
+    /// The chain leaf → client credential → AS verified.
+    Verified {
+        /// The member's handle.
+        handle: String,
+        /// Its device id (one user may have several clients).
+        device: [u8; 16],
+    },
+    /// It did not verify (or we lack its material); do not trust this member.
+    Unverified {
+        /// Why.
+        reason: String,
+    },
+}
+
 /// What processing one MLS message from the queue led to.
 enum Processed {
-    /// Done; maybe something to report to the user.
-    Done(Option<Event>),
+    /// Done; what to report to the user.
+    Done(Vec<Event>),
     /// A commit at our epoch failed: report it and resync.
     Rejected(GroupHandle, CommitRejected),
     /// A commit for a later epoch: we missed something; resync.
@@ -123,7 +160,7 @@ enum Processed {
 }
 
 enum Plan {
-    Add(Vec<KeyPackage>),
+    Add(Vec<KeyPackage>, CommitAad),
     Remove(Vec<LeafNodeIndex>),
     Update,
     Delete(Vec<LeafNodeIndex>),
@@ -160,10 +197,39 @@ fn b32(v: &[u8]) -> Result<[u8; 32], ClientError> {
 }
 
 impl Client {
-    /// Registers a new client on the hub at `hub_url` and stores its state in `dir`.
+    /// Registers the handle `name` with a first client at the AS of the hub at `hub_url`,
+    /// creates the pseudonymous QS records, and stores the state in `dir`.
     pub async fn register(dir: &Path, hub_url: &str, name: &str) -> Result<Self, ClientError> {
         let transport = Transport::new(hub_url);
         let domain = transport.domain().await?;
+        // Identity at the AS: the only request that carries our handle.
+        let client_key = SigningKey::generate();
+        let identity = ClientIdentity {
+            handle: name.as_bytes().to_vec().into(),
+            device: mimi_rm_crypto::ids::random_id(),
+        };
+        let csr = ClientCredentialCsr::new(&client_key, identity.clone())
+            .map_err(|e| ClientError::State(e.to_string()))?;
+        let AsResponse::ClientCredential(credential) = transport
+            .auth(&anonymous_as(AsOperation::RegisterUser(csr)))
+            .await?
+        else {
+            return Err(ClientError::Unexpected("expected a client credential"));
+        };
+        let AsResponse::AsCredentials(anchors) = transport
+            .auth(&anonymous_as(AsOperation::AsCredentials))
+            .await?
+        else {
+            return Err(ClientError::Unexpected("expected AS credentials"));
+        };
+        credential
+            .verify_chain(&anchors, now_ms() / 1000)
+            .map_err(identity::IdentityError::from)?;
+        if credential.tbs.identity != identity
+            || credential.tbs.public_key.as_slice() != client_key.verifying_key().as_bytes()
+        {
+            return Err(ClientError::Unexpected("the AS issued another credential"));
+        }
         let qs_public = match transport
             .qs(&anonymous_qs(QsOperation::EncryptionKey))
             .await?
@@ -192,6 +258,14 @@ impl Client {
         };
         let state = ClientState {
             name: name.to_owned(),
+            device: hex::encode(identity.device),
+            client_key: hex::encode(client_key.to_bytes()),
+            client_credential: hex::encode(encoded(&credential)?),
+            as_credentials: hex::encode(encoded(&anchors)?),
+            credential_key: hex::encode(EarKey::random().as_bytes()),
+            wrapper_key: hex::encode(EarKey::random().as_bytes()),
+            wai_key: hex::encode(EarKey::random().as_bytes()),
+            contacts: BTreeMap::new(),
             user_id: hex::encode(ids.user_id),
             client_id: hex::encode(ids.client_id),
             client_auth_key: hex::encode(client_auth.to_bytes()),
@@ -255,12 +329,74 @@ impl Client {
         &self.state.name
     }
 
-    /// The card a contact needs to add us to groups.
+    /// The card a contact needs to add us to groups and to read our credentials.
     pub fn contact_card(&self) -> Result<ContactCard, ClientError> {
         Ok(ContactCard {
+            handle: self.state.name.as_bytes().to_vec().into(),
             friendship_token: b32(&unhex(&self.state.friendship_token)?)?,
             add_package_key: b32(&unhex(&self.state.add_package_key)?)?,
+            credential_key: b32(&unhex(&self.state.credential_key)?)?,
+            wrapper_key: b32(&unhex(&self.state.wrapper_key)?)?,
+            wai_key: b32(&unhex(&self.state.wai_key)?)?,
         })
+    }
+
+    /// Accepts `card` as a contact: we will add its owner to groups and accept its invitations.
+    pub fn add_contact(&mut self, card: &ContactCard) -> Result<(), ClientError> {
+        self.state
+            .contacts
+            .insert(card.handle_str(), card.to_text()?);
+        self.persist()
+    }
+
+    /// Handles of our contacts.
+    pub fn contacts(&self) -> Vec<String> {
+        self.state.contacts.keys().cloned().collect()
+    }
+
+    /// Our handle and device id, as the AS certified them.
+    pub fn identity(&self) -> Result<ClientIdentity, ClientError> {
+        Ok(self.client_credential()?.tbs.identity)
+    }
+
+    /// Our client credential (what members and contacts see; the hub never does).
+    pub fn client_credential(&self) -> Result<ClientCredential, ClientError> {
+        decode_exact(&unhex(&self.state.client_credential)?, 64 * 1024)
+            .map_err(|e| ClientError::State(e.to_string()))
+    }
+
+    /// Who each member of `group` is, as far as we could verify.
+    pub fn member_identities(
+        &self,
+        group: &GroupHandle,
+    ) -> Result<BTreeMap<u32, MemberIdentity>, ClientError> {
+        let meta = self.meta(group)?;
+        Ok(self
+            .load_group(group)?
+            .members()
+            .map(|m| {
+                let id = match meta.members.get(&m.index.u32()) {
+                    Some(MemberRecord {
+                        handle: Some(handle),
+                        device: Some(device),
+                        ..
+                    }) => MemberIdentity::Verified {
+                        handle: handle.clone(),
+                        device: unhex(device)
+                            .ok()
+                            .and_then(|d| d.try_into().ok())
+                            .unwrap_or_default(),
+                    },
+                    Some(MemberRecord {
+                        problem: Some(p), ..
+                    }) => MemberIdentity::Unverified { reason: p.clone() },
+                    _ => MemberIdentity::Unverified {
+                        reason: "no credential material".into(),
+                    },
+                };
+                (m.index.u32(), id)
+            })
+            .collect())
     }
 
     /// Groups we are in.
@@ -313,6 +449,13 @@ impl Client {
             .map_err(|_| ClientError::State("client id".into()))
     }
 
+    fn meta_mut(&mut self, group: &GroupHandle) -> Result<&mut GroupMeta, ClientError> {
+        self.state
+            .groups
+            .get_mut(&hex::encode(&group.0))
+            .ok_or(ClientError::UnknownGroup)
+    }
+
     fn meta(&self, group: &GroupHandle) -> Result<&GroupMeta, ClientError> {
         self.state
             .groups
@@ -363,19 +506,36 @@ impl Client {
         ))
     }
 
-    /// A fresh pseudonymous leaf identity and signature key.
-    fn new_leaf_identity(&self) -> Result<(SignatureKeyPair, CredentialWithKey), ClientError> {
+    /// A fresh leaf: a new signature key and a pseudonymous credential linked (encrypted) to our
+    /// client credential. Returns the leaf's `SignatureEarKey` too.
+    fn new_leaf_identity(
+        &self,
+    ) -> Result<(SignatureKeyPair, CredentialWithKey, EarKey), ClientError> {
         let signer =
             SignatureKeyPair::new(CIPHERSUITE.signature_algorithm()).map_err(ClientError::mls)?;
         signer
             .store(self.provider.storage())
             .map_err(ClientError::mls)?;
-        let credential = BasicCredential::new(mimi_rm_crypto::ids::random_id().to_vec()).into();
+        let client_key = SigningKey::from_bytes(&unhex(&self.state.client_key)?)?;
+        let (pseudonym, sek) = identity::new_pseudonym(&client_key, signer.public())?;
+        let credential = BasicCredential::new(encoded(&pseudonym)?).into();
         let cwk = CredentialWithKey {
             credential,
             signature_key: signer.to_public_vec().into(),
         };
-        Ok((signer, cwk))
+        Ok((signer, cwk, sek))
+    }
+
+    fn anchors(&self) -> Result<AsCredentials, ClientError> {
+        decode_exact(&unhex(&self.state.as_credentials)?, 1 << 20)
+            .map_err(|e| ClientError::State(e.to_string()))
+    }
+
+    fn friendship_keys(&self) -> Result<(EarKey, EarKey), ClientError> {
+        Ok((
+            EarKey::from_bytes(&unhex(&self.state.credential_key)?)?,
+            EarKey::from_bytes(&unhex(&self.state.wrapper_key)?)?,
+        ))
     }
 
     /// Replaces our published AddPackages with `count` one-time ones plus a last-resort one.
@@ -383,9 +543,11 @@ impl Client {
         let key = EarKey::from_bytes(&unhex(&self.state.add_package_key)?)?;
         let mut packages = Vec::with_capacity(count);
         let mut last_resort = Vec::new();
+        let credential = self.client_credential()?;
+        let (friend_ck, friend_wk) = self.friendship_keys()?;
         for i in 0..=count {
             let is_last_resort = i == count;
-            let (signer, cwk) = self.new_leaf_identity()?;
+            let (signer, cwk, sek) = self.new_leaf_identity()?;
             let mut builder = KeyPackage::builder()
                 .leaf_node_capabilities(caps())
                 .leaf_node_extensions(
@@ -406,13 +568,20 @@ impl Client {
                 PendingKeyPackage {
                     init_private: hex::encode(&**kpb.init_private_key()),
                     signer_public: hex::encode(signer.public()),
+                    signature_ear_key: hex::encode(sek.as_bytes()),
                 },
             );
-            let bytes = kpb
-                .key_package()
-                .tls_serialize_detached()
-                .map_err(ClientError::mls)?;
-            let sealed = ear::seal(&key, ADD_PACKAGE_DOMAIN, b"", &bytes)?;
+            let info = identity::wrap(&credential, &sek, &friend_ck, &friend_wk)?;
+            let package = AddPackage {
+                key_package: kpb
+                    .key_package()
+                    .tls_serialize_detached()
+                    .map_err(ClientError::mls)?
+                    .into(),
+                encrypted_client_credential: info.encrypted_client_credential,
+                encrypted_signature_ear_key: info.encrypted_signature_ear_key,
+            };
+            let sealed = ear::seal(&key, ADD_PACKAGE_DOMAIN, b"", &encoded(&package)?)?;
             if is_last_resort {
                 last_resort = sealed;
             } else {
@@ -476,7 +645,7 @@ impl Client {
             return Err(ClientError::Unexpected("expected a group id"));
         };
         let gid = gid.as_slice().to_vec();
-        let (signer, cwk) = self.new_leaf_identity()?;
+        let (signer, cwk, sek) = self.new_leaf_identity()?;
         let cfg = MlsGroupCreateConfig::builder()
             .ciphersuite(CIPHERSUITE)
             .wire_format_policy(PURE_PLAINTEXT_WIRE_FORMAT_POLICY)
@@ -505,9 +674,13 @@ impl Client {
             .tls_serialize_detached()
             .map_err(ClientError::mls)?;
         let ear_key = EarKey::random();
+        let (credential_key, wrapper_key) = (EarKey::random(), EarKey::random());
+        let credential = self.client_credential()?;
+        let creator = identity::wrap(&credential, &sek, &credential_key, &wrapper_key)?;
         let op = DsOperation::CreateGroup(CreateGroup {
             group_info: group_info.into(),
             ratchet_tree: ratchet_tree.into(),
+            creator,
         });
         let req = self.ds_request(&gid, Some(&ear_key), DsSender::Member(0), op, Some(&signer))?;
         self.transport.ds(&req).await?;
@@ -516,6 +689,10 @@ impl Client {
             GroupMeta {
                 ear_key: hex::encode(ear_key.as_bytes()),
                 signer_public: hex::encode(signer.public()),
+                credential_key: hex::encode(credential_key.as_bytes()),
+                wrapper_key: hex::encode(wrapper_key.as_bytes()),
+                signature_ear_key: hex::encode(sek.as_bytes()),
+                members: BTreeMap::from([(0, verified_record(signer.public(), &credential))]),
             },
         );
         self.persist()?;
@@ -528,24 +705,121 @@ impl Client {
         group: &GroupHandle,
         contact: &ContactCard,
     ) -> Result<u64, ClientError> {
+        self.invite_with(group, contact, true).await
+    }
+
+    /// `invite`, optionally skipping the credential checks (only the test adversary skips them).
+    async fn invite_with(
+        &mut self,
+        group: &GroupHandle,
+        contact: &ContactCard,
+        verify: bool,
+    ) -> Result<u64, ClientError> {
         let op = QsOperation::FetchAddPackages(contact.friendship_token.to_vec().into());
         let QsResponse::AddPackages(pkgs) = self.transport.qs(&anonymous_qs(op)).await? else {
             return Err(ClientError::Unexpected("expected AddPackages"));
         };
         let key = EarKey::from_bytes(&contact.add_package_key)?;
-        let mut kps = Vec::new();
+        let (friend_ck, friend_wk) = (
+            EarKey::from_bytes(&contact.credential_key)?,
+            EarKey::from_bytes(&contact.wrapper_key)?,
+        );
+        let wai_key = EarKey::from_bytes(&contact.wai_key)?;
+        let meta = self.meta(group)?.clone();
+        let (group_ck, group_wk) = group_keys(&meta)?;
+        let anchors = self.anchors()?;
+        let client_key = SigningKey::from_bytes(&unhex(&self.state.client_key)?)?;
+        let own = self.client_credential()?;
+        let now = now_ms() / 1000;
+        let (mut kps, mut added, mut records) = (Vec::new(), Vec::new(), Vec::new());
         for p in pkgs {
             let bytes = ear::open(&key, ADD_PACKAGE_DOMAIN, b"", p.as_slice())?;
-            let kp_in = KeyPackageIn::tls_deserialize_exact(&bytes).map_err(ClientError::mls)?;
+            let package: AddPackage =
+                decode_exact(&bytes, MAX_MESSAGE).map_err(|e| ClientError::State(e.to_string()))?;
+            let kp_in = KeyPackageIn::tls_deserialize_exact(package.key_package.as_slice())
+                .map_err(ClientError::mls)?;
             let kp = kp_in
                 .validate(self.provider.crypto(), ProtocolVersion::Mls10)
                 .map_err(ClientError::mls)?;
+            // Verify before adding: the leaf is signed by a client credential of this contact.
+            let friend_info = LeafCredentialInfo {
+                encrypted_client_credential: package.encrypted_client_credential,
+                encrypted_signature_ear_key: package.encrypted_signature_ear_key,
+            };
+            let leaf = kp.leaf_node();
+            let (credential, sek) = identity::unwrap(&friend_info, &friend_ck, &friend_wk)?;
+            let record = if verify {
+                identity::verify_leaf(
+                    leaf.credential().serialized_content(),
+                    leaf.signature_key().as_slice(),
+                    &friend_info,
+                    &friend_ck,
+                    &friend_wk,
+                    &anchors,
+                    now,
+                )?;
+                if credential.tbs.identity.handle != contact.handle {
+                    return Err(ClientError::Unexpected(
+                        "an AddPackage belongs to someone other than the contact",
+                    ));
+                }
+                verified_record(leaf.signature_key().as_slice(), &credential)
+            } else {
+                check_leaf(
+                    leaf.credential().serialized_content(),
+                    leaf.signature_key().as_slice(),
+                    &friend_info,
+                    (&friend_ck, &friend_wk),
+                    &anchors,
+                )
+            };
+            let kp_ref = kp
+                .hash_ref(self.provider.crypto())
+                .map_err(ClientError::mls)?;
+            let attribution = WelcomeAttributionInfo::sign(
+                &client_key,
+                WelcomeAttributionTbs {
+                    sender: own.clone(),
+                    group_id: group.0.clone().into(),
+                    key_package_ref: kp_ref.as_slice().to_vec().into(),
+                    credential_key: *group_ck.as_bytes(),
+                    wrapper_key: *group_wk.as_bytes(),
+                },
+            )
+            .map_err(|e| ClientError::State(e.to_string()))?;
+            added.push(AddedMember {
+                key_package_ref: kp_ref.as_slice().to_vec().into(),
+                credential: identity::wrap(&credential, &sek, &group_ck, &group_wk)?,
+                attribution: ear::seal(
+                    &wai_key,
+                    identity::ATTRIBUTION_DOMAIN,
+                    kp_ref.as_slice(),
+                    &encoded(&attribution)?,
+                )?
+                .into(),
+            });
+            records.push(record);
             kps.push(kp);
         }
         if kps.is_empty() {
             return Err(ClientError::NoAddPackage);
         }
-        self.commit(group, Plan::Add(kps)).await
+        self.add_contact(contact)?;
+        let epoch = self
+            .commit(group, Plan::Add(kps, CommitAad { added }))
+            .await?;
+        let mls = self.load_group(group)?;
+        let meta = self.meta_mut(group)?;
+        for record in records {
+            if let Some(m) = mls
+                .members()
+                .find(|m| hex::encode(&m.signature_key) == record.signature_key)
+            {
+                meta.members.insert(m.index.u32(), record);
+            }
+        }
+        self.persist()?;
+        Ok(epoch)
     }
 
     /// Removes members by leaf index.
@@ -662,9 +936,13 @@ impl Client {
         plan: Plan,
         crypto: &impl openmls_traits::crypto::OpenMlsCrypto,
     ) -> Result<DsOperation, ClientError> {
+        if let Plan::Add(_, aad) = &plan {
+            // The credential material rides in the signed authenticated data of the commit.
+            mls.set_aad(encoded(aad)?);
+        }
         let builder = mls.commit_builder();
         let builder = match &plan {
-            Plan::Add(kps) => builder.propose_adds(kps.iter().cloned()),
+            Plan::Add(kps, _) => builder.propose_adds(kps.iter().cloned()),
             Plan::Remove(l) | Plan::Delete(l) => builder.propose_removals(l.iter().copied()),
             Plan::Update => builder.force_self_update(true),
         };
@@ -690,7 +968,7 @@ impl Client {
                 .map_err(ClientError::mls)?,
         };
         Ok(match plan {
-            Plan::Add(_) => DsOperation::AddMembers(cb),
+            Plan::Add(..) => DsOperation::AddMembers(cb),
             Plan::Remove(_) => DsOperation::RemoveMembers(cb),
             Plan::Update => DsOperation::Update(cb),
             Plan::Delete(_) => DsOperation::DeleteGroup(cb),
@@ -757,8 +1035,7 @@ impl Client {
                     Err(e) => Err(ClientError::State(e.to_string())),
                 };
                 match event {
-                    Ok(Some(ev)) => events.push(ev),
-                    Ok(None) => {}
+                    Ok(evs) => events.extend(evs),
                     Err(e) => {
                         tracing::warn!(seq = m.seq, error = %e, "skipping queue entry");
                         events.push(Event::Undecryptable {
@@ -786,9 +1063,9 @@ impl Client {
         Ok(events)
     }
 
-    async fn handle(&mut self, msg: QueueMessage) -> Result<Option<Event>, ClientError> {
+    async fn handle(&mut self, msg: QueueMessage) -> Result<Vec<Event>, ClientError> {
         match msg {
-            QueueMessage::Welcome(bundle) => self.join(bundle).await.map(Some),
+            QueueMessage::Welcome(bundle) => self.join(bundle).await,
             QueueMessage::Mls(bytes) => match self.process_mls(bytes.as_slice())? {
                 Processed::Done(event) => Ok(event),
                 Processed::Rejected(group, report) => self.recover(group, Some(report)).await,
@@ -809,7 +1086,7 @@ impl Client {
         if is_commit && msg_epoch < ours {
             // Superseded, e.g. another member's resync that lost to ours.
             tracing::debug!(group = %group, msg_epoch, ours, "ignoring an old commit");
-            return Ok(Processed::Done(None));
+            return Ok(Processed::Done(Vec::new()));
         }
         if is_commit && msg_epoch > ours {
             return Ok(Processed::Behind(group));
@@ -834,6 +1111,7 @@ impl Client {
             Sender::Member(i) => i.u32(),
             _ => u32::MAX,
         };
+        let aad = processed.aad().to_vec();
         let event = match processed.into_content() {
             ProcessedMessageContent::ApplicationMessage(m) => Event::Message {
                 group,
@@ -846,24 +1124,117 @@ impl Client {
                 Event::Proposal { group }
             }
             ProcessedMessageContent::StagedCommitMessage(sc) => {
+                let adds: Vec<KeyPackage> = sc
+                    .add_proposals()
+                    .map(|p| p.add_proposal().key_package().clone())
+                    .collect();
                 mls.merge_staged_commit(&self.provider, *sc)
                     .map_err(ClientError::mls)?;
-                if mls.is_active() {
-                    Event::Commit {
-                        group,
-                        epoch: mls.epoch().as_u64(),
-                    }
-                } else {
+                if !mls.is_active() {
                     self.state.groups.remove(&hex::encode(&group.0));
-                    Event::Removed { group }
+                    return Ok(Processed::Done(vec![Event::Removed { group }]));
                 }
+                let mut events = vec![Event::Commit {
+                    group: group.clone(),
+                    epoch: mls.epoch().as_u64(),
+                }];
+                events.extend(self.track_members(&group, &mls, &adds, &aad)?);
+                return Ok(Processed::Done(events));
             }
-            _ => return Ok(Processed::Done(None)),
+            _ => return Ok(Processed::Done(Vec::new())),
         };
-        Ok(Processed::Done(Some(event)))
+        Ok(Processed::Done(vec![event]))
     }
 
-    async fn join(&mut self, bundle: WelcomeBundle) -> Result<Event, ClientError> {
+    /// After a commit: members keep their records across leaf moves (by signature key), departed
+    /// ones are dropped, and every added member is verified from the commit's authenticated data.
+    fn track_members(
+        &mut self,
+        group: &GroupHandle,
+        mls: &MlsGroup,
+        adds: &[KeyPackage],
+        aad: &[u8],
+    ) -> Result<Vec<Event>, ClientError> {
+        let current: BTreeMap<String, u32> = mls
+            .members()
+            .map(|m| (hex::encode(&m.signature_key), m.index.u32()))
+            .collect();
+        let anchors = self.anchors()?;
+        let (ck, wk) = group_keys(self.meta(group)?)?;
+        let aad: CommitAad = if aad.is_empty() {
+            CommitAad::default()
+        } else {
+            decode_exact(aad, MAX_MESSAGE).map_err(|e| ClientError::State(e.to_string()))?
+        };
+        let mut fresh = Vec::new();
+        for kp in adds {
+            let kp_ref = kp
+                .hash_ref(self.provider.crypto())
+                .map_err(ClientError::mls)?;
+            let leaf = kp.leaf_node();
+            let Some(&index) = current.get(&hex::encode(leaf.signature_key().as_slice())) else {
+                continue;
+            };
+            let record = match aad
+                .added
+                .iter()
+                .find(|a| a.key_package_ref.as_slice() == kp_ref.as_slice())
+            {
+                Some(a) => check_leaf(
+                    leaf.credential().serialized_content(),
+                    leaf.signature_key().as_slice(),
+                    &a.credential,
+                    (&ck, &wk),
+                    &anchors,
+                ),
+                None => unverified_record(
+                    leaf.signature_key().as_slice(),
+                    "the commit carries no credential material for this member",
+                ),
+            };
+            fresh.push((index, record));
+        }
+        let meta = self.meta_mut(group)?;
+        let old = std::mem::take(&mut meta.members);
+        for (_, record) in old {
+            if let Some(&index) = current.get(&record.signature_key) {
+                meta.members.insert(index, record);
+            }
+        }
+        Ok(insert_records(group, meta, fresh))
+    }
+
+    /// Verifies every current member from the hub's stored material (on join and resync).
+    fn verify_all(
+        &mut self,
+        group: &GroupHandle,
+        mls: &MlsGroup,
+        entries: &[LeafCredentialEntry],
+    ) -> Result<Vec<Event>, ClientError> {
+        let anchors = self.anchors()?;
+        let (ck, wk) = group_keys(self.meta(group)?)?;
+        let fresh: Vec<(u32, MemberRecord)> = mls
+            .members()
+            .map(|m| {
+                let record = match entries.iter().find(|e| e.leaf == m.index.u32()) {
+                    Some(e) => check_leaf(
+                        m.credential.serialized_content(),
+                        &m.signature_key,
+                        &e.info,
+                        (&ck, &wk),
+                        &anchors,
+                    ),
+                    None => unverified_record(&m.signature_key, "the hub has no material for it"),
+                };
+                (m.index.u32(), record)
+            })
+            .collect();
+        let meta = self.meta_mut(group)?;
+        meta.members.clear();
+        Ok(insert_records(group, meta, fresh))
+    }
+
+    async fn join(&mut self, bundle: WelcomeBundle) -> Result<Vec<Event>, ClientError> {
         let MlsMessageBodyIn::Welcome(welcome) =
             MlsMessageIn::tls_deserialize_exact(bundle.welcome.as_slice())
                 .map_err(ClientError::mls)?
@@ -884,6 +1255,24 @@ impl Client {
             .ok_or(ClientError::Unexpected(
                 "Welcome for none of our KeyPackages",
             ))?;
+        // Who invites us? Only contacts may; the hub cannot tell us, and does not know.
+        let attribution = match self.attribution(&bundle, kp_ref.as_slice()) {
+            Ok(a) => a,
+            Err(reason) => {
+                return Ok(vec![Event::InviteRejected {
+                    inviter: None,
+                    reason,
+                }]);
+            }
+        };
+        let inviter = attribution.tbs.sender.tbs.identity.handle_str();
+        if !self.state.contacts.contains_key(&inviter) {
+            tracing::warn!(inviter = %inviter, "refusing an invitation from a non-contact");
+            return Ok(vec![Event::InviteRejected {
+                inviter: Some(inviter),
+                reason: "not a contact".into(),
+            }]);
+        }
         let init = HpkePrivateKey::from_bytes(&unhex(&pending.init_private)?)?;
         let ct = HpkeCiphertext {
             kem_output: bundle.joiner_info.kem_output.as_slice().to_vec(),
@@ -894,6 +1283,11 @@ impl Client {
             4096,
         )
         .map_err(|e| ClientError::State(e.to_string()))?;
+        if info.group_id != attribution.tbs.group_id {
+            return Err(ClientError::Unexpected(
+                "attribution and joiner info name different groups",
+            ));
+        }
         let ear_key = EarKey::from_bytes(info.ear_key.as_slice())?;
         let signer = self.signer(&pending.signer_public)?;
         // Fetch the tree before touching the Welcome: a failed join consumes the KeyPackage.
@@ -925,13 +1319,49 @@ impl Client {
             GroupMeta {
                 ear_key: hex::encode(ear_key.as_bytes()),
                 signer_public: pending.signer_public.clone(),
+                credential_key: hex::encode(attribution.tbs.credential_key),
+                wrapper_key: hex::encode(attribution.tbs.wrapper_key),
+                signature_ear_key: pending.signature_ear_key.clone(),
+                members: BTreeMap::new(),
             },
         );
         self.state
             .key_packages
             .remove(&hex::encode(kp_ref.as_slice()));
+        let mut events = vec![Event::Joined {
+            group: handle.clone(),
+        }];
+        events.extend(self.verify_all(&handle, &group, &wi.credentials)?);
         self.persist()?;
-        Ok(Event::Joined { group: handle })
+        Ok(events)
+    }
+
+    /// Opens and verifies the inviter's attribution; the error is the reason to refuse.
+    fn attribution(
+        &self,
+        bundle: &WelcomeBundle,
+        kp_ref: &[u8],
+    ) -> Result<WelcomeAttributionInfo, String> {
+        let key = unhex(&self.state.wai_key)
+            .ok()
+            .and_then(|k| EarKey::from_bytes(&k).ok())
+            .ok_or("no attribution key")?;
+        let plain = ear::open(
+            &key,
+            identity::ATTRIBUTION_DOMAIN,
+            kp_ref,
+            bundle.attribution.as_slice(),
+        )
+        .map_err(|_| "the attribution is not for us".to_string())?;
+        let wai: WelcomeAttributionInfo =
+            decode_exact(&plain, MAX_MESSAGE).map_err(|e| format!("attribution: {e}"))?;
+        if wai.tbs.key_package_ref.as_slice() != kp_ref {
+            return Err("the attribution is for another invitation".into());
+        }
+        let anchors = self.anchors().map_err(|e| e.to_string())?;
+        wai.verify(&anchors, now_ms() / 1000)
+            .map_err(|e| format!("attribution: {e}"))?;
+        Ok(wai)
     }
 }
 
@@ -941,6 +1371,92 @@ fn join_config() -> MlsGroupJoinConfig {
         .wire_format_policy(PURE_PLAINTEXT_WIRE_FORMAT_POLICY)
         .use_ratchet_tree_extension(false)
         .build()
+}
+
+/// The group's credential key and wrapper key.
+fn group_keys(meta: &GroupMeta) -> Result<(EarKey, EarKey), ClientError> {
+    Ok((
+        EarKey::from_bytes(&unhex(&meta.credential_key)?)?,
+        EarKey::from_bytes(&unhex(&meta.wrapper_key)?)?,
+    ))
+}
+
+/// Verifies one leaf into a member record (a failure becomes an unverified record).
+fn check_leaf(
+    leaf_identity: &[u8],
+    signature_key: &[u8],
+    info: &LeafCredentialInfo,
+    (ck, wk): (&EarKey, &EarKey),
+    anchors: &AsCredentials,
+) -> MemberRecord {
+    match identity::verify_leaf(
+        leaf_identity,
+        signature_key,
+        info,
+        ck,
+        wk,
+        anchors,
+        now_ms() / 1000,
+    ) {
+        Ok(credential) => verified_record(signature_key, &credential),
+        Err(e) => unverified_record(signature_key, &e.to_string()),
+    }
+}
+
+fn unverified_record(signature_key: &[u8], problem: &str) -> MemberRecord {
+    MemberRecord {
+        signature_key: hex::encode(signature_key),
+        handle: None,
+        device: None,
+        problem: Some(problem.to_owned()),
+    }
+}
+
+/// Stores fresh records and reports each one that did not verify.
+fn insert_records(
+    group: &GroupHandle,
+    meta: &mut GroupMeta,
+    fresh: Vec<(u32, MemberRecord)>,
+) -> Vec<Event> {
+    let mut events = Vec::new();
+    for (leaf, record) in fresh {
+        if let Some(reason) = &record.problem {
+            tracing::warn!(group = %group, leaf, reason = %reason, "member does not verify");
+            events.push(Event::UnverifiedMember {
+                group: group.clone(),
+                leaf,
+                reason: reason.clone(),
+            });
+        }
+        meta.members.insert(leaf, record);
+    }
+    events
+}
+
+/// A member record for a verified credential.
+fn verified_record(signature_key: &[u8], credential: &ClientCredential) -> MemberRecord {
+    MemberRecord {
+        signature_key: hex::encode(signature_key),
+        handle: Some(credential.tbs.identity.handle_str()),
+        device: Some(hex::encode(credential.tbs.identity.device)),
+        problem: None,
+    }
+}
+
+fn encoded<T: tls_codec::Serialize>(value: &T) -> Result<Vec<u8>, ClientError> {
+    encode(value).map_err(|e| ClientError::State(e.to_string()))
+}
+
+fn anonymous_as(operation: AsOperation) -> AsRequest {
+    AsRequest {
+        tbs: AsRequestTbs {
+            timestamp_ms: now_ms(),
+            nonce: mimi_rm_crypto::ids::random_id(),
+            sender: AsSender::Anonymous,
+            operation,
+        },
+        signature: Vec::new().into(),
+    }
 }
 
 fn anonymous_qs(operation: QsOperation) -> QsRequest {

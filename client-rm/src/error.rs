@@ -31,6 +31,9 @@ pub enum ClientError {
     /// Unknown group handle.
     #[error("unknown group")]
     UnknownGroup,
+    /// A credential chain did not verify.
+    #[error("identity: {0}")]
+    Identity(#[from] crate::identity::IdentityError),
     /// A contact has no AddPackage left.
     #[error("no AddPackage available for that contact")]
     NoAddPackage,

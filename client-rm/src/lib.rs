@@ -9,13 +9,14 @@
 mod client;
 mod contact;
 mod error;
+mod identity;
 mod provider;
 mod state;
 mod transport;
 
 #[cfg(feature = "adversary")]
 pub use client::Tamper;
-pub use client::{Client, Event, GroupHandle};
+pub use client::{Client, Event, GroupHandle, MemberIdentity};
 pub use contact::ContactCard;
 pub use error::ClientError;
 pub use transport::{Recorder, Transport, envelope};

@@ -2,7 +2,7 @@
 #![forbid(unsafe_code)]
 
 use clap::{Parser, Subcommand};
-use mimi_client_rm::{Client, ContactCard, Event, GroupHandle};
+use mimi_client_rm::{Client, ContactCard, Event, GroupHandle, MemberIdentity};
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -23,14 +23,28 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Create a pseudonymous account on the hub and publish AddPackages.
+    /// Register a handle at your provider's AS, create pseudonymous queue records and publish
+    /// AddPackages.
     Register {
-        /// Name shown locally (never sent to the hub).
+        /// Your handle (`[a-z0-9._-]`, 1–64 characters); only the AS, your contacts and the
+        /// members of your groups see it, never the DS or QS.
         #[arg(long)]
         name: String,
     },
     /// Print the contact card others need to add you to groups.
     Contact,
+    /// Accept someone's contact card: you may add them, and you accept their invitations.
+    AddContact {
+        /// Contact card (`mimi-contact:…`).
+        #[arg(long)]
+        card: String,
+    },
+    /// Show each member of a group with its verified handle (or why it did not verify).
+    Members {
+        /// Group id (hex).
+        #[arg(long)]
+        group: String,
+    },
     /// Create a new group; prints its id.
     CreateGroup,
     /// Add the owner of a contact card to a group.
@@ -145,6 +159,15 @@ fn print_events(events: &[Event]) {
                 ),
                 None => println!("[{group}] we had fallen behind; re-entered at epoch {epoch}"),
             },
+            Event::InviteRejected { inviter, reason } => println!(
+                "refused an invitation from {}: {reason}",
+                inviter.as_deref().unwrap_or("an unknown sender")
+            ),
+            Event::UnverifiedMember {
+                group,
+                leaf,
+                reason,
+            } => println!("[{group}] WARNING: leaf {leaf} does not verify ({reason})"),
             Event::Undecryptable { seq, reason } => {
                 println!("could not process queue entry {seq}: {reason}")
             }
@@ -156,13 +179,30 @@ async fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
     if let Command::Register { name } = &cli.command {
         let client = Client::register(&cli.dir, &cli.hub, name).await?;
         println!("registered {} in {}", client.name(), cli.dir.display());
-        println!("{}", client.contact_card()?.to_text());
+        println!("{}", client.contact_card()?.to_text()?);
         return Ok(());
     }
     let mut client = Client::load(&cli.dir, &cli.hub)?;
     match cli.command {
         Command::Register { .. } => {}
-        Command::Contact => println!("{}", client.contact_card()?.to_text()),
+        Command::Contact => println!("{}", client.contact_card()?.to_text()?),
+        Command::AddContact { card } => {
+            let card = ContactCard::from_text(&card)?;
+            client.add_contact(&card)?;
+            println!("{} is now a contact", card.handle_str());
+        }
+        Command::Members { group } => {
+            for (leaf, id) in client.member_identities(&GroupHandle::from_hex(&group)?)? {
+                match id {
+                    MemberIdentity::Verified { handle, device } => {
+                        println!("leaf {leaf}: {handle} (device {})", hex::encode(device))
+                    }
+                    MemberIdentity::Unverified { reason } => {
+                        println!("leaf {leaf}: UNVERIFIED ({reason})")
+                    }
+                }
+            }
+        }
         Command::CreateGroup => println!("{}", client.create_group().await?),
         Command::Invite { group, contact } => {
             let epoch = client

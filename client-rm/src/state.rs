@@ -7,6 +7,19 @@ use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
 
+/// What we know about one member's identity.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct MemberRecord {
+    /// Hex leaf signature key (follows the member across leaf indices).
+    pub signature_key: String,
+    /// The verified handle, if the chain verified.
+    pub handle: Option<String>,
+    /// Hex device id of the verified client credential.
+    pub device: Option<String>,
+    /// Why verification failed, if it did.
+    pub problem: Option<String>,
+}
+
 /// Per-group secrets the hub never keeps.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct GroupMeta {
@@ -14,6 +27,14 @@ pub struct GroupMeta {
     pub ear_key: String,
     /// Hex public key of the leaf signer used in this group.
     pub signer_public: String,
+    /// Hex group `CredentialEarKey`.
+    pub credential_key: String,
+    /// Hex group `SignatureEarKeyWrapperKey`.
+    pub wrapper_key: String,
+    /// Hex `SignatureEarKey` of our own leaf.
+    pub signature_ear_key: String,
+    /// Members by leaf index.
+    pub members: BTreeMap<u32, MemberRecord>,
 }
 
 /// A KeyPackage we published and may be welcomed with.
@@ -23,13 +44,31 @@ pub struct PendingKeyPackage {
     pub init_private: String,
     /// Hex leaf signature public key.
     pub signer_public: String,
+    /// Hex `SignatureEarKey` of the leaf credential.
+    pub signature_ear_key: String,
 }
 
 /// Everything but the OpenMLS key store.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct ClientState {
-    /// Local display name (never sent to the hub).
+    /// Our handle at the AS (sent only to the AS; members and contacts see it).
     pub name: String,
+    /// Hex device id of our client credential.
+    pub device: String,
+    /// Hex Ed25519 key of our client credential.
+    pub client_key: String,
+    /// Hex TLS-encoded `ClientCredential`.
+    pub client_credential: String,
+    /// Hex TLS-encoded `AsCredentials` of our provider, pinned at registration.
+    pub as_credentials: String,
+    /// Hex friendship `ClientCredentialEarKey`.
+    pub credential_key: String,
+    /// Hex friendship `SignatureEarKeyWrapperKey`.
+    pub wrapper_key: String,
+    /// Hex friendship `WelcomeAttributionInfoEarKey`.
+    pub wai_key: String,
+    /// Contact cards (text form) by handle: whom we accept invitations from.
+    pub contacts: BTreeMap<String, String>,
     /// Pseudonymous QS user id (hex).
     pub user_id: String,
     /// Pseudonymous QS client id (hex).

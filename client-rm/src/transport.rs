@@ -94,6 +94,18 @@ impl Transport {
     }
 }
 
+impl Transport {
+    /// Sends an AS request.
+    pub async fn auth(
+        &self,
+        req: &mimi_rm_protocol::auth::AsRequest,
+    ) -> Result<mimi_rm_protocol::auth::AsResponse, ClientError> {
+        let body = envelope(TransactionType::AuthService, req)?;
+        let bytes = self.post_raw(paths::AS, body).await?;
+        decode_exact(&bytes, MAX_RESPONSE).map_err(|e| ClientError::Transport(e.to_string()))
+    }
+}
+
 /// Encodes a request inside a current-version envelope.
 pub fn envelope<T: tls_codec::Serialize>(
     tt: TransactionType,

@@ -412,6 +412,60 @@ pub struct LeafCredentialInfo {
     pub encrypted_signature_ear_key: VLBytes,
 }
 
+/// Signature label of a [`WelcomeAttributionInfo`].
+pub const WELCOME_ATTRIBUTION_LABEL: &str = "WelcomeAttributionInfo";
+
+/// What an inviter tells the invitee, end to end: who invites it, and the group keys it needs to
+/// read the other members' credentials. Signed by the inviter's client credential and encrypted
+/// under the invitee's friendship key, so the hub carries it without learning the inviter.
+#[derive(Debug, Clone, PartialEq, Eq, TlsSerialize, TlsDeserialize, TlsSize)]
+pub struct WelcomeAttributionTbs {
+    /// The inviter's client credential.
+    pub sender: ClientCredential,
+    /// The MLS group id.
+    pub group_id: VLBytes,
+    /// The invitee's KeyPackageRef: binds the attribution to this one invitation.
+    pub key_package_ref: VLBytes,
+    /// The group's `CredentialEarKey`.
+    pub credential_key: [u8; 32],
+    /// The group's `SignatureEarKeyWrapperKey`.
+    pub wrapper_key: [u8; 32],
+}
+
+/// A [`WelcomeAttributionTbs`] with the inviter's signature under
+/// [`WELCOME_ATTRIBUTION_LABEL`].
+#[derive(Debug, Clone, PartialEq, Eq, TlsSerialize, TlsDeserialize, TlsSize)]
+pub struct WelcomeAttributionInfo {
+    /// Signed part.
+    pub tbs: WelcomeAttributionTbs,
+    /// Signature by `tbs.sender`'s key.
+    pub signature: VLBytes,
+}
+
+impl WelcomeAttributionInfo {
+    /// Signs `tbs` with the inviter's client key.
+    pub fn sign(key: &SigningKey, tbs: WelcomeAttributionTbs) -> Result<Self, CredentialError> {
+        let signature = key
+            .sign(WELCOME_ATTRIBUTION_LABEL, &tbs_bytes(&tbs)?)
+            .into();
+        Ok(Self { tbs, signature })
+    }
+
+    /// Checks the signature against the sender credential and that credential's chain.
+    pub fn verify(&self, anchors: &AsCredentials, now: u64) -> Result<(), CredentialError> {
+        self.tbs.sender.verify_chain(anchors, now)?;
+        self.tbs
+            .sender
+            .verifying_key()?
+            .verify(
+                WELCOME_ATTRIBUTION_LABEL,
+                &tbs_bytes(&self.tbs)?,
+                self.signature.as_slice(),
+            )
+            .map_err(|_| CredentialError::BadSignature("welcome attribution"))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -4,6 +4,7 @@
 //! sender's MLS leaf key, or by a joiner's KeyPackage key, so a captured request cannot be altered
 //! or re-targeted. The label below domain-separates these signatures from every MLS signature.
 
+use crate::credentials::LeafCredentialInfo;
 use tls_codec::{TlsDeserialize, TlsSerialize, TlsSize, VLBytes};
 
 /// Signature label prefix for DS requests (the signer signs `label ‖ encoded tbs`).
@@ -51,6 +52,36 @@ pub struct CreateGroup {
     pub group_info: VLBytes,
     /// TLS-encoded ratchet tree.
     pub ratchet_tree: VLBytes,
+    /// The creator's encrypted credential material for leaf 0.
+    pub creator: LeafCredentialInfo,
+}
+
+/// The encrypted credential material of one leaf, as the hub stores and serves it.
+#[derive(Debug, Clone, PartialEq, Eq, TlsSerialize, TlsDeserialize, TlsSize)]
+pub struct LeafCredentialEntry {
+    /// Leaf index.
+    pub leaf: u32,
+    /// Ciphertexts only members can open.
+    pub info: LeafCredentialInfo,
+}
+
+/// One member added by a commit, as carried in the commit's authenticated data.
+#[derive(Debug, Clone, PartialEq, Eq, TlsSerialize, TlsDeserialize, TlsSize)]
+pub struct AddedMember {
+    /// `KeyPackageRef` of the added KeyPackage (names the new leaf).
+    pub key_package_ref: VLBytes,
+    /// Its credential material re-wrapped under the group's keys.
+    pub credential: LeafCredentialInfo,
+    /// `WelcomeAttributionInfo` for the joiner, encrypted under its friendship key.
+    pub attribution: VLBytes,
+}
+
+/// The MLS `authenticated_data` of every commit: signed by the committer, seen identically by
+/// the hub and every member, so all store the same ciphertexts.
+#[derive(Debug, Clone, Default, PartialEq, Eq, TlsSerialize, TlsDeserialize, TlsSize)]
+pub struct CommitAad {
+    /// One entry per added KeyPackage (empty for commits without adds).
+    pub added: Vec<AddedMember>,
 }
 
 /// One DS operation.
@@ -147,6 +178,8 @@ pub struct DsRequest {
 pub struct WelcomeInfo {
     /// TLS-encoded ratchet tree of the Welcome's epoch.
     pub ratchet_tree: VLBytes,
+    /// Every leaf's encrypted credential material at that epoch.
+    pub credentials: Vec<LeafCredentialEntry>,
 }
 
 /// What an external joiner needs.
@@ -158,6 +191,8 @@ pub struct ExternalCommitInfo {
     pub ratchet_tree: VLBytes,
     /// How often members reported commits of each current leaf as unprocessable.
     pub reports: Vec<ReportTally>,
+    /// Every current leaf's encrypted credential material.
+    pub credentials: Vec<LeafCredentialEntry>,
 }
 
 /// Label of [`commit_ref`].

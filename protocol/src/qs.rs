@@ -27,6 +27,19 @@ pub struct PublishAddPackages {
     pub last_resort: VLBytes,
 }
 
+/// What a client publishes for its contacts (encrypted at the QS under the `AddPackageEarKey`):
+/// a KeyPackage with a fresh pseudonymous leaf, plus the material that links the leaf to the
+/// client credential, readable only with the owner's friendship keys.
+#[derive(Debug, Clone, PartialEq, Eq, TlsSerialize, TlsDeserialize, TlsSize)]
+pub struct AddPackage {
+    /// TLS-encoded KeyPackage.
+    pub key_package: VLBytes,
+    /// The owner's ClientCredential under its friendship `ClientCredentialEarKey`.
+    pub encrypted_client_credential: VLBytes,
+    /// The leaf's `SignatureEarKey` under the owner's friendship `SignatureEarKeyWrapperKey`.
+    pub encrypted_signature_ear_key: VLBytes,
+}
+
 /// Fetch and consume messages.
 #[derive(Debug, Clone, PartialEq, Eq, TlsSerialize, TlsDeserialize, TlsSize)]
 pub struct Dequeue {

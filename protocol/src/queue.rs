@@ -55,6 +55,9 @@ pub struct WelcomeBundle {
     pub welcome: VLBytes,
     /// [`JoinerInfo`] sealed to the joiner's KeyPackage init key.
     pub joiner_info: HpkeCiphertextWire,
+    /// The inviter's `WelcomeAttributionInfo`, encrypted under the joiner's friendship key (the
+    /// hub copies it from the commit's authenticated data and cannot read it).
+    pub attribution: VLBytes,
 }
 
 /// The plaintext of one queue entry (encrypted at rest under the queue ratchet).

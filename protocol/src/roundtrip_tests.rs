@@ -57,6 +57,7 @@ fn ds_types_round_trip() {
         DsOperation::CreateGroup(CreateGroup {
             group_info: b(b"gi"),
             ratchet_tree: b(b"tree"),
+            creator: info(),
         }),
         DsOperation::AddMembers(bundle()),
         DsOperation::RemoveMembers(CommitBundle {
@@ -99,6 +100,10 @@ fn ds_types_round_trip() {
         DsResponse::GroupId(b(b"g")),
         DsResponse::WelcomeInfo(WelcomeInfo {
             ratchet_tree: b(b"t"),
+            credentials: vec![LeafCredentialEntry {
+                leaf: 2,
+                info: info(),
+            }],
         }),
         DsResponse::ExternalCommitInfo(ExternalCommitInfo {
             group_info: b(b"gi"),
@@ -108,6 +113,7 @@ fn ds_types_round_trip() {
                 reported_commits: 1,
                 reports: 2,
             }],
+            credentials: vec![],
         }),
         DsResponse::Deleted,
     ] {
@@ -136,7 +142,27 @@ fn queue_types_round_trip() {
     check(QueueMessage::Welcome(WelcomeBundle {
         welcome: b(b"w"),
         joiner_info: ct,
+        attribution: b(b"wai"),
     }));
+    check(CommitAad {
+        added: vec![AddedMember {
+            key_package_ref: b(b"kpref"),
+            credential: info(),
+            attribution: b(b"wai"),
+        }],
+    });
+    check(AddPackage {
+        key_package: b(b"kp"),
+        encrypted_client_credential: b(b"cc"),
+        encrypted_signature_ear_key: b(b"sek"),
+    });
+}
+
+fn info() -> crate::credentials::LeafCredentialInfo {
+    crate::credentials::LeafCredentialInfo {
+        encrypted_client_credential: b(b"cc"),
+        encrypted_signature_ear_key: b(b"sek"),
+    }
 }
 
 #[test]

@@ -1,6 +1,8 @@
 //! End-to-end test harness: real hub processes on 127.0.0.1 with temporary RocksDB directories.
 #![forbid(unsafe_code)]
 
+pub mod scenario;
+
 use mimi_ds_rm::store::{Cf, RocksStore, Store};
 use std::net::{SocketAddr, TcpListener};
 use std::path::{Path, PathBuf};

@@ -44,7 +44,7 @@ impl Client {
         &mut self,
         group: GroupHandle,
         report: Option<CommitRejected>,
-    ) -> Result<Option<Event>, ClientError> {
+    ) -> Result<Vec<Event>, ClientError> {
         if let Some(r) = &report {
             // A failed report must not keep us out of the group: log it and resync anyway.
             if let Err(e) = self.report_commit(&group, r.clone()).await {
@@ -53,11 +53,11 @@ impl Client {
         }
         let epoch = self.resync(&group).await?;
         tracing::info!(group = %group, epoch, "re-entered the group by external commit");
-        Ok(Some(Event::Resynced {
+        Ok(vec![Event::Resynced {
             group,
             reported: report,
             epoch,
-        }))
+        }])
     }
 
     /// Tells the hub we could not process the commit named in `report`. Signed by our leaf in
@@ -101,6 +101,11 @@ impl Client {
             };
             match result {
                 Ok(epoch) => {
+                    // Re-establish who everyone is from the state we re-entered.
+                    let mls = self.load_group(group)?;
+                    for event in self.verify_all(group, &mls, &info.credentials)? {
+                        tracing::warn!(?event, "after resync");
+                    }
                     self.persist()?;
                     return Ok(epoch);
                 }

@@ -103,6 +103,58 @@ impl Client {
         self.member_request(&mls, &ear_key, &signer, operation)
     }
 
+    /// Adds a contact's clients without checking their credentials (a colluding member).
+    pub async fn invite_unchecked(
+        &mut self,
+        group: &GroupHandle,
+        contact: &crate::ContactCard,
+    ) -> Result<u64, ClientError> {
+        self.invite_with(group, contact, false).await
+    }
+
+    /// Replaces our client credential with one claiming `handle`, issued by a root and
+    /// intermediate the AS never certified, and republishes our AddPackages with it.
+    pub async fn forge_client_credential(&mut self, handle: &str) -> Result<(), ClientError> {
+        use mimi_rm_crypto::sign::SigningKey;
+        use mimi_rm_protocol::credentials::*;
+        let forge = |e: CredentialError| ClientError::State(e.to_string());
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_secs())
+            .unwrap_or(0);
+        let root_key = SigningKey::generate();
+        let root = AsCredential::issue(
+            &root_key,
+            "forged.test",
+            ExpirationData::starting(now, 1 << 20),
+        )
+        .map_err(forge)?;
+        let int_key = SigningKey::generate();
+        let int = AsIntermediateCredential::issue(
+            &root_key,
+            &root,
+            &int_key.verifying_key(),
+            ExpirationData::starting(now, 1 << 19),
+        )
+        .map_err(forge)?;
+        let client_key = SigningKey::from_bytes(&crate::state::unhex(&self.state.client_key)?)?;
+        let csr = ClientCredentialCsr::new(
+            &client_key,
+            ClientIdentity {
+                handle: handle.as_bytes().to_vec().into(),
+                device: mimi_rm_crypto::ids::random_id(),
+            },
+        )
+        .map_err(forge)?;
+        let forged =
+            ClientCredential::issue(&int_key, &int, &csr, ExpirationData::starting(now, 1 << 18))
+                .map_err(forge)?;
+        self.state.client_credential = hex::encode(
+            mimi_rm_protocol::encode(&forged).map_err(|e| ClientError::State(e.to_string()))?,
+        );
+        self.publish_add_packages(5).await
+    }
+
     /// Builds the resync commit we would send now, without sending it and without changing our
     /// state, so tests can send it in someone else's name.
     pub async fn prepared_resync(

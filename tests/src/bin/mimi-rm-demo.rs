@@ -34,6 +34,13 @@ fn show(who: &str, events: &[Event]) {
                 ),
                 None => println!("  {who:<6} had fallen behind, re-entered -> epoch {epoch}"),
             },
+            Event::InviteRejected { inviter, reason } => println!(
+                "  {who:<6} refused an invitation from {}: {reason}",
+                inviter.as_deref().unwrap_or("an unknown sender")
+            ),
+            Event::UnverifiedMember { leaf, reason, .. } => {
+                println!("  {who:<6} WARNING: leaf {leaf} does not verify ({reason})")
+            }
             Event::Undecryptable { seq, reason } => {
                 println!("  {who:<6} could not read #{seq}: {reason}")
             }
@@ -68,7 +75,13 @@ async fn main() -> Result<(), BoxError> {
     let mut alice = Client::register(&dir.path().join("alice"), &url, "alice").await?;
     let mut bob = Client::register(&dir.path().join("bob"), &url, "bob").await?;
     let mut carol = Client::register(&dir.path().join("carol"), &url, "carol").await?;
-    println!("registered alice, bob, carol (pseudonymous QS records; 5 AddPackages each)");
+    println!(
+        "registered alice, bob, carol at the AS (handles + client credentials), with pseudonymous QS records and 5 AddPackages each"
+    );
+    // Contacts exchange cards out of band; an invitation from a non-contact is refused.
+    bob.add_contact(&alice.contact_card()?)?;
+    carol.add_contact(&alice.contact_card()?)?;
+    println!("bob and carol accepted alice's contact card");
 
     let g = alice.create_group().await?;
     println!("alice created group {g}");

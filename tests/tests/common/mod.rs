@@ -42,7 +42,10 @@ pub fn messages(events: &[Event]) -> Vec<Vec<u8>> {
 /// Creates a group of `creator` and adds `others` one commit each; everyone processes.
 pub async fn group_of(creator: &mut Client, others: &mut [&mut Client]) -> GroupHandle {
     let g = creator.create_group().await.expect("create group");
+    let creator_card = creator.contact_card().expect("card");
     for i in 0..others.len() {
+        // Contacts both ways: the invitee accepts invitations only from its contacts.
+        others[i].add_contact(&creator_card).expect("add contact");
         let card = others[i].contact_card().expect("card");
         creator.invite(&g, &card).await.expect("invite");
         for (j, o) in others.iter_mut().enumerate() {

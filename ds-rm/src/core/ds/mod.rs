@@ -14,6 +14,7 @@ use crate::core::replay::ReplayGuard;
 use crate::store::{Cf, Txn};
 use accountability::Accountability;
 use mimi_rm_crypto::{ear::EarKey, hpke_seal, sign::verify_raw_ed25519};
+use mimi_rm_protocol::credentials::LeafCredentialInfo;
 use mimi_rm_protocol::ds::*;
 use mimi_rm_protocol::queue::*;
 use mimi_rm_protocol::{decode_exact, encode};
@@ -211,6 +212,10 @@ fn create_group(
         group_info: params.group_info.clone(),
         past_trees: Vec::new(),
         acct: Accountability::default(),
+        credentials: vec![LeafCredentialEntry {
+            leaf: 0,
+            info: params.creator.clone(),
+        }],
     };
     group.save(txn, ctx.now_ms)?;
     txn.delete(Cf::DsReservations, gid.to_vec());
@@ -218,6 +223,44 @@ fn create_group(
         response: DsResponse::Accepted(0),
         fanout: Vec::new(),
     })
+}
+
+/// Decodes a commit's authenticated data; empty bytes mean "nothing added".
+fn commit_aad(bytes: &[u8]) -> Result<CommitAad, HubError> {
+    if bytes.is_empty() {
+        return Ok(CommitAad::default());
+    }
+    decode_exact(bytes, MAX_ROW).map_err(|e| HubError::malformed("commit authenticated data", e))
+}
+
+/// Puts the commit's `added` entries in the order of its Add proposals: exactly one per added
+/// KeyPackage, so every joiner gets its credential material and attribution, and nothing else
+/// rides along.
+fn match_added(
+    crypto: &RustCrypto,
+    adds: &[KeyPackage],
+    aad: CommitAad,
+) -> Result<Vec<AddedMember>, HubError> {
+    if aad.added.len() != adds.len() {
+        return Err(HubError::WrongOperation(
+            "the commit must carry one credential entry per added member",
+        ));
+    }
+    let mut pool = aad.added;
+    let mut out = Vec::with_capacity(adds.len());
+    for kp in adds {
+        let kp_ref = kp
+            .hash_ref(crypto)
+            .map_err(|e| HubError::Internal(e.to_string()))?;
+        let pos = pool
+            .iter()
+            .position(|m| m.key_package_ref.as_slice() == kp_ref.as_slice())
+            .ok_or(HubError::WrongOperation(
+                "a credential entry names no added KeyPackage",
+            ))?;
+        out.push(pool.swap_remove(pos));
+    }
+    Ok(out)
 }
 
 fn parse_group_info(bytes: &[u8]) -> Result<VerifiableGroupInfo, HubError> {
@@ -277,6 +320,7 @@ struct LoadedGroup {
     group_info: VLBytes,
     past_trees: Vec<PastTree>,
     acct: Accountability,
+    credentials: Vec<LeafCredentialEntry>,
 }
 
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -310,6 +354,7 @@ impl LoadedGroup {
                 recent: state.recent_commits,
                 tallies: state.tallies,
             },
+            credentials: state.credentials,
         })
     }
 
@@ -320,6 +365,7 @@ impl LoadedGroup {
             past_trees: self.past_trees.clone(),
             recent_commits: self.acct.recent.clone(),
             tallies: self.acct.tallies.clone(),
+            credentials: self.credentials.clone(),
         };
         let row = state.seal(&self.key, &self.group_id, now_ms)?;
         let bytes = encode(&row).map_err(|e| HubError::Internal(e.to_string()))?;
@@ -405,6 +451,7 @@ impl LoadedGroup {
                     group_info: self.group_info.clone(),
                     ratchet_tree: self.tree_bytes()?.into(),
                     reports: self.acct.tallies.clone(),
+                    credentials: self.credentials.clone(),
                 }),
                 fanout: Vec::new(),
                 write: Write::None,
@@ -440,6 +487,24 @@ impl LoadedGroup {
                 .iter()
                 .map(|t| t.joiners.len())
                 .sum::<usize>()
+    }
+
+    /// The current leaf holding `signature_key`.
+    fn leaf_of(&self, signature_key: &[u8]) -> Result<LeafNodeIndex, HubError> {
+        self.pg
+            .members()
+            .find(|m| m.signature_key == signature_key)
+            .map(|m| m.index)
+            .ok_or_else(|| HubError::Internal("leaf missing after merge".into()))
+    }
+
+    /// Stores `info` for `leaf`, keeping the list sorted by leaf.
+    fn set_credential(&mut self, leaf: LeafNodeIndex, info: LeafCredentialInfo) {
+        let leaf = leaf.u32();
+        self.credentials.retain(|c| c.leaf != leaf);
+        let pos = self.credentials.partition_point(|c| c.leaf < leaf);
+        self.credentials
+            .insert(pos, LeafCredentialEntry { leaf, info });
     }
 
     fn tree_bytes(&self) -> Result<Vec<u8>, HubError> {
@@ -507,6 +572,7 @@ impl LoadedGroup {
                 "commit not sent by the signing member",
             ));
         }
+        let aad = commit_aad(processed.aad())?;
         let ProcessedMessageContent::StagedCommitMessage(staged) = processed.into_content() else {
             return Err(HubError::WrongOperation("not a commit"));
         };
@@ -574,6 +640,7 @@ impl LoadedGroup {
         for kp in &adds {
             queue_ref_of(kp.leaf_node())?;
         }
+        let added = match_added(&crypto, &adds, aad)?;
         // Fan out with the roster from before the commit: removed members learn of it too.
         let fanout = Self::fan(self.recipients(Some(sender)), &bundle.commit);
         if kind == CommitKind::Delete {
@@ -588,10 +655,15 @@ impl LoadedGroup {
             .merge_commit(&self.store, staged)
             .map_err(|e| HubError::Internal(format!("merge: {e}")))?;
         self.acct.forget_leaves(&all_removed);
+        self.credentials.retain(|c| !all_removed.contains(&c.leaf));
+        for (kp, member) in adds.iter().zip(&added) {
+            let leaf = self.leaf_of(kp.leaf_node().signature_key().as_slice())?;
+            self.set_credential(leaf, member.credential.clone());
+        }
         self.after_merge(&crypto, epoch_before, sender, bundle)?;
         let mut fanout = fanout;
         if kind == CommitKind::Add {
-            fanout.extend(self.welcomes(ctx, &crypto, &adds, bundle.welcome.as_ref())?);
+            fanout.extend(self.welcomes(ctx, &crypto, &adds, &added, bundle.welcome.as_ref())?);
         }
         Ok(Applied {
             response: DsResponse::Accepted(self.epoch()),
@@ -635,6 +707,9 @@ impl LoadedGroup {
         if !matches!(processed.sender(), Sender::NewMemberCommit) {
             return Err(HubError::WrongOperation("resync needs an external commit"));
         }
+        if !commit_aad(processed.aad())?.added.is_empty() {
+            return Err(HubError::WrongOperation("a resync adds no one"));
+        }
         let ProcessedMessageContent::StagedCommitMessage(staged) = processed.into_content() else {
             return Err(HubError::WrongOperation("not a commit"));
         };
@@ -675,13 +750,13 @@ impl LoadedGroup {
         self.pg
             .merge_commit(&self.store, staged)
             .map_err(|e| HubError::Internal(format!("merge: {e}")))?;
-        let new = self
-            .pg
-            .members()
-            .find(|m| m.signature_key == old_key)
-            .map(|m| m.index)
-            .ok_or_else(|| HubError::Internal("resynced leaf missing after merge".into()))?;
+        let new = self.leaf_of(&old_key)?;
         self.acct.move_leaf(old.u32(), new.u32());
+        // The member keeps its credential: its material moves with it.
+        if let Some(pos) = self.credentials.iter().position(|c| c.leaf == old.u32()) {
+            let entry = self.credentials.remove(pos);
+            self.set_credential(new, entry.info);
+        }
         self.after_merge(&crypto, epoch_before, new, bundle)?;
         Ok(Applied {
             response: DsResponse::Accepted(self.epoch()),
@@ -766,6 +841,7 @@ impl LoadedGroup {
         ctx: &DsContext<'_>,
         crypto: &RustCrypto,
         adds: &[KeyPackage],
+        added: &[AddedMember],
         welcome: Option<&VLBytes>,
     ) -> Result<Vec<Fanout>, HubError> {
         let welcome_bytes =
@@ -785,7 +861,7 @@ impl LoadedGroup {
         let epoch = self.epoch();
         let mut out = Vec::with_capacity(adds.len());
         let mut joiners = Vec::with_capacity(adds.len());
-        for kp in adds {
+        for (kp, member) in adds.iter().zip(added) {
             let kp_ref = kp
                 .hash_ref(crypto)
                 .map_err(|e| HubError::Internal(e.to_string()))?;
@@ -814,6 +890,7 @@ impl LoadedGroup {
                         kem_output: sealed.kem_output.into(),
                         ciphertext: sealed.ciphertext.into(),
                     },
+                    attribution: member.attribution.clone(),
                 }),
             });
             joiners.push(kp.leaf_node().signature_key().as_slice().to_vec().into());
@@ -822,6 +899,7 @@ impl LoadedGroup {
             epoch,
             ratchet_tree: self.tree_bytes()?.into(),
             joiners,
+            credentials: self.credentials.clone(),
         });
         Ok(out)
     }
@@ -883,6 +961,7 @@ impl LoadedGroup {
         Ok(Applied {
             response: DsResponse::WelcomeInfo(WelcomeInfo {
                 ratchet_tree: tree.ratchet_tree.clone(),
+                credentials: tree.credentials.clone(),
             }),
             fanout: Vec::new(),
             write: Write::None,

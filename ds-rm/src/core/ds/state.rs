@@ -10,11 +10,11 @@ use super::public_store::PublicStoreBlob;
 use crate::core::HubError;
 use mimi_rm_crypto::{CryptoError, ear};
 use mimi_rm_protocol::decode_exact;
-use mimi_rm_protocol::ds::ReportTally;
+use mimi_rm_protocol::ds::{LeafCredentialEntry, ReportTally};
 use tls_codec::{Serialize as _, TlsDeserialize, TlsSerialize, TlsSize, VLBytes};
 
 /// Format byte of [`GroupRow`]; bump on any change of the row or state layout.
-pub const GROUP_ROW_FORMAT: u8 = 2;
+pub const GROUP_ROW_FORMAT: u8 = 3;
 /// EAR domain label of group state ciphertexts.
 const STATE_DOMAIN: &str = "ds group state";
 /// Upper bound on a decrypted state (a sanity limit, not a policy).
@@ -40,6 +40,8 @@ pub struct PastTree {
     pub ratchet_tree: VLBytes,
     /// Leaf signature keys of joiners that have not yet been seen as members.
     pub joiners: Vec<VLBytes>,
+    /// Every leaf's encrypted credential material at that epoch.
+    pub credentials: Vec<LeafCredentialEntry>,
 }
 
 /// Everything the hub knows about a group, encrypted at rest.
@@ -55,6 +57,8 @@ pub struct DsGroupState {
     pub recent_commits: Vec<CommitRecord>,
     /// Reports counted per current committer leaf.
     pub tallies: Vec<ReportTally>,
+    /// Every current leaf's encrypted credential material (opaque to the hub).
+    pub credentials: Vec<LeafCredentialEntry>,
 }
 
 /// Associated data binding a state ciphertext to its group id, so a row copied under another

@@ -1,0 +1,205 @@
+//! A reusable, realistic scenario for the metadata checks: several users with handles, all
+//! mutual contacts, overlapping groups, messages (some left queued), an update, a removal and a
+//! leave. Returns everything a seized-disk search must NOT find on the hub.
+
+use mimi_client_rm::{Client, GroupHandle, Recorder};
+use mimi_rm_protocol::credentials::PseudonymousCredential;
+use mimi_rm_protocol::{decode_exact, encode};
+use std::path::Path;
+
+/// The clients and groups after the scenario, plus what must stay secret.
+pub struct Scenario {
+    /// One client per user.
+    pub clients: Vec<Client>,
+    /// The groups created.
+    pub groups: Vec<GroupHandle>,
+    /// Every request body the clients sent after registration, with its path.
+    pub wire: Recorder,
+    /// Plaintexts of every application message.
+    pub plaintexts: Vec<Vec<u8>>,
+}
+
+/// Named byte strings to search for.
+pub type Needles = Vec<(String, Vec<u8>)>;
+
+fn err(e: impl std::fmt::Display) -> String {
+    e.to_string()
+}
+
+/// Runs the scenario against the hub at `url` with `users` users (at least 5) and three
+/// overlapping groups; client state lives under `dir`.
+pub async fn run(url: &str, dir: &Path, users: usize) -> Result<Scenario, String> {
+    if users < 5 {
+        return Err("the scenario needs at least 5 users".into());
+    }
+    let wire: Recorder = Default::default();
+    let mut clients = Vec::with_capacity(users);
+    for i in 0..users {
+        // Random suffixes make the handles searchable without false positives.
+        let handle = format!("user{i}-{}", hex::encode(rand::random::<[u8; 4]>()));
+        let mut c = Client::register(&dir.join(&handle), url, &handle)
+            .await
+            .map_err(err)?;
+        c.set_recorder(wire.clone());
+        clients.push(c);
+    }
+    let cards: Vec<_> = clients
+        .iter()
+        .map(|c| c.contact_card())
+        .collect::<Result<_, _>>()
+        .map_err(err)?;
+    for (i, c) in clients.iter_mut().enumerate() {
+        for (j, card) in cards.iter().enumerate() {
+            if i != j {
+                c.add_contact(card).map_err(err)?;
+            }
+        }
+    }
+    // Three groups with overlapping members: {0,1,2,3}, {1,2,4}, {3,0,4,2}.
+    let layout: [(usize, &[usize]); 3] = [(0, &[1, 2, 3]), (1, &[2, 4]), (3, &[0, 4, 2])];
+    let mut groups = Vec::new();
+    for (creator, members) in layout {
+        let g = clients[creator].create_group().await.map_err(err)?;
+        for &m in members {
+            clients[creator].invite(&g, &cards[m]).await.map_err(err)?;
+        }
+        groups.push(g);
+        sync(&mut clients).await?;
+    }
+    let mut plaintexts = Vec::new();
+    let mut say = |who: usize, g: usize| {
+        let text = format!(
+            "marker-{who}-{g}-{}",
+            hex::encode(rand::random::<[u8; 8]>())
+        );
+        plaintexts.push(text.clone().into_bytes());
+        (who, g, text)
+    };
+    let rounds = [say(0, 0), say(1, 1), say(3, 2), say(2, 0), say(4, 2)];
+    for (who, g, text) in &rounds {
+        clients[*who]
+            .send(&groups[*g], text.as_bytes())
+            .await
+            .map_err(err)?;
+    }
+    sync(&mut clients).await?;
+    clients[2].update(&groups[0]).await.map_err(err)?;
+    let leaf3 = clients[3].own_leaf(&groups[0]).map_err(err)?;
+    clients[0].remove(&groups[0], &[leaf3]).await.map_err(err)?;
+    clients[4].leave(&groups[1]).await.map_err(err)?;
+    sync(&mut clients).await?;
+    clients[1].update(&groups[1]).await.map_err(err)?;
+    sync(&mut clients).await?;
+    // Leave a few messages queued.
+    for (who, g) in [(0usize, 0usize), (2, 1), (4, 2)] {
+        let text = format!(
+            "queued-{who}-{g}-{}",
+            hex::encode(rand::random::<[u8; 8]>())
+        );
+        plaintexts.push(text.clone().into_bytes());
+        clients[who]
+            .send(&groups[g], text.as_bytes())
+            .await
+            .map_err(err)?;
+    }
+    Ok(Scenario {
+        clients,
+        groups,
+        wire,
+        plaintexts,
+    })
+}
+
+async fn sync(clients: &mut [Client]) -> Result<(), String> {
+    for c in clients.iter_mut() {
+        c.receive().await.map_err(err)?;
+    }
+    Ok(())
+}
+
+impl Scenario {
+    /// Real identities: handles, client credentials, client public keys, device ids. Only the
+    /// AS may hold these.
+    pub fn identities(&self) -> Result<Needles, String> {
+        let mut out = Vec::new();
+        for c in &self.clients {
+            let cred = c.client_credential().map_err(err)?;
+            let handle = cred.tbs.identity.handle_str();
+            out.push((format!("handle {handle}"), handle.clone().into_bytes()));
+            out.push((
+                format!("device of {handle}"),
+                cred.tbs.identity.device.to_vec(),
+            ));
+            out.push((
+                format!("client key of {handle}"),
+                cred.tbs.public_key.as_slice().to_vec(),
+            ));
+            out.push((
+                format!("client credential of {handle}"),
+                encode(&cred).map_err(err)?,
+            ));
+        }
+        Ok(out)
+    }
+
+    /// Leaf pseudonyms and leaf signature keys of every current membership: finding any of these
+    /// next to an identity, or twice for one user, would link pseudonyms.
+    pub fn pseudonyms(&self) -> Result<Needles, String> {
+        let mut out = Vec::new();
+        for c in &self.clients {
+            for id in c.leaf_identities().map_err(err)? {
+                let p: PseudonymousCredential = decode_exact(&id, 1 << 16).map_err(err)?;
+                out.push((
+                    format!("pseudonym of {}", c.name()),
+                    p.tbs.pseudonym.to_vec(),
+                ));
+                out.push((
+                    format!("leaf key of {}", c.name()),
+                    p.tbs.signature_key.as_slice().to_vec(),
+                ));
+                out.push((format!("leaf credential of {}", c.name()), id));
+            }
+        }
+        Ok(out)
+    }
+
+    /// Keys and tokens only clients hold, and every plaintext.
+    pub fn client_secrets(&self) -> Result<Needles, String> {
+        let mut out = Vec::new();
+        for c in &self.clients {
+            let card = c.contact_card().map_err(err)?;
+            for (what, k) in [
+                ("friendship token", card.friendship_token),
+                ("AddPackage key", card.add_package_key),
+                ("friendship credential key", card.credential_key),
+                ("friendship wrapper key", card.wrapper_key),
+                ("attribution key", card.wai_key),
+            ] {
+                out.push((format!("{what} of {}", c.name()), k.to_vec()));
+            }
+            for g in c.groups() {
+                out.push((
+                    format!("EAR key of {}", c.name()),
+                    c.group_ear_key(&g).map_err(err)?.to_vec(),
+                ));
+            }
+        }
+        for p in &self.plaintexts {
+            out.push(("plaintext".into(), p.clone()));
+        }
+        Ok(out)
+    }
+
+    /// Pseudonymous QS client (queue) ids: the DS must never see them.
+    pub fn queue_ids(&self) -> Result<Needles, String> {
+        self.clients
+            .iter()
+            .map(|c| {
+                Ok((
+                    format!("queue id of {}", c.name()),
+                    c.client_id_bytes().map_err(err)?.to_vec(),
+                ))
+            })
+            .collect()
+    }
+}
