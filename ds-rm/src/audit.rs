@@ -3,13 +3,36 @@
 use crate::store::{Cf, Store, StoreError};
 use std::fmt::Write as _;
 
+/// What a snapshot of each column family reveals, printed with its records so an operator reads
+/// the privacy consequence next to the data (details in `spec-notes/metadata.md`).
+pub fn reveals(cf: Cf) -> &'static str {
+    match cf {
+        Cf::DsGroups => "random group ids, last-change month, padded size of encrypted states",
+        Cf::DsReservations => "group ids reserved within the last hour",
+        Cf::QsUsers => "pseudonymous users: client count, auth key, friendship-token hash",
+        Cf::QsFriendship => "friendship-token hash -> pseudonymous user id",
+        Cf::QsClients => "pseudonymous queues: auth key, current ratchet, messages received",
+        Cf::QsQueues => "undelivered-message counts and padded sizes (contents unreadable)",
+        Cf::QsAddPackages => "unused AddPackage counts per queue (contents encrypted)",
+        Cf::ServerKeys => "QS HPKE private key (opens sealed queue refs)",
+        Cf::AsUsers => "AS identities by design: every handle and its client credentials",
+        Cf::AsKeys => "AS root and intermediate private keys (can forge client credentials)",
+    }
+}
+
 /// Renders every column family of `store` as text: key, value size and a short value preview.
 pub fn render(store: &dyn Store) -> Result<String, StoreError> {
     let mut out = String::new();
     let dump = store.dump()?;
     for cf in Cf::ALL {
         let rows: Vec<_> = dump.iter().filter(|(c, _, _)| *c == cf).collect();
-        let _ = writeln!(out, "== {} ({} records)", cf.name(), rows.len());
+        let _ = writeln!(
+            out,
+            "== {} ({} records): {}",
+            cf.name(),
+            rows.len(),
+            reveals(cf)
+        );
         for (_, k, v) in rows {
             let preview: String = hex::encode(&v[..v.len().min(16)]);
             let _ = writeln!(

@@ -20,6 +20,9 @@ pub struct Config {
     pub freshness_window_secs: u64,
     /// fsync every batch before answering (turning this off risks losing acknowledged data).
     pub sync_writes: bool,
+    /// Lifetime of client credentials the AS issues, in seconds: how long a device key stays
+    /// certified before the user must re-certify it from another current device.
+    pub client_credential_lifetime_secs: u64,
 }
 
 impl Default for Config {
@@ -31,6 +34,7 @@ impl Default for Config {
             max_body_bytes: 1 << 20,
             freshness_window_secs: 60,
             sync_writes: true,
+            client_credential_lifetime_secs: 90 * 24 * 60 * 60,
         }
     }
 }
@@ -74,7 +78,8 @@ impl Config {
         crate::core::HubConfig {
             domain: self.domain.clone(),
             max_body: self.max_body_bytes,
-            freshness_window_ms: self.freshness_window_secs * 1000,
+            freshness_window_ms: self.freshness_window_secs.saturating_mul(1000),
+            client_credential_lifetime_secs: self.client_credential_lifetime_secs,
         }
     }
 }

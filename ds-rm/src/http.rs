@@ -21,6 +21,7 @@ pub fn router(hub: Arc<Hub>) -> Router {
             post(external_commit_information),
         )
         .route(paths::QS, post(queue_service))
+        .route(paths::AS, post(auth_service))
         .route(paths::DS_DOMAIN, get(ds_domain))
         .route("/metrics", get(metrics))
         // The core enforces the limit itself so it can answer with a TLS-encoded 413.
@@ -42,6 +43,10 @@ async fn external_commit_information(State(hub): State<Arc<Hub>>, body: Body) ->
 
 async fn queue_service(State(hub): State<Arc<Hub>>, body: Body) -> Response {
     dispatch(hub, TransactionType::QueueService, body).await
+}
+
+async fn auth_service(State(hub): State<Arc<Hub>>, body: Body) -> Response {
+    dispatch(hub, TransactionType::AuthService, body).await
 }
 
 async fn ds_domain(State(hub): State<Arc<Hub>>) -> String {

@@ -1,6 +1,8 @@
 //! Round trip, trailing-byte, truncation and limit tests for every wire type.
 
+use crate::auth::*;
 use crate::codec::{DecodeError, decode_exact, encode};
+use crate::credentials::*;
 use crate::ds::*;
 use crate::envelope::*;
 use crate::error::*;
@@ -220,6 +222,106 @@ fn qs_types_round_trip() {
     }
 }
 
+fn identity(device: u8) -> ClientIdentity {
+    ClientIdentity {
+        handle: b(b"alice"),
+        device: [device; 16],
+    }
+}
+
+fn csr() -> ClientCredentialCsr {
+    ClientCredentialCsr {
+        tbs: ClientCredentialCsrTbs {
+            identity: identity(1),
+            public_key: b(&[2; 32]),
+        },
+        signature: b(&[3; 64]),
+    }
+}
+
+fn as_credentials() -> AsCredentials {
+    AsCredentials {
+        roots: vec![AsCredential {
+            tbs: AsCredentialTbs {
+                as_domain: b(b"hub.example"),
+                expiration: ExpirationData::starting(10, 20),
+                public_key: b(&[4; 32]),
+            },
+            signature: b(&[5; 64]),
+        }],
+        intermediates: vec![AsIntermediateCredential {
+            tbs: AsIntermediateCredentialTbs {
+                expiration: ExpirationData::starting(11, 5),
+                public_key: b(&[6; 32]),
+                signer_fingerprint: [7; 32],
+            },
+            signature: b(&[8; 64]),
+        }],
+    }
+}
+
+fn client_credential(device: u8) -> ClientCredential {
+    ClientCredential {
+        tbs: ClientCredentialTbs {
+            identity: identity(device),
+            expiration: ExpirationData::starting(12, 3),
+            public_key: b(&[9; 32]),
+            signer_fingerprint: [10; 32],
+        },
+        signature: b(&[11; 64]),
+    }
+}
+
+#[test]
+fn credential_types_round_trip() {
+    check(ExpirationData::starting(1, 2));
+    check(identity(1));
+    check(csr());
+    check(as_credentials());
+    check(AsCredentials {
+        roots: vec![],
+        intermediates: vec![],
+    });
+    check(client_credential(1));
+}
+
+#[test]
+fn as_types_round_trip() {
+    let ops = vec![
+        AsOperation::RegisterUser(csr()),
+        AsOperation::AddClient(csr()),
+        AsOperation::AsCredentials,
+        AsOperation::UserClients(b(b"alice")),
+    ];
+    for (i, operation) in ops.into_iter().enumerate() {
+        check(AsRequest {
+            tbs: AsRequestTbs {
+                timestamp_ms: 1_700_000_000_000 + i as u64,
+                nonce: [i as u8; 16],
+                sender: if i % 2 == 0 {
+                    AsSender::Anonymous
+                } else {
+                    AsSender::Client(identity(i as u8))
+                },
+                operation,
+            },
+            signature: if i % 2 == 0 { b(b"") } else { b(&[12; 64]) },
+        });
+    }
+    for r in [
+        AsResponse::ClientCredential(client_credential(1)),
+        AsResponse::AsCredentials(as_credentials()),
+        AsResponse::UserClients(vec![client_credential(1), client_credential(2)]),
+        AsResponse::UserClients(vec![]),
+    ] {
+        check(r);
+    }
+    check(Envelope::new(TransactionType::AuthService, vec![4, 5]));
+    // Unknown AsOperation and AsSender discriminants are rejected.
+    assert!(decode_exact::<AsOperation>(&[0xee], LIMIT).is_err());
+    assert!(decode_exact::<AsSender>(&[2], LIMIT).is_err());
+}
+
 #[test]
 fn envelope_and_error_round_trip() {
     check(Envelope::new(
@@ -231,6 +333,14 @@ fn envelope_and_error_round_trip() {
     e.current_epoch = Some(4);
     check(e);
     check(ErrorResponse::new(ErrorCode::Internal, ""));
+    for code in [
+        ErrorCode::HandleTaken,
+        ErrorCode::InvalidHandle,
+        ErrorCode::ExpiredCredential,
+        ErrorCode::UnknownUser,
+    ] {
+        check(ErrorResponse::new(code, "as"));
+    }
 }
 
 #[test]

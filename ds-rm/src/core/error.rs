@@ -78,6 +78,18 @@ pub enum HubError {
     /// A report names a commit the hub does not remember.
     #[error("unknown commit: not among the recently accepted commits")]
     UnknownCommit,
+    /// AS: the handle is already registered.
+    #[error("handle is taken")]
+    HandleTaken,
+    /// AS: the handle is empty, too long or uses characters outside `[a-z0-9._-]`.
+    #[error("invalid handle: {0}")]
+    InvalidHandle(&'static str),
+    /// AS: the sender's client credential is outside its validity period.
+    #[error("client credential is expired or not yet valid")]
+    ExpiredCredential,
+    /// AS: no such handle, or no such client of that handle.
+    #[error("unknown user or client")]
+    UnknownUser,
     /// Storage failed.
     #[error("storage: {0}")]
     Store(#[from] StoreError),
@@ -111,6 +123,10 @@ impl HubError {
             Self::InvalidRequest(_) => ErrorCode::InvalidRequest,
             Self::UnknownEpoch => ErrorCode::UnknownEpoch,
             Self::UnknownCommit => ErrorCode::UnknownCommit,
+            Self::HandleTaken => ErrorCode::HandleTaken,
+            Self::InvalidHandle(_) => ErrorCode::InvalidHandle,
+            Self::ExpiredCredential => ErrorCode::ExpiredCredential,
+            Self::UnknownUser => ErrorCode::UnknownUser,
             Self::Store(_) | Self::Internal(_) => ErrorCode::Internal,
         }
     }

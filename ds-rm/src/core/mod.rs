@@ -1,11 +1,12 @@
 //! The hub's request logic, independent of HTTP.
 //!
 //! [`Hub::handle`] takes an endpoint and a raw body and returns the encoded response. It decodes,
-//! checks freshness, takes the per-group and per-queue locks, runs the DS or QS core against one
-//! transaction, delivers the fan-out into local queues inside the same transaction, and commits
+//! checks freshness, takes the per-group and per-queue (or, for the AS, per-handle) locks, runs
+//! the DS, QS or AS core against one transaction, delivers the fan-out into local queues inside the same transaction, and commits
 //! it durably before returning — so a 2xx always means "stored", and an error means "nothing
 //! changed".
 
+pub mod auth;
 pub mod ds;
 mod error;
 pub mod qs;
@@ -14,7 +15,9 @@ pub mod replay;
 pub use error::HubError;
 
 use crate::store::{Cf, KeyLocks, Store, Txn};
+use auth::AsKeys;
 use mimi_rm_crypto::hpke_seal::{HpkeKeyPair, HpkePrivateKey, HpkePublicKey};
+use mimi_rm_protocol::auth::AsRequest;
 use mimi_rm_protocol::ds::{DsOperation, DsRequest};
 use mimi_rm_protocol::qs::QsRequest;
 use mimi_rm_protocol::{Envelope, PROTOCOL_VERSION, TransactionType, decode_exact, encode};
@@ -31,6 +34,9 @@ pub struct HubConfig {
     pub max_body: usize,
     /// Accepted clock skew / request age, in milliseconds.
     pub freshness_window_ms: u64,
+    /// Lifetime of client credentials the AS issues, in seconds; bounds how long a stolen
+    /// device key stays usable without the user re-certifying.
+    pub client_credential_lifetime_secs: u64,
 }
 
 /// Counters for `/metrics`.
@@ -46,12 +52,13 @@ pub struct Metrics {
     pub undeliverable: std::sync::atomic::AtomicU64,
 }
 
-/// One hub: DS + QS over one store.
+/// One hub: DS + QS + AS over one store.
 pub struct Hub {
     store: Arc<dyn Store>,
     locks: KeyLocks,
     replay: ReplayGuard,
     qs_keys: QsKeys,
+    as_keys: AsKeys,
     config: HubConfig,
     /// Request counters.
     pub metrics: Metrics,
@@ -60,7 +67,7 @@ pub struct Hub {
 const QS_HPKE_KEY: &[u8] = b"qs_hpke_v1";
 
 impl Hub {
-    /// Opens the hub over `store`, creating the QS key on first start.
+    /// Opens the hub over `store`, creating the QS key and the AS keys on first start.
     pub fn new(store: Arc<dyn Store>, config: HubConfig, now_ms: u64) -> Result<Self, HubError> {
         let qs_keys = match store.get(Cf::ServerKeys, QS_HPKE_KEY)? {
             Some(bytes) if bytes.len() == 64 => QsKeys {
@@ -82,11 +89,13 @@ impl Hub {
                 QsKeys { hpke: kp }
             }
         };
+        let as_keys = AsKeys::load_or_create(store.as_ref(), &config.domain, now_ms / 1000)?;
         Ok(Self {
             store,
             locks: KeyLocks::default(),
             replay: ReplayGuard::new(config.freshness_window_ms, now_ms.saturating_sub(1)),
             qs_keys,
+            as_keys,
             config,
             metrics: Metrics::default(),
         })
@@ -142,6 +151,12 @@ impl Hub {
                     .map_err(|e| HubError::malformed("QS request", e))?;
                 self.replay.check_fresh(req.tbs.timestamp_ms, now_ms)?;
                 self.handle_qs(&req, now_ms)
+            }
+            TransactionType::AuthService => {
+                let req: AsRequest = decode_exact(payload, self.config.max_body)
+                    .map_err(|e| HubError::malformed("AS request", e))?;
+                self.replay.check_fresh(req.tbs.timestamp_ms, now_ms)?;
+                self.handle_as(&req, now_ms)
             }
             _ => {
                 let req: DsRequest = decode_exact(payload, self.config.max_body)
@@ -213,6 +228,21 @@ impl Hub {
         self.locks.lock_queues(&mut locks, &clients);
         let mut txn = Txn::new(self.store.as_ref());
         let resp = qs::process(&mut txn, &self.qs_keys, &self.replay, now_ms, req)?;
+        txn.commit()?;
+        drop(locks);
+        encode(&resp).map_err(|e| HubError::Internal(e.to_string()))
+    }
+
+    fn handle_as(&self, req: &AsRequest, now_ms: u64) -> Result<Vec<u8>, HubError> {
+        let locks = auth::handle_written(req).map(|h| self.locks.lock_handle(h));
+        let mut txn = Txn::new(self.store.as_ref());
+        let ctx = auth::AsContext {
+            keys: &self.as_keys,
+            replay: &self.replay,
+            now_ms,
+            client_lifetime_secs: self.config.client_credential_lifetime_secs,
+        };
+        let resp = auth::process(&ctx, &mut txn, req)?;
         txn.commit()?;
         drop(locks);
         encode(&resp).map_err(|e| HubError::Internal(e.to_string()))

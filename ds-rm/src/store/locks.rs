@@ -1,16 +1,19 @@
 //! Per-key serialisation with a fixed set of lock stripes.
 //!
 //! Groups and queues use separate stripe arrays and are always taken in the order "group first,
-//! then queues in ascending stripe order", which makes deadlock impossible.
+//! then queues in ascending stripe order", which makes deadlock impossible. AS handles have their
+//! own stripes; an AS request takes exactly one of them and nothing else, so it cannot deadlock
+//! with group or queue requests either.
 
 use std::sync::{Mutex, MutexGuard};
 
 const STRIPES: usize = 1024;
 
-/// Lock stripes for group ids and for queue (client) ids.
+/// Lock stripes for group ids, queue (client) ids and AS handles.
 pub struct KeyLocks {
     groups: Vec<Mutex<()>>,
     queues: Vec<Mutex<()>>,
+    handles: Vec<Mutex<()>>,
 }
 
 /// Guards held for the rest of a request.
@@ -41,6 +44,7 @@ impl Default for KeyLocks {
         Self {
             groups: (0..STRIPES).map(|_| Mutex::new(())).collect(),
             queues: (0..STRIPES).map(|_| Mutex::new(())).collect(),
+            handles: (0..STRIPES).map(|_| Mutex::new(())).collect(),
         }
     }
 }
@@ -50,6 +54,15 @@ impl KeyLocks {
     pub fn lock_group(&self, group_id: &[u8]) -> LockSet<'_> {
         LockSet {
             guards: vec![lock(&self.groups[stripe(group_id)])],
+            queue_stripes: Vec::new(),
+        }
+    }
+
+    /// Serialises AS requests that write one handle's record, so two registrations of the same
+    /// handle cannot both succeed. Taken alone: an AS request holds no other lock.
+    pub fn lock_handle(&self, handle: &[u8]) -> LockSet<'_> {
+        LockSet {
+            guards: vec![lock(&self.handles[stripe(handle)])],
             queue_stripes: Vec::new(),
         }
     }

@@ -31,11 +31,16 @@ pub enum Cf {
     QsAddPackages,
     /// name → server key material (QS HPKE key).
     ServerKeys,
+    /// AS: handle → the user's current client credentials. Kept apart from every DS/QS family
+    /// so the identity store never shares keys or records with pseudonymous data.
+    AsUsers,
+    /// AS: name → AS signing keys and their credentials (root and intermediate).
+    AsKeys,
 }
 
 impl Cf {
     /// All column families, in a fixed order.
-    pub const ALL: [Cf; 8] = [
+    pub const ALL: [Cf; 10] = [
         Cf::DsGroups,
         Cf::DsReservations,
         Cf::QsUsers,
@@ -44,6 +49,8 @@ impl Cf {
         Cf::QsQueues,
         Cf::QsAddPackages,
         Cf::ServerKeys,
+        Cf::AsUsers,
+        Cf::AsKeys,
     ];
 
     /// The RocksDB column-family name.
@@ -57,6 +64,8 @@ impl Cf {
             Cf::QsQueues => "qs_queues",
             Cf::QsAddPackages => "qs_add_packages",
             Cf::ServerKeys => "server_keys",
+            Cf::AsUsers => "as_users",
+            Cf::AsKeys => "as_keys",
         }
     }
 }

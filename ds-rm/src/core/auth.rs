@@ -1,0 +1,554 @@
+//! The authentication service: handles, client credentials and the AS signing keys.
+//!
+//! The AS is the one part of the hub that knows identities. It stores, per handle, the user's
+//! current client credentials (`as_users`) and its own signing keys (`as_keys`), and nothing
+//! about groups, queues, leaf pseudonyms or QS ids: the DS and QS never read these families and
+//! the AS never reads theirs, so the two halves of the hub cannot be joined through the store.
+//!
+//! Key hierarchy: a self-signed root (10 years) certifies an online intermediate (1 year) that
+//! issues client credentials. Both private keys are created on first start and kept in
+//! `as_keys`; a production deployment would keep the root offline or in an HSM. An expired
+//! intermediate is replaced from the root at the next start; an expired root is not handled
+//! (it needs an operator ceremony and a new trust anchor for clients).
+
+use crate::core::HubError;
+use crate::core::replay::ReplayGuard;
+use crate::store::{Cf, Store, Txn};
+use mimi_rm_crypto::sign::SigningKey;
+use mimi_rm_protocol::auth::{
+    AS_REQUEST_SIGNATURE_LABEL, AsOperation, AsRequest, AsRequestTbs, AsResponse, AsSender,
+};
+use mimi_rm_protocol::credentials::{
+    AsCredential, AsCredentials, AsIntermediateCredential, ClientCredential, ClientCredentialCsr,
+    ClientIdentity, CredentialError, ExpirationData,
+};
+use mimi_rm_protocol::{decode_exact, encode};
+use tls_codec::{TlsDeserialize, TlsSerialize, TlsSize};
+
+/// Validity of the root: long, because clients pin it per domain.
+pub const ROOT_LIFETIME_SECS: u64 = 10 * 365 * 24 * 60 * 60;
+/// Validity of the intermediate: short enough that a leaked online key expires within a year.
+pub const INTERMEDIATE_LIFETIME_SECS: u64 = 365 * 24 * 60 * 60;
+/// Longest handle, in bytes (handles are ASCII).
+pub const MAX_HANDLE_LEN: usize = 64;
+/// Most client credentials one user may hold, so one user cannot grow a record without bound.
+pub const MAX_CLIENTS_PER_USER: usize = 64;
+
+const ROOT_RECORD: &[u8] = b"root_v1";
+const INTERMEDIATE_RECORD: &[u8] = b"intermediate_v1";
+/// Stored records are written by this code; anything larger is corruption.
+const RECORD_LIMIT: usize = 1 << 20;
+
+/// What `as_users` holds per handle: the user's current client credentials.
+#[derive(Debug, Clone, PartialEq, Eq, TlsSerialize, TlsDeserialize, TlsSize)]
+pub struct AsUserRecord {
+    /// One credential per device, in issue order.
+    pub clients: Vec<ClientCredential>,
+}
+
+/// The root key and its self-signed credential, as stored in `as_keys`.
+#[derive(TlsSerialize, TlsDeserialize, TlsSize)]
+struct StoredRoot {
+    seed: [u8; 32],
+    credential: AsCredential,
+}
+
+/// The intermediate key and its credential, as stored in `as_keys`.
+#[derive(TlsSerialize, TlsDeserialize, TlsSize)]
+struct StoredIntermediate {
+    seed: [u8; 32],
+    credential: AsIntermediateCredential,
+}
+
+/// The AS signing keys, loaded once at start so requests never read key material from disk.
+pub struct AsKeys {
+    root: AsCredential,
+    intermediate_key: SigningKey,
+    intermediate: AsIntermediateCredential,
+}
+
+fn internal(e: impl std::fmt::Display) -> HubError {
+    HubError::Internal(e.to_string())
+}
+
+fn stored<T: tls_codec::Deserialize>(bytes: &[u8], what: &str) -> Result<T, HubError> {
+    decode_exact(bytes, RECORD_LIMIT).map_err(|e| HubError::Internal(format!("stored {what}: {e}")))
+}
+
+impl AsKeys {
+    /// Loads the AS keys from `as_keys`, creating the root and intermediate on first start and
+    /// replacing an expired intermediate, so a fresh data directory is immediately usable.
+    pub fn load_or_create(store: &dyn Store, domain: &str, now_s: u64) -> Result<Self, HubError> {
+        let mut txn = Txn::new(store);
+        let (root_key, root) = match txn.get(Cf::AsKeys, ROOT_RECORD)? {
+            Some(bytes) => {
+                let r: StoredRoot = stored(&bytes, "AS root")?;
+                let key = SigningKey::from_bytes(&r.seed).map_err(internal)?;
+                if key.verifying_key().as_bytes().as_slice()
+                    != r.credential.tbs.public_key.as_slice()
+                {
+                    return Err(HubError::Internal("AS root key does not match".into()));
+                }
+                (key, r.credential)
+            }
+            None => {
+                let key = SigningKey::generate();
+                let cred = AsCredential::issue(
+                    &key,
+                    domain,
+                    ExpirationData::starting(now_s, ROOT_LIFETIME_SECS),
+                )
+                .map_err(internal)?;
+                let record = StoredRoot {
+                    seed: key.to_bytes(),
+                    credential: cred.clone(),
+                };
+                txn.put(
+                    Cf::AsKeys,
+                    ROOT_RECORD.to_vec(),
+                    encode(&record).map_err(internal)?,
+                );
+                (key, cred)
+            }
+        };
+        let existing = match txn.get(Cf::AsKeys, INTERMEDIATE_RECORD)? {
+            Some(bytes) => {
+                let r: StoredIntermediate = stored(&bytes, "AS intermediate")?;
+                let key = SigningKey::from_bytes(&r.seed).map_err(internal)?;
+                if key.verifying_key().as_bytes().as_slice()
+                    != r.credential.tbs.public_key.as_slice()
+                {
+                    return Err(HubError::Internal(
+                        "AS intermediate key does not match".into(),
+                    ));
+                }
+                // Rotate on start once it can no longer issue (or the root changed).
+                match r.credential.verify(&root, now_s) {
+                    Ok(()) => Some((key, r.credential)),
+                    Err(e) => {
+                        tracing::warn!(error = %e, "replacing the AS intermediate credential");
+                        None
+                    }
+                }
+            }
+            None => None,
+        };
+        let (intermediate_key, intermediate) = match existing {
+            Some(pair) => pair,
+            None => {
+                let key = SigningKey::generate();
+                let mut expiration = ExpirationData::starting(now_s, INTERMEDIATE_LIFETIME_SECS);
+                expiration.not_after = expiration.not_after.min(root.tbs.expiration.not_after);
+                let cred = AsIntermediateCredential::issue(
+                    &root_key,
+                    &root,
+                    &key.verifying_key(),
+                    expiration,
+                )
+                .map_err(internal)?;
+                let record = StoredIntermediate {
+                    seed: key.to_bytes(),
+                    credential: cred.clone(),
+                };
+                txn.put(
+                    Cf::AsKeys,
+                    INTERMEDIATE_RECORD.to_vec(),
+                    encode(&record).map_err(internal)?,
+                );
+                (key, cred)
+            }
+        };
+        txn.commit()?;
+        Ok(Self {
+            root,
+            intermediate_key,
+            intermediate,
+        })
+    }
+
+    /// What verifiers need: the root and the intermediate.
+    pub fn credentials(&self) -> AsCredentials {
+        AsCredentials {
+            roots: vec![self.root.clone()],
+            intermediates: vec![self.intermediate.clone()],
+        }
+    }
+}
+
+/// What one AS request needs besides the store.
+pub struct AsContext<'a> {
+    /// The AS keys.
+    pub keys: &'a AsKeys,
+    /// Replay cache shared with the DS and QS.
+    pub replay: &'a ReplayGuard,
+    /// The hub's clock.
+    pub now_ms: u64,
+    /// Lifetime of newly issued client credentials.
+    pub client_lifetime_secs: u64,
+}
+
+impl AsContext<'_> {
+    fn now_s(&self) -> u64 {
+        self.now_ms / 1000
+    }
+}
+
+/// Checks that a handle is 1–64 bytes of `[a-z0-9._-]`, so handles compare byte-wise and cannot
+/// be confused through Unicode look-alikes or case.
+pub fn validate_handle(handle: &[u8]) -> Result<(), HubError> {
+    if handle.is_empty() {
+        return Err(HubError::InvalidHandle("empty"));
+    }
+    if handle.len() > MAX_HANDLE_LEN {
+        return Err(HubError::InvalidHandle("longer than 64 characters"));
+    }
+    let allowed = |b: &u8| b.is_ascii_lowercase() || b.is_ascii_digit() || b"._-".contains(b);
+    if !handle.iter().all(allowed) {
+        return Err(HubError::InvalidHandle("characters outside [a-z0-9._-]"));
+    }
+    Ok(())
+}
+
+/// The handle whose record a request may write, so the caller can lock it before `process`.
+pub fn handle_written(req: &AsRequest) -> Option<&[u8]> {
+    match (&req.tbs.sender, &req.tbs.operation) {
+        (AsSender::Anonymous, AsOperation::RegisterUser(csr)) => {
+            Some(csr.tbs.identity.handle.as_slice())
+        }
+        (AsSender::Client(id), AsOperation::AddClient(_)) => Some(id.handle.as_slice()),
+        _ => None,
+    }
+}
+
+/// The bytes a client credential key signs for an AS request.
+pub fn signed_bytes(tbs: &AsRequestTbs) -> Result<Vec<u8>, HubError> {
+    encode(tbs).map_err(|e| HubError::malformed("AS request", e))
+}
+
+fn load_user(txn: &Txn<'_>, handle: &[u8]) -> Result<Option<AsUserRecord>, HubError> {
+    txn.get(Cf::AsUsers, handle)?
+        .map(|v| stored(&v, "AS user record"))
+        .transpose()
+}
+
+fn store_user(txn: &mut Txn<'_>, handle: &[u8], record: &AsUserRecord) -> Result<(), HubError> {
+    txn.put(
+        Cf::AsUsers,
+        handle.to_vec(),
+        encode(record).map_err(internal)?,
+    );
+    Ok(())
+}
+
+/// Proof of possession of the CSR key; a key that is not an Ed25519 point is a bad request.
+fn verify_csr(csr: &ClientCredentialCsr) -> Result<(), HubError> {
+    csr.verify().map_err(|e| match e {
+        CredentialError::Malformed(_) => {
+            HubError::InvalidRequest("CSR public key is not an Ed25519 key")
+        }
+        _ => HubError::InvalidSignature,
+    })
+}
+
+/// Issues a credential for a verified CSR; it never outlives the intermediate.
+fn issue(ctx: &AsContext<'_>, csr: &ClientCredentialCsr) -> Result<ClientCredential, HubError> {
+    let now = ctx.now_s();
+    let limit = ctx.keys.intermediate.tbs.expiration;
+    if !limit.contains(now) {
+        return Err(HubError::Internal(
+            "AS intermediate credential expired; restart the hub to rotate it".into(),
+        ));
+    }
+    let mut expiration = ExpirationData::starting(now, ctx.client_lifetime_secs);
+    expiration.not_after = expiration.not_after.min(limit.not_after);
+    ClientCredential::issue(
+        &ctx.keys.intermediate_key,
+        &ctx.keys.intermediate,
+        csr,
+        expiration,
+    )
+    .map_err(|e| match e {
+        CredentialError::BadSignature(_) => HubError::InvalidSignature,
+        other => internal(other),
+    })
+}
+
+/// Processes one AS request. Freshness was checked by the caller; for signed requests replay is
+/// checked here after the signature. Only successful requests leave writes in `txn`.
+pub fn process(
+    ctx: &AsContext<'_>,
+    txn: &mut Txn<'_>,
+    req: &AsRequest,
+) -> Result<AsResponse, HubError> {
+    match (&req.tbs.sender, &req.tbs.operation) {
+        (AsSender::Anonymous, op) => {
+            if !req.signature.as_slice().is_empty() {
+                return Err(HubError::InvalidRequest(
+                    "anonymous requests carry no signature",
+                ));
+            }
+            match op {
+                AsOperation::RegisterUser(csr) => register_user(ctx, txn, csr),
+                AsOperation::AsCredentials => Ok(AsResponse::AsCredentials(ctx.keys.credentials())),
+                AsOperation::UserClients(handle) => user_clients(ctx, txn, handle.as_slice()),
+                AsOperation::AddClient(_) => Err(HubError::NotAuthorized(
+                    "adding a client needs a signed request from a client of the user",
+                )),
+            }
+        }
+        (AsSender::Client(id), AsOperation::AddClient(csr)) => add_client(ctx, txn, req, id, csr),
+        (AsSender::Client(_), _) => Err(HubError::NotAuthorized(
+            "operation is anonymous; a client may not sign it",
+        )),
+    }
+}
+
+fn register_user(
+    ctx: &AsContext<'_>,
+    txn: &mut Txn<'_>,
+    csr: &ClientCredentialCsr,
+) -> Result<AsResponse, HubError> {
+    verify_csr(csr)?;
+    let handle = csr.tbs.identity.handle.as_slice();
+    validate_handle(handle)?;
+    if txn.get(Cf::AsUsers, handle)?.is_some() {
+        return Err(HubError::HandleTaken);
+    }
+    let credential = issue(ctx, csr)?;
+    store_user(
+        txn,
+        handle,
+        &AsUserRecord {
+            clients: vec![credential.clone()],
+        },
+    )?;
+    Ok(AsResponse::ClientCredential(credential))
+}
+
+fn add_client(
+    ctx: &AsContext<'_>,
+    txn: &mut Txn<'_>,
+    req: &AsRequest,
+    sender: &ClientIdentity,
+    csr: &ClientCredentialCsr,
+) -> Result<AsResponse, HubError> {
+    let now = ctx.now_s();
+    let mut record = load_user(txn, sender.handle.as_slice())?.ok_or(HubError::UnknownUser)?;
+    let current = record
+        .clients
+        .iter()
+        .find(|c| c.tbs.identity == *sender)
+        .ok_or(HubError::UnknownUser)?;
+    if !current.tbs.expiration.contains(now) {
+        return Err(HubError::ExpiredCredential);
+    }
+    current
+        .verifying_key()
+        .map_err(internal)?
+        .verify(
+            AS_REQUEST_SIGNATURE_LABEL,
+            &signed_bytes(&req.tbs)?,
+            req.signature.as_slice(),
+        )
+        .map_err(|_| HubError::InvalidSignature)?;
+    ctx.replay
+        .check_and_record(req.signature.as_slice(), req.tbs.timestamp_ms, ctx.now_ms)?;
+    if csr.tbs.identity.handle != sender.handle {
+        return Err(HubError::NotAuthorized(
+            "a client may only add clients of its own user",
+        ));
+    }
+    verify_csr(csr)?;
+    let credential = issue(ctx, csr)?;
+    // Expired credentials are dropped; re-certifying an existing device replaces its entry.
+    record
+        .clients
+        .retain(|c| c.tbs.expiration.contains(now) && c.tbs.identity != csr.tbs.identity);
+    if record.clients.len() >= MAX_CLIENTS_PER_USER {
+        return Err(HubError::InvalidRequest("too many clients for one user"));
+    }
+    record.clients.push(credential.clone());
+    store_user(txn, sender.handle.as_slice(), &record)?;
+    Ok(AsResponse::ClientCredential(credential))
+}
+
+fn user_clients(ctx: &AsContext<'_>, txn: &Txn<'_>, handle: &[u8]) -> Result<AsResponse, HubError> {
+    validate_handle(handle)?;
+    let record = load_user(txn, handle)?.ok_or(HubError::UnknownUser)?;
+    let now = ctx.now_s();
+    Ok(AsResponse::UserClients(
+        record
+            .clients
+            .into_iter()
+            .filter(|c| c.tbs.expiration.contains(now))
+            .collect(),
+    ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::{Batch, CfEntry, Entry, Op, StoreError};
+    use std::collections::BTreeMap;
+    use std::sync::Mutex;
+
+    /// An in-memory store, enough for the sans-I/O core.
+    #[derive(Default)]
+    struct MemStore(Mutex<BTreeMap<(Cf, Vec<u8>), Vec<u8>>>);
+
+    impl Store for MemStore {
+        fn get(&self, cf: Cf, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
+            Ok(self.0.lock().unwrap().get(&(cf, key.to_vec())).cloned())
+        }
+        fn scan_prefix(
+            &self,
+            cf: Cf,
+            prefix: &[u8],
+            limit: usize,
+        ) -> Result<Vec<Entry>, StoreError> {
+            Ok(self
+                .0
+                .lock()
+                .unwrap()
+                .iter()
+                .filter(|((c, k), _)| *c == cf && k.starts_with(prefix))
+                .take(limit)
+                .map(|((_, k), v)| (k.clone(), v.clone()))
+                .collect())
+        }
+        fn write(&self, batch: Batch) -> Result<(), StoreError> {
+            let mut m = self.0.lock().unwrap();
+            for op in batch.ops {
+                match op {
+                    Op::Put(cf, k, v) => m.insert((cf, k), v),
+                    Op::Delete(cf, k) => m.remove(&(cf, k)),
+                };
+            }
+            Ok(())
+        }
+        fn dump(&self) -> Result<Vec<CfEntry>, StoreError> {
+            Ok(self
+                .0
+                .lock()
+                .unwrap()
+                .iter()
+                .map(|((c, k), v)| (*c, k.clone(), v.clone()))
+                .collect())
+        }
+    }
+
+    const NOW_MS: u64 = 1_800_000_000_000;
+
+    fn csr(key: &SigningKey, handle: &str, device: u8) -> ClientCredentialCsr {
+        ClientCredentialCsr::new(
+            key,
+            ClientIdentity {
+                handle: handle.as_bytes().to_vec().into(),
+                device: [device; 16],
+            },
+        )
+        .unwrap()
+    }
+
+    fn anon(op: AsOperation) -> AsRequest {
+        AsRequest {
+            tbs: AsRequestTbs {
+                timestamp_ms: NOW_MS,
+                nonce: rand::random(),
+                sender: AsSender::Anonymous,
+                operation: op,
+            },
+            signature: Vec::new().into(),
+        }
+    }
+
+    fn run(
+        store: &MemStore,
+        keys: &AsKeys,
+        replay: &ReplayGuard,
+        req: &AsRequest,
+    ) -> Result<AsResponse, HubError> {
+        let ctx = AsContext {
+            keys,
+            replay,
+            now_ms: NOW_MS,
+            client_lifetime_secs: 100,
+        };
+        let mut txn = Txn::new(store);
+        let out = process(&ctx, &mut txn, req)?;
+        txn.commit()?;
+        Ok(out)
+    }
+
+    #[test]
+    fn keys_survive_a_restart() {
+        let store = MemStore::default();
+        let a = AsKeys::load_or_create(&store, "hub.test", NOW_MS / 1000).unwrap();
+        let b = AsKeys::load_or_create(&store, "hub.test", NOW_MS / 1000 + 5).unwrap();
+        assert_eq!(a.credentials(), b.credentials());
+        a.intermediate.verify(&a.root, NOW_MS / 1000).unwrap();
+    }
+
+    #[test]
+    fn an_expired_intermediate_is_replaced_at_start() {
+        let store = MemStore::default();
+        let now = NOW_MS / 1000;
+        let a = AsKeys::load_or_create(&store, "hub.test", now).unwrap();
+        let later = now + INTERMEDIATE_LIFETIME_SECS + 1;
+        let b = AsKeys::load_or_create(&store, "hub.test", later).unwrap();
+        assert_eq!(a.root, b.root);
+        assert_ne!(a.intermediate, b.intermediate);
+        b.intermediate.verify(&b.root, later).unwrap();
+    }
+
+    #[test]
+    fn register_then_list_and_reject_duplicates() {
+        let store = MemStore::default();
+        let keys = AsKeys::load_or_create(&store, "hub.test", NOW_MS / 1000).unwrap();
+        let replay = ReplayGuard::new(60_000, 0);
+        let k = SigningKey::generate();
+        let AsResponse::ClientCredential(cred) = run(
+            &store,
+            &keys,
+            &replay,
+            &anon(AsOperation::RegisterUser(csr(&k, "alice", 1))),
+        )
+        .unwrap() else {
+            panic!("wrong response");
+        };
+        cred.verify_chain(&keys.credentials(), NOW_MS / 1000)
+            .unwrap();
+        assert!(matches!(
+            run(
+                &store,
+                &keys,
+                &replay,
+                &anon(AsOperation::RegisterUser(csr(&k, "alice", 2)))
+            ),
+            Err(HubError::HandleTaken)
+        ));
+        assert_eq!(
+            run(
+                &store,
+                &keys,
+                &replay,
+                &anon(AsOperation::UserClients(b"alice".to_vec().into()))
+            )
+            .unwrap(),
+            AsResponse::UserClients(vec![cred])
+        );
+    }
+
+    #[test]
+    fn handles_are_checked() {
+        for ok in ["a", "alice.b-c_9", &"x".repeat(64)] {
+            validate_handle(ok.as_bytes()).unwrap();
+        }
+        for bad in ["", "Alice", "al ice", "ali\u{e7}e", &"x".repeat(65), "a/b"] {
+            assert!(matches!(
+                validate_handle(bad.as_bytes()),
+                Err(HubError::InvalidHandle(_))
+            ));
+        }
+    }
+}
