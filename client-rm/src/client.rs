@@ -159,6 +159,19 @@ enum Processed {
     Behind(GroupHandle),
 }
 
+/// How carefully `invite_with` works.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum InviteMode {
+    /// Verify every AddPackage's credential chain first (the only honest mode).
+    Checked,
+    /// Add without checking (a colluding member, for tests).
+    #[cfg_attr(not(feature = "adversary"), allow(dead_code))]
+    Unchecked,
+    /// Add without sending credential material (a broken client, for tests).
+    #[cfg_attr(not(feature = "adversary"), allow(dead_code))]
+    WithoutMaterial,
+}
+
 enum Plan {
     Add(Vec<KeyPackage>, CommitAad),
     Remove(Vec<LeafNodeIndex>),
@@ -705,15 +718,15 @@ impl Client {
         group: &GroupHandle,
         contact: &ContactCard,
     ) -> Result<u64, ClientError> {
-        self.invite_with(group, contact, true).await
+        self.invite_with(group, contact, InviteMode::Checked).await
     }
 
-    /// `invite`, optionally skipping the credential checks (only the test adversary skips them).
+    /// `invite`; only the test adversary uses the other modes.
     async fn invite_with(
         &mut self,
         group: &GroupHandle,
         contact: &ContactCard,
-        verify: bool,
+        mode: InviteMode,
     ) -> Result<u64, ClientError> {
         let op = QsOperation::FetchAddPackages(contact.friendship_token.to_vec().into());
         let QsResponse::AddPackages(pkgs) = self.transport.qs(&anonymous_qs(op)).await? else {
@@ -748,7 +761,7 @@ impl Client {
             };
             let leaf = kp.leaf_node();
             let (credential, sek) = identity::unwrap(&friend_info, &friend_ck, &friend_wk)?;
-            let record = if verify {
+            let record = if mode == InviteMode::Checked {
                 identity::verify_leaf(
                     leaf.credential().serialized_content(),
                     leaf.signature_key().as_slice(),
@@ -805,6 +818,9 @@ impl Client {
             return Err(ClientError::NoAddPackage);
         }
         self.add_contact(contact)?;
+        if mode == InviteMode::WithoutMaterial {
+            added.clear();
+        }
         let epoch = self
             .commit(group, Plan::Add(kps, CommitAad { added }))
             .await?;

@@ -84,6 +84,7 @@ pub async fn run(url: &str, dir: &Path, users: usize) -> Result<Scenario, String
     }
     sync(&mut clients).await?;
     clients[2].update(&groups[0]).await.map_err(err)?;
+    sync(&mut clients).await?;
     let leaf3 = clients[3].own_leaf(&groups[0]).map_err(err)?;
     clients[0].remove(&groups[0], &[leaf3]).await.map_err(err)?;
     clients[4].leave(&groups[1]).await.map_err(err)?;

@@ -136,3 +136,47 @@ async fn a_forged_member_is_reported_not_trusted() {
         vec!["alice", "bob", "mallory"]
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_add_without_credential_material_is_refused_and_changes_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let hub = hub(dir.path());
+    let mut alice = client(&hub, dir.path(), "alice").await;
+    let mut bob = client(&hub, dir.path(), "bob").await;
+    let g = group_of(&mut alice, &mut [&mut bob]).await;
+    let mut carol = client(&hub, dir.path(), "carol").await;
+    carol.add_contact(&alice.contact_card().unwrap()).unwrap();
+    let before = hub.dump();
+    let epoch = alice.epoch(&g).unwrap();
+    let err = alice
+        .invite_without_material(&g, &carol.contact_card().unwrap())
+        .await
+        .unwrap_err();
+    assert_eq!(
+        err.code(),
+        Some(mimi_rm_protocol::ErrorCode::WrongOperation),
+        "{err}"
+    );
+    // Nothing changed on the hub except the consumed AddPackage at the QS (that fetch is a
+    // separate, successful request); the group row is untouched and alice stays at her epoch.
+    let row = |d: &[(mimi_ds_rm::store::Cf, Vec<u8>, Vec<u8>)]| {
+        d.iter()
+            .find(|(cf, k, _)| *cf == mimi_ds_rm::store::Cf::DsGroups && *k == g.0)
+            .map(|(_, _, v)| v.clone())
+    };
+    assert_eq!(row(&before), row(&hub.dump()));
+    assert_eq!(alice.epoch(&g).unwrap(), epoch);
+    assert!(carol.receive().await.unwrap().is_empty());
+    // The honest path still works afterwards.
+    alice
+        .invite(&g, &carol.contact_card().unwrap())
+        .await
+        .unwrap();
+    assert!(
+        carol
+            .receive()
+            .await
+            .unwrap()
+            .contains(&Event::Joined { group: g.clone() })
+    );
+}

@@ -109,7 +109,18 @@ impl Client {
         group: &GroupHandle,
         contact: &crate::ContactCard,
     ) -> Result<u64, ClientError> {
-        self.invite_with(group, contact, false).await
+        self.invite_with(group, contact, super::InviteMode::Unchecked)
+            .await
+    }
+
+    /// Adds a contact's clients with a commit that carries no credential material.
+    pub async fn invite_without_material(
+        &mut self,
+        group: &GroupHandle,
+        contact: &crate::ContactCard,
+    ) -> Result<u64, ClientError> {
+        self.invite_with(group, contact, super::InviteMode::WithoutMaterial)
+            .await
     }
 
     /// Replaces our client credential with one claiming `handle`, issued by a root and
