@@ -392,9 +392,11 @@ mod tests {
     use std::collections::BTreeMap;
     use std::sync::Mutex;
 
+    type Rows = BTreeMap<(Cf, Vec<u8>), Vec<u8>>;
+
     /// An in-memory store, enough for the sans-I/O core.
     #[derive(Default)]
-    struct MemStore(Mutex<BTreeMap<(Cf, Vec<u8>), Vec<u8>>>);
+    struct MemStore(Mutex<Rows>);
 
     impl Store for MemStore {
         fn get(&self, cf: Cf, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
