@@ -206,6 +206,23 @@ async fn every_rejection_leaves_the_store_unchanged() {
     let body = anonymous(AsOperation::AddClient(csr(&device("alice"))));
     rejected(&hub, paths::AS, body, 403, ErrorCode::NotAuthorized).await;
 
+    // An anonymous request that carries a signature anyway.
+    let tbs = AsRequestTbs {
+        timestamp_ms: mimi_ds_rm::now_ms(),
+        nonce: rand::random(),
+        sender: AsSender::Anonymous,
+        operation: AsOperation::RegisterUser(csr(&device("erin"))),
+    };
+    let body = envelope(
+        TransactionType::AuthService,
+        &AsRequest {
+            tbs,
+            signature: vec![1; 64].into(),
+        },
+    )
+    .unwrap();
+    rejected(&hub, paths::AS, body, 400, ErrorCode::InvalidRequest).await;
+
     // A client signing an anonymous operation.
     let body = request(
         AsSender::Client(alice.identity.clone()),
