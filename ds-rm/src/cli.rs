@@ -9,7 +9,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
 
-/// A reduced-metadata MIMI Delivery Service hub (DS + QS) on RocksDB.
+/// A reduced-metadata MIMI Delivery Service hub (DS + QS + AS) on RocksDB.
 /// Command-line arguments.
 #[derive(Parser)]
 #[command(version, about, long_about = None)]
@@ -24,7 +24,8 @@ pub struct Cli {
 pub enum Command {
     /// Serve the hub over HTTP.
     Serve {
-        /// TOML config file; flags override its values.
+        /// TOML config file; flags override its values. Settings without a flag (body limit,
+        /// freshness window, sync writes, client_credential_lifetime_secs) are set there.
         #[arg(long)]
         config: Option<PathBuf>,
         /// Provider domain this hub serves (e.g. chat.example.org).

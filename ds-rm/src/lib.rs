@@ -1,4 +1,5 @@
-//! mimi-ds-rm: a reduced-metadata MIMI hub (delivery service + queueing service).
+//! mimi-ds-rm: a reduced-metadata MIMI hub (delivery service + queueing service +
+//! authentication service).
 //!
 //! Layout: [`core`] holds all request logic (sans-I/O over [`store::Txn`]), [`store`] the RocksDB
 //! implementation, [`http`] the axum shell, [`config`] the operator settings and [`audit`] the

@@ -30,12 +30,25 @@ fn free_port() -> SocketAddr {
 impl HubProcess {
     /// Starts a hub with `binary` (the test's `CARGO_BIN_EXE_hub-under-test`) in `dir`.
     pub fn start(binary: &Path, dir: &Path, domain: &str, max_body: usize) -> Self {
+        Self::start_with_config(binary, dir, domain, max_body, "")
+    }
+
+    /// Like [`HubProcess::start`], with `extra_config` (TOML lines, e.g.
+    /// `client_credential_lifetime_secs = 1`) appended to the config file, for tests that need
+    /// a setting the defaults do not give.
+    pub fn start_with_config(
+        binary: &Path,
+        dir: &Path,
+        domain: &str,
+        max_body: usize,
+        extra_config: &str,
+    ) -> Self {
         let data = dir.join("hub-data");
         let config = dir.join("hub.toml");
         std::fs::write(
             &config,
             format!(
-                "domain = \"{domain}\"\nmax_body_bytes = {max_body}\nfreshness_window_secs = 60\n"
+                "domain = \"{domain}\"\nmax_body_bytes = {max_body}\nfreshness_window_secs = 60\n{extra_config}\n"
             ),
         )
         .expect("write config");

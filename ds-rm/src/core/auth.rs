@@ -392,9 +392,11 @@ mod tests {
     use std::collections::BTreeMap;
     use std::sync::Mutex;
 
+    type Rows = BTreeMap<(Cf, Vec<u8>), Vec<u8>>;
+
     /// An in-memory store, enough for the sans-I/O core.
     #[derive(Default)]
-    struct MemStore(Mutex<BTreeMap<(Cf, Vec<u8>), Vec<u8>>>);
+    struct MemStore(Mutex<Rows>);
 
     impl Store for MemStore {
         fn get(&self, cf: Cf, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
@@ -537,6 +539,76 @@ mod tests {
             .unwrap(),
             AsResponse::UserClients(vec![cred])
         );
+    }
+
+    fn signed(by: &SigningKey, sender: ClientIdentity, op: AsOperation) -> AsRequest {
+        let tbs = AsRequestTbs {
+            timestamp_ms: NOW_MS,
+            nonce: rand::random(),
+            sender: AsSender::Client(sender),
+            operation: op,
+        };
+        let signature = by.sign(AS_REQUEST_SIGNATURE_LABEL, &encode(&tbs).unwrap());
+        AsRequest {
+            tbs,
+            signature: signature.into(),
+        }
+    }
+
+    #[test]
+    fn recertifying_a_device_replaces_it_and_users_are_bounded() {
+        let store = MemStore::default();
+        let keys = AsKeys::load_or_create(&store, "hub.test", NOW_MS / 1000).unwrap();
+        let replay = ReplayGuard::new(60_000, 0);
+        let k = SigningKey::generate();
+        let first = csr(&k, "alice", 0);
+        let me = first.tbs.identity.clone();
+        run(
+            &store,
+            &keys,
+            &replay,
+            &anon(AsOperation::RegisterUser(first)),
+        )
+        .unwrap();
+        // The same device with a new key: still one credential, now for the new key.
+        let k2 = SigningKey::generate();
+        let again = signed(&k, me.clone(), AsOperation::AddClient(csr(&k2, "alice", 0)));
+        run(&store, &keys, &replay, &again).unwrap();
+        let list = |store: &MemStore| match run(
+            store,
+            &keys,
+            &replay,
+            &anon(AsOperation::UserClients(b"alice".to_vec().into())),
+        ) {
+            Ok(AsResponse::UserClients(c)) => c,
+            other => panic!("{other:?}"),
+        };
+        let clients = list(&store);
+        assert_eq!(clients.len(), 1);
+        assert_eq!(
+            clients[0].tbs.public_key.as_slice(),
+            k2.verifying_key().as_bytes()
+        );
+        for d in 1..MAX_CLIENTS_PER_USER as u8 {
+            let req = signed(
+                &k2,
+                me.clone(),
+                AsOperation::AddClient(csr(&SigningKey::generate(), "alice", d)),
+            );
+            run(&store, &keys, &replay, &req).unwrap();
+        }
+        assert_eq!(list(&store).len(), MAX_CLIENTS_PER_USER);
+        let req = signed(
+            &k2,
+            me,
+            AsOperation::AddClient(csr(&SigningKey::generate(), "alice", 200)),
+        );
+        let before = store.dump().unwrap();
+        assert!(matches!(
+            run(&store, &keys, &replay, &req),
+            Err(HubError::InvalidRequest(_))
+        ));
+        assert_eq!(store.dump().unwrap(), before);
     }
 
     #[test]

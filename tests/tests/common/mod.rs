@@ -108,3 +108,14 @@ pub async fn rejected(hub: &HubProcess, path: &str, body: Vec<u8>, status: u16, 
         "stored data changed after a rejected request ({code:?})"
     );
 }
+
+/// Starts a real hub process in `dir` with extra TOML lines in its config file.
+pub fn hub_with_config(dir: &Path, extra_config: &str) -> HubProcess {
+    HubProcess::start_with_config(
+        Path::new(env!("CARGO_BIN_EXE_hub-under-test")),
+        dir,
+        "hub.test",
+        MAX_BODY,
+        extra_config,
+    )
+}

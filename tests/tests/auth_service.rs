@@ -1,0 +1,335 @@
+//! The authentication service against a real hub process: registration, adding devices,
+//! publishing the AS chain, listing a user's clients, and every rejection leaving the store
+//! byte-for-byte unchanged.
+
+mod common;
+
+use common::*;
+use mimi_client_rm::envelope;
+use mimi_ds_rm::store::Cf;
+use mimi_rm_crypto::sign::SigningKey;
+use mimi_rm_protocol::auth::*;
+use mimi_rm_protocol::credentials::*;
+use mimi_rm_protocol::{ErrorCode, TransactionType, VLBytes, decode_exact, encode, paths};
+use mimi_rm_tests::{HubProcess, contains, error_of, post};
+
+/// One device of a user: its long-term key and identity.
+struct Device {
+    key: SigningKey,
+    identity: ClientIdentity,
+}
+
+fn device(handle: &str) -> Device {
+    Device {
+        key: SigningKey::generate(),
+        identity: ClientIdentity {
+            handle: handle.as_bytes().to_vec().into(),
+            device: rand::random(),
+        },
+    }
+}
+
+fn csr(d: &Device) -> ClientCredentialCsr {
+    ClientCredentialCsr::new(&d.key, d.identity.clone()).unwrap()
+}
+
+fn now_s() -> u64 {
+    mimi_ds_rm::now_ms() / 1000
+}
+
+/// An AS request; signed by `signer` over [`AS_REQUEST_SIGNATURE_LABEL`] when given.
+fn request(sender: AsSender, operation: AsOperation, signer: Option<&SigningKey>) -> Vec<u8> {
+    let tbs = AsRequestTbs {
+        timestamp_ms: mimi_ds_rm::now_ms(),
+        nonce: rand::random(),
+        sender,
+        operation,
+    };
+    let signature = match signer {
+        Some(k) => k.sign(AS_REQUEST_SIGNATURE_LABEL, &encode(&tbs).unwrap()),
+        None => Vec::new(),
+    };
+    envelope(
+        TransactionType::AuthService,
+        &AsRequest {
+            tbs,
+            signature: signature.into(),
+        },
+    )
+    .unwrap()
+}
+
+fn anonymous(operation: AsOperation) -> Vec<u8> {
+    request(AsSender::Anonymous, operation, None)
+}
+
+/// An AddClient for `new`, sent by `by` and signed with `signer`.
+fn add_client(by: &Device, new: &Device, signer: &SigningKey) -> Vec<u8> {
+    request(
+        AsSender::Client(by.identity.clone()),
+        AsOperation::AddClient(csr(new)),
+        Some(signer),
+    )
+}
+
+async fn ok(hub: &HubProcess, body: Vec<u8>) -> AsResponse {
+    let (status, resp) = post(&hub.url(), paths::AS, body).await;
+    assert_eq!(status, 200, "{}", error_of(&resp));
+    decode_exact(&resp, 1 << 20).unwrap()
+}
+
+async fn issued(hub: &HubProcess, body: Vec<u8>) -> ClientCredential {
+    match ok(hub, body).await {
+        AsResponse::ClientCredential(c) => c,
+        other => panic!("expected a credential, got {other:?}"),
+    }
+}
+
+async fn register(hub: &HubProcess, d: &Device) -> ClientCredential {
+    issued(hub, anonymous(AsOperation::RegisterUser(csr(d)))).await
+}
+
+async fn anchors(hub: &HubProcess) -> AsCredentials {
+    match ok(hub, anonymous(AsOperation::AsCredentials)).await {
+        AsResponse::AsCredentials(a) => a,
+        other => panic!("expected AS credentials, got {other:?}"),
+    }
+}
+
+async fn user_clients(hub: &HubProcess, handle: &str) -> Vec<ClientCredential> {
+    let handle: VLBytes = handle.as_bytes().to_vec().into();
+    match ok(hub, anonymous(AsOperation::UserClients(handle))).await {
+        AsResponse::UserClients(c) => c,
+        other => panic!("expected client credentials, got {other:?}"),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn register_add_a_device_and_list_clients() {
+    let dir = tempfile::tempdir().unwrap();
+    let hub = hub(dir.path());
+    let chain = anchors(&hub).await;
+    assert_eq!((chain.roots.len(), chain.intermediates.len()), (1, 1));
+    assert_eq!(chain.roots[0].tbs.as_domain.as_slice(), b"hub.test");
+
+    let phone = device("alice");
+    let cred = register(&hub, &phone).await;
+    cred.verify_chain(&chain, now_s()).unwrap();
+    assert_eq!(cred.tbs.identity, phone.identity);
+    assert_eq!(
+        cred.tbs.public_key.as_slice(),
+        phone.key.verifying_key().as_bytes()
+    );
+    assert_eq!(user_clients(&hub, "alice").await, vec![cred.clone()]);
+
+    let laptop = device("alice");
+    let second = issued(&hub, add_client(&phone, &laptop, &phone.key)).await;
+    second.verify_chain(&chain, now_s()).unwrap();
+    assert_eq!(second.tbs.identity, laptop.identity);
+    assert_eq!(user_clients(&hub, "alice").await, vec![cred, second]);
+
+    // The new device can add a third one itself.
+    let tablet = device("alice");
+    issued(&hub, add_client(&laptop, &tablet, &laptop.key)).await;
+    assert_eq!(user_clients(&hub, "alice").await.len(), 3);
+
+    // The AS keys survive a restart: earlier credentials still verify against the new answer.
+    let mut hub = hub;
+    hub.restart();
+    assert_eq!(anchors(&hub).await, chain);
+
+    // The identity lives in the AS families only.
+    for (cf, k, v) in hub.dump() {
+        if !matches!(cf, Cf::AsUsers | Cf::AsKeys) {
+            assert!(!contains(&k, b"alice") && !contains(&v, b"alice"), "{cf:?}");
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_rejection_leaves_the_store_unchanged() {
+    let dir = tempfile::tempdir().unwrap();
+    let hub = hub(dir.path());
+    let alice = device("alice");
+    register(&hub, &alice).await;
+    let bob = device("bob");
+    register(&hub, &bob).await;
+
+    // Duplicate handle, from another key and device.
+    let body = anonymous(AsOperation::RegisterUser(csr(&device("alice"))));
+    rejected(&hub, paths::AS, body, 409, ErrorCode::HandleTaken).await;
+
+    // Invalid handles.
+    let long = "x".repeat(65);
+    for bad in ["", "Alice", "al ice", "al/ice", "\u{e0}lice", long.as_str()] {
+        let body = anonymous(AsOperation::RegisterUser(csr(&device(bad))));
+        rejected(&hub, paths::AS, body, 400, ErrorCode::InvalidHandle).await;
+    }
+    let body = anonymous(AsOperation::UserClients(b"Bad Handle".to_vec().into()));
+    rejected(&hub, paths::AS, body, 400, ErrorCode::InvalidHandle).await;
+
+    // A CSR whose signature is not by its key.
+    let carol = device("carol");
+    let mut forged = csr(&carol);
+    forged.signature = SigningKey::generate()
+        .sign(CSR_LABEL, &encode(&forged.tbs).unwrap())
+        .into();
+    let body = anonymous(AsOperation::RegisterUser(forged.clone()));
+    rejected(&hub, paths::AS, body, 403, ErrorCode::InvalidSignature).await;
+
+    // A CSR with a good request signature but a forged proof of possession.
+    let body = request(
+        AsSender::Client(alice.identity.clone()),
+        AsOperation::AddClient(ClientCredentialCsr {
+            tbs: ClientCredentialCsrTbs {
+                identity: ClientIdentity {
+                    handle: b"alice".to_vec().into(),
+                    device: [9; 16],
+                },
+                ..forged.tbs.clone()
+            },
+            signature: forged.signature.clone(),
+        }),
+        Some(&alice.key),
+    );
+    rejected(&hub, paths::AS, body, 403, ErrorCode::InvalidSignature).await;
+
+    // AddClient signed by a key that is not the sender's credential key.
+    let body = add_client(&alice, &device("alice"), &bob.key);
+    rejected(&hub, paths::AS, body, 403, ErrorCode::InvalidSignature).await;
+
+    // AddClient for another user's handle.
+    let body = add_client(&alice, &device("bob"), &alice.key);
+    rejected(&hub, paths::AS, body, 403, ErrorCode::NotAuthorized).await;
+
+    // AddClient without a signed sender.
+    let body = anonymous(AsOperation::AddClient(csr(&device("alice"))));
+    rejected(&hub, paths::AS, body, 403, ErrorCode::NotAuthorized).await;
+
+    // An anonymous request that carries a signature anyway.
+    let tbs = AsRequestTbs {
+        timestamp_ms: mimi_ds_rm::now_ms(),
+        nonce: rand::random(),
+        sender: AsSender::Anonymous,
+        operation: AsOperation::RegisterUser(csr(&device("erin"))),
+    };
+    let body = envelope(
+        TransactionType::AuthService,
+        &AsRequest {
+            tbs,
+            signature: vec![1; 64].into(),
+        },
+    )
+    .unwrap();
+    rejected(&hub, paths::AS, body, 400, ErrorCode::InvalidRequest).await;
+
+    // A client signing an anonymous operation.
+    let body = request(
+        AsSender::Client(alice.identity.clone()),
+        AsOperation::AsCredentials,
+        Some(&alice.key),
+    );
+    rejected(&hub, paths::AS, body, 403, ErrorCode::NotAuthorized).await;
+
+    // Unknown senders: unknown handle, and unknown device of a known handle.
+    let body = add_client(&carol, &device("carol"), &carol.key);
+    rejected(&hub, paths::AS, body, 404, ErrorCode::UnknownUser).await;
+    let stranger = Device {
+        key: SigningKey::generate(),
+        identity: ClientIdentity {
+            handle: b"alice".to_vec().into(),
+            device: [0xaa; 16],
+        },
+    };
+    let body = add_client(&stranger, &device("alice"), &stranger.key);
+    rejected(&hub, paths::AS, body, 404, ErrorCode::UnknownUser).await;
+    let body = anonymous(AsOperation::UserClients(b"carol".to_vec().into()));
+    rejected(&hub, paths::AS, body, 404, ErrorCode::UnknownUser).await;
+
+    // A replayed signed request.
+    let body = add_client(&alice, &device("alice"), &alice.key);
+    let (status, resp) = post(&hub.url(), paths::AS, body.clone()).await;
+    assert_eq!(status, 200, "{}", error_of(&resp));
+    rejected(&hub, paths::AS, body, 403, ErrorCode::Replayed).await;
+
+    // A stale request.
+    let tbs = AsRequestTbs {
+        timestamp_ms: mimi_ds_rm::now_ms() - 10 * 60 * 1000,
+        nonce: rand::random(),
+        sender: AsSender::Client(alice.identity.clone()),
+        operation: AsOperation::AddClient(csr(&device("alice"))),
+    };
+    let signature = alice
+        .key
+        .sign(AS_REQUEST_SIGNATURE_LABEL, &encode(&tbs).unwrap());
+    let body = envelope(
+        TransactionType::AuthService,
+        &AsRequest {
+            tbs,
+            signature: signature.into(),
+        },
+    )
+    .unwrap();
+    rejected(&hub, paths::AS, body, 403, ErrorCode::StaleRequest).await;
+
+    // Malformed and truncated bodies, in the envelope and in the AS request inside it.
+    rejected(&hub, paths::AS, vec![0xff; 7], 400, ErrorCode::Malformed).await;
+    rejected(&hub, paths::AS, Vec::new(), 400, ErrorCode::Malformed).await;
+    let good = add_client(&alice, &device("alice"), &alice.key);
+    for cut in [1, 5, good.len() / 2, good.len() - 1] {
+        let body = good[..cut].to_vec();
+        rejected(&hub, paths::AS, body, 400, ErrorCode::Malformed).await;
+    }
+    let mut trailing = good.clone();
+    trailing.push(0);
+    rejected(&hub, paths::AS, trailing, 400, ErrorCode::Malformed).await;
+    let payload = encode(&AsRequest {
+        tbs: AsRequestTbs {
+            timestamp_ms: mimi_ds_rm::now_ms(),
+            nonce: [0; 16],
+            sender: AsSender::Anonymous,
+            operation: AsOperation::RegisterUser(csr(&device("dave"))),
+        },
+        signature: Vec::new().into(),
+    })
+    .unwrap();
+    // A well-formed envelope around a truncated AS request.
+    let body = encode(&mimi_rm_protocol::Envelope::new(
+        TransactionType::AuthService,
+        payload[..payload.len() - 3].to_vec(),
+    ))
+    .unwrap();
+    rejected(&hub, paths::AS, body, 400, ErrorCode::Malformed).await;
+
+    // An AS request at another endpoint, and a DS envelope at the AS endpoint.
+    let body = anonymous(AsOperation::AsCredentials);
+    rejected(&hub, paths::QS, body, 400, ErrorCode::WrongEndpoint).await;
+    let body = encode(&mimi_rm_protocol::Envelope::new(
+        TransactionType::QueueService,
+        Vec::new(),
+    ))
+    .unwrap();
+    rejected(&hub, paths::AS, body, 400, ErrorCode::WrongEndpoint).await;
+
+    // After all that, alice has her two credentials and bob his one.
+    assert_eq!(user_clients(&hub, "alice").await.len(), 2);
+    assert_eq!(user_clients(&hub, "bob").await.len(), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_expired_credential_cannot_add_clients() {
+    let dir = tempfile::tempdir().unwrap();
+    let hub = hub_with_config(dir.path(), "client_credential_lifetime_secs = 1");
+    let alice = device("alice");
+    let cred = register(&hub, &alice).await;
+    assert_eq!(
+        cred.tbs.expiration.not_after - cred.tbs.expiration.not_before,
+        1
+    );
+    // Expiry is checked in whole seconds: after 2.5 s the credential is past `not_after`.
+    tokio::time::sleep(std::time::Duration::from_millis(2500)).await;
+    let body = add_client(&alice, &device("alice"), &alice.key);
+    rejected(&hub, paths::AS, body, 403, ErrorCode::ExpiredCredential).await;
+    // Listing shows only current credentials.
+    assert!(user_clients(&hub, "alice").await.is_empty());
+}
