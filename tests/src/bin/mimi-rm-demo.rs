@@ -153,9 +153,9 @@ async fn main() -> Result<(), BoxError> {
     // The AS holds handles by design (and nothing about groups or queues); search the rest.
     let found = dump.iter().any(|(cf, k, v)| {
         !cf.name().starts_with("as_")
-            && secret_words.iter().any(|w| {
-                k.windows(w.len()).any(|x| x == *w) || v.windows(w.len()).any(|x| x == *w)
-            })
+            && secret_words
+                .iter()
+                .any(|w| k.windows(w.len()).any(|x| x == *w) || v.windows(w.len()).any(|x| x == *w))
     });
     println!(
         "\nsearching the DS and QS records for 'lunch', 'noon', 'alice', 'carol': {}",
@@ -165,7 +165,9 @@ async fn main() -> Result<(), BoxError> {
             "nothing found"
         }
     );
-    println!("(the as_* records hold handles and client credentials, and nothing about groups or queues)");
+    println!(
+        "(the as_* records hold handles and client credentials, and nothing about groups or queues)"
+    );
     println!("group state is one padded AES-256-GCM ciphertext under a key only members hold;");
     println!("queues are ratchet ciphertexts whose earlier keys the hub has already deleted.");
     Ok(())
