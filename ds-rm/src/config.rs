@@ -23,6 +23,14 @@ pub struct Config {
     /// Lifetime of client credentials the AS issues, in seconds: how long a device key stays
     /// certified before the user must re-certify it from another current device.
     pub client_credential_lifetime_secs: u64,
+    /// PEM certificate chain to serve HTTPS with (with `tls_key`); plain HTTP when absent.
+    pub tls_cert: Option<PathBuf>,
+    /// PEM private key for `tls_cert`.
+    pub tls_key: Option<PathBuf>,
+    /// Extra PEM root certificate trusted for outgoing federation requests (a private CA).
+    pub peer_ca_cert: Option<PathBuf>,
+    /// Federation peers: domain → base URL. Domains not listed resolve to `https://<domain>`.
+    pub peers: std::collections::BTreeMap<String, String>,
 }
 
 impl Default for Config {
@@ -35,6 +43,10 @@ impl Default for Config {
             freshness_window_secs: 60,
             sync_writes: true,
             client_credential_lifetime_secs: 90 * 24 * 60 * 60,
+            tls_cert: None,
+            tls_key: None,
+            peer_ca_cert: None,
+            peers: std::collections::BTreeMap::new(),
         }
     }
 }
