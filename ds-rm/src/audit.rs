@@ -17,6 +17,10 @@ pub fn reveals(cf: Cf) -> &'static str {
         Cf::ServerKeys => "QS HPKE private key (opens sealed queue refs)",
         Cf::AsUsers => "AS identities by design: every handle and its client credentials",
         Cf::AsKeys => "AS root and intermediate private keys (can forge client credentials)",
+        Cf::FedOutbox => {
+            "fan-out waiting for a peer: peer domain, sealed queue refs, MLS messages as fanned out"
+        }
+        Cf::FedSeen => "ids and creation times of items peers delivered here (bounded retention)",
     }
 }
 

@@ -20,6 +20,10 @@ pub enum TransactionType {
     QueueService = 16,
     /// A [`crate::auth::AsRequest`] at `/as/request`.
     AuthService = 17,
+    /// A [`crate::federation::S2sEnvelope`] at `/federation/forward` or `/deliver_message`.
+    Federation = 32,
+    /// A [`crate::federation::ProxyRequest`] at `/federation/proxy`.
+    Proxy = 33,
 }
 
 /// `{ version, transaction_type, payload }`: the outer frame of every request.

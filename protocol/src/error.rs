@@ -56,6 +56,11 @@ pub enum ErrorCode {
     ExpiredCredential = 24,
     /// Unknown handle or client at the AS.
     UnknownUser = 25,
+    /// A server-to-server message addressed to another domain, or for a group or queue this
+    /// provider does not host.
+    WrongRecipient = 26,
+    /// The peer provider could not be reached or answered garbage.
+    PeerUnavailable = 27,
     /// A server fault; never caused by input.
     Internal = 100,
 }
@@ -84,7 +89,8 @@ impl ErrorCode {
             | Self::UnknownCommit
             | Self::UnknownUser => 404,
             Self::GroupExists | Self::WrongEpoch | Self::HandleTaken => 409,
-            Self::ExpiredCredential => 403,
+            Self::ExpiredCredential | Self::WrongRecipient => 403,
+            Self::PeerUnavailable => 502,
             Self::TooLarge => 413,
             Self::Internal => 500,
         }

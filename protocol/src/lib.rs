@@ -12,6 +12,7 @@ pub mod credentials;
 pub mod ds;
 pub mod envelope;
 pub mod error;
+pub mod federation;
 pub mod paths;
 pub mod qs;
 pub mod queue;

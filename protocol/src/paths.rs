@@ -10,6 +10,14 @@ pub const EXTERNAL_COMMIT_INFORMATION: &str = "/external_commit_information";
 pub const QS: &str = "/qs/request";
 /// All authentication-service operations.
 pub const AS: &str = "/as/request";
+/// Server to server: a provider forwards its client's request to the hub owning the group.
+pub const FEDERATION_FORWARD: &str = "/federation/forward";
+/// Server to server: a hub delivers fan-out into a follower's queues.
+pub const DELIVER_MESSAGE: &str = "/deliver_message";
+/// The provider's federation verification key (GET, TLS-encoded `VerificationKey`).
+pub const VERIFICATION_KEY: &str = "/verification_key";
+/// Client to own provider: pass an anonymous QS/AS request on to another provider.
+pub const FEDERATION_PROXY: &str = "/federation/proxy";
 /// Discovery: which domain this hub serves (GET, text).
 pub const DS_DOMAIN: &str = "/.well-known/mimi/ds-domain";
 /// Media type of every body.

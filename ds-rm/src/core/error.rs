@@ -90,6 +90,12 @@ pub enum HubError {
     /// AS: no such handle, or no such client of that handle.
     #[error("unknown user or client")]
     UnknownUser,
+    /// A server-to-server message for another domain, group or queue.
+    #[error("wrong recipient: {0}")]
+    WrongRecipient(&'static str),
+    /// A peer provider could not be reached.
+    #[error("peer unavailable: {0}")]
+    PeerUnavailable(String),
     /// Storage failed.
     #[error("storage: {0}")]
     Store(#[from] StoreError),
@@ -123,6 +129,8 @@ impl HubError {
             Self::InvalidRequest(_) => ErrorCode::InvalidRequest,
             Self::UnknownEpoch => ErrorCode::UnknownEpoch,
             Self::UnknownCommit => ErrorCode::UnknownCommit,
+            Self::WrongRecipient(_) => ErrorCode::WrongRecipient,
+            Self::PeerUnavailable(_) => ErrorCode::PeerUnavailable,
             Self::HandleTaken => ErrorCode::HandleTaken,
             Self::InvalidHandle(_) => ErrorCode::InvalidHandle,
             Self::ExpiredCredential => ErrorCode::ExpiredCredential,

@@ -9,6 +9,7 @@
 pub mod auth;
 pub mod ds;
 mod error;
+pub mod federation;
 pub mod qs;
 pub mod replay;
 
@@ -23,7 +24,11 @@ use mimi_rm_protocol::qs::QsRequest;
 use mimi_rm_protocol::{Envelope, PROTOCOL_VERSION, TransactionType, decode_exact, encode};
 use qs::QsKeys;
 use replay::ReplayGuard;
+use mimi_rm_crypto::sign::{SigningKey, VerifyingKey};
+use mimi_rm_protocol::federation::*;
+use mimi_rm_protocol::queue::QueueMessage;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 /// Operator settings the core needs.
 #[derive(Debug, Clone)]
@@ -50,6 +55,12 @@ pub struct Metrics {
     pub enqueued: std::sync::atomic::AtomicU64,
     /// Fan-out items that could not be delivered (unknown or foreign queue).
     pub undeliverable: std::sync::atomic::AtomicU64,
+    /// Fan-out items queued for other providers.
+    pub outboxed: std::sync::atomic::AtomicU64,
+    /// Items delivered to other providers.
+    pub delivered_to_peers: std::sync::atomic::AtomicU64,
+    /// Items other providers delivered here (enqueued, not counting duplicates).
+    pub received_from_peers: std::sync::atomic::AtomicU64,
 }
 
 /// One hub: DS + QS + AS over one store.
@@ -59,12 +70,24 @@ pub struct Hub {
     replay: ReplayGuard,
     qs_keys: QsKeys,
     as_keys: AsKeys,
+    s2s_key: SigningKey,
+    outbox_seq: AtomicU64,
     config: HubConfig,
     /// Request counters.
     pub metrics: Metrics,
 }
 
+/// Where a client request must be processed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Route {
+    /// Here.
+    Local,
+    /// At the hub of this domain, forwarded by us.
+    Forward(String),
+}
+
 const QS_HPKE_KEY: &[u8] = b"qs_hpke_v1";
+const S2S_SIGNING_KEY: &[u8] = b"s2s_signing_v1";
 
 impl Hub {
     /// Opens the hub over `store`, creating the QS key and the AS keys on first start.
@@ -90,12 +113,37 @@ impl Hub {
             }
         };
         let as_keys = AsKeys::load_or_create(store.as_ref(), &config.domain, now_ms / 1000)?;
+        let s2s_key = match store.get(Cf::ServerKeys, S2S_SIGNING_KEY)? {
+            Some(bytes) => SigningKey::from_bytes(&bytes)
+                .map_err(|_| HubError::Internal("corrupt federation key".into()))?,
+            None => {
+                let key = SigningKey::generate();
+                let mut txn = Txn::new(store.as_ref());
+                txn.put(Cf::ServerKeys, S2S_SIGNING_KEY.to_vec(), key.to_bytes().to_vec());
+                txn.commit()?;
+                key
+            }
+        };
+        // Outbox sequence numbers only grow, across restarts too, so a peer's items keep their
+        // order: continue after the highest pending one, and never below the clock.
+        let last = store
+            .scan_prefix(Cf::FedOutbox, b"", usize::MAX)?
+            .into_iter()
+            .filter_map(|(k, _)| {
+                let tail: [u8; 8] = k.get(k.len().saturating_sub(8)..)?.try_into().ok()?;
+                Some(u64::from_be_bytes(tail))
+            })
+            .max()
+            .unwrap_or(0);
+        let outbox_seq = AtomicU64::new(last.saturating_add(1).max(now_ms.saturating_mul(1024)));
         Ok(Self {
             store,
             locks: KeyLocks::default(),
             replay: ReplayGuard::new(config.freshness_window_ms, now_ms.saturating_sub(1)),
             qs_keys,
             as_keys,
+            s2s_key,
+            outbox_seq,
             config,
             metrics: Metrics::default(),
         })
@@ -187,11 +235,17 @@ impl Hub {
         let outcome = ds::process(&ctx, &mut txn, req)?;
         // Resolve sealed addresses, lock the queues (after the group lock), then enqueue.
         let mut targets = Vec::with_capacity(outcome.fanout.len());
+        let mut outboxed = 0u64;
         for item in &outcome.fanout {
+            if item.queue_ref.domain.as_slice() != self.config.domain.as_bytes() {
+                // Another provider's member: into the durable outbox, in this same batch.
+                self.queue_for_peer(&mut txn, &item.queue_ref, &item.message, now_ms)?;
+                outboxed += 1;
+                continue;
+            }
             match qs::open_queue_ref(&self.qs_keys, &self.config.domain, &item.queue_ref) {
                 Ok(client) => targets.push((client, &item.message)),
                 Err(e) => {
-                    // Federation delivers foreign queues (separate issue); here they are counted.
                     tracing::warn!(op, error = %e, "fan-out item not deliverable locally");
                     self.metrics
                         .undeliverable
@@ -215,7 +269,8 @@ impl Hub {
         self.metrics
             .enqueued
             .fetch_add(delivered, std::sync::atomic::Ordering::Relaxed);
-        tracing::debug!(op, delivered, "group operation committed");
+        self.metrics.outboxed.fetch_add(outboxed, Ordering::Relaxed);
+        tracing::debug!(op, delivered, outboxed, "group operation committed");
         drop(locks);
         encode(&outcome.response).map_err(|e| HubError::Internal(e.to_string()))
     }
@@ -247,4 +302,296 @@ impl Hub {
         drop(locks);
         encode(&resp).map_err(|e| HubError::Internal(e.to_string()))
     }
+
+    fn queue_for_peer(
+        &self,
+        txn: &mut Txn<'_>,
+        queue_ref: &mimi_rm_protocol::queue::QueueRef,
+        message: &QueueMessage,
+        now_ms: u64,
+    ) -> Result<(), HubError> {
+        let item = DeliveryItem {
+            id: mimi_rm_crypto::ids::random_id(),
+            created_ms: now_ms,
+            queue_ref: queue_ref.clone(),
+            message: message.clone(),
+        };
+        let seq = self.outbox_seq.fetch_add(1, Ordering::Relaxed);
+        federation::queue_for_peer(txn, seq, &item)
+    }
+
+    /// This provider's federation key, as served at `/verification_key`.
+    pub fn verification_key(&self) -> VerificationKey {
+        VerificationKey {
+            domain: self.config.domain.as_bytes().to_vec().into(),
+            key: self.s2s_key.verifying_key().as_bytes().to_vec().into(),
+        }
+    }
+
+    /// Where a client request posted to `endpoint` belongs: a DS request for a group whose
+    /// qualified id names another domain is forwarded to that domain's hub. Anything that does
+    /// not decode is processed (and refused) locally.
+    pub fn route(&self, endpoint: TransactionType, body: &[u8]) -> Route {
+        if !matches!(
+            endpoint,
+            TransactionType::GroupOperation
+                | TransactionType::WelcomeInformation
+                | TransactionType::ExternalCommitInformation
+        ) || body.len() > self.config.max_body
+        {
+            return Route::Local;
+        }
+        let Ok(env) = decode_exact::<Envelope>(body, self.config.max_body) else {
+            return Route::Local;
+        };
+        let Ok(req) = decode_exact::<DsRequest>(env.payload.as_slice(), self.config.max_body)
+        else {
+            return Route::Local;
+        };
+        match decode_exact::<mimi_rm_protocol::ds::QualifiedGroupId>(
+            req.tbs.group_id.as_slice(),
+            1024,
+        ) {
+            Ok(q) if q.domain.as_slice() != self.config.domain.as_bytes() => {
+                match String::from_utf8(q.domain.as_slice().to_vec()) {
+                    Ok(d) => Route::Forward(d),
+                    Err(_) => Route::Local,
+                }
+            }
+            _ => Route::Local,
+        }
+    }
+
+    /// Wraps a client's request for `domain` in a signed server-to-server envelope.
+    pub fn forward_envelope(
+        &self,
+        domain: &str,
+        transaction_type: TransactionType,
+        body: &[u8],
+        now_ms: u64,
+    ) -> Result<Vec<u8>, HubError> {
+        let payload = S2sPayload::Forward(ForwardedRequest {
+            transaction_type,
+            envelope: body.to_vec().into(),
+        });
+        self.s2s_envelope(domain, payload, now_ms)
+    }
+
+    fn s2s_envelope(
+        &self,
+        domain: &str,
+        payload: S2sPayload,
+        now_ms: u64,
+    ) -> Result<Vec<u8>, HubError> {
+        let env = federation::sign(
+            &self.s2s_key,
+            S2sEnvelopeTbs {
+                sender_domain: self.config.domain.as_bytes().to_vec().into(),
+                recipient_domain: domain.as_bytes().to_vec().into(),
+                id: mimi_rm_crypto::ids::random_id(),
+                timestamp_ms: now_ms,
+                payload,
+            },
+        )?;
+        let payload = encode(&env).map_err(|e| HubError::Internal(e.to_string()))?;
+        encode(&Envelope::new(TransactionType::Federation, payload))
+            .map_err(|e| HubError::Internal(e.to_string()))
+    }
+
+    /// Decodes an incoming server-to-server body far enough to learn who claims to send it
+    /// (the shell then fetches that domain's key).
+    pub fn s2s_decode(&self, body: &[u8]) -> Result<S2sEnvelope, HubError> {
+        if body.len() > self.config.max_body {
+            return Err(HubError::TooLarge);
+        }
+        let env: Envelope = decode_exact(body, self.config.max_body)
+            .map_err(|e| HubError::malformed("envelope", e))?;
+        if env.version != PROTOCOL_VERSION {
+            return Err(HubError::UnsupportedVersion(env.version));
+        }
+        if env.transaction_type != TransactionType::Federation {
+            return Err(HubError::WrongEndpoint);
+        }
+        decode_exact(env.payload.as_slice(), self.config.max_body)
+            .map_err(|e| HubError::malformed("s2s envelope", e))
+    }
+
+    /// Handles a verified-to-be server-to-server message posted to `/federation/forward`
+    /// (`deliver == false`) or `/deliver_message` (`deliver == true`), given the claimed
+    /// sender's key. A forwarded request is processed as if its client had posted it here; it
+    /// must concern this hub (no forwarding chains).
+    pub fn handle_s2s(
+        &self,
+        deliver: bool,
+        env: &S2sEnvelope,
+        sender_key: &VerifyingKey,
+        now_ms: u64,
+    ) -> Result<Vec<u8>, HubError> {
+        federation::verify(env, &self.config.domain, sender_key, &self.replay, now_ms)?;
+        match (&env.tbs.payload, deliver) {
+            (S2sPayload::Forward(fwd), false) => {
+                self.check_forwardable(fwd)?;
+                self.handle(fwd.transaction_type, fwd.envelope.as_slice(), now_ms)
+            }
+            (S2sPayload::Deliver(items), true) => {
+                let clients = federation::resolve(&self.qs_keys, &self.config.domain, items)?;
+                let ids: Vec<qs::ClientId> = clients.iter().flatten().copied().collect();
+                let mut locks = crate::store::LockSet::default();
+                self.locks.lock_queues(&mut locks, &ids);
+                let mut txn = Txn::new(self.store.as_ref());
+                let accepted = federation::accept_delivery(
+                    &mut txn,
+                    env.tbs.sender_domain.as_slice(),
+                    items,
+                    &clients,
+                    now_ms,
+                )?;
+                txn.commit()?;
+                drop(locks);
+                self.metrics
+                    .received_from_peers
+                    .fetch_add(accepted.enqueued, Ordering::Relaxed);
+                tracing::debug!(?accepted, "delivery from a peer");
+                Ok(Vec::new())
+            }
+            _ => Err(HubError::WrongEndpoint),
+        }
+    }
+
+    /// A peer may forward only requests that this hub would serve to an anonymous client
+    /// anyway, or that the client signed itself: DS requests for groups hosted here, and the
+    /// anonymous QS/AS lookups (AddPackage fetch, QS key, AS credentials).
+    fn check_forwardable(&self, fwd: &ForwardedRequest) -> Result<(), HubError> {
+        use mimi_rm_protocol::auth::{AsOperation, AsRequest};
+        use mimi_rm_protocol::qs::QsOperation;
+        let body = fwd.envelope.as_slice();
+        match fwd.transaction_type {
+            TransactionType::GroupOperation
+            | TransactionType::WelcomeInformation
+            | TransactionType::ExternalCommitInformation => match self.route(fwd.transaction_type, body) {
+                Route::Local => Ok(()),
+                Route::Forward(_) => Err(HubError::WrongRecipient("group hosted elsewhere")),
+            },
+            TransactionType::QueueService => {
+                let env: Envelope = decode_exact(body, self.config.max_body)
+                    .map_err(|e| HubError::malformed("envelope", e))?;
+                let req: QsRequest = decode_exact(env.payload.as_slice(), self.config.max_body)
+                    .map_err(|e| HubError::malformed("QS request", e))?;
+                match req.tbs.operation {
+                    QsOperation::FetchAddPackages(_) | QsOperation::EncryptionKey => Ok(()),
+                    _ => Err(HubError::NotAuthorized("not forwardable")),
+                }
+            }
+            TransactionType::AuthService => {
+                let env: Envelope = decode_exact(body, self.config.max_body)
+                    .map_err(|e| HubError::malformed("envelope", e))?;
+                let req: AsRequest = decode_exact(env.payload.as_slice(), self.config.max_body)
+                    .map_err(|e| HubError::malformed("AS request", e))?;
+                match req.tbs.operation {
+                    AsOperation::AsCredentials | AsOperation::UserClients(_) => Ok(()),
+                    _ => Err(HubError::NotAuthorized("not forwardable")),
+                }
+            }
+            _ => Err(HubError::NotAuthorized("not forwardable")),
+        }
+    }
+
+    /// Checks a client's proxy request (an anonymous lookup at another provider) and returns
+    /// the target domain and the envelope to forward there.
+    pub fn proxy_target(&self, body: &[u8]) -> Result<(String, Vec<u8>), HubError> {
+        if body.len() > self.config.max_body {
+            return Err(HubError::TooLarge);
+        }
+        let env: Envelope = decode_exact(body, self.config.max_body)
+            .map_err(|e| HubError::malformed("envelope", e))?;
+        if env.version != PROTOCOL_VERSION {
+            return Err(HubError::UnsupportedVersion(env.version));
+        }
+        if env.transaction_type != TransactionType::Proxy {
+            return Err(HubError::WrongEndpoint);
+        }
+        let req: ProxyRequest = decode_exact(env.payload.as_slice(), self.config.max_body)
+            .map_err(|e| HubError::malformed("proxy request", e))?;
+        if !matches!(
+            req.request.transaction_type,
+            TransactionType::QueueService | TransactionType::AuthService
+        ) {
+            return Err(HubError::NotAuthorized("only QS and AS lookups are proxied"));
+        }
+        self.check_forwardable(&req.request)?;
+        let domain = String::from_utf8(req.domain.as_slice().to_vec())
+            .map_err(|_| HubError::InvalidRequest("domain is not UTF-8"))?;
+        if domain == self.config.domain {
+            return Err(HubError::InvalidRequest("proxy to ourselves"));
+        }
+        let envelope = self.forward_envelope(
+            &domain,
+            req.request.transaction_type,
+            req.request.envelope.as_slice(),
+            crate::now_ms(),
+        )?;
+        Ok((domain, envelope))
+    }
+
+    /// Peer domains with pending outbox items. (A full key scan: the outbox is empty unless a
+    /// peer is slow or down.)
+    pub fn outbox_domains(&self) -> Result<Vec<String>, HubError> {
+        let mut out: Vec<String> = Vec::new();
+        for (k, _) in self.store.scan_prefix(Cf::FedOutbox, b"", usize::MAX)? {
+            if let Some(d) = federation::outbox_domain(&k)
+                && out.last().map(String::as_bytes) != Some(d)
+                && let Ok(d) = String::from_utf8(d.to_vec())
+            {
+                out.push(d);
+            }
+        }
+        Ok(out)
+    }
+
+    /// Up to `max` pending outbox items for `domain`, oldest first, with their keys.
+    pub fn outbox_batch(&self, domain: &str, max: usize) -> Result<OutboxBatch, HubError> {
+        let mut prefix = domain.as_bytes().to_vec();
+        prefix.push(0);
+        let rows = self.store.scan_prefix(Cf::FedOutbox, &prefix, max)?;
+        let mut keys = Vec::with_capacity(rows.len());
+        let mut items = Vec::with_capacity(rows.len());
+        for (k, v) in rows {
+            items.push(federation::decode_item(&v)?);
+            keys.push(k);
+        }
+        Ok(OutboxBatch {
+            domain: domain.to_owned(),
+            keys,
+            items,
+        })
+    }
+
+    /// The signed delivery request for a batch.
+    pub fn delivery_envelope(&self, batch: &OutboxBatch, now_ms: u64) -> Result<Vec<u8>, HubError> {
+        self.s2s_envelope(&batch.domain, S2sPayload::Deliver(batch.items.clone()), now_ms)
+    }
+
+    /// Removes a delivered batch from the outbox.
+    pub fn outbox_delivered(&self, batch: &OutboxBatch) -> Result<(), HubError> {
+        let mut txn = Txn::new(self.store.as_ref());
+        for k in &batch.keys {
+            txn.delete(Cf::FedOutbox, k.clone());
+        }
+        txn.commit()?;
+        self.metrics
+            .delivered_to_peers
+            .fetch_add(batch.items.len() as u64, Ordering::Relaxed);
+        Ok(())
+    }
+}
+
+/// Outbox items for one peer, oldest first.
+#[derive(Debug)]
+pub struct OutboxBatch {
+    /// The peer.
+    pub domain: String,
+    /// Their outbox keys.
+    pub keys: Vec<Vec<u8>>,
+    /// The items.
+    pub items: Vec<DeliveryItem>,
 }

@@ -36,11 +36,16 @@ pub enum Cf {
     AsUsers,
     /// AS: name → AS signing keys and their credentials (root and intermediate).
     AsKeys,
+    /// Federation: peer domain ‖ 0 ‖ seq → a fan-out item waiting for delivery to that peer.
+    FedOutbox,
+    /// Federation: sender domain ‖ 0 ‖ created ms ‖ item id → nothing; delivered item ids, so a
+    /// retried delivery is enqueued once.
+    FedSeen,
 }
 
 impl Cf {
     /// All column families, in a fixed order.
-    pub const ALL: [Cf; 10] = [
+    pub const ALL: [Cf; 12] = [
         Cf::DsGroups,
         Cf::DsReservations,
         Cf::QsUsers,
@@ -51,6 +56,8 @@ impl Cf {
         Cf::ServerKeys,
         Cf::AsUsers,
         Cf::AsKeys,
+        Cf::FedOutbox,
+        Cf::FedSeen,
     ];
 
     /// The RocksDB column-family name.
@@ -66,6 +73,8 @@ impl Cf {
             Cf::ServerKeys => "server_keys",
             Cf::AsUsers => "as_users",
             Cf::AsKeys => "as_keys",
+            Cf::FedOutbox => "fed_outbox",
+            Cf::FedSeen => "fed_seen",
         }
     }
 }

@@ -1,0 +1,152 @@
+//! Server-to-server logic, without I/O: signing and checking envelopes, the durable outbox of
+//! fan-out for other providers, and accepting deliveries with deduplication.
+
+use crate::core::qs::{self, QsKeys};
+use crate::core::replay::ReplayGuard;
+use crate::core::HubError;
+use crate::store::{Cf, Txn};
+use mimi_rm_crypto::sign::{SigningKey, VerifyingKey};
+use mimi_rm_protocol::federation::*;
+use mimi_rm_protocol::{decode_exact, encode};
+
+/// How long a delivered item id is remembered: retries of a delivery come within this window
+/// (the hub retries until it succeeds, and deletes an item right after its 2xx).
+pub const SEEN_RETENTION_MS: u64 = 7 * 24 * 3600 * 1000;
+/// Items per delivery request.
+pub const DELIVERY_BATCH: usize = 256;
+
+/// Signs `tbs` with this provider's federation key.
+pub fn sign(key: &SigningKey, tbs: S2sEnvelopeTbs) -> Result<S2sEnvelope, HubError> {
+    let bytes = encode(&tbs).map_err(|e| HubError::Internal(e.to_string()))?;
+    let signature = key.sign(S2S_SIGNATURE_LABEL, &bytes).into();
+    Ok(S2sEnvelope { tbs, signature })
+}
+
+/// Checks an incoming envelope: addressed to us, fresh, signed by the claimed sender's key,
+/// not seen before. Only then is its payload looked at.
+pub fn verify(
+    env: &S2sEnvelope,
+    own_domain: &str,
+    sender_key: &VerifyingKey,
+    replay: &ReplayGuard,
+    now_ms: u64,
+) -> Result<(), HubError> {
+    replay.check_fresh(env.tbs.timestamp_ms, now_ms)?;
+    let bytes = encode(&env.tbs).map_err(|e| HubError::malformed("s2s envelope", e))?;
+    sender_key
+        .verify(S2S_SIGNATURE_LABEL, &bytes, env.signature.as_slice())
+        .map_err(|_| HubError::InvalidSignature)?;
+    if env.tbs.recipient_domain.as_slice() != own_domain.as_bytes() {
+        return Err(HubError::WrongRecipient("addressed to another domain"));
+    }
+    replay.check_and_record(env.signature.as_slice(), env.tbs.timestamp_ms, now_ms)
+}
+
+/// Key of an outbox entry: items for one peer sort in the order they were queued.
+pub fn outbox_key(domain: &[u8], seq: u64) -> Vec<u8> {
+    let mut k = domain.to_vec();
+    k.push(0);
+    k.extend_from_slice(&seq.to_be_bytes());
+    k
+}
+
+/// The peer domain of an outbox key.
+pub fn outbox_domain(key: &[u8]) -> Option<&[u8]> {
+    let split = key.len().checked_sub(9)?;
+    (key[split] == 0).then_some(&key[..split])
+}
+
+/// Queues one item for a peer inside the request's transaction (so it is durable exactly when
+/// the request's effects are).
+pub fn queue_for_peer(txn: &mut Txn<'_>, seq: u64, item: &DeliveryItem) -> Result<(), HubError> {
+    let value = encode(item).map_err(|e| HubError::Internal(e.to_string()))?;
+    txn.put(
+        Cf::FedOutbox,
+        outbox_key(item.queue_ref.domain.as_slice(), seq),
+        value,
+    );
+    Ok(())
+}
+
+fn seen_key(sender: &[u8], item: &DeliveryItem) -> Vec<u8> {
+    let mut k = sender.to_vec();
+    k.push(0);
+    k.extend_from_slice(&item.created_ms.to_be_bytes());
+    k.extend_from_slice(&item.id);
+    k
+}
+
+/// What a delivery did.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Accepted {
+    /// Items enqueued now.
+    pub enqueued: u64,
+    /// Items already delivered before (a retry).
+    pub duplicates: u64,
+    /// Items for queues that no longer exist.
+    pub undeliverable: u64,
+}
+
+/// Opens each item's sealed queue ref (before any lock is taken, so the caller can lock the
+/// queues). Every item must be for this provider; an item whose queue cannot be opened maps to
+/// `None` and is counted undeliverable.
+pub fn resolve(
+    keys: &QsKeys,
+    own_domain: &str,
+    items: &[DeliveryItem],
+) -> Result<Vec<Option<qs::ClientId>>, HubError> {
+    items
+        .iter()
+        .map(|item| {
+            if item.queue_ref.domain.as_slice() != own_domain.as_bytes() {
+                return Err(HubError::WrongRecipient("an item is for another provider"));
+            }
+            Ok(qs::open_queue_ref(keys, own_domain, &item.queue_ref).ok())
+        })
+        .collect()
+}
+
+/// Enqueues a verified delivery from `sender`, each item at most once.
+pub fn accept_delivery(
+    txn: &mut Txn<'_>,
+    sender: &[u8],
+    items: &[DeliveryItem],
+    clients: &[Option<qs::ClientId>],
+    now_ms: u64,
+) -> Result<Accepted, HubError> {
+    let mut out = Accepted::default();
+    for (item, client) in items.iter().zip(clients) {
+        let key = seen_key(sender, item);
+        if txn.get(Cf::FedSeen, &key)?.is_some() {
+            out.duplicates += 1;
+            continue;
+        }
+        if item.created_ms.saturating_add(SEEN_RETENTION_MS) > now_ms {
+            txn.put(Cf::FedSeen, key, Vec::new());
+        }
+        match client {
+            Some(c) if qs::enqueue(txn, c, &item.message)? => out.enqueued += 1,
+            _ => out.undeliverable += 1,
+        }
+    }
+    Ok(out)
+}
+
+/// Decodes an outbox value.
+pub fn decode_item(value: &[u8]) -> Result<DeliveryItem, HubError> {
+    decode_exact(value, 64 << 20).map_err(|e| HubError::Internal(format!("outbox item: {e}")))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn outbox_keys_sort_by_sequence_and_name_their_domain() {
+        let a = outbox_key(b"b.test", 2);
+        let b = outbox_key(b"b.test", 10);
+        assert!(a < b);
+        assert_eq!(outbox_domain(&a), Some(&b"b.test"[..]));
+        assert_eq!(outbox_domain(b"short"), None);
+    }
+}
