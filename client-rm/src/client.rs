@@ -204,6 +204,14 @@ fn caps() -> Capabilities {
     )
 }
 
+/// The transport to `hub_url`, trusting `ca_pem` as an extra root when given.
+fn transport_for(hub_url: &str, ca_pem: Option<&[u8]>) -> Result<Transport, ClientError> {
+    match ca_pem {
+        Some(pem) => Transport::with_root_ca(hub_url, pem),
+        None => Ok(Transport::new(hub_url)),
+    }
+}
+
 fn b32(v: &[u8]) -> Result<[u8; 32], ClientError> {
     v.try_into()
         .map_err(|_| ClientError::State("expected 32 bytes".into()))
@@ -213,7 +221,18 @@ impl Client {
     /// Registers the handle `name` with a first client at the AS of the hub at `hub_url`,
     /// creates the pseudonymous QS records, and stores the state in `dir`.
     pub async fn register(dir: &Path, hub_url: &str, name: &str) -> Result<Self, ClientError> {
-        let transport = Transport::new(hub_url);
+        Self::register_with_ca(dir, hub_url, name, None).await
+    }
+
+    /// Like [`Client::register`], additionally trusting the PEM root `ca_pem` for the hub's
+    /// HTTPS certificate, for hubs certified by a private CA.
+    pub async fn register_with_ca(
+        dir: &Path,
+        hub_url: &str,
+        name: &str,
+        ca_pem: Option<&[u8]>,
+    ) -> Result<Self, ClientError> {
+        let transport = transport_for(hub_url, ca_pem)?;
         let domain = transport.domain().await?;
         // Identity at the AS: the only request that carries our handle.
         let client_key = SigningKey::generate();
@@ -303,9 +322,20 @@ impl Client {
 
     /// Loads a client saved in `dir`, talking to `hub_url`.
     pub fn load(dir: &Path, hub_url: &str) -> Result<Self, ClientError> {
+        Self::load_with_ca(dir, hub_url, None)
+    }
+
+    /// Like [`Client::load`], additionally trusting the PEM root `ca_pem` for the hub's HTTPS
+    /// certificate, for hubs certified by a private CA.
+    pub fn load_with_ca(
+        dir: &Path,
+        hub_url: &str,
+        ca_pem: Option<&[u8]>,
+    ) -> Result<Self, ClientError> {
+        let transport = transport_for(hub_url, ca_pem)?;
         let (state, mls) = state::load(dir)?;
         Ok(Self {
-            transport: Transport::new(hub_url),
+            transport,
             dir: dir.to_owned(),
             state,
             provider: ClientProvider::from_snapshot(mls),

@@ -28,6 +28,29 @@ impl Transport {
         }
     }
 
+    /// A transport to the hub at `base` that also trusts the PEM root certificate(s) in `pem`,
+    /// for hubs whose certificate comes from a private CA (tests, intranets) rather than a
+    /// public one. The public web roots stay trusted as well.
+    pub fn with_root_ca(base: impl Into<String>, pem: &[u8]) -> Result<Self, ClientError> {
+        let certs = reqwest::Certificate::from_pem_bundle(pem)
+            .map_err(|e| ClientError::Transport(format!("root CA certificate: {e}")))?;
+        if certs.is_empty() {
+            return Err(ClientError::Transport(
+                "root CA certificate: no PEM certificate found".into(),
+            ));
+        }
+        let http = certs
+            .into_iter()
+            .fold(reqwest::Client::builder(), |b, c| b.add_root_certificate(c))
+            .build()
+            .map_err(|e| ClientError::Transport(format!("building the HTTP client: {e}")))?;
+        Ok(Self {
+            http,
+            base: base.into().trim_end_matches('/').to_owned(),
+            recorder: None,
+        })
+    }
+
     /// Records every request body posted from now on.
     pub fn set_recorder(&mut self, recorder: Recorder) {
         self.recorder = Some(recorder);
