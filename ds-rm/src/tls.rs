@@ -58,6 +58,9 @@ pub enum TlsError {
         /// PEM parser error.
         source: rustls_pki_types::pem::Error,
     },
+    /// The key file holds no private-key block.
+    #[error("tls_key {0} contains no PEM private key")]
+    NoKey(PathBuf),
     /// The certificate file holds no `CERTIFICATE` block.
     #[error("tls_cert {0} contains no PEM certificate")]
     NoCertificate(PathBuf),
@@ -118,10 +121,13 @@ fn load_chain(path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsError> {
 
 fn load_key(path: &Path) -> Result<PrivateKeyDer<'static>, TlsError> {
     let pem = read("tls_key", path)?;
-    PrivateKeyDer::from_pem_slice(&pem).map_err(|source| TlsError::Pem {
-        what: "tls_key",
-        path: path.to_owned(),
-        source,
+    PrivateKeyDer::from_pem_slice(&pem).map_err(|source| match source {
+        rustls_pki_types::pem::Error::NoItemsFound => TlsError::NoKey(path.to_owned()),
+        source => TlsError::Pem {
+            what: "tls_key",
+            path: path.to_owned(),
+            source,
+        },
     })
 }
 

@@ -172,3 +172,68 @@ fn only_a_key_or_an_unreadable_certificate_refuses_to_start() {
     assert!(!ok, "hub started with a missing certificate");
     assert!(stderr.contains("missing.pem"), "{stderr}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_drains_and_exits_cleanly_with_open_connections() {
+    let dir = tempfile::tempdir().unwrap();
+    let ca = generate_test_ca(dir.path(), &["hub.test"]).unwrap();
+    let leaf = ca.leaf("hub.test").unwrap();
+    let config = dir.path().join("hub.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "domain = \"hub.test\"\ntls_cert = {:?}\ntls_key = {:?}\n",
+            leaf.cert.display().to_string(),
+            leaf.key.display().to_string()
+        ),
+    )
+    .unwrap();
+    let addr = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let mut child = Command::new(BIN)
+        .args(["serve", "--config"])
+        .arg(&config)
+        .arg("--listen")
+        .arg(addr.to_string())
+        .arg("--data")
+        .arg(dir.path().join("hub-data"))
+        .env("RUST_LOG", "warn")
+        .spawn()
+        .unwrap();
+    // A keep-alive client: its pooled connection stays open after the answer.
+    let http = http_client(Some(&ca.ca_pem));
+    let url = format!("https://{addr}{}", paths::DS_DOMAIN);
+    let mut answered = false;
+    for _ in 0..200 {
+        if let Ok(resp) = http.get(&url).send().await {
+            assert_eq!(resp.text().await.unwrap(), "hub.test");
+            answered = true;
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    assert!(answered, "the TLS hub never answered");
+    // A connection that never finishes its handshake must not block shutdown either.
+    let _stalled = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let status = Command::new("kill")
+        .arg("-TERM")
+        .arg(child.id().to_string())
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let mut exit = None;
+    for _ in 0..400 {
+        if let Some(s) = child.try_wait().unwrap() {
+            exit = Some(s);
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    let Some(exit) = exit else {
+        let _ = child.kill();
+        panic!("the hub did not exit after SIGTERM");
+    };
+    assert!(exit.success(), "{exit}");
+}
