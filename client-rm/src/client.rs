@@ -204,6 +204,14 @@ fn caps() -> Capabilities {
     )
 }
 
+/// The transport to `hub_url`, trusting `ca_pem` as an extra root when given.
+fn transport_for(hub_url: &str, ca_pem: Option<&[u8]>) -> Result<Transport, ClientError> {
+    match ca_pem {
+        Some(pem) => Transport::with_root_ca(hub_url, pem),
+        None => Ok(Transport::new(hub_url)),
+    }
+}
+
 fn b32(v: &[u8]) -> Result<[u8; 32], ClientError> {
     v.try_into()
         .map_err(|_| ClientError::State("expected 32 bytes".into()))
@@ -213,7 +221,18 @@ impl Client {
     /// Registers the handle `name` with a first client at the AS of the hub at `hub_url`,
     /// creates the pseudonymous QS records, and stores the state in `dir`.
     pub async fn register(dir: &Path, hub_url: &str, name: &str) -> Result<Self, ClientError> {
-        let transport = Transport::new(hub_url);
+        Self::register_with_ca(dir, hub_url, name, None).await
+    }
+
+    /// Like [`Client::register`], additionally trusting the PEM root `ca_pem` for the hub's
+    /// HTTPS certificate, for hubs certified by a private CA.
+    pub async fn register_with_ca(
+        dir: &Path,
+        hub_url: &str,
+        name: &str,
+        ca_pem: Option<&[u8]>,
+    ) -> Result<Self, ClientError> {
+        let transport = transport_for(hub_url, ca_pem)?;
         let domain = transport.domain().await?;
         // Identity at the AS: the only request that carries our handle.
         let client_key = SigningKey::generate();
@@ -279,6 +298,7 @@ impl Client {
             wrapper_key: hex::encode(EarKey::random().as_bytes()),
             wai_key: hex::encode(EarKey::random().as_bytes()),
             contacts: BTreeMap::new(),
+            peer_anchors: BTreeMap::new(),
             user_id: hex::encode(ids.user_id),
             client_id: hex::encode(ids.client_id),
             client_auth_key: hex::encode(client_auth.to_bytes()),
@@ -303,9 +323,20 @@ impl Client {
 
     /// Loads a client saved in `dir`, talking to `hub_url`.
     pub fn load(dir: &Path, hub_url: &str) -> Result<Self, ClientError> {
+        Self::load_with_ca(dir, hub_url, None)
+    }
+
+    /// Like [`Client::load`], additionally trusting the PEM root `ca_pem` for the hub's HTTPS
+    /// certificate, for hubs certified by a private CA.
+    pub fn load_with_ca(
+        dir: &Path,
+        hub_url: &str,
+        ca_pem: Option<&[u8]>,
+    ) -> Result<Self, ClientError> {
+        let transport = transport_for(hub_url, ca_pem)?;
         let (state, mls) = state::load(dir)?;
         Ok(Self {
-            transport: Transport::new(hub_url),
+            transport,
             dir: dir.to_owned(),
             state,
             provider: ClientProvider::from_snapshot(mls),
@@ -346,6 +377,7 @@ impl Client {
     pub fn contact_card(&self) -> Result<ContactCard, ClientError> {
         Ok(ContactCard {
             handle: self.state.name.as_bytes().to_vec().into(),
+            domain: self.state.domain.as_bytes().to_vec().into(),
             friendship_token: b32(&unhex(&self.state.friendship_token)?)?,
             add_package_key: b32(&unhex(&self.state.add_package_key)?)?,
             credential_key: b32(&unhex(&self.state.credential_key)?)?,
@@ -539,9 +571,60 @@ impl Client {
         Ok((signer, cwk, sek))
     }
 
+    /// Every AS we can verify credentials against: our own (pinned at registration) and those
+    /// of our contacts' providers.
     fn anchors(&self) -> Result<AsCredentials, ClientError> {
-        decode_exact(&unhex(&self.state.as_credentials)?, 1 << 20)
-            .map_err(|e| ClientError::State(e.to_string()))
+        let mut all: AsCredentials = decode_exact(&unhex(&self.state.as_credentials)?, 1 << 20)
+            .map_err(|e| ClientError::State(e.to_string()))?;
+        for hexed in self.state.peer_anchors.values() {
+            let peer: AsCredentials = decode_exact(&unhex(hexed)?, 1 << 20)
+                .map_err(|e| ClientError::State(e.to_string()))?;
+            all.roots.extend(peer.roots);
+            all.intermediates.extend(peer.intermediates);
+        }
+        Ok(all)
+    }
+
+    /// Fetches (through our provider) the AS credentials of every contact's provider we do not
+    /// know yet. A provider's roots must name that provider's domain.
+    async fn ensure_contact_anchors(&mut self) -> Result<(), ClientError> {
+        let mut missing = Vec::new();
+        for text in self.state.contacts.values() {
+            let card = ContactCard::from_text(text)?;
+            let domain = card.domain_str();
+            if domain != self.state.domain
+                && !self.state.peer_anchors.contains_key(&domain)
+                && !missing.contains(&domain)
+            {
+                missing.push(domain);
+            }
+        }
+        for domain in missing {
+            let AsResponse::AsCredentials(anchors) = self
+                .transport
+                .auth_at(
+                    &self.state.domain,
+                    &domain,
+                    &anonymous_as(AsOperation::AsCredentials),
+                )
+                .await?
+            else {
+                return Err(ClientError::Unexpected("expected AS credentials"));
+            };
+            if anchors
+                .roots
+                .iter()
+                .any(|r| r.tbs.as_domain.as_slice() != domain.as_bytes())
+            {
+                return Err(ClientError::Unexpected(
+                    "a provider's AS root names another domain",
+                ));
+            }
+            self.state
+                .peer_anchors
+                .insert(domain, hex::encode(encoded(&anchors)?));
+        }
+        self.persist()
     }
 
     fn friendship_keys(&self) -> Result<(EarKey, EarKey), ClientError> {
@@ -728,8 +811,14 @@ impl Client {
         contact: &ContactCard,
         mode: InviteMode,
     ) -> Result<u64, ClientError> {
+        self.add_contact(contact)?;
+        self.ensure_contact_anchors().await?;
         let op = QsOperation::FetchAddPackages(contact.friendship_token.to_vec().into());
-        let QsResponse::AddPackages(pkgs) = self.transport.qs(&anonymous_qs(op)).await? else {
+        let QsResponse::AddPackages(pkgs) = self
+            .transport
+            .qs_at(&self.state.domain, &contact.domain_str(), &anonymous_qs(op))
+            .await?
+        else {
             return Err(ClientError::Unexpected("expected AddPackages"));
         };
         let key = EarKey::from_bytes(&contact.add_package_key)?;
@@ -817,7 +906,6 @@ impl Client {
         if kps.is_empty() {
             return Err(ClientError::NoAddPackage);
         }
-        self.add_contact(contact)?;
         if mode == InviteMode::WithoutMaterial {
             added.clear();
         }
@@ -1019,6 +1107,11 @@ impl Client {
 
     /// Fetches, decrypts and processes everything queued for us, then acknowledges it.
     pub async fn receive(&mut self) -> Result<Vec<Event>, ClientError> {
+        // Members from our contacts' providers must be verifiable before we process joins; a
+        // provider that is down must not stop us from receiving, so this is best effort.
+        if let Err(e) = self.ensure_contact_anchors().await {
+            tracing::warn!(error = %e, "could not fetch a contact provider's AS credentials");
+        }
         let auth = self.client_auth()?;
         let id = self.client_id()?;
         let mut events = Vec::new();

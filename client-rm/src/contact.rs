@@ -14,6 +14,8 @@ const MAX_CARD: usize = 4096;
 pub struct ContactCard {
     /// The owner's handle; the invitee checks invitations against its contacts' handles.
     pub handle: VLBytes,
+    /// The owner's provider domain (where its AddPackages and AS credentials live).
+    pub domain: VLBytes,
     /// Bearer token for AddPackage fetch at the QS.
     pub friendship_token: [u8; 32],
     /// `AddPackageEarKey`: the QS-side encryption of the AddPackages.
@@ -36,6 +38,11 @@ impl ContactCard {
     /// The handle as text (lossy).
     pub fn handle_str(&self) -> String {
         String::from_utf8_lossy(self.handle.as_slice()).into_owned()
+    }
+
+    /// The provider domain as text (lossy).
+    pub fn domain_str(&self) -> String {
+        String::from_utf8_lossy(self.domain.as_slice()).into_owned()
     }
 
     /// `mimi-contact:<hex>` text form, for copy and paste.
@@ -68,6 +75,7 @@ mod tests {
     fn text_round_trip_and_rejects_garbage() {
         let card = ContactCard {
             handle: b"alice".to_vec().into(),
+            domain: b"a.test".to_vec().into(),
             friendship_token: [1; 32],
             add_package_key: [2; 32],
             credential_key: [3; 32],

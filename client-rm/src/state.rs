@@ -69,6 +69,10 @@ pub struct ClientState {
     pub wai_key: String,
     /// Contact cards (text form) by handle: whom we accept invitations from.
     pub contacts: BTreeMap<String, String>,
+    /// Hex TLS-encoded `AsCredentials` of other providers, by domain, fetched (through our
+    /// provider) the first time a contact there needed verifying.
+    #[serde(default)]
+    pub peer_anchors: BTreeMap<String, String>,
     /// Pseudonymous QS user id (hex).
     pub user_id: String,
     /// Pseudonymous QS client id (hex).

@@ -22,7 +22,7 @@ pub struct Cli {
 /// Subcommands.
 #[derive(Subcommand)]
 pub enum Command {
-    /// Serve the hub over HTTP.
+    /// Serve the hub over HTTP, or HTTPS when a TLS certificate and key are configured.
     Serve {
         /// TOML config file; flags override its values. Settings without a flag (body limit,
         /// freshness window, sync writes, client_credential_lifetime_secs) are set there.
@@ -37,6 +37,12 @@ pub enum Command {
         /// RocksDB data directory.
         #[arg(long)]
         data: Option<PathBuf>,
+        /// PEM certificate chain to serve HTTPS with (needs --tls-key or `tls_key`).
+        #[arg(long)]
+        tls_cert: Option<PathBuf>,
+        /// PEM private key for the TLS certificate (needs --tls-cert or `tls_cert`).
+        #[arg(long)]
+        tls_key: Option<PathBuf>,
     },
     /// Print every record the hub stored, as a disk-seizing adversary would see it.
     Audit {
@@ -69,6 +75,8 @@ fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
             domain,
             listen,
             data,
+            tls_cert,
+            tls_key,
         } => {
             let mut cfg = match config {
                 Some(p) => Config::from_file(&p)?,
@@ -83,6 +91,12 @@ fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
             if let Some(d) = data {
                 cfg.data_dir = d;
             }
+            if let Some(c) = tls_cert {
+                cfg.tls_cert = Some(c);
+            }
+            if let Some(k) = tls_key {
+                cfg.tls_key = Some(k);
+            }
             serve(cfg)
         }
         Command::Audit { data } => {
@@ -94,20 +108,32 @@ fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
 }
 
 fn serve(cfg: Config) -> Result<(), Box<dyn std::error::Error>> {
+    // Before opening the store: a half-configured or unreadable TLS setup must not start a hub.
+    let tls = crate::tls::server_config(&cfg)?;
     let store = Arc::new(RocksStore::open(&cfg.data_dir, cfg.sync_writes)?);
     let hub = Arc::new(Hub::new(store, cfg.hub_config(), crate::now_ms())?);
     let rt = tokio::runtime::Runtime::new()?;
     rt.block_on(async move {
         let listener = tokio::net::TcpListener::bind(cfg.listen).await?;
+        let scheme = if tls.is_some() { "https" } else { "http" };
         tracing::info!(
             domain = %cfg.domain,
-            listen = %listener.local_addr()?,
             data = %cfg.data_dir.display(),
-            "ds-rm hub listening"
+            "ds-rm hub listening on {scheme}://{}",
+            listener.local_addr()?
         );
-        axum::serve(listener, crate::http::router(hub))
-            .with_graceful_shutdown(shutdown_signal())
-            .await?;
+        let peers = Arc::new(crate::federation::Peers::new(&cfg)?);
+        // Fan-out for other providers' members leaves the durable outbox from here.
+        tokio::spawn(crate::federation::run_outbox(hub.clone(), peers.clone()));
+        let router = crate::http::router_with_peers(hub, peers);
+        match tls {
+            Some(tls) => crate::tls::serve(listener, tls, router, shutdown_signal()).await,
+            None => {
+                axum::serve(listener, router)
+                    .with_graceful_shutdown(shutdown_signal())
+                    .await?
+            }
+        }
         tracing::info!("ds-rm hub stopped");
         Ok::<(), Box<dyn std::error::Error>>(())
     })

@@ -1,6 +1,7 @@
 //! The axum shell: decode nothing, call the core on a blocking thread, map errors to statuses.
 
-use crate::core::{Hub, HubError};
+use crate::core::{Hub, HubError, Route};
+use crate::federation::Peers;
 use axum::Router;
 use axum::body::{Body, Bytes};
 use axum::extract::{DefaultBodyLimit, State};
@@ -11,8 +12,28 @@ use mimi_rm_protocol::{TransactionType, encode, paths};
 use std::sync::Arc;
 use std::sync::atomic::Ordering::Relaxed;
 
-/// Builds the router for a hub.
+/// Builds the router for a hub without federation peers (an embedded or test hub: requests
+/// for other domains get `PeerUnavailable`).
 pub fn router(hub: Arc<Hub>) -> Router {
+    let peers = crate::federation::Peers::new(&crate::config::Config::default())
+        .map(Arc::new)
+        .ok();
+    router_inner(hub, peers)
+}
+
+/// Builds the router for a hub that federates through `peers`.
+pub fn router_with_peers(hub: Arc<Hub>, peers: Arc<Peers>) -> Router {
+    router_inner(hub, Some(peers))
+}
+
+/// What every handler gets.
+#[derive(Clone)]
+struct App {
+    hub: Arc<Hub>,
+    peers: Option<Arc<Peers>>,
+}
+
+fn router_inner(hub: Arc<Hub>, peers: Option<Arc<Peers>>) -> Router {
     Router::new()
         .route(paths::GROUP_OPERATION, post(group_operation))
         .route(paths::WELCOME_INFORMATION, post(welcome_information))
@@ -22,69 +43,186 @@ pub fn router(hub: Arc<Hub>) -> Router {
         )
         .route(paths::QS, post(queue_service))
         .route(paths::AS, post(auth_service))
+        .route(paths::FEDERATION_FORWARD, post(federation_forward))
+        .route(paths::DELIVER_MESSAGE, post(deliver_message))
+        .route(paths::FEDERATION_PROXY, post(federation_proxy))
+        .route(paths::VERIFICATION_KEY, get(verification_key))
         .route(paths::DS_DOMAIN, get(ds_domain))
         .route("/metrics", get(metrics))
         // The core enforces the limit itself so it can answer with a TLS-encoded 413.
         .layer(DefaultBodyLimit::disable())
-        .with_state(hub)
+        .with_state(App { hub, peers })
 }
 
-async fn group_operation(State(hub): State<Arc<Hub>>, body: Body) -> Response {
-    dispatch(hub, TransactionType::GroupOperation, body).await
+async fn group_operation(State(app): State<App>, body: Body) -> Response {
+    dispatch(app, TransactionType::GroupOperation, body).await
 }
 
-async fn welcome_information(State(hub): State<Arc<Hub>>, body: Body) -> Response {
-    dispatch(hub, TransactionType::WelcomeInformation, body).await
+async fn welcome_information(State(app): State<App>, body: Body) -> Response {
+    dispatch(app, TransactionType::WelcomeInformation, body).await
 }
 
-async fn external_commit_information(State(hub): State<Arc<Hub>>, body: Body) -> Response {
-    dispatch(hub, TransactionType::ExternalCommitInformation, body).await
+async fn external_commit_information(State(app): State<App>, body: Body) -> Response {
+    dispatch(app, TransactionType::ExternalCommitInformation, body).await
 }
 
-async fn queue_service(State(hub): State<Arc<Hub>>, body: Body) -> Response {
-    dispatch(hub, TransactionType::QueueService, body).await
+async fn queue_service(State(app): State<App>, body: Body) -> Response {
+    dispatch(app, TransactionType::QueueService, body).await
 }
 
-async fn auth_service(State(hub): State<Arc<Hub>>, body: Body) -> Response {
-    dispatch(hub, TransactionType::AuthService, body).await
+async fn auth_service(State(app): State<App>, body: Body) -> Response {
+    dispatch(app, TransactionType::AuthService, body).await
 }
 
-async fn ds_domain(State(hub): State<Arc<Hub>>) -> String {
-    hub.config().domain.clone()
+async fn verification_key(State(app): State<App>) -> Response {
+    match encode(&app.hub.verification_key()) {
+        Ok(body) => ok(body),
+        Err(e) => error_response(&HubError::Internal(e.to_string())),
+    }
 }
 
-async fn metrics(State(hub): State<Arc<Hub>>) -> String {
-    let m = &hub.metrics;
-    format!(
-        "# TYPE mimi_requests_ok counter\nmimi_requests_ok {}\n\
-         # TYPE mimi_requests_error counter\nmimi_requests_error {}\n\
-         # TYPE mimi_messages_enqueued counter\nmimi_messages_enqueued {}\n\
-         # TYPE mimi_fanout_undeliverable counter\nmimi_fanout_undeliverable {}\n",
-        m.ok.load(Relaxed),
-        m.errors.load(Relaxed),
-        m.enqueued.load(Relaxed),
-        m.undeliverable.load(Relaxed),
-    )
+/// A peer forwards its client's request to us (we host the group).
+async fn federation_forward(State(app): State<App>, body: Body) -> Response {
+    s2s(app, false, body).await
 }
 
-async fn dispatch(hub: Arc<Hub>, endpoint: TransactionType, body: Body) -> Response {
-    let limit = hub.config().max_body;
-    let bytes: Bytes = match axum::body::to_bytes(body, limit).await {
+/// A hub delivers fan-out for our members.
+async fn deliver_message(State(app): State<App>, body: Body) -> Response {
+    s2s(app, true, body).await
+}
+
+/// Our client asks us to pass an anonymous lookup to another provider.
+async fn federation_proxy(State(app): State<App>, body: Body) -> Response {
+    let bytes = match read_body(&app.hub, body).await {
         Ok(b) => b,
-        Err(_) => {
-            hub.metrics.errors.fetch_add(1, Relaxed);
-            return error_response(&HubError::TooLarge);
-        }
+        Err(r) => return r,
     };
-    let result =
-        tokio::task::spawn_blocking(move || hub.handle(endpoint, &bytes, crate::now_ms())).await;
-    match result {
-        Ok(Ok(body)) => (
-            StatusCode::OK,
+    let hub = app.hub.clone();
+    let target = tokio::task::spawn_blocking(move || hub.proxy_target(&bytes)).await;
+    match target {
+        Ok(Ok((domain, envelope))) => relay(&app, &domain, envelope).await,
+        Ok(Err(e)) => error_response(&e),
+        Err(join) => error_response(&HubError::Internal(join.to_string())),
+    }
+}
+
+async fn s2s(app: App, deliver: bool, body: Body) -> Response {
+    let bytes = match read_body(&app.hub, body).await {
+        Ok(b) => b,
+        Err(r) => return r,
+    };
+    let env = match app.hub.s2s_decode(&bytes) {
+        Ok(e) => Arc::new(e),
+        Err(e) => return error_response(&e),
+    };
+    let Some(peers) = app.peers.clone() else {
+        return error_response(&HubError::PeerUnavailable("federation is off".into()));
+    };
+    let sender = String::from_utf8_lossy(env.tbs.sender_domain.as_slice()).into_owned();
+    // Cached key first; if it does not verify, the peer may have rotated: fetch once more.
+    for refresh in [false, true] {
+        let key = match peers.key(&sender, refresh).await {
+            Ok(k) => k,
+            Err(e) => return error_response(&e),
+        };
+        let (hub, env) = (app.hub.clone(), env.clone());
+        let result = tokio::task::spawn_blocking(move || {
+            hub.handle_s2s(deliver, &env, &key, crate::now_ms())
+        })
+        .await;
+        match result {
+            Ok(Err(HubError::InvalidSignature)) if !refresh => continue,
+            Ok(Ok(body)) => return ok(body),
+            Ok(Err(e)) => return error_response(&e),
+            Err(join) => return error_response(&HubError::Internal(join.to_string())),
+        }
+    }
+    error_response(&HubError::InvalidSignature)
+}
+
+/// Forwards a signed envelope to `domain` and answers with its status and body unchanged.
+async fn relay(app: &App, domain: &str, envelope: Vec<u8>) -> Response {
+    let Some(peers) = &app.peers else {
+        return error_response(&HubError::PeerUnavailable("federation is off".into()));
+    };
+    match peers
+        .post(domain, paths::FEDERATION_FORWARD, envelope)
+        .await
+    {
+        Ok((status, body)) => (
+            StatusCode::from_u16(status).unwrap_or(StatusCode::BAD_GATEWAY),
             [(header::CONTENT_TYPE, paths::CONTENT_TYPE)],
             body,
         )
             .into_response(),
+        Err(e) => error_response(&e),
+    }
+}
+
+fn ok(body: Vec<u8>) -> Response {
+    (
+        StatusCode::OK,
+        [(header::CONTENT_TYPE, paths::CONTENT_TYPE)],
+        body,
+    )
+        .into_response()
+}
+
+async fn read_body(hub: &Hub, body: Body) -> Result<Bytes, Response> {
+    axum::body::to_bytes(body, hub.config().max_body)
+        .await
+        .map_err(|_| {
+            hub.metrics.errors.fetch_add(1, Relaxed);
+            error_response(&HubError::TooLarge)
+        })
+}
+
+async fn ds_domain(State(app): State<App>) -> String {
+    app.hub.config().domain.clone()
+}
+
+async fn metrics(State(app): State<App>) -> String {
+    let m = &app.hub.metrics;
+    format!(
+        "# TYPE mimi_requests_ok counter\nmimi_requests_ok {}\n\
+         # TYPE mimi_requests_error counter\nmimi_requests_error {}\n\
+         # TYPE mimi_messages_enqueued counter\nmimi_messages_enqueued {}\n\
+         # TYPE mimi_fanout_undeliverable counter\nmimi_fanout_undeliverable {}\n\
+         # TYPE mimi_fanout_outboxed counter\nmimi_fanout_outboxed {}\n\
+         # TYPE mimi_delivered_to_peers counter\nmimi_delivered_to_peers {}\n\
+         # TYPE mimi_received_from_peers counter\nmimi_received_from_peers {}\n",
+        m.ok.load(Relaxed),
+        m.errors.load(Relaxed),
+        m.enqueued.load(Relaxed),
+        m.undeliverable.load(Relaxed),
+        m.outboxed.load(Relaxed),
+        m.delivered_to_peers.load(Relaxed),
+        m.received_from_peers.load(Relaxed),
+    )
+}
+
+async fn dispatch(app: App, endpoint: TransactionType, body: Body) -> Response {
+    let bytes = match read_body(&app.hub, body).await {
+        Ok(b) => b,
+        Err(r) => return r,
+    };
+    // A request for a group hosted by another provider goes there, signed by us; the client's
+    // own signature travels inside unchanged, and the hub never sees the client's address.
+    if let Route::Forward(domain) = app.hub.route(endpoint, &bytes) {
+        let envelope = match app
+            .hub
+            .forward_envelope(&domain, endpoint, &bytes, crate::now_ms())
+        {
+            Ok(e) => e,
+            Err(e) => return error_response(&e),
+        };
+        return relay(&app, &domain, envelope).await;
+    }
+    let hub = app.hub.clone();
+    let result =
+        tokio::task::spawn_blocking(move || hub.handle(endpoint, &bytes, crate::now_ms())).await;
+    match result {
+        Ok(Ok(body)) => ok(body),
         Ok(Err(e)) => error_response(&e),
         Err(join) => {
             tracing::error!(error = %join, "request task failed");

@@ -2,8 +2,8 @@
 //! authentication service).
 //!
 //! Layout: [`core`] holds all request logic (sans-I/O over [`store::Txn`]), [`store`] the RocksDB
-//! implementation, [`http`] the axum shell, [`config`] the operator settings and [`audit`] the
-//! "what does a seized disk show" view.
+//! implementation, [`http`] the axum shell, [`tls`] HTTPS serving, [`config`] the operator
+//! settings and [`audit`] the "what does a seized disk show" view.
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]
 
@@ -14,6 +14,7 @@ pub mod core;
 pub mod federation;
 pub mod http;
 pub mod store;
+pub mod tls;
 
 /// Milliseconds since the Unix epoch, from the system clock.
 pub fn now_ms() -> u64 {

@@ -2,6 +2,7 @@
 #![forbid(unsafe_code)]
 
 pub mod scenario;
+pub mod tls;
 
 use mimi_ds_rm::store::{Cf, RocksStore, Store};
 use std::net::{SocketAddr, TcpListener};
@@ -20,9 +21,12 @@ pub struct HubProcess {
     pub domain: String,
     binary: PathBuf,
     config: PathBuf,
+    /// PEM root that certifies the hub's HTTPS certificate; `None` for a plain-HTTP hub.
+    ca_pem: Option<Vec<u8>>,
 }
 
-fn free_port() -> SocketAddr {
+/// A loopback address with a free port (for hubs whose peers must know their URL up front).
+pub fn free_port() -> SocketAddr {
     let l = TcpListener::bind("127.0.0.1:0").expect("bind");
     l.local_addr().expect("addr")
 }
@@ -43,6 +47,61 @@ impl HubProcess {
         max_body: usize,
         extra_config: &str,
     ) -> Self {
+        Self::start_inner(binary, dir, domain, max_body, extra_config, None)
+    }
+
+    /// Like [`HubProcess::start_tls_with_config`], listening on `addr` (so peers can be
+    /// configured with this hub's URL before it starts).
+    pub fn start_tls_at(
+        binary: &Path,
+        dir: &Path,
+        domain: &str,
+        ca: &tls::TestCa,
+        addr: SocketAddr,
+        extra_config: &str,
+    ) -> Self {
+        let leaf = ca
+            .leaf(domain)
+            .expect("the test CA has a leaf for this domain");
+        let tls_config = format!(
+            "tls_cert = {:?}\ntls_key = {:?}\n{extra_config}",
+            leaf.cert.display().to_string(),
+            leaf.key.display().to_string(),
+        );
+        let mut hub = Self::prepare(
+            binary,
+            dir,
+            domain,
+            1 << 20,
+            &tls_config,
+            Some(ca.ca_pem.clone()),
+        );
+        hub.addr = addr;
+        hub.spawn();
+        hub
+    }
+
+    fn start_inner(
+        binary: &Path,
+        dir: &Path,
+        domain: &str,
+        max_body: usize,
+        extra_config: &str,
+        ca_pem: Option<Vec<u8>>,
+    ) -> Self {
+        let mut hub = Self::prepare(binary, dir, domain, max_body, extra_config, ca_pem);
+        hub.spawn();
+        hub
+    }
+
+    fn prepare(
+        binary: &Path,
+        dir: &Path,
+        domain: &str,
+        max_body: usize,
+        extra_config: &str,
+        ca_pem: Option<Vec<u8>>,
+    ) -> Self {
         let data = dir.join("hub-data");
         let config = dir.join("hub.toml");
         std::fs::write(
@@ -52,16 +111,58 @@ impl HubProcess {
             ),
         )
         .expect("write config");
-        let mut hub = Self {
+        Self {
             child: None,
             addr: free_port(),
             data,
             domain: domain.to_owned(),
             binary: binary.to_owned(),
             config,
-        };
-        hub.spawn();
-        hub
+            ca_pem,
+        }
+    }
+
+    /// Starts a hub serving HTTPS with a fresh throwaway CA (written to `dir/tls`) that
+    /// certifies `domain`, `localhost` and `127.0.0.1`; [`HubProcess::ca_pem`] returns the root
+    /// clients must trust.
+    pub fn start_tls(binary: &Path, dir: &Path, domain: &str, max_body: usize) -> Self {
+        let tls_dir = dir.join("tls");
+        std::fs::create_dir_all(&tls_dir).expect("create tls dir");
+        let ca = tls::generate_test_ca(&tls_dir, &[domain]).expect("generate test CA");
+        Self::start_tls_with_config(binary, dir, domain, max_body, &ca, "")
+    }
+
+    /// Like [`HubProcess::start_with_config`], serving HTTPS with the leaf `ca` issued for
+    /// `domain` (so several hubs can share one CA, e.g. for federation tests).
+    pub fn start_tls_with_config(
+        binary: &Path,
+        dir: &Path,
+        domain: &str,
+        max_body: usize,
+        ca: &tls::TestCa,
+        extra_config: &str,
+    ) -> Self {
+        let leaf = ca
+            .leaf(domain)
+            .expect("the test CA has a leaf for this domain");
+        let tls_config = format!(
+            "tls_cert = {:?}\ntls_key = {:?}\n{extra_config}",
+            leaf.cert.display().to_string(),
+            leaf.key.display().to_string(),
+        );
+        Self::start_inner(
+            binary,
+            dir,
+            domain,
+            max_body,
+            &tls_config,
+            Some(ca.ca_pem.clone()),
+        )
+    }
+
+    /// The PEM root certifying this hub's HTTPS certificate (`None` for plain HTTP).
+    pub fn ca_pem(&self) -> Option<&[u8]> {
+        self.ca_pem.as_deref()
     }
 
     fn spawn(&mut self) {
@@ -78,9 +179,14 @@ impl HubProcess {
             .spawn()
             .expect("start hub");
         self.child = Some(child);
-        // Wait until it accepts connections.
+        // Wait until it accepts connections (TLS setup happens before the hub binds, so an
+        // open port means the HTTPS endpoint is ready too), then, for HTTPS hubs, until a
+        // client trusting the CA completes a request.
         for _ in 0..200 {
-            if std::net::TcpStream::connect(self.addr).is_ok() {
+            if let Some(Ok(Some(status))) = self.child.as_mut().map(Child::try_wait) {
+                panic!("hub exited during startup: {status}");
+            }
+            if std::net::TcpStream::connect(self.addr).is_ok() && self.answers_https() {
                 return;
             }
             std::thread::sleep(Duration::from_millis(50));
@@ -88,9 +194,42 @@ impl HubProcess {
         panic!("hub did not start listening on {}", self.addr);
     }
 
-    /// Base URL.
+    /// For HTTPS hubs: whether the discovery endpoint answers over TLS with the test CA.
+    /// Always true for plain-HTTP hubs (the TCP check suffices there).
+    fn answers_https(&self) -> bool {
+        let Some(ca) = &self.ca_pem else {
+            return true;
+        };
+        let url = format!("{}{}", self.url(), mimi_rm_protocol::paths::DS_DOMAIN);
+        let ca = ca.clone();
+        // A separate thread: callers may be inside a tokio runtime, where blocking on another
+        // one is not allowed.
+        std::thread::spawn(move || {
+            let Ok(rt) = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            else {
+                return false;
+            };
+            rt.block_on(async {
+                match http_client(Some(&ca)).get(&url).send().await {
+                    Ok(resp) => resp.status().is_success(),
+                    Err(_) => false,
+                }
+            })
+        })
+        .join()
+        .unwrap_or(false)
+    }
+
+    /// Base URL: `https://…` when the hub serves TLS, `http://…` otherwise.
     pub fn url(&self) -> String {
-        format!("http://{}", self.addr)
+        let scheme = if self.ca_pem.is_some() {
+            "https"
+        } else {
+            "http"
+        };
+        format!("{scheme}://{}", self.addr)
     }
 
     /// Stops the process gracefully (SIGTERM) and waits for it.
@@ -153,7 +292,17 @@ pub fn contains(haystack: &[u8], needle: &[u8]) -> bool {
 
 /// A raw POST: returns the status and body (for requests the client library would never send).
 pub async fn post(url: &str, path: &str, body: Vec<u8>) -> (u16, Vec<u8>) {
-    let resp = reqwest::Client::new()
+    post_with_ca(None, url, path, body).await
+}
+
+/// Like [`post`], additionally trusting the PEM root `ca_pem` (for HTTPS test hubs).
+pub async fn post_with_ca(
+    ca_pem: Option<&[u8]>,
+    url: &str,
+    path: &str,
+    body: Vec<u8>,
+) -> (u16, Vec<u8>) {
+    let resp = http_client(ca_pem)
         .post(format!("{url}{path}"))
         .header("content-type", "application/octet-stream")
         .body(body)
@@ -162,6 +311,17 @@ pub async fn post(url: &str, path: &str, body: Vec<u8>) -> (u16, Vec<u8>) {
         .expect("post");
     let status = resp.status().as_u16();
     (status, resp.bytes().await.expect("body").to_vec())
+}
+
+/// A reqwest client that also trusts `ca_pem` when given (a throwaway test CA).
+pub fn http_client(ca_pem: Option<&[u8]>) -> reqwest::Client {
+    let mut builder = reqwest::Client::builder();
+    if let Some(pem) = ca_pem {
+        for cert in reqwest::Certificate::from_pem_bundle(pem).expect("CA PEM parses") {
+            builder = builder.add_root_certificate(cert);
+        }
+    }
+    builder.build().expect("build HTTP client")
 }
 
 /// Decodes an error body.

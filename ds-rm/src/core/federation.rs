@@ -1,9 +1,9 @@
 //! Server-to-server logic, without I/O: signing and checking envelopes, the durable outbox of
 //! fan-out for other providers, and accepting deliveries with deduplication.
 
+use crate::core::HubError;
 use crate::core::qs::{self, QsKeys};
 use crate::core::replay::ReplayGuard;
-use crate::core::HubError;
 use crate::store::{Cf, Txn};
 use mimi_rm_crypto::sign::{SigningKey, VerifyingKey};
 use mimi_rm_protocol::federation::*;

@@ -18,15 +18,15 @@ pub use error::HubError;
 use crate::store::{Cf, KeyLocks, Store, Txn};
 use auth::AsKeys;
 use mimi_rm_crypto::hpke_seal::{HpkeKeyPair, HpkePrivateKey, HpkePublicKey};
+use mimi_rm_crypto::sign::{SigningKey, VerifyingKey};
 use mimi_rm_protocol::auth::AsRequest;
 use mimi_rm_protocol::ds::{DsOperation, DsRequest};
+use mimi_rm_protocol::federation::*;
 use mimi_rm_protocol::qs::QsRequest;
+use mimi_rm_protocol::queue::QueueMessage;
 use mimi_rm_protocol::{Envelope, PROTOCOL_VERSION, TransactionType, decode_exact, encode};
 use qs::QsKeys;
 use replay::ReplayGuard;
-use mimi_rm_crypto::sign::{SigningKey, VerifyingKey};
-use mimi_rm_protocol::federation::*;
-use mimi_rm_protocol::queue::QueueMessage;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -119,7 +119,11 @@ impl Hub {
             None => {
                 let key = SigningKey::generate();
                 let mut txn = Txn::new(store.as_ref());
-                txn.put(Cf::ServerKeys, S2S_SIGNING_KEY.to_vec(), key.to_bytes().to_vec());
+                txn.put(
+                    Cf::ServerKeys,
+                    S2S_SIGNING_KEY.to_vec(),
+                    key.to_bytes().to_vec(),
+                );
                 txn.commit()?;
                 key
             }
@@ -468,10 +472,12 @@ impl Hub {
         match fwd.transaction_type {
             TransactionType::GroupOperation
             | TransactionType::WelcomeInformation
-            | TransactionType::ExternalCommitInformation => match self.route(fwd.transaction_type, body) {
-                Route::Local => Ok(()),
-                Route::Forward(_) => Err(HubError::WrongRecipient("group hosted elsewhere")),
-            },
+            | TransactionType::ExternalCommitInformation => {
+                match self.route(fwd.transaction_type, body) {
+                    Route::Local => Ok(()),
+                    Route::Forward(_) => Err(HubError::WrongRecipient("group hosted elsewhere")),
+                }
+            }
             TransactionType::QueueService => {
                 let env: Envelope = decode_exact(body, self.config.max_body)
                     .map_err(|e| HubError::malformed("envelope", e))?;
@@ -516,7 +522,9 @@ impl Hub {
             req.request.transaction_type,
             TransactionType::QueueService | TransactionType::AuthService
         ) {
-            return Err(HubError::NotAuthorized("only QS and AS lookups are proxied"));
+            return Err(HubError::NotAuthorized(
+                "only QS and AS lookups are proxied",
+            ));
         }
         self.check_forwardable(&req.request)?;
         let domain = String::from_utf8(req.domain.as_slice().to_vec())
@@ -568,7 +576,11 @@ impl Hub {
 
     /// The signed delivery request for a batch.
     pub fn delivery_envelope(&self, batch: &OutboxBatch, now_ms: u64) -> Result<Vec<u8>, HubError> {
-        self.s2s_envelope(&batch.domain, S2sPayload::Deliver(batch.items.clone()), now_ms)
+        self.s2s_envelope(
+            &batch.domain,
+            S2sPayload::Deliver(batch.items.clone()),
+            now_ms,
+        )
     }
 
     /// Removes a delivered batch from the outbox.

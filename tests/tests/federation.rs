@@ -1,0 +1,449 @@
+//! Two providers, `a.test` and `b.test`, as two real hub processes serving HTTPS under a
+//! throwaway CA: groups hosted on A with members on both, forwarding (B → A), durable delivery
+//! (A → B) across an outage, and forged server-to-server messages refused.
+
+use mimi_client_rm::{Client, Event, GroupHandle};
+use mimi_ds_rm::store::Cf;
+use mimi_rm_crypto::hpke_seal;
+use mimi_rm_crypto::sign::SigningKey;
+use mimi_rm_protocol::federation::*;
+use mimi_rm_protocol::qs::{QsOperation, QsRequest, QsRequestTbs, QsResponse, QsSender};
+use mimi_rm_protocol::queue::*;
+use mimi_rm_protocol::{Envelope, ErrorCode, TransactionType, decode_exact, encode, paths};
+use mimi_rm_tests::tls::{TestCa, generate_test_ca};
+use mimi_rm_tests::{HubProcess, contains, error_of, free_port, post_with_ca};
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+const BIN: &str = env!("CARGO_BIN_EXE_hub-under-test");
+
+struct Providers {
+    ca: TestCa,
+    a: HubProcess,
+    b: HubProcess,
+}
+
+/// Starts A and B, each knowing the other's URL and trusting the test CA.
+fn providers(dir: &Path) -> Providers {
+    let tls = dir.join("tls");
+    std::fs::create_dir_all(&tls).unwrap();
+    let ca = generate_test_ca(&tls, &["a.test", "b.test"]).unwrap();
+    let (addr_a, addr_b) = (free_port(), free_port());
+    let config = |peer: &str, addr: std::net::SocketAddr| {
+        format!(
+            "peer_ca_cert = {:?}\n[peers]\n{peer:?} = \"https://{addr}\"\n",
+            ca.ca_cert.display().to_string()
+        )
+    };
+    let dir_a = dir.join("a");
+    let dir_b = dir.join("b");
+    std::fs::create_dir_all(&dir_a).unwrap();
+    std::fs::create_dir_all(&dir_b).unwrap();
+    let a = HubProcess::start_tls_at(
+        Path::new(BIN),
+        &dir_a,
+        "a.test",
+        &ca,
+        addr_a,
+        &config("b.test", addr_b),
+    );
+    let b = HubProcess::start_tls_at(
+        Path::new(BIN),
+        &dir_b,
+        "b.test",
+        &ca,
+        addr_b,
+        &config("a.test", addr_a),
+    );
+    Providers { ca, a, b }
+}
+
+async fn user(hub: &HubProcess, dir: &Path, name: &str) -> Client {
+    Client::register_with_ca(&dir.join(name), &hub.url(), name, hub.ca_pem())
+        .await
+        .expect("register")
+}
+
+/// Everyone accepts everyone's contact card.
+fn befriend(clients: &mut [&mut Client]) {
+    let cards: Vec<_> = clients.iter().map(|c| c.contact_card().unwrap()).collect();
+    for (i, c) in clients.iter_mut().enumerate() {
+        for (j, card) in cards.iter().enumerate() {
+            if i != j {
+                c.add_contact(card).unwrap();
+            }
+        }
+    }
+}
+
+/// Receives until `done` holds for everything received so far (fan-out to the other provider
+/// arrives asynchronously, from the hub's outbox); panics after a generous bound.
+async fn receive_until(c: &mut Client, done: impl Fn(&[Event]) -> bool) -> Vec<Event> {
+    let mut all = Vec::new();
+    let start = Instant::now();
+    loop {
+        all.extend(c.receive().await.expect("receive"));
+        if done(&all) {
+            return all;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(60),
+            "{} still waiting; got {all:?}",
+            c.name()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+fn texts(events: &[Event]) -> Vec<Vec<u8>> {
+    events
+        .iter()
+        .filter_map(|e| match e {
+            Event::Message { plaintext, .. } => Some(plaintext.clone()),
+            _ => None,
+        })
+        .collect()
+}
+
+fn has_epoch(g: &GroupHandle, epoch: u64) -> impl Fn(&[Event]) -> bool + '_ {
+    move |evs: &[Event]| {
+        evs.iter().any(|e| {
+            matches!(e, Event::Commit { group, epoch: x } if group == g && *x >= epoch)
+                || matches!(e, Event::Joined { group } if group == g)
+        })
+    }
+}
+
+/// Sends `text` from `from` and checks every client in `to` reads it exactly once.
+async fn say(from: &mut Client, to: &mut [&mut Client], g: &GroupHandle, text: &str) {
+    from.send(g, text.as_bytes()).await.expect("send");
+    for c in to.iter_mut() {
+        let got = receive_until(c, |e| texts(e).iter().any(|t| t == text.as_bytes())).await;
+        assert_eq!(
+            texts(&got).iter().filter(|t| *t == text.as_bytes()).count(),
+            1,
+            "{} reads {text:?} exactly once",
+            c.name()
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_group_on_a_with_members_on_both_providers() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = providers(dir.path());
+    let mut alice = user(&p.a, dir.path(), "alice").await;
+    let mut carol = user(&p.a, dir.path(), "carol").await;
+    let mut erin = user(&p.a, dir.path(), "erin").await;
+    let mut bob = user(&p.b, dir.path(), "bob").await;
+    let mut dave = user(&p.b, dir.path(), "dave").await;
+    befriend(&mut [&mut alice, &mut carol, &mut erin, &mut bob, &mut dave]);
+
+    // Alice (A) hosts the group and adds bob (B), carol (A) and dave (B): bob's and dave's
+    // AddPackages and AS credentials come through A from B.
+    let g = alice.create_group().await.unwrap();
+    assert!(g.0.ends_with(b"a.test"));
+    for (i, card) in [
+        bob.contact_card().unwrap(),
+        carol.contact_card().unwrap(),
+        dave.contact_card().unwrap(),
+    ]
+    .iter()
+    .enumerate()
+    {
+        let epoch = alice.invite(&g, card).await.unwrap();
+        let members: [&mut Client; 3] = [&mut bob, &mut carol, &mut dave];
+        for (j, m) in members.into_iter().enumerate() {
+            if j <= i {
+                receive_until(m, has_epoch(&g, epoch)).await;
+            }
+        }
+    }
+    for m in [&bob, &carol, &dave] {
+        assert_eq!(m.epoch(&g).unwrap(), alice.epoch(&g).unwrap());
+        assert_eq!(m.members(&g).unwrap().len(), 4);
+    }
+    // Messages both ways: from A (local + outbox) and from B (forwarded to A, then fanned out).
+    say(
+        &mut alice,
+        &mut [&mut carol, &mut bob, &mut dave],
+        &g,
+        "hello from a",
+    )
+    .await;
+    say(
+        &mut bob,
+        &mut [&mut alice, &mut carol, &mut dave],
+        &g,
+        "hello from b",
+    )
+    .await;
+    // An update from B, an add from B (of a user on A), a remove from A of a member on B.
+    let e = bob.update(&g).await.unwrap();
+    for m in [&mut alice, &mut carol, &mut dave] {
+        receive_until(m, has_epoch(&g, e)).await;
+    }
+    let e = dave
+        .invite(&g, &erin.contact_card().unwrap())
+        .await
+        .unwrap();
+    for m in [&mut alice, &mut carol, &mut bob, &mut erin] {
+        receive_until(m, has_epoch(&g, e)).await;
+    }
+    let dave_leaf = dave.own_leaf(&g).unwrap();
+    let e = alice.remove(&g, &[dave_leaf]).await.unwrap();
+    for m in [&mut carol, &mut bob, &mut erin] {
+        receive_until(m, has_epoch(&g, e)).await;
+    }
+    receive_until(&mut dave, |evs| {
+        evs.iter()
+            .any(|x| matches!(x, Event::Removed { group } if *group == g))
+    })
+    .await;
+    say(
+        &mut erin,
+        &mut [&mut alice, &mut carol, &mut bob],
+        &g,
+        "erin joined from b's add",
+    )
+    .await;
+    // Everyone agrees, and sees verified handles across providers.
+    let auth = alice.epoch_authenticator(&g).unwrap();
+    for m in [&carol, &bob, &erin] {
+        assert_eq!(m.epoch_authenticator(&g).unwrap(), auth);
+    }
+    let ids = bob.member_identities(&g).unwrap();
+    assert!(
+        ids.values()
+            .all(|i| matches!(i, mimi_client_rm::MemberIdentity::Verified { .. })),
+        "{ids:?}"
+    );
+
+    // A's disk shows B's members only as sealed queue refs: no B handle, credential or queue id.
+    let dump = p.a.dump();
+    for c in [&bob, &dave] {
+        let cred = encode(&c.client_credential().unwrap()).unwrap();
+        let qid = c.client_id_bytes().unwrap();
+        for (cf, k, v) in &dump {
+            for needle in [c.name().as_bytes(), &cred[..], &qid[..]] {
+                assert!(
+                    !contains(k, needle) && !contains(v, needle),
+                    "{}'s identity or queue id in A's {cf:?}",
+                    c.name()
+                );
+            }
+        }
+    }
+    assert!(
+        !dump.iter().any(|(cf, _, _)| *cf == Cf::FedOutbox),
+        "everything was delivered"
+    );
+    // The traffic really crossed providers, both ways.
+    assert!(metric(&p.a, "mimi_delivered_to_peers").await > 0);
+    assert!(metric(&p.b, "mimi_received_from_peers").await > 0);
+    assert!(metric(&p.b, "mimi_delivered_to_peers").await == 0, "B hosts nothing");
+}
+
+async fn metric(hub: &HubProcess, name: &str) -> u64 {
+    let text = mimi_rm_tests::http_client(hub.ca_pem())
+        .get(format!("{}/metrics", hub.url()))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    text.lines()
+        .find_map(|l| l.strip_prefix(&format!("{name} ")))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no metric {name} in {text}"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_follower_outage_loses_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut p = providers(dir.path());
+    let mut alice = user(&p.a, dir.path(), "alice").await;
+    let mut bob = user(&p.b, dir.path(), "bob").await;
+    befriend(&mut [&mut alice, &mut bob]);
+    let g = alice.create_group().await.unwrap();
+    let e = alice
+        .invite(&g, &bob.contact_card().unwrap())
+        .await
+        .unwrap();
+    receive_until(&mut bob, has_epoch(&g, e)).await;
+    say(&mut alice, &mut [&mut bob], &g, "before the outage").await;
+
+    // B goes down hard; A keeps accepting messages for bob into its durable outbox.
+    p.b.crash();
+    let sent: Vec<String> = (0..5).map(|i| format!("during the outage {i}")).collect();
+    for t in &sent {
+        alice.send(&g, t.as_bytes()).await.unwrap();
+    }
+    let pending =
+        p.a.dump()
+            .iter()
+            .filter(|(cf, _, _)| *cf == Cf::FedOutbox)
+            .count();
+    assert_eq!(pending, 5, "A holds the undelivered messages durably");
+    // A restarts too (the outbox survives), then B comes back.
+    p.a.crash_and_restart();
+    p.b.restart();
+    let got = receive_until(&mut bob, |evs| texts(evs).len() >= sent.len()).await;
+    assert_eq!(
+        texts(&got),
+        sent.iter()
+            .map(|t| t.as_bytes().to_vec())
+            .collect::<Vec<_>>(),
+        "every message exactly once, in order"
+    );
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(
+        texts(&bob.receive().await.unwrap()).is_empty(),
+        "no duplicates"
+    );
+    say(&mut bob, &mut [&mut alice], &g, "after the outage").await;
+}
+
+/// A's federation signing key, read from its store (the test plays a forger who has it, or not).
+fn s2s_key(hub: &HubProcess) -> SigningKey {
+    let (_, _, v) = hub
+        .dump()
+        .into_iter()
+        .find(|(cf, k, _)| *cf == Cf::ServerKeys && k == b"s2s_signing_v1")
+        .expect("federation key");
+    SigningKey::from_bytes(&v).unwrap()
+}
+
+fn s2s(key: &SigningKey, sender: &str, recipient: &str, ts: u64, payload: S2sPayload) -> Vec<u8> {
+    let tbs = S2sEnvelopeTbs {
+        sender_domain: sender.as_bytes().to_vec().into(),
+        recipient_domain: recipient.as_bytes().to_vec().into(),
+        id: rand::random(),
+        timestamp_ms: ts,
+        payload,
+    };
+    let signature = key.sign(S2S_SIGNATURE_LABEL, &encode(&tbs).unwrap()).into();
+    encode(&Envelope::new(
+        TransactionType::Federation,
+        encode(&S2sEnvelope { tbs, signature }).unwrap(),
+    ))
+    .unwrap()
+}
+
+async fn refused(hub: &HubProcess, path: &str, body: Vec<u8>, status: u16, code: ErrorCode) {
+    let before = hub.dump();
+    let (s, resp) = post_with_ca(hub.ca_pem(), &hub.url(), path, body).await;
+    assert_eq!(
+        (s, error_of(&resp).code),
+        (status, code),
+        "{}",
+        error_of(&resp)
+    );
+    assert!(before == hub.dump(), "stored data changed after {code:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn forged_and_misaddressed_server_messages_are_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = providers(dir.path());
+    let bob = user(&p.b, dir.path(), "bob").await;
+    // A delivery item for bob's queue, sealed to B's QS key as bob's own client would.
+    let ca = p.ca.ca_pem.clone();
+    let qs_key = {
+        let req = QsRequest {
+            tbs: QsRequestTbs {
+                timestamp_ms: mimi_ds_rm::now_ms(),
+                nonce: rand::random(),
+                sender: QsSender::Anonymous,
+                operation: QsOperation::EncryptionKey,
+            },
+            signature: Vec::new().into(),
+        };
+        let body = mimi_client_rm::envelope(TransactionType::QueueService, &req).unwrap();
+        let (_, resp) = post_with_ca(Some(&ca), &p.b.url(), paths::QS, body).await;
+        match decode_exact::<QsResponse>(&resp, 1 << 16).unwrap() {
+            QsResponse::EncryptionKey(k) => {
+                hpke_seal::HpkePublicKey::from_bytes(k.as_slice()).unwrap()
+            }
+            other => panic!("{other:?}"),
+        }
+    };
+    let plain = encode(&QueueRefPlain {
+        client_id: bob.client_id_bytes().unwrap(),
+    })
+    .unwrap();
+    let sealed = hpke_seal::seal(&qs_key, QUEUE_REF_HPKE_LABEL, b"b.test", &plain).unwrap();
+    let item = DeliveryItem {
+        id: rand::random(),
+        created_ms: mimi_ds_rm::now_ms(),
+        queue_ref: QueueRef {
+            domain: b"b.test".to_vec().into(),
+            sealed: HpkeCiphertextWire {
+                kem_output: sealed.kem_output.into(),
+                ciphertext: sealed.ciphertext.into(),
+            },
+        },
+        message: QueueMessage::Mls(b"not really MLS".to_vec().into()),
+    };
+    let deliver = || S2sPayload::Deliver(vec![item.clone()]);
+    let now = mimi_ds_rm::now_ms;
+    let a_key = s2s_key(&p.a);
+    let b_key = s2s_key(&p.b);
+    let path = paths::DELIVER_MESSAGE;
+
+    // A key nobody published, claiming to be A.
+    let rogue = SigningKey::generate();
+    let body = s2s(&rogue, "a.test", "b.test", now(), deliver());
+    refused(&p.b, path, body, 403, ErrorCode::InvalidSignature).await;
+    // A valid key of another domain (B's own) claiming to be A.
+    let body = s2s(&b_key, "a.test", "b.test", now(), deliver());
+    refused(&p.b, path, body, 403, ErrorCode::InvalidSignature).await;
+    // A's real key, but addressed to another domain.
+    let body = s2s(&a_key, "a.test", "c.test", now(), deliver());
+    refused(&p.b, path, body, 403, ErrorCode::WrongRecipient).await;
+    // A's real key, but stale.
+    let body = s2s(&a_key, "a.test", "b.test", now() - 600_000, deliver());
+    refused(&p.b, path, body, 403, ErrorCode::StaleRequest).await;
+    // Positive control: the genuine delivery is enqueued once.
+    let before = p.b.dump();
+    let body = s2s(&a_key, "a.test", "b.test", now(), deliver());
+    let (status, resp) = post_with_ca(Some(&ca), &p.b.url(), path, body.clone()).await;
+    assert_eq!(status, 200, "{}", error_of(&resp));
+    let queued =
+        |d: &[(Cf, Vec<u8>, Vec<u8>)]| d.iter().filter(|(cf, _, _)| *cf == Cf::QsQueues).count();
+    assert_eq!(queued(&p.b.dump()), queued(&before) + 1);
+    // The same envelope replayed is refused; a retry (new envelope, same item) is answered 2xx
+    // and enqueues nothing.
+    refused(&p.b, path, body, 403, ErrorCode::Replayed).await;
+    let before = p.b.dump();
+    let retry = s2s(&a_key, "a.test", "b.test", now(), deliver());
+    let (status, _) = post_with_ca(Some(&ca), &p.b.url(), path, retry).await;
+    assert_eq!(status, 200);
+    assert!(before == p.b.dump(), "a retried item is not enqueued twice");
+    // A forwarded request must concern the recipient: B does not host groups of A.
+    let mut a_client = user(&p.a, dir.path(), "alice").await;
+    let g = a_client.create_group().await.unwrap();
+    let req = a_client
+        .signed_member_request(&g, mimi_rm_protocol::ds::DsOperation::ExternalCommitInfo)
+        .unwrap();
+    let inner = mimi_client_rm::envelope(TransactionType::ExternalCommitInformation, &req).unwrap();
+    let body = s2s(
+        &a_key,
+        "a.test",
+        "b.test",
+        now(),
+        S2sPayload::Forward(ForwardedRequest {
+            transaction_type: TransactionType::ExternalCommitInformation,
+            envelope: inner.into(),
+        }),
+    );
+    refused(
+        &p.b,
+        paths::FEDERATION_FORWARD,
+        body,
+        403,
+        ErrorCode::WrongRecipient,
+    )
+    .await;
+}
