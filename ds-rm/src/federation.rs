@@ -16,8 +16,8 @@ const MAX_PEER_RESPONSE: usize = 64 << 20;
 const MIN_BACKOFF: Duration = Duration::from_millis(200);
 /// Longest delay between delivery attempts to a peer that is down.
 const MAX_BACKOFF: Duration = Duration::from_secs(30);
-/// How often the worker looks at the outbox when it has nothing to do.
-const IDLE_POLL: Duration = Duration::from_millis(100);
+/// How often the worker looks at the outbox when nothing woke it (retries of peers in backoff).
+const IDLE_POLL: Duration = Duration::from_millis(250);
 
 /// Why a federation shell could not be set up.
 #[derive(Debug, thiserror::Error)]
@@ -188,7 +188,10 @@ pub async fn run_outbox(hub: Arc<Hub>, peers: Arc<Peers>) {
             }
         }
         if !progressed {
-            tokio::time::sleep(IDLE_POLL).await;
+            tokio::select! {
+                _ = hub.outbox_signal.notified() => {}
+                _ = tokio::time::sleep(IDLE_POLL) => {}
+            }
         }
     }
 }

@@ -447,3 +447,49 @@ async fn forged_and_misaddressed_server_messages_are_refused() {
     )
     .await;
 }
+
+/// Measurement, not a check (run with `--ignored --nocapture`): how long a message takes from
+/// a sender on A to a member's client on B, on loopback. The client polls every 2 ms, so the
+/// figure includes up to 2 ms of polling.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore]
+async fn measure_cross_provider_delivery_latency() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = providers(dir.path());
+    let mut alice = user(&p.a, dir.path(), "alice").await;
+    let mut bob = user(&p.b, dir.path(), "bob").await;
+    befriend(&mut [&mut alice, &mut bob]);
+    let g = alice.create_group().await.unwrap();
+    let e = alice.invite(&g, &bob.contact_card().unwrap()).await.unwrap();
+    receive_until(&mut bob, has_epoch(&g, e)).await;
+    let mut samples = Vec::new();
+    for i in 0..100 {
+        let text = format!("latency probe {i}");
+        let start = Instant::now();
+        alice.send(&g, text.as_bytes()).await.unwrap();
+        let sent = start.elapsed();
+        loop {
+            if texts(&bob.receive().await.unwrap())
+                .iter()
+                .any(|t| t == text.as_bytes())
+            {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+        samples.push((sent, start.elapsed()));
+    }
+    let mut totals: Vec<u128> = samples.iter().map(|(_, t)| t.as_micros()).collect();
+    let mut sends: Vec<u128> = samples.iter().map(|(s, _)| s.as_micros()).collect();
+    totals.sort_unstable();
+    sends.sort_unstable();
+    let pct = |v: &[u128], q: f64| v[((v.len() as f64 - 1.0) * q) as usize] as f64 / 1000.0;
+    eprintln!(
+        "cross-provider delivery over HTTPS (100 messages): send acknowledged p50 {:.1} ms; \
+         arrival at the B client p50 {:.1} ms, p90 {:.1} ms, max {:.1} ms",
+        pct(&sends, 0.5),
+        pct(&totals, 0.5),
+        pct(&totals, 0.9),
+        pct(&totals, 1.0)
+    );
+}

@@ -72,6 +72,8 @@ pub struct Hub {
     as_keys: AsKeys,
     s2s_key: SigningKey,
     outbox_seq: AtomicU64,
+    /// Woken whenever a request put items into the outbox, so delivery starts at once.
+    pub outbox_signal: tokio::sync::Notify,
     config: HubConfig,
     /// Request counters.
     pub metrics: Metrics,
@@ -148,6 +150,7 @@ impl Hub {
             as_keys,
             s2s_key,
             outbox_seq,
+            outbox_signal: tokio::sync::Notify::new(),
             config,
             metrics: Metrics::default(),
         })
@@ -274,6 +277,9 @@ impl Hub {
             .enqueued
             .fetch_add(delivered, std::sync::atomic::Ordering::Relaxed);
         self.metrics.outboxed.fetch_add(outboxed, Ordering::Relaxed);
+        if outboxed > 0 {
+            self.outbox_signal.notify_one();
+        }
         tracing::debug!(op, delivered, outboxed, "group operation committed");
         drop(locks);
         encode(&outcome.response).map_err(|e| HubError::Internal(e.to_string()))
