@@ -29,8 +29,11 @@ pub struct Config {
     pub tls_key: Option<PathBuf>,
     /// Extra PEM root certificate trusted for outgoing federation requests (a private CA).
     pub peer_ca_cert: Option<PathBuf>,
-    /// Federation peers: domain → base URL. Domains not listed resolve to `https://<domain>`.
+    /// Federation peers: domain → base URL.
     pub peers: std::collections::BTreeMap<String, String>,
+    /// Also federate with domains not in `peers`, at `https://<domain>`. Off by default: with
+    /// it on, any client can make this server connect to a host it names.
+    pub open_federation: bool,
 }
 
 impl Default for Config {
@@ -47,6 +50,7 @@ impl Default for Config {
             tls_key: None,
             peer_ca_cert: None,
             peers: std::collections::BTreeMap::new(),
+            open_federation: false,
         }
     }
 }

@@ -40,6 +40,7 @@ pub enum FederationError {
 pub struct Peers {
     http: reqwest::Client,
     urls: BTreeMap<String, String>,
+    open: bool,
     keys: Mutex<HashMap<String, VerifyingKey>>,
 }
 
@@ -63,18 +64,29 @@ impl Peers {
                 .build()
                 .map_err(|e| FederationError::Client(e.to_string()))?,
             urls: cfg.peers.clone(),
+            open: cfg.open_federation,
             keys: Mutex::new(HashMap::new()),
         })
     }
 
-    /// The base URL of `domain`: from the peer map, else `https://<domain>`.
-    pub fn url(&self, domain: &str) -> String {
-        self.urls
-            .get(domain)
-            .cloned()
-            .unwrap_or_else(|| format!("https://{domain}"))
-            .trim_end_matches('/')
-            .to_owned()
+    /// The base URL of `domain`: from the peer map; with open federation, `https://<domain>`
+    /// for any syntactically valid domain. Anything else is refused, so a client cannot make
+    /// this server connect to a host of its choosing.
+    pub fn url(&self, domain: &str) -> Result<String, HubError> {
+        if let Some(url) = self.urls.get(domain) {
+            return Ok(url.trim_end_matches('/').to_owned());
+        }
+        let valid = !domain.is_empty()
+            && domain.len() <= 253
+            && domain.contains('.')
+            && domain
+                .bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'.' || b == b'-');
+        if self.open && valid {
+            Ok(format!("https://{domain}"))
+        } else {
+            Err(HubError::NotAPeer)
+        }
     }
 
     /// POSTs `body` to `path` at `domain`; returns the status and body.
@@ -86,7 +98,7 @@ impl Peers {
     ) -> Result<(u16, Vec<u8>), HubError> {
         let resp = self
             .http
-            .post(format!("{}{path}", self.url(domain)))
+            .post(format!("{}{path}", self.url(domain)?))
             .header(reqwest::header::CONTENT_TYPE, paths::CONTENT_TYPE)
             .body(body)
             .send()
@@ -112,7 +124,7 @@ impl Peers {
         }
         let resp = self
             .http
-            .get(format!("{}{}", self.url(domain), paths::VERIFICATION_KEY))
+            .get(format!("{}{}", self.url(domain)?, paths::VERIFICATION_KEY))
             .send()
             .await
             .map_err(|e| HubError::PeerUnavailable(format!("{domain}: {e}")))?;

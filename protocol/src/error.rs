@@ -61,6 +61,8 @@ pub enum ErrorCode {
     WrongRecipient = 26,
     /// The peer provider could not be reached or answered garbage.
     PeerUnavailable = 27,
+    /// The domain is not one this provider federates with.
+    NotAPeer = 28,
     /// A server fault; never caused by input.
     Internal = 100,
 }
@@ -89,7 +91,7 @@ impl ErrorCode {
             | Self::UnknownCommit
             | Self::UnknownUser => 404,
             Self::GroupExists | Self::WrongEpoch | Self::HandleTaken => 409,
-            Self::ExpiredCredential | Self::WrongRecipient => 403,
+            Self::ExpiredCredential | Self::WrongRecipient | Self::NotAPeer => 403,
             Self::PeerUnavailable => 502,
             Self::TooLarge => 413,
             Self::Internal => 500,

@@ -241,7 +241,10 @@ async fn a_group_on_a_with_members_on_both_providers() {
     // The traffic really crossed providers, both ways.
     assert!(metric(&p.a, "mimi_delivered_to_peers").await > 0);
     assert!(metric(&p.b, "mimi_received_from_peers").await > 0);
-    assert!(metric(&p.b, "mimi_delivered_to_peers").await == 0, "B hosts nothing");
+    assert!(
+        metric(&p.b, "mimi_delivered_to_peers").await == 0,
+        "B hosts nothing"
+    );
 }
 
 async fn metric(hub: &HubProcess, name: &str) -> u64 {
@@ -399,6 +402,34 @@ async fn forged_and_misaddressed_server_messages_are_refused() {
     // A valid key of another domain (B's own) claiming to be A.
     let body = s2s(&b_key, "a.test", "b.test", now(), deliver());
     refused(&p.b, path, body, 403, ErrorCode::InvalidSignature).await;
+    // A domain B does not federate with: refused without B ever connecting to it.
+    let body = s2s(&rogue, "c.test", "b.test", now(), deliver());
+    refused(&p.b, path, body, 403, ErrorCode::NotAPeer).await;
+    // A client asking B to forward to a non-peer gets the same answer (no connection made).
+    let foreign = mimi_rm_protocol::ds::QualifiedGroupId {
+        uuid: rand::random(),
+        domain: b"internal.example".to_vec().into(),
+    };
+    let req = mimi_rm_protocol::ds::DsRequest {
+        tbs: mimi_rm_protocol::ds::DsRequestTbs {
+            group_id: encode(&foreign).unwrap().into(),
+            ear_key: Some(vec![0; 32].into()),
+            timestamp_ms: now(),
+            nonce: rand::random(),
+            sender: mimi_rm_protocol::ds::DsSender::Anonymous,
+            operation: mimi_rm_protocol::ds::DsOperation::ExternalCommitInfo,
+        },
+        signature: Vec::new().into(),
+    };
+    let body = mimi_client_rm::envelope(TransactionType::ExternalCommitInformation, &req).unwrap();
+    refused(
+        &p.b,
+        paths::EXTERNAL_COMMIT_INFORMATION,
+        body,
+        403,
+        ErrorCode::NotAPeer,
+    )
+    .await;
     // A's real key, but addressed to another domain.
     let body = s2s(&a_key, "a.test", "c.test", now(), deliver());
     refused(&p.b, path, body, 403, ErrorCode::WrongRecipient).await;
@@ -460,7 +491,10 @@ async fn measure_cross_provider_delivery_latency() {
     let mut bob = user(&p.b, dir.path(), "bob").await;
     befriend(&mut [&mut alice, &mut bob]);
     let g = alice.create_group().await.unwrap();
-    let e = alice.invite(&g, &bob.contact_card().unwrap()).await.unwrap();
+    let e = alice
+        .invite(&g, &bob.contact_card().unwrap())
+        .await
+        .unwrap();
     receive_until(&mut bob, has_epoch(&g, e)).await;
     let mut samples = Vec::new();
     for i in 0..100 {

@@ -93,6 +93,9 @@ pub enum HubError {
     /// A server-to-server message for another domain, group or queue.
     #[error("wrong recipient: {0}")]
     WrongRecipient(&'static str),
+    /// The domain is not one this provider federates with.
+    #[error("not a federation peer of this provider")]
+    NotAPeer,
     /// A peer provider could not be reached.
     #[error("peer unavailable: {0}")]
     PeerUnavailable(String),
@@ -131,6 +134,7 @@ impl HubError {
             Self::UnknownCommit => ErrorCode::UnknownCommit,
             Self::WrongRecipient(_) => ErrorCode::WrongRecipient,
             Self::PeerUnavailable(_) => ErrorCode::PeerUnavailable,
+            Self::NotAPeer => ErrorCode::NotAPeer,
             Self::HandleTaken => ErrorCode::HandleTaken,
             Self::InvalidHandle(_) => ErrorCode::InvalidHandle,
             Self::ExpiredCredential => ErrorCode::ExpiredCredential,
