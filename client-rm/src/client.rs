@@ -32,6 +32,11 @@ pub use tamper::Tamper;
 pub const CIPHERSUITE: Ciphersuite = Ciphersuite::MLS_128_DHKEMX25519_AES128GCM_SHA256_Ed25519;
 /// EAR domain of AddPackages.
 const ADD_PACKAGE_DOMAIN: &str = "add package";
+/// How many past epochs' secrets a member keeps, so an application message sent just before a
+/// commit (the hub accepts messages of earlier epochs) still decrypts after it.
+pub const MAX_PAST_EPOCHS: usize = 8;
+/// How often a request is re-sent when the hub could not be reached (crash, restart).
+const TRANSPORT_RETRIES: u32 = 40;
 /// One-time AddPackages published at registration.
 const ADD_PACKAGES: usize = 5;
 const MAX_MESSAGE: usize = 16 << 20;
@@ -746,6 +751,7 @@ impl Client {
             .ciphersuite(CIPHERSUITE)
             .wire_format_policy(PURE_PLAINTEXT_WIRE_FORMAT_POLICY)
             .use_ratchet_tree_extension(false)
+            .max_past_epochs(MAX_PAST_EPOCHS)
             .capabilities(caps())
             .with_leaf_node_extensions(
                 Extensions::single(self.sealed_queue_ref()?).map_err(ClientError::mls)?,
@@ -1015,14 +1021,29 @@ impl Client {
             .map_err(ClientError::mls)?
             .to_bytes()
             .map_err(ClientError::mls)?;
-        let req = self.member_request(
-            &mls,
-            &ear_key,
-            &signer,
-            DsOperation::SendMessage(msg.into()),
-        )?;
-        self.transport.ds(&req).await?;
-        self.persist()
+        // Persist first: the message key is used up whether or not the hub got the message.
+        self.persist()?;
+        let msg: tls_codec::VLBytes = msg.into();
+        let mut attempt = 0;
+        loop {
+            let req = self.member_request(
+                &mls,
+                &ear_key,
+                &signer,
+                DsOperation::SendMessage(msg.clone()),
+            )?;
+            match self.transport.ds(&req).await {
+                Ok(_) => return Ok(()),
+                // Unknown outcome: re-send the same ciphertext. If the first copy did arrive,
+                // recipients drop the second (that message key is already used).
+                Err(ClientError::Transport(e)) if attempt < TRANSPORT_RETRIES => {
+                    attempt += 1;
+                    tracing::debug!(error = %e, attempt, "hub unreachable, re-sending");
+                    backoff(attempt).await;
+                }
+                Err(e) => return Err(e),
+            }
+        }
     }
 
     async fn commit(&mut self, group: &GroupHandle, plan: Plan) -> Result<u64, ClientError> {
@@ -1089,8 +1110,22 @@ impl Client {
         op: DsOperation,
     ) -> Result<u64, ClientError> {
         let req = self.member_request(&mls, ear_key, signer, op)?;
-        match self.transport.ds(&req).await {
-            Ok(_) => {
+        let outcome = match self.transport.ds(&req).await {
+            // The hub may or may not have applied it before the connection broke: ask it.
+            Err(ClientError::Transport(e)) => {
+                tracing::warn!(error = %e, "commit outcome unknown; asking the hub");
+                self.commit_applied(&mls, ear_key).await.map(|applied| {
+                    if applied {
+                        Ok(())
+                    } else {
+                        Err(ClientError::Transport(e))
+                    }
+                })?
+            }
+            other => other.map(|_| ()),
+        };
+        match outcome {
+            Ok(()) => {
                 mls.merge_pending_commit(&self.provider)
                     .map_err(ClientError::mls)?;
                 self.persist()?;
@@ -1105,6 +1140,34 @@ impl Client {
         }
     }
 
+    /// Whether the hub's current state is the one our pending commit produces (so the hub
+    /// applied it); waits for the hub while it is unreachable.
+    async fn commit_applied(&self, mls: &MlsGroup, ear_key: &EarKey) -> Result<bool, ClientError> {
+        let pending = mls
+            .pending_commit()
+            .ok_or(ClientError::Unexpected("no pending commit"))?;
+        let group = GroupHandle(mls.group_id().as_slice().to_vec());
+        let mut attempt = 0;
+        let info = loop {
+            match self.external_commit_info(&group, ear_key).await {
+                Ok(info) => break info,
+                Err(ClientError::Transport(_)) if attempt < TRANSPORT_RETRIES => {
+                    attempt += 1;
+                    backoff(attempt).await;
+                }
+                Err(e) => return Err(e),
+            }
+        };
+        let MlsMessageBodyIn::GroupInfo(vgi) =
+            MlsMessageIn::tls_deserialize_exact(info.group_info.as_slice())
+                .map_err(ClientError::mls)?
+                .extract()
+        else {
+            return Err(ClientError::Unexpected("not a GroupInfo"));
+        };
+        Ok(vgi.group_context() == pending.group_context())
+    }
+
     /// Fetches, decrypts and processes everything queued for us, then acknowledges it.
     pub async fn receive(&mut self) -> Result<Vec<Event>, ClientError> {
         // Members from our contacts' providers must be verifiable before we process joins; a
@@ -1112,9 +1175,22 @@ impl Client {
         if let Err(e) = self.ensure_contact_anchors().await {
             tracing::warn!(error = %e, "could not fetch a contact provider's AS credentials");
         }
+        let mut events = Vec::new();
+        match self.receive_into(&mut events).await {
+            Ok(()) => Ok(events),
+            // What was processed is persisted and must reach the caller; the rest (and the
+            // acknowledgement) follows with the next call.
+            Err(e) if !events.is_empty() => {
+                tracing::warn!(error = %e, "receive interrupted; returning what arrived");
+                Ok(events)
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    async fn receive_into(&mut self, events: &mut Vec<Event>) -> Result<(), ClientError> {
         let auth = self.client_auth()?;
         let id = self.client_id()?;
-        let mut events = Vec::new();
         loop {
             let mut ratchet = QueueRatchet::from_bytes(&unhex(&self.state.queue_ratchet)?)?;
             let op = QsOperation::Dequeue(Dequeue {
@@ -1145,6 +1221,9 @@ impl Client {
                 };
                 match event {
                     Ok(evs) => events.extend(evs),
+                    // The hub went away while we handled this entry (e.g. fetching a Welcome's
+                    // tree): leave it queued and unconsumed, and try again next time.
+                    Err(e @ ClientError::Transport(_)) => return Err(e),
                     Err(e) => {
                         tracing::warn!(seq = m.seq, error = %e, "skipping queue entry");
                         events.push(Event::Undecryptable {
@@ -1169,7 +1248,7 @@ impl Client {
         self.transport
             .qs(&signed_qs(&auth, QsSender::Client(id), op)?)
             .await?;
-        Ok(events)
+        Ok(())
     }
 
     async fn handle(&mut self, msg: QueueMessage) -> Result<Vec<Event>, ClientError> {
@@ -1479,7 +1558,14 @@ fn join_config() -> MlsGroupJoinConfig {
     MlsGroupJoinConfig::builder()
         .wire_format_policy(PURE_PLAINTEXT_WIRE_FORMAT_POLICY)
         .use_ratchet_tree_extension(false)
+        .max_past_epochs(MAX_PAST_EPOCHS)
         .build()
+}
+
+/// Waits a little longer after each failed attempt to reach the hub (20 ms steps, capped).
+async fn backoff(attempt: u32) {
+    let ms = (20 * u64::from(attempt)).min(500);
+    tokio::time::sleep(std::time::Duration::from_millis(ms)).await;
 }
 
 /// The group's credential key and wrapper key.

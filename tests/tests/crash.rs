@@ -1,0 +1,152 @@
+//! Nothing acknowledged is lost: a real hub process is killed with SIGKILL at random moments
+//! while clients send messages and commit, restarted on the same data directory each time, and
+//! at the end every acknowledged message has reached every other member exactly once, every
+//! acknowledged commit is in force, and all members agree on the epoch authenticator.
+//!
+//! `MIMI_CRASH_KILLS` sets the number of kills (default 20).
+
+mod common;
+
+use common::*;
+use mimi_client_rm::{Client, Event};
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+/// What one client did and saw.
+struct Log {
+    client: Client,
+    acked: Vec<Vec<u8>>,
+    unacked: Vec<Vec<u8>>,
+    received: Vec<Vec<u8>>,
+    commits: u64,
+}
+
+fn record(log: &mut Log, events: Vec<Event>) {
+    for e in events {
+        if let Event::Message { plaintext, .. } = e {
+            log.received.push(plaintext);
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn acknowledged_messages_and_commits_survive_sigkill() {
+    let kills: usize = std::env::var("MIMI_CRASH_KILLS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(20);
+    let dir = tempfile::tempdir().unwrap();
+    let mut hub = hub(dir.path());
+    let mut alice = client(&hub, dir.path(), "alice").await;
+    let mut bob = client(&hub, dir.path(), "bob").await;
+    let mut carol = client(&hub, dir.path(), "carol").await;
+    let g = group_of(&mut alice, &mut [&mut bob, &mut carol]).await;
+    let start_epoch = alice.epoch(&g).unwrap();
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let killer = std::thread::spawn(move || {
+        for _ in 0..kills {
+            std::thread::sleep(Duration::from_millis(50 + rand::random::<u64>() % 200));
+            hub.crash_and_restart();
+        }
+        hub
+    });
+    let mut tasks = tokio::task::JoinSet::new();
+    for (i, c) in [alice, bob, carol].into_iter().enumerate() {
+        let (stop, g) = (stop.clone(), g.clone());
+        tasks.spawn(async move {
+            let mut log = Log {
+                client: c,
+                acked: Vec::new(),
+                unacked: Vec::new(),
+                received: Vec::new(),
+                commits: 0,
+            };
+            let mut n = 0u64;
+            while !stop.load(Ordering::Relaxed) {
+                n += 1;
+                let text = format!("{}-{n}", log.client.name()).into_bytes();
+                match log.client.send(&g, &text).await {
+                    Ok(()) => log.acked.push(text),
+                    Err(_) => log.unacked.push(text),
+                }
+                // Only alice commits, so commits never race; what is tested is durability.
+                if i == 0 && n % 4 == 0 && log.client.update(&g).await.is_ok() {
+                    log.commits += 1;
+                }
+                if n % 3 == 0
+                    && let Ok(events) = log.client.receive().await
+                {
+                    record(&mut log, events);
+                }
+            }
+            log
+        });
+    }
+    let hub = tokio::task::spawn_blocking(move || killer.join().expect("killer"))
+        .await
+        .unwrap();
+    stop.store(true, Ordering::Relaxed);
+    let mut logs = Vec::new();
+    while let Some(done) = tasks.join_next().await {
+        logs.push(done.unwrap());
+    }
+    // The hub is up again: everyone drains its queue (and catches up where it fell behind).
+    for _ in 0..3 {
+        for log in logs.iter_mut() {
+            let events = log.client.receive().await.expect("final receive");
+            record(log, events);
+        }
+    }
+    logs.sort_by(|a, b| a.client.name().cmp(b.client.name()));
+    let total_acked: usize = logs.iter().map(|l| l.acked.len()).sum();
+    assert!(
+        total_acked >= 30,
+        "the load ran: {total_acked} acknowledged messages"
+    );
+    for receiver in &logs {
+        let mut counts: BTreeMap<&[u8], usize> = BTreeMap::new();
+        for m in &receiver.received {
+            *counts.entry(m.as_slice()).or_default() += 1;
+        }
+        for sender in logs
+            .iter()
+            .filter(|l| l.client.name() != receiver.client.name())
+        {
+            for m in &sender.acked {
+                assert_eq!(
+                    counts.get(m.as_slice()).copied().unwrap_or(0),
+                    1,
+                    "{} must read {:?} exactly once",
+                    receiver.client.name(),
+                    String::from_utf8_lossy(m)
+                );
+            }
+            for m in &sender.unacked {
+                assert!(counts.get(m.as_slice()).copied().unwrap_or(0) <= 1);
+            }
+        }
+    }
+    // Every acknowledged commit is in force, and nobody forked.
+    let alice = logs.iter().find(|l| l.client.name() == "alice").unwrap();
+    assert!(alice.commits >= 3, "commits ran: {}", alice.commits);
+    assert!(alice.client.epoch(&g).unwrap() >= start_epoch + alice.commits);
+    let auth = alice.client.epoch_authenticator(&g).unwrap();
+    for l in &logs {
+        assert_eq!(
+            l.client.epoch_authenticator(&g).unwrap(),
+            auth,
+            "{} agrees",
+            l.client.name()
+        );
+    }
+    eprintln!(
+        "crash test: {kills} SIGKILLs, {total_acked} acknowledged messages, {} acknowledged commits, \
+         {} sends without acknowledgement",
+        alice.commits,
+        logs.iter().map(|l| l.unacked.len()).sum::<usize>()
+    );
+    drop(hub);
+}
