@@ -190,6 +190,9 @@ pub struct Client {
     dir: PathBuf,
     state: ClientState,
     provider: ClientProvider,
+    /// Events processed while catching up inside another call (e.g. `send` after the group
+    /// moved on); handed out by the next `receive`.
+    pending: Vec<Event>,
 }
 
 fn now_ms() -> u64 {
@@ -321,6 +324,7 @@ impl Client {
             dir: dir.to_owned(),
             state,
             provider: ClientProvider::default(),
+            pending: Vec::new(),
         };
         client.publish_add_packages(ADD_PACKAGES).await?;
         Ok(client)
@@ -345,6 +349,7 @@ impl Client {
             dir: dir.to_owned(),
             state,
             provider: ClientProvider::from_snapshot(mls),
+            pending: Vec::new(),
         })
     }
 
@@ -1013,8 +1018,28 @@ impl Client {
         self.persist()
     }
 
-    /// Encrypts and sends an application message.
+    /// Encrypts and sends an application message. If the group has moved on too far for the
+    /// message, catches up (the events go to the next `receive`) and sends it again.
     pub async fn send(&mut self, group: &GroupHandle, plaintext: &[u8]) -> Result<(), ClientError> {
+        for _ in 0..8 {
+            match self.send_once(group, plaintext).await {
+                Err(e) if e.code() == Some(mimi_rm_protocol::ErrorCode::WrongEpoch) => {
+                    let mut caught_up = Vec::new();
+                    let result = self.receive_into(&mut caught_up).await;
+                    self.pending.extend(caught_up);
+                    result?;
+                }
+                other => return other,
+            }
+        }
+        Err(ClientError::Unexpected("the group keeps moving; try again"))
+    }
+
+    async fn send_once(
+        &mut self,
+        group: &GroupHandle,
+        plaintext: &[u8],
+    ) -> Result<(), ClientError> {
         let (signer, mut mls, ear_key) = self.member(group)?;
         let msg = mls
             .create_message(&self.provider, &signer, plaintext)
@@ -1175,7 +1200,7 @@ impl Client {
         if let Err(e) = self.ensure_contact_anchors().await {
             tracing::warn!(error = %e, "could not fetch a contact provider's AS credentials");
         }
-        let mut events = Vec::new();
+        let mut events = std::mem::take(&mut self.pending);
         match self.receive_into(&mut events).await {
             Ok(()) => Ok(events),
             // What was processed is persisted and must reach the caller; the rest (and the

@@ -30,6 +30,10 @@ use zeroize::Zeroize;
 
 /// How long a reserved group id stays reserved.
 const RESERVATION_SECS: u64 = 3600;
+/// How many epochs an application message may lag behind the group. Clients keep 8 past
+/// epochs; a recipient processes a message before any commit queued after it, so it is at most
+/// this many epochs ahead of the message and can always decrypt it.
+pub const MAX_MESSAGE_EPOCH_LAG: u64 = 4;
 /// Upper bound for decoding a stored row (sanity, not policy).
 const MAX_ROW: usize = 64 << 20;
 
@@ -941,7 +945,10 @@ impl LoadedGroup {
             return Err(HubError::InvalidMls("message is for another group".into()));
         }
         let current = self.epoch();
-        if pm.epoch().as_u64() > current {
+        // Members keep a few past epochs' secrets; a message older than this window could
+        // reach members who can no longer decrypt it, so the sender must catch up first.
+        let epoch = pm.epoch().as_u64();
+        if epoch > current || epoch.saturating_add(MAX_MESSAGE_EPOCH_LAG) < current {
             return Err(HubError::WrongEpoch { current });
         }
         Ok(Applied {
