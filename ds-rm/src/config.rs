@@ -31,6 +31,11 @@ pub struct Config {
     pub peer_ca_cert: Option<PathBuf>,
     /// Federation peers: domain → base URL.
     pub peers: std::collections::BTreeMap<String, String>,
+    /// Most members a group may have; larger adds are refused (`LimitExceeded`).
+    pub max_group_size: usize,
+    /// Seconds a client may take to send its request body; slower uploads get 408, so slow
+    /// clients cannot hold connections forever.
+    pub request_timeout_secs: u64,
     /// Also federate with domains not in `peers`, at `https://<domain>`. Off by default: with
     /// it on, any client can make this server connect to a host it names.
     pub open_federation: bool,
@@ -51,6 +56,8 @@ impl Default for Config {
             peer_ca_cert: None,
             peers: std::collections::BTreeMap::new(),
             open_federation: false,
+            max_group_size: 10_000,
+            request_timeout_secs: 30,
         }
     }
 }
@@ -96,6 +103,8 @@ impl Config {
             max_body: self.max_body_bytes,
             freshness_window_ms: self.freshness_window_secs.saturating_mul(1000),
             client_credential_lifetime_secs: self.client_credential_lifetime_secs,
+            max_group_size: self.max_group_size,
+            request_timeout_ms: self.request_timeout_secs.saturating_mul(1000),
         }
     }
 }

@@ -168,13 +168,20 @@ fn ok(body: Vec<u8>) -> Response {
         .into_response()
 }
 
+/// Reads the body within the size limit and the request timeout, so neither a large nor a slow
+/// upload can hold a connection.
 async fn read_body(hub: &Hub, body: Body) -> Result<Bytes, Response> {
-    axum::body::to_bytes(body, hub.config().max_body)
-        .await
-        .map_err(|_| {
-            hub.metrics.errors.fetch_add(1, Relaxed);
-            error_response(&HubError::TooLarge)
-        })
+    let timeout = std::time::Duration::from_millis(hub.config().request_timeout_ms);
+    let read = tokio::time::timeout(timeout, axum::body::to_bytes(body, hub.config().max_body));
+    let result = match read.await {
+        Ok(Ok(b)) => Ok(b),
+        Ok(Err(_)) => Err(HubError::TooLarge),
+        Err(_) => Err(HubError::Timeout),
+    };
+    result.map_err(|e| {
+        hub.metrics.errors.fetch_add(1, Relaxed);
+        error_response(&e)
+    })
 }
 
 async fn ds_domain(State(app): State<App>) -> String {

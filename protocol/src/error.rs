@@ -63,6 +63,10 @@ pub enum ErrorCode {
     PeerUnavailable = 27,
     /// The domain is not one this provider federates with.
     NotAPeer = 28,
+    /// A configured limit (e.g. group size) would be exceeded.
+    LimitExceeded = 29,
+    /// The request body did not arrive in time.
+    Timeout = 30,
     /// A server fault; never caused by input.
     Internal = 100,
 }
@@ -79,7 +83,9 @@ impl ErrorCode {
             | Self::InvalidGroupInfo
             | Self::InvalidRequest
             | Self::InvalidGroupId
-            | Self::InvalidHandle => 400,
+            | Self::InvalidHandle
+            | Self::LimitExceeded => 400,
+            Self::Timeout => 408,
             Self::StaleRequest | Self::Replayed | Self::InvalidSignature | Self::NotAuthorized => {
                 403
             }

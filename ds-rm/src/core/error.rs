@@ -93,6 +93,12 @@ pub enum HubError {
     /// A server-to-server message for another domain, group or queue.
     #[error("wrong recipient: {0}")]
     WrongRecipient(&'static str),
+    /// A configured limit would be exceeded.
+    #[error("limit exceeded: {0}")]
+    LimitExceeded(&'static str),
+    /// The client took too long to send its request.
+    #[error("request timed out")]
+    Timeout,
     /// The domain is not one this provider federates with.
     #[error("not a federation peer of this provider")]
     NotAPeer,
@@ -135,6 +141,8 @@ impl HubError {
             Self::WrongRecipient(_) => ErrorCode::WrongRecipient,
             Self::PeerUnavailable(_) => ErrorCode::PeerUnavailable,
             Self::NotAPeer => ErrorCode::NotAPeer,
+            Self::LimitExceeded(_) => ErrorCode::LimitExceeded,
+            Self::Timeout => ErrorCode::Timeout,
             Self::HandleTaken => ErrorCode::HandleTaken,
             Self::InvalidHandle(_) => ErrorCode::InvalidHandle,
             Self::ExpiredCredential => ErrorCode::ExpiredCredential,

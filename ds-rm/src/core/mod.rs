@@ -42,6 +42,10 @@ pub struct HubConfig {
     /// Lifetime of client credentials the AS issues, in seconds; bounds how long a stolen
     /// device key stays usable without the user re-certifying.
     pub client_credential_lifetime_secs: u64,
+    /// Most members a group may have.
+    pub max_group_size: usize,
+    /// How long the HTTP shell waits for a request body.
+    pub request_timeout_ms: u64,
 }
 
 /// Counters for `/metrics`.
@@ -238,6 +242,7 @@ impl Hub {
             domain: &self.config.domain,
             now_ms,
             replay: &self.replay,
+            max_group_size: self.config.max_group_size,
         };
         let outcome = ds::process(&ctx, &mut txn, req)?;
         // Resolve sealed addresses, lock the queues (after the group lock), then enqueue.

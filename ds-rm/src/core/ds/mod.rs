@@ -45,6 +45,8 @@ pub struct DsContext<'a> {
     pub now_ms: u64,
     /// Replay protection for verified requests.
     pub replay: &'a ReplayGuard,
+    /// Most members a group may have.
+    pub max_group_size: usize,
 }
 
 /// A message to put into one member's queue, addressed only by its sealed `QueueRef`.
@@ -645,6 +647,9 @@ impl LoadedGroup {
             queue_ref_of(kp.leaf_node())?;
         }
         let added = match_added(&crypto, &adds, aad)?;
+        if self.pg.members().count() + adds.len() > ctx.max_group_size {
+            return Err(HubError::LimitExceeded("group size"));
+        }
         // Fan out with the roster from before the commit: removed members learn of it too.
         let fanout = Self::fan(self.recipients(Some(sender)), &bundle.commit);
         if kind == CommitKind::Delete {
