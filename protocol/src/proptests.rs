@@ -416,8 +416,8 @@ fn identity() -> impl Strategy<Value = ClientIdentity> {
     (bytes(), any::<[u8; 16]>()).prop_map(|(handle, device)| ClientIdentity { handle, device })
 }
 
-fn as_request() -> impl Strategy<Value = AsRequest> {
-    let csr = (identity(), bytes(), bytes()).prop_map(|(identity, public_key, signature)| {
+fn csr() -> impl Strategy<Value = ClientCredentialCsr> {
+    (identity(), bytes(), bytes()).prop_map(|(identity, public_key, signature)| {
         ClientCredentialCsr {
             tbs: ClientCredentialCsrTbs {
                 identity,
@@ -425,10 +425,13 @@ fn as_request() -> impl Strategy<Value = AsRequest> {
             },
             signature,
         }
-    });
+    })
+}
+
+fn as_request() -> impl Strategy<Value = AsRequest> {
     let operation = prop_oneof![
-        csr.clone().prop_map(AsOperation::RegisterUser),
-        csr.prop_map(AsOperation::AddClient),
+        csr().prop_map(AsOperation::RegisterUser),
+        csr().prop_map(AsOperation::AddClient),
         Just(AsOperation::AsCredentials),
         bytes().prop_map(AsOperation::UserClients),
     ];
