@@ -3,7 +3,7 @@ CARGO ?= cargo
 JOBS ?= 2
 export CARGO_BUILD_JOBS := $(JOBS)
 
-.PHONY: demo test deps build lint fmt clean
+.PHONY: demo test deps build lint fmt clean fuzz
 
 # RocksDB's Rust bindings need clang/libclang (bindgen); install them when missing.
 deps:
@@ -28,6 +28,22 @@ lint: deps
 
 fmt:
 	$(CARGO) fmt --all
+
+# Seconds per fuzz target; `make fuzz FUZZ_SECONDS=600` for a longer run. Not part of CI (time).
+FUZZ_SECONDS ?= 60
+FUZZ_TARGETS := envelope ds_request qs_request as_request s2s_envelope \
+	add_package_and_credentials queue_message
+
+# Runs every cargo-fuzz target in fuzz/ for FUZZ_SECONDS each. cargo-fuzz passes nightly-only
+# flags (sanitizers); RUSTC_BOOTSTRAP=1 lets the stable toolchain accept them. Its own target dir
+# (fuzz/target) never contains RocksDB.
+fuzz:
+	@command -v cargo-fuzz >/dev/null 2>&1 || $(CARGO) install cargo-fuzz
+	@for t in $(FUZZ_TARGETS); do \
+		echo "== fuzz $$t ($(FUZZ_SECONDS) s)"; \
+		RUSTC_BOOTSTRAP=1 $(CARGO) fuzz run --fuzz-dir fuzz --target-dir fuzz/target $$t -- \
+			-max_total_time=$(FUZZ_SECONDS) -print_final_stats=1 || exit 1; \
+	done
 
 clean:
 	$(CARGO) clean

@@ -23,4 +23,6 @@ pub use error::{ErrorCode, ErrorResponse};
 pub use tls_codec::VLBytes;
 
 #[cfg(test)]
+mod proptests;
+#[cfg(test)]
 mod roundtrip_tests;
