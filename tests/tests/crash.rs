@@ -73,10 +73,10 @@ async fn acknowledged_messages_and_commits_survive_sigkill() {
                     Err(_) => log.unacked.push(text),
                 }
                 // Only alice commits, so commits never race; what is tested is durability.
-                if i == 0 && n % 4 == 0 && log.client.update(&g).await.is_ok() {
+                if i == 0 && n.is_multiple_of(4) && log.client.update(&g).await.is_ok() {
                     log.commits += 1;
                 }
-                if n % 3 == 0
+                if n.is_multiple_of(3)
                     && let Ok(events) = log.client.receive().await
                 {
                     record(&mut log, events);
