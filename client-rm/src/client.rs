@@ -35,6 +35,8 @@ const ADD_PACKAGE_DOMAIN: &str = "add package";
 /// How many past epochs' secrets a member keeps, so an application message sent just before a
 /// commit (the hub accepts messages of earlier epochs) still decrypts after it.
 pub const MAX_PAST_EPOCHS: usize = 8;
+/// Messages after which the client mixes fresh randomness into its queue ratchet.
+pub const REKEY_EVERY: u64 = 64;
 /// How often a request is re-sent when the hub could not be reached (crash, restart).
 const TRANSPORT_RETRIES: u32 = 40;
 /// One-time AddPackages published at registration.
@@ -307,6 +309,9 @@ impl Client {
             wai_key: hex::encode(EarKey::random().as_bytes()),
             contacts: BTreeMap::new(),
             peer_anchors: BTreeMap::new(),
+            in_flight_rekey: None,
+            pending_mixes: Vec::new(),
+            received_since_rekey: 0,
             user_id: hex::encode(ids.user_id),
             client_id: hex::encode(ids.client_id),
             client_auth_key: hex::encode(client_auth.to_bytes()),
@@ -1202,7 +1207,14 @@ impl Client {
         }
         let mut events = std::mem::take(&mut self.pending);
         match self.receive_into(&mut events).await {
-            Ok(()) => Ok(events),
+            Ok(()) => {
+                if self.state.received_since_rekey >= REKEY_EVERY
+                    && let Err(e) = self.rekey_queue().await
+                {
+                    tracing::warn!(error = %e, "queue rekey failed; will retry");
+                }
+                Ok(events)
+            }
             // What was processed is persisted and must reach the caller; the rest (and the
             // acknowledgement) follows with the next call.
             Err(e) if !events.is_empty() => {
@@ -1213,7 +1225,57 @@ impl Client {
         }
     }
 
+    /// Mixes fresh randomness into our queue ratchet at the QS and here (post-compromise
+    /// security: whoever copied the QS's ratchet state before cannot read what comes after).
+    /// Safe to repeat after a failure: the same randomness is re-sent until confirmed.
+    pub async fn rekey_queue(&mut self) -> Result<(), ClientError> {
+        let fresh: [u8; 32] = match &self.state.in_flight_rekey {
+            Some(h) => b32(&unhex(h)?)?,
+            None => {
+                let r = mimi_rm_crypto::ids::random_bytes();
+                self.state.in_flight_rekey = Some(hex::encode(r));
+                self.persist()?;
+                r
+            }
+        };
+        let req = signed_qs(
+            &self.client_auth()?,
+            QsSender::Client(self.client_id()?),
+            QsOperation::RekeyQueue(fresh.to_vec().into()),
+        )?;
+        let QsResponse::Rekeyed(seq) = self.transport.qs(&req).await? else {
+            return Err(ClientError::Unexpected("expected Rekeyed"));
+        };
+        self.state.pending_mixes.push((seq, hex::encode(fresh)));
+        self.state.in_flight_rekey = None;
+        self.state.received_since_rekey = 0;
+        let mut ratchet = QueueRatchet::from_bytes(&unhex(&self.state.queue_ratchet)?)?;
+        self.apply_due_mixes(&mut ratchet)?;
+        self.state.queue_ratchet = hex::encode(ratchet.to_bytes());
+        self.persist()
+    }
+
+    /// Applies the confirmed rekeys that take effect at the ratchet's current position; the
+    /// caller saves the ratchet right after, keeping the saved state and the pending list in
+    /// step.
+    fn apply_due_mixes(&mut self, ratchet: &mut QueueRatchet) -> Result<(), ClientError> {
+        while let Some(pos) = self
+            .state
+            .pending_mixes
+            .iter()
+            .position(|(s, _)| *s == ratchet.next_seq())
+        {
+            let (_, fresh) = self.state.pending_mixes.remove(pos);
+            ratchet.mix(&b32(&unhex(&fresh)?)?);
+        }
+        Ok(())
+    }
+
     async fn receive_into(&mut self, events: &mut Vec<Event>) -> Result<(), ClientError> {
+        if self.state.in_flight_rekey.is_some() {
+            // A rekey whose answer we never saw may be in force at the QS: learn where.
+            self.rekey_queue().await?;
+        }
         let auth = self.client_auth()?;
         let id = self.client_id()?;
         loop {
@@ -1232,6 +1294,8 @@ impl Client {
             if batch.messages.is_empty() {
                 break;
             }
+            // Invariant: the saved ratchet has every confirmed rekey at its position applied, so
+            // nothing is mixed before a message is decrypted, only right after it advanced.
             for m in batch.messages {
                 let plain = match ratchet.decrypt_next(m.seq, m.ciphertext.as_slice()) {
                     Ok(p) => p,
@@ -1257,7 +1321,9 @@ impl Client {
                         });
                     }
                 }
+                self.apply_due_mixes(&mut ratchet)?;
                 self.state.queue_ratchet = hex::encode(ratchet.to_bytes());
+                self.state.received_since_rekey += 1;
                 self.persist()?;
             }
             if batch.remaining == 0 {

@@ -73,6 +73,16 @@ pub struct ClientState {
     /// provider) the first time a contact there needed verifying.
     #[serde(default)]
     pub peer_anchors: BTreeMap<String, String>,
+    /// Hex randomness of a queue rekey sent but not yet confirmed (re-sent until it is; the QS
+    /// answers a repeat with the same sequence number).
+    #[serde(default)]
+    pub in_flight_rekey: Option<String>,
+    /// Confirmed rekeys not yet reached by our ratchet: (sequence number, hex randomness).
+    #[serde(default)]
+    pub pending_mixes: Vec<(u64, String)>,
+    /// Messages received since the last queue rekey.
+    #[serde(default)]
+    pub received_since_rekey: u64,
     /// Pseudonymous QS user id (hex).
     pub user_id: String,
     /// Pseudonymous QS client id (hex).

@@ -165,6 +165,16 @@ impl QueueRatchet {
         Ok(pt)
     }
 
+    /// Mixes fresh randomness into the chain at the current position (post-compromise
+    /// security): from here on, keys depend on `fresh`, so someone who copied the state earlier
+    /// cannot follow. Both ends apply it at the same sequence number.
+    pub fn mix(&mut self, fresh: &[u8; 32]) {
+        let mut ctx = fresh.to_vec();
+        ctx.extend_from_slice(&self.next_seq.to_be_bytes());
+        self.secret = RatchetSecret(expand_label_array(&self.secret.0, "ratchet mix", &ctx));
+        ctx.zeroize();
+    }
+
     /// `secret ‖ next_seq (u64 BE)`, 40 bytes, for persisting. The result holds the secret:
     /// store it encrypted and zeroize it when done.
     pub fn to_bytes(&self) -> [u8; STATE_LEN] {
@@ -193,6 +203,26 @@ impl QueueRatchet {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn mixing_locks_out_an_old_copy_of_the_state() {
+        let mut qs = QueueRatchet::new(RatchetSecret::random());
+        let mut client = qs.clone();
+        let (s0, c0) = qs.encrypt_next(b"before").unwrap();
+        assert_eq!(client.decrypt_next(s0, &c0).unwrap(), b"before");
+        let stolen = qs.clone();
+        let fresh = [7u8; 32];
+        qs.mix(&fresh);
+        client.mix(&fresh);
+        let (s1, c1) = qs.encrypt_next(b"after").unwrap();
+        assert_eq!(client.decrypt_next(s1, &c1).unwrap(), b"after");
+        assert!(stolen.clone().decrypt_next(s1, &c1).is_err());
+        // The mix depends on the position: the same randomness at another seq differs.
+        let mut other = stolen;
+        other.next_seq += 1;
+        other.mix(&fresh);
+        assert_ne!(other.to_bytes()[..32], qs.to_bytes()[..32]);
+    }
 
     /// Pins the chain derivation and message format.
     const KAT_ADVANCE: [&str; 2] = [

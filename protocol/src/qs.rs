@@ -68,6 +68,10 @@ pub enum QsOperation {
     /// Read the sender's queue.
     #[tls_codec(discriminant = 4)]
     Dequeue(Dequeue),
+    /// Mix 32 fresh random bytes into the sender's queue ratchet (post-compromise security).
+    /// Idempotent: the same bytes again answer the same sequence number.
+    #[tls_codec(discriminant = 5)]
+    RekeyQueue(VLBytes),
 }
 
 /// Who signs a QS request.
@@ -153,4 +157,7 @@ pub enum QsResponse {
     /// Answer to `Dequeue`.
     #[tls_codec(discriminant = 4)]
     Messages(Messages),
+    /// The mix takes effect from this sequence number on.
+    #[tls_codec(discriminant = 5)]
+    Rekeyed(u64),
 }

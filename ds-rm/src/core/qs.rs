@@ -37,6 +37,18 @@ pub struct ClientRecord {
     pub ratchet: VLBytes,
     /// Month of the last dequeue.
     pub activity_month: u32,
+    /// The last rekey: SHA-256 of its randomness and the sequence number it took effect at,
+    /// so a retried rekey is answered without mixing twice.
+    pub last_rekey: Option<LastRekey>,
+}
+
+/// See [`ClientRecord::last_rekey`].
+#[derive(Debug, Clone, PartialEq, Eq, TlsSerialize, TlsDeserialize, TlsSize)]
+pub struct LastRekey {
+    /// SHA-256 of the mixed-in randomness (which itself is never stored).
+    pub fresh_hash: [u8; 32],
+    /// The first sequence number under the mixed chain.
+    pub seq: u64,
 }
 
 /// A user record: its clients and the hash of its friendship token.
@@ -201,6 +213,7 @@ pub fn process(
             replay.check_and_record(req.signature.as_slice(), req.tbs.timestamp_ms, now_ms)?;
             match op {
                 QsOperation::PublishAddPackages(p) => publish(txn, id, p),
+                QsOperation::RekeyQueue(fresh) => rekey(txn, id, &mut record, fresh.as_slice()),
                 QsOperation::Dequeue(d) => {
                     let month = month_of(now_ms);
                     if record.activity_month != month {
@@ -256,6 +269,7 @@ fn create_user(txn: &mut Txn<'_>, now_ms: u64, p: &CreateUser) -> Result<QsRespo
             auth_key: p.client_auth_key.clone(),
             ratchet: QueueRatchet::new(secret).to_bytes().to_vec().into(),
             activity_month: month_of(now_ms),
+            last_rekey: None,
         },
     )?;
     Ok(QsResponse::UserCreated(UserCreated { user_id, client_id }))
@@ -309,6 +323,33 @@ fn fetch_add_packages(txn: &mut Txn<'_>, token: &VLBytes) -> Result<QsResponse, 
         }
     }
     Ok(QsResponse::AddPackages(out))
+}
+
+/// Mixes the client's fresh randomness into its queue ratchet. Only the mixed secret is stored:
+/// a copy of the record taken before this cannot decrypt anything enqueued after it.
+fn rekey(
+    txn: &mut Txn<'_>,
+    client: &ClientId,
+    record: &mut ClientRecord,
+    fresh: &[u8],
+) -> Result<QsResponse, HubError> {
+    let fresh: &[u8; 32] = fresh
+        .try_into()
+        .map_err(|_| HubError::InvalidRequest("rekey randomness must be 32 bytes"))?;
+    let fresh_hash: [u8; 32] = Sha256::digest(fresh).into();
+    if let Some(last) = &record.last_rekey
+        && last.fresh_hash == fresh_hash
+    {
+        return Ok(QsResponse::Rekeyed(last.seq));
+    }
+    let mut ratchet = QueueRatchet::from_bytes(record.ratchet.as_slice())
+        .map_err(|e| HubError::Internal(format!("stored ratchet: {e}")))?;
+    ratchet.mix(fresh);
+    let seq = ratchet.next_seq();
+    record.ratchet = ratchet.to_bytes().to_vec().into();
+    record.last_rekey = Some(LastRekey { fresh_hash, seq });
+    put(txn, Cf::QsClients, client.to_vec(), record)?;
+    Ok(QsResponse::Rekeyed(seq))
 }
 
 fn dequeue(txn: &mut Txn<'_>, client: &ClientId, d: &Dequeue) -> Result<QsResponse, HubError> {
