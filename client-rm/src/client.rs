@@ -35,6 +35,10 @@ const ADD_PACKAGE_DOMAIN: &str = "add package";
 /// How many past epochs' secrets a member keeps, so an application message sent just before a
 /// commit (the hub accepts messages of earlier epochs) still decrypts after it.
 pub const MAX_PAST_EPOCHS: usize = 8;
+/// First byte of an application message's plaintext: what the rest is.
+const CONTENT_USER: u8 = 0;
+/// A group control message between clients (e.g. a new `GroupStateEarKey`).
+const CONTENT_CONTROL: u8 = 1;
 /// Messages after which the client mixes fresh randomness into its queue ratchet.
 pub const REKEY_EVERY: u64 = 64;
 /// How often a request is re-sent when the hub could not be reached (crash, restart).
@@ -129,6 +133,11 @@ pub enum Event {
         leaf: u32,
         /// Why verification failed.
         reason: String,
+    },
+    /// A member rotated the group's `GroupStateEarKey`; we switched to the new key.
+    EarKeyRotated {
+        /// The group.
+        group: GroupHandle,
     },
     /// A queue entry that could not be processed (logged and skipped).
     Undecryptable {
@@ -1026,9 +1035,25 @@ impl Client {
     /// Encrypts and sends an application message. If the group has moved on too far for the
     /// message, catches up (the events go to the next `receive`) and sends it again.
     pub async fn send(&mut self, group: &GroupHandle, plaintext: &[u8]) -> Result<(), ClientError> {
+        let mut framed = vec![CONTENT_USER];
+        framed.extend_from_slice(plaintext);
+        self.send_framed(group, &framed).await
+    }
+
+    /// Sends an already framed application message, catching up when the group moved on (a
+    /// newer epoch, or a rotated EAR key announced in our queue).
+    async fn send_framed(&mut self, group: &GroupHandle, framed: &[u8]) -> Result<(), ClientError> {
         for _ in 0..8 {
-            match self.send_once(group, plaintext).await {
-                Err(e) if e.code() == Some(mimi_rm_protocol::ErrorCode::WrongEpoch) => {
+            match self.send_once(group, framed).await {
+                Err(e)
+                    if matches!(
+                        e.code(),
+                        Some(
+                            mimi_rm_protocol::ErrorCode::WrongEpoch
+                                | mimi_rm_protocol::ErrorCode::WrongEarKey
+                        )
+                    ) =>
+                {
                     let mut caught_up = Vec::new();
                     let result = self.receive_into(&mut caught_up).await;
                     self.pending.extend(caught_up);
@@ -1168,6 +1193,34 @@ impl Client {
                 Err(e)
             }
         }
+    }
+
+    /// Rotates the group's `GroupStateEarKey`: the hub re-encrypts the state under a fresh key,
+    /// then the other members get it end to end, inside the group. From then on the old key
+    /// opens nothing written afterwards.
+    pub async fn rotate_ear_key(&mut self, group: &GroupHandle) -> Result<(), ClientError> {
+        let (signer, mls, ear_key) = self.member(group)?;
+        let new = EarKey::random();
+        let req = self.member_request(
+            &mls,
+            &ear_key,
+            &signer,
+            DsOperation::RotateEarKey(new.as_bytes().to_vec().into()),
+        )?;
+        self.transport.ds(&req).await?;
+        self.meta_mut(group)?.ear_key = hex::encode(new.as_bytes());
+        self.persist()?;
+        let mut framed = vec![CONTENT_CONTROL];
+        framed.extend_from_slice(new.as_bytes());
+        self.send_framed(group, &framed).await
+    }
+
+    /// Applies a control message from another member.
+    fn control(&mut self, group: GroupHandle, body: &[u8]) -> Result<Event, ClientError> {
+        let key = EarKey::from_bytes(body)?;
+        self.meta_mut(&group)?.ear_key = hex::encode(key.as_bytes());
+        tracing::info!(group = %group, "group EAR key rotated by a member");
+        Ok(Event::EarKeyRotated { group })
     }
 
     /// Whether the hub's current state is the one our pending commit produces (so the hub
@@ -1392,11 +1445,18 @@ impl Client {
         };
         let aad = processed.aad().to_vec();
         let event = match processed.into_content() {
-            ProcessedMessageContent::ApplicationMessage(m) => Event::Message {
-                group,
-                sender,
-                plaintext: m.into_bytes(),
-            },
+            ProcessedMessageContent::ApplicationMessage(m) => {
+                let bytes = m.into_bytes();
+                match bytes.split_first() {
+                    Some((&CONTENT_USER, rest)) => Event::Message {
+                        group,
+                        sender,
+                        plaintext: rest.to_vec(),
+                    },
+                    Some((&CONTENT_CONTROL, rest)) => self.control(group, rest)?,
+                    _ => return Err(ClientError::Unexpected("unknown application content")),
+                }
+            }
             ProcessedMessageContent::ProposalMessage(p) => {
                 mls.store_pending_proposal(self.provider.storage(), *p)
                     .map_err(ClientError::mls)?;

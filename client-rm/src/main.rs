@@ -108,6 +108,12 @@ enum Command {
         #[arg(long)]
         group: String,
     },
+    /// Re-encrypt the group's state on the hub under a fresh key and hand it to the members.
+    RotateKey {
+        /// Group id (hex).
+        #[arg(long)]
+        group: String,
+    },
     /// Show how often members reported each leaf's commits as unprocessable.
     Reports {
         /// Group id (hex).
@@ -159,6 +165,9 @@ fn print_events(events: &[Event]) {
                 ),
                 None => println!("[{group}] we had fallen behind; re-entered at epoch {epoch}"),
             },
+            Event::EarKeyRotated { group } => {
+                println!("[{group}] a member rotated the group's state key")
+            }
             Event::InviteRejected { inviter, reason } => println!(
                 "refused an invitation from {}: {reason}",
                 inviter.as_deref().unwrap_or("an unknown sender")
@@ -248,6 +257,12 @@ async fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
         Command::Resync { group } => {
             let epoch = client.resync(&GroupHandle::from_hex(&group)?).await?;
             println!("re-entered; group at epoch {epoch}");
+        }
+        Command::RotateKey { group } => {
+            client
+                .rotate_ear_key(&GroupHandle::from_hex(&group)?)
+                .await?;
+            println!("group state key rotated");
         }
         Command::Reports { group } => {
             let reports = client

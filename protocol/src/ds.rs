@@ -125,6 +125,10 @@ pub enum DsOperation {
     /// removing its old leaf. Signed by that old leaf, so only a member can resync itself.
     #[tls_codec(discriminant = 11)]
     Resync(CommitBundle),
+    /// Re-encrypt the group state under this new `GroupStateEarKey` (32 bytes). The request's
+    /// own `ear_key` is the current one; afterwards only the new key opens the state.
+    #[tls_codec(discriminant = 12)]
+    RotateEarKey(VLBytes),
 }
 
 impl DsOperation {
@@ -143,6 +147,7 @@ impl DsOperation {
             Self::ExternalCommitInfo => "external_commit_info",
             Self::ReportCommit(_) => "report_commit",
             Self::Resync(_) => "resync",
+            Self::RotateEarKey(_) => "rotate_ear_key",
         }
     }
 }

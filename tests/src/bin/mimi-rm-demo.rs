@@ -34,6 +34,7 @@ fn show(who: &str, events: &[Event]) {
                 ),
                 None => println!("  {who:<6} had fallen behind, re-entered -> epoch {epoch}"),
             },
+            Event::EarKeyRotated { .. } => println!("  {who:<6} switched to the rotated group key"),
             Event::InviteRejected { inviter, reason } => println!(
                 "  {who:<6} refused an invitation from {}: {reason}",
                 inviter.as_deref().unwrap_or("an unknown sender")

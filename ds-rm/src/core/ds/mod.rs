@@ -447,6 +447,17 @@ impl LoadedGroup {
             }
             (DsOperation::SelfRemove(p), Authenticated::Member(s)) => self.self_remove(s, p)?,
             (DsOperation::Resync(b), Authenticated::Member(s)) => self.resync(s, b)?,
+            (DsOperation::RotateEarKey(k), Authenticated::Member(_)) => {
+                // Any member may rotate: every member holds the key anyway. The state is
+                // written under the new key below; the old one no longer opens it.
+                self.key = EarKey::from_bytes(k.as_slice())
+                    .map_err(|_| HubError::InvalidRequest("EAR key must be 32 bytes"))?;
+                Applied {
+                    response: DsResponse::Accepted(self.epoch()),
+                    fanout: Vec::new(),
+                    write: Write::Save,
+                }
+            }
             (DsOperation::ReportCommit(r), Authenticated::Member(s)) => self.report(s, r)?,
             (DsOperation::SendMessage(m), Authenticated::Member(s)) => self.send(s, m)?,
             (DsOperation::WelcomeInfo(epoch), Authenticated::Joiner(key)) => {

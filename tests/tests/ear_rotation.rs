@@ -1,0 +1,87 @@
+//! EAR key rotation: a member rotates the group's `GroupStateEarKey`; the hub re-encrypts; the
+//! other members get the new key end to end and carry on; the old key opens nothing written
+//! afterwards, not even from a snapshot taken before.
+
+mod common;
+
+use common::*;
+use ed25519_dalek::SigningKey;
+use mimi_client_rm::Event;
+use mimi_ds_rm::core::HubError;
+use mimi_ds_rm::core::ds::state::{DsGroupState, GroupRow};
+use mimi_ds_rm::store::Cf;
+use mimi_rm_crypto::ear::EarKey;
+use mimi_rm_protocol::ds::*;
+use mimi_rm_protocol::{ErrorCode, decode_exact, paths};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rotated_key_replaces_the_old_one_everywhere() {
+    let dir = tempfile::tempdir().unwrap();
+    let hub = hub(dir.path());
+    let mut alice = client(&hub, dir.path(), "alice").await;
+    let mut bob = client(&hub, dir.path(), "bob").await;
+    let mut carol = client(&hub, dir.path(), "carol").await;
+    let g = group_of(&mut alice, &mut [&mut bob, &mut carol]).await;
+    let old = alice.group_ear_key(&g).unwrap();
+    let row_of = |hub: &mimi_rm_tests::HubProcess| -> GroupRow {
+        let (_, _, v) = hub
+            .dump()
+            .into_iter()
+            .find(|(cf, k, _)| *cf == Cf::DsGroups && *k == g.0)
+            .unwrap();
+        decode_exact(&v, 1 << 24).unwrap()
+    };
+    let snapshot_before = row_of(&hub);
+
+    alice.rotate_ear_key(&g).await.unwrap();
+    let new = alice.group_ear_key(&g).unwrap();
+    assert_ne!(new, old);
+
+    // The old key no longer opens the group on the hub; nothing changes.
+    let stranger = SigningKey::from_bytes(&rand::random());
+    let body = ds_signed(
+        &g,
+        &old,
+        DsSender::Member(0),
+        DsOperation::SendMessage(vec![0u8; 8].into()),
+        &stranger,
+        mimi_ds_rm::now_ms(),
+    );
+    rejected(
+        &hub,
+        paths::GROUP_OPERATION,
+        body,
+        403,
+        ErrorCode::WrongEarKey,
+    )
+    .await;
+
+    // Bob sends before reading his queue: his request with the old key is refused, he catches
+    // up (the new key arrives in the group) and re-sends.
+    bob.send(&g, b"sent with the new key").await.unwrap();
+    assert_eq!(bob.group_ear_key(&g).unwrap(), new);
+    let events = carol.receive().await.unwrap();
+    assert!(events.contains(&Event::EarKeyRotated { group: g.clone() }));
+    assert_eq!(messages(&events), vec![b"sent with the new key".to_vec()]);
+    assert_eq!(carol.group_ear_key(&g).unwrap(), new);
+    // Commits work under the new key too.
+    let e = carol.update(&g).await.unwrap();
+    for c in [&mut alice, &mut bob] {
+        c.receive().await.unwrap();
+        assert_eq!(c.epoch(&g).unwrap(), e);
+    }
+
+    // A snapshot from before the rotation opens with the old key only; state written after
+    // opens with the new key only.
+    let gid = g.0.as_slice();
+    let old_key = EarKey::from_bytes(&old).unwrap();
+    let new_key = EarKey::from_bytes(&new).unwrap();
+    assert!(DsGroupState::open(&snapshot_before, &old_key, gid).is_ok());
+    let after = row_of(&hub);
+    assert!(matches!(
+        DsGroupState::open(&after, &old_key, gid),
+        Err(HubError::WrongEarKey)
+    ));
+    assert!(DsGroupState::open(&after, &new_key, gid).is_ok());
+    assert!(DsGroupState::open(&snapshot_before, &new_key, gid).is_err());
+}
