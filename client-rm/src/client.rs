@@ -1350,6 +1350,20 @@ impl Client {
             // Invariant: the saved ratchet has every confirmed rekey at its position applied, so
             // nothing is mixed before a message is decrypted, only right after it advanced.
             for m in batch.messages {
+                if m.seq > ratchet.next_seq() {
+                    // The QS expired messages we never fetched: step over them (applying any
+                    // rekey on the way) and save that before going on.
+                    tracing::warn!(
+                        missing = m.seq - ratchet.next_seq(),
+                        "queued messages expired before we fetched them"
+                    );
+                    while ratchet.next_seq() < m.seq {
+                        ratchet.skip()?;
+                        self.apply_due_mixes(&mut ratchet)?;
+                    }
+                    self.state.queue_ratchet = hex::encode(ratchet.to_bytes());
+                    self.persist()?;
+                }
                 let plain = match ratchet.decrypt_next(m.seq, m.ciphertext.as_slice()) {
                     Ok(p) => p,
                     Err(e) => {

@@ -165,6 +165,19 @@ impl QueueRatchet {
         Ok(pt)
     }
 
+    /// Steps over one message that will never arrive (the server expired it): derives and
+    /// discards its key, so the chain stays in step.
+    pub fn skip(&mut self) -> Result<(), CryptoError> {
+        let after = self
+            .next_seq
+            .checked_add(1)
+            .ok_or(CryptoError::Malformed("ratchet sequence overflow"))?;
+        let (next, _) = self.secret.advance(self.next_seq);
+        self.secret = next;
+        self.next_seq = after;
+        Ok(())
+    }
+
     /// Mixes fresh randomness into the chain at the current position (post-compromise
     /// security): from here on, keys depend on `fresh`, so someone who copied the state earlier
     /// cannot follow. Both ends apply it at the same sequence number.

@@ -44,6 +44,19 @@ pub enum Command {
         #[arg(long)]
         tls_key: Option<PathBuf>,
     },
+    /// Delete groups and queued messages unused for `--idle-months` whole months (run on a
+    /// stopped hub's data directory, e.g. monthly).
+    Expire {
+        /// RocksDB data directory (the hub must be stopped).
+        data: PathBuf,
+        /// Months without activity after which a group or a client's queued messages go.
+        #[arg(long)]
+        idle_months: u32,
+        /// Pretend the current time is this (ms since the Unix epoch); for tests and dry runs
+        /// of future schedules.
+        #[arg(long)]
+        now_ms: Option<u64>,
+    },
     /// Print every record the hub stored, as a disk-seizing adversary would see it.
     Audit {
         /// RocksDB data directory (the hub may be running).
@@ -98,6 +111,20 @@ fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
                 cfg.tls_key = Some(k);
             }
             serve(cfg)
+        }
+        Command::Expire {
+            data,
+            idle_months,
+            now_ms,
+        } => {
+            let store = RocksStore::open(&data, true)?;
+            let done =
+                crate::expire::expire(&store, idle_months, now_ms.unwrap_or_else(crate::now_ms))?;
+            println!(
+                "expired {} groups and {} queued messages idle for {idle_months}+ months",
+                done.groups, done.queued_messages
+            );
+            Ok(())
         }
         Command::Audit { data } => {
             let store = RocksStore::open_read_only(&data)?;

@@ -36,6 +36,11 @@ pub struct Config {
     /// Seconds a client may take to send its request body; slower uploads get 408, so slow
     /// clients cannot hold connections forever.
     pub request_timeout_secs: u64,
+    /// Most messages one dequeue returns (clients fetch again for the rest).
+    pub max_messages_per_fetch: u32,
+    /// Most undelivered messages one queue holds; messages for a full queue are dropped and
+    /// counted, so a client that stopped fetching cannot fill the disk.
+    pub max_queue_length: u64,
     /// Also federate with domains not in `peers`, at `https://<domain>`. Off by default: with
     /// it on, any client can make this server connect to a host it names.
     pub open_federation: bool,
@@ -57,6 +62,8 @@ impl Default for Config {
             peers: std::collections::BTreeMap::new(),
             open_federation: false,
             max_group_size: 10_000,
+            max_messages_per_fetch: 500,
+            max_queue_length: 10_000,
             request_timeout_secs: 30,
         }
     }
@@ -105,6 +112,8 @@ impl Config {
             client_credential_lifetime_secs: self.client_credential_lifetime_secs,
             max_group_size: self.max_group_size,
             request_timeout_ms: self.request_timeout_secs.saturating_mul(1000),
+            max_messages_per_fetch: self.max_messages_per_fetch,
+            max_queue_length: self.max_queue_length,
         }
     }
 }

@@ -11,6 +11,7 @@ pub mod audit;
 pub mod cli;
 pub mod config;
 pub mod core;
+pub mod expire;
 pub mod federation;
 pub mod http;
 pub mod store;

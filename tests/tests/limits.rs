@@ -77,3 +77,118 @@ async fn a_slow_upload_times_out_while_others_are_served() {
             == 1
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fetches_are_capped_and_the_client_comes_back_for_the_rest() {
+    let dir = tempfile::tempdir().unwrap();
+    let hub = hub_with_config(dir.path(), "max_messages_per_fetch = 2");
+    let mut alice = client(&hub, dir.path(), "alice").await;
+    let mut bob = client(&hub, dir.path(), "bob").await;
+    let g = group_of(&mut alice, &mut [&mut bob]).await;
+    for i in 0..5 {
+        alice.send(&g, format!("m{i}").as_bytes()).await.unwrap();
+    }
+    let wire: mimi_client_rm::Recorder = Default::default();
+    bob.set_recorder(wire.clone());
+    let got = messages(&bob.receive().await.unwrap());
+    assert_eq!(got.len(), 5, "all messages, over several fetches");
+    let fetches = wire
+        .lock()
+        .unwrap()
+        .iter()
+        .filter(|(p, _)| p == mimi_rm_protocol::paths::QS)
+        .count();
+    // 3 fetches of at most 2, one empty fetch, one acknowledgement (plus none for the group).
+    assert!(fetches >= 4, "{fetches} QS requests");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_queue_drops_new_messages_without_blocking_the_group() {
+    let dir = tempfile::tempdir().unwrap();
+    let hub = hub_with_config(dir.path(), "max_queue_length = 3");
+    let mut alice = client(&hub, dir.path(), "alice").await;
+    let mut bob = client(&hub, dir.path(), "bob").await;
+    let g = group_of(&mut alice, &mut [&mut bob]).await;
+    // Bob stops fetching; alice's sends keep succeeding.
+    for i in 0..5 {
+        alice.send(&g, format!("m{i}").as_bytes()).await.unwrap();
+    }
+    let queued = hub
+        .dump()
+        .iter()
+        .filter(|(cf, _, _)| *cf == Cf::QsQueues)
+        .count();
+    assert_eq!(queued, 3, "the queue holds at most its limit");
+    assert_eq!(
+        messages(&bob.receive().await.unwrap()),
+        vec![b"m0".to_vec(), b"m1".to_vec(), b"m2".to_vec()]
+    );
+    // Once fetched, there is room again.
+    alice.send(&g, b"m5").await.unwrap();
+    assert_eq!(
+        messages(&bob.receive().await.unwrap()),
+        vec![b"m5".to_vec()]
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_groups_and_queues_expire() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut hub = hub(dir.path());
+    let mut alice = client(&hub, dir.path(), "alice").await;
+    let mut bob = client(&hub, dir.path(), "bob").await;
+    let g = group_of(&mut alice, &mut [&mut bob]).await;
+    alice.send(&g, b"never fetched").await.unwrap();
+    hub.stop();
+    let run = |months: u32, now: u64| {
+        std::process::Command::new(env!("CARGO_BIN_EXE_hub-under-test"))
+            .args([
+                "expire",
+                "--idle-months",
+                &months.to_string(),
+                "--now-ms",
+                &now.to_string(),
+            ])
+            .arg(&hub.data)
+            .output()
+            .unwrap()
+    };
+    let now = mimi_ds_rm::now_ms();
+    // Nothing is idle yet.
+    let out = run(2, now);
+    assert!(out.status.success());
+    assert!(String::from_utf8_lossy(&out.stdout).contains("expired 0 groups and 0 queued"));
+    // Three months later, both the group and bob's unfetched message go.
+    let later = now + 92 * 24 * 3600 * 1000;
+    let out = run(2, later);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("expired 1 groups and 1 queued"),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    hub.restart();
+    let err = alice.send(&g, b"too late").await.unwrap_err();
+    assert_eq!(err.code(), Some(ErrorCode::UnknownGroup), "{err}");
+    assert!(bob.receive().await.unwrap().is_empty());
+    // Bob's queue has a gap where the expired message was; he steps over it and reads on.
+    let g2 = alice.create_group().await.unwrap();
+    alice
+        .invite(&g2, &bob.contact_card().unwrap())
+        .await
+        .unwrap();
+    let events = bob.receive().await.unwrap();
+    assert!(
+        events.contains(&mimi_client_rm::Event::Joined { group: g2.clone() }),
+        "{events:?}"
+    );
+    alice.send(&g2, b"after the gap").await.unwrap();
+    assert_eq!(
+        messages(&bob.receive().await.unwrap()),
+        vec![b"after the gap".to_vec()]
+    );
+}

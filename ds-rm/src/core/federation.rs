@@ -113,6 +113,7 @@ pub fn accept_delivery(
     items: &[DeliveryItem],
     clients: &[Option<qs::ClientId>],
     now_ms: u64,
+    max_queue: u64,
 ) -> Result<Accepted, HubError> {
     let mut out = Accepted::default();
     for (item, client) in items.iter().zip(clients) {
@@ -125,7 +126,7 @@ pub fn accept_delivery(
             txn.put(Cf::FedSeen, key, Vec::new());
         }
         match client {
-            Some(c) if qs::enqueue(txn, c, &item.message)? => out.enqueued += 1,
+            Some(c) if qs::enqueue(txn, c, &item.message, max_queue)? => out.enqueued += 1,
             _ => out.undeliverable += 1,
         }
     }

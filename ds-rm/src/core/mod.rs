@@ -46,6 +46,10 @@ pub struct HubConfig {
     pub max_group_size: usize,
     /// How long the HTTP shell waits for a request body.
     pub request_timeout_ms: u64,
+    /// Most messages one dequeue returns.
+    pub max_messages_per_fetch: u32,
+    /// Most undelivered messages one queue holds.
+    pub max_queue_length: u64,
 }
 
 /// Counters for `/metrics`.
@@ -269,7 +273,7 @@ impl Hub {
         self.locks.lock_queues(&mut locks, &clients);
         let mut delivered = 0u64;
         for (client, message) in targets {
-            if qs::enqueue(&mut txn, &client, message)? {
+            if qs::enqueue(&mut txn, &client, message, self.config.max_queue_length)? {
                 delivered += 1;
             } else {
                 self.metrics
@@ -297,7 +301,11 @@ impl Hub {
         drop(probe);
         self.locks.lock_queues(&mut locks, &clients);
         let mut txn = Txn::new(self.store.as_ref());
-        let resp = qs::process(&mut txn, &self.qs_keys, &self.replay, now_ms, req)?;
+        let limits = qs::QsLimits {
+            max_fetch: self.config.max_messages_per_fetch,
+            max_queue: self.config.max_queue_length,
+        };
+        let resp = qs::process(&mut txn, &self.qs_keys, &self.replay, now_ms, req, limits)?;
         txn.commit()?;
         drop(locks);
         encode(&resp).map_err(|e| HubError::Internal(e.to_string()))
@@ -460,6 +468,7 @@ impl Hub {
                     items,
                     &clients,
                     now_ms,
+                    self.config.max_queue_length,
                 )?;
                 txn.commit()?;
                 drop(locks);

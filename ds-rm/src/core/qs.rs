@@ -40,6 +40,18 @@ pub struct ClientRecord {
     /// The last rekey: SHA-256 of its randomness and the sequence number it took effect at,
     /// so a retried rekey is answered without mixing twice.
     pub last_rekey: Option<LastRekey>,
+    /// Every message below this sequence number was acknowledged (deleted); with the ratchet's
+    /// next sequence number it gives the queue length without a scan.
+    pub acked_below: u64,
+}
+
+/// Per-queue limits an operator configures.
+#[derive(Debug, Clone, Copy)]
+pub struct QsLimits {
+    /// Most messages returned by one dequeue.
+    pub max_fetch: u32,
+    /// Most undelivered messages a queue holds; further ones are dropped (and counted).
+    pub max_queue: u64,
 }
 
 /// See [`ClientRecord::last_rekey`].
@@ -133,12 +145,17 @@ pub fn enqueue(
     txn: &mut Txn<'_>,
     client: &ClientId,
     message: &QueueMessage,
+    max_queue: u64,
 ) -> Result<bool, HubError> {
     let Some(mut record) = get::<ClientRecord>(txn, Cf::QsClients, client)? else {
         return Ok(false);
     };
     let mut ratchet = QueueRatchet::from_bytes(record.ratchet.as_slice())
         .map_err(|e| HubError::Internal(format!("stored ratchet: {e}")))?;
+    if ratchet.next_seq().saturating_sub(record.acked_below) >= max_queue {
+        // A client that stopped fetching cannot make the hub store without bound.
+        return Ok(false);
+    }
     let plain = encode(message).map_err(|e| HubError::Internal(e.to_string()))?;
     let (seq, ct) = ratchet
         .encrypt_next(&plain)
@@ -192,6 +209,7 @@ pub fn process(
     replay: &crate::core::replay::ReplayGuard,
     now_ms: u64,
     req: &QsRequest,
+    limits: QsLimits,
 ) -> Result<QsResponse, HubError> {
     let tbs = signed_bytes(&req.tbs)?;
     match (&req.tbs.sender, &req.tbs.operation) {
@@ -220,7 +238,11 @@ pub fn process(
                         record.activity_month = month;
                         put(txn, Cf::QsClients, id.to_vec(), &record)?;
                     }
-                    dequeue(txn, id, d)
+                    if d.ack_below > record.acked_below {
+                        record.acked_below = d.ack_below;
+                        put(txn, Cf::QsClients, id.to_vec(), &record)?;
+                    }
+                    dequeue(txn, id, d, limits.max_fetch)
                 }
                 _ => Err(HubError::NotAuthorized(
                     "operation not allowed for a client",
@@ -270,6 +292,7 @@ fn create_user(txn: &mut Txn<'_>, now_ms: u64, p: &CreateUser) -> Result<QsRespo
             ratchet: QueueRatchet::new(secret).to_bytes().to_vec().into(),
             activity_month: month_of(now_ms),
             last_rekey: None,
+            acked_below: 0,
         },
     )?;
     Ok(QsResponse::UserCreated(UserCreated { user_id, client_id }))
@@ -352,9 +375,14 @@ fn rekey(
     Ok(QsResponse::Rekeyed(seq))
 }
 
-fn dequeue(txn: &mut Txn<'_>, client: &ClientId, d: &Dequeue) -> Result<QsResponse, HubError> {
+fn dequeue(
+    txn: &mut Txn<'_>,
+    client: &ClientId,
+    d: &Dequeue,
+    max_fetch: u32,
+) -> Result<QsResponse, HubError> {
     let entries = txn.scan_prefix(Cf::QsQueues, client, usize::MAX)?;
-    let max = d.max.min(MAX_DEQUEUE) as usize;
+    let max = d.max.min(max_fetch).min(MAX_DEQUEUE) as usize;
     let mut messages = Vec::new();
     let mut remaining = 0u64;
     for (k, v) in entries {

@@ -97,6 +97,11 @@ pub fn process(
             let sender = group.authenticate(ctx, &req, &signed)?;
             let outcome = group.apply(ctx, sender, &req.tbs.operation)?;
             match outcome.write {
+                // Keep the coarse activity month current (once per month per group), so idle
+                // expiry never removes a group that only exchanges messages.
+                Write::None if group.activity_month != state::month_of(ctx.now_ms) => {
+                    group.save(txn, ctx.now_ms)?
+                }
                 Write::None => {}
                 Write::Save => group.save(txn, ctx.now_ms)?,
                 Write::Delete => txn.delete(Cf::DsGroups, group.group_id.clone()),
@@ -222,6 +227,7 @@ fn create_group(
             leaf: 0,
             info: params.creator.clone(),
         }],
+        activity_month: state::month_of(ctx.now_ms),
     };
     group.save(txn, ctx.now_ms)?;
     txn.delete(Cf::DsReservations, gid.to_vec());
@@ -327,6 +333,8 @@ struct LoadedGroup {
     past_trees: Vec<PastTree>,
     acct: Accountability,
     credentials: Vec<LeafCredentialEntry>,
+    /// The stored row's activity month.
+    activity_month: u32,
 }
 
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -361,6 +369,7 @@ impl LoadedGroup {
                 tallies: state.tallies,
             },
             credentials: state.credentials,
+            activity_month: row.activity_month,
         })
     }
 

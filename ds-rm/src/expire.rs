@@ -1,0 +1,61 @@
+//! Offline expiry: groups and queues nobody used for a number of months are deleted.
+//!
+//! The hub keeps only a coarse activity month per group row and per client record (that is all
+//! a seized disk may show about timing), so expiry works at month granularity. It runs against
+//! a stopped hub's data directory (`ds-rm expire`), e.g. from a monthly timer.
+
+use crate::core::HubError;
+use crate::core::ds::state::{GroupRow, month_of};
+use crate::core::qs::ClientRecord;
+use crate::store::{Cf, Store, Txn};
+use mimi_rm_crypto::ratchet::QueueRatchet;
+use mimi_rm_protocol::{decode_exact, encode};
+
+/// What one expiry run removed.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Expired {
+    /// Group rows deleted.
+    pub groups: usize,
+    /// Queued messages deleted (of clients that stopped fetching).
+    pub queued_messages: usize,
+}
+
+/// Deletes groups whose state has not changed, and queued messages of clients that have not
+/// fetched, for `idle_months` whole months before `now_ms`.
+pub fn expire(store: &dyn Store, idle_months: u32, now_ms: u64) -> Result<Expired, HubError> {
+    let cutoff = month_of(now_ms).saturating_sub(idle_months);
+    let mut out = Expired::default();
+    let mut txn = Txn::new(store);
+    for (key, value) in store.scan_prefix(Cf::DsGroups, b"", usize::MAX)? {
+        let row: GroupRow = decode_exact(&value, 64 << 20)
+            .map_err(|e| HubError::Internal(format!("stored row: {e}")))?;
+        if row.activity_month < cutoff {
+            txn.delete(Cf::DsGroups, key);
+            out.groups += 1;
+        }
+    }
+    for (id, value) in store.scan_prefix(Cf::QsClients, b"", usize::MAX)? {
+        let mut record: ClientRecord = decode_exact(&value, 1 << 16)
+            .map_err(|e| HubError::Internal(format!("client record: {e}")))?;
+        if record.activity_month >= cutoff {
+            continue;
+        }
+        let queued = store.scan_prefix(Cf::QsQueues, &id, usize::MAX)?;
+        if queued.is_empty() {
+            continue;
+        }
+        out.queued_messages += queued.len();
+        for (k, _) in queued {
+            txn.delete(Cf::QsQueues, k);
+        }
+        // Everything up to the ratchet's position now counts as gone, so the queue is empty
+        // for the length limit too.
+        let ratchet = QueueRatchet::from_bytes(record.ratchet.as_slice())
+            .map_err(|e| HubError::Internal(format!("stored ratchet: {e}")))?;
+        record.acked_below = ratchet.next_seq();
+        let bytes = encode(&record).map_err(|e| HubError::Internal(e.to_string()))?;
+        txn.put(Cf::QsClients, id, bytes);
+    }
+    txn.commit()?;
+    Ok(out)
+}
