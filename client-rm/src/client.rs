@@ -1200,25 +1200,50 @@ impl Client {
     /// opens nothing written afterwards.
     pub async fn rotate_ear_key(&mut self, group: &GroupHandle) -> Result<(), ClientError> {
         let (signer, mls, ear_key) = self.member(group)?;
+        let (old_ck, old_wk) = group_keys(self.meta(group)?)?;
+        let (new_ck, new_wk) = (EarKey::random(), EarKey::random());
+        // Every leaf's credential material, re-wrapped under the new credential keys.
+        let info = self.external_commit_info(group, &ear_key).await?;
+        let mut credentials = Vec::with_capacity(info.credentials.len());
+        for entry in &info.credentials {
+            let (cc, sek) = identity::unwrap(&entry.info, &old_ck, &old_wk)?;
+            credentials.push(LeafCredentialEntry {
+                leaf: entry.leaf,
+                info: identity::wrap(&cc, &sek, &new_ck, &new_wk)?,
+            });
+        }
         let new = EarKey::random();
-        let req = self.member_request(
-            &mls,
-            &ear_key,
-            &signer,
-            DsOperation::RotateEarKey(new.as_bytes().to_vec().into()),
-        )?;
+        let rotation = KeyRotation {
+            new_ear_key: new.as_bytes().to_vec().into(),
+            credentials,
+        };
+        let req =
+            self.member_request(&mls, &ear_key, &signer, DsOperation::RotateEarKey(rotation))?;
         self.transport.ds(&req).await?;
-        self.meta_mut(group)?.ear_key = hex::encode(new.as_bytes());
+        let meta = self.meta_mut(group)?;
+        meta.ear_key = hex::encode(new.as_bytes());
+        meta.credential_key = hex::encode(new_ck.as_bytes());
+        meta.wrapper_key = hex::encode(new_wk.as_bytes());
         self.persist()?;
         let mut framed = vec![CONTENT_CONTROL];
         framed.extend_from_slice(new.as_bytes());
+        framed.extend_from_slice(new_ck.as_bytes());
+        framed.extend_from_slice(new_wk.as_bytes());
         self.send_framed(group, &framed).await
     }
 
     /// Applies a control message from another member.
     fn control(&mut self, group: GroupHandle, body: &[u8]) -> Result<Event, ClientError> {
-        let key = EarKey::from_bytes(body)?;
-        self.meta_mut(&group)?.ear_key = hex::encode(key.as_bytes());
+        if body.len() != 96 {
+            return Err(ClientError::Unexpected("malformed key rotation"));
+        }
+        let key = EarKey::from_bytes(&body[..32])?;
+        let ck = EarKey::from_bytes(&body[32..64])?;
+        let wk = EarKey::from_bytes(&body[64..])?;
+        let meta = self.meta_mut(&group)?;
+        meta.ear_key = hex::encode(key.as_bytes());
+        meta.credential_key = hex::encode(ck.as_bytes());
+        meta.wrapper_key = hex::encode(wk.as_bytes());
         tracing::info!(group = %group, "group EAR key rotated by a member");
         Ok(Event::EarKeyRotated { group })
     }

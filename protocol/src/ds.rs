@@ -125,10 +125,21 @@ pub enum DsOperation {
     /// removing its old leaf. Signed by that old leaf, so only a member can resync itself.
     #[tls_codec(discriminant = 11)]
     Resync(CommitBundle),
-    /// Re-encrypt the group state under this new `GroupStateEarKey` (32 bytes). The request's
-    /// own `ear_key` is the current one; afterwards only the new key opens the state.
+    /// Re-encrypt the group state under a new `GroupStateEarKey`, optionally replacing every
+    /// leaf's credential material (re-wrapped under new group credential and wrapper keys).
     #[tls_codec(discriminant = 12)]
-    RotateEarKey(VLBytes),
+    RotateEarKey(KeyRotation),
+}
+
+/// A member's key rotation. The request's own `ear_key` is the current one; afterwards only
+/// `new_ear_key` opens the state.
+#[derive(Debug, Clone, PartialEq, Eq, TlsSerialize, TlsDeserialize, TlsSize)]
+pub struct KeyRotation {
+    /// The new `GroupStateEarKey` (32 bytes).
+    pub new_ear_key: VLBytes,
+    /// Either empty (credential keys unchanged) or one entry for every current leaf, under the
+    /// new group credential and wrapper keys.
+    pub credentials: Vec<LeafCredentialEntry>,
 }
 
 impl DsOperation {

@@ -113,7 +113,16 @@ async fn arbitrary_member_requests_never_crash_the_ds_core() {
                 commit_ref: rng.r#gen(),
                 reason: RejectReason::Other,
             }),
-            8 => DsOperation::RotateEarKey(mutate(&mut rng, &[7; 32]).into()),
+            8 => DsOperation::RotateEarKey(KeyRotation {
+                new_ear_key: mutate(&mut rng, &[7; 32]).into(),
+                credentials: vec![LeafCredentialEntry {
+                    leaf: rng.gen_range(0..4),
+                    info: mimi_rm_protocol::credentials::LeafCredentialInfo {
+                        encrypted_client_credential: bytes(),
+                        encrypted_signature_ear_key: bytes(),
+                    },
+                }],
+            }),
             9 => DsOperation::CreateGroup(CreateGroup {
                 group_info: bytes(),
                 ratchet_tree: bytes(),
@@ -124,7 +133,8 @@ async fn arbitrary_member_requests_never_crash_the_ds_core() {
             }),
             _ => DsOperation::WelcomeInfo(rng.r#gen()),
         };
-        let rotate_ok = matches!(&op, DsOperation::RotateEarKey(k) if k.as_slice().len() == 32);
+        let rotate_ok = matches!(&op, DsOperation::RotateEarKey(r)
+            if r.new_ear_key.as_slice().len() == 32 && r.credentials.len() == 2);
         if rotate_ok {
             continue; // a well-formed rotation is a legitimate request, not a bad one
         }

@@ -71,6 +71,35 @@ async fn a_rotated_key_replaces_the_old_one_everywhere() {
         assert_eq!(c.epoch(&g).unwrap(), e);
     }
 
+    // The credential keys rotated too: a member added now, and the members already there,
+    // all verify each other from material wrapped under the new keys.
+    let mut dave = client(&hub, dir.path(), "dave").await;
+    dave.add_contact(&alice.contact_card().unwrap()).unwrap();
+    let e = alice
+        .invite(&g, &dave.contact_card().unwrap())
+        .await
+        .unwrap();
+    assert!(
+        dave.receive()
+            .await
+            .unwrap()
+            .contains(&Event::Joined { group: g.clone() })
+    );
+    for c in [&mut bob, &mut carol] {
+        c.receive().await.unwrap();
+        assert_eq!(c.epoch(&g).unwrap(), e);
+    }
+    for c in [&alice, &bob, &carol, &dave] {
+        let ids = c.member_identities(&g).unwrap();
+        assert_eq!(ids.len(), 4);
+        assert!(
+            ids.values()
+                .all(|i| matches!(i, mimi_client_rm::MemberIdentity::Verified { .. })),
+            "{}: {ids:?}",
+            c.name()
+        );
+    }
+
     // A snapshot from before the rotation opens with the old key only; state written after
     // opens with the new key only.
     let gid = g.0.as_slice();

@@ -456,11 +456,22 @@ impl LoadedGroup {
             }
             (DsOperation::SelfRemove(p), Authenticated::Member(s)) => self.self_remove(s, p)?,
             (DsOperation::Resync(b), Authenticated::Member(s)) => self.resync(s, b)?,
-            (DsOperation::RotateEarKey(k), Authenticated::Member(_)) => {
-                // Any member may rotate: every member holds the key anyway. The state is
+            (DsOperation::RotateEarKey(r), Authenticated::Member(_)) => {
+                // Any member may rotate: every member holds the keys anyway. The state is
                 // written under the new key below; the old one no longer opens it.
-                self.key = EarKey::from_bytes(k.as_slice())
+                let key = EarKey::from_bytes(r.new_ear_key.as_slice())
                     .map_err(|_| HubError::InvalidRequest("EAR key must be 32 bytes"))?;
+                if !r.credentials.is_empty() {
+                    let leaves: Vec<u32> = r.credentials.iter().map(|c| c.leaf).collect();
+                    let current: Vec<u32> = self.credentials.iter().map(|c| c.leaf).collect();
+                    if leaves != current {
+                        return Err(HubError::WrongOperation(
+                            "re-wrapped credentials must cover exactly the current leaves",
+                        ));
+                    }
+                    self.credentials = r.credentials.clone();
+                }
+                self.key = key;
                 Applied {
                     response: DsResponse::Accepted(self.epoch()),
                     fanout: Vec::new(),
