@@ -5,6 +5,8 @@
 //! deliberately the shape a distributed transactional KV could implement too.
 
 mod locks;
+#[cfg(test)]
+mod record_decoding_tests;
 mod rocks;
 
 pub use locks::{KeyLocks, LockSet};
