@@ -1266,13 +1266,7 @@ impl Client {
                 Err(e) => return Err(e),
             }
         };
-        let MlsMessageBodyIn::GroupInfo(vgi) =
-            MlsMessageIn::tls_deserialize_exact(info.group_info.as_slice())
-                .map_err(ClientError::mls)?
-                .extract()
-        else {
-            return Err(ClientError::Unexpected("not a GroupInfo"));
-        };
+        let vgi = parse_group_info(info.group_info.as_slice())?;
         Ok(vgi.group_context() == pending.group_context())
     }
 
@@ -1750,6 +1744,19 @@ fn join_config() -> MlsGroupJoinConfig {
         .use_ratchet_tree_extension(false)
         .max_past_epochs(MAX_PAST_EPOCHS)
         .build()
+}
+
+/// Decodes an `MLSMessage` that must carry a GroupInfo.
+fn parse_group_info(
+    bytes: &[u8],
+) -> Result<openmls::messages::group_info::VerifiableGroupInfo, ClientError> {
+    match MlsMessageIn::tls_deserialize_exact(bytes)
+        .map_err(ClientError::mls)?
+        .extract()
+    {
+        MlsMessageBodyIn::GroupInfo(vgi) => Ok(vgi),
+        _ => Err(ClientError::Unexpected("not a GroupInfo")),
+    }
 }
 
 /// Waits a little longer after each failed attempt to reach the hub (20 ms steps, capped).

@@ -25,6 +25,18 @@ pub struct HubProcess {
     ca_pem: Option<Vec<u8>>,
 }
 
+/// Config lines serving HTTPS with `ca`'s leaf for `domain`, then `extra_config`.
+fn tls_config(ca: &tls::TestCa, domain: &str, extra_config: &str) -> String {
+    let leaf = ca
+        .leaf(domain)
+        .expect("the test CA has a leaf for this domain");
+    format!(
+        "tls_cert = {:?}\ntls_key = {:?}\n{extra_config}",
+        leaf.cert.display().to_string(),
+        leaf.key.display().to_string(),
+    )
+}
+
 /// A loopback address with a free port (for hubs whose peers must know their URL up front).
 pub fn free_port() -> SocketAddr {
     let l = TcpListener::bind("127.0.0.1:0").expect("bind");
@@ -60,14 +72,7 @@ impl HubProcess {
         addr: SocketAddr,
         extra_config: &str,
     ) -> Self {
-        let leaf = ca
-            .leaf(domain)
-            .expect("the test CA has a leaf for this domain");
-        let tls_config = format!(
-            "tls_cert = {:?}\ntls_key = {:?}\n{extra_config}",
-            leaf.cert.display().to_string(),
-            leaf.key.display().to_string(),
-        );
+        let tls_config = tls_config(ca, domain, extra_config);
         let mut hub = Self::prepare(
             binary,
             dir,
@@ -142,14 +147,7 @@ impl HubProcess {
         ca: &tls::TestCa,
         extra_config: &str,
     ) -> Self {
-        let leaf = ca
-            .leaf(domain)
-            .expect("the test CA has a leaf for this domain");
-        let tls_config = format!(
-            "tls_cert = {:?}\ntls_key = {:?}\n{extra_config}",
-            leaf.cert.display().to_string(),
-            leaf.key.display().to_string(),
-        );
+        let tls_config = tls_config(ca, domain, extra_config);
         Self::start_inner(
             binary,
             dir,

@@ -2,6 +2,9 @@
 //! throwaway CA: groups hosted on A with members on both, forwarding (B → A), durable delivery
 //! (A → B) across an outage, and forged server-to-server messages refused.
 
+mod common;
+
+use common::messages;
 use mimi_client_rm::{Client, Event, GroupHandle};
 use mimi_ds_rm::store::Cf;
 use mimi_rm_crypto::hpke_seal;
@@ -64,6 +67,20 @@ async fn user(hub: &HubProcess, dir: &Path, name: &str) -> Client {
         .expect("register")
 }
 
+/// Alice on A and bob on B, contacts, in a group hosted on A.
+async fn pair(p: &Providers, dir: &Path) -> (Client, Client, GroupHandle) {
+    let mut alice = user(&p.a, dir, "alice").await;
+    let mut bob = user(&p.b, dir, "bob").await;
+    befriend(&mut [&mut alice, &mut bob]);
+    let g = alice.create_group().await.unwrap();
+    let e = alice
+        .invite(&g, &bob.contact_card().unwrap())
+        .await
+        .unwrap();
+    receive_until(&mut bob, has_epoch(&g, e)).await;
+    (alice, bob, g)
+}
+
 /// Everyone accepts everyone's contact card.
 fn befriend(clients: &mut [&mut Client]) {
     let cards: Vec<_> = clients.iter().map(|c| c.contact_card().unwrap()).collect();
@@ -95,16 +112,6 @@ async fn receive_until(c: &mut Client, done: impl Fn(&[Event]) -> bool) -> Vec<E
     }
 }
 
-fn texts(events: &[Event]) -> Vec<Vec<u8>> {
-    events
-        .iter()
-        .filter_map(|e| match e {
-            Event::Message { plaintext, .. } => Some(plaintext.clone()),
-            _ => None,
-        })
-        .collect()
-}
-
 fn has_epoch(g: &GroupHandle, epoch: u64) -> impl Fn(&[Event]) -> bool + '_ {
     move |evs: &[Event]| {
         evs.iter().any(|e| {
@@ -118,9 +125,12 @@ fn has_epoch(g: &GroupHandle, epoch: u64) -> impl Fn(&[Event]) -> bool + '_ {
 async fn say(from: &mut Client, to: &mut [&mut Client], g: &GroupHandle, text: &str) {
     from.send(g, text.as_bytes()).await.expect("send");
     for c in to.iter_mut() {
-        let got = receive_until(c, |e| texts(e).iter().any(|t| t == text.as_bytes())).await;
+        let got = receive_until(c, |e| messages(e).iter().any(|t| t == text.as_bytes())).await;
         assert_eq!(
-            texts(&got).iter().filter(|t| *t == text.as_bytes()).count(),
+            messages(&got)
+                .iter()
+                .filter(|t| *t == text.as_bytes())
+                .count(),
             1,
             "{} reads {text:?} exactly once",
             c.name()
@@ -266,15 +276,7 @@ async fn metric(hub: &HubProcess, name: &str) -> u64 {
 async fn a_follower_outage_loses_nothing() {
     let dir = tempfile::tempdir().unwrap();
     let mut p = providers(dir.path());
-    let mut alice = user(&p.a, dir.path(), "alice").await;
-    let mut bob = user(&p.b, dir.path(), "bob").await;
-    befriend(&mut [&mut alice, &mut bob]);
-    let g = alice.create_group().await.unwrap();
-    let e = alice
-        .invite(&g, &bob.contact_card().unwrap())
-        .await
-        .unwrap();
-    receive_until(&mut bob, has_epoch(&g, e)).await;
+    let (mut alice, mut bob, g) = pair(&p, dir.path()).await;
     say(&mut alice, &mut [&mut bob], &g, "before the outage").await;
 
     // B goes down hard; A keeps accepting messages for bob into its durable outbox.
@@ -292,9 +294,9 @@ async fn a_follower_outage_loses_nothing() {
     // A restarts too (the outbox survives), then B comes back.
     p.a.crash_and_restart();
     p.b.restart();
-    let got = receive_until(&mut bob, |evs| texts(evs).len() >= sent.len()).await;
+    let got = receive_until(&mut bob, |evs| messages(evs).len() >= sent.len()).await;
     assert_eq!(
-        texts(&got),
+        messages(&got),
         sent.iter()
             .map(|t| t.as_bytes().to_vec())
             .collect::<Vec<_>>(),
@@ -302,7 +304,7 @@ async fn a_follower_outage_loses_nothing() {
     );
     tokio::time::sleep(Duration::from_millis(500)).await;
     assert!(
-        texts(&bob.receive().await.unwrap()).is_empty(),
+        messages(&bob.receive().await.unwrap()).is_empty(),
         "no duplicates"
     );
     say(&mut bob, &mut [&mut alice], &g, "after the outage").await;
@@ -487,15 +489,7 @@ async fn forged_and_misaddressed_server_messages_are_refused() {
 async fn measure_cross_provider_delivery_latency() {
     let dir = tempfile::tempdir().unwrap();
     let p = providers(dir.path());
-    let mut alice = user(&p.a, dir.path(), "alice").await;
-    let mut bob = user(&p.b, dir.path(), "bob").await;
-    befriend(&mut [&mut alice, &mut bob]);
-    let g = alice.create_group().await.unwrap();
-    let e = alice
-        .invite(&g, &bob.contact_card().unwrap())
-        .await
-        .unwrap();
-    receive_until(&mut bob, has_epoch(&g, e)).await;
+    let (mut alice, mut bob, g) = pair(&p, dir.path()).await;
     let mut samples = Vec::new();
     for i in 0..100 {
         let text = format!("latency probe {i}");
@@ -503,7 +497,7 @@ async fn measure_cross_provider_delivery_latency() {
         alice.send(&g, text.as_bytes()).await.unwrap();
         let sent = start.elapsed();
         loop {
-            if texts(&bob.receive().await.unwrap())
+            if messages(&bob.receive().await.unwrap())
                 .iter()
                 .any(|t| t == text.as_bytes())
             {

@@ -150,13 +150,7 @@ impl Client {
         cwk: CredentialWithKey,
         signer: &SignatureKeyPair,
     ) -> Result<(MlsGroup, CommitBundle), ClientError> {
-        let MlsMessageBodyIn::GroupInfo(vgi) =
-            MlsMessageIn::tls_deserialize_exact(info.group_info.as_slice())
-                .map_err(ClientError::mls)?
-                .extract()
-        else {
-            return Err(ClientError::Unexpected("not a GroupInfo"));
-        };
+        let vgi = super::parse_group_info(info.group_info.as_slice())?;
         if vgi.group_id().as_slice() != group.0.as_slice() {
             return Err(ClientError::Unexpected("GroupInfo of another group"));
         }

@@ -196,17 +196,7 @@ impl Hub {
         body: &[u8],
         now_ms: u64,
     ) -> Result<Vec<u8>, HubError> {
-        if body.len() > self.config.max_body {
-            return Err(HubError::TooLarge);
-        }
-        let env: Envelope = decode_exact(body, self.config.max_body)
-            .map_err(|e| HubError::malformed("envelope", e))?;
-        if env.version != PROTOCOL_VERSION {
-            return Err(HubError::UnsupportedVersion(env.version));
-        }
-        if env.transaction_type != endpoint {
-            return Err(HubError::WrongEndpoint);
-        }
+        let env = self.open_envelope(body, endpoint)?;
         let payload = env.payload.as_slice();
         match endpoint {
             TransactionType::QueueService => {
@@ -424,6 +414,13 @@ impl Hub {
     /// Decodes an incoming server-to-server body far enough to learn who claims to send it
     /// (the shell then fetches that domain's key).
     pub fn s2s_decode(&self, body: &[u8]) -> Result<S2sEnvelope, HubError> {
+        let env = self.open_envelope(body, TransactionType::Federation)?;
+        decode_exact(env.payload.as_slice(), self.config.max_body)
+            .map_err(|e| HubError::malformed("s2s envelope", e))
+    }
+
+    /// Size limit, exact decode, version and transaction type of a request body.
+    fn open_envelope(&self, body: &[u8], expected: TransactionType) -> Result<Envelope, HubError> {
         if body.len() > self.config.max_body {
             return Err(HubError::TooLarge);
         }
@@ -432,11 +429,10 @@ impl Hub {
         if env.version != PROTOCOL_VERSION {
             return Err(HubError::UnsupportedVersion(env.version));
         }
-        if env.transaction_type != TransactionType::Federation {
+        if env.transaction_type != expected {
             return Err(HubError::WrongEndpoint);
         }
-        decode_exact(env.payload.as_slice(), self.config.max_body)
-            .map_err(|e| HubError::malformed("s2s envelope", e))
+        Ok(env)
     }
 
     /// Handles a verified-to-be server-to-server message posted to `/federation/forward`
@@ -525,17 +521,7 @@ impl Hub {
     /// Checks a client's proxy request (an anonymous lookup at another provider) and returns
     /// the target domain and the envelope to forward there.
     pub fn proxy_target(&self, body: &[u8]) -> Result<(String, Vec<u8>), HubError> {
-        if body.len() > self.config.max_body {
-            return Err(HubError::TooLarge);
-        }
-        let env: Envelope = decode_exact(body, self.config.max_body)
-            .map_err(|e| HubError::malformed("envelope", e))?;
-        if env.version != PROTOCOL_VERSION {
-            return Err(HubError::UnsupportedVersion(env.version));
-        }
-        if env.transaction_type != TransactionType::Proxy {
-            return Err(HubError::WrongEndpoint);
-        }
+        let env = self.open_envelope(body, TransactionType::Proxy)?;
         let req: ProxyRequest = decode_exact(env.payload.as_slice(), self.config.max_body)
             .map_err(|e| HubError::malformed("proxy request", e))?;
         if !matches!(
