@@ -35,6 +35,11 @@ const ADD_PACKAGE_DOMAIN: &str = "add package";
 /// How many past epochs' secrets a member keeps, so an application message sent just before a
 /// commit (the hub accepts messages of earlier epochs) still decrypts after it.
 pub const MAX_PAST_EPOCHS: usize = 8;
+/// How far behind the newest generation of a sender a message may arrive (OpenMLS defaults to
+/// 5, which a busy group under concurrent commits exceeded in the concurrency test).
+const OUT_OF_ORDER_TOLERANCE: u32 = 64;
+/// How far ahead of the last seen generation a sender's message may be.
+const MAX_FORWARD_DISTANCE: u32 = 1000;
 /// First byte of an application message's plaintext: what the rest is.
 const CONTENT_USER: u8 = 0;
 /// A group control message between clients (e.g. a new `GroupStateEarKey`).
@@ -771,6 +776,10 @@ impl Client {
             .wire_format_policy(PURE_PLAINTEXT_WIRE_FORMAT_POLICY)
             .use_ratchet_tree_extension(false)
             .max_past_epochs(MAX_PAST_EPOCHS)
+            .sender_ratchet_configuration(SenderRatchetConfiguration::new(
+                OUT_OF_ORDER_TOLERANCE,
+                MAX_FORWARD_DISTANCE,
+            ))
             .capabilities(caps())
             .with_leaf_node_extensions(
                 Extensions::single(self.sealed_queue_ref()?).map_err(ClientError::mls)?,
@@ -1743,6 +1752,10 @@ fn join_config() -> MlsGroupJoinConfig {
         .wire_format_policy(PURE_PLAINTEXT_WIRE_FORMAT_POLICY)
         .use_ratchet_tree_extension(false)
         .max_past_epochs(MAX_PAST_EPOCHS)
+        .sender_ratchet_configuration(SenderRatchetConfiguration::new(
+            OUT_OF_ORDER_TOLERANCE,
+            MAX_FORWARD_DISTANCE,
+        ))
         .build()
 }
 
