@@ -78,7 +78,7 @@ async fn arbitrary_member_requests_never_crash_the_ds_core() {
             .collect::<Vec<_>>()
     };
     let before = group_row(&hub);
-    let mut rng = StdRng::seed_from_u64(0x5eed_0f_d5);
+    let mut rng = StdRng::seed_from_u64(0x5eed_0fd5);
     let mut statuses = std::collections::BTreeMap::new();
     for _ in 0..cases {
         let base = &bundles[rng.gen_range(0..bundles.len())];
