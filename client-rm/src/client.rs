@@ -1479,7 +1479,12 @@ impl Client {
                 };
                 return Ok(Processed::Rejected(group, report));
             }
-            Err(e) => return Err(ClientError::mls(e)),
+            // Say which epoch the message was for: the usual cause is an epoch we no longer keep.
+            Err(e) => {
+                return Err(ClientError::Mls(format!(
+                    "{e} (message epoch {msg_epoch}, ours {ours})"
+                )));
+            }
         };
         let sender = match processed.sender() {
             Sender::Member(i) => i.u32(),
