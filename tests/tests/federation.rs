@@ -521,3 +521,127 @@ async fn measure_cross_provider_delivery_latency() {
         pct(&totals, 1.0)
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn malformed_server_and_proxy_bodies_are_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = providers(dir.path());
+    let a_key = s2s_key(&p.a);
+    let now = mimi_ds_rm::now_ms;
+    let genuine = s2s(
+        &a_key,
+        "a.test",
+        "b.test",
+        now(),
+        S2sPayload::Deliver(Vec::new()),
+    );
+    // Truncated, garbage and oversized server-to-server bodies.
+    for cut in [0, 3, genuine.len() / 2, genuine.len() - 1] {
+        let body = genuine[..cut].to_vec();
+        refused(
+            &p.b,
+            paths::DELIVER_MESSAGE,
+            body,
+            400,
+            ErrorCode::Malformed,
+        )
+        .await;
+    }
+    let oversized = vec![0u8; (1 << 20) + 1];
+    refused(
+        &p.b,
+        paths::FEDERATION_FORWARD,
+        oversized,
+        413,
+        ErrorCode::TooLarge,
+    )
+    .await;
+    // A client envelope posted where a server envelope belongs.
+    let qs = QsRequest {
+        tbs: QsRequestTbs {
+            timestamp_ms: now(),
+            nonce: rand::random(),
+            sender: QsSender::Anonymous,
+            operation: QsOperation::EncryptionKey,
+        },
+        signature: Vec::new().into(),
+    };
+    let client_body = mimi_client_rm::envelope(TransactionType::QueueService, &qs).unwrap();
+    refused(
+        &p.b,
+        paths::DELIVER_MESSAGE,
+        client_body.clone(),
+        400,
+        ErrorCode::WrongEndpoint,
+    )
+    .await;
+    // Proxy: garbage, a lookup at ourselves, a non-peer, and an operation that is not a lookup.
+    refused(
+        &p.b,
+        paths::FEDERATION_PROXY,
+        vec![1, 2, 3],
+        400,
+        ErrorCode::Malformed,
+    )
+    .await;
+    let proxy = |domain: &str, tt: TransactionType, env: Vec<u8>| {
+        mimi_client_rm::envelope(
+            TransactionType::Proxy,
+            &ProxyRequest {
+                domain: domain.as_bytes().to_vec().into(),
+                request: ForwardedRequest {
+                    transaction_type: tt,
+                    envelope: env.into(),
+                },
+            },
+        )
+        .unwrap()
+    };
+    let body = proxy("b.test", TransactionType::QueueService, client_body.clone());
+    refused(
+        &p.b,
+        paths::FEDERATION_PROXY,
+        body,
+        400,
+        ErrorCode::InvalidRequest,
+    )
+    .await;
+    let body = proxy("c.test", TransactionType::QueueService, client_body.clone());
+    refused(
+        &p.b,
+        paths::FEDERATION_PROXY,
+        body,
+        403,
+        ErrorCode::NotAPeer,
+    )
+    .await;
+    let dequeue = QsRequest {
+        tbs: QsRequestTbs {
+            operation: QsOperation::Dequeue(mimi_rm_protocol::qs::Dequeue {
+                ack_below: 0,
+                max: 1,
+            }),
+            ..qs.tbs.clone()
+        },
+        signature: Vec::new().into(),
+    };
+    let env = mimi_client_rm::envelope(TransactionType::QueueService, &dequeue).unwrap();
+    let body = proxy("a.test", TransactionType::QueueService, env);
+    refused(
+        &p.b,
+        paths::FEDERATION_PROXY,
+        body,
+        403,
+        ErrorCode::NotAuthorized,
+    )
+    .await;
+    // Positive control: the anonymous lookup itself is passed on and answered by A.
+    let body = proxy("a.test", TransactionType::QueueService, client_body);
+    let (status, resp) =
+        post_with_ca(p.b.ca_pem(), &p.b.url(), paths::FEDERATION_PROXY, body).await;
+    assert_eq!(status, 200, "{}", error_of(&resp));
+    assert!(matches!(
+        decode_exact::<QsResponse>(&resp, 1 << 16).unwrap(),
+        QsResponse::EncryptionKey(_)
+    ));
+}
