@@ -3,7 +3,7 @@ CARGO ?= cargo
 JOBS ?= 2
 export CARGO_BUILD_JOBS := $(JOBS)
 
-.PHONY: demo test deps build lint fmt clean fuzz
+.PHONY: demo test deps build lint fmt clean fuzz bench
 
 # RocksDB's Rust bindings need clang/libclang (bindgen); install them when missing.
 deps:
@@ -29,10 +29,15 @@ lint: deps
 fmt:
 	$(CARGO) fmt --all
 
+# Criterion benchmarks (results and machine in BENCHMARKS.md). The dev profile (dependencies at
+# opt-level 2) reuses the test build; a release profile would first compile RocksDB again.
+bench: deps
+	$(CARGO) bench -j$(JOBS) --workspace --profile dev --bench privacy_pass
+
 # Seconds per fuzz target; `make fuzz FUZZ_SECONDS=600` for a longer run. Not part of CI (time).
 FUZZ_SECONDS ?= 60
 FUZZ_TARGETS := envelope ds_request qs_request as_request s2s_envelope \
-	add_package_and_credentials queue_message
+	add_package_and_credentials queue_message privacy_pass
 
 # Runs every cargo-fuzz target in fuzz/ for FUZZ_SECONDS each. cargo-fuzz passes nightly-only
 # flags (sanitizers); RUSTC_BOOTSTRAP=1 lets the stable toolchain accept them. Its own target dir

@@ -236,6 +236,9 @@ fn transport_for(hub_url: &str, ca_pem: Option<&[u8]>) -> Result<Transport, Clie
     }
 }
 
+/// The token wallet's file in the client directory.
+const WALLET_FILE: &str = "tokens.json";
+
 fn b32(v: &[u8]) -> Result<[u8; 32], ClientError> {
     v.try_into()
         .map_err(|_| ClientError::State("expected 32 bytes".into()))
@@ -256,7 +259,7 @@ impl Client {
         name: &str,
         ca_pem: Option<&[u8]>,
     ) -> Result<Self, ClientError> {
-        let transport = transport_for(hub_url, ca_pem)?;
+        let mut transport = transport_for(hub_url, ca_pem)?;
         let domain = transport.domain().await?;
         // Identity at the AS: the only request that carries our handle.
         let client_key = SigningKey::generate();
@@ -286,6 +289,15 @@ impl Client {
         {
             return Err(ClientError::Unexpected("the AS issued another credential"));
         }
+        // From here on, rate-limited requests (the QS records first) are paid with tokens that
+        // this credential authorises us to obtain.
+        std::fs::create_dir_all(dir).map_err(|e| ClientError::State(e.to_string()))?;
+        transport.enable_tokens(crate::tokens::Wallet::new(
+            domain.clone(),
+            credential.clone(),
+            SigningKey::from_bytes(&client_key.to_bytes())?,
+            Some(dir.join(WALLET_FILE)),
+        )?);
         let qs_public = match transport
             .qs(&anonymous_qs(QsOperation::EncryptionKey))
             .await?
@@ -361,8 +373,17 @@ impl Client {
         hub_url: &str,
         ca_pem: Option<&[u8]>,
     ) -> Result<Self, ClientError> {
-        let transport = transport_for(hub_url, ca_pem)?;
+        let mut transport = transport_for(hub_url, ca_pem)?;
         let (state, mls) = state::load(dir)?;
+        let credential: ClientCredential =
+            decode_exact(&unhex(&state.client_credential)?, 64 * 1024)
+                .map_err(|e| ClientError::State(e.to_string()))?;
+        transport.enable_tokens(crate::tokens::Wallet::new(
+            state.domain.clone(),
+            credential,
+            SigningKey::from_bytes(&unhex(&state.client_key)?)?,
+            Some(dir.join(WALLET_FILE)),
+        )?);
         Ok(Self {
             transport,
             dir: dir.to_owned(),
@@ -370,6 +391,26 @@ impl Client {
             provider: ClientProvider::from_snapshot(mls),
             pending: Vec::new(),
         })
+    }
+
+    /// Takes one Privacy Pass token from this client's wallet (refilling it when low), for
+    /// requests built by hand: tools, tests, benchmarks.
+    pub async fn take_token(&self) -> Result<mimi_rm_protocol::tokens::PresentedToken, ClientError> {
+        let wallet = self
+            .transport
+            .wallet()
+            .ok_or(ClientError::Unexpected("no token wallet"))?;
+        wallet.take(self.transport.http(), self.transport.base()).await
+    }
+
+    /// The client's token wallet.
+    pub fn wallet(&self) -> Option<&crate::tokens::Wallet> {
+        self.transport.wallet()
+    }
+
+    /// The transport to the home hub.
+    pub fn transport(&self) -> &Transport {
+        &self.transport
     }
 
     /// Records every request body this client sends (wire log).

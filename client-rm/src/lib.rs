@@ -12,6 +12,7 @@ mod error;
 mod identity;
 mod provider;
 mod state;
+pub mod tokens;
 mod transport;
 
 #[cfg(feature = "adversary")]
@@ -19,4 +20,5 @@ pub use client::Tamper;
 pub use client::{Client, Event, GroupHandle, MemberIdentity};
 pub use contact::ContactCard;
 pub use error::ClientError;
+pub use tokens::Wallet;
 pub use transport::{Recorder, Transport, envelope};

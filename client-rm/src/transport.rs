@@ -3,7 +3,11 @@
 use crate::error::ClientError;
 use mimi_rm_protocol::ds::{DsRequest, DsResponse};
 use mimi_rm_protocol::qs::{QsRequest, QsResponse};
-use mimi_rm_protocol::{Envelope, ErrorResponse, TransactionType, decode_exact, encode, paths};
+use crate::tokens::Wallet;
+use mimi_rm_protocol::tokens::{PresentedToken, RateClass};
+use mimi_rm_protocol::{
+    Envelope, ErrorCode, ErrorResponse, TransactionType, decode_exact, encode, paths,
+};
 
 const MAX_RESPONSE: usize = 64 << 20;
 
@@ -16,6 +20,7 @@ pub struct Transport {
     http: reqwest::Client,
     base: String,
     recorder: Option<Recorder>,
+    wallet: Option<std::sync::Arc<Wallet>>,
 }
 
 impl Transport {
@@ -25,6 +30,7 @@ impl Transport {
             http: reqwest::Client::new(),
             base: base.into().trim_end_matches('/').to_owned(),
             recorder: None,
+            wallet: None,
         }
     }
 
@@ -48,6 +54,7 @@ impl Transport {
             http,
             base: base.into().trim_end_matches('/').to_owned(),
             recorder: None,
+            wallet: None,
         })
     }
 
@@ -61,8 +68,75 @@ impl Transport {
         &self.base
     }
 
-    /// Posts raw bytes to a path; returns the body of a 200 or the decoded error.
+    /// Pays for rate-limited requests from `wallet` from now on.
+    pub fn enable_tokens(&mut self, wallet: Wallet) {
+        self.wallet = Some(std::sync::Arc::new(wallet));
+    }
+
+    /// The token wallet, once enabled.
+    pub fn wallet(&self) -> Option<&Wallet> {
+        self.wallet.as_deref()
+    }
+
+    /// The HTTP client (connection pool) this transport uses.
+    pub fn http(&self) -> &reqwest::Client {
+        &self.http
+    }
+
+    /// Posts raw bytes to a path; returns the body of a 200 or the decoded error. With a wallet,
+    /// a 401 token challenge is answered with a token and the request sent again.
     pub async fn post_raw(&self, path: &str, body: Vec<u8>) -> Result<Vec<u8>, ClientError> {
+        self.post_classed(path, body, None).await
+    }
+
+    /// Posts a request of rate class `class`: with a token up front when the hub is known to
+    /// want one for that class, and with a fresh one after any token refusal (at most three
+    /// retries, so a hub that refuses every token cannot loop us).
+    async fn post_classed(
+        &self,
+        path: &str,
+        body: Vec<u8>,
+        class: Option<RateClass>,
+    ) -> Result<Vec<u8>, ClientError> {
+        let Some(wallet) = &self.wallet else {
+            return self.send(path, body, None).await;
+        };
+        let mut token = match class {
+            Some(c) if wallet.is_limited(c).await => Some(wallet.take(&self.http, &self.base).await?),
+            _ => None,
+        };
+        let mut attempt = 0;
+        loop {
+            let result = self.send(path, body.clone(), token.as_ref()).await;
+            let Err(ClientError::Hub { status: 401, response }) = &result else {
+                return result;
+            };
+            attempt += 1;
+            if attempt > 3 {
+                return result;
+            }
+            match response.code {
+                ErrorCode::TokenRequired => {
+                    if let Some(c) = class {
+                        wallet.mark_limited(c).await?;
+                    }
+                }
+                ErrorCode::TokenExpiredKey | ErrorCode::TokenUnknownKey => {
+                    wallet.drop_stale(&self.http, &self.base).await?;
+                }
+                ErrorCode::TokenSpent | ErrorCode::TokenInvalid | ErrorCode::TokenMalformed => {}
+                _ => return result,
+            }
+            token = Some(wallet.take(&self.http, &self.base).await?);
+        }
+    }
+
+    async fn send(
+        &self,
+        path: &str,
+        body: Vec<u8>,
+        token: Option<&PresentedToken>,
+    ) -> Result<Vec<u8>, ClientError> {
         if let Some(r) = &self.recorder {
             r.lock()
                 .unwrap_or_else(|p| p.into_inner())
@@ -71,7 +145,12 @@ impl Transport {
         let resp = self
             .http
             .post(format!("{}{}", self.base, path))
-            .header("content-type", paths::CONTENT_TYPE)
+            .header("content-type", paths::CONTENT_TYPE);
+        let resp = match token {
+            Some(t) => resp.header("authorization", t.to_authorization()),
+            None => resp,
+        };
+        let resp = resp
             .body(body)
             .send()
             .await
@@ -105,14 +184,16 @@ impl Transport {
             _ => (TransactionType::GroupOperation, paths::GROUP_OPERATION),
         };
         let body = envelope(tt, req)?;
-        let bytes = self.post_raw(path, body).await?;
+        let class = RateClass::of_ds(&req.tbs.operation);
+        let bytes = self.post_classed(path, body, class).await?;
         decode_exact(&bytes, MAX_RESPONSE).map_err(|e| ClientError::Transport(e.to_string()))
     }
 
     /// Sends a QS request.
     pub async fn qs(&self, req: &QsRequest) -> Result<QsResponse, ClientError> {
         let body = envelope(TransactionType::QueueService, req)?;
-        let bytes = self.post_raw(paths::QS, body).await?;
+        let class = RateClass::of_qs(&req.tbs.operation);
+        let bytes = self.post_classed(paths::QS, body, class).await?;
         decode_exact(&bytes, MAX_RESPONSE).map_err(|e| ClientError::Transport(e.to_string()))
     }
 }
@@ -138,6 +219,19 @@ impl Transport {
         transaction_type: TransactionType,
         envelope_bytes: Vec<u8>,
     ) -> Result<Vec<u8>, ClientError> {
+        self.proxy_classed(domain, transaction_type, envelope_bytes, None)
+            .await
+    }
+
+    /// [`Transport::proxy`] for a request of rate class `class` (our provider spends the token
+    /// of the request it passes on).
+    async fn proxy_classed(
+        &self,
+        domain: &str,
+        transaction_type: TransactionType,
+        envelope_bytes: Vec<u8>,
+        class: Option<RateClass>,
+    ) -> Result<Vec<u8>, ClientError> {
         use mimi_rm_protocol::federation::{ForwardedRequest, ProxyRequest};
         let req = ProxyRequest {
             domain: domain.as_bytes().to_vec().into(),
@@ -147,7 +241,7 @@ impl Transport {
             },
         };
         let body = envelope(TransactionType::Proxy, &req)?;
-        self.post_raw(paths::FEDERATION_PROXY, body).await
+        self.post_classed(paths::FEDERATION_PROXY, body, class).await
     }
 
     /// A QS request to `domain`: direct when it is our provider's, proxied otherwise.
@@ -161,8 +255,9 @@ impl Transport {
             return self.qs(req).await;
         }
         let env = envelope(TransactionType::QueueService, req)?;
+        let class = RateClass::of_qs(&req.tbs.operation);
         let bytes = self
-            .proxy(domain, TransactionType::QueueService, env)
+            .proxy_classed(domain, TransactionType::QueueService, env, class)
             .await?;
         decode_exact(&bytes, MAX_RESPONSE).map_err(|e| ClientError::Transport(e.to_string()))
     }

@@ -21,6 +21,8 @@ pub fn reveals(cf: Cf) -> &'static str {
             "fan-out waiting for a peer: peer domain, sealed queue refs, MLS messages as fanned out"
         }
         Cf::FedSeen => "ids and creation times of items peers delivered here (bounded retention)",
+        Cf::PpKeys => "Privacy Pass issuer keys per key epoch (can mint tokens for that epoch)",
+        Cf::PpSpent => "random nonces of spent tokens per key epoch (a count of redemptions)",
     }
 }
 

@@ -152,6 +152,7 @@ fn serve(cfg: Config) -> Result<(), Box<dyn std::error::Error>> {
         let peers = Arc::new(crate::federation::Peers::new(&cfg)?);
         // Fan-out for other providers' members leaves the durable outbox from here.
         tokio::spawn(crate::federation::run_outbox(hub.clone(), peers.clone()));
+        tokio::spawn(crate::privacy_pass::run_rotation(hub.clone()));
         let router = crate::http::router_with_peers(hub, peers);
         match tls {
             Some(tls) => crate::tls::serve(listener, tls, router, shutdown_signal()).await,

@@ -44,6 +44,36 @@ pub struct Config {
     /// Also federate with domains not in `peers`, at `https://<domain>`. Off by default: with
     /// it on, any client can make this server connect to a host it names.
     pub open_federation: bool,
+    /// Privacy Pass rate limiting (the `[privacy_pass]` table).
+    pub privacy_pass: PrivacyPassConfig,
+}
+
+/// `[privacy_pass]`: which requests cost a token, and how tokens are issued.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct PrivacyPassConfig {
+    /// Request classes that need a token: any of `group_creation`, `group_operation`,
+    /// `application_message`, `add_package_fetch`, `qs_record_creation`. Default: all. Queue
+    /// reads, token issuance and AS lookups never need one.
+    pub rate_limited: Vec<mimi_rm_protocol::tokens::RateClass>,
+    /// Length of an issuer key epoch in seconds; keys and allowances roll over with it.
+    pub key_epoch_secs: u64,
+    /// Seconds after its epoch during which a key still redeems.
+    pub key_overlap_secs: u64,
+    /// Tokens one device may obtain per key epoch.
+    pub allowance_per_epoch: u32,
+}
+
+impl Default for PrivacyPassConfig {
+    fn default() -> Self {
+        let policy = crate::core::tokens::TokenPolicy::default();
+        Self {
+            rate_limited: policy.rate_limited.into_iter().collect(),
+            key_epoch_secs: policy.schedule.epoch_secs,
+            key_overlap_secs: policy.schedule.overlap_secs,
+            allowance_per_epoch: policy.allowance_per_epoch,
+        }
+    }
 }
 
 impl Default for Config {
@@ -65,6 +95,7 @@ impl Default for Config {
             max_messages_per_fetch: 500,
             max_queue_length: 10_000,
             request_timeout_secs: 30,
+            privacy_pass: PrivacyPassConfig::default(),
         }
     }
 }
@@ -114,6 +145,14 @@ impl Config {
             request_timeout_ms: self.request_timeout_secs.saturating_mul(1000),
             max_messages_per_fetch: self.max_messages_per_fetch,
             max_queue_length: self.max_queue_length,
+            tokens: crate::core::tokens::TokenPolicy {
+                rate_limited: self.privacy_pass.rate_limited.iter().copied().collect(),
+                schedule: crate::core::tokens::keys::KeySchedule {
+                    epoch_secs: self.privacy_pass.key_epoch_secs.max(1),
+                    overlap_secs: self.privacy_pass.key_overlap_secs,
+                },
+                allowance_per_epoch: self.privacy_pass.allowance_per_epoch,
+            },
         }
     }
 }

@@ -4,7 +4,9 @@ use crate::core::{Hub, HubError, Route};
 use crate::federation::Peers;
 use axum::Router;
 use axum::body::{Body, Bytes};
+use axum::Extension;
 use axum::extract::{DefaultBodyLimit, State};
+use crate::privacy_pass::{PresentedVerified, admission};
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -34,6 +36,16 @@ struct App {
 }
 
 fn router_inner(hub: Arc<Hub>, peers: Option<Arc<Peers>>) -> Router {
+    let issuer = Router::new()
+        .route(
+            mimi_rm_protocol::tokens::ISSUER_REQUEST_PATH,
+            post(crate::privacy_pass::issue),
+        )
+        .route(
+            mimi_rm_protocol::tokens::ISSUER_DIRECTORY_PATH,
+            get(crate::privacy_pass::directory),
+        )
+        .with_state(hub.clone());
     Router::new()
         .route(paths::GROUP_OPERATION, post(group_operation))
         .route(paths::WELCOME_INFORMATION, post(welcome_information))
@@ -51,27 +63,38 @@ fn router_inner(hub: Arc<Hub>, peers: Option<Arc<Peers>>) -> Router {
         .route("/metrics", get(metrics))
         // The core enforces the limit itself so it can answer with a TLS-encoded 413.
         .layer(DefaultBodyLimit::disable())
-        .with_state(App { hub, peers })
+        .with_state(App {
+            hub: hub.clone(),
+            peers,
+        })
+        .merge(issuer)
+        .layer(axum::middleware::from_fn_with_state(
+            hub,
+            crate::privacy_pass::redeem,
+        ))
 }
 
-async fn group_operation(State(app): State<App>, body: Body) -> Response {
-    dispatch(app, TransactionType::GroupOperation, body).await
+/// The verified token a request presented, if any (put there by the redemption middleware).
+type Token = Option<Extension<PresentedVerified>>;
+
+async fn group_operation(State(app): State<App>, token: Token, body: Body) -> Response {
+    dispatch(app, TransactionType::GroupOperation, token, body).await
 }
 
-async fn welcome_information(State(app): State<App>, body: Body) -> Response {
-    dispatch(app, TransactionType::WelcomeInformation, body).await
+async fn welcome_information(State(app): State<App>, token: Token, body: Body) -> Response {
+    dispatch(app, TransactionType::WelcomeInformation, token, body).await
 }
 
-async fn external_commit_information(State(app): State<App>, body: Body) -> Response {
-    dispatch(app, TransactionType::ExternalCommitInformation, body).await
+async fn external_commit_information(State(app): State<App>, token: Token, body: Body) -> Response {
+    dispatch(app, TransactionType::ExternalCommitInformation, token, body).await
 }
 
-async fn queue_service(State(app): State<App>, body: Body) -> Response {
-    dispatch(app, TransactionType::QueueService, body).await
+async fn queue_service(State(app): State<App>, token: Token, body: Body) -> Response {
+    dispatch(app, TransactionType::QueueService, token, body).await
 }
 
-async fn auth_service(State(app): State<App>, body: Body) -> Response {
-    dispatch(app, TransactionType::AuthService, body).await
+async fn auth_service(State(app): State<App>, token: Token, body: Body) -> Response {
+    dispatch(app, TransactionType::AuthService, token, body).await
 }
 
 async fn verification_key(State(app): State<App>) -> Response {
@@ -92,17 +115,46 @@ async fn deliver_message(State(app): State<App>, body: Body) -> Response {
 }
 
 /// Our client asks us to pass an anonymous lookup to another provider.
-async fn federation_proxy(State(app): State<App>, body: Body) -> Response {
+async fn federation_proxy(State(app): State<App>, token: Token, body: Body) -> Response {
     let bytes = match read_body(&app.hub, body).await {
         Ok(b) => b,
         Err(r) => return r,
     };
     let hub = app.hub.clone();
-    let target = tokio::task::spawn_blocking(move || hub.proxy_target(&bytes)).await;
-    match target {
-        Ok(Ok((domain, envelope))) => relay(&app, &domain, envelope).await,
-        Ok(Err(e)) => error_response(&e),
-        Err(join) => error_response(&HubError::Internal(join.to_string())),
+    let target = match tokio::task::spawn_blocking(move || hub.proxy_target(&bytes)).await {
+        Ok(Ok(t)) => t,
+        Ok(Err(e)) => return error_response(&e),
+        Err(join) => return error_response(&HubError::Internal(join.to_string())),
+    };
+    let admission = admission(token.map(|Extension(t)| t));
+    if let Err(r) = admit_forward(&app, &target.domain, target.transaction_type, target.inner, admission).await {
+        return r;
+    }
+    relay(&app, &target.domain, target.envelope).await
+}
+
+/// Before a request leaves for another provider: the peer must be one we talk to, and the
+/// request's token is spent here, at the provider that issued it.
+async fn admit_forward(
+    app: &App,
+    domain: &str,
+    endpoint: TransactionType,
+    body: impl AsRef<[u8]> + Send + 'static,
+    admission: crate::core::tokens::Admission,
+) -> Result<(), Response> {
+    match &app.peers {
+        Some(peers) => peers.url(domain).map(|_| ()).map_err(|e| error_response(&e))?,
+        None => {
+            return Err(error_response(&HubError::PeerUnavailable(
+                "federation is off".into(),
+            )));
+        }
+    }
+    let hub = app.hub.clone();
+    match tokio::task::spawn_blocking(move || hub.admit_forward(endpoint, body.as_ref(), &admission)).await {
+        Ok(Ok(())) => Ok(()),
+        Ok(Err(e)) => Err(error_response(&e)),
+        Err(join) => Err(error_response(&HubError::Internal(join.to_string()))),
     }
 }
 
@@ -170,7 +222,7 @@ fn ok(body: Vec<u8>) -> Response {
 
 /// Reads the body within the size limit and the request timeout, so neither a large nor a slow
 /// upload can hold a connection.
-async fn read_body(hub: &Hub, body: Body) -> Result<Bytes, Response> {
+pub(crate) async fn read_body(hub: &Hub, body: Body) -> Result<Bytes, Response> {
     let timeout = std::time::Duration::from_millis(hub.config().request_timeout_ms);
     let read = tokio::time::timeout(timeout, axum::body::to_bytes(body, hub.config().max_body));
     let result = match read.await {
@@ -197,7 +249,9 @@ async fn metrics(State(app): State<App>) -> String {
          # TYPE mimi_fanout_undeliverable counter\nmimi_fanout_undeliverable {}\n\
          # TYPE mimi_fanout_outboxed counter\nmimi_fanout_outboxed {}\n\
          # TYPE mimi_delivered_to_peers counter\nmimi_delivered_to_peers {}\n\
-         # TYPE mimi_received_from_peers counter\nmimi_received_from_peers {}\n",
+         # TYPE mimi_received_from_peers counter\nmimi_received_from_peers {}\n\
+         # TYPE mimi_tokens_issued counter\nmimi_tokens_issued {}\n\
+         # TYPE mimi_tokens_spent counter\nmimi_tokens_spent {}\n",
         m.ok.load(Relaxed),
         m.errors.load(Relaxed),
         m.enqueued.load(Relaxed),
@@ -205,17 +259,24 @@ async fn metrics(State(app): State<App>) -> String {
         m.outboxed.load(Relaxed),
         m.delivered_to_peers.load(Relaxed),
         m.received_from_peers.load(Relaxed),
+        m.tokens_issued.load(Relaxed),
+        m.tokens_spent.load(Relaxed),
     )
 }
 
-async fn dispatch(app: App, endpoint: TransactionType, body: Body) -> Response {
+async fn dispatch(app: App, endpoint: TransactionType, token: Token, body: Body) -> Response {
     let bytes = match read_body(&app.hub, body).await {
         Ok(b) => b,
         Err(r) => return r,
     };
+    let admission = admission(token.map(|Extension(t)| t));
     // A request for a group hosted by another provider goes there, signed by us; the client's
     // own signature travels inside unchanged, and the hub never sees the client's address.
+    // Its token is spent here, at the provider that issued it.
     if let Route::Forward(domain) = app.hub.route(endpoint, &bytes) {
+        if let Err(r) = admit_forward(&app, &domain, endpoint, bytes.clone(), admission).await {
+            return r;
+        }
         let envelope = match app
             .hub
             .forward_envelope(&domain, endpoint, &bytes, crate::now_ms())
@@ -226,8 +287,10 @@ async fn dispatch(app: App, endpoint: TransactionType, body: Body) -> Response {
         return relay(&app, &domain, envelope).await;
     }
     let hub = app.hub.clone();
-    let result =
-        tokio::task::spawn_blocking(move || hub.handle(endpoint, &bytes, crate::now_ms())).await;
+    let result = tokio::task::spawn_blocking(move || {
+        hub.handle(endpoint, &bytes, crate::now_ms(), &admission)
+    })
+    .await;
     match result {
         Ok(Ok(body)) => ok(body),
         Ok(Err(e)) => error_response(&e),
@@ -238,7 +301,8 @@ async fn dispatch(app: App, endpoint: TransactionType, body: Body) -> Response {
     }
 }
 
-fn error_response(e: &HubError) -> Response {
+/// The TLS-encoded error body with the status of its class.
+pub(crate) fn error_response(e: &HubError) -> Response {
     let resp = e.to_response();
     let status =
         StatusCode::from_u16(resp.code.http_status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);

@@ -67,6 +67,22 @@ pub enum ErrorCode {
     LimitExceeded = 29,
     /// The request body did not arrive in time.
     Timeout = 30,
+    /// The request needs a Privacy Pass token and carried none (answered with a challenge).
+    TokenRequired = 31,
+    /// The `Authorization: PrivateToken` header or the token in it does not parse.
+    TokenMalformed = 32,
+    /// A token type this hub does not redeem.
+    TokenWrongType = 33,
+    /// The token names an issuer key this hub never had, or a challenge it never issued.
+    TokenUnknownKey = 34,
+    /// The token's issuer key has expired: refresh the directory and fetch new tokens.
+    TokenExpiredKey = 35,
+    /// The token's signature or authenticator does not verify.
+    TokenInvalid = 36,
+    /// The token was already spent.
+    TokenSpent = 37,
+    /// The client has used its token allowance for this key epoch.
+    AllowanceExhausted = 38,
     /// A server fault; never caused by input.
     Internal = 100,
 }
@@ -99,6 +115,14 @@ impl ErrorCode {
             Self::GroupExists | Self::WrongEpoch | Self::HandleTaken => 409,
             Self::ExpiredCredential | Self::WrongRecipient | Self::NotAPeer => 403,
             Self::PeerUnavailable => 502,
+            Self::TokenRequired
+            | Self::TokenMalformed
+            | Self::TokenWrongType
+            | Self::TokenUnknownKey
+            | Self::TokenExpiredKey
+            | Self::TokenInvalid
+            | Self::TokenSpent => 401,
+            Self::AllowanceExhausted => 429,
             Self::TooLarge => 413,
             Self::Internal => 500,
         }

@@ -16,6 +16,7 @@ pub mod federation;
 pub mod paths;
 pub mod qs;
 pub mod queue;
+pub mod tokens;
 
 pub use codec::{DecodeError, decode_exact, encode};
 pub use envelope::{Envelope, PROTOCOL_VERSION, TransactionType};

@@ -553,6 +553,39 @@ proptest! {
     fn mutated_s2s_envelope(value in s2s_envelope(), at in any::<Index>(), to in any::<u8>()) {
         mutated(strict_round_trip(&value)?, at, to)?;
     }
+
+    /// (f) Privacy Pass: any bytes as a token or header text never panic; a token that decodes
+    /// is canonical and survives the `Authorization` header; generated tokens of both types
+    /// round-trip and every other length is refused.
+    #[test]
+    fn privacy_pass_tokens_and_headers(
+        input in arbitrary_input(),
+        amortized in any::<bool>(),
+        fill in any::<[u8; 32]>(),
+        cut in 0usize..400,
+    ) {
+        use crate::tokens::*;
+        if let Ok(t) = PresentedToken::decode(&input) {
+            prop_assert_eq!(t.encode(), input.clone());
+        }
+        let text = String::from_utf8_lossy(&input);
+        let _ = PresentedToken::from_authorization(&text);
+        let _ = parse_www_authenticate(&text);
+        let (token_type, len) = if amortized { (TYPE_AMORTIZED, 64) } else { (TYPE_PUBLIC, 256) };
+        let token = PresentedToken {
+            token_type,
+            nonce: fill,
+            challenge_digest: fill,
+            token_key_id: fill,
+            authenticator: vec![fill[0]; len],
+        };
+        let bytes = token.encode();
+        prop_assert_eq!(&PresentedToken::decode(&bytes).unwrap(), &token);
+        prop_assert_eq!(&PresentedToken::from_authorization(&token.to_authorization()).unwrap(), &token);
+        if cut < bytes.len() {
+            prop_assert!(PresentedToken::decode(&bytes[..cut]).is_err());
+        }
+    }
 }
 
 /// The table covers each listed type once, so adding a decoder means adding it here.

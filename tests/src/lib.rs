@@ -326,3 +326,36 @@ pub fn http_client(ca_pem: Option<&[u8]>) -> reqwest::Client {
 pub fn error_of(body: &[u8]) -> mimi_rm_protocol::ErrorResponse {
     mimi_rm_protocol::decode_exact(body, 1 << 20).expect("error body decodes")
 }
+
+/// Posts `body` with extra `headers`; returns status, body and the response headers (for the
+/// Privacy Pass tests, which look at `WWW-Authenticate`).
+pub async fn post_with_headers(
+    url: &str,
+    path: &str,
+    body: Vec<u8>,
+    headers: &[(&str, String)],
+) -> (u16, Vec<u8>, reqwest::header::HeaderMap) {
+    let mut req = http_client(None).post(format!("{url}{path}"));
+    if !headers.iter().any(|(n, _)| n.eq_ignore_ascii_case("content-type")) {
+        req = req.header("content-type", "application/octet-stream");
+    }
+    for (name, value) in headers {
+        req = req.header(*name, value);
+    }
+    let resp = req.body(body).send().await.expect("post");
+    let status = resp.status().as_u16();
+    let headers = resp.headers().clone();
+    (status, resp.bytes().await.expect("body").to_vec(), headers)
+}
+
+/// Posts `body` paying with `token` (an `Authorization: PrivateToken` header).
+pub async fn post_paid(
+    url: &str,
+    path: &str,
+    body: Vec<u8>,
+    token: &mimi_rm_protocol::tokens::PresentedToken,
+) -> (u16, Vec<u8>) {
+    let (status, body, _) =
+        post_with_headers(url, path, body, &[("authorization", token.to_authorization())]).await;
+    (status, body)
+}

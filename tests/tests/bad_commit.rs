@@ -206,7 +206,7 @@ fn recorded_bundle(recorder: &Recorder, resync: bool) -> CommitBundle {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn forged_reports_and_resyncs_are_refused() {
     let dir = tempfile::tempdir().unwrap();
-    let hub = hub(dir.path());
+    let hub = hub_without_tokens(dir.path());
     let mut alice = client(&hub, dir.path(), "alice").await;
     let mut bob = client(&hub, dir.path(), "bob").await;
     let mut carol = client(&hub, dir.path(), "carol").await;
@@ -440,7 +440,8 @@ async fn repeated_bad_commits_stay_bounded() {
         row_before,
         "a repeated report stores nothing"
     );
-    let (status, body) = post(
+    let token = bob.take_token().await.unwrap();
+    let (status, body) = mimi_rm_tests::post_paid(
         &hub.url(),
         paths::GROUP_OPERATION,
         envelope(
@@ -449,6 +450,7 @@ async fn repeated_bad_commits_stay_bounded() {
                 .unwrap(),
         )
         .unwrap(),
+        &token,
     )
     .await;
     assert_eq!(status, 200, "{}", error_of(&body));

@@ -19,7 +19,7 @@ fn now() -> u64 {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_requests_get_their_code_and_change_nothing() {
     let dir = tempfile::tempdir().unwrap();
-    let hub = hub(dir.path());
+    let hub = hub_without_tokens(dir.path());
     let mut alice = client(&hub, dir.path(), "alice").await;
     let mut bob = client(&hub, dir.path(), "bob").await;
     let g = group_of(&mut alice, &mut [&mut bob]).await;

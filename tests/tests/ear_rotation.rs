@@ -17,7 +17,7 @@ use mimi_rm_protocol::{ErrorCode, decode_exact, paths};
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_rotated_key_replaces_the_old_one_everywhere() {
     let dir = tempfile::tempdir().unwrap();
-    let hub = hub(dir.path());
+    let hub = hub_without_tokens(dir.path());
     let mut alice = client(&hub, dir.path(), "alice").await;
     let mut bob = client(&hub, dir.path(), "bob").await;
     let mut carol = client(&hub, dir.path(), "carol").await;

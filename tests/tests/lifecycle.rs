@@ -6,7 +6,7 @@ use common::*;
 use mimi_client_rm::Event;
 use mimi_rm_protocol::ds::*;
 use mimi_rm_protocol::{ErrorCode, TransactionType, paths};
-use mimi_rm_tests::{error_of, post};
+use mimi_rm_tests::error_of;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn three_clients_create_talk_update_remove_leave_delete() {
@@ -119,7 +119,9 @@ async fn three_clients_create_talk_update_remove_leave_delete() {
         signature: Vec::new().into(),
     };
     let body = mimi_client_rm::envelope(TransactionType::ExternalCommitInformation, &req).unwrap();
-    let (status, resp) = post(&hub.url(), paths::EXTERNAL_COMMIT_INFORMATION, body).await;
+    let token = alice.take_token().await.unwrap();
+    let (status, resp) =
+        mimi_rm_tests::post_paid(&hub.url(), paths::EXTERNAL_COMMIT_INFORMATION, body, &token).await;
     assert_eq!(status, 404);
     assert_eq!(error_of(&resp).code, ErrorCode::UnknownGroup);
 }

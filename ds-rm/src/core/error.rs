@@ -105,6 +105,35 @@ pub enum HubError {
     /// A peer provider could not be reached.
     #[error("peer unavailable: {0}")]
     PeerUnavailable(String),
+    /// A rate-limited request without a token.
+    #[error("this request needs a Privacy Pass token")]
+    TokenRequired,
+    /// The `Authorization: PrivateToken` header does not parse.
+    #[error("malformed token: {0}")]
+    TokenMalformed(String),
+    /// A token type this hub does not accept.
+    #[error("token type {0:#06x} is not accepted")]
+    TokenWrongType(u16),
+    /// The token's key was never ours.
+    #[error("unknown token key")]
+    TokenUnknownKey,
+    /// The token's key no longer redeems.
+    #[error("the token's key has expired; refresh the issuer directory")]
+    TokenExpiredKey,
+    /// The token does not verify.
+    #[error("invalid token: {0}")]
+    TokenInvalid(&'static str),
+    /// The token was spent before.
+    #[error("token already spent")]
+    TokenSpent,
+    /// The device used its token allowance for this key epoch.
+    #[error("token allowance exhausted: {used} of {limit} used this key epoch")]
+    AllowanceExhausted {
+        /// Tokens already issued this epoch.
+        used: u32,
+        /// The allowance.
+        limit: u32,
+    },
     /// Storage failed.
     #[error("storage: {0}")]
     Store(#[from] StoreError),
@@ -147,6 +176,14 @@ impl HubError {
             Self::InvalidHandle(_) => ErrorCode::InvalidHandle,
             Self::ExpiredCredential => ErrorCode::ExpiredCredential,
             Self::UnknownUser => ErrorCode::UnknownUser,
+            Self::TokenRequired => ErrorCode::TokenRequired,
+            Self::TokenMalformed(_) => ErrorCode::TokenMalformed,
+            Self::TokenWrongType(_) => ErrorCode::TokenWrongType,
+            Self::TokenUnknownKey => ErrorCode::TokenUnknownKey,
+            Self::TokenExpiredKey => ErrorCode::TokenExpiredKey,
+            Self::TokenInvalid(_) => ErrorCode::TokenInvalid,
+            Self::TokenSpent => ErrorCode::TokenSpent,
+            Self::AllowanceExhausted { .. } => ErrorCode::AllowanceExhausted,
             Self::Store(_) | Self::Internal(_) => ErrorCode::Internal,
         }
     }
@@ -162,6 +199,25 @@ impl HubError {
             resp.current_epoch = Some(*current);
         }
         resp
+    }
+
+    /// Whether a request refused with this error still spends the token it was admitted with:
+    /// every refusal that is the client's doing (4xx) except the token's own errors. Otherwise
+    /// one valid token could be replayed with failing requests to make the hub validate forever.
+    pub fn spends_token(&self) -> bool {
+        let status = self.code().http_status();
+        (400..500).contains(&status)
+            && !matches!(
+                self,
+                Self::TokenRequired
+                    | Self::TokenMalformed(_)
+                    | Self::TokenWrongType(_)
+                    | Self::TokenUnknownKey
+                    | Self::TokenExpiredKey
+                    | Self::TokenInvalid(_)
+                    | Self::TokenSpent
+                    | Self::AllowanceExhausted { .. }
+            )
     }
 
     /// Shorthand for decode failures.

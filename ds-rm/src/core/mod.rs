@@ -12,6 +12,7 @@ mod error;
 pub mod federation;
 pub mod qs;
 pub mod replay;
+pub mod tokens;
 
 pub use error::HubError;
 
@@ -24,6 +25,7 @@ use mimi_rm_protocol::ds::{DsOperation, DsRequest};
 use mimi_rm_protocol::federation::*;
 use mimi_rm_protocol::qs::QsRequest;
 use mimi_rm_protocol::queue::QueueMessage;
+use mimi_rm_protocol::tokens::RateClass;
 use mimi_rm_protocol::{Envelope, PROTOCOL_VERSION, TransactionType, decode_exact, encode};
 use qs::QsKeys;
 use replay::ReplayGuard;
@@ -50,6 +52,8 @@ pub struct HubConfig {
     pub max_messages_per_fetch: u32,
     /// Most undelivered messages one queue holds.
     pub max_queue_length: u64,
+    /// Privacy Pass: which requests need tokens, key epochs, allowance.
+    pub tokens: tokens::TokenPolicy,
 }
 
 /// Counters for `/metrics`.
@@ -69,6 +73,10 @@ pub struct Metrics {
     pub delivered_to_peers: std::sync::atomic::AtomicU64,
     /// Items other providers delivered here (enqueued, not counting duplicates).
     pub received_from_peers: std::sync::atomic::AtomicU64,
+    /// Privacy Pass tokens issued.
+    pub tokens_issued: std::sync::atomic::AtomicU64,
+    /// Privacy Pass tokens spent (by accepted or refused requests).
+    pub tokens_spent: std::sync::atomic::AtomicU64,
 }
 
 /// One hub: DS + QS + AS over one store.
@@ -83,6 +91,7 @@ pub struct Hub {
     /// Woken whenever a request put items into the outbox, so delivery starts at once.
     pub outbox_signal: tokio::sync::Notify,
     config: HubConfig,
+    tokens: tokens::Tokens,
     /// Request counters.
     pub metrics: Metrics,
 }
@@ -150,7 +159,10 @@ impl Hub {
             .max()
             .unwrap_or(0);
         let outbox_seq = AtomicU64::new(last.saturating_add(1).max(now_ms.saturating_mul(1024)));
+        let tokens =
+            tokens::Tokens::open(store.as_ref(), &config.domain, config.tokens.clone(), now_ms)?;
         Ok(Self {
+            tokens,
             store,
             locks: KeyLocks::default(),
             replay: ReplayGuard::new(config.freshness_window_ms, now_ms.saturating_sub(1)),
@@ -174,15 +186,47 @@ impl Hub {
         &self.store
     }
 
-    /// Handles one request body posted to the endpoint of `endpoint`.
+    /// The Privacy Pass issuer and origin.
+    pub fn tokens(&self) -> &tokens::Tokens {
+        &self.tokens
+    }
+
+    /// Answers a token issuance request (see [`tokens::Tokens::issue`]).
+    pub fn issue_tokens(
+        &self,
+        content_type: Option<&str>,
+        auth_header: Option<&str>,
+        body: &[u8],
+        now_ms: u64,
+    ) -> Result<tokens::issue::Issued, HubError> {
+        if body.len() > self.config.max_body {
+            return Err(HubError::TooLarge);
+        }
+        let anchors = self.as_keys.credentials();
+        let ctx = tokens::issue::IssueContext {
+            store: self.store.as_ref(),
+            anchors: &anchors,
+            replay: &self.replay,
+            now_ms,
+        };
+        let issued = self.tokens.issue(&ctx, content_type, auth_header, body)?;
+        self.metrics
+            .tokens_issued
+            .fetch_add(u64::from(issued.count), Ordering::Relaxed);
+        Ok(issued)
+    }
+
+    /// Handles one request body posted to the endpoint of `endpoint`, admitted as `admission`
+    /// (a client's verified token, or a federation peer).
     pub fn handle(
         &self,
         endpoint: TransactionType,
         body: &[u8],
         now_ms: u64,
+        admission: &tokens::Admission,
     ) -> Result<Vec<u8>, HubError> {
         use std::sync::atomic::Ordering::Relaxed;
-        let result = self.handle_inner(endpoint, body, now_ms);
+        let result = self.handle_inner(endpoint, body, now_ms, admission);
         match &result {
             Ok(_) => self.metrics.ok.fetch_add(1, Relaxed),
             Err(_) => self.metrics.errors.fetch_add(1, Relaxed),
@@ -195,6 +239,7 @@ impl Hub {
         endpoint: TransactionType,
         body: &[u8],
         now_ms: u64,
+        admission: &tokens::Admission,
     ) -> Result<Vec<u8>, HubError> {
         let env = self.open_envelope(body, endpoint)?;
         let payload = env.payload.as_slice();
@@ -202,8 +247,13 @@ impl Hub {
             TransactionType::QueueService => {
                 let req: QsRequest = decode_exact(payload, self.config.max_body)
                     .map_err(|e| HubError::malformed("QS request", e))?;
+                let spend = self
+                    .tokens
+                    .admit(RateClass::of_qs(&req.tbs.operation), admission)?;
                 self.replay.check_fresh(req.tbs.timestamp_ms, now_ms)?;
-                self.handle_qs(&req, now_ms)
+                let result = self.handle_qs(&req, now_ms, spend.as_ref());
+                self.account_token(&result, spend.as_ref());
+                result
             }
             TransactionType::AuthService => {
                 let req: AsRequest = decode_exact(payload, self.config.max_body)
@@ -222,16 +272,86 @@ impl Hub {
                 if expected != endpoint {
                     return Err(HubError::WrongEndpoint);
                 }
+                let spend = self
+                    .tokens
+                    .admit(RateClass::of_ds(&req.tbs.operation), admission)?;
                 self.replay.check_fresh(req.tbs.timestamp_ms, now_ms)?;
-                self.handle_ds(req, now_ms)
+                let result = self.handle_ds(req, now_ms, spend.as_ref());
+                self.account_token(&result, spend.as_ref());
+                result
             }
         }
     }
 
-    fn handle_ds(&self, req: DsRequest, now_ms: u64) -> Result<Vec<u8>, HubError> {
-        let op = req.tbs.operation.name();
-        let mut locks = self.locks.lock_group(req.tbs.group_id.as_slice());
+    /// Counts a spent token. A request refused after its token was admitted still costs the
+    /// token, written here on its own (see [`HubError::spends_token`]); a server fault does not.
+    fn account_token<T>(&self, result: &Result<T, HubError>, spend: Option<&tokens::VerifiedToken>) {
+        let Some(token) = spend else {
+            return;
+        };
+        let spent = match result {
+            Ok(_) => true,
+            Err(e) if e.spends_token() => match tokens::Tokens::burn(self.store.as_ref(), token) {
+                Ok(()) => true,
+                Err(burn) => {
+                    tracing::error!(error = %burn, "could not record a spent token");
+                    false
+                }
+            },
+            Err(_) => false,
+        };
+        if spent {
+            self.metrics.tokens_spent.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    /// For a request this hub passes on to another provider (forwarded DS request or proxied
+    /// lookup): the token is spent here, by the provider that issued it, in its own batch.
+    pub fn admit_forward(
+        &self,
+        transaction_type: TransactionType,
+        envelope: &[u8],
+        admission: &tokens::Admission,
+    ) -> Result<(), HubError> {
+        let env = self.open_envelope(envelope, transaction_type)?;
+        let payload = env.payload.as_slice();
+        let class = match transaction_type {
+            TransactionType::QueueService => {
+                let req: QsRequest = decode_exact(payload, self.config.max_body)
+                    .map_err(|e| HubError::malformed("QS request", e))?;
+                RateClass::of_qs(&req.tbs.operation)
+            }
+            TransactionType::AuthService => None,
+            _ => {
+                let req: DsRequest = decode_exact(payload, self.config.max_body)
+                    .map_err(|e| HubError::malformed("DS request", e))?;
+                RateClass::of_ds(&req.tbs.operation)
+            }
+        };
+        let Some(token) = self.tokens.admit(class, admission)? else {
+            return Ok(());
+        };
+        let _lock = self.locks.lock_token(Some(&token.nonce));
         let mut txn = Txn::new(self.store.as_ref());
+        tokens::Tokens::spend(&mut txn, &token)?;
+        txn.commit()?;
+        self.metrics.tokens_spent.fetch_add(1, Ordering::Relaxed);
+        Ok(())
+    }
+
+    fn handle_ds(
+        &self,
+        req: DsRequest,
+        now_ms: u64,
+        spend: Option<&tokens::VerifiedToken>,
+    ) -> Result<Vec<u8>, HubError> {
+        let op = req.tbs.operation.name();
+        let mut locks = self.locks.lock_token(spend.map(|t| &t.nonce));
+        self.locks.add_group(&mut locks, req.tbs.group_id.as_slice());
+        let mut txn = Txn::new(self.store.as_ref());
+        if let Some(token) = spend {
+            tokens::Tokens::spend(&mut txn, token)?;
+        }
         let ctx = ds::DsContext {
             domain: &self.config.domain,
             now_ms,
@@ -284,13 +404,21 @@ impl Hub {
         encode(&outcome.response).map_err(|e| HubError::Internal(e.to_string()))
     }
 
-    fn handle_qs(&self, req: &QsRequest, now_ms: u64) -> Result<Vec<u8>, HubError> {
-        let mut locks = crate::store::LockSet::default();
+    fn handle_qs(
+        &self,
+        req: &QsRequest,
+        now_ms: u64,
+        spend: Option<&tokens::VerifiedToken>,
+    ) -> Result<Vec<u8>, HubError> {
+        let mut locks = self.locks.lock_token(spend.map(|t| &t.nonce));
         let probe = Txn::new(self.store.as_ref());
         let clients = qs::clients_touched(&probe, req)?;
         drop(probe);
         self.locks.lock_queues(&mut locks, &clients);
         let mut txn = Txn::new(self.store.as_ref());
+        if let Some(token) = spend {
+            tokens::Tokens::spend(&mut txn, token)?;
+        }
         let limits = qs::QsLimits {
             max_fetch: self.config.max_messages_per_fetch,
             max_queue: self.config.max_queue_length,
@@ -450,7 +578,12 @@ impl Hub {
         match (&env.tbs.payload, deliver) {
             (S2sPayload::Forward(fwd), false) => {
                 self.check_forwardable(fwd)?;
-                self.handle(fwd.transaction_type, fwd.envelope.as_slice(), now_ms)
+                self.handle(
+                    fwd.transaction_type,
+                    fwd.envelope.as_slice(),
+                    now_ms,
+                    &tokens::Admission::Peer,
+                )
             }
             (S2sPayload::Deliver(items), true) => {
                 let clients = federation::resolve(&self.qs_keys, &self.config.domain, items)?;
@@ -520,7 +653,7 @@ impl Hub {
 
     /// Checks a client's proxy request (an anonymous lookup at another provider) and returns
     /// the target domain and the envelope to forward there.
-    pub fn proxy_target(&self, body: &[u8]) -> Result<(String, Vec<u8>), HubError> {
+    pub fn proxy_target(&self, body: &[u8]) -> Result<ProxyTarget, HubError> {
         let env = self.open_envelope(body, TransactionType::Proxy)?;
         let req: ProxyRequest = decode_exact(env.payload.as_slice(), self.config.max_body)
             .map_err(|e| HubError::malformed("proxy request", e))?;
@@ -538,13 +671,19 @@ impl Hub {
         if domain == self.config.domain {
             return Err(HubError::InvalidRequest("proxy to ourselves"));
         }
+
         let envelope = self.forward_envelope(
             &domain,
             req.request.transaction_type,
             req.request.envelope.as_slice(),
             crate::now_ms(),
         )?;
-        Ok((domain, envelope))
+        Ok(ProxyTarget {
+            domain,
+            envelope,
+            transaction_type: req.request.transaction_type,
+            inner: req.request.envelope.as_slice().to_vec(),
+        })
     }
 
     /// Peer domains with pending outbox items. (A full key scan: the outbox is empty unless a
@@ -601,6 +740,20 @@ impl Hub {
             .fetch_add(batch.items.len() as u64, Ordering::Relaxed);
         Ok(())
     }
+}
+
+/// A checked proxy request: where it goes, the signed envelope to send, and the client's own
+/// request inside (whose token the shell spends before relaying).
+#[derive(Debug)]
+pub struct ProxyTarget {
+    /// The other provider.
+    pub domain: String,
+    /// Our signed server-to-server envelope.
+    pub envelope: Vec<u8>,
+    /// The client request's transaction type.
+    pub transaction_type: TransactionType,
+    /// The client request's envelope.
+    pub inner: Vec<u8>,
 }
 
 /// Outbox items for one peer, oldest first.

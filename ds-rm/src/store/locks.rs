@@ -3,7 +3,8 @@
 //! Groups and queues use separate stripe arrays and are always taken in the order "group first,
 //! then queues in ascending stripe order", which makes deadlock impossible. AS handles have their
 //! own stripes; an AS request takes exactly one of them and nothing else, so it cannot deadlock
-//! with group or queue requests either.
+//! with group or queue requests either. A request that spends a Privacy Pass token takes the
+//! token's stripe before anything else ("token, group, queues"), so the order stays total.
 
 use std::sync::{Mutex, MutexGuard};
 
@@ -14,6 +15,7 @@ pub struct KeyLocks {
     groups: Vec<Mutex<()>>,
     queues: Vec<Mutex<()>>,
     handles: Vec<Mutex<()>>,
+    tokens: Vec<Mutex<()>>,
 }
 
 /// Guards held for the rest of a request.
@@ -45,6 +47,7 @@ impl Default for KeyLocks {
             groups: (0..STRIPES).map(|_| Mutex::new(())).collect(),
             queues: (0..STRIPES).map(|_| Mutex::new(())).collect(),
             handles: (0..STRIPES).map(|_| Mutex::new(())).collect(),
+            tokens: (0..STRIPES).map(|_| Mutex::new(())).collect(),
         }
     }
 }
@@ -56,6 +59,24 @@ impl KeyLocks {
             guards: vec![lock(&self.groups[stripe(group_id)])],
             queue_stripes: Vec::new(),
         }
+    }
+
+    /// Serialises requests spending the token with `nonce` (so a token presented twice at once
+    /// is accepted once). Taken first, into an empty set; `None` gives an empty set.
+    pub fn lock_token(&self, nonce: Option<&[u8; 32]>) -> LockSet<'_> {
+        LockSet {
+            guards: nonce
+                .map(|n| lock(&self.tokens[stripe(n)]))
+                .into_iter()
+                .collect(),
+            queue_stripes: Vec::new(),
+        }
+    }
+
+    /// Adds a group lock to a set that holds at most a token lock.
+    pub fn add_group<'a>(&'a self, set: &mut LockSet<'a>, group_id: &[u8]) {
+        debug_assert!(set.queue_stripes.is_empty(), "group lock after queue locks");
+        set.guards.push(lock(&self.groups[stripe(group_id)]));
     }
 
     /// Serialises AS requests that write one handle's record, so two registrations of the same

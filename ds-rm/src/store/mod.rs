@@ -43,11 +43,17 @@ pub enum Cf {
     /// Federation: sender domain ‖ 0 ‖ created ms ‖ item id → nothing; delivered item ids, so a
     /// retried delivery is enqueued once.
     FedSeen,
+    /// Privacy Pass: key epoch → issuer key material (`k` ‖ epoch) or, once expired, only the
+    /// key ids (`r` ‖ epoch), so expired tokens get a precise error.
+    PpKeys,
+    /// Privacy Pass: key epoch ‖ token type ‖ nonce → nothing; spent tokens, pruned with their
+    /// key epoch.
+    PpSpent,
 }
 
 impl Cf {
     /// All column families, in a fixed order.
-    pub const ALL: [Cf; 12] = [
+    pub const ALL: [Cf; 14] = [
         Cf::DsGroups,
         Cf::DsReservations,
         Cf::QsUsers,
@@ -60,6 +66,8 @@ impl Cf {
         Cf::AsKeys,
         Cf::FedOutbox,
         Cf::FedSeen,
+        Cf::PpKeys,
+        Cf::PpSpent,
     ];
 
     /// The RocksDB column-family name.
@@ -77,6 +85,8 @@ impl Cf {
             Cf::AsKeys => "as_keys",
             Cf::FedOutbox => "fed_outbox",
             Cf::FedSeen => "fed_seen",
+            Cf::PpKeys => "pp_keys",
+            Cf::PpSpent => "pp_spent",
         }
     }
 }

@@ -130,6 +130,18 @@ async fn main() -> Result<(), BoxError> {
     bob.send(&g, b"(this one stays queued on the hub)").await?;
     show("bob", &bob.receive().await?);
 
+    println!("\nrate limits without identities (Privacy Pass):");
+    let spent = store.dump()?.iter().filter(|(c, _, _)| *c == Cf::PpSpent).count();
+    println!(
+        "  every rate-limited request above carried one blindly issued token; the hub holds {spent} spent-token nonces"
+    );
+    println!(
+        "  tokens left in the wallets: alice {}, bob {}, carol {} (refilled in batches of 32, unlinkable to the batch)",
+        wallet_len(&alice).await,
+        wallet_len(&bob).await,
+        wallet_len(&carol).await
+    );
+
     println!("\nwhat the hub stored (every record, as a seized disk shows it):");
     let dump = store.dump()?;
     for cf in Cf::ALL {
@@ -172,6 +184,14 @@ async fn main() -> Result<(), BoxError> {
     println!("group state is one padded AES-256-GCM ciphertext under a key only members hold;");
     println!("queues are ratchet ciphertexts whose earlier keys the hub has already deleted.");
     federation_scene(dir.path()).await
+}
+
+/// Unspent Privacy Pass tokens a client holds.
+async fn wallet_len(c: &Client) -> usize {
+    match c.wallet() {
+        Some(w) => w.len().await,
+        None => 0,
+    }
 }
 
 /// Starts an embedded hub for `domain` on `listener`, federating with `peers`.

@@ -21,6 +21,20 @@ pub fn hub(dir: &Path) -> HubProcess {
     )
 }
 
+/// A hub that asks no Privacy Pass tokens, for the tests of request validation: they post
+/// hand-built requests and check that each refusal leaves the database byte-identical, which a
+/// token (spent even by a refused request) would change. Token enforcement itself is covered
+/// by `privacy_pass.rs`, and every other test runs with the default (enforced) policy.
+pub fn hub_without_tokens(dir: &Path) -> HubProcess {
+    HubProcess::start_with_config(
+        Path::new(env!("CARGO_BIN_EXE_hub-under-test")),
+        dir,
+        "hub.test",
+        MAX_BODY,
+        "[privacy_pass]\nrate_limited = []\n",
+    )
+}
+
 /// Registers a client with its state under `dir/name`.
 pub async fn client(hub: &HubProcess, dir: &Path, name: &str) -> Client {
     Client::register(&dir.join(name), &hub.url(), name)

@@ -1,0 +1,280 @@
+//! Token issuance: authenticate the device, count its allowance, sign blindly.
+//!
+//! The device's identity is used for exactly two checks (is it a current device of ours, has it
+//! used up this epoch's allowance) and then dropped: the per-device counters live in memory,
+//! keyed by a hash of the device key, and are cleared when the epoch rolls. Nothing about an
+//! issuance is written to disk or logged, so no stored record links it to a redemption.
+
+use super::Tokens;
+use crate::core::HubError;
+use crate::core::replay::ReplayGuard;
+use crate::store::Store;
+use mimi_rm_crypto::sign::VerifyingKey;
+use mimi_rm_protocol::credentials::AsCredentials;
+use mimi_rm_protocol::tokens::{
+    BATCH_REQUEST_CONTENT_TYPE, BATCH_RESPONSE_CONTENT_TYPE, ISSUANCE_AUTH_LABEL, IssuanceAuth,
+    MAX_BATCH, TOKEN_REQUEST_CONTENT_TYPE, TOKEN_RESPONSE_CONTENT_TYPE, TYPE_AMORTIZED,
+    TYPE_PUBLIC, decode_b64url,
+};
+use mimi_rm_protocol::decode_exact;
+use privacypass::amortized_tokens::AmortizedBatchTokenRequest;
+use privacypass::amortized_tokens::server::Server as AmortizedServer;
+use privacypass::common::store::PrivateKeyStore;
+use privacypass::{TruncatedTokenKeyId, VoprfServer};
+use sha2::{Digest, Sha256};
+use std::collections::HashMap;
+use std::sync::Mutex;
+use voprf::Ristretto255;
+
+/// Length of a type 2 `TokenRequest`: type, truncated key id, 256-byte blinded message.
+const PUBLIC_REQUEST_LEN: usize = 2 + 1 + 256;
+
+/// Per-device issuance counts for the current key epoch, in memory only.
+#[derive(Default)]
+pub struct Allowance {
+    counts: Mutex<(u64, HashMap<[u8; 32], u32>)>,
+}
+
+impl Allowance {
+    /// Reserves `n` tokens for `device` in `epoch`, or refuses with `AllowanceExhausted`.
+    fn take(&self, epoch: u64, device: [u8; 32], n: u32, limit: u32) -> Result<(), HubError> {
+        let mut guard = self.counts.lock().unwrap_or_else(|p| p.into_inner());
+        let (current, counts) = &mut *guard;
+        if *current != epoch {
+            *current = epoch;
+            counts.clear();
+        }
+        let used = counts.entry(device).or_insert(0);
+        if used.saturating_add(n) > limit {
+            return Err(HubError::AllowanceExhausted {
+                used: *used,
+                limit,
+            });
+        }
+        *used += n;
+        Ok(())
+    }
+
+    /// Returns a reservation whose issuance failed.
+    fn give_back(&self, epoch: u64, device: [u8; 32], n: u32) {
+        let mut guard = self.counts.lock().unwrap_or_else(|p| p.into_inner());
+        let (current, counts) = &mut *guard;
+        if *current == epoch
+            && let Some(used) = counts.get_mut(&device)
+        {
+            *used = used.saturating_sub(n);
+        }
+    }
+}
+
+/// What issuance needs besides the request.
+pub struct IssueContext<'a> {
+    /// The store (AS records, issuer keys).
+    pub store: &'a dyn Store,
+    /// This provider's AS roots and intermediates.
+    pub anchors: &'a AsCredentials,
+    /// Freshness and replay of the issuance signature.
+    pub replay: &'a ReplayGuard,
+    /// Now.
+    pub now_ms: u64,
+}
+
+/// An issuance response body and its content type.
+#[derive(Debug)]
+pub struct Issued {
+    /// The encoded `TokenResponse` / amortized batch response.
+    pub body: Vec<u8>,
+    /// Its content type.
+    pub content_type: &'static str,
+    /// Tokens issued.
+    pub count: u32,
+}
+
+/// The one key the amortized issuer may use, shaped as privacypass's key store.
+struct OneKey(VoprfServer<Ristretto255>, TruncatedTokenKeyId);
+
+#[async_trait::async_trait]
+impl PrivateKeyStore for OneKey {
+    type CS = Ristretto255;
+    async fn insert(&self, _: TruncatedTokenKeyId, _: VoprfServer<Ristretto255>) -> bool {
+        false
+    }
+    async fn get(&self, id: &TruncatedTokenKeyId) -> Option<VoprfServer<Ristretto255>> {
+        (*id == self.1).then(|| self.0.clone())
+    }
+    async fn remove(&self, _: &TruncatedTokenKeyId) -> bool {
+        false
+    }
+}
+
+/// Runs a future that never waits (privacypass's async key-store calls over [`OneKey`]).
+fn run_ready<F: std::future::Future>(f: F) -> Option<F::Output> {
+    let mut f = std::pin::pin!(f);
+    let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+    match f.as_mut().poll(&mut cx) {
+        std::task::Poll::Ready(v) => Some(v),
+        std::task::Poll::Pending => None,
+    }
+}
+
+fn truncated(id: &[u8; 32]) -> u8 {
+    id[31]
+}
+
+impl Tokens {
+    /// Authenticates the device behind `auth_header` and answers a token request.
+    pub fn issue(
+        &self,
+        ctx: &IssueContext<'_>,
+        content_type: Option<&str>,
+        auth_header: Option<&str>,
+        body: &[u8],
+    ) -> Result<Issued, HubError> {
+        let device = self.authenticate(ctx, auth_header, body)?;
+        self.issue_to(ctx.store, device, content_type, body, ctx.now_ms)
+    }
+
+    /// Answers a token request for an already authenticated `device` (its allowance key):
+    /// checks the request, charges the allowance and signs. Split out so the signing cost can
+    /// be measured on its own.
+    pub fn issue_to(
+        &self,
+        store: &dyn Store,
+        device: [u8; 32],
+        content_type: Option<&str>,
+        body: &[u8],
+        now_ms: u64,
+    ) -> Result<Issued, HubError> {
+        let tt = body
+            .get(..2)
+            .map(|b| u16::from_be_bytes([b[0], b[1]]))
+            .ok_or_else(|| HubError::malformed("token request", "truncated"))?;
+        let expected_ct = match tt {
+            TYPE_PUBLIC => TOKEN_REQUEST_CONTENT_TYPE,
+            TYPE_AMORTIZED => BATCH_REQUEST_CONTENT_TYPE,
+            other => return Err(HubError::TokenWrongType(other)),
+        };
+        if content_type.map(str::trim) != Some(expected_ct) {
+            return Err(HubError::InvalidRequest("wrong content type for this token type"));
+        }
+        let keys = self.keys.current(store, now_ms / 1000)?;
+        let limit = self.policy.allowance_per_epoch;
+        if tt == TYPE_PUBLIC {
+            if body.len() != PUBLIC_REQUEST_LEN {
+                return Err(HubError::malformed("token request", "wrong length"));
+            }
+            self.check_issuing_key(body[2], truncated(&keys.rsa_key_id), now_ms)?;
+            self.allowance.take(keys.epoch, device, 1, limit)?;
+            let signed = keys.rsa.sk.blind_sign(&body[3..]).map_err(|e| {
+                self.allowance.give_back(keys.epoch, device, 1);
+                HubError::malformed("blinded message", e)
+            })?;
+            return Ok(Issued {
+                body: signed.0,
+                content_type: TOKEN_RESPONSE_CONTENT_TYPE,
+                count: 1,
+            });
+        }
+        let request: AmortizedBatchTokenRequest<Ristretto255> =
+            <AmortizedBatchTokenRequest<Ristretto255> as privacypass::Deserialize>::tls_deserialize_exact(body)
+                .map_err(|e| HubError::malformed("batch token request", e))?;
+        let n = request.nr();
+        if n == 0 || n > MAX_BATCH {
+            return Err(HubError::LimitExceeded("batch size must be 1..=100"));
+        }
+        let own = truncated(&keys.voprf_key_id);
+        self.check_issuing_key(request.truncated_token_key_id(), own, now_ms)?;
+        let n = n as u32;
+        self.allowance.take(keys.epoch, device, n, limit)?;
+        let server = AmortizedServer::<Ristretto255>::with_max_batch_size(MAX_BATCH);
+        let store = OneKey(keys.voprf.clone(), own);
+        let response = run_ready(server.issue_token_response(&store, request))
+            .ok_or_else(|| HubError::Internal("issuer future pending".into()))
+            .and_then(|r| r.map_err(|e| HubError::malformed("blinded elements", e)))
+            .and_then(|r| {
+                privacypass::Serialize::tls_serialize_detached(&r)
+                    .map_err(|e| HubError::Internal(e.to_string()))
+            });
+        match response {
+            Ok(body) => Ok(Issued {
+                body,
+                content_type: BATCH_RESPONSE_CONTENT_TYPE,
+                count: n,
+            }),
+            Err(e) => {
+                self.allowance.give_back(keys.epoch, device, n);
+                Err(e)
+            }
+        }
+    }
+
+    /// A request must name the issuing key; an older one that still redeems is "expired" (the
+    /// client should refresh the directory), anything else unknown.
+    fn check_issuing_key(&self, requested: u8, issuing: u8, now_ms: u64) -> Result<(), HubError> {
+        if requested == issuing {
+            return Ok(());
+        }
+        let older = self.keys.redeeming(now_ms / 1000).iter().any(|k| {
+            truncated(&k.rsa_key_id) == requested || truncated(&k.voprf_key_id) == requested
+        });
+        Err(if older {
+            HubError::TokenExpiredKey
+        } else {
+            HubError::TokenUnknownKey
+        })
+    }
+
+    /// Verifies the issuance signature and that its credential is a current device of this
+    /// provider; returns the in-memory allowance key for the device.
+    fn authenticate(
+        &self,
+        ctx: &IssueContext<'_>,
+        auth_header: Option<&str>,
+        body: &[u8],
+    ) -> Result<[u8; 32], HubError> {
+        let encoded = auth_header.ok_or(HubError::NotAuthorized("token issuance needs a client credential"))?;
+        let bytes = decode_b64url(encoded.trim())
+            .ok_or_else(|| HubError::malformed("issuance auth", "not base64url"))?;
+        let auth: IssuanceAuth =
+            decode_exact(&bytes, 64 * 1024).map_err(|e| HubError::malformed("issuance auth", e))?;
+        ctx.replay.check_fresh(auth.timestamp_ms, ctx.now_ms)?;
+        let cred = &auth.credential;
+        cred.verify_chain(ctx.anchors, ctx.now_ms / 1000)
+            .map_err(|e| match e {
+                mimi_rm_protocol::credentials::CredentialError::Expired(_) => {
+                    HubError::ExpiredCredential
+                }
+                _ => HubError::NotAuthorized("credential not issued by this provider"),
+            })?;
+        let key = VerifyingKey::from_bytes(cred.tbs.public_key.as_slice())
+            .map_err(|_| HubError::NotAuthorized("credential key unusable"))?;
+        let signed = IssuanceAuth::signed_bytes(&self.domain, auth.timestamp_ms, body);
+        key.verify(ISSUANCE_AUTH_LABEL, &signed, auth.signature.as_slice())
+            .map_err(|_| HubError::InvalidSignature)?;
+        if !crate::core::auth::is_current_client(ctx.store, cred)? {
+            return Err(HubError::NotAuthorized("not a current device"));
+        }
+        ctx.replay
+            .check_and_record(auth.signature.as_slice(), auth.timestamp_ms, ctx.now_ms)?;
+        Ok(Sha256::digest(cred.tbs.public_key.as_slice()).into())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn allowance_counts_per_device_and_resets_per_epoch() {
+        let a = Allowance::default();
+        a.take(1, [1; 32], 3, 4).unwrap();
+        assert!(matches!(
+            a.take(1, [1; 32], 2, 4),
+            Err(HubError::AllowanceExhausted { used: 3, limit: 4 })
+        ));
+        a.take(1, [2; 32], 4, 4).unwrap();
+        a.give_back(1, [1; 32], 3);
+        a.take(1, [1; 32], 4, 4).unwrap();
+        a.take(2, [1; 32], 4, 4).unwrap();
+    }
+}

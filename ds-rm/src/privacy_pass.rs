@@ -1,0 +1,163 @@
+//! The HTTP side of Privacy Pass: the redemption middleware (RFC 9577), the issuance endpoint and
+//! issuer directory (RFC 9578), and the key-rotation task.
+//!
+//! The middleware verifies a presented token before the handler reads the body, and hands the
+//! verified token to the core as a request extension; the core decides whether the request
+//! needs one and records the spend in the request's own write batch. On the way out it adds the
+//! `WWW-Authenticate: PrivateToken` challenges to every 401.
+
+use crate::core::tokens::{Admission, VerifiedToken};
+use crate::core::{Hub, HubError};
+use axum::body::Body;
+use axum::extract::{Request, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use mimi_rm_protocol::tokens::{ISSUANCE_AUTH_HEADER, PresentedToken, TokenError};
+use std::sync::Arc;
+
+/// The token a request presented, once verified (absent when it presented none).
+#[derive(Debug, Clone)]
+pub struct PresentedVerified(pub VerifiedToken);
+
+/// The admission of a client request carrying `token`.
+pub fn admission(token: Option<PresentedVerified>) -> Admission {
+    Admission::Client(token.map(|t| t.0))
+}
+
+fn token_error(e: TokenError) -> HubError {
+    match e {
+        TokenError::Malformed(what) => HubError::TokenMalformed(what.to_owned()),
+        TokenError::WrongType(t) => HubError::TokenWrongType(t),
+    }
+}
+
+/// Parses and verifies an `Authorization: PrivateToken` header.
+fn verify_header(hub: &Hub, headers: &HeaderMap) -> Result<Option<VerifiedToken>, HubError> {
+    let Some(value) = headers.get(header::AUTHORIZATION) else {
+        return Ok(None);
+    };
+    let text = value
+        .to_str()
+        .map_err(|_| HubError::TokenMalformed("header is not ASCII".into()))?;
+    let token = PresentedToken::from_authorization(text).map_err(token_error)?;
+    hub.tokens().verify(&token, crate::now_ms()).map(Some)
+}
+
+/// Middleware: verify a presented token; add challenges to 401 answers.
+pub async fn redeem(State(hub): State<Arc<Hub>>, mut req: Request, next: Next) -> Response {
+    match verify_header(&hub, req.headers()) {
+        Ok(Some(t)) => {
+            req.extensions_mut().insert(PresentedVerified(t));
+        }
+        Ok(None) => {}
+        Err(e) => {
+            hub.metrics
+                .errors
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            return with_challenges(&hub, crate::http::error_response(&e));
+        }
+    }
+    let resp = next.run(req).await;
+    with_challenges(&hub, resp)
+}
+
+fn with_challenges(hub: &Hub, mut resp: Response) -> Response {
+    if resp.status() == StatusCode::UNAUTHORIZED {
+        for ch in hub.tokens().challenges(crate::now_ms()) {
+            if let Ok(v) = HeaderValue::from_str(&ch) {
+                resp.headers_mut().append(header::WWW_AUTHENTICATE, v);
+            }
+        }
+    }
+    resp
+}
+
+/// `POST` issuance: a type 2 token request or an amortized type 5 batch, authenticated with the
+/// client's credential.
+pub async fn issue(State(hub): State<Arc<Hub>>, headers: HeaderMap, body: Body) -> Response {
+    let bytes = match crate::http::read_body(&hub, body).await {
+        Ok(b) => b,
+        Err(r) => return r,
+    };
+    let text = |name| {
+        headers
+            .get(name)
+            .and_then(|v: &HeaderValue| v.to_str().ok())
+            .map(str::to_owned)
+    };
+    let content_type = text(header::CONTENT_TYPE.as_str());
+    let auth = text(ISSUANCE_AUTH_HEADER);
+    let h = hub.clone();
+    let result = tokio::task::spawn_blocking(move || {
+        h.issue_tokens(
+            content_type.as_deref(),
+            auth.as_deref(),
+            &bytes,
+            crate::now_ms(),
+        )
+    })
+    .await;
+    match result {
+        Ok(Ok(issued)) => {
+            hub.metrics
+                .ok
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            (
+                StatusCode::OK,
+                [(header::CONTENT_TYPE, issued.content_type)],
+                issued.body,
+            )
+                .into_response()
+        }
+        Ok(Err(e)) => {
+            hub.metrics
+                .errors
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            crate::http::error_response(&e)
+        }
+        Err(join) => crate::http::error_response(&HubError::Internal(join.to_string())),
+    }
+}
+
+/// `GET` the issuer directory (JSON, RFC 9578 §4).
+pub async fn directory(State(hub): State<Arc<Hub>>) -> Response {
+    let h = hub.clone();
+    let result =
+        tokio::task::spawn_blocking(move || h.tokens().directory(h.store().as_ref(), crate::now_ms()))
+            .await;
+    match result {
+        Ok(Ok(dir)) => match serde_json::to_vec(&dir) {
+            Ok(body) => (
+                StatusCode::OK,
+                [
+                    (header::CONTENT_TYPE, "application/private-token-issuer-directory"),
+                    (header::CACHE_CONTROL, "max-age=60"),
+                ],
+                body,
+            )
+                .into_response(),
+            Err(e) => crate::http::error_response(&HubError::Internal(e.to_string())),
+        },
+        Ok(Err(e)) => crate::http::error_response(&e),
+        Err(join) => crate::http::error_response(&HubError::Internal(join.to_string())),
+    }
+}
+
+/// Rotates issuer keys ahead of need (new epoch keys, expiry of old ones and of their spent
+/// nonces), so no request waits for RSA key generation.
+pub async fn run_rotation(hub: Arc<Hub>) {
+    let period = std::time::Duration::from_secs(hub.config().tokens.schedule.epoch_secs.clamp(1, 60));
+    loop {
+        let h = hub.clone();
+        let done =
+            tokio::task::spawn_blocking(move || h.tokens().rotate(h.store().as_ref(), crate::now_ms()))
+                .await;
+        match done {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => tracing::error!(error = %e, "privacy pass key rotation failed"),
+            Err(e) => tracing::error!(error = %e, "privacy pass key rotation task failed"),
+        }
+        tokio::time::sleep(period).await;
+    }
+}
