@@ -338,6 +338,7 @@ impl Client {
             in_flight_rekey: None,
             pending_mixes: Vec::new(),
             received_since_rekey: 0,
+            committed_since_receive: false,
             user_id: hex::encode(ids.user_id),
             client_id: hex::encode(ids.client_id),
             client_auth_key: hex::encode(client_auth.to_bytes()),
@@ -669,6 +670,9 @@ impl Client {
                 missing.push(domain);
             }
         }
+        if missing.is_empty() {
+            return Ok(());
+        }
         for domain in missing {
             let AsResponse::AsCredentials(anchors) = self
                 .transport
@@ -888,6 +892,7 @@ impl Client {
     ) -> Result<u64, ClientError> {
         self.add_contact(contact)?;
         self.ensure_contact_anchors().await?;
+        self.catch_up_before_commit().await?;
         let op = QsOperation::FetchAddPackages(contact.friendship_token.to_vec().into());
         let QsResponse::AddPackages(pkgs) = self
             .transport
@@ -1001,23 +1006,52 @@ impl Client {
         Ok(epoch)
     }
 
-    /// Removes members by leaf index.
+    /// Removes members by leaf index. Like every commit of ours, it first reads our queue if we
+    /// committed since the last `receive` (the events follow with the next `receive`); if that
+    /// puts other members on the chosen leaves, it sends nothing and fails with
+    /// [`ClientError::MembersChanged`].
     pub async fn remove(
         &mut self,
         group: &GroupHandle,
         leaves: &[u32],
     ) -> Result<u64, ClientError> {
+        // The caller chose the leaves in the epoch we are in; if catching up moves another
+        // member onto one of them, removing it would hit someone else.
+        let chosen = self.leaf_keys(group, leaves)?;
+        self.catch_up_before_commit().await?;
+        if self.leaf_keys(group, leaves)? != chosen {
+            return Err(ClientError::MembersChanged);
+        }
         let plan = Plan::Remove(leaves.iter().map(|l| LeafNodeIndex::new(*l)).collect());
         self.commit(group, plan).await
     }
 
+    /// The signature key at each of `leaves` (none for a blank leaf).
+    fn leaf_keys(
+        &self,
+        group: &GroupHandle,
+        leaves: &[u32],
+    ) -> Result<Vec<Option<Vec<u8>>>, ClientError> {
+        let mls = self.load_group(group)?;
+        Ok(leaves
+            .iter()
+            .map(|l| {
+                mls.members()
+                    .find(|m| m.index.u32() == *l)
+                    .map(|m| m.signature_key)
+            })
+            .collect())
+    }
+
     /// Commits a fresh UpdatePath (post-compromise security), including pending proposals.
     pub async fn update(&mut self, group: &GroupHandle) -> Result<u64, ClientError> {
+        self.catch_up_before_commit().await?;
         self.commit(group, Plan::Update).await
     }
 
     /// Removes everyone else and deletes the group on the hub.
     pub async fn delete_group(&mut self, group: &GroupHandle) -> Result<(), ClientError> {
+        self.catch_up_before_commit().await?;
         let mls = self.load_group(group)?;
         let own = mls.own_leaf_index();
         let others = mls
@@ -1104,15 +1138,41 @@ impl Client {
                         )
                     ) =>
                 {
-                    let mut caught_up = Vec::new();
-                    let result = self.receive_into(&mut caught_up).await;
-                    self.pending.extend(caught_up);
-                    result?;
+                    self.catch_up().await?;
                 }
                 other => return other,
             }
         }
         Err(ClientError::Unexpected("the group keeps moving; try again"))
+    }
+
+    /// Processes everything queued for us inside another call; the events go to the next
+    /// `receive`.
+    async fn catch_up(&mut self) -> Result<(), ClientError> {
+        // As in `receive`: an invitation from a contact elsewhere needs that provider's roots.
+        if let Err(e) = self.ensure_contact_anchors().await {
+            tracing::warn!(error = %e, "could not fetch a contact provider's AS credentials");
+        }
+        let mut caught_up = Vec::new();
+        let result = self.receive_into(&mut caught_up).await;
+        self.pending.extend(caught_up);
+        result
+    }
+
+    /// Called before each of our commits, before the group's state is read for it: if a
+    /// commit of ours has moved us on since we last read our whole queue, read it now.
+    ///
+    /// Our own commits advance our epoch without going through the queue, where application
+    /// messages of earlier epochs may still wait (the hub accepts a message up to a few epochs
+    /// behind its own and queues it for us then). After `MAX_PAST_EPOCHS` commits of ours in a
+    /// row those epochs' secrets were gone, and OpenMLS refused the waiting messages
+    /// ("generation too old"). Reading the queue before every further commit keeps a queued
+    /// message at most the hub's lag plus one epoch behind us.
+    async fn catch_up_before_commit(&mut self) -> Result<(), ClientError> {
+        if self.state.committed_since_receive {
+            self.catch_up().await?;
+        }
+        Ok(())
     }
 
     async fn send_once(
@@ -1233,6 +1293,7 @@ impl Client {
             Ok(()) => {
                 mls.merge_pending_commit(&self.provider)
                     .map_err(ClientError::mls)?;
+                self.state.committed_since_receive = true;
                 self.persist()?;
                 Ok(mls.epoch().as_u64())
             }
@@ -1475,6 +1536,11 @@ impl Client {
         self.transport
             .qs(&signed_qs(&auth, QsSender::Client(id), op)?)
             .await?;
+        // Everything queued before our commits so far is read.
+        if self.state.committed_since_receive {
+            self.state.committed_since_receive = false;
+            self.persist()?;
+        }
         Ok(())
     }
 

@@ -37,6 +37,10 @@ pub enum ClientError {
     /// A contact has no AddPackage left.
     #[error("no AddPackage available for that contact")]
     NoAddPackage,
+    /// The members named for a commit changed while we caught up with the group before it;
+    /// nothing was sent. Look at the group again and retry.
+    #[error("the group's members changed before the commit; nothing was sent")]
+    MembersChanged,
 }
 
 impl ClientError {

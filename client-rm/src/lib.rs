@@ -17,7 +17,7 @@ mod transport;
 
 #[cfg(feature = "adversary")]
 pub use client::Tamper;
-pub use client::{Client, Event, GroupHandle, MemberIdentity};
+pub use client::{Client, Event, GroupHandle, MAX_PAST_EPOCHS, MemberIdentity};
 pub use contact::ContactCard;
 pub use error::ClientError;
 pub use tokens::Wallet;

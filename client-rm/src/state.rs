@@ -83,6 +83,10 @@ pub struct ClientState {
     /// Messages received since the last queue rekey.
     #[serde(default)]
     pub received_since_rekey: u64,
+    /// Whether one of our commits moved us to a new epoch since we last read our whole queue
+    /// (then the next commit reads the queue first).
+    #[serde(default)]
+    pub committed_since_receive: bool,
     /// Pseudonymous QS user id (hex).
     pub user_id: String,
     /// Pseudonymous QS client id (hex).

@@ -220,3 +220,44 @@ async fn concurrent_commits_for_one_epoch_exactly_one_wins() {
         vec![b"converged".to_vec()]
     );
 }
+
+/// Regression: a member that commits several times in a row, without reading its queue in
+/// between, must still read what others sent before. Each of its own commits moves it one epoch
+/// on while a message of an older epoch waits in its queue; past `MAX_PAST_EPOCHS` commits that
+/// epoch's secrets were gone and OpenMLS refused the message as "generation too old" (the rare
+/// loss of the concurrency test). The client now reads its queue before committing again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn consecutive_own_commits_keep_queued_messages_readable() {
+    let dir = tempfile::tempdir().unwrap();
+    let hub = hub(dir.path());
+    let mut alice = client(&hub, dir.path(), "alice").await;
+    let mut bob = client(&hub, dir.path(), "bob").await;
+    let g = group_of(&mut alice, &mut [&mut bob]).await;
+    let start = alice.epoch(&g).unwrap();
+    bob.send(&g, b"before the commits").await.unwrap();
+    let commits = mimi_client_rm::MAX_PAST_EPOCHS as u64 + 2;
+    for i in 1..=commits {
+        assert_eq!(alice.update(&g).await.unwrap(), start + i);
+    }
+    let events = alice.receive().await.unwrap();
+    assert!(
+        !events
+            .iter()
+            .any(|e| matches!(e, Event::Undecryptable { .. })),
+        "{events:?}"
+    );
+    assert_eq!(messages(&events), vec![b"before the commits".to_vec()]);
+    // Bob follows every commit and the group still talks both ways.
+    bob.receive().await.unwrap();
+    assert_eq!(bob.epoch(&g).unwrap(), start + commits);
+    bob.send(&g, b"after").await.unwrap();
+    alice.send(&g, b"and back").await.unwrap();
+    assert_eq!(
+        messages(&alice.receive().await.unwrap()),
+        vec![b"after".to_vec()]
+    );
+    assert_eq!(
+        messages(&bob.receive().await.unwrap()),
+        vec![b"and back".to_vec()]
+    );
+}

@@ -106,6 +106,7 @@ impl Client {
                     for event in self.verify_all(group, &mls, &info.credentials)? {
                         tracing::warn!(?event, "after resync");
                     }
+                    self.state.committed_since_receive = true;
                     self.persist()?;
                     return Ok(epoch);
                 }
