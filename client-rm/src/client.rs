@@ -396,12 +396,16 @@ impl Client {
 
     /// Takes one Privacy Pass token from this client's wallet (refilling it when low), for
     /// requests built by hand: tools, tests, benchmarks.
-    pub async fn take_token(&self) -> Result<mimi_rm_protocol::tokens::PresentedToken, ClientError> {
+    pub async fn take_token(
+        &self,
+    ) -> Result<mimi_rm_protocol::tokens::PresentedToken, ClientError> {
         let wallet = self
             .transport
             .wallet()
             .ok_or(ClientError::Unexpected("no token wallet"))?;
-        wallet.take(self.transport.http(), self.transport.base()).await
+        wallet
+            .take(self.transport.http(), self.transport.base())
+            .await
     }
 
     /// The client's token wallet.
@@ -868,6 +872,7 @@ impl Client {
                 wrapper_key: hex::encode(wrapper_key.as_bytes()),
                 signature_ear_key: hex::encode(sek.as_bytes()),
                 members: BTreeMap::from([(0, verified_record(signer.public(), &credential))]),
+                joined_epoch: 0,
             },
         );
         self.persist()?;
@@ -1024,6 +1029,14 @@ impl Client {
         }
         let plan = Plan::Remove(leaves.iter().map(|l| LeafNodeIndex::new(*l)).collect());
         self.commit(group, plan).await
+    }
+
+    /// The epoch we joined `group` at (see [`GroupMeta::joined_epoch`]).
+    fn joined_epoch(&self, group: &GroupHandle) -> u64 {
+        self.state
+            .groups
+            .get(&hex::encode(&group.0))
+            .map_or(0, |g| g.joined_epoch)
     }
 
     /// The signature key at each of `leaves` (none for a blank leaf).
@@ -1586,6 +1599,11 @@ impl Client {
                 };
                 return Ok(Processed::Rejected(group, report));
             }
+            Err(e) if msg_epoch < self.joined_epoch(&group) => {
+                tracing::debug!(group = %group, msg_epoch, error = %e,
+                    "dropping a message from before we joined");
+                return Ok(Processed::Done(Vec::new()));
+            }
             // Say which epoch the message was for: the usual cause is an epoch we no longer keep.
             Err(e) => {
                 return Err(ClientError::Mls(format!(
@@ -1816,6 +1834,7 @@ impl Client {
                 wrapper_key: hex::encode(attribution.tbs.wrapper_key),
                 signature_ear_key: pending.signature_ear_key.clone(),
                 members: BTreeMap::new(),
+                joined_epoch: group.epoch().as_u64(),
             },
         );
         self.state

@@ -35,6 +35,12 @@ pub struct GroupMeta {
     pub signature_ear_key: String,
     /// Members by leaf index.
     pub members: BTreeMap<u32, MemberRecord>,
+    /// The epoch we joined at by Welcome (0 for groups we created). The hub accepts
+    /// application messages a few epochs late and fans them out to every current member, so a
+    /// message from before we joined can reach us; it was never meant for us and is dropped
+    /// quietly rather than reported as undecryptable.
+    #[serde(default)]
+    pub joined_epoch: u64,
 }
 
 /// A KeyPackage we published and may be welcomed with.

@@ -79,7 +79,8 @@ impl Wallet {
             && p.exists()
         {
             let text = std::fs::read_to_string(p).map_err(|e| state_err("wallet file", e))?;
-            let saved: Saved = serde_json::from_str(&text).map_err(|e| state_err("wallet file", e))?;
+            let saved: Saved =
+                serde_json::from_str(&text).map_err(|e| state_err("wallet file", e))?;
             for t in saved.tokens {
                 let bytes = hex::decode(&t).map_err(|e| state_err("wallet token", e))?;
                 state.tokens.push_back(
@@ -144,7 +145,11 @@ impl Wallet {
 
     /// Takes one token, refilling first when the wallet runs low. A token handed out counts as
     /// spent whatever happens to the request.
-    pub async fn take(&self, http: &reqwest::Client, base: &str) -> Result<PresentedToken, ClientError> {
+    pub async fn take(
+        &self,
+        http: &reqwest::Client,
+        base: &str,
+    ) -> Result<PresentedToken, ClientError> {
         let mut s = self.state.lock().await;
         if s.tokens.len() <= LOW_WATER {
             match self.fetch_batch(http, base).await {
@@ -165,7 +170,11 @@ impl Wallet {
     }
 
     /// Drops tokens whose key the hub no longer lists (after an expired/unknown-key answer).
-    pub async fn drop_stale(&self, http: &reqwest::Client, base: &str) -> Result<usize, ClientError> {
+    pub async fn drop_stale(
+        &self,
+        http: &reqwest::Client,
+        base: &str,
+    ) -> Result<usize, ClientError> {
         let dir = fetch_directory(http, base).await?;
         let live: BTreeSet<[u8; 32]> = dir
             .token_keys
@@ -190,7 +199,9 @@ impl Wallet {
             timestamp_ms: ts,
             signature: self.key.sign(ISSUANCE_AUTH_LABEL, &signed).into(),
         };
-        Ok(encode_b64url(&encode(&auth).map_err(|e| state_err("auth", e))?))
+        Ok(encode_b64url(
+            &encode(&auth).map_err(|e| state_err("auth", e))?,
+        ))
     }
 
     async fn issue(
@@ -234,8 +245,9 @@ impl Wallet {
         let public = privacypass::common::private::deserialize_public_key::<Ristretto255>(&key)
             .map_err(|e| state_err("issuer key", e))?;
         let ch = challenge(&self.domain, TYPE_AMORTIZED).map_err(|e| state_err("challenge", e))?;
-        let (request, pending) = AmortizedBatchTokenRequest::<Ristretto255>::new(public, &ch, self.batch)
-            .map_err(|e| state_err("token request", e))?;
+        let (request, pending) =
+            AmortizedBatchTokenRequest::<Ristretto255>::new(public, &ch, self.batch)
+                .map_err(|e| state_err("token request", e))?;
         let body = privacypass::Serialize::tls_serialize_detached(&request)
             .map_err(|e| state_err("token request", e))?;
         let answer = self
@@ -287,7 +299,10 @@ impl Wallet {
 }
 
 /// Reads the hub's issuer directory.
-pub async fn fetch_directory(http: &reqwest::Client, base: &str) -> Result<IssuerDirectory, ClientError> {
+pub async fn fetch_directory(
+    http: &reqwest::Client,
+    base: &str,
+) -> Result<IssuerDirectory, ClientError> {
     let resp = http
         .get(format!("{base}{ISSUER_DIRECTORY_PATH}"))
         .send()
@@ -313,5 +328,7 @@ fn issuing_key(dir: &IssuerDirectory, token_type: u16) -> Result<Vec<u8>, Client
         .iter()
         .find(|k| k.token_type == token_type)
         .and_then(|k| decode_b64url(&k.token_key))
-        .ok_or(ClientError::Unexpected("the issuer publishes no key of this type"))
+        .ok_or(ClientError::Unexpected(
+            "the issuer publishes no key of this type",
+        ))
 }

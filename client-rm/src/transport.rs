@@ -1,9 +1,9 @@
 //! HTTP transport to a hub: envelope, POST, decode the answer or the error.
 
 use crate::error::ClientError;
+use crate::tokens::Wallet;
 use mimi_rm_protocol::ds::{DsRequest, DsResponse};
 use mimi_rm_protocol::qs::{QsRequest, QsResponse};
-use crate::tokens::Wallet;
 use mimi_rm_protocol::tokens::{PresentedToken, RateClass};
 use mimi_rm_protocol::{
     Envelope, ErrorCode, ErrorResponse, TransactionType, decode_exact, encode, paths,
@@ -102,13 +102,19 @@ impl Transport {
             return self.send(path, body, None).await;
         };
         let mut token = match class {
-            Some(c) if wallet.is_limited(c).await => Some(wallet.take(&self.http, &self.base).await?),
+            Some(c) if wallet.is_limited(c).await => {
+                Some(wallet.take(&self.http, &self.base).await?)
+            }
             _ => None,
         };
         let mut attempt = 0;
         loop {
             let result = self.send(path, body.clone(), token.as_ref()).await;
-            let Err(ClientError::Hub { status: 401, response }) = &result else {
+            let Err(ClientError::Hub {
+                status: 401,
+                response,
+            }) = &result
+            else {
                 return result;
             };
             attempt += 1;
@@ -241,7 +247,8 @@ impl Transport {
             },
         };
         let body = envelope(TransactionType::Proxy, &req)?;
-        self.post_classed(paths::FEDERATION_PROXY, body, class).await
+        self.post_classed(paths::FEDERATION_PROXY, body, class)
+            .await
     }
 
     /// A QS request to `domain`: direct when it is our provider's, proxied otherwise.

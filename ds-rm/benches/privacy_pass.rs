@@ -33,7 +33,9 @@ fn fixture() -> Fixture {
         ..TokenPolicy::default()
     };
     let tokens = Tokens::open(&store, DOMAIN, policy, mimi_ds_rm::now_ms()).expect("tokens");
-    let dir_json = tokens.directory(&store, mimi_ds_rm::now_ms()).expect("directory");
+    let dir_json = tokens
+        .directory(&store, mimi_ds_rm::now_ms())
+        .expect("directory");
     let key = |t| {
         dir_json
             .token_keys
@@ -55,18 +57,28 @@ fn rsa_request(f: &Fixture) -> (Vec<u8>, privacypass::public_tokens::TokenState)
     let ch = challenge(DOMAIN, TYPE_PUBLIC).expect("challenge");
     let mut rng = blind_rsa_signatures::reexports::rand::rng();
     let (req, state) = TokenRequest::new(&mut rng, f.rsa.clone(), &ch).expect("request");
-    (privacypass::Serialize::tls_serialize_detached(&req).expect("encode"), state)
+    (
+        privacypass::Serialize::tls_serialize_detached(&req).expect("encode"),
+        state,
+    )
 }
 
 fn batch_request(
     f: &Fixture,
     n: u16,
-) -> (Vec<u8>, privacypass::amortized_tokens::TokenState<Ristretto255>) {
+) -> (
+    Vec<u8>,
+    privacypass::amortized_tokens::TokenState<Ristretto255>,
+) {
     let ch = challenge(DOMAIN, TYPE_AMORTIZED).expect("challenge");
     let pk = privacypass::common::private::deserialize_public_key::<Ristretto255>(&f.voprf)
         .expect("key");
-    let (req, state) = AmortizedBatchTokenRequest::<Ristretto255>::new(pk, &ch, n).expect("request");
-    (privacypass::Serialize::tls_serialize_detached(&req).expect("encode"), state)
+    let (req, state) =
+        AmortizedBatchTokenRequest::<Ristretto255>::new(pk, &ch, n).expect("request");
+    (
+        privacypass::Serialize::tls_serialize_detached(&req).expect("encode"),
+        state,
+    )
 }
 
 fn issue(f: &Fixture, ct: &str, body: &[u8]) -> Vec<u8> {
@@ -85,10 +97,13 @@ fn rsa_tokens(f: &Fixture, n: usize) -> Vec<PresentedToken> {
     (0..n)
         .map(|_| {
             let (body, state) = rsa_request(f);
-            let resp: TokenResponse = <TokenResponse as privacypass::Deserialize>::tls_deserialize_exact(
-                issue(f, TOKEN_REQUEST_CONTENT_TYPE, &body),
-            )
-            .expect("response");
+            let resp: TokenResponse =
+                <TokenResponse as privacypass::Deserialize>::tls_deserialize_exact(issue(
+                    f,
+                    TOKEN_REQUEST_CONTENT_TYPE,
+                    &body,
+                ))
+                .expect("response");
             encode_token(&resp.issue_token(&state).expect("finalize"))
         })
         .collect()
@@ -104,7 +119,12 @@ fn amortized_tokens(f: &Fixture, batches: usize) -> Vec<PresentedToken> {
             &body,
         ))
         .expect("response");
-        out.extend(resp.issue_tokens(&state).expect("finalize").iter().map(encode_token));
+        out.extend(
+            resp.issue_tokens(&state)
+                .expect("finalize")
+                .iter()
+                .map(encode_token),
+        );
     }
     out
 }

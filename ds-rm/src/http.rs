@@ -2,11 +2,11 @@
 
 use crate::core::{Hub, HubError, Route};
 use crate::federation::Peers;
+use crate::privacy_pass::{PresentedVerified, admission};
+use axum::Extension;
 use axum::Router;
 use axum::body::{Body, Bytes};
-use axum::Extension;
 use axum::extract::{DefaultBodyLimit, State};
-use crate::privacy_pass::{PresentedVerified, admission};
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -127,7 +127,15 @@ async fn federation_proxy(State(app): State<App>, token: Token, body: Body) -> R
         Err(join) => return error_response(&HubError::Internal(join.to_string())),
     };
     let admission = admission(token.map(|Extension(t)| t));
-    if let Err(r) = admit_forward(&app, &target.domain, target.transaction_type, target.inner, admission).await {
+    if let Err(r) = admit_forward(
+        &app,
+        &target.domain,
+        target.transaction_type,
+        target.inner,
+        admission,
+    )
+    .await
+    {
         return r;
     }
     relay(&app, &target.domain, target.envelope).await
@@ -143,7 +151,10 @@ async fn admit_forward(
     admission: crate::core::tokens::Admission,
 ) -> Result<(), Response> {
     match &app.peers {
-        Some(peers) => peers.url(domain).map(|_| ()).map_err(|e| error_response(&e))?,
+        Some(peers) => peers
+            .url(domain)
+            .map(|_| ())
+            .map_err(|e| error_response(&e))?,
         None => {
             return Err(error_response(&HubError::PeerUnavailable(
                 "federation is off".into(),
@@ -151,7 +162,11 @@ async fn admit_forward(
         }
     }
     let hub = app.hub.clone();
-    match tokio::task::spawn_blocking(move || hub.admit_forward(endpoint, body.as_ref(), &admission)).await {
+    match tokio::task::spawn_blocking(move || {
+        hub.admit_forward(endpoint, body.as_ref(), &admission)
+    })
+    .await
+    {
         Ok(Ok(())) => Ok(()),
         Ok(Err(e)) => Err(error_response(&e)),
         Err(join) => Err(error_response(&HubError::Internal(join.to_string()))),

@@ -123,15 +123,19 @@ pub async fn issue(State(hub): State<Arc<Hub>>, headers: HeaderMap, body: Body) 
 /// `GET` the issuer directory (JSON, RFC 9578 §4).
 pub async fn directory(State(hub): State<Arc<Hub>>) -> Response {
     let h = hub.clone();
-    let result =
-        tokio::task::spawn_blocking(move || h.tokens().directory(h.store().as_ref(), crate::now_ms()))
-            .await;
+    let result = tokio::task::spawn_blocking(move || {
+        h.tokens().directory(h.store().as_ref(), crate::now_ms())
+    })
+    .await;
     match result {
         Ok(Ok(dir)) => match serde_json::to_vec(&dir) {
             Ok(body) => (
                 StatusCode::OK,
                 [
-                    (header::CONTENT_TYPE, "application/private-token-issuer-directory"),
+                    (
+                        header::CONTENT_TYPE,
+                        "application/private-token-issuer-directory",
+                    ),
                     (header::CACHE_CONTROL, "max-age=60"),
                 ],
                 body,
@@ -147,12 +151,14 @@ pub async fn directory(State(hub): State<Arc<Hub>>) -> Response {
 /// Rotates issuer keys ahead of need (new epoch keys, expiry of old ones and of their spent
 /// nonces), so no request waits for RSA key generation.
 pub async fn run_rotation(hub: Arc<Hub>) {
-    let period = std::time::Duration::from_secs(hub.config().tokens.schedule.epoch_secs.clamp(1, 60));
+    let period =
+        std::time::Duration::from_secs(hub.config().tokens.schedule.epoch_secs.clamp(1, 60));
     loop {
         let h = hub.clone();
-        let done =
-            tokio::task::spawn_blocking(move || h.tokens().rotate(h.store().as_ref(), crate::now_ms()))
-                .await;
+        let done = tokio::task::spawn_blocking(move || {
+            h.tokens().rotate(h.store().as_ref(), crate::now_ms())
+        })
+        .await;
         match done {
             Ok(Ok(())) => {}
             Ok(Err(e)) => tracing::error!(error = %e, "privacy pass key rotation failed"),

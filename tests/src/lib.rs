@@ -336,7 +336,10 @@ pub async fn post_with_headers(
     headers: &[(&str, String)],
 ) -> (u16, Vec<u8>, reqwest::header::HeaderMap) {
     let mut req = http_client(None).post(format!("{url}{path}"));
-    if !headers.iter().any(|(n, _)| n.eq_ignore_ascii_case("content-type")) {
+    if !headers
+        .iter()
+        .any(|(n, _)| n.eq_ignore_ascii_case("content-type"))
+    {
         req = req.header("content-type", "application/octet-stream");
     }
     for (name, value) in headers {
@@ -355,7 +358,12 @@ pub async fn post_paid(
     body: Vec<u8>,
     token: &mimi_rm_protocol::tokens::PresentedToken,
 ) -> (u16, Vec<u8>) {
-    let (status, body, _) =
-        post_with_headers(url, path, body, &[("authorization", token.to_authorization())]).await;
+    let (status, body, _) = post_with_headers(
+        url,
+        path,
+        body,
+        &[("authorization", token.to_authorization())],
+    )
+    .await;
     (status, body)
 }

@@ -121,7 +121,8 @@ async fn three_clients_create_talk_update_remove_leave_delete() {
     let body = mimi_client_rm::envelope(TransactionType::ExternalCommitInformation, &req).unwrap();
     let token = alice.take_token().await.unwrap();
     let (status, resp) =
-        mimi_rm_tests::post_paid(&hub.url(), paths::EXTERNAL_COMMIT_INFORMATION, body, &token).await;
+        mimi_rm_tests::post_paid(&hub.url(), paths::EXTERNAL_COMMIT_INFORMATION, body, &token)
+            .await;
     assert_eq!(status, 404);
     assert_eq!(error_of(&resp).code, ErrorCode::UnknownGroup);
 }
@@ -259,5 +260,43 @@ async fn consecutive_own_commits_keep_queued_messages_readable() {
     assert_eq!(
         messages(&bob.receive().await.unwrap()),
         vec![b"and back".to_vec()]
+    );
+}
+
+/// The hub accepts an application message a few epochs late and fans it out to every current
+/// member, including one who joined after the message's epoch. That member must neither see it
+/// nor report it as undecryptable; the members it was meant for read it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_late_message_from_before_a_join_is_not_reported_to_the_joiner() {
+    let dir = tempfile::tempdir().unwrap();
+    let hub = hub(dir.path());
+    let mut alice = client(&hub, dir.path(), "alice").await;
+    let mut bob = client(&hub, dir.path(), "bob").await;
+    let mut carol = client(&hub, dir.path(), "carol").await;
+    let g = group_of(&mut alice, &mut [&mut bob]).await;
+    // Carol joins while bob has not read the commit that added her.
+    carol.add_contact(&alice.contact_card().unwrap()).unwrap();
+    alice
+        .invite(&g, &carol.contact_card().unwrap())
+        .await
+        .unwrap();
+    let events = carol.receive().await.unwrap();
+    assert!(events.contains(&Event::Joined { group: g.clone() }));
+    // Bob, one epoch behind, sends; the hub accepts it and fans it out to carol too.
+    let behind = bob.epoch(&g).unwrap();
+    assert!(behind < carol.epoch(&g).unwrap());
+    bob.send(&g, b"from the old epoch").await.unwrap();
+    assert_eq!(bob.epoch(&g).unwrap(), behind, "sent without catching up");
+    let events = carol.receive().await.unwrap();
+    assert!(
+        !events
+            .iter()
+            .any(|e| matches!(e, Event::Undecryptable { .. })),
+        "{events:?}"
+    );
+    assert!(messages(&events).is_empty());
+    assert_eq!(
+        messages(&alice.receive().await.unwrap()),
+        vec![b"from the old epoch".to_vec()]
     );
 }

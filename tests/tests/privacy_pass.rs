@@ -11,6 +11,7 @@ use mimi_rm_protocol::qs::{QsOperation, QsRequest, QsRequestTbs, QsSender};
 use mimi_rm_protocol::tokens::{
     ISSUANCE_AUTH_HEADER, ISSUER_REQUEST_PATH, IssuerDirectory, PresentedToken, RateClass,
     TOKEN_REQUEST_CONTENT_TYPE, TYPE_AMORTIZED, TYPE_PUBLIC, challenge, decode_b64url,
+    parse_www_authenticate,
 };
 use mimi_rm_protocol::{ErrorCode, TransactionType, paths};
 use mimi_rm_tests::{HubProcess, error_of, post_paid, post_with_headers};
@@ -59,12 +60,15 @@ fn spent_count(hub: &HubProcess) -> usize {
 }
 
 async fn directory(url: &str) -> IssuerDirectory {
-    let body = reqwest::get(format!("{url}{}", mimi_rm_protocol::tokens::ISSUER_DIRECTORY_PATH))
-        .await
-        .unwrap()
-        .bytes()
-        .await
-        .unwrap();
+    let body = reqwest::get(format!(
+        "{url}{}",
+        mimi_rm_protocol::tokens::ISSUER_DIRECTORY_PATH
+    ))
+    .await
+    .unwrap()
+    .bytes()
+    .await
+    .unwrap();
     serde_json::from_slice(&body).unwrap()
 }
 
@@ -96,22 +100,25 @@ async fn challenges_name_our_keys_and_clients_pay_transparently() {
         .iter()
         .map(|v| v.to_str().unwrap())
         .collect();
-    assert_eq!(challenges.len(), 2, "one challenge per token type: {challenges:?}");
+    assert_eq!(
+        challenges.len(),
+        2,
+        "one challenge per token type: {challenges:?}"
+    );
     let dir_keys = directory(&hub.url()).await;
-    for (ch, tt) in challenges.iter().zip([TYPE_AMORTIZED, TYPE_PUBLIC]) {
-        let params: Vec<(&str, &str)> = ch
-            .trim_start_matches("PrivateToken ")
-            .split(", ")
-            .map(|kv| kv.split_once('=').unwrap())
-            .collect();
+    for (header, tt) in challenges.iter().zip([TYPE_AMORTIZED, TYPE_PUBLIC]) {
+        let parsed = parse_www_authenticate(header).unwrap();
+        assert_eq!(parsed.len(), 1);
         let expected = challenge(DOMAIN, tt).unwrap().serialize().unwrap();
-        assert_eq!(params[0].0, "challenge");
-        assert_eq!(decode_b64url(params[0].1).unwrap(), expected);
-        assert_eq!(params[1].0, "token-key");
+        assert_eq!(parsed[0].challenge, expected);
         // RFC 9576 §6 key consistency: the challenge names the key the directory publishes.
-        let listed = dir_keys.token_keys.iter().find(|k| k.token_type == tt).unwrap();
+        let listed = dir_keys
+            .token_keys
+            .iter()
+            .find(|k| k.token_type == tt)
+            .unwrap();
         assert_eq!(
-            decode_b64url(params[1].1).unwrap(),
+            parsed[0].token_key,
             decode_b64url(&listed.token_key).unwrap()
         );
     }
@@ -150,10 +157,12 @@ async fn group_scenario_runs_with_tokens_enforced_on_every_class() {
     let mut limited = std::collections::BTreeSet::new();
     let mut classes = std::collections::BTreeSet::new();
     for (path, body) in &wire {
-        let env: mimi_rm_protocol::Envelope = mimi_rm_protocol::decode_exact(body, 1 << 22).unwrap();
+        let env: mimi_rm_protocol::Envelope =
+            mimi_rm_protocol::decode_exact(body, 1 << 22).unwrap();
         let class = match path.as_str() {
             paths::QS => {
-                let r: QsRequest = mimi_rm_protocol::decode_exact(env.payload.as_slice(), 1 << 22).unwrap();
+                let r: QsRequest =
+                    mimi_rm_protocol::decode_exact(env.payload.as_slice(), 1 << 22).unwrap();
                 RateClass::of_qs(&r.tbs.operation)
             }
             paths::AS => None,
@@ -245,7 +254,10 @@ async fn a_token_is_accepted_once_sequentially_concurrently_and_across_restarts(
     // A refused request still costs its token (else one token buys endless validation).
     let t = wallet_token(&alice).await;
     let (status, body) = post_paid(&hub.url(), paths::QS, fetch_body(&[9; 32]), &t).await;
-    assert_eq!((status, error_of(&body).code), (404, ErrorCode::UnknownToken));
+    assert_eq!(
+        (status, error_of(&body).code),
+        (404, ErrorCode::UnknownToken)
+    );
     let (status, body) = post_paid(&hub.url(), paths::QS, fetch_body(&bob_token), &t).await;
     assert_eq!((status, error_of(&body).code), (401, ErrorCode::TokenSpent));
 }
@@ -274,18 +286,47 @@ async fn bad_tokens_get_401_with_their_code_and_change_nothing() {
 
     let cases: Vec<(&str, Option<String>, ErrorCode)> = vec![
         ("missing", None, ErrorCode::TokenRequired),
-        ("not base64", Some("PrivateToken token=!!!".into()), ErrorCode::TokenMalformed),
-        ("other scheme", Some(format!("Bearer {}", b64(&good.encode()))), ErrorCode::TokenMalformed),
+        (
+            "not base64",
+            Some("PrivateToken token=!!!".into()),
+            ErrorCode::TokenMalformed,
+        ),
+        (
+            "other scheme",
+            Some(format!("Bearer {}", b64(&good.encode()))),
+            ErrorCode::TokenMalformed,
+        ),
         ("truncated", Some(truncated), ErrorCode::TokenMalformed),
-        ("oversized", Some(format!("PrivateToken token={}", b64(&[0u8; 4096]))), ErrorCode::TokenMalformed),
-        ("wrong type", Some(format!("PrivateToken token={}", b64(&wrong_type))), ErrorCode::TokenWrongType),
-        ("another hub's key", Some(foreign.to_authorization()), ErrorCode::TokenUnknownKey),
-        ("bad authenticator", Some(flipped.to_authorization()), ErrorCode::TokenInvalid),
-        ("another challenge", Some(other_challenge.to_authorization()), ErrorCode::TokenInvalid),
+        (
+            "oversized",
+            Some(format!("PrivateToken token={}", b64(&[0u8; 4096]))),
+            ErrorCode::TokenMalformed,
+        ),
+        (
+            "wrong type",
+            Some(format!("PrivateToken token={}", b64(&wrong_type))),
+            ErrorCode::TokenWrongType,
+        ),
+        (
+            "another hub's key",
+            Some(foreign.to_authorization()),
+            ErrorCode::TokenUnknownKey,
+        ),
+        (
+            "bad authenticator",
+            Some(flipped.to_authorization()),
+            ErrorCode::TokenInvalid,
+        ),
+        (
+            "another challenge",
+            Some(other_challenge.to_authorization()),
+            ErrorCode::TokenInvalid,
+        ),
     ];
     let before = user_rows(&hub);
     for (what, header, code) in cases {
-        let headers: Vec<(&str, String)> = header.into_iter().map(|h| ("authorization", h)).collect();
+        let headers: Vec<(&str, String)> =
+            header.into_iter().map(|h| ("authorization", h)).collect();
         let (status, body, resp_headers) =
             post_with_headers(&hub.url(), paths::QS, fetch_body(&bob_token), &headers).await;
         assert_eq!((status, error_of(&body).code), (401, code), "{what}");
@@ -313,20 +354,29 @@ async fn issuance_is_authenticated_and_limited_per_epoch() {
     let http = alice.transport().http();
     // Start early in an epoch so the first batches land in the same one.
     wait_for_second(6, 0).await;
-    assert_eq!(wallet.fetch_batch(http, &hub.url()).await.unwrap().len(), 32);
+    assert_eq!(
+        wallet.fetch_batch(http, &hub.url()).await.unwrap().len(),
+        32
+    );
     for _ in 0..8 {
         wallet.fetch_public(http, &hub.url()).await.unwrap();
     }
     match wallet.fetch_batch(http, &hub.url()).await {
         Err(mimi_client_rm::ClientError::Hub { status, response }) => {
-            assert_eq!((status, response.code), (429, ErrorCode::AllowanceExhausted));
+            assert_eq!(
+                (status, response.code),
+                (429, ErrorCode::AllowanceExhausted)
+            );
         }
         other => panic!("expected 429, got {:?}", other.map(|t| t.len())),
     }
     assert!(wallet.fetch_public(http, &hub.url()).await.is_err());
     // The next epoch brings a fresh allowance.
     wait_for_second(6, 0).await;
-    assert_eq!(wallet.fetch_batch(http, &hub.url()).await.unwrap().len(), 32);
+    assert_eq!(
+        wallet.fetch_batch(http, &hub.url()).await.unwrap().len(),
+        32
+    );
 
     // Authentication: none, a forged signature, a replay, a foreign provider's device.
     let issue = |auth: Option<String>, body: Vec<u8>| {
@@ -336,20 +386,33 @@ async fn issuance_is_authenticated_and_limited_per_epoch() {
             if let Some(a) = auth {
                 headers.push((ISSUANCE_AUTH_HEADER, a));
             }
-            let (status, body, _) = post_with_headers(&url, ISSUER_REQUEST_PATH, body, &headers).await;
+            let (status, body, _) =
+                post_with_headers(&url, ISSUER_REQUEST_PATH, body, &headers).await;
             (status, error_of(&body).code)
         }
     };
     let body = vec![0, 2, 0, 1, 2, 3];
-    assert_eq!(issue(None, body.clone()).await, (403, ErrorCode::NotAuthorized));
+    assert_eq!(
+        issue(None, body.clone()).await,
+        (403, ErrorCode::NotAuthorized)
+    );
     let auth = wallet.auth_header(&body).unwrap();
     assert_eq!(
         issue(Some(auth.clone()), b"another body".to_vec()).await,
         (403, ErrorCode::InvalidSignature)
     );
-    assert_eq!(issue(Some(auth.clone()), body.clone()).await, (400, ErrorCode::Malformed));
-    assert_eq!(issue(Some(auth), body.clone()).await, (403, ErrorCode::Replayed));
-    assert_eq!(issue(Some("%%%".into()), body.clone()).await, (400, ErrorCode::Malformed));
+    assert_eq!(
+        issue(Some(auth.clone()), body.clone()).await,
+        (400, ErrorCode::Malformed)
+    );
+    assert_eq!(
+        issue(Some(auth), body.clone()).await,
+        (403, ErrorCode::Replayed)
+    );
+    assert_eq!(
+        issue(Some("%%%".into()), body.clone()).await,
+        (400, ErrorCode::Malformed)
+    );
 
     let other_dir = tempfile::tempdir().unwrap();
     let other = hub_with(other_dir.path(), "");
@@ -403,7 +466,10 @@ async fn keys_rotate_with_an_overlap_and_expired_tokens_are_refused() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     tokio::time::sleep(Duration::from_millis(300)).await;
-    assert!(directory(&hub.url()).await.token_keys.len() >= 4, "two epochs' keys listed");
+    assert!(
+        directory(&hub.url()).await.token_keys.len() >= 4,
+        "two epochs' keys listed"
+    );
     let (status, _) = post_paid(&hub.url(), paths::QS, fetch_body(&bob_token), &late).await;
     assert_eq!(status, 200, "inside the overlap window");
 
@@ -414,7 +480,10 @@ async fn keys_rotate_with_an_overlap_and_expired_tokens_are_refused() {
         .filter(|(cf, _, _)| *cf != Cf::PpSpent)
         .collect::<Vec<_>>();
     let (status, body) = post_paid(&hub.url(), paths::QS, fetch_body(&bob_token), &spare).await;
-    assert_eq!((status, error_of(&body).code), (401, ErrorCode::TokenExpiredKey));
+    assert_eq!(
+        (status, error_of(&body).code),
+        (401, ErrorCode::TokenExpiredKey)
+    );
     let after = user_rows(&hub)
         .into_iter()
         .filter(|(cf, _, _)| *cf != Cf::PpSpent)
@@ -431,7 +500,10 @@ async fn keys_rotate_with_an_overlap_and_expired_tokens_are_refused() {
     );
     // The client's wallet still holds tokens from registration, now expired: it drops them and
     // refills from the new key without being told.
-    let g = alice.create_group().await.expect("paid with fresh tokens after expiry");
+    let g = alice
+        .create_group()
+        .await
+        .expect("paid with fresh tokens after expiry");
     alice.send(&g, b"still paying").await.unwrap();
 }
 

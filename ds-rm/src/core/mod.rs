@@ -159,8 +159,12 @@ impl Hub {
             .max()
             .unwrap_or(0);
         let outbox_seq = AtomicU64::new(last.saturating_add(1).max(now_ms.saturating_mul(1024)));
-        let tokens =
-            tokens::Tokens::open(store.as_ref(), &config.domain, config.tokens.clone(), now_ms)?;
+        let tokens = tokens::Tokens::open(
+            store.as_ref(),
+            &config.domain,
+            config.tokens.clone(),
+            now_ms,
+        )?;
         Ok(Self {
             tokens,
             store,
@@ -285,7 +289,11 @@ impl Hub {
 
     /// Counts a spent token. A request refused after its token was admitted still costs the
     /// token, written here on its own (see [`HubError::spends_token`]); a server fault does not.
-    fn account_token<T>(&self, result: &Result<T, HubError>, spend: Option<&tokens::VerifiedToken>) {
+    fn account_token<T>(
+        &self,
+        result: &Result<T, HubError>,
+        spend: Option<&tokens::VerifiedToken>,
+    ) {
         let Some(token) = spend else {
             return;
         };
@@ -347,7 +355,8 @@ impl Hub {
     ) -> Result<Vec<u8>, HubError> {
         let op = req.tbs.operation.name();
         let mut locks = self.locks.lock_token(spend.map(|t| &t.nonce));
-        self.locks.add_group(&mut locks, req.tbs.group_id.as_slice());
+        self.locks
+            .add_group(&mut locks, req.tbs.group_id.as_slice());
         let mut txn = Txn::new(self.store.as_ref());
         if let Some(token) = spend {
             tokens::Tokens::spend(&mut txn, token)?;

@@ -131,7 +131,11 @@ async fn main() -> Result<(), BoxError> {
     show("bob", &bob.receive().await?);
 
     println!("\nrate limits without identities (Privacy Pass):");
-    let spent = store.dump()?.iter().filter(|(c, _, _)| *c == Cf::PpSpent).count();
+    let spent = store
+        .dump()?
+        .iter()
+        .filter(|(c, _, _)| *c == Cf::PpSpent)
+        .count();
     println!(
         "  every rate-limited request above carried one blindly issued token; the hub holds {spent} spent-token nonces"
     );

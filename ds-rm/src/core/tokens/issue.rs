@@ -11,12 +11,12 @@ use crate::core::replay::ReplayGuard;
 use crate::store::Store;
 use mimi_rm_crypto::sign::VerifyingKey;
 use mimi_rm_protocol::credentials::AsCredentials;
+use mimi_rm_protocol::decode_exact;
 use mimi_rm_protocol::tokens::{
     BATCH_REQUEST_CONTENT_TYPE, BATCH_RESPONSE_CONTENT_TYPE, ISSUANCE_AUTH_LABEL, IssuanceAuth,
     MAX_BATCH, TOKEN_REQUEST_CONTENT_TYPE, TOKEN_RESPONSE_CONTENT_TYPE, TYPE_AMORTIZED,
     TYPE_PUBLIC, decode_b64url,
 };
-use mimi_rm_protocol::decode_exact;
 use privacypass::amortized_tokens::AmortizedBatchTokenRequest;
 use privacypass::amortized_tokens::server::Server as AmortizedServer;
 use privacypass::common::store::PrivateKeyStore;
@@ -46,10 +46,7 @@ impl Allowance {
         }
         let used = counts.entry(device).or_insert(0);
         if used.saturating_add(n) > limit {
-            return Err(HubError::AllowanceExhausted {
-                used: *used,
-                limit,
-            });
+            return Err(HubError::AllowanceExhausted { used: *used, limit });
         }
         *used += n;
         Ok(())
@@ -155,7 +152,9 @@ impl Tokens {
             other => return Err(HubError::TokenWrongType(other)),
         };
         if content_type.map(str::trim) != Some(expected_ct) {
-            return Err(HubError::InvalidRequest("wrong content type for this token type"));
+            return Err(HubError::InvalidRequest(
+                "wrong content type for this token type",
+            ));
         }
         let keys = self.keys.current(store, now_ms / 1000)?;
         let limit = self.policy.allowance_per_epoch;
@@ -175,9 +174,12 @@ impl Tokens {
                 count: 1,
             });
         }
-        let request: AmortizedBatchTokenRequest<Ristretto255> =
-            <AmortizedBatchTokenRequest<Ristretto255> as privacypass::Deserialize>::tls_deserialize_exact(body)
-                .map_err(|e| HubError::malformed("batch token request", e))?;
+        let request: AmortizedBatchTokenRequest<Ristretto255> = <AmortizedBatchTokenRequest<
+            Ristretto255,
+        > as privacypass::Deserialize>::tls_deserialize_exact(
+            body
+        )
+        .map_err(|e| HubError::malformed("batch token request", e))?;
         let n = request.nr();
         if n == 0 || n > MAX_BATCH {
             return Err(HubError::LimitExceeded("batch size must be 1..=100"));
@@ -232,7 +234,9 @@ impl Tokens {
         auth_header: Option<&str>,
         body: &[u8],
     ) -> Result<[u8; 32], HubError> {
-        let encoded = auth_header.ok_or(HubError::NotAuthorized("token issuance needs a client credential"))?;
+        let encoded = auth_header.ok_or(HubError::NotAuthorized(
+            "token issuance needs a client credential",
+        ))?;
         let bytes = decode_b64url(encoded.trim())
             .ok_or_else(|| HubError::malformed("issuance auth", "not base64url"))?;
         let auth: IssuanceAuth =

@@ -145,12 +145,17 @@ fn decode_secret(bytes: &[u8]) -> Result<(&[u8], [u8; 32]), HubError> {
 }
 
 impl EpochKeys {
-    fn from_parts(epoch: u64, sk: SecretKey<Sha384, PSS, Deterministic>, seed: &[u8; 32]) -> Result<Self, HubError> {
+    fn from_parts(
+        epoch: u64,
+        sk: SecretKey<Sha384, PSS, Deterministic>,
+        seed: &[u8; 32],
+    ) -> Result<Self, HubError> {
         let pk = sk.public_key().map_err(internal)?;
         let rsa = RsaKeyPair { pk, sk };
         let rsa_spki =
             privacypass::public_tokens::server::serialize_public_key(&rsa.pk).map_err(internal)?;
-        let voprf = VoprfServer::<Ristretto255>::new_from_seed(seed, VOPRF_INFO).map_err(internal)?;
+        let voprf =
+            VoprfServer::<Ristretto255>::new_from_seed(seed, VOPRF_INFO).map_err(internal)?;
         let voprf_public = privacypass::common::private::serialize_public_key::<Ristretto255>(
             voprf.get_public_key(),
         );

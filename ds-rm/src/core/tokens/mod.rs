@@ -101,9 +101,7 @@ impl Tokens {
         now_ms: u64,
     ) -> Result<Self, HubError> {
         let keys = IssuerKeys::open(store, policy.schedule, secs(now_ms))?;
-        let digest = |t| {
-            challenge_digest(domain, t).map_err(|e| HubError::Internal(e.to_string()))
-        };
+        let digest = |t| challenge_digest(domain, t).map_err(|e| HubError::Internal(e.to_string()));
         Ok(Self {
             domain: domain.to_owned(),
             digests: [digest(TYPE_PUBLIC)?, digest(TYPE_AMORTIZED)?],
@@ -220,13 +218,16 @@ impl Tokens {
         let Some(k) = self.keys.redeeming(secs(now_ms)).into_iter().next() else {
             return Vec::new();
         };
-        [(TYPE_AMORTIZED, &k.voprf_public), (TYPE_PUBLIC, &k.rsa_spki)]
-            .into_iter()
-            .filter_map(|(t, key)| {
-                let ch = challenge(&self.domain, t).ok()?;
-                www_authenticate(&ch, key).ok()
-            })
-            .collect()
+        [
+            (TYPE_AMORTIZED, &k.voprf_public),
+            (TYPE_PUBLIC, &k.rsa_spki),
+        ]
+        .into_iter()
+        .filter_map(|(t, key)| {
+            let ch = challenge(&self.domain, t).ok()?;
+            www_authenticate(&ch, key).ok()
+        })
+        .collect()
     }
 
     /// The issuer directory: every key that redeems now, newest (the issuing one) first.
@@ -253,4 +254,3 @@ impl Tokens {
         })
     }
 }
-

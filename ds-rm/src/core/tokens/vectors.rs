@@ -8,11 +8,16 @@ use super::{TokenPolicy, Tokens};
 use crate::core::HubError;
 use crate::store::{Cf, RocksStore, Txn};
 use blind_rsa_signatures::{Deterministic, PSS, SecretKey, Sha384};
-use mimi_rm_protocol::tokens::{PresentedToken, TOKEN_REQUEST_CONTENT_TYPE, TYPE_PUBLIC, decode_b64url};
+use mimi_rm_protocol::tokens::{
+    PresentedToken, TOKEN_REQUEST_CONTENT_TYPE, TYPE_PUBLIC, decode_b64url,
+};
 use sha2::{Digest, Sha256};
 
 fn vectors() -> Vec<serde_json::Value> {
-    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../tests/vectors/rfc9578-type2.json");
+    let path = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../tests/vectors/rfc9578-type2.json"
+    );
     serde_json::from_str(&std::fs::read_to_string(path).expect("vector file")).expect("json")
 }
 
@@ -50,7 +55,13 @@ fn rfc9578_type2_vectors_through_our_issuer_and_verifier() {
 
         // Issuance is deterministic given the key and the blinded message.
         let issued = tokens
-            .issue_to(&store, [0; 32], Some(TOKEN_REQUEST_CONTENT_TYPE), &field(&v, "token_request"), now)
+            .issue_to(
+                &store,
+                [0; 32],
+                Some(TOKEN_REQUEST_CONTENT_TYPE),
+                &field(&v, "token_request"),
+                now,
+            )
             .unwrap();
         assert_eq!(issued.body, field(&v, "token_response"));
 
@@ -59,7 +70,10 @@ fn rfc9578_type2_vectors_through_our_issuer_and_verifier() {
         assert_eq!(token.nonce.to_vec(), field(&v, "nonce"));
         let digest: [u8; 32] = Sha256::digest(field(&v, "token_challenge")).into();
         assert_eq!(token.challenge_digest, digest);
-        assert_eq!(token.token_key_id, <[u8; 32]>::from(Sha256::digest(field(&v, "pkS"))));
+        assert_eq!(
+            token.token_key_id,
+            <[u8; 32]>::from(Sha256::digest(field(&v, "pkS")))
+        );
         assert_eq!(token.encode(), field(&v, "token"));
         let verified = tokens.check_authenticator(&token, now).unwrap();
         assert_eq!(verified.nonce, token.nonce);
@@ -71,6 +85,9 @@ fn rfc9578_type2_vectors_through_our_issuer_and_verifier() {
         ));
         // Its challenge (issuer.example with a redemption context) is not the one this hub
         // binds its own tokens to, so the full check refuses it.
-        assert!(matches!(tokens.verify(&token, now), Err(HubError::TokenInvalid(_))));
+        assert!(matches!(
+            tokens.verify(&token, now),
+            Err(HubError::TokenInvalid(_))
+        ));
     }
 }
