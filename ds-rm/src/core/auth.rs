@@ -385,6 +385,17 @@ fn user_clients(ctx: &AsContext<'_>, txn: &Txn<'_>, handle: &[u8]) -> Result<AsR
     ))
 }
 
+/// Whether `credential` is one of its user's current client credentials here (a removed or
+/// replaced device no longer is). Used by the token issuer, which serves current devices only.
+pub fn is_current_client(
+    store: &dyn Store,
+    credential: &ClientCredential,
+) -> Result<bool, HubError> {
+    let txn = Txn::new(store);
+    Ok(load_user(&txn, credential.tbs.identity.handle.as_slice())?
+        .is_some_and(|u| u.clients.iter().any(|c| c == credential)))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -623,15 +634,4 @@ mod tests {
             ));
         }
     }
-}
-
-/// Whether `credential` is one of its user's current client credentials here (a removed or
-/// replaced device no longer is). Used by the token issuer, which serves current devices only.
-pub fn is_current_client(
-    store: &dyn Store,
-    credential: &ClientCredential,
-) -> Result<bool, HubError> {
-    let txn = Txn::new(store);
-    Ok(load_user(&txn, credential.tbs.identity.handle.as_slice())?
-        .is_some_and(|u| u.clients.iter().any(|c| c == credential)))
 }
