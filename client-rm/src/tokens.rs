@@ -9,13 +9,13 @@
 use crate::error::ClientError;
 use mimi_rm_crypto::sign::SigningKey;
 use mimi_rm_protocol::credentials::ClientCredential;
+use mimi_rm_protocol::encode;
 use mimi_rm_protocol::tokens::{
     BATCH_REQUEST_CONTENT_TYPE, ISSUANCE_AUTH_HEADER, ISSUANCE_AUTH_LABEL, ISSUER_DIRECTORY_PATH,
     ISSUER_REQUEST_PATH, IssuanceAuth, IssuerDirectory, PresentedToken, RateClass,
     TOKEN_REQUEST_CONTENT_TYPE, TYPE_AMORTIZED, TYPE_PUBLIC, challenge, decode_b64url,
     encode_b64url,
 };
-use mimi_rm_protocol::{ErrorResponse, decode_exact, encode};
 use privacypass::amortized_tokens::{AmortizedBatchTokenRequest, AmortizedBatchTokenResponse};
 use privacypass::public_tokens::{PublicKey as RsaPublicKey, TokenRequest, TokenResponse};
 use serde::{Deserialize, Serialize};
@@ -212,26 +212,13 @@ impl Wallet {
         body: Vec<u8>,
     ) -> Result<Vec<u8>, ClientError> {
         let auth = self.auth_header(&body)?;
-        let resp = http
-            .post(format!("{base}{ISSUER_REQUEST_PATH}"))
-            .header("content-type", content_type)
-            .header(ISSUANCE_AUTH_HEADER, auth)
-            .body(body)
-            .send()
-            .await
-            .map_err(|e| ClientError::Transport(e.to_string()))?;
-        let status = resp.status().as_u16();
-        let bytes = resp
-            .bytes()
-            .await
-            .map_err(|e| ClientError::Transport(e.to_string()))?;
-        if status != 200 {
-            let response: ErrorResponse = decode_exact(&bytes, 1 << 16).map_err(|e| {
-                ClientError::Transport(format!("issuer status {status}, undecodable error: {e}"))
-            })?;
-            return Err(ClientError::Hub { status, response });
-        }
-        Ok(bytes.to_vec())
+        crate::transport::exchange(
+            http.post(format!("{base}{ISSUER_REQUEST_PATH}"))
+                .header("content-type", content_type)
+                .header(ISSUANCE_AUTH_HEADER, auth)
+                .body(body),
+        )
+        .await
     }
 
     /// Obtains one amortized batch from the issuer.

@@ -156,23 +156,7 @@ impl Transport {
             Some(t) => resp.header("authorization", t.to_authorization()),
             None => resp,
         };
-        let resp = resp
-            .body(body)
-            .send()
-            .await
-            .map_err(|e| ClientError::Transport(e.to_string()))?;
-        let status = resp.status().as_u16();
-        let bytes = resp
-            .bytes()
-            .await
-            .map_err(|e| ClientError::Transport(e.to_string()))?;
-        if status == 200 {
-            return Ok(bytes.to_vec());
-        }
-        let response: ErrorResponse = decode_exact(&bytes, MAX_RESPONSE).map_err(|e| {
-            ClientError::Transport(format!("status {status}, undecodable error: {e}"))
-        })?;
-        Err(ClientError::Hub { status, response })
+        exchange(resp.body(body)).await
     }
 
     /// Sends a DS request to the endpoint its operation belongs to.
@@ -285,6 +269,25 @@ impl Transport {
             .await?;
         decode_exact(&bytes, MAX_RESPONSE).map_err(|e| ClientError::Transport(e.to_string()))
     }
+}
+
+/// Sends a prepared request: the body of a 200, or the hub's decoded error.
+pub(crate) async fn exchange(req: reqwest::RequestBuilder) -> Result<Vec<u8>, ClientError> {
+    let resp = req
+        .send()
+        .await
+        .map_err(|e| ClientError::Transport(e.to_string()))?;
+    let status = resp.status().as_u16();
+    let bytes = resp
+        .bytes()
+        .await
+        .map_err(|e| ClientError::Transport(e.to_string()))?;
+    if status == 200 {
+        return Ok(bytes.to_vec());
+    }
+    let response: ErrorResponse = decode_exact(&bytes, MAX_RESPONSE)
+        .map_err(|e| ClientError::Transport(format!("status {status}, undecodable error: {e}")))?;
+    Err(ClientError::Hub { status, response })
 }
 
 /// Encodes a request inside a current-version envelope.
