@@ -287,7 +287,9 @@ impl IssuerKeys {
                 .active
                 .keys()
                 .copied()
-                .filter(|e| !self.schedule.redeems(*e, now_s) && *e < epoch)
+                // Also epochs "from the future": only a changed `key_epoch_secs` or a clock set
+                // back produces them, and such a key must not linger unretired.
+                .filter(|e| !self.schedule.redeems(*e, now_s) && *e != epoch)
                 .collect();
             let forgotten: Vec<u64> = s
                 .retired
@@ -360,6 +362,39 @@ mod tests {
         assert!(s.redeems(2, 32), "inside the overlap window");
         assert!(!s.redeems(2, 33), "after the overlap window");
         assert!(!s.redeems(3, 29), "not before its epoch");
+    }
+
+    #[test]
+    fn keys_of_a_changed_schedule_are_retired() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = crate::store::RocksStore::open(dir.path(), false).unwrap();
+        let now = 1_800_000_000;
+        let short = KeySchedule {
+            epoch_secs: 4,
+            overlap_secs: 1,
+        };
+        IssuerKeys::open(&store, short, now).unwrap();
+        // Restarted with a longer epoch: the old key's epoch number lies "in the future".
+        let long = KeySchedule {
+            epoch_secs: 86_400,
+            overlap_secs: 3_600,
+        };
+        let keys = IssuerKeys::open(&store, long, now).unwrap();
+        let rows: Vec<Vec<u8>> = store
+            .dump()
+            .unwrap()
+            .into_iter()
+            .filter(|(cf, _, _)| *cf == Cf::PpKeys)
+            .map(|(_, k, _)| k)
+            .collect();
+        assert_eq!(
+            rows,
+            vec![
+                secret_key(long.epoch_at(now)),
+                retired_key(short.epoch_at(now))
+            ]
+        );
+        assert_eq!(keys.redeeming(now).len(), 1);
     }
 
     #[test]
