@@ -99,23 +99,13 @@ pub async fn issue(State(hub): State<Arc<Hub>>, headers: HeaderMap, body: Body) 
     })
     .await;
     match result {
-        Ok(Ok(issued)) => {
-            hub.metrics
-                .ok
-                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-            (
-                StatusCode::OK,
-                [(header::CONTENT_TYPE, issued.content_type)],
-                issued.body,
-            )
-                .into_response()
-        }
-        Ok(Err(e)) => {
-            hub.metrics
-                .errors
-                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-            crate::http::error_response(&e)
-        }
+        Ok(Ok(issued)) => (
+            StatusCode::OK,
+            [(header::CONTENT_TYPE, issued.content_type)],
+            issued.body,
+        )
+            .into_response(),
+        Ok(Err(e)) => crate::http::error_response(&e),
         Err(join) => crate::http::error_response(&HubError::Internal(join.to_string())),
     }
 }

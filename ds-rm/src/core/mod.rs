@@ -204,6 +204,7 @@ impl Hub {
         now_ms: u64,
     ) -> Result<tokens::issue::Issued, HubError> {
         if body.len() > self.config.max_body {
+            self.metrics.errors.fetch_add(1, Ordering::Relaxed);
             return Err(HubError::TooLarge);
         }
         let anchors = self.as_keys.credentials();
@@ -213,11 +214,19 @@ impl Hub {
             replay: &self.replay,
             now_ms,
         };
-        let issued = self.tokens.issue(&ctx, content_type, auth_header, body)?;
-        self.metrics
-            .tokens_issued
-            .fetch_add(u64::from(issued.count), Ordering::Relaxed);
-        Ok(issued)
+        let result = self.tokens.issue(&ctx, content_type, auth_header, body);
+        match &result {
+            Ok(issued) => {
+                self.metrics.ok.fetch_add(1, Ordering::Relaxed);
+                self.metrics
+                    .tokens_issued
+                    .fetch_add(u64::from(issued.count), Ordering::Relaxed);
+            }
+            Err(_) => {
+                self.metrics.errors.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+        result
     }
 
     /// Handles one request body posted to the endpoint of `endpoint`, admitted as `admission`
