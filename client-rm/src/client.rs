@@ -614,10 +614,10 @@ impl Client {
         )?;
         let qr = QueueRef {
             domain: self.state.domain.as_bytes().to_vec().into(),
-            sealed: HpkeCiphertextWire {
+            address: QueueAddress::Sealed(HpkeCiphertextWire {
                 kem_output: sealed.kem_output.into(),
                 ciphertext: sealed.ciphertext.into(),
-            },
+            }),
         };
         let bytes = encode(&qr).map_err(|e| ClientError::State(e.to_string()))?;
         Ok(Extension::Unknown(

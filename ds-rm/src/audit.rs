@@ -8,6 +8,9 @@ use std::fmt::Write as _;
 pub fn reveals(cf: Cf) -> &'static str {
     match cf {
         Cf::DsGroups => "random group ids, last-change month, padded size of encrypted states",
+        Cf::DsRouting => {
+            "random group ids, last-change month, padded size of encrypted routing records"
+        }
         Cf::DsReservations => "group ids reserved within the last hour",
         Cf::QsUsers => "pseudonymous users: client count, auth key, friendship-token hash",
         Cf::QsFriendship => "friendship-token hash -> pseudonymous user id",

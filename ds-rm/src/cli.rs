@@ -43,6 +43,10 @@ pub enum Command {
         /// PEM private key for the TLS certificate (needs --tls-cert or `tls_cert`).
         #[arg(long)]
         tls_key: Option<PathBuf>,
+        /// `rm` (reduced metadata, default) or `baseline`: a conventional full-metadata DS for
+        /// comparison (plaintext state, real credentials, plain queue ids, per-identity limits).
+        #[arg(long)]
+        mode: Option<mimi_rm_protocol::DsMode>,
     },
     /// Delete groups and queued messages unused for `--idle-months` whole months (run on a
     /// stopped hub's data directory, e.g. monthly).
@@ -90,6 +94,7 @@ fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
             data,
             tls_cert,
             tls_key,
+            mode,
         } => {
             let mut cfg = match config {
                 Some(p) => Config::from_file(&p)?,
@@ -109,6 +114,9 @@ fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
             }
             if let Some(k) = tls_key {
                 cfg.tls_key = Some(k);
+            }
+            if let Some(m) = mode {
+                cfg.mode = m;
             }
             serve(cfg)
         }
@@ -143,8 +151,15 @@ fn serve(cfg: Config) -> Result<(), Box<dyn std::error::Error>> {
     rt.block_on(async move {
         let listener = tokio::net::TcpListener::bind(cfg.listen).await?;
         let scheme = if tls.is_some() { "https" } else { "http" };
+        if cfg.mode == mimi_rm_protocol::DsMode::Baseline {
+            tracing::warn!(
+                "baseline mode: this hub stores group state, member identities and queue ids \
+                 in the clear (for comparison with RM mode; not for private deployments)"
+            );
+        }
         tracing::info!(
             domain = %cfg.domain,
+            mode = %cfg.mode,
             data = %cfg.data_dir.display(),
             "ds-rm hub listening on {scheme}://{}",
             listener.local_addr()?

@@ -46,6 +46,15 @@ pub struct Config {
     pub open_federation: bool,
     /// Privacy Pass rate limiting (the `[privacy_pass]` table).
     pub privacy_pass: PrivacyPassConfig,
+    /// `rm` (reduced metadata, the default) or `baseline`: a conventional full-metadata DS
+    /// (plaintext group state, real credentials in leaves, plain queue ids, rate limits by
+    /// identity) for comparing both on the same scenario. Baseline mode ignores `[privacy_pass]`.
+    pub mode: mimi_rm_protocol::DsMode,
+    /// Baseline mode only: DS requests one client identity may send per minute (0: no limit).
+    pub baseline_requests_per_minute: u32,
+    /// How many opened sealed queue refs the hub keeps in memory, so fan-out does not repeat an
+    /// HPKE decryption per recipient and message (0 disables the cache; never written to disk).
+    pub queue_ref_cache_entries: usize,
 }
 
 /// `[privacy_pass]`: which requests cost a token, and how tokens are issued.
@@ -96,6 +105,9 @@ impl Default for Config {
             max_queue_length: 10_000,
             request_timeout_secs: 30,
             privacy_pass: PrivacyPassConfig::default(),
+            mode: mimi_rm_protocol::DsMode::Rm,
+            baseline_requests_per_minute: 6_000,
+            queue_ref_cache_entries: 100_000,
         }
     }
 }
@@ -145,8 +157,17 @@ impl Config {
             request_timeout_ms: self.request_timeout_secs.saturating_mul(1000),
             max_messages_per_fetch: self.max_messages_per_fetch,
             max_queue_length: self.max_queue_length,
+            mode: self.mode,
+            identity_requests_per_minute: self.baseline_requests_per_minute,
+            queue_ref_cache: self.queue_ref_cache_entries,
             tokens: crate::core::tokens::TokenPolicy {
-                rate_limited: self.privacy_pass.rate_limited.iter().copied().collect(),
+                // A baseline hub limits by identity instead of tokens.
+                rate_limited: match self.mode {
+                    mimi_rm_protocol::DsMode::Rm => {
+                        self.privacy_pass.rate_limited.iter().copied().collect()
+                    }
+                    mimi_rm_protocol::DsMode::Baseline => Default::default(),
+                },
                 schedule: crate::core::tokens::keys::KeySchedule {
                     epoch_secs: self.privacy_pass.key_epoch_secs.max(1),
                     overlap_secs: self.privacy_pass.key_overlap_secs,

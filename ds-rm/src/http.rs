@@ -266,7 +266,9 @@ async fn metrics(State(app): State<App>) -> String {
          # TYPE mimi_delivered_to_peers counter\nmimi_delivered_to_peers {}\n\
          # TYPE mimi_received_from_peers counter\nmimi_received_from_peers {}\n\
          # TYPE mimi_tokens_issued counter\nmimi_tokens_issued {}\n\
-         # TYPE mimi_tokens_spent counter\nmimi_tokens_spent {}\n",
+         # TYPE mimi_tokens_spent counter\nmimi_tokens_spent {}\n\
+         # TYPE mimi_queue_refs_opened counter\nmimi_queue_refs_opened {}\n\
+         # TYPE mimi_queue_refs_cached counter\nmimi_queue_refs_cached {}\n",
         m.ok.load(Relaxed),
         m.errors.load(Relaxed),
         m.enqueued.load(Relaxed),
@@ -276,6 +278,8 @@ async fn metrics(State(app): State<App>) -> String {
         m.received_from_peers.load(Relaxed),
         m.tokens_issued.load(Relaxed),
         m.tokens_spent.load(Relaxed),
+        m.queue_refs_opened.load(Relaxed),
+        m.queue_refs_cached.load(Relaxed),
     )
 }
 

@@ -83,6 +83,8 @@ pub enum ErrorCode {
     TokenSpent = 37,
     /// The client has used its token allowance for this key epoch.
     AllowanceExhausted = 38,
+    /// Baseline mode: this client identity sent more requests per minute than the hub allows.
+    RateLimited = 39,
     /// A server fault; never caused by input.
     Internal = 100,
 }
@@ -122,7 +124,7 @@ impl ErrorCode {
             | Self::TokenExpiredKey
             | Self::TokenInvalid
             | Self::TokenSpent => 401,
-            Self::AllowanceExhausted => 429,
+            Self::AllowanceExhausted | Self::RateLimited => 429,
             Self::TooLarge => 413,
             Self::Internal => 500,
         }

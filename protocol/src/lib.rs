@@ -13,6 +13,7 @@ pub mod ds;
 pub mod envelope;
 pub mod error;
 pub mod federation;
+pub mod mode;
 pub mod paths;
 pub mod qs;
 pub mod queue;
@@ -21,6 +22,7 @@ pub mod tokens;
 pub use codec::{DecodeError, decode_exact, encode};
 pub use envelope::{Envelope, PROTOCOL_VERSION, TransactionType};
 pub use error::{ErrorCode, ErrorResponse};
+pub use mode::DsMode;
 pub use tls_codec::VLBytes;
 
 #[cfg(test)]

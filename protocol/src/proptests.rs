@@ -350,7 +350,11 @@ fn hpke_ciphertext() -> impl Strategy<Value = HpkeCiphertextWire> {
 }
 
 fn queue_ref() -> impl Strategy<Value = QueueRef> {
-    (bytes(), hpke_ciphertext()).prop_map(|(domain, sealed)| QueueRef { domain, sealed })
+    let address = prop_oneof![
+        hpke_ciphertext().prop_map(QueueAddress::Sealed),
+        any::<[u8; 16]>().prop_map(|client_id| QueueAddress::Plain(QueueRefPlain { client_id })),
+    ];
+    (bytes(), address).prop_map(|(domain, address)| QueueRef { domain, address })
 }
 
 fn queue_message() -> impl Strategy<Value = QueueMessage> {

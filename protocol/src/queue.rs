@@ -19,13 +19,27 @@ pub struct HpkeCiphertextWire {
     pub ciphertext: VLBytes,
 }
 
-/// A member's fan-out address as the hub sees it: only the QS domain is readable.
+/// A member's fan-out address as the hub sees it: in RM mode only the QS domain is readable.
 #[derive(Debug, Clone, PartialEq, Eq, TlsSerialize, TlsDeserialize, TlsSize)]
 pub struct QueueRef {
     /// Domain of the QS holding the queue.
     pub domain: VLBytes,
-    /// [`QueueRefPlain`] sealed to that QS's HPKE key; fresh per KeyPackage, so unlinkable.
-    pub sealed: HpkeCiphertextWire,
+    /// Which queue on that QS.
+    pub address: QueueAddress,
+}
+
+/// How a [`QueueRef`] names its queue. The variant is explicit so a hub in one mode refuses the
+/// other mode's addresses instead of misreading them.
+#[derive(Debug, Clone, PartialEq, Eq, TlsSerialize, TlsDeserialize, TlsSize)]
+#[repr(u8)]
+pub enum QueueAddress {
+    /// RM mode: [`QueueRefPlain`] sealed to the QS's HPKE key; fresh per leaf, so unlinkable.
+    #[tls_codec(discriminant = 1)]
+    Sealed(HpkeCiphertextWire),
+    /// Baseline (full-metadata) mode only: the queue id in the clear, as a conventional DS
+    /// stores it. An RM hub refuses it.
+    #[tls_codec(discriminant = 2)]
+    Plain(QueueRefPlain),
 }
 
 /// What the QS finds inside a sealed [`QueueRef`].

@@ -131,7 +131,11 @@ fn queue_types_round_trip() {
     };
     check(QueueRef {
         domain: b(b"hub.example"),
-        sealed: ct.clone(),
+        address: QueueAddress::Sealed(ct.clone()),
+    });
+    check(QueueRef {
+        domain: b(b"hub.example"),
+        address: QueueAddress::Plain(QueueRefPlain { client_id: [5; 16] }),
     });
     check(QueueRefPlain { client_id: [3; 16] });
     check(JoinerInfo {

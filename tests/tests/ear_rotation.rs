@@ -8,7 +8,7 @@ use common::*;
 use ed25519_dalek::SigningKey;
 use mimi_client_rm::Event;
 use mimi_ds_rm::core::HubError;
-use mimi_ds_rm::core::ds::state::{DsGroupState, GroupRow};
+use mimi_ds_rm::core::ds::state::{AtRest, DsGroupState, GroupRow};
 use mimi_ds_rm::store::Cf;
 use mimi_rm_crypto::ear::EarKey;
 use mimi_rm_protocol::ds::*;
@@ -103,8 +103,8 @@ async fn a_rotated_key_replaces_the_old_one_everywhere() {
     // A snapshot from before the rotation opens with the old key only; state written after
     // opens with the new key only.
     let gid = g.0.as_slice();
-    let old_key = EarKey::from_bytes(&old).unwrap();
-    let new_key = EarKey::from_bytes(&new).unwrap();
+    let old_key = AtRest::Ear(EarKey::from_bytes(&old).unwrap());
+    let new_key = AtRest::Ear(EarKey::from_bytes(&new).unwrap());
     assert!(DsGroupState::open(&snapshot_before, &old_key, gid).is_ok());
     let after = row_of(&hub);
     assert!(matches!(

@@ -384,10 +384,10 @@ async fn forged_and_misaddressed_server_messages_are_refused() {
         created_ms: mimi_ds_rm::now_ms(),
         queue_ref: QueueRef {
             domain: b"b.test".to_vec().into(),
-            sealed: HpkeCiphertextWire {
+            address: QueueAddress::Sealed(HpkeCiphertextWire {
                 kem_output: sealed.kem_output.into(),
                 ciphertext: sealed.ciphertext.into(),
-            },
+            }),
         },
         message: QueueMessage::Mls(b"not really MLS".to_vec().into()),
     };

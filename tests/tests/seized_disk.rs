@@ -28,6 +28,7 @@ async fn raw_dump_links_no_identity_to_any_group_or_pseudonym() {
     let dump = hub.dump();
     for cf in [
         Cf::DsGroups,
+        Cf::DsRouting,
         Cf::QsQueues,
         Cf::QsAddPackages,
         Cf::ServerKeys,
@@ -52,7 +53,7 @@ async fn raw_dump_links_no_identity_to_any_group_or_pseudonym() {
                 findings.push(format!("{what} in {cf:?}"));
             }
         }
-        if matches!(cf, Cf::DsGroups | Cf::DsReservations) || is_as(cf) {
+        if matches!(cf, Cf::DsGroups | Cf::DsRouting | Cf::DsReservations) || is_as(cf) {
             for (what, n) in &queue_ids {
                 if found(n) {
                     findings.push(format!("{what} in {cf:?}"));

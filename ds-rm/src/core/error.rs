@@ -134,6 +134,12 @@ pub enum HubError {
         /// The allowance.
         limit: u32,
     },
+    /// Baseline mode: the signing client identity exceeded its request rate.
+    #[error("rate limited: more than {per_minute} requests this minute from this client")]
+    RateLimited {
+        /// The configured limit.
+        per_minute: u32,
+    },
     /// Storage failed.
     #[error("storage: {0}")]
     Store(#[from] StoreError),
@@ -184,6 +190,7 @@ impl HubError {
             Self::TokenInvalid(_) => ErrorCode::TokenInvalid,
             Self::TokenSpent => ErrorCode::TokenSpent,
             Self::AllowanceExhausted { .. } => ErrorCode::AllowanceExhausted,
+            Self::RateLimited { .. } => ErrorCode::RateLimited,
             Self::Store(_) | Self::Internal(_) => ErrorCode::Internal,
         }
     }

@@ -2,11 +2,12 @@
 //! fan-out for other providers, and accepting deliveries with deduplication.
 
 use crate::core::HubError;
-use crate::core::qs::{self, QsKeys};
+use crate::core::qs;
 use crate::core::replay::ReplayGuard;
 use crate::store::{Cf, Txn};
 use mimi_rm_crypto::sign::{SigningKey, VerifyingKey};
 use mimi_rm_protocol::federation::*;
+use mimi_rm_protocol::queue::QueueRef;
 use mimi_rm_protocol::{decode_exact, encode};
 
 /// How long a delivered item id is remembered: retries of a delivery come within this window
@@ -87,13 +88,13 @@ pub struct Accepted {
     pub undeliverable: u64,
 }
 
-/// Opens each item's sealed queue ref (before any lock is taken, so the caller can lock the
-/// queues). Every item must be for this provider; an item whose queue cannot be opened maps to
-/// `None` and is counted undeliverable.
+/// Resolves each item's queue ref with `open` (before any lock is taken, so the caller can lock
+/// the queues). Every item must be for this provider; an item whose queue cannot be resolved
+/// maps to `None` and is counted undeliverable.
 pub fn resolve(
-    keys: &QsKeys,
     own_domain: &str,
     items: &[DeliveryItem],
+    open: impl Fn(&QueueRef) -> Result<qs::ClientId, HubError>,
 ) -> Result<Vec<Option<qs::ClientId>>, HubError> {
     items
         .iter()
@@ -101,7 +102,7 @@ pub fn resolve(
             if item.queue_ref.domain.as_slice() != own_domain.as_bytes() {
                 return Err(HubError::WrongRecipient("an item is for another provider"));
             }
-            Ok(qs::open_queue_ref(keys, own_domain, &item.queue_ref).ok())
+            Ok(open(&item.queue_ref).ok())
         })
         .collect()
 }

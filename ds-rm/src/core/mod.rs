@@ -10,7 +10,9 @@ pub mod auth;
 pub mod ds;
 mod error;
 pub mod federation;
+pub mod identity_limit;
 pub mod qs;
+pub mod queue_cache;
 pub mod replay;
 pub mod tokens;
 
@@ -24,9 +26,11 @@ use mimi_rm_protocol::auth::AsRequest;
 use mimi_rm_protocol::ds::{DsOperation, DsRequest};
 use mimi_rm_protocol::federation::*;
 use mimi_rm_protocol::qs::QsRequest;
-use mimi_rm_protocol::queue::QueueMessage;
+use mimi_rm_protocol::queue::{QueueAddress, QueueMessage, QueueRef};
 use mimi_rm_protocol::tokens::RateClass;
-use mimi_rm_protocol::{Envelope, PROTOCOL_VERSION, TransactionType, decode_exact, encode};
+use mimi_rm_protocol::{
+    DsMode, Envelope, PROTOCOL_VERSION, TransactionType, decode_exact, encode,
+};
 use qs::QsKeys;
 use replay::ReplayGuard;
 use std::sync::Arc;
@@ -54,6 +58,12 @@ pub struct HubConfig {
     pub max_queue_length: u64,
     /// Privacy Pass: which requests need tokens, key epochs, allowance.
     pub tokens: tokens::TokenPolicy,
+    /// Reduced-metadata hub, or the full-metadata baseline kept for comparison.
+    pub mode: DsMode,
+    /// Baseline mode only: DS requests per client identity and minute (0: unlimited).
+    pub identity_requests_per_minute: u32,
+    /// Sealed queue refs kept opened in memory (0 disables the cache).
+    pub queue_ref_cache: usize,
 }
 
 /// Counters for `/metrics`.
@@ -77,6 +87,10 @@ pub struct Metrics {
     pub tokens_issued: std::sync::atomic::AtomicU64,
     /// Privacy Pass tokens spent (by accepted or refused requests).
     pub tokens_spent: std::sync::atomic::AtomicU64,
+    /// Sealed queue refs opened with HPKE (cache misses).
+    pub queue_refs_opened: std::sync::atomic::AtomicU64,
+    /// Sealed queue refs resolved from the in-memory cache.
+    pub queue_refs_cached: std::sync::atomic::AtomicU64,
 }
 
 /// One hub: DS + QS + AS over one store.
@@ -92,6 +106,8 @@ pub struct Hub {
     pub outbox_signal: tokio::sync::Notify,
     config: HubConfig,
     tokens: tokens::Tokens,
+    queue_refs: queue_cache::QueueRefCache,
+    identity_limit: identity_limit::IdentityLimiter,
     /// Request counters.
     pub metrics: Metrics,
 }
@@ -167,6 +183,10 @@ impl Hub {
         )?;
         Ok(Self {
             tokens,
+            queue_refs: queue_cache::QueueRefCache::new(config.queue_ref_cache),
+            identity_limit: identity_limit::IdentityLimiter::new(
+                config.identity_requests_per_minute,
+            ),
             store,
             locks: KeyLocks::default(),
             replay: ReplayGuard::new(config.freshness_window_ms, now_ms.saturating_sub(1)),
@@ -375,6 +395,9 @@ impl Hub {
             now_ms,
             replay: &self.replay,
             max_group_size: self.config.max_group_size,
+            mode: self.config.mode,
+            identity_limit: (self.config.mode == DsMode::Baseline)
+                .then_some(&self.identity_limit),
         };
         let outcome = ds::process(&ctx, &mut txn, req)?;
         // Resolve sealed addresses, lock the queues (after the group lock), then enqueue.
@@ -387,7 +410,7 @@ impl Hub {
                 outboxed += 1;
                 continue;
             }
-            match qs::open_queue_ref(&self.qs_keys, &self.config.domain, &item.queue_ref) {
+            match self.resolve_queue(&item.queue_ref) {
                 Ok(client) => targets.push((client, &item.message)),
                 Err(e) => {
                     tracing::warn!(op, error = %e, "fan-out item not deliverable locally");
@@ -460,6 +483,36 @@ impl Hub {
         txn.commit()?;
         drop(locks);
         encode(&resp).map_err(|e| HubError::Internal(e.to_string()))
+    }
+
+    /// The local queue a fan-out address names. RM hubs take only sealed addresses (opened once,
+    /// then served from the in-memory cache); baseline hubs take only plain ones.
+    fn resolve_queue(&self, qr: &QueueRef) -> Result<qs::ClientId, HubError> {
+        if qr.domain.as_slice() != self.config.domain.as_bytes() {
+            return Err(HubError::InvalidRequest("queue ref for another domain"));
+        }
+        match (&qr.address, self.config.mode) {
+            (QueueAddress::Sealed(sealed), DsMode::Rm) => {
+                let mut key = sealed.kem_output.as_slice().to_vec();
+                key.extend_from_slice(sealed.ciphertext.as_slice());
+                let mut opened = false;
+                let id = self.queue_refs.get_or_open(&key, || {
+                    opened = true;
+                    qs::open_sealed_queue_ref(&self.qs_keys, &self.config.domain, sealed)
+                })?;
+                let counter = if opened {
+                    &self.metrics.queue_refs_opened
+                } else {
+                    &self.metrics.queue_refs_cached
+                };
+                counter.fetch_add(1, Ordering::Relaxed);
+                Ok(id)
+            }
+            (QueueAddress::Plain(plain), DsMode::Baseline) => Ok(plain.client_id),
+            _ => Err(HubError::InvalidRequest(
+                "queue address of the other hub mode",
+            )),
+        }
     }
 
     fn queue_for_peer(
@@ -604,7 +657,8 @@ impl Hub {
                 )
             }
             (S2sPayload::Deliver(items), true) => {
-                let clients = federation::resolve(&self.qs_keys, &self.config.domain, items)?;
+                let clients =
+                    federation::resolve(&self.config.domain, items, |qr| self.resolve_queue(qr))?;
                 let ids: Vec<qs::ClientId> = clients.iter().flatten().copied().collect();
                 let mut locks = crate::store::LockSet::default();
                 self.locks.lock_queues(&mut locks, &ids);

@@ -11,7 +11,9 @@ use mimi_rm_crypto::hpke_seal::{self, HpkeCiphertext, HpkeKeyPair};
 use mimi_rm_crypto::ratchet::{QueueRatchet, RatchetSecret};
 use mimi_rm_crypto::sign::VerifyingKey;
 use mimi_rm_protocol::qs::*;
-use mimi_rm_protocol::queue::{QUEUE_REF_HPKE_LABEL, QueueMessage, QueueRef, QueueRefPlain};
+use mimi_rm_protocol::queue::{
+    HpkeCiphertextWire, QUEUE_REF_HPKE_LABEL, QueueMessage, QueueRefPlain,
+};
 use mimi_rm_protocol::{decode_exact, encode};
 use sha2::{Digest, Sha256};
 use tls_codec::{TlsDeserialize, TlsSerialize, TlsSize, VLBytes};
@@ -118,14 +120,15 @@ fn package_key(client: &ClientId, index: u32) -> Vec<u8> {
     k
 }
 
-/// Opens a sealed `QueueRef` addressed to this QS; returns the client id it names.
-pub fn open_queue_ref(keys: &QsKeys, domain: &str, qr: &QueueRef) -> Result<ClientId, HubError> {
-    if qr.domain.as_slice() != domain.as_bytes() {
-        return Err(HubError::InvalidRequest("queue ref for another domain"));
-    }
+/// Opens a sealed `QueueRef` address for this QS's domain; returns the client id it names.
+pub fn open_sealed_queue_ref(
+    keys: &QsKeys,
+    domain: &str,
+    sealed: &HpkeCiphertextWire,
+) -> Result<ClientId, HubError> {
     let ct = HpkeCiphertext {
-        kem_output: qr.sealed.kem_output.as_slice().to_vec(),
-        ciphertext: qr.sealed.ciphertext.as_slice().to_vec(),
+        kem_output: sealed.kem_output.as_slice().to_vec(),
+        ciphertext: sealed.ciphertext.as_slice().to_vec(),
     };
     let plain = hpke_seal::open(
         &keys.hpke.private,

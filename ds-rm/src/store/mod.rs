@@ -19,6 +19,9 @@ use std::collections::HashMap;
 pub enum Cf {
     /// group id → encrypted group state row.
     DsGroups,
+    /// group id → the group's routing record (members' signature keys and sealed queue refs),
+    /// encrypted under the same EAR key as the state.
+    DsRouting,
     /// group id → reservation expiry (seconds).
     DsReservations,
     /// pseudonymous user id → user record.
@@ -53,8 +56,9 @@ pub enum Cf {
 
 impl Cf {
     /// All column families, in a fixed order.
-    pub const ALL: [Cf; 14] = [
+    pub const ALL: [Cf; 15] = [
         Cf::DsGroups,
+        Cf::DsRouting,
         Cf::DsReservations,
         Cf::QsUsers,
         Cf::QsFriendship,
@@ -74,6 +78,7 @@ impl Cf {
     pub fn name(self) -> &'static str {
         match self {
             Cf::DsGroups => "ds_groups",
+            Cf::DsRouting => "ds_routing",
             Cf::DsReservations => "ds_reservations",
             Cf::QsUsers => "qs_users",
             Cf::QsFriendship => "qs_friendship",

@@ -7,9 +7,11 @@
 
 pub mod accountability;
 pub mod public_store;
+pub mod routing;
 pub mod state;
 
 use crate::core::HubError;
+use crate::core::identity_limit::IdentityLimiter;
 use crate::core::replay::ReplayGuard;
 use crate::store::{Cf, Txn};
 use accountability::Accountability;
@@ -17,13 +19,14 @@ use mimi_rm_crypto::{ear::EarKey, hpke_seal, sign::verify_raw_ed25519};
 use mimi_rm_protocol::credentials::LeafCredentialInfo;
 use mimi_rm_protocol::ds::*;
 use mimi_rm_protocol::queue::*;
-use mimi_rm_protocol::{decode_exact, encode};
+use mimi_rm_protocol::{DsMode, decode_exact, encode};
 use openmls::ciphersuite::hash_ref::ProposalRef;
 use openmls::messages::group_info::VerifiableGroupInfo;
 use openmls::prelude::{tls_codec::Deserialize as _, tls_codec::Serialize as _, *};
 use openmls_rust_crypto::RustCrypto;
 use public_store::PublicStore;
-use state::{DsGroupState, GroupRow, PastTree};
+use routing::{RoutedMember, RoutingRecord};
+use state::{AtRest, DsGroupState, GroupRow, PastTree};
 use std::collections::HashSet;
 use tls_codec::VLBytes;
 use zeroize::Zeroize;
@@ -47,6 +50,10 @@ pub struct DsContext<'a> {
     pub replay: &'a ReplayGuard,
     /// Most members a group may have.
     pub max_group_size: usize,
+    /// RM or baseline: decides how state is kept and which queue addresses are valid.
+    pub mode: DsMode,
+    /// Baseline mode's per-identity rate limit (`None` in RM mode, which uses tokens).
+    pub identity_limit: Option<&'a IdentityLimiter>,
 }
 
 /// A message to put into one member's queue, addressed only by its sealed `QueueRef`.
@@ -88,12 +95,27 @@ pub fn process(
     match &req.tbs.operation {
         DsOperation::RequestGroupId => reserve_group_id(ctx, txn),
         DsOperation::CreateGroup(params) => {
-            let key = ear_key.ok_or(HubError::InvalidRequest("missing EAR key"))?;
+            let key = at_rest(ctx.mode, ear_key)?;
             create_group(ctx, txn, &req, &signed, params, key)
         }
-        _ => {
-            let key = ear_key.ok_or(HubError::InvalidRequest("missing EAR key"))?;
-            let mut group = LoadedGroup::load(txn, req.tbs.group_id.as_slice(), key)?;
+        op => {
+            let key = at_rest(ctx.mode, ear_key)?;
+            if let (DsOperation::SendMessage(message), DsSender::Member(leaf)) =
+                (op, &req.tbs.sender)
+            {
+                let gid = req.tbs.group_id.as_slice();
+                if let Some(r) = routing::RoutingRecord::load(txn, &key, gid)? {
+                    let month_current = r.activity_month == state::month_of(ctx.now_ms);
+                    match r.record.settled_member(*leaf) {
+                        Some(m) if month_current => {
+                            return send_routed(ctx, &req, &signed, gid, &r.record, m, message);
+                        }
+                        // A joiner's first request, or the first this month: the full path.
+                        _ => {}
+                    }
+                }
+            }
+            let mut group = LoadedGroup::load(txn, req.tbs.group_id.as_slice(), key, ctx.mode)?;
             let sender = group.authenticate(ctx, &req, &signed)?;
             let outcome = group.apply(ctx, sender, &req.tbs.operation)?;
             match outcome.write {
@@ -104,7 +126,10 @@ pub fn process(
                 }
                 Write::None => {}
                 Write::Save => group.save(txn, ctx.now_ms)?,
-                Write::Delete => txn.delete(Cf::DsGroups, group.group_id.clone()),
+                Write::Delete => {
+                    txn.delete(Cf::DsRouting, group.group_id.clone());
+                    txn.delete(Cf::DsGroups, group.group_id.clone());
+                }
             }
             Ok(DsOutcome {
                 response: outcome.response,
@@ -112,6 +137,75 @@ pub fn process(
             })
         }
     }
+}
+
+/// How this hub keeps a group given the request's EAR key: RM mode needs one, baseline mode
+/// refuses one (a client configured for RM must not hand its group key to a plaintext DS).
+fn at_rest(mode: DsMode, key: Option<EarKey>) -> Result<AtRest, HubError> {
+    match (mode, key) {
+        (DsMode::Rm, Some(k)) => Ok(AtRest::Ear(k)),
+        (DsMode::Rm, None) => Err(HubError::InvalidRequest("missing EAR key")),
+        (DsMode::Baseline, None) => Ok(AtRest::Plain),
+        (DsMode::Baseline, Some(_)) => Err(HubError::InvalidRequest(
+            "this hub runs in baseline mode and takes no EAR key",
+        )),
+    }
+}
+
+/// The application-message fast path: authenticate the sender and fan out using only the
+/// group's routing record, never the tree.
+fn send_routed(
+    ctx: &DsContext<'_>,
+    req: &DsRequest,
+    signed: &[u8],
+    group_id: &[u8],
+    record: &RoutingRecord,
+    sender: &RoutedMember,
+    message: &VLBytes,
+) -> Result<DsOutcome, HubError> {
+    verify(sender.signature_key.as_slice(), signed, &req.signature)?;
+    if let Some(limit) = ctx.identity_limit {
+        limit.admit(sender.signature_key.as_slice(), ctx.now_ms)?;
+    }
+    ctx.replay
+        .check_and_record(req.signature.as_slice(), req.tbs.timestamp_ms, ctx.now_ms)?;
+    check_application_message(message.as_slice(), group_id, record.epoch)?;
+    let fanout = record
+        .members
+        .iter()
+        .filter(|m| m.leaf != sender.leaf)
+        .map(|m| Fanout {
+            queue_ref: m.queue_ref.clone(),
+            message: QueueMessage::Mls(message.clone()),
+        })
+        .collect();
+    Ok(DsOutcome {
+        response: DsResponse::Accepted(record.epoch),
+        fanout,
+    })
+}
+
+/// An application message must be a PrivateMessage for this group, at most
+/// [`MAX_MESSAGE_EPOCH_LAG`] epochs behind `current` and not ahead of it.
+fn check_application_message(bytes: &[u8], group_id: &[u8], current: u64) -> Result<(), HubError> {
+    let pm = parse_protocol_message(bytes)?;
+    if pm.wire_format() != WireFormat::PrivateMessage
+        || pm.content_type() != ContentType::Application
+    {
+        return Err(HubError::InvalidMls(
+            "application messages must be PrivateMessages".into(),
+        ));
+    }
+    if pm.group_id().as_slice() != group_id {
+        return Err(HubError::InvalidMls("message is for another group".into()));
+    }
+    // Members keep a few past epochs' secrets; a message older than this window could reach
+    // members who can no longer decrypt it, so the sender must catch up first.
+    let epoch = pm.epoch().as_u64();
+    if epoch > current || epoch.saturating_add(MAX_MESSAGE_EPOCH_LAG) < current {
+        return Err(HubError::WrongEpoch { current });
+    }
+    Ok(())
 }
 
 /// The exact bytes a DS request signature covers.
@@ -156,7 +250,7 @@ fn create_group(
     req: &DsRequest,
     signed: &[u8],
     params: &CreateGroup,
-    key: EarKey,
+    key: AtRest,
 ) -> Result<DsOutcome, HubError> {
     let gid = req.tbs.group_id.as_slice();
     let qualified: QualifiedGroupId = decode_exact(gid, 1024)
@@ -212,12 +306,16 @@ fn create_group(
         .leaf(LeafNodeIndex::new(0))
         .ok_or(HubError::InvalidGroupInfo("no leaf 0".into()))?;
     verify(leaf.signature_key().as_slice(), signed, &req.signature)?;
+    if let Some(limit) = ctx.identity_limit {
+        limit.admit(leaf.signature_key().as_slice(), ctx.now_ms)?;
+    }
     ctx.replay
         .check_and_record(req.signature.as_slice(), req.tbs.timestamp_ms, ctx.now_ms)?;
-    queue_ref_of(leaf)?;
+    checked_queue_ref(leaf, ctx.mode)?;
     let group = LoadedGroup {
         group_id: gid.to_vec(),
         key,
+        mode: ctx.mode,
         store,
         pg,
         group_info: params.group_info.clone(),
@@ -292,13 +390,30 @@ fn parse_protocol_message(bytes: &[u8]) -> Result<ProtocolMessage, HubError> {
         .map_err(|e| HubError::InvalidMls(e.to_string()))
 }
 
-/// The sealed fan-out address a leaf carries in its extensions.
+/// The fan-out address a leaf carries in its extensions.
 fn queue_ref_of(leaf: &LeafNode) -> Result<QueueRef, HubError> {
     let ext = leaf
         .extensions()
         .unknown(QUEUE_REF_EXTENSION_TYPE)
         .ok_or(HubError::InvalidRequest("leaf has no QueueRef extension"))?;
     decode_exact(&ext.0, 4096).map_err(|e| HubError::malformed("QueueRef extension", e))
+}
+
+/// A new leaf's fan-out address, which must be of this hub's mode: an RM hub refuses a plain
+/// queue id (it would put the member's queue on disk in the clear), a baseline hub a sealed one.
+fn checked_queue_ref(leaf: &LeafNode, mode: DsMode) -> Result<QueueRef, HubError> {
+    let qr = queue_ref_of(leaf)?;
+    match (&qr.address, mode) {
+        (QueueAddress::Sealed(_), DsMode::Rm) | (QueueAddress::Plain(_), DsMode::Baseline) => {
+            Ok(qr)
+        }
+        (QueueAddress::Plain(_), DsMode::Rm) => Err(HubError::InvalidRequest(
+            "a reduced-metadata hub refuses plain queue ids",
+        )),
+        (QueueAddress::Sealed(_), DsMode::Baseline) => Err(HubError::InvalidRequest(
+            "a baseline hub takes plain queue ids",
+        )),
+    }
 }
 
 /// Who an authenticated request came from.
@@ -326,7 +441,8 @@ struct Applied {
 /// A decrypted group for the duration of one request; the EAR key is zeroized on drop.
 struct LoadedGroup {
     group_id: Vec<u8>,
-    key: EarKey,
+    key: AtRest,
+    mode: DsMode,
     store: PublicStore,
     pg: PublicGroup,
     group_info: VLBytes,
@@ -346,7 +462,7 @@ enum CommitKind {
 }
 
 impl LoadedGroup {
-    fn load(txn: &Txn<'_>, group_id: &[u8], key: EarKey) -> Result<Self, HubError> {
+    fn load(txn: &Txn<'_>, group_id: &[u8], key: AtRest, mode: DsMode) -> Result<Self, HubError> {
         let raw = txn
             .get(Cf::DsGroups, group_id)?
             .ok_or(HubError::UnknownGroup)?;
@@ -360,6 +476,7 @@ impl LoadedGroup {
         Ok(Self {
             group_id: group_id.to_vec(),
             key,
+            mode,
             store,
             pg,
             group_info: state.group_info,
@@ -385,7 +502,39 @@ impl LoadedGroup {
         let row = state.seal(&self.key, &self.group_id, now_ms)?;
         let bytes = encode(&row).map_err(|e| HubError::Internal(e.to_string()))?;
         txn.put(Cf::DsGroups, self.group_id.clone(), bytes);
-        Ok(())
+        self.routing()
+            .save(txn, &self.key, &self.group_id, now_ms)
+    }
+
+    /// The routing record matching the current state (see [`routing`]).
+    fn routing(&self) -> RoutingRecord {
+        let joiner_keys: HashSet<&[u8]> = self
+            .past_trees
+            .iter()
+            .flat_map(|t| t.joiners.iter().map(|j| j.as_slice()))
+            .collect();
+        let mut joining = Vec::new();
+        let mut members: Vec<RoutedMember> = self
+            .pg
+            .members()
+            .filter_map(|m| {
+                if joiner_keys.contains(m.signature_key.as_slice()) {
+                    joining.push(m.index.u32());
+                }
+                let queue_ref = self.pg.leaf(m.index).and_then(|l| queue_ref_of(l).ok())?;
+                Some(RoutedMember {
+                    leaf: m.index.u32(),
+                    signature_key: m.signature_key.into(),
+                    queue_ref,
+                })
+            })
+            .collect();
+        members.sort_by_key(|m| m.leaf);
+        RoutingRecord {
+            epoch: self.epoch(),
+            members,
+            joining,
+        }
     }
 
     fn epoch(&self) -> u64 {
@@ -406,10 +555,16 @@ impl LoadedGroup {
                     .leaf(idx)
                     .ok_or(HubError::NotAuthorized("no member at that leaf index"))?;
                 verify(leaf.signature_key().as_slice(), signed, &req.signature)?;
+                if let Some(limit) = ctx.identity_limit {
+                    limit.admit(leaf.signature_key().as_slice(), ctx.now_ms)?;
+                }
                 Authenticated::Member(idx)
             }
             (DsSender::Joiner(key), DsOperation::WelcomeInfo(_)) => {
                 verify(key.as_slice(), signed, &req.signature)?;
+                if let Some(limit) = ctx.identity_limit {
+                    limit.admit(key.as_slice(), ctx.now_ms)?;
+                }
                 Authenticated::Joiner(key.as_slice().to_vec())
             }
             (DsSender::Anonymous, DsOperation::ExternalCommitInfo) => Authenticated::KeyHolder,
@@ -459,6 +614,11 @@ impl LoadedGroup {
             (DsOperation::RotateEarKey(r), Authenticated::Member(_)) => {
                 // Any member may rotate: every member holds the keys anyway. The state is
                 // written under the new key below; the old one no longer opens it.
+                if matches!(self.key, AtRest::Plain) {
+                    return Err(HubError::WrongOperation(
+                        "a baseline group has no EAR key to rotate",
+                    ));
+                }
                 let key = EarKey::from_bytes(r.new_ear_key.as_slice())
                     .map_err(|_| HubError::InvalidRequest("EAR key must be 32 bytes"))?;
                 if !r.credentials.is_empty() {
@@ -471,7 +631,7 @@ impl LoadedGroup {
                     }
                     self.credentials = r.credentials.clone();
                 }
-                self.key = key;
+                self.key = AtRest::Ear(key);
                 Applied {
                     response: DsResponse::Accepted(self.epoch()),
                     fanout: Vec::new(),
@@ -672,10 +832,10 @@ impl LoadedGroup {
             }));
         }
         if let Some(leaf) = staged.update_path_leaf_node() {
-            queue_ref_of(leaf)?;
+            checked_queue_ref(leaf, self.mode)?;
         }
         for kp in &adds {
-            queue_ref_of(kp.leaf_node())?;
+            checked_queue_ref(kp.leaf_node(), self.mode)?;
         }
         let added = match_added(&crypto, &adds, aad)?;
         if self.pg.members().count() + adds.len() > ctx.max_group_size {
@@ -784,7 +944,7 @@ impl LoadedGroup {
                 "a resync must keep the member's signature key",
             ));
         }
-        queue_ref_of(leaf)?;
+        checked_queue_ref(leaf, self.mode)?;
         let fanout = Self::fan(self.recipients(Some(old)), &bundle.commit);
         let epoch_before = self.epoch();
         self.pg
@@ -912,7 +1072,7 @@ impl LoadedGroup {
             }
             let info = JoinerInfo {
                 group_id: self.group_id.clone().into(),
-                ear_key: self.key.as_bytes().to_vec().into(),
+                ear_key: self.key.joiner_key().into(),
                 epoch,
                 hub_domain: ctx.domain.as_bytes().to_vec().into(),
             };
@@ -969,24 +1129,8 @@ impl LoadedGroup {
     }
 
     fn send(&self, sender: LeafNodeIndex, bytes: &VLBytes) -> Result<Applied, HubError> {
-        let pm = parse_protocol_message(bytes.as_slice())?;
-        if pm.wire_format() != WireFormat::PrivateMessage
-            || pm.content_type() != ContentType::Application
-        {
-            return Err(HubError::InvalidMls(
-                "application messages must be PrivateMessages".into(),
-            ));
-        }
-        if pm.group_id().as_slice() != self.group_id.as_slice() {
-            return Err(HubError::InvalidMls("message is for another group".into()));
-        }
         let current = self.epoch();
-        // Members keep a few past epochs' secrets; a message older than this window could
-        // reach members who can no longer decrypt it, so the sender must catch up first.
-        let epoch = pm.epoch().as_u64();
-        if epoch > current || epoch.saturating_add(MAX_MESSAGE_EPOCH_LAG) < current {
-            return Err(HubError::WrongEpoch { current });
-        }
+        check_application_message(bytes.as_slice(), &self.group_id, current)?;
         Ok(Applied {
             response: DsResponse::Accepted(current),
             fanout: Self::fan(self.recipients(Some(sender)), bytes),

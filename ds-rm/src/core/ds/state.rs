@@ -4,6 +4,9 @@
 //! format byte and the month of last activity. Everything else — the public MLS state, the
 //! current GroupInfo, the trees kept for pending Welcome joiners — is one padded, key-committed
 //! ciphertext under the group's `GroupStateEarKey`, which only members hold.
+//!
+//! A hub in baseline mode (the full-metadata comparison DS) writes the same state in the clear,
+//! under its own format byte, so neither mode can misread the other's rows.
 
 use super::accountability::CommitRecord;
 use super::public_store::PublicStoreBlob;
@@ -13,8 +16,10 @@ use mimi_rm_protocol::decode_exact;
 use mimi_rm_protocol::ds::{LeafCredentialEntry, ReportTally};
 use tls_codec::{Serialize as _, TlsDeserialize, TlsSerialize, TlsSize, VLBytes};
 
-/// Format byte of [`GroupRow`]; bump on any change of the row or state layout.
+/// Format byte of an EAR-encrypted [`GroupRow`]; bump on any change of the row or state layout.
 pub const GROUP_ROW_FORMAT: u8 = 3;
+/// Format byte of a baseline-mode [`GroupRow`], whose `ciphertext` is the plaintext state.
+pub const PLAIN_GROUP_ROW_FORMAT: u8 = 0x80 | GROUP_ROW_FORMAT;
 /// EAR domain label of group state ciphertexts.
 const STATE_DOMAIN: &str = "ds group state";
 /// Upper bound on a decrypted state (a sanity limit, not a policy).
@@ -27,8 +32,68 @@ pub struct GroupRow {
     pub format: u8,
     /// Months since 1970-01 of the last state change: coarse on purpose.
     pub activity_month: u32,
-    /// EAR ciphertext of [`DsGroupState`].
+    /// EAR ciphertext of [`DsGroupState`] (its plain encoding in baseline mode).
     pub ciphertext: VLBytes,
+}
+
+/// How a group's records are protected at rest.
+pub enum AtRest {
+    /// RM mode: under the members' `GroupStateEarKey` (zeroized on drop).
+    Ear(ear::EarKey),
+    /// Baseline mode: in the clear, as a conventional DS stores them.
+    Plain,
+}
+
+impl AtRest {
+    /// The key a Welcome joiner must learn (empty in baseline mode).
+    pub fn joiner_key(&self) -> Vec<u8> {
+        match self {
+            Self::Ear(k) => k.as_bytes().to_vec(),
+            Self::Plain => Vec::new(),
+        }
+    }
+
+    /// The row format byte this protection writes.
+    pub(super) fn format(&self) -> u8 {
+        match self {
+            Self::Ear(_) => GROUP_ROW_FORMAT,
+            Self::Plain => PLAIN_GROUP_ROW_FORMAT,
+        }
+    }
+
+    /// Encrypts (or, in baseline mode, copies) `plain` for the record kind `domain`.
+    pub fn seal(&self, domain: &str, group_id: &[u8], plain: &[u8]) -> Result<Vec<u8>, HubError> {
+        match self {
+            Self::Ear(key) => ear::seal(key, domain, &aad(group_id), plain)
+                .map_err(|e| HubError::Internal(format!("seal {domain}: {e}"))),
+            Self::Plain => Ok(plain.to_vec()),
+        }
+    }
+
+    /// Reverses [`AtRest::seal`] for a row written with `format`; a wrong EAR key is reported as
+    /// [`HubError::WrongEarKey`], a row of the other mode as an internal error.
+    pub fn open(
+        &self,
+        format: u8,
+        domain: &str,
+        group_id: &[u8],
+        sealed: &[u8],
+    ) -> Result<zeroize::Zeroizing<Vec<u8>>, HubError> {
+        if format != self.format() {
+            return Err(HubError::Internal(format!(
+                "group record format {format} does not match this hub's mode"
+            )));
+        }
+        match self {
+            Self::Ear(key) => ear::open(key, domain, &aad(group_id), sealed)
+                .map(zeroize::Zeroizing::new)
+                .map_err(|e| match e {
+                    CryptoError::WrongKey => HubError::WrongEarKey,
+                    other => HubError::Internal(format!("open {domain}: {other}")),
+                }),
+            Self::Plain => Ok(zeroize::Zeroizing::new(sealed.to_vec())),
+        }
+    }
 }
 
 /// A ratchet tree kept for Welcome joiners of one epoch.
@@ -77,37 +142,21 @@ pub fn month_of(now_ms: u64) -> u32 {
 
 impl DsGroupState {
     /// Pads and encrypts the state into a row.
-    pub fn seal(
-        &self,
-        key: &ear::EarKey,
-        group_id: &[u8],
-        now_ms: u64,
-    ) -> Result<GroupRow, HubError> {
-        let plain = self
-            .tls_serialize_detached()
-            .map_err(|e| HubError::Internal(format!("encode state: {e:?}")))?;
-        let ciphertext = ear::seal(key, STATE_DOMAIN, &aad(group_id), &plain)
-            .map_err(|e| HubError::Internal(format!("seal state: {e}")))?;
+    pub fn seal(&self, key: &AtRest, group_id: &[u8], now_ms: u64) -> Result<GroupRow, HubError> {
+        let plain = zeroize::Zeroizing::new(
+            self.tls_serialize_detached()
+                .map_err(|e| HubError::Internal(format!("encode state: {e:?}")))?,
+        );
         Ok(GroupRow {
-            format: GROUP_ROW_FORMAT,
+            format: key.format(),
             activity_month: month_of(now_ms),
-            ciphertext: ciphertext.into(),
+            ciphertext: key.seal(STATE_DOMAIN, group_id, &plain)?.into(),
         })
     }
 
     /// Decrypts a row; a wrong key is reported as [`HubError::WrongEarKey`].
-    pub fn open(row: &GroupRow, key: &ear::EarKey, group_id: &[u8]) -> Result<Self, HubError> {
-        if row.format != GROUP_ROW_FORMAT {
-            return Err(HubError::Internal(format!(
-                "unsupported group row format {}",
-                row.format
-            )));
-        }
-        let plain = ear::open(key, STATE_DOMAIN, &aad(group_id), row.ciphertext.as_slice())
-            .map_err(|e| match e {
-                CryptoError::WrongKey => HubError::WrongEarKey,
-                other => HubError::Internal(format!("open state: {other}")),
-            })?;
+    pub fn open(row: &GroupRow, key: &AtRest, group_id: &[u8]) -> Result<Self, HubError> {
+        let plain = key.open(row.format, STATE_DOMAIN, group_id, row.ciphertext.as_slice())?;
         decode_exact(&plain, MAX_STATE)
             .map_err(|e| HubError::Internal(format!("decode state: {e}")))
     }
