@@ -15,7 +15,7 @@ use mimi_rm_protocol::credentials::*;
 use mimi_rm_protocol::ds::*;
 use mimi_rm_protocol::qs::*;
 use mimi_rm_protocol::queue::*;
-use mimi_rm_protocol::{decode_exact, encode};
+use mimi_rm_protocol::{DsMode, decode_exact, encode};
 use openmls::prelude::{tls_codec::Deserialize as _, tls_codec::Serialize as _, *};
 use openmls_basic_credential::SignatureKeyPair;
 use openmls_traits::signatures::Signer as _;
@@ -259,6 +259,19 @@ impl Client {
         name: &str,
         ca_pem: Option<&[u8]>,
     ) -> Result<Self, ClientError> {
+        Self::register_in_mode(dir, hub_url, name, ca_pem, DsMode::Rm).await
+    }
+
+    /// Like [`Client::register_with_ca`] for a hub in `mode`. A `baseline` client behaves as a
+    /// client of a conventional full-metadata DS (its real credential in every leaf, a plain
+    /// queue id, no EAR key sent), so the same scenario runs against both modes.
+    pub async fn register_in_mode(
+        dir: &Path,
+        hub_url: &str,
+        name: &str,
+        ca_pem: Option<&[u8]>,
+        mode: DsMode,
+    ) -> Result<Self, ClientError> {
         let mut transport = transport_for(hub_url, ca_pem)?;
         let domain = transport.domain().await?;
         // Identity at the AS: the only request that carries our handle.
@@ -339,6 +352,7 @@ impl Client {
             pending_mixes: Vec::new(),
             received_since_rekey: 0,
             committed_since_receive: false,
+            mode,
             user_id: hex::encode(ids.user_id),
             client_id: hex::encode(ids.client_id),
             client_auth_key: hex::encode(client_auth.to_bytes()),
@@ -599,25 +613,31 @@ impl Client {
     }
 
     /// A fresh `QueueRef` for one leaf: our client id sealed to our QS (fresh randomness each
-    /// time, so two leaves of ours cannot be linked by it).
+    /// time, so two leaves of ours cannot be linked by it). Baseline clients send it plain.
     fn sealed_queue_ref(&self) -> Result<Extension, ClientError> {
-        let pk = HpkePublicKey::from_bytes(&unhex(&self.state.qs_public_key)?)?;
-        let plain = encode(&QueueRefPlain {
+        let plain = QueueRefPlain {
             client_id: self.client_id()?,
-        })
-        .map_err(|e| ClientError::State(e.to_string()))?;
-        let sealed = hpke_seal::seal(
-            &pk,
-            QUEUE_REF_HPKE_LABEL,
-            self.state.domain.as_bytes(),
-            &plain,
-        )?;
+        };
+        let address = match self.state.mode {
+            DsMode::Baseline => QueueAddress::Plain(plain),
+            DsMode::Rm => {
+                let pk = HpkePublicKey::from_bytes(&unhex(&self.state.qs_public_key)?)?;
+                let plain = encode(&plain).map_err(|e| ClientError::State(e.to_string()))?;
+                let sealed = hpke_seal::seal(
+                    &pk,
+                    QUEUE_REF_HPKE_LABEL,
+                    self.state.domain.as_bytes(),
+                    &plain,
+                )?;
+                QueueAddress::Sealed(HpkeCiphertextWire {
+                    kem_output: sealed.kem_output.into(),
+                    ciphertext: sealed.ciphertext.into(),
+                })
+            }
+        };
         let qr = QueueRef {
             domain: self.state.domain.as_bytes().to_vec().into(),
-            address: QueueAddress::Sealed(HpkeCiphertextWire {
-                kem_output: sealed.kem_output.into(),
-                ciphertext: sealed.ciphertext.into(),
-            }),
+            address,
         };
         let bytes = encode(&qr).map_err(|e| ClientError::State(e.to_string()))?;
         Ok(Extension::Unknown(
@@ -627,10 +647,29 @@ impl Client {
     }
 
     /// A fresh leaf: a new signature key and a pseudonymous credential linked (encrypted) to our
-    /// client credential. Returns the leaf's `SignatureEarKey` too.
+    /// client credential. Returns the leaf's `SignatureEarKey` too. In baseline mode the leaf is
+    /// our client credential itself, signing with its key, as in a conventional DS.
     fn new_leaf_identity(
         &self,
     ) -> Result<(SignatureKeyPair, CredentialWithKey, EarKey), ClientError> {
+        if self.state.mode == DsMode::Baseline {
+            let client_key = SigningKey::from_bytes(&unhex(&self.state.client_key)?)?;
+            let signer = SignatureKeyPair::from_raw(
+                CIPHERSUITE.signature_algorithm(),
+                client_key.to_bytes().to_vec(),
+                client_key.verifying_key().as_bytes().to_vec(),
+            );
+            signer
+                .store(self.provider.storage())
+                .map_err(ClientError::mls)?;
+            let credential =
+                BasicCredential::new(unhex(&self.state.client_credential)?).into();
+            let cwk = CredentialWithKey {
+                credential,
+                signature_key: signer.to_public_vec().into(),
+            };
+            return Ok((signer, cwk, EarKey::random()));
+        }
         let signer =
             SignatureKeyPair::new(CIPHERSUITE.signature_algorithm()).map_err(ClientError::mls)?;
         signer
@@ -644,6 +683,29 @@ impl Client {
             signature_key: signer.to_public_vec().into(),
         };
         Ok((signer, cwk, sek))
+    }
+
+    /// The credential material the hub stores for one of our leaves: encrypted under the group's
+    /// keys in RM mode; empty in baseline mode, whose leaves carry the credential in the clear.
+    fn leaf_info(
+        &self,
+        credential: &ClientCredential,
+        sek: &EarKey,
+        ck: &EarKey,
+        wk: &EarKey,
+    ) -> Result<LeafCredentialInfo, ClientError> {
+        Ok(match self.state.mode {
+            DsMode::Rm => identity::wrap(credential, sek, ck, wk)?,
+            DsMode::Baseline => LeafCredentialInfo {
+                encrypted_client_credential: Vec::new().into(),
+                encrypted_signature_ear_key: Vec::new().into(),
+            },
+        })
+    }
+
+    /// The hub mode this client was registered for.
+    pub fn mode(&self) -> DsMode {
+        self.state.mode
     }
 
     /// Every AS we can verify credentials against: our own (pinned at registration) and those
@@ -783,6 +845,8 @@ impl Client {
         operation: DsOperation,
         signer: Option<&SignatureKeyPair>,
     ) -> Result<DsRequest, ClientError> {
+        // A baseline hub keeps group state in the clear: the group key never leaves the client.
+        let ear_key = ear_key.filter(|_| self.state.mode == DsMode::Rm);
         let tbs = DsRequestTbs {
             group_id: group.to_vec().into(),
             ear_key: ear_key.map(|k| k.as_bytes().to_vec().into()),
@@ -855,7 +919,7 @@ impl Client {
         let ear_key = EarKey::random();
         let (credential_key, wrapper_key) = (EarKey::random(), EarKey::random());
         let credential = self.client_credential()?;
-        let creator = identity::wrap(&credential, &sek, &credential_key, &wrapper_key)?;
+        let creator = self.leaf_info(&credential, &sek, &credential_key, &wrapper_key)?;
         let op = DsOperation::CreateGroup(CreateGroup {
             group_info: group_info.into(),
             ratchet_tree: ratchet_tree.into(),
@@ -936,15 +1000,23 @@ impl Client {
             let leaf = kp.leaf_node();
             let (credential, sek) = identity::unwrap(&friend_info, &friend_ck, &friend_wk)?;
             let record = if mode == InviteMode::Checked {
-                identity::verify_leaf(
-                    leaf.credential().serialized_content(),
-                    leaf.signature_key().as_slice(),
-                    &friend_info,
-                    &friend_ck,
-                    &friend_wk,
-                    &anchors,
-                    now,
-                )?;
+                match self.state.mode {
+                    DsMode::Rm => identity::verify_leaf(
+                        leaf.credential().serialized_content(),
+                        leaf.signature_key().as_slice(),
+                        &friend_info,
+                        &friend_ck,
+                        &friend_wk,
+                        &anchors,
+                        now,
+                    )?,
+                    DsMode::Baseline => identity::verify_plain_leaf(
+                        leaf.credential().serialized_content(),
+                        leaf.signature_key().as_slice(),
+                        &anchors,
+                        now,
+                    )?,
+                };
                 if credential.tbs.identity.handle != contact.handle {
                     return Err(ClientError::Unexpected(
                         "an AddPackage belongs to someone other than the contact",
@@ -953,6 +1025,7 @@ impl Client {
                 verified_record(leaf.signature_key().as_slice(), &credential)
             } else {
                 check_leaf(
+                    self.state.mode,
                     leaf.credential().serialized_content(),
                     leaf.signature_key().as_slice(),
                     &friend_info,
@@ -976,7 +1049,7 @@ impl Client {
             .map_err(|e| ClientError::State(e.to_string()))?;
             added.push(AddedMember {
                 key_package_ref: kp_ref.as_slice().to_vec().into(),
-                credential: identity::wrap(&credential, &sek, &group_ck, &group_wk)?,
+                credential: self.leaf_info(&credential, &sek, &group_ck, &group_wk)?,
                 attribution: ear::seal(
                     &wai_key,
                     identity::ATTRIBUTION_DOMAIN,
@@ -1323,6 +1396,11 @@ impl Client {
     /// then the other members get it end to end, inside the group. From then on the old key
     /// opens nothing written afterwards.
     pub async fn rotate_ear_key(&mut self, group: &GroupHandle) -> Result<(), ClientError> {
+        if self.state.mode == DsMode::Baseline {
+            return Err(ClientError::Unexpected(
+                "a baseline hub keeps group state in the clear: there is no EAR key to rotate",
+            ));
+        }
         let (signer, mls, ear_key) = self.member(group)?;
         let (old_ck, old_wk) = group_keys(self.meta(group)?)?;
         let (new_ck, new_wk) = (EarKey::random(), EarKey::random());
@@ -1692,6 +1770,7 @@ impl Client {
                 .find(|a| a.key_package_ref.as_slice() == kp_ref.as_slice())
             {
                 Some(a) => check_leaf(
+                    self.state.mode,
                     leaf.credential().serialized_content(),
                     leaf.signature_key().as_slice(),
                     &a.credential,
@@ -1729,6 +1808,7 @@ impl Client {
             .map(|m| {
                 let record = match entries.iter().find(|e| e.leaf == m.index.u32()) {
                     Some(e) => check_leaf(
+                        self.state.mode,
                         m.credential.serialized_content(),
                         &m.signature_key,
                         &e.info,
@@ -1799,7 +1879,11 @@ impl Client {
                 "attribution and joiner info name different groups",
             ));
         }
-        let ear_key = EarKey::from_bytes(info.ear_key.as_slice())?;
+        let ear_key = match self.state.mode {
+            DsMode::Rm => EarKey::from_bytes(info.ear_key.as_slice())?,
+            // A baseline hub has no group key; a local one keeps the group records uniform.
+            DsMode::Baseline => EarKey::random(),
+        };
         let signer = self.signer(&pending.signer_public)?;
         // Fetch the tree before touching the Welcome: a failed join consumes the KeyPackage.
         let req = self.ds_request(
@@ -1919,21 +2003,19 @@ fn group_keys(meta: &GroupMeta) -> Result<(EarKey, EarKey), ClientError> {
 
 /// Verifies one leaf into a member record (a failure becomes an unverified record).
 fn check_leaf(
+    mode: DsMode,
     leaf_identity: &[u8],
     signature_key: &[u8],
     info: &LeafCredentialInfo,
     (ck, wk): (&EarKey, &EarKey),
     anchors: &AsCredentials,
 ) -> MemberRecord {
-    match identity::verify_leaf(
-        leaf_identity,
-        signature_key,
-        info,
-        ck,
-        wk,
-        anchors,
-        now_ms() / 1000,
-    ) {
+    let now = now_ms() / 1000;
+    let verified = match mode {
+        DsMode::Rm => identity::verify_leaf(leaf_identity, signature_key, info, ck, wk, anchors, now),
+        DsMode::Baseline => identity::verify_plain_leaf(leaf_identity, signature_key, anchors, now),
+    };
+    match verified {
         Ok(credential) => verified_record(signature_key, &credential),
         Err(e) => unverified_record(signature_key, &e.to_string()),
     }

@@ -153,6 +153,24 @@ pub fn verify_leaf(
     Ok(credential)
 }
 
+/// Verifies a baseline-mode leaf: its credential is the member's client credential itself,
+/// which must certify the leaf's signature key and chain to the AS. Baseline clients expose
+/// their identity in every leaf; this is the conventional DS that RM mode is compared with.
+pub fn verify_plain_leaf(
+    leaf_identity: &[u8],
+    leaf_signature_key: &[u8],
+    anchors: &AsCredentials,
+    now_secs: u64,
+) -> Result<ClientCredential, IdentityError> {
+    let credential: ClientCredential = decode_exact(leaf_identity, MAX_CREDENTIAL)
+        .map_err(|_| IdentityError::Malformed("leaf credential"))?;
+    if credential.tbs.public_key.as_slice() != leaf_signature_key {
+        return Err(IdentityError::WrongLeafKey);
+    }
+    credential.verify_chain(anchors, now_secs)?;
+    Ok(credential)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -93,6 +93,10 @@ pub struct ClientState {
     /// (then the next commit reads the queue first).
     #[serde(default)]
     pub committed_since_receive: bool,
+    /// The hub's mode this client was registered for: `rm`, or `baseline` (full metadata:
+    /// real credentials in leaves, plain queue ids, no EAR key sent).
+    #[serde(default)]
+    pub mode: mimi_rm_protocol::DsMode,
     /// Pseudonymous QS user id (hex).
     pub user_id: String,
     /// Pseudonymous QS client id (hex).

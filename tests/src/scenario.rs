@@ -4,7 +4,7 @@
 
 use mimi_client_rm::{Client, GroupHandle, Recorder};
 use mimi_rm_protocol::credentials::PseudonymousCredential;
-use mimi_rm_protocol::{decode_exact, encode};
+use mimi_rm_protocol::{DsMode, decode_exact, encode};
 use std::path::Path;
 
 /// The clients and groups after the scenario, plus what must stay secret.
@@ -29,6 +29,16 @@ fn err(e: impl std::fmt::Display) -> String {
 /// Runs the scenario against the hub at `url` with `users` users (at least 5) and three
 /// overlapping groups; client state lives under `dir`.
 pub async fn run(url: &str, dir: &Path, users: usize) -> Result<Scenario, String> {
+    run_in_mode(url, dir, users, DsMode::Rm).await
+}
+
+/// [`run`] with clients of a hub in `mode`, so both modes serve the same scenario.
+pub async fn run_in_mode(
+    url: &str,
+    dir: &Path,
+    users: usize,
+    mode: DsMode,
+) -> Result<Scenario, String> {
     if users < 5 {
         return Err("the scenario needs at least 5 users".into());
     }
@@ -37,7 +47,7 @@ pub async fn run(url: &str, dir: &Path, users: usize) -> Result<Scenario, String
     for i in 0..users {
         // Random suffixes make the handles searchable without false positives.
         let handle = format!("user{i}-{}", hex::encode(rand::random::<[u8; 4]>()));
-        let mut c = Client::register(&dir.join(&handle), url, &handle)
+        let mut c = Client::register_in_mode(&dir.join(&handle), url, &handle, None, mode)
             .await
             .map_err(err)?;
         c.set_recorder(wire.clone());
@@ -149,6 +159,11 @@ impl Scenario {
         let mut out = Vec::new();
         for c in &self.clients {
             for id in c.leaf_identities().map_err(err)? {
+                if c.mode() == DsMode::Baseline {
+                    // Baseline leaves are the client credential itself.
+                    out.push((format!("leaf credential of {}", c.name()), id));
+                    continue;
+                }
                 let p: PseudonymousCredential = decode_exact(&id, 1 << 16).map_err(err)?;
                 out.push((
                     format!("pseudonym of {}", c.name()),
@@ -202,5 +217,69 @@ impl Scenario {
                 ))
             })
             .collect()
+    }
+}
+
+/// How many needles of each kind a seized disk shows, by column family.
+#[derive(Debug, Default, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct Leakage {
+    /// Identity needles (handles, devices, client keys, credentials) found outside the AS.
+    pub identities: usize,
+    /// Leaf pseudonyms, leaf keys and leaf credentials found anywhere.
+    pub leaf_identities: usize,
+    /// Queue ids found in DS records (where they would link memberships to queues).
+    pub queue_ids_in_ds: usize,
+    /// Client-held keys or plaintexts found anywhere.
+    pub secrets: usize,
+    /// Each finding as "what in column family".
+    pub findings: Vec<String>,
+}
+
+impl Scenario {
+    /// Searches a raw dump of every record (and server key) for everything that must stay off
+    /// the hub's disk in RM mode, and counts what was found.
+    pub fn leakage(
+        &self,
+        dump: &[(mimi_ds_rm::store::Cf, Vec<u8>, Vec<u8>)],
+    ) -> Result<Leakage, String> {
+        use mimi_ds_rm::store::Cf;
+        let identities = self.identities()?;
+        let pseudonyms = self.pseudonyms()?;
+        let secrets = self.client_secrets()?;
+        let queue_ids = self.queue_ids()?;
+        let mut out = Leakage::default();
+        let is_as = |cf: &Cf| cf.name().starts_with("as_");
+        for (cf, k, v) in dump {
+            let found = |needle: &[u8]| crate::contains(k, needle) || crate::contains(v, needle);
+            let mut note = |what: &str, counter: &mut usize| {
+                *counter += 1;
+                out.findings.push(format!("{what} in {cf:?}"));
+            };
+            if !is_as(cf) {
+                for (what, n) in &identities {
+                    if found(n) {
+                        note(what, &mut out.identities);
+                    }
+                }
+            }
+            for (what, n) in &pseudonyms {
+                if found(n) {
+                    note(what, &mut out.leaf_identities);
+                }
+            }
+            for (what, n) in &secrets {
+                if found(n) {
+                    note(what, &mut out.secrets);
+                }
+            }
+            if matches!(cf, Cf::DsGroups | Cf::DsRouting | Cf::DsReservations) || is_as(cf) {
+                for (what, n) in &queue_ids {
+                    if found(n) {
+                        note(what, &mut out.queue_ids_in_ds);
+                    }
+                }
+            }
+        }
+        Ok(out)
     }
 }
