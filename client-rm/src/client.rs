@@ -209,6 +209,8 @@ pub struct Client {
     /// Events processed while catching up inside another call (e.g. `send` after the group
     /// moved on); handed out by the next `receive`.
     pending: Vec<Event>,
+    /// When set, state changes stay in memory (see [`Client::set_ephemeral`]).
+    ephemeral: bool,
 }
 
 fn now_ms() -> u64 {
@@ -371,6 +373,7 @@ impl Client {
             state,
             provider: ClientProvider::default(),
             pending: Vec::new(),
+            ephemeral: false,
         };
         client.publish_add_packages(ADD_PACKAGES).await?;
         Ok(client)
@@ -405,6 +408,7 @@ impl Client {
             state,
             provider: ClientProvider::from_snapshot(mls),
             pending: Vec::new(),
+            ephemeral: false,
         })
     }
 
@@ -567,7 +571,32 @@ impl Client {
         b32(&unhex(&meta.ear_key)?)
     }
 
+    /// Keeps all further state changes in memory only: nothing is written to the client
+    /// directory any more (the wallet file included). For load generators, whose thousands of
+    /// clients would otherwise measure their own disk writes; a real client must not use it.
+    pub fn set_ephemeral(&mut self) {
+        self.ephemeral = true;
+        if let Some(w) = self.transport.wallet() {
+            w.set_ephemeral();
+        }
+    }
+
+    /// Holds at least `n` Privacy Pass tokens before returning, so a burst of requests does not
+    /// wait for issuance.
+    pub async fn prefill_tokens(&self, n: usize) -> Result<(), ClientError> {
+        let wallet = self
+            .transport
+            .wallet()
+            .ok_or(ClientError::Unexpected("no token wallet"))?;
+        wallet
+            .prefill(self.transport.http(), self.transport.base(), n)
+            .await
+    }
+
     fn persist(&self) -> Result<(), ClientError> {
+        if self.ephemeral {
+            return Ok(());
+        }
         state::save(&self.dir, &self.state, &self.provider.snapshot())
     }
 

@@ -50,6 +50,8 @@ pub struct Wallet {
     credential: ClientCredential,
     key: SigningKey,
     path: Option<PathBuf>,
+    /// Whether `path` is written (off for ephemeral load-generator clients).
+    persist: std::sync::atomic::AtomicBool,
     batch: u16,
     state: tokio::sync::Mutex<State>,
 }
@@ -94,6 +96,7 @@ impl Wallet {
             credential,
             key,
             path,
+            persist: std::sync::atomic::AtomicBool::new(true),
             batch: DEFAULT_BATCH,
             state: tokio::sync::Mutex::new(state),
         })
@@ -129,10 +132,38 @@ impl Wallet {
         Ok(())
     }
 
+    /// Stops writing the wallet file (see `Client::set_ephemeral`): tokens then live only in
+    /// memory and are lost with the process.
+    pub fn set_ephemeral(&self) {
+        self.persist
+            .store(false, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// Fetches batches until at least `n` tokens are held (to pay for a burst up front).
+    pub async fn prefill(
+        &self,
+        http: &reqwest::Client,
+        base: &str,
+        n: usize,
+    ) -> Result<(), ClientError> {
+        let mut s = self.state.lock().await;
+        while s.tokens.len() < n {
+            let fresh = self.fetch_batch(http, base).await?;
+            if fresh.is_empty() {
+                return Err(ClientError::Unexpected("the issuer returned no tokens"));
+            }
+            s.tokens.extend(fresh);
+        }
+        self.save(&s)
+    }
+
     fn save(&self, s: &State) -> Result<(), ClientError> {
         let Some(path) = &self.path else {
             return Ok(());
         };
+        if !self.persist.load(std::sync::atomic::Ordering::Relaxed) {
+            return Ok(());
+        }
         let saved = Saved {
             tokens: s.tokens.iter().map(|t| hex::encode(t.encode())).collect(),
             limited: s.limited.clone(),

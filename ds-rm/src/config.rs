@@ -33,6 +33,9 @@ pub struct Config {
     pub peers: std::collections::BTreeMap<String, String>,
     /// Most members a group may have; larger adds are refused (`LimitExceeded`).
     pub max_group_size: usize,
+    /// Seconds the hub keeps the ratchet tree of a Welcome's epoch for invitees that have not
+    /// joined yet; afterwards they must join by external commit.
+    pub welcome_tree_ttl_secs: u64,
     /// Seconds a client may take to send its request body; slower uploads get 408, so slow
     /// clients cannot hold connections forever.
     pub request_timeout_secs: u64,
@@ -101,6 +104,7 @@ impl Default for Config {
             peers: std::collections::BTreeMap::new(),
             open_federation: false,
             max_group_size: 10_000,
+            welcome_tree_ttl_secs: 14 * 24 * 60 * 60,
             max_messages_per_fetch: 500,
             max_queue_length: 10_000,
             request_timeout_secs: 30,
@@ -154,6 +158,7 @@ impl Config {
             freshness_window_ms: self.freshness_window_secs.saturating_mul(1000),
             client_credential_lifetime_secs: self.client_credential_lifetime_secs,
             max_group_size: self.max_group_size,
+            welcome_tree_ttl_ms: self.welcome_tree_ttl_secs.saturating_mul(1000),
             request_timeout_ms: self.request_timeout_secs.saturating_mul(1000),
             max_messages_per_fetch: self.max_messages_per_fetch,
             max_queue_length: self.max_queue_length,

@@ -50,6 +50,8 @@ pub struct HubConfig {
     pub client_credential_lifetime_secs: u64,
     /// Most members a group may have.
     pub max_group_size: usize,
+    /// How long a Welcome's tree waits for joiners that have not come yet, in milliseconds.
+    pub welcome_tree_ttl_ms: u64,
     /// How long the HTTP shell waits for a request body.
     pub request_timeout_ms: u64,
     /// Most messages one dequeue returns.
@@ -395,6 +397,7 @@ impl Hub {
             now_ms,
             replay: &self.replay,
             max_group_size: self.config.max_group_size,
+            welcome_tree_ttl_ms: self.config.welcome_tree_ttl_ms,
             mode: self.config.mode,
             identity_limit: (self.config.mode == DsMode::Baseline)
                 .then_some(&self.identity_limit),

@@ -47,7 +47,7 @@ fn stored_records_survive_corruption() {
     hammer(
         1,
         &GroupRow {
-            format: 3,
+            format: crate::core::ds::state::GROUP_ROW_FORMAT,
             activity_month: 683,
             ciphertext: vec![9; 40].into(),
         },
@@ -81,6 +81,7 @@ fn stored_records_survive_corruption() {
             group_info: vec![8; 20].into(),
             past_trees: vec![PastTree {
                 epoch: 3,
+                expires_ms: 1_800_000_000_000,
                 ratchet_tree: vec![9; 10].into(),
                 joiners: vec![vec![1; 32].into()],
                 credentials: Vec::new(),

@@ -9,6 +9,7 @@ pub mod accountability;
 pub mod public_store;
 pub mod routing;
 pub mod state;
+pub mod welcome_split;
 
 use crate::core::HubError;
 use crate::core::identity_limit::IdentityLimiter;
@@ -50,6 +51,8 @@ pub struct DsContext<'a> {
     pub replay: &'a ReplayGuard,
     /// Most members a group may have.
     pub max_group_size: usize,
+    /// How long the tree of a Welcome's epoch is kept for joiners that have not come yet.
+    pub welcome_tree_ttl_ms: u64,
     /// RM or baseline: decides how state is kept and which queue addresses are valid.
     pub mode: DsMode,
     /// Baseline mode's per-identity rate limit (`None` in RM mode, which uses tokens).
@@ -591,10 +594,13 @@ impl LoadedGroup {
         op: &DsOperation,
     ) -> Result<Applied, HubError> {
         // A member signing a request proves it has joined: its Welcome tree is no longer needed.
-        let mut joiner_seen = false;
+        // Trees whose joiners never came go when they expire.
+        let trees_before = self.past_trees.len();
+        self.past_trees.retain(|t| t.expires_ms > ctx.now_ms);
+        let mut joiner_seen = self.past_trees.len() != trees_before;
         if let Authenticated::Member(idx) = &who {
             let idx = *idx;
-            joiner_seen = self.forget_joiner(idx);
+            joiner_seen |= self.forget_joiner(idx);
         }
         let mut applied = match (op, who) {
             (DsOperation::AddMembers(b), Authenticated::Member(s)) => {
@@ -1046,18 +1052,15 @@ impl LoadedGroup {
     ) -> Result<Vec<Fanout>, HubError> {
         let welcome_bytes =
             welcome.ok_or(HubError::WrongOperation("add_members needs a Welcome"))?;
-        let MlsMessageBodyIn::Welcome(w) =
+        let MlsMessageBodyIn::Welcome(_) =
             MlsMessageIn::tls_deserialize_exact(welcome_bytes.as_slice())
                 .map_err(|e| HubError::malformed("welcome", e))?
                 .extract()
         else {
             return Err(HubError::malformed("welcome", "not a Welcome message"));
         };
-        let covered: HashSet<Vec<u8>> = w
-            .secrets()
-            .iter()
-            .map(|s| s.new_member().as_slice().to_vec())
-            .collect();
+        // OpenMLS has validated the structure; cut it into one Welcome per joiner.
+        let split = welcome_split::SplitWelcome::parse(welcome_bytes.as_slice())?;
         let epoch = self.epoch();
         let mut out = Vec::with_capacity(adds.len());
         let mut joiners = Vec::with_capacity(adds.len());
@@ -1065,11 +1068,11 @@ impl LoadedGroup {
             let kp_ref = kp
                 .hash_ref(crypto)
                 .map_err(|e| HubError::Internal(e.to_string()))?;
-            if !covered.contains(kp_ref.as_slice()) {
+            let Some(own_welcome) = split.for_joiner(kp_ref.as_slice())? else {
                 return Err(HubError::WrongOperation(
                     "the Welcome does not cover every added member",
                 ));
-            }
+            };
             let info = JoinerInfo {
                 group_id: self.group_id.clone().into(),
                 ear_key: self.key.joiner_key().into(),
@@ -1085,7 +1088,7 @@ impl LoadedGroup {
             out.push(Fanout {
                 queue_ref: queue_ref_of(kp.leaf_node())?,
                 message: QueueMessage::Welcome(WelcomeBundle {
-                    welcome: welcome_bytes.clone(),
+                    welcome: own_welcome.into(),
                     joiner_info: HpkeCiphertextWire {
                         kem_output: sealed.kem_output.into(),
                         ciphertext: sealed.ciphertext.into(),
@@ -1097,6 +1100,7 @@ impl LoadedGroup {
         }
         self.past_trees.push(PastTree {
             epoch,
+            expires_ms: ctx.now_ms.saturating_add(ctx.welcome_tree_ttl_ms),
             ratchet_tree: self.tree_bytes()?.into(),
             joiners,
             credentials: self.credentials.clone(),

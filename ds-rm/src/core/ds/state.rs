@@ -17,7 +17,7 @@ use mimi_rm_protocol::ds::{LeafCredentialEntry, ReportTally};
 use tls_codec::{Serialize as _, TlsDeserialize, TlsSerialize, TlsSize, VLBytes};
 
 /// Format byte of an EAR-encrypted [`GroupRow`]; bump on any change of the row or state layout.
-pub const GROUP_ROW_FORMAT: u8 = 3;
+pub const GROUP_ROW_FORMAT: u8 = 4;
 /// Format byte of a baseline-mode [`GroupRow`], whose `ciphertext` is the plaintext state.
 pub const PLAIN_GROUP_ROW_FORMAT: u8 = 0x80 | GROUP_ROW_FORMAT;
 /// EAR domain label of group state ciphertexts.
@@ -101,6 +101,9 @@ impl AtRest {
 pub struct PastTree {
     /// The epoch the Welcome brings its joiners into.
     pub epoch: u64,
+    /// When the hub drops this tree even if some joiners never came (ms since the Unix epoch):
+    /// an unused KeyPackage must not keep a copy of the tree in the state forever.
+    pub expires_ms: u64,
     /// TLS-encoded ratchet tree of that epoch.
     pub ratchet_tree: VLBytes,
     /// Leaf signature keys of joiners that have not yet been seen as members.

@@ -1,0 +1,154 @@
+//! SVG plots of load reports (plotters).
+
+use crate::LoadError;
+use crate::report::{Op, Report};
+use plotters::prelude::*;
+use std::path::Path;
+
+fn plot_err(path: &Path, e: impl std::fmt::Display) -> LoadError {
+    LoadError::Io {
+        what: path.display().to_string(),
+        detail: e.to_string(),
+    }
+}
+
+const COLORS: [RGBColor; 6] = [
+    RGBColor(31, 119, 180),
+    RGBColor(214, 39, 40),
+    RGBColor(44, 160, 44),
+    RGBColor(255, 127, 14),
+    RGBColor(148, 103, 189),
+    RGBColor(140, 86, 75),
+];
+
+/// Throughput and p50/p99 latency over the measured phase of one run.
+pub fn timeline(report: &Report, path: &Path) -> Result<(), LoadError> {
+    let root = SVGBackend::new(path, (900, 600)).into_drawing_area();
+    root.fill(&WHITE).map_err(|e| plot_err(path, e))?;
+    let (top, bottom) = root.split_vertically(300);
+    let t_max = report.duration_s.max(1) as f64;
+    let lat_max = report
+        .timeline
+        .iter()
+        .map(|w| w.p99_ms)
+        .fold(1.0, f64::max)
+        * 1.1;
+    let mut chart = ChartBuilder::on(&top)
+        .caption(format!("latency — {}", report.label), ("sans-serif", 18))
+        .margin(10)
+        .x_label_area_size(30)
+        .y_label_area_size(60)
+        .build_cartesian_2d(0.0..t_max, 0.0..lat_max)
+        .map_err(|e| plot_err(path, e))?;
+    chart
+        .configure_mesh()
+        .x_desc("seconds")
+        .y_desc("ms")
+        .draw()
+        .map_err(|e| plot_err(path, e))?;
+    for (i, (name, pick)) in [
+        ("p50", (|w: &crate::report::Window| w.p50_ms) as fn(&_) -> f64),
+        ("p99", |w: &crate::report::Window| w.p99_ms),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let color = COLORS[i];
+        chart
+            .draw_series(LineSeries::new(
+                report.timeline.iter().map(|w| (w.t_s, pick(w))),
+                color.stroke_width(2),
+            ))
+            .map_err(|e| plot_err(path, e))?
+            .label(name)
+            .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], color));
+    }
+    chart
+        .configure_series_labels()
+        .border_style(BLACK)
+        .background_style(WHITE.mix(0.8))
+        .draw()
+        .map_err(|e| plot_err(path, e))?;
+    let ops_max = report
+        .timeline
+        .iter()
+        .map(|w| w.ops_per_s)
+        .fold(report.target_rate, f64::max)
+        * 1.1;
+    let mut chart = ChartBuilder::on(&bottom)
+        .caption("completed operations per second", ("sans-serif", 18))
+        .margin(10)
+        .x_label_area_size(30)
+        .y_label_area_size(60)
+        .build_cartesian_2d(0.0..t_max, 0.0..ops_max)
+        .map_err(|e| plot_err(path, e))?;
+    chart
+        .configure_mesh()
+        .x_desc("seconds")
+        .y_desc("ops/s")
+        .draw()
+        .map_err(|e| plot_err(path, e))?;
+    chart
+        .draw_series(LineSeries::new(
+            report.timeline.iter().map(|w| (w.t_s, w.ops_per_s)),
+            COLORS[2].stroke_width(2),
+        ))
+        .map_err(|e| plot_err(path, e))?;
+    chart
+        .draw_series(LineSeries::new(
+            [(0.0, report.target_rate), (t_max, report.target_rate)],
+            BLACK.mix(0.4),
+        ))
+        .map_err(|e| plot_err(path, e))?;
+    root.present().map_err(|e| plot_err(path, e))
+}
+
+/// The send-latency distribution (percentile against ms, log scale) of several runs, e.g. RM
+/// against baseline at the same rate: the gap between the curves is the price of privacy.
+pub fn compare(reports: &[Report], path: &Path) -> Result<(), LoadError> {
+    let root = SVGBackend::new(path, (900, 500)).into_drawing_area();
+    root.fill(&WHITE).map_err(|e| plot_err(path, e))?;
+    let max = reports
+        .iter()
+        .filter_map(|r| r.ops.get(&Op::Send))
+        .map(|s| s.max_ms)
+        .fold(1.0, f64::max);
+    let mut chart = ChartBuilder::on(&root)
+        .caption("application-message latency distribution", ("sans-serif", 20))
+        .margin(10)
+        .x_label_area_size(35)
+        .y_label_area_size(60)
+        .build_cartesian_2d(0.0..100.0, (0.05..max * 1.2).log_scale())
+        .map_err(|e| plot_err(path, e))?;
+    chart
+        .configure_mesh()
+        .x_desc("percentile")
+        .y_desc("latency, ms (log)")
+        .draw()
+        .map_err(|e| plot_err(path, e))?;
+    for (i, r) in reports.iter().enumerate() {
+        let Some(s) = r.ops.get(&Op::Send) else {
+            continue;
+        };
+        let color = COLORS[i % COLORS.len()];
+        chart
+            .draw_series(LineSeries::new(
+                s.cdf_ms
+                    .iter()
+                    .enumerate()
+                    .map(|(p, v)| (p as f64, v.max(0.05))),
+                color.stroke_width(2),
+            ))
+            .map_err(|e| plot_err(path, e))?
+            .label(r.label.clone())
+            .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], color));
+    }
+    chart
+        .configure_series_labels()
+        .position(SeriesLabelPosition::UpperLeft)
+        .border_style(BLACK)
+        .background_style(WHITE.mix(0.8))
+        .draw()
+        .map_err(|e| plot_err(path, e))?;
+    root.present().map_err(|e| plot_err(path, e))
+}

@@ -1,0 +1,313 @@
+//! Samples, latency statistics and the JSON report.
+
+use crate::LoadError;
+use crate::run::RunArgs;
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+/// An operation kind of the mix.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Op {
+    /// An application message.
+    Send,
+    /// A key-update commit.
+    Update,
+    /// An add commit with a Welcome (a join).
+    Add,
+}
+
+/// One measured arrival.
+#[derive(Debug, Clone)]
+pub struct Sample {
+    op: Op,
+    /// When it was due, from the start of the measured phase.
+    due: Duration,
+    /// From due time to completion; `None` if it was dropped.
+    latency: Option<Duration>,
+    error: Option<String>,
+}
+
+impl Sample {
+    /// A completed operation.
+    pub fn done(op: Op, due: Duration, latency: Duration, result: Result<(), String>) -> Self {
+        Self {
+            op,
+            due,
+            latency: Some(latency),
+            error: result.err(),
+        }
+    }
+
+    /// An arrival that found too many operations in flight.
+    pub fn dropped(op: Op, due: Duration) -> Self {
+        Self {
+            op,
+            due,
+            latency: None,
+            error: Some("dropped".into()),
+        }
+    }
+}
+
+/// Latency statistics of one operation kind, in milliseconds.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct OpStats {
+    /// Arrivals in the measured phase.
+    pub count: u64,
+    /// Of which failed or were dropped.
+    pub errors: u64,
+    /// Successful operations per second of measured time.
+    pub per_second: f64,
+    /// Median latency.
+    pub p50_ms: f64,
+    /// 99th percentile.
+    pub p99_ms: f64,
+    /// 99.9th percentile.
+    pub p999_ms: f64,
+    /// Worst.
+    pub max_ms: f64,
+    /// Latency at each whole percentile 0..=100 (for CDF plots).
+    pub cdf_ms: Vec<f64>,
+    /// Up to five distinct error messages, with counts.
+    pub error_kinds: BTreeMap<String, u64>,
+}
+
+/// One time window of the run (for the timeline plot).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Window {
+    /// Window start, seconds into the measured phase.
+    pub t_s: f64,
+    /// Completed operations per second in the window.
+    pub ops_per_s: f64,
+    /// Median latency of operations due in the window.
+    pub p50_ms: f64,
+    /// 99th percentile of operations due in the window.
+    pub p99_ms: f64,
+}
+
+/// Everything a run measured, as written to `<out>.json`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Report {
+    /// Label for plots: mode and shape.
+    pub label: String,
+    /// Hub mode.
+    pub mode: String,
+    /// Hub URL.
+    pub url: String,
+    /// Groups driven.
+    pub groups: usize,
+    /// Members per group.
+    pub group_size: usize,
+    /// Target arrival rate (ops/s).
+    pub target_rate: f64,
+    /// Measured seconds.
+    pub duration_s: u64,
+    /// The mix as given.
+    pub mix: String,
+    /// Successful operations per second, all kinds.
+    pub achieved_ops_per_s: f64,
+    /// Messages the hub enqueued per second (from its `/metrics`), if it exposes them.
+    pub hub_enqueued_per_s: Option<f64>,
+    /// Per operation kind.
+    pub ops: BTreeMap<Op, OpStats>,
+    /// Half-second windows.
+    pub timeline: Vec<Window>,
+}
+
+fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1000.0
+}
+
+/// The `q`-quantile (0..=1) of sorted values.
+fn quantile(sorted: &[f64], q: f64) -> f64 {
+    if sorted.is_empty() {
+        return 0.0;
+    }
+    let idx = ((sorted.len() - 1) as f64 * q).round() as usize;
+    sorted[idx.min(sorted.len() - 1)]
+}
+
+fn stats(samples: &[&Sample], seconds: f64) -> OpStats {
+    let mut lat: Vec<f64> = samples
+        .iter()
+        .filter(|s| s.error.is_none())
+        .filter_map(|s| s.latency.map(ms))
+        .collect();
+    lat.sort_by(f64::total_cmp);
+    let mut error_kinds = BTreeMap::new();
+    for s in samples {
+        if let Some(e) = &s.error
+            && (error_kinds.len() < 5 || error_kinds.contains_key(e))
+        {
+            *error_kinds.entry(e.clone()).or_insert(0) += 1;
+        }
+    }
+    OpStats {
+        count: samples.len() as u64,
+        errors: samples.iter().filter(|s| s.error.is_some()).count() as u64,
+        per_second: lat.len() as f64 / seconds.max(1e-9),
+        p50_ms: quantile(&lat, 0.5),
+        p99_ms: quantile(&lat, 0.99),
+        p999_ms: quantile(&lat, 0.999),
+        max_ms: lat.last().copied().unwrap_or(0.0),
+        cdf_ms: (0..=100).map(|p| quantile(&lat, f64::from(p) / 100.0)).collect(),
+        error_kinds,
+    }
+}
+
+/// Reads the hub's `mimi_messages_enqueued` counter (None if unavailable).
+pub async fn scrape(http: &reqwest::Client, url: &str) -> Option<u64> {
+    let text = http
+        .get(format!("{}/metrics", url.trim_end_matches('/')))
+        .send()
+        .await
+        .ok()?
+        .text()
+        .await
+        .ok()?;
+    text.lines()
+        .find_map(|l| l.strip_prefix("mimi_messages_enqueued "))
+        .and_then(|v| v.trim().parse().ok())
+}
+
+impl Report {
+    /// Summarises the samples of a run.
+    pub fn build(args: &RunArgs, samples: Vec<Sample>, before: Option<u64>, after: Option<u64>) -> Self {
+        let seconds = args.duration as f64;
+        let mut by_op: BTreeMap<Op, Vec<&Sample>> = BTreeMap::new();
+        for s in &samples {
+            by_op.entry(s.op).or_default().push(s);
+        }
+        let ops: BTreeMap<Op, OpStats> = by_op
+            .iter()
+            .map(|(op, v)| (*op, stats(v, seconds)))
+            .collect();
+        let ok = samples.iter().filter(|s| s.error.is_none()).count();
+        let window = 0.5;
+        let windows = (seconds / window).ceil() as usize;
+        let timeline = (0..windows)
+            .map(|i| {
+                let t = i as f64 * window;
+                let mut lat: Vec<f64> = samples
+                    .iter()
+                    .filter(|s| s.error.is_none())
+                    .filter(|s| (t..t + window).contains(&s.due.as_secs_f64()))
+                    .filter_map(|s| s.latency.map(ms))
+                    .collect();
+                lat.sort_by(f64::total_cmp);
+                Window {
+                    t_s: t,
+                    ops_per_s: lat.len() as f64 / window,
+                    p50_ms: quantile(&lat, 0.5),
+                    p99_ms: quantile(&lat, 0.99),
+                }
+            })
+            .collect();
+        Self {
+            label: format!(
+                "{} mode, {} x {} members, {} ops/s",
+                args.mode, args.groups, args.group_size, args.rate
+            ),
+            mode: args.mode.to_string(),
+            url: args.url.clone(),
+            groups: args.groups,
+            group_size: args.group_size,
+            target_rate: args.rate,
+            duration_s: args.duration,
+            mix: args.mix.clone(),
+            achieved_ops_per_s: ok as f64 / seconds.max(1e-9),
+            // Includes the warm-up and the drain after the measured phase: an upper bound.
+            hub_enqueued_per_s: before
+                .zip(after)
+                .map(|(b, a)| a.saturating_sub(b) as f64 / (args.duration + args.warmup) as f64),
+            ops,
+            timeline,
+        }
+    }
+
+    /// A human-readable summary on stdout.
+    pub fn print(&self) {
+        println!("{}", self.label);
+        println!(
+            "  achieved {:.0} ops/s (target {:.0}); hub enqueued {} msgs/s",
+            self.achieved_ops_per_s,
+            self.target_rate,
+            self.hub_enqueued_per_s
+                .map(|v| format!("{v:.0}"))
+                .unwrap_or_else(|| "?".into())
+        );
+        for (op, s) in &self.ops {
+            println!(
+                "  {op:?}: {} ok/s, {} errors of {}; p50 {:.2} ms, p99 {:.2} ms, p99.9 {:.2} ms, max {:.2} ms",
+                s.per_second.round(),
+                s.errors,
+                s.count,
+                s.p50_ms,
+                s.p99_ms,
+                s.p999_ms,
+                s.max_ms
+            );
+            for (e, n) in &s.error_kinds {
+                println!("    {n} x {e}");
+            }
+        }
+    }
+
+    /// Writes the report as pretty JSON.
+    pub fn save(&self, path: &Path) -> Result<(), LoadError> {
+        let text = serde_json::to_string_pretty(self).map_err(|e| io(path, e))?;
+        std::fs::write(path, text).map_err(|e| io(path, e))
+    }
+}
+
+fn io(path: &Path, e: impl std::fmt::Display) -> LoadError {
+    LoadError::Io {
+        what: path.display().to_string(),
+        detail: e.to_string(),
+    }
+}
+
+/// Reads reports written by [`Report::save`].
+pub fn load_all(paths: &[PathBuf]) -> Result<Vec<Report>, LoadError> {
+    paths
+        .iter()
+        .map(|p| {
+            let text = std::fs::read_to_string(p).map_err(|e| io(p, e))?;
+            serde_json::from_str(&text).map_err(|e| io(p, e))
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn quantiles_of_a_known_distribution() {
+        let v: Vec<f64> = (1..=1000).map(f64::from).collect();
+        assert_eq!(quantile(&v, 0.5), 501.0);
+        assert_eq!(quantile(&v, 0.99), 990.0);
+        assert_eq!(quantile(&v, 1.0), 1000.0);
+        assert_eq!(quantile(&[], 0.5), 0.0);
+    }
+
+    #[test]
+    fn errors_and_drops_are_counted_not_timed() {
+        let ok = Sample::done(Op::Send, Duration::ZERO, Duration::from_millis(3), Ok(()));
+        let bad = Sample::done(
+            Op::Send,
+            Duration::ZERO,
+            Duration::from_millis(900),
+            Err("refused".into()),
+        );
+        let dropped = Sample::dropped(Op::Send, Duration::ZERO);
+        let s = stats(&[&ok, &bad, &dropped], 1.0);
+        assert_eq!((s.count, s.errors), (3, 2));
+        assert_eq!(s.max_ms, 3.0, "failed operations do not enter the latency statistics");
+        assert_eq!(s.error_kinds.get("refused"), Some(&1));
+        assert_eq!(s.error_kinds.get("dropped"), Some(&1));
+    }
+}

@@ -1,0 +1,256 @@
+//! The measured phase: operations fired at a constant arrival rate (open model).
+
+use crate::population::{self, LoadGroup};
+use crate::report::{self, Op, Report, Sample};
+use crate::{LoadError, plot};
+use clap::Args;
+use indicatif::{ProgressBar, ProgressStyle};
+use mimi_client_rm::Client;
+use mimi_rm_protocol::DsMode;
+use rand::Rng as _;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio::sync::Mutex;
+
+/// `mimi-rm-load run` options.
+#[derive(Args, Debug, Clone)]
+pub struct RunArgs {
+    /// Base URL of the hub, e.g. http://127.0.0.1:8080.
+    #[arg(long)]
+    pub url: String,
+    /// The hub's mode: `rm` or `baseline` (clients must match it).
+    #[arg(long, default_value = "rm", value_parser = crate::parse_mode)]
+    pub mode: DsMode,
+    /// Number of groups.
+    #[arg(long, default_value_t = 20)]
+    pub groups: usize,
+    /// Members per group (each a separate registered client).
+    #[arg(long, default_value_t = 10)]
+    pub group_size: usize,
+    /// Operations started per second (the arrival rate), across all groups.
+    #[arg(long, default_value_t = 200.0)]
+    pub rate: f64,
+    /// Seconds of measured load.
+    #[arg(long, default_value_t = 10)]
+    pub duration: u64,
+    /// Seconds of load before measuring (same rate, not recorded).
+    #[arg(long, default_value_t = 2)]
+    pub warmup: u64,
+    /// Operation mix as weights, e.g. `send=90,update=5,add=5`. `add` invites a fresh client
+    /// (a join), `update` commits a key update.
+    #[arg(long, default_value = "send=100")]
+    pub mix: String,
+    /// Bytes of each application message.
+    #[arg(long, default_value_t = 100)]
+    pub message_bytes: usize,
+    /// Most operations in flight; arrivals beyond it are counted as dropped.
+    #[arg(long, default_value_t = 4096)]
+    pub max_in_flight: usize,
+    /// Where client state lives during the run (a temporary directory if absent).
+    #[arg(long)]
+    pub data_dir: Option<PathBuf>,
+    /// Report path prefix: writes `<out>.json` and `<out>.svg`.
+    #[arg(long, default_value = "load")]
+    pub out: PathBuf,
+}
+
+/// Parsed `--mix`: cumulative weights.
+struct Mix {
+    send: u32,
+    update: u32,
+    add: u32,
+}
+
+impl Mix {
+    fn parse(s: &str) -> Result<Self, LoadError> {
+        let mut m = Mix {
+            send: 0,
+            update: 0,
+            add: 0,
+        };
+        for part in s.split(',').filter(|p| !p.is_empty()) {
+            let (k, v) = part
+                .split_once('=')
+                .ok_or_else(|| LoadError::Setup(format!("bad mix entry {part:?}")))?;
+            let v: u32 = v
+                .parse()
+                .map_err(|_| LoadError::Setup(format!("bad mix weight {part:?}")))?;
+            match k {
+                "send" => m.send = v,
+                "update" => m.update = v,
+                "add" => m.add = v,
+                other => return Err(LoadError::Setup(format!("unknown operation {other:?}"))),
+            }
+        }
+        if m.send + m.update + m.add == 0 {
+            return Err(LoadError::Setup("the mix is empty".into()));
+        }
+        Ok(m)
+    }
+
+    fn pick(&self, r: u32) -> Op {
+        let r = r % (self.send + self.update + self.add);
+        if r < self.send {
+            Op::Send
+        } else if r < self.send + self.update {
+            Op::Update
+        } else {
+            Op::Add
+        }
+    }
+}
+
+/// Fresh clients waiting to be invited by `add` operations.
+type Spares = Arc<Mutex<Vec<Client>>>;
+
+/// Sets up the population, runs the load, writes the report and the plot.
+pub async fn run(args: RunArgs) -> Result<(), LoadError> {
+    let mix = Mix::parse(&args.mix)?;
+    let tmp = tempfile_dir(&args)?;
+    let dir = tmp.path().to_owned();
+    let total = args.rate * (args.duration + args.warmup) as f64;
+    let weight = f64::from(mix.send + mix.update + mix.add);
+    let expected_adds = (total * f64::from(mix.add) / weight).ceil() as usize;
+    println!(
+        "mimi-rm-load: {} groups x {} members ({} mode) at {} ops/s for {}+{} s against {}",
+        args.groups, args.group_size, args.mode, args.rate, args.warmup, args.duration, args.url
+    );
+    let clients = population::register(
+        &args.url,
+        &dir,
+        args.mode,
+        args.groups * args.group_size,
+        "m",
+    )
+    .await?;
+    let groups = Arc::new(population::build_groups(clients, args.group_size).await?);
+    let spares = population::register(&args.url, &dir, args.mode, expected_adds, "s").await?;
+    if args.mode == DsMode::Rm {
+        let per_client = (total / (args.groups * args.group_size) as f64 * 2.0) as usize + 8;
+        population::prefill(&groups, per_client).await?;
+    }
+    let spares: Spares = Arc::new(Mutex::new(spares));
+    let http = reqwest::Client::new();
+    let before = report::scrape(&http, &args.url).await;
+    let samples = drive(&args, &mix, groups.clone(), spares).await;
+    let after = report::scrape(&http, &args.url).await;
+    let report = Report::build(&args, samples, before, after);
+    report.print();
+    report.save(&args.out.with_extension("json"))?;
+    plot::timeline(&report, &args.out.with_extension("svg"))?;
+    println!(
+        "wrote {} and {}",
+        args.out.with_extension("json").display(),
+        args.out.with_extension("svg").display()
+    );
+    Ok(())
+}
+
+fn tempfile_dir(args: &RunArgs) -> Result<tempfile::TempDir, LoadError> {
+    match &args.data_dir {
+        Some(d) => {
+            std::fs::create_dir_all(d).map_err(|e| LoadError::Io {
+                what: d.display().to_string(),
+                detail: e.to_string(),
+            })?;
+            tempfile::tempdir_in(d)
+        }
+        None => tempfile::tempdir(),
+    }
+    .map_err(|e| LoadError::Io {
+        what: "client directory".into(),
+        detail: e.to_string(),
+    })
+}
+
+/// Fires operations at their due times and collects one sample per measured operation.
+async fn drive(args: &RunArgs, mix: &Mix, groups: Arc<Vec<LoadGroup>>, spares: Spares) -> Vec<Sample> {
+    let interval = Duration::from_secs_f64(1.0 / args.rate.max(0.001));
+    let warmup = Duration::from_secs(args.warmup);
+    let end = warmup + Duration::from_secs(args.duration);
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<Sample>();
+    let in_flight = Arc::new(tokio::sync::Semaphore::new(args.max_in_flight));
+    let pb = ProgressBar::new(end.as_secs());
+    pb.set_style(
+        ProgressStyle::with_template("{msg:>12} [{bar:40}] {pos}/{len} s")
+            .unwrap_or_else(|_| ProgressStyle::default_bar())
+            .progress_chars("=> "),
+    );
+    pb.set_message("load");
+    let start = Instant::now();
+    let mut rng = rand::thread_rng();
+    let mut dropped = 0u64;
+    let mut n = 0u64;
+    loop {
+        let due = interval.mul_f64(n as f64);
+        if due >= end {
+            break;
+        }
+        n += 1;
+        tokio::time::sleep_until((start + due).into()).await;
+        pb.set_position(start.elapsed().as_secs().min(end.as_secs()));
+        let measured = due >= warmup;
+        let op = mix.pick(rng.r#gen());
+        let g = rng.gen_range(0..groups.len());
+        let Ok(permit) = in_flight.clone().try_acquire_owned() else {
+            if measured {
+                dropped += 1;
+                let _ = tx.send(Sample::dropped(op, due - warmup));
+            }
+            continue;
+        };
+        let member = rng.gen_range(0..groups[g].members.len());
+        let (groups, spares, tx) = (groups.clone(), spares.clone(), tx.clone());
+        let bytes = args.message_bytes;
+        tokio::spawn(async move {
+            let result = perform(op, &groups[g], member, &spares, bytes).await;
+            let latency = start.elapsed().saturating_sub(due);
+            drop(permit);
+            if measured {
+                let _ = tx.send(Sample::done(op, due - warmup, latency, result));
+            }
+        });
+    }
+    drop(tx);
+    pb.set_message("draining");
+    let mut samples = Vec::new();
+    while let Some(s) = rx.recv().await {
+        samples.push(s);
+    }
+    pb.finish_with_message("done");
+    if dropped > 0 {
+        eprintln!("{dropped} arrivals dropped: more than --max-in-flight operations were pending");
+    }
+    samples
+}
+
+/// Runs one operation; `Err` carries the error text.
+async fn perform(
+    op: Op,
+    group: &LoadGroup,
+    member: usize,
+    spares: &Spares,
+    bytes: usize,
+) -> Result<(), String> {
+    let mut client = group.members[member].lock().await;
+    match op {
+        Op::Send => {
+            let text = vec![b'm'; bytes];
+            client.send(&group.handle, &text).await
+        }
+        Op::Update => client.update(&group.handle).await.map(|_| ()),
+        Op::Add => {
+            let Some(mut joiner) = spares.lock().await.pop() else {
+                return Err("no spare client left to invite".into());
+            };
+            let card = joiner.contact_card().map_err(|e| e.to_string())?;
+            joiner
+                .add_contact(&client.contact_card().map_err(|e| e.to_string())?)
+                .map_err(|e| e.to_string())?;
+            client.add_contact(&card).map_err(|e| e.to_string())?;
+            client.invite(&group.handle, &card).await.map(|_| ())
+        }
+    }
+    .map_err(|e| e.to_string())
+}
