@@ -691,8 +691,7 @@ impl Client {
             signer
                 .store(self.provider.storage())
                 .map_err(ClientError::mls)?;
-            let credential =
-                BasicCredential::new(unhex(&self.state.client_credential)?).into();
+            let credential = BasicCredential::new(unhex(&self.state.client_credential)?).into();
             let cwk = CredentialWithKey {
                 credential,
                 signature_key: signer.to_public_vec().into(),
@@ -2041,7 +2040,9 @@ fn check_leaf(
 ) -> MemberRecord {
     let now = now_ms() / 1000;
     let verified = match mode {
-        DsMode::Rm => identity::verify_leaf(leaf_identity, signature_key, info, ck, wk, anchors, now),
+        DsMode::Rm => {
+            identity::verify_leaf(leaf_identity, signature_key, info, ck, wk, anchors, now)
+        }
         DsMode::Baseline => identity::verify_plain_leaf(leaf_identity, signature_key, anchors, now),
     };
     match verified {

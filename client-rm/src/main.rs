@@ -30,6 +30,10 @@ enum Command {
         /// members of your groups see it, never the DS or QS.
         #[arg(long)]
         name: String,
+        /// The hub's mode: `rm` (default), or `baseline` for a hub run with `--mode baseline`
+        /// (a full-metadata comparison DS: your handle will be visible in its group states).
+        #[arg(long, default_value = "rm")]
+        mode: mimi_rm_protocol::DsMode,
     },
     /// Print the contact card others need to add you to groups.
     Contact,
@@ -185,8 +189,8 @@ fn print_events(events: &[Event]) {
 }
 
 async fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
-    if let Command::Register { name } = &cli.command {
-        let client = Client::register(&cli.dir, &cli.hub, name).await?;
+    if let Command::Register { name, mode } = &cli.command {
+        let client = Client::register_in_mode(&cli.dir, &cli.hub, name, None, *mode).await?;
         println!("registered {} in {}", client.name(), cli.dir.display());
         println!("{}", client.contact_card()?.to_text()?);
         return Ok(());

@@ -154,7 +154,9 @@ impl Fixture {
         };
         let mut signed = DS_REQUEST_SIGNATURE_LABEL.to_vec();
         signed.extend(encode(&tbs).expect("encode"));
-        let signature = signer.map(|s| s.sign(&signed).expect("sign")).unwrap_or_default();
+        let signature = signer
+            .map(|s| s.sign(&signed).expect("sign"))
+            .unwrap_or_default();
         DsRequest {
             tbs,
             signature: signature.into(),
@@ -174,7 +176,11 @@ impl Fixture {
 
     /// A commit by the creator for `proposals`, staged and then dropped at the creator so the
     /// group stays at its epoch.
-    fn creator_commit(&mut self, kps: Vec<KeyPackage>, remove: Option<LeafNodeIndex>) -> CommitBundle {
+    fn creator_commit(
+        &mut self,
+        kps: Vec<KeyPackage>,
+        remove: Option<LeafNodeIndex>,
+    ) -> CommitBundle {
         if !kps.is_empty() {
             let added = kps
                 .iter()
@@ -265,7 +271,10 @@ fn fixture(mode: DsMode, size: usize) -> Fixture {
         now,
     };
     let DsResponse::GroupId(gid) = fx
-        .run(fx.request(DsSender::Anonymous, DsOperation::RequestGroupId, None), true)
+        .run(
+            fx.request(DsSender::Anonymous, DsOperation::RequestGroupId, None),
+            true,
+        )
         .response
     else {
         panic!("expected a group id")
@@ -312,7 +321,9 @@ fn fixture(mode: DsMode, size: usize) -> Fixture {
         let kps: Vec<KeyPackage> = (1..size).map(|_| fx.key_package().1).collect();
         let bundle = fx.creator_commit(kps, None);
         fx.run(fx.member_request(DsOperation::AddMembers(bundle)), true);
-        fx.creator.merge_pending_commit(&fx.provider).expect("merge");
+        fx.creator
+            .merge_pending_commit(&fx.provider)
+            .expect("merge");
         // The invitees never join here; let their Welcome tree expire (any request to the
         // group prunes it), as it would once they had joined.
         fx.now += TTL_MS + 1;
@@ -354,7 +365,10 @@ fn bench_ops(c: &mut Criterion) {
                 g.sample_size(10);
                 g.measurement_time(Duration::from_secs(8));
             }
-            let measure = |g: &mut criterion::BenchmarkGroup<'_, _>, name: &str, req: DsRequest, fx: &Fixture| {
+            let measure = |g: &mut criterion::BenchmarkGroup<'_, _>,
+                           name: &str,
+                           req: DsRequest,
+                           fx: &Fixture| {
                 g.bench_with_input(BenchmarkId::new(name, size), &req, |b, req| {
                     b.iter_batched(|| req.clone(), |r| fx.run(r, false), BatchSize::SmallInput)
                 });
@@ -395,7 +409,9 @@ fn bench_ops(c: &mut Criterion) {
             let (joiner, kp) = fx.key_package();
             let bundle = fx.creator_commit(vec![kp], None);
             fx.run(fx.member_request(DsOperation::AddMembers(bundle)), true);
-            fx.creator.merge_pending_commit(&fx.provider).expect("merge");
+            fx.creator
+                .merge_pending_commit(&fx.provider)
+                .expect("merge");
             let epoch = fx.creator.epoch().as_u64();
             let req = fx.request(
                 DsSender::Joiner(joiner.to_public_vec().into()),
@@ -416,20 +432,29 @@ fn bench_floor(c: &mut Criterion, fx: &Fixture, size: usize) {
     let mut g = c.benchmark_group(format!("floor/{}", fx.mode));
     let blob = random(fx.row_len());
     let key = ear::EarKey::random();
-    g.bench_with_input(BenchmarkId::new("state_aead_seal", size), &blob, |b, blob| {
-        b.iter(|| ear::seal(&key, "bench", b"aad", blob).expect("seal"))
-    });
+    g.bench_with_input(
+        BenchmarkId::new("state_aead_seal", size),
+        &blob,
+        |b, blob| b.iter(|| ear::seal(&key, "bench", b"aad", blob).expect("seal")),
+    );
     let sealed = ear::seal(&key, "bench", b"aad", &blob).expect("seal");
-    g.bench_with_input(BenchmarkId::new("state_aead_open", size), &sealed, |b, ct| {
-        b.iter(|| ear::open(&key, "bench", b"aad", ct).expect("open"))
-    });
+    g.bench_with_input(
+        BenchmarkId::new("state_aead_open", size),
+        &sealed,
+        |b, ct| b.iter(|| ear::open(&key, "bench", b"aad", ct).expect("open")),
+    );
     g.finish();
     if size != sizes()[0] || fx.mode != DsMode::Rm {
         return;
     }
     let mut g = c.benchmark_group("floor");
-    let ct = hpke_seal::seal(&fx.qs.public, QUEUE_REF_HPKE_LABEL, DOMAIN.as_bytes(), &[1; 16])
-        .expect("seal");
+    let ct = hpke_seal::seal(
+        &fx.qs.public,
+        QUEUE_REF_HPKE_LABEL,
+        DOMAIN.as_bytes(),
+        &[1; 16],
+    )
+    .expect("seal");
     g.bench_function("hpke_open", |b| {
         b.iter(|| {
             hpke_seal::open(&fx.qs.private, QUEUE_REF_HPKE_LABEL, DOMAIN.as_bytes(), &ct)
@@ -453,6 +478,34 @@ fn bench_floor(c: &mut Criterion, fx: &Fixture, size: usize) {
             txn.commit().expect("write")
         })
     });
+    // Group commit: writers that arrive while a synced write is in flight join the next WAL
+    // write and share its fsync (RocksDB's write group), which is what concurrent requests do.
+    for writers in [8u64, 32] {
+        let name = format!("rocksdb_synced_batch_1k_{writers}_writers");
+        g.bench_function(&name, |b| {
+            b.iter_custom(|iters| {
+                let per = iters.div_ceil(writers);
+                let start = std::time::Instant::now();
+                std::thread::scope(|scope| {
+                    for w in 0..writers {
+                        let (store, value) = (&fx.store, &value);
+                        scope.spawn(move || {
+                            for i in 0..per {
+                                let mut txn = Txn::new(store);
+                                let key = [w.to_be_bytes(), i.to_be_bytes()].concat();
+                                txn.put(Cf::ServerKeys, key, value.clone());
+                                txn.commit().expect("write");
+                            }
+                        });
+                    }
+                });
+                // Time per write, as seen by the system (not per writer).
+                start
+                    .elapsed()
+                    .mul_f64(iters as f64 / (per * writers) as f64)
+            })
+        });
+    }
     g.finish();
 }
 

@@ -27,12 +27,7 @@ pub fn timeline(report: &Report, path: &Path) -> Result<(), LoadError> {
     root.fill(&WHITE).map_err(|e| plot_err(path, e))?;
     let (top, bottom) = root.split_vertically(300);
     let t_max = report.duration_s.max(1) as f64;
-    let lat_max = report
-        .timeline
-        .iter()
-        .map(|w| w.p99_ms)
-        .fold(1.0, f64::max)
-        * 1.1;
+    let lat_max = report.timeline.iter().map(|w| w.p99_ms).fold(1.0, f64::max) * 1.1;
     let mut chart = ChartBuilder::on(&top)
         .caption(format!("latency — {}", report.label), ("sans-serif", 18))
         .margin(10)
@@ -47,7 +42,10 @@ pub fn timeline(report: &Report, path: &Path) -> Result<(), LoadError> {
         .draw()
         .map_err(|e| plot_err(path, e))?;
     for (i, (name, pick)) in [
-        ("p50", (|w: &crate::report::Window| w.p50_ms) as fn(&_) -> f64),
+        (
+            "p50",
+            (|w: &crate::report::Window| w.p50_ms) as fn(&_) -> f64,
+        ),
         ("p99", |w: &crate::report::Window| w.p99_ms),
     ]
     .into_iter()
@@ -114,7 +112,10 @@ pub fn compare(reports: &[Report], path: &Path) -> Result<(), LoadError> {
         .map(|s| s.max_ms)
         .fold(1.0, f64::max);
     let mut chart = ChartBuilder::on(&root)
-        .caption("application-message latency distribution", ("sans-serif", 20))
+        .caption(
+            "application-message latency distribution",
+            ("sans-serif", 20),
+        )
         .margin(10)
         .x_label_area_size(35)
         .y_label_area_size(60)
@@ -141,6 +142,61 @@ pub fn compare(reports: &[Report], path: &Path) -> Result<(), LoadError> {
             ))
             .map_err(|e| plot_err(path, e))?
             .label(r.label.clone())
+            .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], color));
+    }
+    chart
+        .configure_series_labels()
+        .position(SeriesLabelPosition::UpperLeft)
+        .border_style(BLACK)
+        .background_style(WHITE.mix(0.8))
+        .draw()
+        .map_err(|e| plot_err(path, e))?;
+    root.present().map_err(|e| plot_err(path, e))
+}
+
+/// Latency percentiles of application messages against the arrival rate, one line per
+/// percentile, from a sweep: where the curves turn up is the hub's capacity.
+pub fn sweep(reports: &[Report], path: &Path) -> Result<(), LoadError> {
+    let root = SVGBackend::new(path, (900, 500)).into_drawing_area();
+    root.fill(&WHITE).map_err(|e| plot_err(path, e))?;
+    let points: Vec<(f64, &crate::report::OpStats)> = reports
+        .iter()
+        .filter_map(|r| r.ops.get(&Op::Send).map(|s| (r.target_rate, s)))
+        .collect();
+    let x_max = points.iter().map(|p| p.0).fold(1.0, f64::max) * 1.05;
+    let y_max = points.iter().map(|p| p.1.p99_ms).fold(1.0, f64::max) * 1.5;
+    let label = reports.first().map(|r| r.label.clone()).unwrap_or_default();
+    let mut chart = ChartBuilder::on(&root)
+        .caption(
+            format!("latency against arrival rate — {label}"),
+            ("sans-serif", 18),
+        )
+        .margin(10)
+        .x_label_area_size(35)
+        .y_label_area_size(60)
+        .build_cartesian_2d(0.0..x_max, (0.1..y_max).log_scale())
+        .map_err(|e| plot_err(path, e))?;
+    chart
+        .configure_mesh()
+        .x_desc("arrival rate, application messages per second")
+        .y_desc("latency, ms (log)")
+        .draw()
+        .map_err(|e| plot_err(path, e))?;
+    type Pick = fn(&crate::report::OpStats) -> f64;
+    let lines: [(&str, Pick); 3] = [
+        ("p50", |s| s.p50_ms),
+        ("p99", |s| s.p99_ms),
+        ("p99.9", |s| s.p999_ms),
+    ];
+    for (i, (name, pick)) in lines.into_iter().enumerate() {
+        let color = COLORS[i];
+        chart
+            .draw_series(LineSeries::new(
+                points.iter().map(|(r, s)| (*r, pick(s).max(0.1))),
+                color.stroke_width(2),
+            ))
+            .map_err(|e| plot_err(path, e))?
+            .label(name)
             .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], color));
     }
     chart

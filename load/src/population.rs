@@ -70,10 +70,7 @@ pub async fn register(
 
 /// Forms `clients.len() / size` groups of `size` members: member 0 creates each group and
 /// invites the others, who then join from their Welcomes.
-pub async fn build_groups(
-    clients: Vec<Client>,
-    size: usize,
-) -> Result<Vec<LoadGroup>, LoadError> {
+pub async fn build_groups(clients: Vec<Client>, size: usize) -> Result<Vec<LoadGroup>, LoadError> {
     let groups = clients.len() / size.max(1);
     let pb = bar(groups as u64, "groups");
     let mut rest = clients.into_iter();
@@ -102,7 +99,10 @@ pub async fn build_groups(
         }
         out.push(LoadGroup {
             handle,
-            members: members.into_iter().map(|c| Arc::new(Mutex::new(c))).collect(),
+            members: members
+                .into_iter()
+                .map(|c| Arc::new(Mutex::new(c)))
+                .collect(),
         });
         pb.inc(1);
     }
@@ -113,10 +113,17 @@ pub async fn build_groups(
 /// Fills every member's token wallet with about `per_client` tokens, so the measured phase
 /// pays from the wallet instead of waiting on issuance (issuance cost is in BENCHMARKS.md).
 pub async fn prefill(groups: &[LoadGroup], per_client: usize) -> Result<(), LoadError> {
-    let all: Vec<_> = groups.iter().flat_map(|g| g.members.iter().cloned()).collect();
+    let all: Vec<_> = groups
+        .iter()
+        .flat_map(|g| g.members.iter().cloned())
+        .collect();
     let pb = bar(all.len() as u64, "tokens");
     for c in all {
-        c.lock().await.prefill_tokens(per_client).await.map_err(setup)?;
+        c.lock()
+            .await
+            .prefill_tokens(per_client)
+            .await
+            .map_err(setup)?;
         pb.inc(1);
     }
     pb.finish();

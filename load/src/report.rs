@@ -27,6 +27,8 @@ pub struct Sample {
     due: Duration,
     /// From due time to completion; `None` if it was dropped.
     latency: Option<Duration>,
+    /// Completion, from the start of the measured phase.
+    completed: Duration,
     error: Option<String>,
 }
 
@@ -37,6 +39,7 @@ impl Sample {
             op,
             due,
             latency: Some(latency),
+            completed: due + latency,
             error: result.err(),
         }
     }
@@ -47,6 +50,7 @@ impl Sample {
             op,
             due,
             latency: None,
+            completed: due,
             error: Some("dropped".into()),
         }
     }
@@ -107,10 +111,18 @@ pub struct Report {
     pub duration_s: u64,
     /// The mix as given.
     pub mix: String,
-    /// Successful operations per second, all kinds.
+    /// Successful operations per second, all kinds, over the measured phase plus the time the
+    /// last of its operations took to finish: below the target rate when the hub falls behind.
     pub achieved_ops_per_s: f64,
     /// Messages the hub enqueued per second (from its `/metrics`), if it exposes them.
     pub hub_enqueued_per_s: Option<f64>,
+    /// CPU seconds the load generator itself used per wall-clock second, from the start of the
+    /// warm-up until the last operation finished.
+    pub generator_cpu_per_s: Option<f64>,
+    /// CPU seconds the hub used per wall-clock second over the same span, if its pid was given.
+    pub hub_cpu_per_s: Option<f64>,
+    /// Hub CPU time per operation started (warm-up included), in microseconds.
+    pub hub_cpu_us_per_op: Option<f64>,
     /// Per operation kind.
     pub ops: BTreeMap<Op, OpStats>,
     /// Half-second windows.
@@ -153,9 +165,27 @@ fn stats(samples: &[&Sample], seconds: f64) -> OpStats {
         p99_ms: quantile(&lat, 0.99),
         p999_ms: quantile(&lat, 0.999),
         max_ms: lat.last().copied().unwrap_or(0.0),
-        cdf_ms: (0..=100).map(|p| quantile(&lat, f64::from(p) / 100.0)).collect(),
+        cdf_ms: (0..=100)
+            .map(|p| quantile(&lat, f64::from(p) / 100.0))
+            .collect(),
         error_kinds,
     }
+}
+
+/// CPU seconds (user + system) used so far by process `pid`, or by this process; `None` where
+/// `/proc` is not available.
+pub fn cpu_seconds(pid: Option<u32>) -> Option<f64> {
+    let path = match pid {
+        Some(p) => format!("/proc/{p}/stat"),
+        None => "/proc/self/stat".to_owned(),
+    };
+    let text = std::fs::read_to_string(path).ok()?;
+    // Fields after the parenthesised command name; utime and stime are fields 14 and 15.
+    let rest = text.rsplit_once(')')?.1;
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let ticks: f64 = fields.get(11)?.parse::<f64>().ok()? + fields.get(12)?.parse::<f64>().ok()?;
+    // The kernel's USER_HZ is 100 on every Linux this runs on.
+    Some(ticks / 100.0)
 }
 
 /// Reads the hub's `mimi_messages_enqueued` counter (None if unavailable).
@@ -175,7 +205,13 @@ pub async fn scrape(http: &reqwest::Client, url: &str) -> Option<u64> {
 
 impl Report {
     /// Summarises the samples of a run.
-    pub fn build(args: &RunArgs, samples: Vec<Sample>, before: Option<u64>, after: Option<u64>) -> Self {
+    pub fn build(
+        args: &RunArgs,
+        rate: f64,
+        samples: Vec<Sample>,
+        before: Option<u64>,
+        after: Option<u64>,
+    ) -> Self {
         let seconds = args.duration as f64;
         let mut by_op: BTreeMap<Op, Vec<&Sample>> = BTreeMap::new();
         for s in &samples {
@@ -186,6 +222,10 @@ impl Report {
             .map(|(op, v)| (*op, stats(v, seconds)))
             .collect();
         let ok = samples.iter().filter(|s| s.error.is_none()).count();
+        let span = samples
+            .iter()
+            .map(|s| s.completed.as_secs_f64())
+            .fold(seconds, f64::max);
         let window = 0.5;
         let windows = (seconds / window).ceil() as usize;
         let timeline = (0..windows)
@@ -209,27 +249,57 @@ impl Report {
         Self {
             label: format!(
                 "{} mode, {} x {} members, {} ops/s",
-                args.mode, args.groups, args.group_size, args.rate
+                args.mode, args.groups, args.group_size, rate
             ),
             mode: args.mode.to_string(),
             url: args.url.clone(),
             groups: args.groups,
             group_size: args.group_size,
-            target_rate: args.rate,
+            target_rate: rate,
             duration_s: args.duration,
             mix: args.mix.clone(),
-            achieved_ops_per_s: ok as f64 / seconds.max(1e-9),
+            achieved_ops_per_s: ok as f64 / span.max(1e-9),
             // Includes the warm-up and the drain after the measured phase: an upper bound.
             hub_enqueued_per_s: before
                 .zip(after)
                 .map(|(b, a)| a.saturating_sub(b) as f64 / (args.duration + args.warmup) as f64),
+            generator_cpu_per_s: None,
+            hub_cpu_per_s: None,
+            hub_cpu_us_per_op: None,
             ops,
             timeline,
         }
     }
 
+    /// Fills in the CPU figures from `(generator, hub)` CPU seconds before and after the run.
+    pub fn set_cpu(
+        &mut self,
+        before: (Option<f64>, Option<f64>),
+        after: (Option<f64>, Option<f64>),
+        warmup_s: u64,
+        wall: Duration,
+    ) {
+        let wall = wall.as_secs_f64().max(1e-9);
+        let delta = |b: Option<f64>, a: Option<f64>| b.zip(a).map(|(b, a)| (a - b).max(0.0));
+        self.generator_cpu_per_s = delta(before.0, after.0).map(|d| d / wall);
+        self.hub_cpu_per_s = delta(before.1, after.1).map(|d| d / wall);
+        // Every operation started, warm-up included, finished inside the span.
+        let ops = self.target_rate * (self.duration_s + warmup_s) as f64;
+        self.hub_cpu_us_per_op = delta(before.1, after.1)
+            .filter(|_| ops > 0.0)
+            .map(|d| d / ops * 1e6);
+    }
+
     /// A human-readable summary on stdout.
     pub fn print(&self) {
+        if let Some(h) = self.hub_cpu_per_s {
+            println!(
+                "  CPU: hub {:.2} cores ({:.0} us per op), generator {:.2} cores",
+                h,
+                self.hub_cpu_us_per_op.unwrap_or(0.0),
+                self.generator_cpu_per_s.unwrap_or(0.0)
+            );
+        }
         println!("{}", self.label);
         println!(
             "  achieved {:.0} ops/s (target {:.0}); hub enqueued {} msgs/s",
@@ -306,7 +376,10 @@ mod tests {
         let dropped = Sample::dropped(Op::Send, Duration::ZERO);
         let s = stats(&[&ok, &bad, &dropped], 1.0);
         assert_eq!((s.count, s.errors), (3, 2));
-        assert_eq!(s.max_ms, 3.0, "failed operations do not enter the latency statistics");
+        assert_eq!(
+            s.max_ms, 3.0,
+            "failed operations do not enter the latency statistics"
+        );
         assert_eq!(s.error_kinds.get("refused"), Some(&1));
         assert_eq!(s.error_kinds.get("dropped"), Some(&1));
     }

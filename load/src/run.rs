@@ -31,6 +31,10 @@ pub struct RunArgs {
     /// Operations started per second (the arrival rate), across all groups.
     #[arg(long, default_value_t = 200.0)]
     pub rate: f64,
+    /// Run several arrival rates in turn on the same population (e.g. `250,500,1000`), each
+    /// with its own warm-up and report; overrides `--rate`.
+    #[arg(long, value_delimiter = ',')]
+    pub sweep: Vec<f64>,
     /// Seconds of measured load.
     #[arg(long, default_value_t = 10)]
     pub duration: u64,
@@ -47,6 +51,9 @@ pub struct RunArgs {
     /// Most operations in flight; arrivals beyond it are counted as dropped.
     #[arg(long, default_value_t = 4096)]
     pub max_in_flight: usize,
+    /// Process id of a hub on this machine, to report the CPU time it spent per operation.
+    #[arg(long)]
+    pub hub_pid: Option<u32>,
     /// Where client state lives during the run (a temporary directory if absent).
     #[arg(long)]
     pub data_dir: Option<PathBuf>,
@@ -107,14 +114,28 @@ type Spares = Arc<Mutex<Vec<Client>>>;
 /// Sets up the population, runs the load, writes the report and the plot.
 pub async fn run(args: RunArgs) -> Result<(), LoadError> {
     let mix = Mix::parse(&args.mix)?;
+    let rates = if args.sweep.is_empty() {
+        vec![args.rate]
+    } else {
+        args.sweep.clone()
+    };
+    if args.groups == 0
+        || args.group_size < 2
+        || rates.iter().any(|r| !(*r > 0.0))
+        || args.duration == 0
+    {
+        return Err(LoadError::Setup(
+            "need --groups >= 1, --group-size >= 2, --rate > 0 and --duration >= 1".into(),
+        ));
+    }
     let tmp = tempfile_dir(&args)?;
     let dir = tmp.path().to_owned();
-    let total = args.rate * (args.duration + args.warmup) as f64;
+    let total = rates.iter().sum::<f64>() * (args.duration + args.warmup) as f64;
     let weight = f64::from(mix.send + mix.update + mix.add);
     let expected_adds = (total * f64::from(mix.add) / weight).ceil() as usize;
     println!(
-        "mimi-rm-load: {} groups x {} members ({} mode) at {} ops/s for {}+{} s against {}",
-        args.groups, args.group_size, args.mode, args.rate, args.warmup, args.duration, args.url
+        "mimi-rm-load: {} groups x {} members ({} mode) at {:?} ops/s for {}+{} s against {}",
+        args.groups, args.group_size, args.mode, rates, args.warmup, args.duration, args.url
     );
     let clients = population::register(
         &args.url,
@@ -132,18 +153,47 @@ pub async fn run(args: RunArgs) -> Result<(), LoadError> {
     }
     let spares: Spares = Arc::new(Mutex::new(spares));
     let http = reqwest::Client::new();
-    let before = report::scrape(&http, &args.url).await;
-    let samples = drive(&args, &mix, groups.clone(), spares).await;
-    let after = report::scrape(&http, &args.url).await;
-    let report = Report::build(&args, samples, before, after);
-    report.print();
-    report.save(&args.out.with_extension("json"))?;
-    plot::timeline(&report, &args.out.with_extension("svg"))?;
-    println!(
-        "wrote {} and {}",
-        args.out.with_extension("json").display(),
-        args.out.with_extension("svg").display()
-    );
+    let mut reports = Vec::new();
+    for &rate in &rates {
+        let before = report::scrape(&http, &args.url).await;
+        let cpu = || {
+            (
+                report::cpu_seconds(None),
+                args.hub_pid.and_then(|p| report::cpu_seconds(Some(p))),
+            )
+        };
+        let wall = Instant::now();
+        let cpu_before = cpu();
+        let samples = drive(&args, rate, &mix, groups.clone(), spares.clone()).await;
+        let cpu_after = cpu();
+        let wall = wall.elapsed();
+        let after = report::scrape(&http, &args.url).await;
+        let mut report = Report::build(&args, rate, samples, before, after);
+        report.set_cpu(cpu_before, cpu_after, args.warmup, wall);
+        report.print();
+        let stem = if !args.sweep.is_empty() {
+            let mut s = args.out.as_os_str().to_owned();
+            s.push(format!("-{rate}"));
+            PathBuf::from(s)
+        } else {
+            args.out.clone()
+        };
+        report.save(&stem.with_extension("json"))?;
+        plot::timeline(&report, &stem.with_extension("svg"))?;
+        println!(
+            "wrote {} and {}",
+            stem.with_extension("json").display(),
+            stem.with_extension("svg").display()
+        );
+        reports.push(report);
+    }
+    if !args.sweep.is_empty() {
+        let mut path = args.out.as_os_str().to_owned();
+        path.push("-sweep.svg");
+        let path = PathBuf::from(path);
+        plot::sweep(&reports, &path)?;
+        println!("wrote {}", path.display());
+    }
     Ok(())
 }
 
@@ -165,8 +215,14 @@ fn tempfile_dir(args: &RunArgs) -> Result<tempfile::TempDir, LoadError> {
 }
 
 /// Fires operations at their due times and collects one sample per measured operation.
-async fn drive(args: &RunArgs, mix: &Mix, groups: Arc<Vec<LoadGroup>>, spares: Spares) -> Vec<Sample> {
-    let interval = Duration::from_secs_f64(1.0 / args.rate.max(0.001));
+async fn drive(
+    args: &RunArgs,
+    rate: f64,
+    mix: &Mix,
+    groups: Arc<Vec<LoadGroup>>,
+    spares: Spares,
+) -> Vec<Sample> {
+    let interval = Duration::from_secs_f64(1.0 / rate.max(0.001));
     let warmup = Duration::from_secs(args.warmup);
     let end = warmup + Duration::from_secs(args.duration);
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<Sample>();
@@ -177,7 +233,7 @@ async fn drive(args: &RunArgs, mix: &Mix, groups: Arc<Vec<LoadGroup>>, spares: S
             .unwrap_or_else(|_| ProgressStyle::default_bar())
             .progress_chars("=> "),
     );
-    pb.set_message("load");
+    pb.set_message(format!("{rate} ops/s"));
     let start = Instant::now();
     let mut rng = rand::thread_rng();
     let mut dropped = 0u64;
@@ -225,7 +281,12 @@ async fn drive(args: &RunArgs, mix: &Mix, groups: Arc<Vec<LoadGroup>>, spares: S
     samples
 }
 
-/// Runs one operation; `Err` carries the error text.
+/// How often a commit is retried after losing the race for its epoch.
+const COMMIT_ATTEMPTS: usize = 3;
+
+/// Runs one operation; `Err` carries the error text. A member that commits first reads its
+/// queue (it may have been idle while others committed), as an app would before changing the
+/// group, and retries when another member's commit took the epoch first.
 async fn perform(
     op: Op,
     group: &LoadGroup,
@@ -234,23 +295,41 @@ async fn perform(
     bytes: usize,
 ) -> Result<(), String> {
     let mut client = group.members[member].lock().await;
-    match op {
-        Op::Send => {
-            let text = vec![b'm'; bytes];
-            client.send(&group.handle, &text).await
-        }
-        Op::Update => client.update(&group.handle).await.map(|_| ()),
+    if op == Op::Send {
+        let text = vec![b'm'; bytes];
+        return client
+            .send(&group.handle, &text)
+            .await
+            .map_err(|e| e.to_string());
+    }
+    let joiner = match op {
         Op::Add => {
             let Some(mut joiner) = spares.lock().await.pop() else {
                 return Err("no spare client left to invite".into());
             };
-            let card = joiner.contact_card().map_err(|e| e.to_string())?;
             joiner
                 .add_contact(&client.contact_card().map_err(|e| e.to_string())?)
                 .map_err(|e| e.to_string())?;
+            let card = joiner.contact_card().map_err(|e| e.to_string())?;
             client.add_contact(&card).map_err(|e| e.to_string())?;
-            client.invite(&group.handle, &card).await.map(|_| ())
+            Some(card)
+        }
+        _ => None,
+    };
+    let mut last = String::new();
+    for _ in 0..COMMIT_ATTEMPTS {
+        client.receive().await.map_err(|e| e.to_string())?;
+        let result = match &joiner {
+            Some(card) => client.invite(&group.handle, card).await.map(|_| ()),
+            None => client.update(&group.handle).await.map(|_| ()),
+        };
+        match result {
+            Ok(()) => return Ok(()),
+            Err(e) if e.code() == Some(mimi_rm_protocol::ErrorCode::WrongEpoch) => {
+                last = e.to_string();
+            }
+            Err(e) => return Err(e.to_string()),
         }
     }
-    .map_err(|e| e.to_string())
+    Err(last)
 }

@@ -64,6 +64,14 @@ async fn the_scenario_runs_in_baseline_mode_and_its_disk_shows_what_rm_hides() {
 
     let dump = hub.dump();
     let leak = s.leakage(&dump).unwrap();
+    eprintln!(
+        "baseline seized disk: {} identity, {} leaf-identity, {} queue-id, {} secret findings in {} records",
+        leak.identities,
+        leak.leaf_identities,
+        leak.queue_ids_in_ds,
+        leak.secrets,
+        dump.len()
+    );
     // Every current membership's leaf credential, with its handle, sits in the plain state.
     assert!(leak.leaf_identities >= 9, "{leak:#?}");
     assert!(
@@ -99,8 +107,14 @@ async fn each_mode_refuses_the_other_modes_clients_and_stores_nothing() {
     assert!(e.to_string().contains("baseline"), "{e}");
     let after = base.dump();
     assert_eq!(
-        before.iter().filter(|(cf, _, _)| *cf == Cf::DsGroups).count(),
-        after.iter().filter(|(cf, _, _)| *cf == Cf::DsGroups).count(),
+        before
+            .iter()
+            .filter(|(cf, _, _)| *cf == Cf::DsGroups)
+            .count(),
+        after
+            .iter()
+            .filter(|(cf, _, _)| *cf == Cf::DsGroups)
+            .count(),
     );
 
     // A baseline client sends no EAR key and a plain queue id: an RM hub refuses it.

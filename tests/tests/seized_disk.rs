@@ -69,6 +69,25 @@ async fn raw_dump_links_no_identity_to_any_group_or_pseudonym() {
         }
     }
     assert!(findings.is_empty(), "a seized disk reveals: {findings:#?}");
+    // The shared counter (used for the RM-vs-baseline table in BENCHMARKS.md) agrees.
+    let leak = s.leakage(&dump).unwrap();
+    eprintln!(
+        "RM seized disk: {} identity, {} leaf-identity, {} queue-id, {} secret findings in {} records",
+        leak.identities,
+        leak.leaf_identities,
+        leak.queue_ids_in_ds,
+        leak.secrets,
+        dump.len()
+    );
+    assert_eq!(
+        (
+            leak.identities,
+            leak.leaf_identities,
+            leak.queue_ids_in_ds,
+            leak.secrets
+        ),
+        (0, 0, 0, 0)
+    );
     // Positive control: the search does find identities where they belong.
     let (_, handle) = &identities[0];
     assert!(

@@ -28,9 +28,7 @@ use mimi_rm_protocol::federation::*;
 use mimi_rm_protocol::qs::QsRequest;
 use mimi_rm_protocol::queue::{QueueAddress, QueueMessage, QueueRef};
 use mimi_rm_protocol::tokens::RateClass;
-use mimi_rm_protocol::{
-    DsMode, Envelope, PROTOCOL_VERSION, TransactionType, decode_exact, encode,
-};
+use mimi_rm_protocol::{DsMode, Envelope, PROTOCOL_VERSION, TransactionType, decode_exact, encode};
 use qs::QsKeys;
 use replay::ReplayGuard;
 use std::sync::Arc;
@@ -399,8 +397,7 @@ impl Hub {
             max_group_size: self.config.max_group_size,
             welcome_tree_ttl_ms: self.config.welcome_tree_ttl_ms,
             mode: self.config.mode,
-            identity_limit: (self.config.mode == DsMode::Baseline)
-                .then_some(&self.identity_limit),
+            identity_limit: (self.config.mode == DsMode::Baseline).then_some(&self.identity_limit),
         };
         let outcome = ds::process(&ctx, &mut txn, req)?;
         // Resolve sealed addresses, lock the queues (after the group lock), then enqueue.

@@ -93,7 +93,11 @@ mod tests {
                 .unwrap()
         };
         assert_eq!(get(b"a", 1), [1; 16]);
-        assert_eq!(get(b"a", 9), [1; 16], "a cached address is not opened again");
+        assert_eq!(
+            get(b"a", 9),
+            [1; 16],
+            "a cached address is not opened again"
+        );
         get(b"b", 2);
         get(b"c", 3); // young was full: {a, b} become old
         get(b"d", 4);

@@ -7,14 +7,35 @@
 
 use crate::core::HubError;
 use sha2::{Digest, Sha256};
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashSet};
 use std::sync::Mutex;
 
 /// Freshness window and the set of recently seen signatures.
 pub struct ReplayGuard {
     window_ms: u64,
     not_before_ms: u64,
-    seen: Mutex<HashMap<[u8; 32], u64>>,
+    seen: Mutex<Seen>,
+}
+
+/// Signature digests still inside the window, findable by digest and by expiry, so that
+/// forgetting expired ones costs O(log n) per request instead of a scan of the whole window
+/// (at 1,000 requests/s a 60 s window holds 60,000 entries).
+#[derive(Default)]
+struct Seen {
+    digests: HashSet<[u8; 32]>,
+    by_expiry: BTreeSet<(u64, [u8; 32])>,
+}
+
+impl Seen {
+    fn forget_expired(&mut self, now_ms: u64) {
+        while let Some(&(expiry, digest)) = self.by_expiry.first() {
+            if expiry >= now_ms {
+                break;
+            }
+            self.by_expiry.pop_first();
+            self.digests.remove(&digest);
+        }
+    }
 }
 
 impl ReplayGuard {
@@ -23,7 +44,7 @@ impl ReplayGuard {
         Self {
             window_ms,
             not_before_ms: started_ms,
-            seen: Mutex::new(HashMap::new()),
+            seen: Mutex::new(Seen::default()),
         }
     }
 
@@ -47,13 +68,12 @@ impl ReplayGuard {
         self.check_fresh(timestamp_ms, now_ms)?;
         let digest: [u8; 32] = Sha256::digest(signature).into();
         let mut seen = self.seen.lock().unwrap_or_else(|p| p.into_inner());
-        if seen.len() > 4096 {
-            seen.retain(|_, expiry| *expiry >= now_ms);
-        }
-        if seen.contains_key(&digest) {
+        seen.forget_expired(now_ms);
+        if !seen.digests.insert(digest) {
             return Err(HubError::Replayed);
         }
-        seen.insert(digest, timestamp_ms.saturating_add(self.window_ms));
+        let expiry = timestamp_ms.saturating_add(self.window_ms);
+        seen.by_expiry.insert((expiry, digest));
         Ok(())
     }
 }
@@ -75,5 +95,23 @@ mod tests {
             Err(HubError::Replayed)
         ));
         g.check_and_record(b"other", 10_100, 10_300).unwrap();
+    }
+
+    #[test]
+    fn expired_entries_are_forgotten_and_fresh_ones_kept() {
+        let g = ReplayGuard::new(1000, 0);
+        for i in 0..10_000u32 {
+            g.check_and_record(&i.to_be_bytes(), 5_000, 5_000).unwrap();
+        }
+        assert_eq!(g.seen.lock().unwrap().digests.len(), 10_000);
+        // Still inside the window: every one is a replay.
+        assert!(matches!(
+            g.check_and_record(&7u32.to_be_bytes(), 5_000, 5_900),
+            Err(HubError::Replayed)
+        ));
+        // Once their window has passed they are dropped (and would be stale anyway).
+        g.check_and_record(b"later", 6_500, 6_500).unwrap();
+        let seen = g.seen.lock().unwrap();
+        assert_eq!((seen.digests.len(), seen.by_expiry.len()), (1, 1));
     }
 }

@@ -505,8 +505,7 @@ impl LoadedGroup {
         let row = state.seal(&self.key, &self.group_id, now_ms)?;
         let bytes = encode(&row).map_err(|e| HubError::Internal(e.to_string()))?;
         txn.put(Cf::DsGroups, self.group_id.clone(), bytes);
-        self.routing()
-            .save(txn, &self.key, &self.group_id, now_ms)
+        self.routing().save(txn, &self.key, &self.group_id, now_ms)
     }
 
     /// The routing record matching the current state (see [`routing`]).

@@ -159,7 +159,12 @@ impl DsGroupState {
 
     /// Decrypts a row; a wrong key is reported as [`HubError::WrongEarKey`].
     pub fn open(row: &GroupRow, key: &AtRest, group_id: &[u8]) -> Result<Self, HubError> {
-        let plain = key.open(row.format, STATE_DOMAIN, group_id, row.ciphertext.as_slice())?;
+        let plain = key.open(
+            row.format,
+            STATE_DOMAIN,
+            group_id,
+            row.ciphertext.as_slice(),
+        )?;
         decode_exact(&plain, MAX_STATE)
             .map_err(|e| HubError::Internal(format!("decode state: {e}")))
     }

@@ -115,8 +115,9 @@ mod tests {
             let kp_ref = kp.hash_ref(provider.crypto()).unwrap();
             let own = split.for_joiner(kp_ref.as_slice()).unwrap().unwrap();
             sizes.push(own.len());
-            let MlsMessageBodyIn::Welcome(w) =
-                MlsMessageIn::tls_deserialize_exact(own.as_slice()).unwrap().extract()
+            let MlsMessageBodyIn::Welcome(w) = MlsMessageIn::tls_deserialize_exact(own.as_slice())
+                .unwrap()
+                .extract()
             else {
                 panic!("not a welcome")
             };
@@ -136,7 +137,11 @@ mod tests {
                 group.epoch_authenticator().as_slice()
             );
         }
-        assert!(sizes.iter().all(|s| *s < full.len()), "{sizes:?} vs {}", full.len());
+        assert!(
+            sizes.iter().all(|s| *s < full.len()),
+            "{sizes:?} vs {}",
+            full.len()
+        );
         // A KeyPackage the Welcome does not cover gets nothing.
         assert!(split.for_joiner(&[0; 16]).unwrap().is_none());
     }

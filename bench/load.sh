@@ -1,0 +1,53 @@
+#!/usr/bin/env bash
+# Runs the mimi-rm-load scenario of BENCHMARKS.md against freshly started local hubs, once in
+# RM mode and once in baseline mode, at each arrival rate of a sweep, and draws both modes'
+# latency distributions side by side per rate.
+#
+#   bench/load.sh [RATES] [DURATION] [GROUPS] [GROUP_SIZE] [MIX]
+#   e.g. bench/load.sh 250,500,750,1000 10 20 10 send=100
+#
+# Expects target/debug/ds-rm and target/debug/mimi-rm-load (built by `make bench`). Results go
+# to bench/results/. Each hub gets a fresh data directory and syncs every batch (the default).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+RATES=${1:-250,500,750,1000}
+DURATION=${2:-10}
+NGROUPS=${3:-20}
+SIZE=${4:-10}
+MIX=${5:-send=100}
+BIN=${CARGO_TARGET_DIR:-target}/debug
+OUT=bench/results
+mkdir -p "$OUT"
+TAG="g${NGROUPS}x${SIZE}-$(echo "$MIX" | tr ',=' '_-')"
+for MODE in rm baseline; do
+    DATA=$(mktemp -d)
+    PORT=$((18000 + RANDOM % 1000))
+    cat > "$DATA/hub.toml" <<TOML
+domain = "load.test"
+listen = "127.0.0.1:$PORT"
+data_dir = "$DATA/db"
+mode = "$MODE"
+max_queue_length = 1000000
+baseline_requests_per_minute = 0
+[privacy_pass]
+allowance_per_epoch = 1000000
+TOML
+    RUST_LOG=warn "$BIN/ds-rm" serve --config "$DATA/hub.toml" > "$DATA/hub.log" 2>&1 &
+    HUB=$!
+    trap 'kill $HUB 2>/dev/null || true' EXIT
+    for _ in $(seq 100); do
+        curl -sf "http://127.0.0.1:$PORT/.well-known/mimi/ds-domain" >/dev/null && break
+        sleep 0.1
+    done
+    "$BIN/mimi-rm-load" run --url "http://127.0.0.1:$PORT" --mode "$MODE" --sweep "$RATES" --hub-pid "$HUB" \
+        --duration "$DURATION" --groups "$NGROUPS" --group-size "$SIZE" --mix "$MIX" \
+        --data-dir "$DATA/clients" --out "$OUT/load-$MODE-$TAG"
+    kill $HUB; wait $HUB 2>/dev/null || true
+    trap - EXIT
+    du -sb "$DATA/db" | awk -v m="$MODE" '{print "  " m " hub data directory: " $1 " bytes"}'
+    rm -rf "$DATA"
+done
+for RATE in ${RATES//,/ }; do
+    "$BIN/mimi-rm-load" compare "$OUT/load-rm-$TAG-$RATE.json" "$OUT/load-baseline-$TAG-$RATE.json" \
+        --svg "$OUT/compare-$TAG-$RATE.svg"
+done
