@@ -41,10 +41,14 @@ LOAD_GROUPS ?= 20
 LOAD_SIZE ?= 10
 
 bench: deps
+	@command -v curl >/dev/null 2>&1 || { \
+		SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+		$$SUDO apt-get update -qq && $$SUDO apt-get install -y -qq curl; }
 	$(CARGO) bench -j$(JOBS) --workspace --profile dev $(BENCH_OPT) --bench ds_core --bench privacy_pass
 	$(CARGO) build -j$(JOBS) --workspace --all-targets $(BENCH_OPT)
 	bench/load.sh $(LOAD_RATES) 10 $(LOAD_GROUPS) $(LOAD_SIZE) send=100
-	bench/load.sh 100,200 10 $(LOAD_GROUPS) $(LOAD_SIZE) send=90,update=5,add=5
+	bench/load.sh 50,100 10 $(LOAD_GROUPS) $(LOAD_SIZE) send=90,update=5,add=5
+	python3 bench/summarize.py
 
 # Seconds per fuzz target; `make fuzz FUZZ_SECONDS=600` for a longer run. Not part of CI (time).
 FUZZ_SECONDS ?= 60

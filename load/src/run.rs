@@ -121,7 +121,7 @@ pub async fn run(args: RunArgs) -> Result<(), LoadError> {
     };
     if args.groups == 0
         || args.group_size < 2
-        || rates.iter().any(|r| !(*r > 0.0))
+        || rates.iter().any(|r| !r.is_finite() || *r <= 0.0)
         || args.duration == 0
     {
         return Err(LoadError::Setup(
