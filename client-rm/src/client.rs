@@ -220,16 +220,6 @@ fn now_ms() -> u64 {
         .unwrap_or(0)
 }
 
-fn caps() -> Capabilities {
-    Capabilities::new(
-        None,
-        None,
-        Some(&[ExtensionType::Unknown(QUEUE_REF_EXTENSION_TYPE)]),
-        None,
-        None,
-    )
-}
-
 /// The transport to `hub_url`, trusting `ca_pem` as an extra root when given.
 fn transport_for(hub_url: &str, ca_pem: Option<&[u8]>) -> Result<Transport, ClientError> {
     match ca_pem {
@@ -813,7 +803,7 @@ impl Client {
             let is_last_resort = i == count;
             let (signer, cwk, sek) = self.new_leaf_identity()?;
             let mut builder = KeyPackage::builder()
-                .leaf_node_capabilities(caps())
+                .leaf_node_capabilities(leaf_capabilities())
                 .leaf_node_extensions(
                     Extensions::single(self.sealed_queue_ref()?).map_err(ClientError::mls)?,
                 );
@@ -921,7 +911,7 @@ impl Client {
                 OUT_OF_ORDER_TOLERANCE,
                 MAX_FORWARD_DISTANCE,
             ))
-            .capabilities(caps())
+            .capabilities(leaf_capabilities())
             .with_leaf_node_extensions(
                 Extensions::single(self.sealed_queue_ref()?).map_err(ClientError::mls)?,
             )

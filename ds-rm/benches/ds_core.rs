@@ -33,16 +33,6 @@ const CREDENTIAL_BYTES: usize = 160;
 const WINDOW_MS: u64 = 60_000;
 const TTL_MS: u64 = 3_600_000;
 
-fn caps() -> Capabilities {
-    Capabilities::new(
-        None,
-        None,
-        Some(&[ExtensionType::Unknown(QUEUE_REF_EXTENSION_TYPE)]),
-        None,
-        None,
-    )
-}
-
 fn random(n: usize) -> Vec<u8> {
     (0..n).map(|_| rand::random::<u8>()).collect()
 }
@@ -131,7 +121,7 @@ impl Fixture {
     fn key_package(&self) -> (SignatureKeyPair, KeyPackage) {
         let (signer, cwk) = self.identity();
         let kpb = KeyPackage::builder()
-            .leaf_node_capabilities(caps())
+            .leaf_node_capabilities(leaf_capabilities())
             .leaf_node_extensions(Extensions::single(self.queue_ref()).expect("extension"))
             .build(CS, &self.provider, &signer, cwk)
             .expect("key package");
@@ -284,7 +274,7 @@ fn fixture(mode: DsMode, size: usize) -> Fixture {
         .ciphersuite(CS)
         .wire_format_policy(PURE_PLAINTEXT_WIRE_FORMAT_POLICY)
         .use_ratchet_tree_extension(false)
-        .capabilities(caps())
+        .capabilities(leaf_capabilities())
         .with_leaf_node_extensions(Extensions::single(fx.queue_ref()).expect("extension"))
         .expect("extensions")
         .build();

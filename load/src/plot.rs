@@ -21,6 +21,25 @@ const COLORS: [RGBColor; 6] = [
     RGBColor(140, 86, 75),
 ];
 
+/// Draws the series labels of `chart` in a framed box at `position`.
+fn legend<'a, DB, CT>(
+    chart: &mut ChartContext<'a, DB, CT>,
+    position: SeriesLabelPosition,
+    path: &Path,
+) -> Result<(), LoadError>
+where
+    DB: DrawingBackend + 'a,
+    CT: CoordTranslate,
+{
+    chart
+        .configure_series_labels()
+        .position(position)
+        .border_style(BLACK)
+        .background_style(WHITE.mix(0.8))
+        .draw()
+        .map_err(|e| plot_err(path, e))
+}
+
 /// Throughput and p50/p99 latency over the measured phase of one run.
 pub fn timeline(report: &Report, path: &Path) -> Result<(), LoadError> {
     let root = SVGBackend::new(path, (900, 600)).into_drawing_area();
@@ -61,12 +80,7 @@ pub fn timeline(report: &Report, path: &Path) -> Result<(), LoadError> {
             .label(name)
             .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], color));
     }
-    chart
-        .configure_series_labels()
-        .border_style(BLACK)
-        .background_style(WHITE.mix(0.8))
-        .draw()
-        .map_err(|e| plot_err(path, e))?;
+    legend(&mut chart, SeriesLabelPosition::UpperRight, path)?;
     let ops_max = report
         .timeline
         .iter()
@@ -144,13 +158,7 @@ pub fn compare(reports: &[Report], path: &Path) -> Result<(), LoadError> {
             .label(r.label.clone())
             .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], color));
     }
-    chart
-        .configure_series_labels()
-        .position(SeriesLabelPosition::UpperLeft)
-        .border_style(BLACK)
-        .background_style(WHITE.mix(0.8))
-        .draw()
-        .map_err(|e| plot_err(path, e))?;
+    legend(&mut chart, SeriesLabelPosition::UpperLeft, path)?;
     root.present().map_err(|e| plot_err(path, e))
 }
 
@@ -199,12 +207,6 @@ pub fn sweep(reports: &[Report], path: &Path) -> Result<(), LoadError> {
             .label(name)
             .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], color));
     }
-    chart
-        .configure_series_labels()
-        .position(SeriesLabelPosition::UpperLeft)
-        .border_style(BLACK)
-        .background_style(WHITE.mix(0.8))
-        .draw()
-        .map_err(|e| plot_err(path, e))?;
+    legend(&mut chart, SeriesLabelPosition::UpperLeft, path)?;
     root.present().map_err(|e| plot_err(path, e))
 }

@@ -5,6 +5,20 @@ use tls_codec::{TlsDeserialize, TlsSerialize, TlsSize, VLBytes};
 /// MLS extension type of the leaf-node extension that carries a [`QueueRef`] (private range).
 pub const QUEUE_REF_EXTENSION_TYPE: u16 = 0xff00;
 
+/// The leaf capabilities every member's leaf must declare: OpenMLS only accepts a leaf
+/// extension of a type the leaf lists, and every leaf carries a [`QueueRef`].
+pub fn leaf_capabilities() -> openmls::prelude::Capabilities {
+    openmls::prelude::Capabilities::new(
+        None,
+        None,
+        Some(&[openmls::prelude::ExtensionType::Unknown(
+            QUEUE_REF_EXTENSION_TYPE,
+        )]),
+        None,
+        None,
+    )
+}
+
 /// HPKE label under which clients seal a [`QueueRefPlain`] to their QS.
 pub const QUEUE_REF_HPKE_LABEL: &str = "queue ref";
 /// HPKE label under which the hub seals a [`JoinerInfo`] to a KeyPackage init key.

@@ -8,12 +8,13 @@
 //! hub's current public state, keeping its signature key and credential. The hub orders these
 //! resync commits like any other; losers of a race rebuild on the new epoch.
 
-use super::{Client, Event, GroupHandle, caps, join_config};
+use super::{Client, Event, GroupHandle, join_config};
 use crate::error::ClientError;
 use crate::provider::ClientProvider;
 use mimi_rm_crypto::ear::EarKey;
 use mimi_rm_protocol::ErrorCode;
 use mimi_rm_protocol::ds::*;
+use mimi_rm_protocol::queue::leaf_capabilities;
 use openmls::group::{ProcessMessageError, StageCommitError, ValidationError};
 use openmls::prelude::{tls_codec::Deserialize as _, *};
 use openmls_basic_credential::SignatureKeyPair;
@@ -158,7 +159,7 @@ impl Client {
         let tree = RatchetTreeIn::tls_deserialize_exact(info.ratchet_tree.as_slice())
             .map_err(ClientError::mls)?;
         let params = LeafNodeParameters::builder()
-            .with_capabilities(caps())
+            .with_capabilities(leaf_capabilities())
             .with_extensions(
                 Extensions::single(self.sealed_queue_ref()?).map_err(ClientError::mls)?,
             )
