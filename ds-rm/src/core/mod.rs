@@ -411,7 +411,7 @@ impl Hub {
                 continue;
             }
             match self.resolve_queue(&item.queue_ref) {
-                Ok(client) => targets.push((client, &item.message)),
+                Ok(client) => targets.push((client, item.message.as_ref())),
                 Err(e) => {
                     tracing::warn!(op, error = %e, "fan-out item not deliverable locally");
                     self.metrics

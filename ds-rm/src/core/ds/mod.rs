@@ -64,8 +64,10 @@ pub struct DsContext<'a> {
 pub struct Fanout {
     /// Where to deliver.
     pub queue_ref: QueueRef,
-    /// What to deliver.
-    pub message: QueueMessage,
+    /// What to deliver. Shared by every recipient of one message: a commit with an UpdatePath
+    /// over a tree with blank nodes is O(members) bytes, and one copy per recipient made fan-out
+    /// quadratic in the group size (≈ 7 s per commit at 10,000 members).
+    pub message: std::sync::Arc<QueueMessage>,
 }
 
 /// The result of a DS request.
@@ -173,13 +175,14 @@ fn send_routed(
     ctx.replay
         .check_and_record(req.signature.as_slice(), req.tbs.timestamp_ms, ctx.now_ms)?;
     check_application_message(message.as_slice(), group_id, record.epoch)?;
+    let shared = std::sync::Arc::new(QueueMessage::Mls(message.clone()));
     let fanout = record
         .members
         .iter()
         .filter(|m| m.leaf != sender.leaf)
         .map(|m| Fanout {
             queue_ref: m.queue_ref.clone(),
-            message: QueueMessage::Mls(message.clone()),
+            message: shared.clone(),
         })
         .collect();
     Ok(DsOutcome {
@@ -726,11 +729,12 @@ impl LoadedGroup {
     }
 
     fn fan(recipients: Vec<QueueRef>, bytes: &VLBytes) -> Vec<Fanout> {
+        let shared = std::sync::Arc::new(QueueMessage::Mls(bytes.clone()));
         recipients
             .into_iter()
             .map(|queue_ref| Fanout {
                 queue_ref,
-                message: QueueMessage::Mls(bytes.clone()),
+                message: shared.clone(),
             })
             .collect()
     }
@@ -1086,14 +1090,14 @@ impl LoadedGroup {
             let sealed = sealed.map_err(|e| HubError::Internal(e.to_string()))?;
             out.push(Fanout {
                 queue_ref: queue_ref_of(kp.leaf_node())?,
-                message: QueueMessage::Welcome(WelcomeBundle {
+                message: std::sync::Arc::new(QueueMessage::Welcome(WelcomeBundle {
                     welcome: own_welcome.into(),
                     joiner_info: HpkeCiphertextWire {
                         kem_output: sealed.kem_output.into(),
                         ciphertext: sealed.ciphertext.into(),
                     },
                     attribution: member.attribution.clone(),
-                }),
+                })),
             });
             joiners.push(kp.leaf_node().signature_key().as_slice().to_vec().into());
         }
