@@ -491,8 +491,9 @@ impl Hub {
         if qr.domain.as_slice() != self.config.domain.as_bytes() {
             return Err(HubError::InvalidRequest("queue ref for another domain"));
         }
-        match (&qr.address, self.config.mode) {
-            (QueueAddress::Sealed(sealed), DsMode::Rm) => {
+        qs::check_address_mode(&qr.address, self.config.mode)?;
+        match &qr.address {
+            QueueAddress::Sealed(sealed) => {
                 let mut key = sealed.kem_output.as_slice().to_vec();
                 key.extend_from_slice(sealed.ciphertext.as_slice());
                 let mut opened = false;
@@ -508,10 +509,7 @@ impl Hub {
                 counter.fetch_add(1, Ordering::Relaxed);
                 Ok(id)
             }
-            (QueueAddress::Plain(plain), DsMode::Baseline) => Ok(plain.client_id),
-            _ => Err(HubError::InvalidRequest(
-                "queue address of the other hub mode",
-            )),
+            QueueAddress::Plain(plain) => Ok(plain.client_id),
         }
     }
 

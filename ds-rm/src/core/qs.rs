@@ -12,9 +12,9 @@ use mimi_rm_crypto::ratchet::{QueueRatchet, RatchetSecret};
 use mimi_rm_crypto::sign::VerifyingKey;
 use mimi_rm_protocol::qs::*;
 use mimi_rm_protocol::queue::{
-    HpkeCiphertextWire, QUEUE_REF_HPKE_LABEL, QueueMessage, QueueRefPlain,
+    HpkeCiphertextWire, QUEUE_REF_HPKE_LABEL, QueueAddress, QueueMessage, QueueRefPlain,
 };
-use mimi_rm_protocol::{decode_exact, encode};
+use mimi_rm_protocol::{DsMode, decode_exact, encode};
 use sha2::{Digest, Sha256};
 use tls_codec::{TlsDeserialize, TlsSerialize, TlsSize, VLBytes};
 
@@ -118,6 +118,23 @@ fn package_key(client: &ClientId, index: u32) -> Vec<u8> {
     let mut k = client.to_vec();
     k.extend_from_slice(&index.to_be_bytes());
     k
+}
+
+/// Whether a queue address is of the kind a hub in `mode` accepts: an RM hub refuses a plain
+/// queue id (it would put the member's queue on disk in the clear and let the DS link leaves to
+/// queues), a baseline hub a sealed one. The one rule for new leaves and for fan-out.
+pub fn check_address_mode(address: &QueueAddress, mode: DsMode) -> Result<(), HubError> {
+    match (address, mode) {
+        (QueueAddress::Sealed(_), DsMode::Rm) | (QueueAddress::Plain(_), DsMode::Baseline) => {
+            Ok(())
+        }
+        (QueueAddress::Plain(_), DsMode::Rm) => Err(HubError::InvalidRequest(
+            "a reduced-metadata hub refuses plain queue ids",
+        )),
+        (QueueAddress::Sealed(_), DsMode::Baseline) => Err(HubError::InvalidRequest(
+            "a baseline hub takes plain queue ids",
+        )),
+    }
 }
 
 /// Opens a sealed `QueueRef` address for this QS's domain; returns the client id it names.
@@ -409,4 +426,28 @@ fn dequeue(
         messages,
         remaining,
     }))
+}
+
+#[cfg(test)]
+mod address_mode_tests {
+    use super::*;
+
+    #[test]
+    fn each_mode_takes_only_its_own_addresses() {
+        let sealed = QueueAddress::Sealed(HpkeCiphertextWire {
+            kem_output: vec![1; 32].into(),
+            ciphertext: vec![2; 32].into(),
+        });
+        let plain = QueueAddress::Plain(QueueRefPlain { client_id: [3; 16] });
+        assert!(check_address_mode(&sealed, DsMode::Rm).is_ok());
+        assert!(check_address_mode(&plain, DsMode::Baseline).is_ok());
+        assert!(matches!(
+            check_address_mode(&plain, DsMode::Rm),
+            Err(HubError::InvalidRequest(_))
+        ));
+        assert!(matches!(
+            check_address_mode(&sealed, DsMode::Baseline),
+            Err(HubError::InvalidRequest(_))
+        ));
+    }
 }

@@ -144,6 +144,17 @@ pub fn process(
     }
 }
 
+impl DsContext<'_> {
+    /// Baseline mode's per-identity rate limit for a request signed by `signature_key` (in
+    /// baseline mode the client's AS-certified key); nothing in RM mode, which uses tokens.
+    fn admit_identity(&self, signature_key: &[u8]) -> Result<(), HubError> {
+        match self.identity_limit {
+            Some(limit) => limit.admit(signature_key, self.now_ms),
+            None => Ok(()),
+        }
+    }
+}
+
 /// How this hub keeps a group given the request's EAR key: RM mode needs one, baseline mode
 /// refuses one (a client configured for RM must not hand its group key to a plaintext DS).
 fn at_rest(mode: DsMode, key: Option<EarKey>) -> Result<AtRest, HubError> {
@@ -169,9 +180,7 @@ fn send_routed(
     message: &VLBytes,
 ) -> Result<DsOutcome, HubError> {
     verify(sender.signature_key.as_slice(), signed, &req.signature)?;
-    if let Some(limit) = ctx.identity_limit {
-        limit.admit(sender.signature_key.as_slice(), ctx.now_ms)?;
-    }
+    ctx.admit_identity(sender.signature_key.as_slice())?;
     ctx.replay
         .check_and_record(req.signature.as_slice(), req.tbs.timestamp_ms, ctx.now_ms)?;
     check_application_message(message.as_slice(), group_id, record.epoch)?;
@@ -312,9 +321,7 @@ fn create_group(
         .leaf(LeafNodeIndex::new(0))
         .ok_or(HubError::InvalidGroupInfo("no leaf 0".into()))?;
     verify(leaf.signature_key().as_slice(), signed, &req.signature)?;
-    if let Some(limit) = ctx.identity_limit {
-        limit.admit(leaf.signature_key().as_slice(), ctx.now_ms)?;
-    }
+    ctx.admit_identity(leaf.signature_key().as_slice())?;
     ctx.replay
         .check_and_record(req.signature.as_slice(), req.tbs.timestamp_ms, ctx.now_ms)?;
     checked_queue_ref(leaf, ctx.mode)?;
@@ -405,21 +412,12 @@ fn queue_ref_of(leaf: &LeafNode) -> Result<QueueRef, HubError> {
     decode_exact(&ext.0, 4096).map_err(|e| HubError::malformed("QueueRef extension", e))
 }
 
-/// A new leaf's fan-out address, which must be of this hub's mode: an RM hub refuses a plain
-/// queue id (it would put the member's queue on disk in the clear), a baseline hub a sealed one.
+/// A new leaf's fan-out address, which must be of this hub's mode
+/// ([`crate::core::qs::check_address_mode`]).
 fn checked_queue_ref(leaf: &LeafNode, mode: DsMode) -> Result<QueueRef, HubError> {
     let qr = queue_ref_of(leaf)?;
-    match (&qr.address, mode) {
-        (QueueAddress::Sealed(_), DsMode::Rm) | (QueueAddress::Plain(_), DsMode::Baseline) => {
-            Ok(qr)
-        }
-        (QueueAddress::Plain(_), DsMode::Rm) => Err(HubError::InvalidRequest(
-            "a reduced-metadata hub refuses plain queue ids",
-        )),
-        (QueueAddress::Sealed(_), DsMode::Baseline) => Err(HubError::InvalidRequest(
-            "a baseline hub takes plain queue ids",
-        )),
-    }
+    crate::core::qs::check_address_mode(&qr.address, mode)?;
+    Ok(qr)
 }
 
 /// Who an authenticated request came from.
@@ -560,16 +558,12 @@ impl LoadedGroup {
                     .leaf(idx)
                     .ok_or(HubError::NotAuthorized("no member at that leaf index"))?;
                 verify(leaf.signature_key().as_slice(), signed, &req.signature)?;
-                if let Some(limit) = ctx.identity_limit {
-                    limit.admit(leaf.signature_key().as_slice(), ctx.now_ms)?;
-                }
+                ctx.admit_identity(leaf.signature_key().as_slice())?;
                 Authenticated::Member(idx)
             }
             (DsSender::Joiner(key), DsOperation::WelcomeInfo(_)) => {
                 verify(key.as_slice(), signed, &req.signature)?;
-                if let Some(limit) = ctx.identity_limit {
-                    limit.admit(key.as_slice(), ctx.now_ms)?;
-                }
+                ctx.admit_identity(key.as_slice())?;
                 Authenticated::Joiner(key.as_slice().to_vec())
             }
             (DsSender::Anonymous, DsOperation::ExternalCommitInfo) => Authenticated::KeyHolder,
