@@ -7,7 +7,7 @@ use crate::provider::ClientProvider;
 use crate::state::{self, ClientState, GroupMeta, MemberRecord, PendingKeyPackage, unhex};
 use crate::transport::Transport;
 use mimi_rm_crypto::ear::{self, EarKey};
-use mimi_rm_crypto::hpke_seal::{self, HpkeCiphertext, HpkePrivateKey, HpkePublicKey};
+use mimi_rm_crypto::hpke_seal::{self, HpkeCiphertext, HpkeKeyPair, HpkePrivateKey, HpkePublicKey};
 use mimi_rm_crypto::ratchet::{QueueRatchet, RatchetSecret};
 use mimi_rm_crypto::sign::SigningKey;
 use mimi_rm_protocol::auth::*;
@@ -22,9 +22,13 @@ use openmls_traits::signatures::Signer as _;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
+mod connect;
+mod devices;
 mod recovery;
 #[cfg(feature = "adversary")]
 mod tamper;
+pub use connect::{IncomingConnection, seal_offer};
+pub use devices::PendingDevice;
 #[cfg(feature = "adversary")]
 pub use tamper::Tamper;
 
@@ -50,6 +54,8 @@ pub const REKEY_EVERY: u64 = 64;
 const TRANSPORT_RETRIES: u32 = 40;
 /// One-time AddPackages published at registration.
 const ADD_PACKAGES: usize = 5;
+/// Connection packages published at registration (the last one is kept when used).
+const CONNECTION_PACKAGES: usize = 3;
 const MAX_MESSAGE: usize = 16 << 20;
 
 /// A group, by its MLS group id.
@@ -144,6 +150,22 @@ pub enum Event {
         /// The group.
         group: GroupHandle,
     },
+    /// Someone we asked to connect accepted: it joined the connection group and is now a
+    /// contact.
+    ConnectionAccepted {
+        /// The connection group.
+        group: GroupHandle,
+        /// The responder's verified handle.
+        handle: String,
+    },
+    /// An admin re-initialised the group: it takes no further messages; the conversation
+    /// continues in `new_group` (its Welcome follows when we are invited).
+    ReInitialised {
+        /// The old group.
+        group: GroupHandle,
+        /// The new group.
+        new_group: GroupHandle,
+    },
     /// A queue entry that could not be processed (logged and skipped).
     Undecryptable {
         /// Queue sequence number.
@@ -193,11 +215,27 @@ enum InviteMode {
     WithoutMaterial,
 }
 
+#[derive(Clone)]
 enum Plan {
     Add(Vec<KeyPackage>, CommitAad),
     Remove(Vec<LeafNodeIndex>),
     Update,
     Delete(Vec<LeafNodeIndex>),
+    /// Our user's other devices (signed with the user auth key).
+    AddClients(Vec<KeyPackage>, Vec<AddedMember>),
+    /// Leaves of our user's devices, and the user auth key that replaces the current one.
+    RemoveClients(Vec<u32>, Vec<u8>),
+    /// An Update that replaces our user's auth key.
+    RotateUserKey(Vec<u8>),
+    /// Re-initialise into the given (reserved) group id.
+    ReInit(Vec<u8>),
+}
+
+impl Plan {
+    /// Whether the hub authenticates this commit with the user auth key.
+    fn is_user_level(&self) -> bool {
+        matches!(self, Plan::AddClients(..) | Plan::RemoveClients(..))
+    }
 }
 
 /// A client with its keys, its groups and a connection to its home hub.
@@ -329,6 +367,8 @@ impl Client {
         let QsResponse::UserCreated(ids) = transport.qs(&req).await? else {
             return Err(ClientError::Unexpected("expected UserCreated"));
         };
+        let link = HpkeKeyPair::generate();
+        let user_secret: [u8; 32] = mimi_rm_crypto::ids::random_bytes();
         let state = ClientState {
             name: name.to_owned(),
             device: hex::encode(identity.device),
@@ -356,17 +396,36 @@ impl Client {
             domain,
             groups: BTreeMap::new(),
             key_packages: BTreeMap::new(),
+            user_secret: hex::encode(user_secret),
+            user_secret_generation: 0,
+            link_private: hex::encode(link.private.as_bytes()),
+            devices: BTreeMap::from([(
+                hex::encode(identity.device),
+                hex::encode(link.public.as_bytes()),
+            )]),
+            connection_keys: BTreeMap::new(),
+            connection_key_order: Vec::new(),
+            pending_connections: BTreeMap::new(),
+            connection_requests: BTreeMap::new(),
         };
-        let mut client = Self {
+        let mut client = Self::from_parts(transport, dir, state);
+        client.publish_add_packages(ADD_PACKAGES).await?;
+        client
+            .publish_connection_packages(CONNECTION_PACKAGES)
+            .await?;
+        Ok(client)
+    }
+
+    /// A client over an already set-up transport and state, with an empty OpenMLS store.
+    fn from_parts(transport: Transport, dir: &Path, state: ClientState) -> Self {
+        Self {
             transport,
             dir: dir.to_owned(),
             state,
             provider: ClientProvider::default(),
             pending: Vec::new(),
             ephemeral: false,
-        };
-        client.publish_add_packages(ADD_PACKAGES).await?;
-        Ok(client)
+        }
     }
 
     /// Loads a client saved in `dir`, talking to `hub_url`.
@@ -758,31 +817,48 @@ impl Client {
             return Ok(());
         }
         for domain in missing {
-            let AsResponse::AsCredentials(anchors) = self
-                .transport
-                .auth_at(
-                    &self.state.domain,
-                    &domain,
-                    &anonymous_as(AsOperation::AsCredentials),
-                )
-                .await?
-            else {
-                return Err(ClientError::Unexpected("expected AS credentials"));
-            };
-            if anchors
-                .roots
-                .iter()
-                .any(|r| r.tbs.as_domain.as_slice() != domain.as_bytes())
-            {
-                return Err(ClientError::Unexpected(
-                    "a provider's AS root names another domain",
-                ));
-            }
-            self.state
-                .peer_anchors
-                .insert(domain, hex::encode(encoded(&anchors)?));
+            self.fetch_anchors(&domain).await?;
         }
-        self.persist()
+        Ok(())
+    }
+
+    /// The AS credentials of `domain`: our own, already known ones, or fetched (through our
+    /// provider) and remembered. A provider's roots must name that provider's domain.
+    async fn fetch_anchors(&mut self, domain: &str) -> Result<AsCredentials, ClientError> {
+        let known = if domain == self.state.domain {
+            Some(&self.state.as_credentials)
+        } else {
+            self.state.peer_anchors.get(domain)
+        };
+        if let Some(hexed) = known {
+            return decode_exact(&unhex(hexed)?, 1 << 20)
+                .map_err(|e| ClientError::State(e.to_string()));
+        }
+        let AsResponse::AsCredentials(anchors) = self
+            .transport
+            .auth_at(
+                &self.state.domain,
+                domain,
+                &anonymous_as(AsOperation::AsCredentials),
+            )
+            .await?
+        else {
+            return Err(ClientError::Unexpected("expected AS credentials"));
+        };
+        if anchors
+            .roots
+            .iter()
+            .any(|r| r.tbs.as_domain.as_slice() != domain.as_bytes())
+        {
+            return Err(ClientError::Unexpected(
+                "a provider's AS root names another domain",
+            ));
+        }
+        self.state
+            .peer_anchors
+            .insert(domain.to_owned(), hex::encode(encoded(&anchors)?));
+        self.persist()?;
+        Ok(anchors)
     }
 
     fn friendship_keys(&self) -> Result<(EarKey, EarKey), ClientError> {
@@ -888,19 +964,34 @@ impl Client {
         })
     }
 
-    /// Creates a group on the hub with us as its only member.
+    /// Creates a group on the hub with our user as its only member (and admin): this device,
+    /// plus our user's other devices.
     pub async fn create_group(&mut self) -> Result<GroupHandle, ClientError> {
-        let req = self.ds_request(
-            &[],
-            None,
-            DsSender::Anonymous,
-            DsOperation::RequestGroupId,
-            None,
-        )?;
-        let DsResponse::GroupId(gid) = self.transport.ds(&req).await? else {
-            return Err(ClientError::Unexpected("expected a group id"));
-        };
-        let gid = gid.as_slice().to_vec();
+        let group = self.create_group_of(GroupKind::Regular).await?;
+        if self.state.devices.len() > 1 {
+            self.add_own_devices(&group).await?;
+        }
+        Ok(group)
+    }
+
+    /// Creates a group of `kind` with this device as its only member.
+    async fn create_group_of(&mut self, kind: GroupKind) -> Result<GroupHandle, ClientError> {
+        let reserved = self.reserve_group_id().await?;
+        self.create_group_in(reserved, kind).await
+    }
+
+    /// Creates a group of `kind` under an id reserved on our hub.
+    async fn create_group_in(
+        &mut self,
+        reserved: ReservedGroup,
+        kind: GroupKind,
+    ) -> Result<GroupHandle, ClientError> {
+        let gid = reserved.group_id.as_slice().to_vec();
+        // The hub proposes removals (inactive members, deleted queues) as external sender.
+        let hub_sender = ExternalSender::new(
+            reserved.external_sender_key.as_slice().to_vec().into(),
+            BasicCredential::new(external_sender_identity(&self.state.domain)).into(),
+        );
         let (signer, cwk, sek) = self.new_leaf_identity()?;
         let cfg = MlsGroupCreateConfig::builder()
             .ciphersuite(CIPHERSUITE)
@@ -916,6 +1007,10 @@ impl Client {
                 Extensions::single(self.sealed_queue_ref()?).map_err(ClientError::mls)?,
             )
             .map_err(ClientError::mls)?
+            .with_group_context_extensions(
+                Extensions::single(Extension::ExternalSenders(vec![hub_sender]))
+                    .map_err(ClientError::mls)?,
+            )
             .build();
         let group = MlsGroup::new_with_group_id(
             &self.provider,
@@ -942,6 +1037,13 @@ impl Client {
             group_info: group_info.into(),
             ratchet_tree: ratchet_tree.into(),
             creator,
+            creator_user_auth_key: self
+                .user_auth_key(&gid)?
+                .verifying_key()
+                .as_bytes()
+                .to_vec()
+                .into(),
+            kind,
         });
         let req = self.ds_request(&gid, Some(&ear_key), DsSender::Member(0), op, Some(&signer))?;
         self.transport.ds(&req).await?;
@@ -953,12 +1055,30 @@ impl Client {
                 credential_key: hex::encode(credential_key.as_bytes()),
                 wrapper_key: hex::encode(wrapper_key.as_bytes()),
                 signature_ear_key: hex::encode(sek.as_bytes()),
+                signer_private: leaf_key_backup(&signer)?,
+                leaf_credential: hex::encode(encoded_credential(&group)?),
+                user_key_set: true,
                 members: BTreeMap::from([(0, verified_record(signer.public(), &credential))]),
                 joined_epoch: 0,
             },
         );
         self.persist()?;
         Ok(GroupHandle(gid))
+    }
+
+    /// Reserves a group id on our hub (with the hub's external-sender key).
+    pub(crate) async fn reserve_group_id(&self) -> Result<ReservedGroup, ClientError> {
+        let req = self.ds_request(
+            &[],
+            None,
+            DsSender::Anonymous,
+            DsOperation::RequestGroupId,
+            None,
+        )?;
+        match self.transport.ds(&req).await? {
+            DsResponse::GroupId(reserved) => Ok(reserved),
+            _ => Err(ClientError::Unexpected("expected a group id")),
+        }
     }
 
     /// Fetches the contact's AddPackages with its card and adds all its clients to the group.
@@ -980,6 +1100,54 @@ impl Client {
         self.add_contact(contact)?;
         self.ensure_contact_anchors().await?;
         self.catch_up_before_commit().await?;
+        let (kps, mut added, records) = self
+            .fetch_add_packages_of(group, contact, None, mode)
+            .await?;
+        if kps.is_empty() {
+            return Err(ClientError::NoAddPackage);
+        }
+        if mode == InviteMode::WithoutMaterial {
+            added.clear();
+        }
+        let aad = CommitAad {
+            added,
+            user_auth_key: None,
+            joiner: None,
+            reinit: None,
+        };
+        let epoch = self.commit(group, Plan::Add(kps, aad)).await?;
+        self.insert_added_records(group, records)?;
+        Ok(epoch)
+    }
+
+    /// Files the member records of clients we just added under their new leaves.
+    fn insert_added_records(
+        &mut self,
+        group: &GroupHandle,
+        records: Vec<MemberRecord>,
+    ) -> Result<(), ClientError> {
+        let mls = self.load_group(group)?;
+        let meta = self.meta_mut(group)?;
+        for record in records {
+            if let Some(m) = mls
+                .members()
+                .find(|m| hex::encode(&m.signature_key) == record.signature_key)
+            {
+                meta.members.insert(m.index.u32(), record);
+            }
+        }
+        self.persist()
+    }
+
+    /// Fetches `contact`'s AddPackages (every device of that user, or only `only_devices`),
+    /// verifies each (in `Checked` mode) and prepares its credential material for `group`.
+    async fn fetch_add_packages_of(
+        &mut self,
+        group: &GroupHandle,
+        contact: &ContactCard,
+        only_devices: Option<&[[u8; 16]]>,
+        mode: InviteMode,
+    ) -> Result<(Vec<KeyPackage>, Vec<AddedMember>, Vec<MemberRecord>), ClientError> {
         let op = QsOperation::FetchAddPackages(contact.friendship_token.to_vec().into());
         let QsResponse::AddPackages(pkgs) = self
             .transport
@@ -1017,6 +1185,9 @@ impl Client {
             };
             let leaf = kp.leaf_node();
             let (credential, sek) = identity::unwrap(&friend_info, &friend_ck, &friend_wk)?;
+            if only_devices.is_some_and(|d| !d.contains(&credential.tbs.identity.device)) {
+                continue;
+            }
             let record = if mode == InviteMode::Checked {
                 match self.state.mode {
                     DsMode::Rm => identity::verify_leaf(
@@ -1068,6 +1239,7 @@ impl Client {
             added.push(AddedMember {
                 key_package_ref: kp_ref.as_slice().to_vec().into(),
                 credential: self.leaf_info(&credential, &sek, &group_ck, &group_wk)?,
+                user: 0,
                 attribution: ear::seal(
                     &wai_key,
                     identity::ATTRIBUTION_DOMAIN,
@@ -1079,27 +1251,31 @@ impl Client {
             records.push(record);
             kps.push(kp);
         }
-        if kps.is_empty() {
-            return Err(ClientError::NoAddPackage);
-        }
-        if mode == InviteMode::WithoutMaterial {
-            added.clear();
-        }
-        let epoch = self
-            .commit(group, Plan::Add(kps, CommitAad { added }))
-            .await?;
-        let mls = self.load_group(group)?;
-        let meta = self.meta_mut(group)?;
-        for record in records {
-            if let Some(m) = mls
-                .members()
-                .find(|m| hex::encode(&m.signature_key) == record.signature_key)
-            {
-                meta.members.insert(m.index.u32(), record);
-            }
-        }
-        self.persist()?;
-        Ok(epoch)
+        Ok((kps, added, records))
+    }
+
+    /// Sets the role of the user owning `leaf` (admins only; all its devices share the role).
+    pub async fn set_role(
+        &mut self,
+        group: &GroupHandle,
+        leaf: u32,
+        role: Role,
+    ) -> Result<(), ClientError> {
+        let (signer, mls, ear_key) = self.member(group)?;
+        let req = self.member_request(
+            &mls,
+            &ear_key,
+            &signer,
+            DsOperation::SetRole(SetRole { leaf, role }),
+        )?;
+        self.transport.ds(&req).await?;
+        Ok(())
+    }
+
+    /// The group's users as the hub enforces them: each user's leaves and role.
+    pub async fn roles(&self, group: &GroupHandle) -> Result<Vec<GroupUser>, ClientError> {
+        let ear_key = EarKey::from_bytes(&unhex(&self.meta(group)?.ear_key)?)?;
+        Ok(self.external_commit_info(group, &ear_key).await?.users)
     }
 
     /// Removes members by leaf index. Like every commit of ours, it first reads our queue if we
@@ -1151,6 +1327,33 @@ impl Client {
     pub async fn update(&mut self, group: &GroupHandle) -> Result<u64, ClientError> {
         self.catch_up_before_commit().await?;
         self.commit(group, Plan::Update).await
+    }
+
+    /// Re-initialises `group` (admins only): commits a ReInit into a fresh group on our hub,
+    /// creates that group and invites every member who is our contact. The old group takes no
+    /// further operations. Returns the new group.
+    pub async fn reinit(&mut self, group: &GroupHandle) -> Result<GroupHandle, ClientError> {
+        self.catch_up_before_commit().await?;
+        let reserved = self.reserve_group_id().await?;
+        self.commit(group, Plan::ReInit(reserved.group_id.as_slice().to_vec()))
+            .await?;
+        let handles: std::collections::BTreeSet<String> = self
+            .meta(group)?
+            .members
+            .values()
+            .filter_map(|r| r.handle.clone())
+            .filter(|h| *h != self.state.name)
+            .collect();
+        let new = self.create_group_in(reserved, GroupKind::Regular).await?;
+        if self.state.devices.len() > 1 {
+            self.add_own_devices(&new).await?;
+        }
+        for handle in handles {
+            if let Some(text) = self.state.contacts.get(&handle).cloned() {
+                self.invite(&new, &ContactCard::from_text(&text)?).await?;
+            }
+        }
+        Ok(new)
     }
 
     /// Removes everyone else and deletes the group on the hub.
@@ -1316,9 +1519,24 @@ impl Client {
     }
 
     async fn commit(&mut self, group: &GroupHandle, plan: Plan) -> Result<u64, ClientError> {
+        let user_level = plan.is_user_level();
         let (signer, mut mls, ear_key) = self.member(group)?;
-        let op = self.build_commit(&mut mls, &signer, plan, self.provider.crypto())?;
-        self.send_commit(mls, &ear_key, &signer, op).await
+        let op = self.build_commit(&mut mls, &signer, plan.clone(), self.provider.crypto())?;
+        match self
+            .send_commit(mls, &ear_key, &signer, op, user_level)
+            .await
+        {
+            // The hub has just proposed removals our commit must include: fetch them (they go
+            // into our proposal store) and build the commit again, once.
+            Err(ClientError::ProposalsPending) => {
+                self.catch_up().await?;
+                let (signer, mut mls, ear_key) = self.member(group)?;
+                let op = self.build_commit(&mut mls, &signer, plan, self.provider.crypto())?;
+                self.send_commit(mls, &ear_key, &signer, op, user_level)
+                    .await
+            }
+            other => other,
+        }
     }
 
     /// Stages a commit for `plan` and wraps it as the matching DS operation. `crypto` is the
@@ -1330,15 +1548,63 @@ impl Client {
         plan: Plan,
         crypto: &impl openmls_traits::crypto::OpenMlsCrypto,
     ) -> Result<DsOperation, ClientError> {
-        if let Plan::Add(_, aad) = &plan {
-            // The credential material rides in the signed authenticated data of the commit.
-            mls.set_aad(encoded(aad)?);
-        }
+        // Our user's auth key goes into the first commit we make after being welcomed.
+        let group = GroupHandle(mls.group_id().as_slice().to_vec());
+        let own_key = match self.meta(&group) {
+            Ok(m) if !m.user_key_set => Some(
+                self.user_auth_key(&group.0)?
+                    .verifying_key()
+                    .as_bytes()
+                    .to_vec()
+                    .into(),
+            ),
+            _ => None,
+        };
+        // The credential material and key changes ride in the signed authenticated data of the
+        // commit, so the hub and every member see the same values.
+        let aad = match &plan {
+            Plan::Add(_, aad) => CommitAad {
+                user_auth_key: own_key,
+                ..aad.clone()
+            },
+            Plan::AddClients(_, added) => CommitAad {
+                added: added.clone(),
+                user_auth_key: None,
+                joiner: None,
+                reinit: None,
+            },
+            Plan::RemoveClients(_, key) | Plan::RotateUserKey(key) => CommitAad {
+                added: Vec::new(),
+                user_auth_key: Some(key.clone().into()),
+                joiner: None,
+                reinit: None,
+            },
+            Plan::ReInit(target) => CommitAad {
+                added: Vec::new(),
+                user_auth_key: own_key,
+                joiner: None,
+                reinit: Some(target.clone().into()),
+            },
+            _ => CommitAad {
+                added: Vec::new(),
+                user_auth_key: own_key,
+                joiner: None,
+                reinit: None,
+            },
+        };
+        mls.set_aad(encoded(&aad)?);
         let builder = mls.commit_builder();
         let builder = match &plan {
-            Plan::Add(kps, _) => builder.propose_adds(kps.iter().cloned()),
+            Plan::Add(kps, _) | Plan::AddClients(kps, _) => {
+                builder.propose_adds(kps.iter().cloned())
+            }
             Plan::Remove(l) | Plan::Delete(l) => builder.propose_removals(l.iter().copied()),
-            Plan::Update => builder.force_self_update(true),
+            Plan::RemoveClients(l, _) => {
+                builder.propose_removals(l.iter().map(|i| LeafNodeIndex::new(*i)))
+            }
+            Plan::Update | Plan::RotateUserKey(_) | Plan::ReInit(_) => {
+                builder.force_self_update(true)
+            }
         };
         let bundle = builder
             .load_psks(self.provider.storage())
@@ -1364,8 +1630,11 @@ impl Client {
         Ok(match plan {
             Plan::Add(..) => DsOperation::AddMembers(cb),
             Plan::Remove(_) => DsOperation::RemoveMembers(cb),
-            Plan::Update => DsOperation::Update(cb),
+            Plan::Update | Plan::RotateUserKey(_) => DsOperation::Update(cb),
             Plan::Delete(_) => DsOperation::DeleteGroup(cb),
+            Plan::AddClients(..) => DsOperation::AddClients(cb),
+            Plan::RemoveClients(..) => DsOperation::RemoveClients(cb),
+            Plan::ReInit(_) => DsOperation::ReInit(cb),
         })
     }
 
@@ -1377,9 +1646,16 @@ impl Client {
         ear_key: &EarKey,
         signer: &SignatureKeyPair,
         op: DsOperation,
+        user_level: bool,
     ) -> Result<u64, ClientError> {
-        let req = self.member_request(&mls, ear_key, signer, op)?;
+        let group = GroupHandle(mls.group_id().as_slice().to_vec());
+        let req = if user_level {
+            self.user_request(&group, ear_key, op)?
+        } else {
+            self.member_request(&mls, ear_key, signer, op)?
+        };
         let outcome = match self.transport.ds(&req).await {
+            Ok(DsResponse::ProposalsPending(_)) => Err(ClientError::ProposalsPending),
             // The hub may or may not have applied it before the connection broke: ask it.
             Err(ClientError::Transport(e)) => {
                 tracing::warn!(error = %e, "commit outcome unknown; asking the hub");
@@ -1398,6 +1674,9 @@ impl Client {
                 mls.merge_pending_commit(&self.provider)
                     .map_err(ClientError::mls)?;
                 self.state.committed_since_receive = true;
+                if let Ok(meta) = self.meta_mut(&group) {
+                    meta.user_key_set = true;
+                }
                 self.persist()?;
                 Ok(mls.epoch().as_u64())
             }
@@ -1515,6 +1794,18 @@ impl Client {
             }
             Err(e) => Err(e),
         }
+    }
+
+    /// Deletes this device's queue (and AddPackages) at our QS: whatever is sent to it
+    /// afterwards is dropped, and the hub proposes removing this device from its groups.
+    pub async fn delete_queue(&mut self) -> Result<(), ClientError> {
+        let req = signed_qs(
+            &self.client_auth()?,
+            QsSender::Client(self.client_id()?),
+            QsOperation::DeleteClient,
+        )?;
+        self.transport.qs(&req).await?;
+        Ok(())
     }
 
     /// Mixes fresh randomness into our queue ratchet at the QS and here (post-compromise
@@ -1722,6 +2013,15 @@ impl Client {
                         plaintext: rest.to_vec(),
                     },
                     Some((&CONTENT_CONTROL, rest)) => self.control(group, rest)?,
+                    Some((&devices::CONTENT_USER_SECRET, rest)) => {
+                        let handle = self
+                            .meta(&group)?
+                            .members
+                            .get(&sender)
+                            .and_then(|r| r.handle.clone());
+                        self.apply_user_secret(handle.as_deref(), rest)?;
+                        return Ok(Processed::Done(Vec::new()));
+                    }
                     _ => return Err(ClientError::Unexpected("unknown application content")),
                 }
             }
@@ -1746,6 +2046,24 @@ impl Client {
                     epoch: mls.epoch().as_u64(),
                 }];
                 events.extend(self.track_members(&group, &mls, &adds, &aad)?);
+                // A re-initialisation names the group the conversation continues in.
+                if let Some(next) = decode_aad(&aad)?.reinit {
+                    events.push(Event::ReInitialised {
+                        group: group.clone(),
+                        new_group: GroupHandle(next.as_slice().to_vec()),
+                    });
+                }
+                // A responder joining our connection group brings its contact card.
+                if let Some(joiner) = decode_aad(&aad)?.joiner
+                    && !joiner.friendship.as_slice().is_empty()
+                {
+                    match self.connection_joined(&group, joiner.friendship.as_slice()) {
+                        Ok(Some(event)) => events.push(event),
+                        Ok(None) => {}
+                        Err(e) => tracing::warn!(group = %group, error = %e,
+                            "a connection join with an unusable contact card"),
+                    }
+                }
                 return Ok(Processed::Done(events));
             }
             _ => return Ok(Processed::Done(Vec::new())),
@@ -1768,12 +2086,38 @@ impl Client {
             .collect();
         let anchors = self.anchors()?;
         let (ck, wk) = group_keys(self.meta(group)?)?;
-        let aad: CommitAad = if aad.is_empty() {
-            CommitAad::default()
-        } else {
-            decode_exact(aad, MAX_MESSAGE).map_err(|e| ClientError::State(e.to_string()))?
-        };
+        let aad = decode_aad(aad)?;
         let mut fresh = Vec::new();
+        // An external joiner (a new device, a connection responder) is the one member neither
+        // known before nor added by KeyPackage; its material is in the commit's `joiner`.
+        if let Some(joiner) = &aad.joiner {
+            let known: std::collections::BTreeSet<&str> = self
+                .meta(group)?
+                .members
+                .values()
+                .map(|r| r.signature_key.as_str())
+                .collect();
+            let added: std::collections::BTreeSet<String> = adds
+                .iter()
+                .map(|kp| hex::encode(kp.leaf_node().signature_key().as_slice()))
+                .collect();
+            for m in mls.members() {
+                let key = hex::encode(&m.signature_key);
+                if !known.contains(key.as_str()) && !added.contains(&key) {
+                    fresh.push((
+                        m.index.u32(),
+                        check_leaf(
+                            self.state.mode,
+                            m.credential.serialized_content(),
+                            &m.signature_key,
+                            &joiner.credential,
+                            (&ck, &wk),
+                            &anchors,
+                        ),
+                    ));
+                }
+            }
+        }
         for kp in adds {
             let kp_ref = kp
                 .hash_ref(self.provider.crypto())
@@ -1875,7 +2219,9 @@ impl Client {
             }
         };
         let inviter = attribution.tbs.sender.tbs.identity.handle_str();
-        if !self.state.contacts.contains_key(&inviter) {
+        // Our own other devices add us to their groups (with our user's key already set).
+        let by_own_user = inviter == self.state.name;
+        if !by_own_user && !self.state.contacts.contains_key(&inviter) {
             tracing::warn!(inviter = %inviter, "refusing an invitation from a non-contact");
             return Ok(vec![Event::InviteRejected {
                 inviter: Some(inviter),
@@ -1935,6 +2281,9 @@ impl Client {
                 credential_key: hex::encode(attribution.tbs.credential_key),
                 wrapper_key: hex::encode(attribution.tbs.wrapper_key),
                 signature_ear_key: pending.signature_ear_key.clone(),
+                signer_private: leaf_key_backup(&signer)?,
+                leaf_credential: hex::encode(encoded_credential(&group)?),
+                user_key_set: by_own_user,
                 members: BTreeMap::new(),
                 joined_epoch: group.epoch().as_u64(),
             },
@@ -2126,4 +2475,53 @@ fn signed_qs(
         tbs,
         signature: signature.into(),
     })
+}
+
+/// The serialized content of our own leaf's credential in `group`.
+fn encoded_credential(group: &MlsGroup) -> Result<Vec<u8>, ClientError> {
+    Ok(group
+        .own_leaf_node()
+        .ok_or(ClientError::Unexpected("no own leaf"))?
+        .credential()
+        .serialized_content()
+        .to_vec())
+}
+
+/// An AS request signed by our client credential key.
+fn signed_as(
+    key: &SigningKey,
+    identity: ClientIdentity,
+    operation: AsOperation,
+) -> Result<AsRequest, ClientError> {
+    let tbs = AsRequestTbs {
+        timestamp_ms: now_ms(),
+        nonce: mimi_rm_crypto::ids::random_id(),
+        sender: AsSender::Client(identity),
+        operation,
+    };
+    let bytes = encode(&tbs).map_err(|e| ClientError::State(e.to_string()))?;
+    Ok(AsRequest {
+        signature: key.sign(AS_REQUEST_SIGNATURE_LABEL, &bytes).into(),
+        tbs,
+    })
+}
+
+/// Decodes a commit's authenticated data (empty means nothing).
+fn decode_aad(aad: &[u8]) -> Result<CommitAad, ClientError> {
+    if aad.is_empty() {
+        return Ok(CommitAad::default());
+    }
+    decode_exact(aad, MAX_MESSAGE).map_err(|e| ClientError::State(e.to_string()))
+}
+
+/// Our leaf's signature key pair, serialised for the key file (see `GroupMeta::signer_private`).
+fn leaf_key_backup(signer: &SignatureKeyPair) -> Result<String, ClientError> {
+    serde_json::to_vec(signer)
+        .map(hex::encode)
+        .map_err(|e| ClientError::State(e.to_string()))
+}
+
+/// Restores a key pair saved by [`leaf_key_backup`].
+fn leaf_key_restore(backup: &str) -> Result<SignatureKeyPair, ClientError> {
+    serde_json::from_slice(&unhex(backup)?).map_err(|e| ClientError::State(e.to_string()))
 }

@@ -41,6 +41,9 @@ pub enum ClientError {
     /// nothing was sent. Look at the group again and retry.
     #[error("the group's members changed before the commit; nothing was sent")]
     MembersChanged,
+    /// The hub has just proposed removals that a commit must include; fetch them and retry.
+    #[error("the hub has pending proposals to commit first")]
+    ProposalsPending,
 }
 
 impl ClientError {

@@ -17,7 +17,10 @@ mod transport;
 
 #[cfg(feature = "adversary")]
 pub use client::Tamper;
-pub use client::{Client, Event, GroupHandle, MAX_PAST_EPOCHS, MemberIdentity};
+pub use client::{
+    Client, Event, GroupHandle, IncomingConnection, MAX_PAST_EPOCHS, MemberIdentity, PendingDevice,
+    seal_offer,
+};
 pub use contact::ContactCard;
 pub use error::ClientError;
 pub use tokens::Wallet;

@@ -2,7 +2,7 @@
 #![forbid(unsafe_code)]
 
 use clap::{Parser, Subcommand};
-use mimi_client_rm::{Client, ContactCard, Event, GroupHandle, MemberIdentity};
+use mimi_client_rm::{Client, ContactCard, Event, GroupHandle, MemberIdentity, PendingDevice};
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -124,6 +124,89 @@ enum Command {
         #[arg(long)]
         group: String,
     },
+    /// Ask a user to connect (consent-based): they see who asks and accept or decline. Until
+    /// they accept, nothing you send reaches them.
+    Connect {
+        /// Their handle.
+        #[arg(long)]
+        handle: String,
+        /// Their provider's domain (default: yours).
+        #[arg(long)]
+        domain: Option<String>,
+    },
+    /// Fetch connection requests from your AS and list those waiting for your decision.
+    Requests,
+    /// Accept a connection request: join its group; the asker becomes a contact.
+    Accept {
+        /// Request id (from `requests`).
+        #[arg(long)]
+        id: String,
+    },
+    /// Decline a connection request: it is forgotten and the asker learns nothing.
+    Decline {
+        /// Request id (from `requests`).
+        #[arg(long)]
+        id: String,
+    },
+    /// Manage your devices (clients of your user).
+    #[command(subcommand)]
+    Device(DeviceCommand),
+    /// Show a group's users: their devices and roles.
+    Users {
+        /// Group id (hex).
+        #[arg(long)]
+        group: String,
+    },
+    /// Make the user at a leaf an admin or a plain member (admins only).
+    SetRole {
+        /// Group id (hex).
+        #[arg(long)]
+        group: String,
+        /// Any leaf of that user.
+        #[arg(long)]
+        leaf: u32,
+        /// `admin` or `member`.
+        #[arg(long)]
+        role: String,
+    },
+    /// Re-initialise a group into a fresh one with the same contacts (admins only).
+    Reinit {
+        /// Group id (hex).
+        #[arg(long)]
+        group: String,
+    },
+    /// Re-enter every group whose local MLS state was lost (the key file survived).
+    Recover,
+}
+
+#[derive(Subcommand)]
+enum DeviceCommand {
+    /// On the NEW device: start linking (with --dir of the new device); prints a request.
+    Request {
+        /// Your handle.
+        #[arg(long)]
+        name: String,
+    },
+    /// On an EXISTING device: approve a request; prints the grant for the new device.
+    Approve {
+        /// The request text (`mimi-link-request:…`).
+        #[arg(long)]
+        request: String,
+    },
+    /// On the NEW device: finish linking with the grant; joins all your groups.
+    Complete {
+        /// The grant text (`mimi-link-grant:…`).
+        #[arg(long)]
+        grant: String,
+    },
+    /// List your user's devices known to this device.
+    List,
+    /// Remove a device from every group and rotate your user's keys.
+    Remove {
+        /// Device id (hex).
+        #[arg(long)]
+        device: String,
+    },
 }
 
 #[tokio::main]
@@ -169,6 +252,12 @@ fn print_events(events: &[Event]) {
                 ),
                 None => println!("[{group}] we had fallen behind; re-entered at epoch {epoch}"),
             },
+            Event::ReInitialised { group, new_group } => {
+                println!("[{group}] was re-initialised; it continues in {new_group}")
+            }
+            Event::ConnectionAccepted { group, handle } => {
+                println!("{handle} accepted your connection request (group {group})")
+            }
             Event::EarKeyRotated { group } => {
                 println!("[{group}] a member rotated the group's state key")
             }
@@ -195,9 +284,109 @@ async fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
         println!("{}", client.contact_card()?.to_text()?);
         return Ok(());
     }
+    match &cli.command {
+        Command::Device(DeviceCommand::Request { name }) => {
+            let (pending, text) = PendingDevice::request(&cli.dir, &cli.hub, name, None)?;
+            pending.save()?;
+            println!("show this on an existing device (mimi-rm device approve --request …):");
+            println!("{text}");
+            return Ok(());
+        }
+        Command::Device(DeviceCommand::Complete { grant }) => {
+            let pending = PendingDevice::load(&cli.dir, &cli.hub, None)?;
+            let client = pending.complete(grant).await?;
+            println!(
+                "linked device {} of {}; in {} groups",
+                client
+                    .identity()?
+                    .device
+                    .iter()
+                    .map(|b| format!("{b:02x}"))
+                    .collect::<String>(),
+                client.name(),
+                client.groups().len()
+            );
+            return Ok(());
+        }
+        _ => {}
+    }
     let mut client = Client::load(&cli.dir, &cli.hub)?;
     match cli.command {
-        Command::Register { .. } => {}
+        Command::Register { .. }
+        | Command::Device(DeviceCommand::Request { .. } | DeviceCommand::Complete { .. }) => {}
+        Command::Connect { handle, domain } => {
+            let domain = domain.unwrap_or_else(|| {
+                client
+                    .contact_card()
+                    .map(|c| c.domain_str())
+                    .unwrap_or_default()
+            });
+            let group = client.connect(&handle, &domain).await?;
+            println!("asked {handle} to connect (group {group}); they see your handle and decide");
+        }
+        Command::Requests => {
+            for r in client.fetch_connection_requests().await? {
+                if let Some(reason) = r.rejected {
+                    println!(
+                        "rejected a request claiming to be {}@{}: {reason}",
+                        r.handle, r.domain
+                    );
+                }
+            }
+            for r in client.pending_connection_requests()? {
+                println!("{}  {}@{} wants to connect", r.id, r.handle, r.domain);
+            }
+        }
+        Command::Accept { id } => {
+            let group = client.accept_connection(&id).await?;
+            println!("connected; conversation group {group}");
+        }
+        Command::Decline { id } => {
+            client.decline_connection(&id)?;
+            println!("declined");
+        }
+        Command::Device(DeviceCommand::Approve { request }) => {
+            println!("show this on the new device (mimi-rm device complete --grant …):");
+            println!("{}", client.approve_link(&request).await?);
+        }
+        Command::Device(DeviceCommand::List) => {
+            for d in client.own_devices() {
+                println!("{d}");
+            }
+        }
+        Command::Device(DeviceCommand::Remove { device }) => {
+            client.remove_device(&device).await?;
+            println!("removed device {device} from every group; your user keys are rotated");
+        }
+        Command::Users { group } => {
+            let g = GroupHandle::from_hex(&group)?;
+            for (handle, devices) in client.user_devices(&g)? {
+                println!("{handle}: devices {}", devices.join(", "));
+            }
+            for u in client.roles(&g).await? {
+                println!("leaves {:?}: {:?}", u.leaves, u.role);
+            }
+        }
+        Command::SetRole { group, leaf, role } => {
+            let role = match role.as_str() {
+                "admin" => mimi_rm_protocol::ds::Role::Admin,
+                "member" => mimi_rm_protocol::ds::Role::Member,
+                _ => return Err("role must be admin or member".into()),
+            };
+            client
+                .set_role(&GroupHandle::from_hex(&group)?, leaf, role)
+                .await?;
+            println!("role set");
+        }
+        Command::Reinit { group } => {
+            let new = client.reinit(&GroupHandle::from_hex(&group)?).await?;
+            println!("re-initialised into group {new}");
+        }
+        Command::Recover => {
+            for g in client.recover_lost_groups().await? {
+                println!("re-entered group {g}");
+            }
+        }
         Command::Contact => println!("{}", client.contact_card()?.to_text()?),
         Command::AddContact { card } => {
             let card = ContactCard::from_text(&card)?;

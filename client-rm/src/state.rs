@@ -35,6 +35,18 @@ pub struct GroupMeta {
     pub signature_ear_key: String,
     /// Members by leaf index.
     pub members: BTreeMap<u32, MemberRecord>,
+    /// Hex private key of our leaf's signature key. Kept here, next to the group keys, so a
+    /// device whose OpenMLS state is lost can resync with its unchanged leaf.
+    #[serde(default)]
+    pub signer_private: String,
+    /// Hex serialized content of our leaf's credential (the pseudonymous credential), for the
+    /// same purpose.
+    #[serde(default)]
+    pub leaf_credential: String,
+    /// Whether our user's per-group auth key is known to be set at the hub (false after a
+    /// Welcome: an Update with the key follows).
+    #[serde(default)]
+    pub user_key_set: bool,
     /// The epoch we joined at by Welcome (0 for groups we created). The hub accepts
     /// application messages a few epochs late and fans them out to every current member, so a
     /// message from before we joined can reach us; it was never meant for us and is dropped
@@ -119,6 +131,39 @@ pub struct ClientState {
     pub groups: BTreeMap<String, GroupMeta>,
     /// Published KeyPackages by hex KeyPackageRef.
     pub key_packages: BTreeMap<String, PendingKeyPackage>,
+    /// Hex secret shared by all devices of our user; per-group user auth keys derive from it.
+    #[serde(default)]
+    pub user_secret: String,
+    /// Generation of `user_secret` (bumped whenever a device is removed).
+    #[serde(default)]
+    pub user_secret_generation: u32,
+    /// Hex X25519 private key of this device's link key (what siblings seal user secrets to).
+    #[serde(default)]
+    pub link_private: String,
+    /// Our user's devices: hex device id → hex link public key.
+    #[serde(default)]
+    pub devices: BTreeMap<String, String>,
+    /// Private keys of our published connection packages, by hex package hash.
+    #[serde(default)]
+    pub connection_keys: BTreeMap<String, String>,
+    /// Hex package hashes in the order their keys were made (oldest first), to bound the keys.
+    #[serde(default)]
+    pub connection_key_order: Vec<String>,
+    /// Connection groups we created, waiting for their responder, by hex group id.
+    #[serde(default)]
+    pub pending_connections: BTreeMap<String, PendingConnection>,
+    /// Verified connection requests waiting for our decision: id → hex encoded offer.
+    #[serde(default)]
+    pub connection_requests: BTreeMap<String, String>,
+}
+
+/// A connection we initiated.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct PendingConnection {
+    /// The responder's handle.
+    pub handle: String,
+    /// Hex key the responder's contact card arrives under.
+    pub friendship_key: String,
 }
 
 /// OpenMLS key-store entries (key → value).
@@ -150,6 +195,13 @@ pub fn save(
     let tmp = dir.join("client.json.tmp");
     std::fs::write(&tmp, text).map_err(|e| ClientError::State(e.to_string()))?;
     std::fs::rename(&tmp, dir.join("client.json")).map_err(|e| ClientError::State(e.to_string()))
+}
+
+/// Writes a file atomically (temp file + rename).
+pub fn write_private(path: &Path, bytes: &[u8]) -> Result<(), ClientError> {
+    let tmp = path.with_extension("tmp");
+    std::fs::write(&tmp, bytes).map_err(|e| ClientError::State(e.to_string()))?;
+    std::fs::rename(&tmp, path).map_err(|e| ClientError::State(e.to_string()))
 }
 
 /// Loads what [`save`] wrote.

@@ -48,11 +48,13 @@ struct Fixture {
     ear_key: Option<[u8; 32]>,
     creator: MlsGroup,
     signer: SignatureKeyPair,
+    /// The hub's external-sender key.
+    hub: SignatureKeyPair,
     now: u64,
 }
 
 impl Fixture {
-    fn ctx<'a>(&self, replay: &'a ReplayGuard) -> DsContext<'a> {
+    fn ctx<'a>(&'a self, replay: &'a ReplayGuard) -> DsContext<'a> {
         DsContext {
             domain: DOMAIN,
             now_ms: self.now,
@@ -61,6 +63,11 @@ impl Fixture {
             welcome_tree_ttl_ms: TTL_MS,
             mode: self.mode,
             identity_limit: None,
+            removal: mimi_ds_rm::core::ds::removals::RemovalPolicy {
+                signer: &self.hub,
+                inactivity_limit_ms: u64::MAX / 2,
+                activity_period_ms: 86_400_000,
+            },
         }
     }
 
@@ -183,10 +190,16 @@ impl Fixture {
                         .into(),
                     credential: self.leaf_info(),
                     attribution: random(300).into(),
+                    user: 0,
                 })
                 .collect();
-            self.creator
-                .set_aad(encode(&CommitAad { added }).expect("encode"));
+            let aad = CommitAad {
+                added,
+                user_auth_key: None,
+                joiner: None,
+                reinit: None,
+            };
+            self.creator.set_aad(encode(&aad).expect("encode"));
         }
         let builder = self.creator.commit_builder();
         let builder = match (kps.is_empty(), remove) {
@@ -258,9 +271,10 @@ fn fixture(mode: DsMode, size: usize) -> Fixture {
         ear_key: (mode == DsMode::Rm).then(rand::random),
         creator: placeholder_group(),
         signer,
+        hub: SignatureKeyPair::new(CS.signature_algorithm()).expect("keygen"),
         now,
     };
-    let DsResponse::GroupId(gid) = fx
+    let DsResponse::GroupId(reserved) = fx
         .run(
             fx.request(DsSender::Anonymous, DsOperation::RequestGroupId, None),
             true,
@@ -269,7 +283,11 @@ fn fixture(mode: DsMode, size: usize) -> Fixture {
     else {
         panic!("expected a group id")
     };
-    fx.gid = gid.as_slice().to_vec();
+    fx.gid = reserved.group_id.as_slice().to_vec();
+    let hub_sender = ExternalSender::new(
+        fx.hub.to_public_vec().into(),
+        BasicCredential::new(external_sender_identity(DOMAIN)).into(),
+    );
     let cfg = MlsGroupCreateConfig::builder()
         .ciphersuite(CS)
         .wire_format_policy(PURE_PLAINTEXT_WIRE_FORMAT_POLICY)
@@ -277,6 +295,9 @@ fn fixture(mode: DsMode, size: usize) -> Fixture {
         .capabilities(leaf_capabilities())
         .with_leaf_node_extensions(Extensions::single(fx.queue_ref()).expect("extension"))
         .expect("extensions")
+        .with_group_context_extensions(
+            Extensions::single(Extension::ExternalSenders(vec![hub_sender])).expect("extension"),
+        )
         .build();
     let cwk = CredentialWithKey {
         credential: BasicCredential::new(random(CREDENTIAL_BYTES)).into(),
@@ -305,6 +326,8 @@ fn fixture(mode: DsMode, size: usize) -> Fixture {
             .expect("tree")
             .into(),
         creator: fx.leaf_info(),
+        creator_user_auth_key: random(32).into(),
+        kind: GroupKind::Regular,
     };
     fx.run(fx.member_request(DsOperation::CreateGroup(create)), true);
     if size > 1 {

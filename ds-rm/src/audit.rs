@@ -12,14 +12,25 @@ pub fn reveals(cf: Cf) -> &'static str {
             "random group ids, last-change month, padded size of encrypted routing records"
         }
         Cf::DsReservations => "group ids reserved within the last hour",
+        Cf::DsTombstones => {
+            "which groups have a member whose queue was deleted (not which member: sealed)"
+        }
         Cf::QsUsers => "pseudonymous users: client count, auth key, friendship-token hash",
         Cf::QsFriendship => "friendship-token hash -> pseudonymous user id",
         Cf::QsClients => "pseudonymous queues: auth key, current ratchet, messages received",
         Cf::QsQueues => "undelivered-message counts and padded sizes (contents unreadable)",
         Cf::QsAddPackages => "unused AddPackage counts per queue (contents encrypted)",
-        Cf::ServerKeys => "QS HPKE private key (opens sealed queue refs)",
+        Cf::ServerKeys => {
+            "QS HPKE private key (opens sealed queue refs), federation and DS external-sender keys"
+        }
         Cf::AsUsers => "AS identities by design: every handle and its client credentials",
         Cf::AsKeys => "AS root and intermediate private keys (can forge client credentials)",
+        Cf::AsConnectionPackages => {
+            "per handle: connection packages (public keys, client credentials) left unused"
+        }
+        Cf::AsConnectionRequests => {
+            "per handle: how many connection requests wait (sender and contents sealed)"
+        }
         Cf::FedOutbox => {
             "fan-out waiting for a peer: peer domain, sealed queue refs, MLS messages as fanned out"
         }

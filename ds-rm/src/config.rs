@@ -58,6 +58,12 @@ pub struct Config {
     /// How many opened sealed queue refs the hub keeps in memory, so fan-out does not repeat an
     /// HPKE decryption per recipient and message (0 disables the cache; never written to disk).
     pub queue_ref_cache_entries: usize,
+    /// Seconds without any request after which the hub proposes removing a client from a group
+    /// (it is the group's external sender; members commit the proposal).
+    pub inactive_client_limit_secs: u64,
+    /// Granularity of the per-client activity the hub keeps inside each group's encrypted state,
+    /// in seconds: coarse on purpose (one day by default).
+    pub activity_period_secs: u64,
 }
 
 /// `[privacy_pass]`: which requests cost a token, and how tokens are issued.
@@ -112,6 +118,8 @@ impl Default for Config {
             mode: mimi_rm_protocol::DsMode::Rm,
             baseline_requests_per_minute: 6_000,
             queue_ref_cache_entries: 100_000,
+            inactive_client_limit_secs: 90 * 24 * 60 * 60,
+            activity_period_secs: 24 * 60 * 60,
         }
     }
 }
@@ -165,6 +173,8 @@ impl Config {
             mode: self.mode,
             identity_requests_per_minute: self.baseline_requests_per_minute,
             queue_ref_cache: self.queue_ref_cache_entries,
+            inactive_client_limit_ms: self.inactive_client_limit_secs.saturating_mul(1000),
+            activity_period_ms: self.activity_period_secs.max(1).saturating_mul(1000),
             tokens: crate::core::tokens::TokenPolicy {
                 // A baseline hub limits by identity instead of tokens.
                 rate_limited: match self.mode {

@@ -30,6 +30,7 @@ pub fn expire(store: &dyn Store, idle_months: u32, now_ms: u64) -> Result<Expire
         let row: GroupRow = decode_exact(&value, 64 << 20)
             .map_err(|e| HubError::Internal(format!("stored row: {e}")))?;
         if row.activity_month < cutoff {
+            crate::core::ds::removals::drop_tombstones(&mut txn, &key)?;
             txn.delete(Cf::DsRouting, key.clone());
             txn.delete(Cf::DsGroups, key);
             out.groups += 1;

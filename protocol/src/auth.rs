@@ -4,6 +4,7 @@
 //! knows nothing about groups, queues or leaf pseudonyms; the DS and QS in the same process never
 //! read its column families.
 
+use crate::connection::{ConnectionPackage, ConnectionRequest};
 use crate::credentials::{AsCredentials, ClientCredential, ClientCredentialCsr, ClientIdentity};
 use tls_codec::{TlsDeserialize, TlsSerialize, TlsSize, VLBytes};
 
@@ -27,6 +28,30 @@ pub enum AsOperation {
     /// Every current client credential of a handle, so contacts can pin them; anonymous.
     #[tls_codec(discriminant = 3)]
     UserClients(VLBytes),
+    /// Replace the signing client's published connection packages.
+    #[tls_codec(discriminant = 4)]
+    PublishConnectionPackages(Vec<ConnectionPackage>),
+    /// One connection package of a handle (consumed unless it is a client's last); anonymous.
+    #[tls_codec(discriminant = 5)]
+    FetchConnectionPackage(VLBytes),
+    /// Leave an encrypted connection request for a handle; anonymous.
+    #[tls_codec(discriminant = 6)]
+    SendConnectionRequest(SendConnectionRequest),
+    /// Fetch and delete the connection requests waiting for the signing client's user.
+    #[tls_codec(discriminant = 7)]
+    FetchConnectionRequests,
+}
+
+/// An anonymous connection request for `handle`.
+#[derive(Debug, Clone, PartialEq, Eq, TlsSerialize, TlsDeserialize, TlsSize)]
+pub struct SendConnectionRequest {
+    /// The responder's handle.
+    pub handle: VLBytes,
+    /// The device whose package the request is sealed to (named in the package's credential):
+    /// only that device can open it, so only it is handed the request.
+    pub device: [u8; 16],
+    /// What only the responder can open.
+    pub request: ConnectionRequest,
 }
 
 /// Who signs an AS request.
@@ -77,4 +102,13 @@ pub enum AsResponse {
     /// Answer to `UserClients`.
     #[tls_codec(discriminant = 2)]
     UserClients(Vec<ClientCredential>),
+    /// Answer to `FetchConnectionPackage`.
+    #[tls_codec(discriminant = 3)]
+    ConnectionPackage(ConnectionPackage),
+    /// Answer to `FetchConnectionRequests`.
+    #[tls_codec(discriminant = 4)]
+    ConnectionRequests(Vec<ConnectionRequest>),
+    /// Done.
+    #[tls_codec(discriminant = 5)]
+    Ok,
 }

@@ -32,6 +32,21 @@ pub enum DsSender {
     /// A Welcome joiner, by the signature key of its KeyPackage leaf.
     #[tls_codec(discriminant = 2)]
     Joiner(VLBytes),
+    /// A user of the group, by its per-group user auth key (`PseudonymousUserAuth`): every
+    /// client of the user holds it, none of the other members do. Used for user-level
+    /// operations (own clients, external join of a new or recovering device).
+    #[tls_codec(discriminant = 3)]
+    User(VLBytes),
+}
+
+/// What a group is for; a connection group accepts one external join by its responder.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, TlsSerialize, TlsDeserialize, TlsSize)]
+#[repr(u8)]
+pub enum GroupKind {
+    /// An ordinary group.
+    Regular = 0,
+    /// A 1:1 connection group whose responder has not joined yet.
+    Connection = 1,
 }
 
 /// A commit plus what the hub needs to keep serving the group after it.
@@ -54,6 +69,11 @@ pub struct CreateGroup {
     pub ratchet_tree: VLBytes,
     /// The creator's encrypted credential material for leaf 0.
     pub creator: LeafCredentialInfo,
+    /// The creator's per-group user auth key (Ed25519 public key); the creator is the first
+    /// admin.
+    pub creator_user_auth_key: VLBytes,
+    /// Regular group or pending connection group.
+    pub kind: GroupKind,
 }
 
 /// The encrypted credential material of one leaf, as the hub stores and serves it.
@@ -74,6 +94,20 @@ pub struct AddedMember {
     pub credential: LeafCredentialInfo,
     /// `WelcomeAttributionInfo` for the joiner, encrypted under its friendship key.
     pub attribution: VLBytes,
+    /// Which user of this commit the client belongs to: added entries with the same number are
+    /// clients of one user (the hub cannot tell otherwise; members check it against the
+    /// credentials).
+    pub user: u32,
+}
+
+/// What an external joiner adds about itself, in the commit's authenticated data.
+#[derive(Debug, Clone, PartialEq, Eq, TlsSerialize, TlsDeserialize, TlsSize)]
+pub struct JoinData {
+    /// The joiner's credential material, wrapped under the group's keys.
+    pub credential: LeafCredentialInfo,
+    /// For a connection group: the responder's contact card, encrypted under the friendship
+    /// key the initiator sent it (empty otherwise).
+    pub friendship: VLBytes,
 }
 
 /// The MLS `authenticated_data` of every commit: signed by the committer, seen identically by
@@ -82,6 +116,42 @@ pub struct AddedMember {
 pub struct CommitAad {
     /// One entry per added KeyPackage (empty for commits without adds).
     pub added: Vec<AddedMember>,
+    /// Sets (or, removing own clients, rotates) the committer's user's per-group auth key.
+    pub user_auth_key: Option<VLBytes>,
+    /// An external joiner's own material.
+    pub joiner: Option<JoinData>,
+    /// In a `ReInit` commit: the group this one continues in. (OpenMLS 0.9 drops ReInit
+    /// proposals from commits, so the re-initialisation rides here, signed by the committer and
+    /// seen by every member.)
+    pub reinit: Option<VLBytes>,
+}
+
+/// A role change, by an admin.
+#[derive(Debug, Clone, PartialEq, Eq, TlsSerialize, TlsDeserialize, TlsSize)]
+pub struct SetRole {
+    /// Any leaf of the user whose role changes (all its clients share the role).
+    pub leaf: u32,
+    /// The new role.
+    pub role: Role,
+}
+
+/// A user's role in a group, enforced by the hub.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, TlsSerialize, TlsDeserialize, TlsSize)]
+#[repr(u8)]
+pub enum Role {
+    /// May send, update and manage its own clients.
+    Member = 0,
+    /// May also add and remove users, change roles and delete or re-initialise the group.
+    Admin = 1,
+}
+
+/// One user of a group as the hub keeps it: which leaves are its clients and its role.
+#[derive(Debug, Clone, PartialEq, Eq, TlsSerialize, TlsDeserialize, TlsSize)]
+pub struct GroupUser {
+    /// Its clients' current leaves.
+    pub leaves: Vec<u32>,
+    /// Its role.
+    pub role: Role,
 }
 
 /// One DS operation.
@@ -129,6 +199,28 @@ pub enum DsOperation {
     /// leaf's credential material (re-wrapped under new group credential and wrapper keys).
     #[tls_codec(discriminant = 12)]
     RotateEarKey(KeyRotation),
+    /// Add-only commit adding new clients of the signing user (signed with its user auth key).
+    #[tls_codec(discriminant = 13)]
+    AddClients(CommitBundle),
+    /// Remove-only commit removing other clients of the signing user; rotates the user auth
+    /// key (the commit's authenticated data carries the new one).
+    #[tls_codec(discriminant = 14)]
+    RemoveClients(CommitBundle),
+    /// External commit by a client of the signing user: a new device, or one that lost its
+    /// state (then it removes its own old leaf).
+    #[tls_codec(discriminant = 15)]
+    ExternalJoin(CommitBundle),
+    /// The responder's external commit into a connection group (knowing the EAR key, from the
+    /// connection request, is the authorisation).
+    #[tls_codec(discriminant = 16)]
+    JoinConnectionGroup(CommitBundle),
+    /// An admin changes a user's role.
+    #[tls_codec(discriminant = 17)]
+    SetRole(SetRole),
+    /// An Update commit whose authenticated data names another group on this hub to continue
+    /// in (`CommitAad::reinit`); afterwards this group takes no further operations.
+    #[tls_codec(discriminant = 18)]
+    ReInit(CommitBundle),
 }
 
 /// A member's key rotation. The request's own `ear_key` is the current one; afterwards only
@@ -143,6 +235,22 @@ pub struct KeyRotation {
 }
 
 impl DsOperation {
+    /// Whether this is a commit by a member, which must include every pending proposal (the
+    /// hub answers `ProposalsPending` when it has just made some). External commits are not:
+    /// they cannot include proposals by reference.
+    pub fn is_member_commit(&self) -> bool {
+        matches!(
+            self,
+            Self::AddMembers(_)
+                | Self::RemoveMembers(_)
+                | Self::Update(_)
+                | Self::DeleteGroup(_)
+                | Self::AddClients(_)
+                | Self::RemoveClients(_)
+                | Self::ReInit(_)
+        )
+    }
+
     /// Short name for logs and errors.
     pub fn name(&self) -> &'static str {
         match self {
@@ -159,6 +267,12 @@ impl DsOperation {
             Self::ReportCommit(_) => "report_commit",
             Self::Resync(_) => "resync",
             Self::RotateEarKey(_) => "rotate_ear_key",
+            Self::AddClients(_) => "add_clients",
+            Self::RemoveClients(_) => "remove_clients",
+            Self::ExternalJoin(_) => "external_join",
+            Self::JoinConnectionGroup(_) => "join_connection_group",
+            Self::SetRole(_) => "set_role",
+            Self::ReInit(_) => "reinit",
         }
     }
 }
@@ -209,6 +323,10 @@ pub struct ExternalCommitInfo {
     pub reports: Vec<ReportTally>,
     /// Every current leaf's encrypted credential material.
     pub credentials: Vec<LeafCredentialEntry>,
+    /// The group's users: which leaves belong together, and their roles.
+    pub users: Vec<GroupUser>,
+    /// The new group id, once the group was re-initialised (then it takes no operations).
+    pub reinit: Option<VLBytes>,
 }
 
 /// Label of [`commit_ref`].
@@ -269,7 +387,7 @@ pub enum DsResponse {
     Accepted(u64),
     /// A freshly reserved group id.
     #[tls_codec(discriminant = 1)]
-    GroupId(VLBytes),
+    GroupId(ReservedGroup),
     /// Answer to `WelcomeInfo`.
     #[tls_codec(discriminant = 2)]
     WelcomeInfo(WelcomeInfo),
@@ -279,4 +397,25 @@ pub enum DsResponse {
     /// The group was deleted.
     #[tls_codec(discriminant = 4)]
     Deleted,
+    /// The request was not applied: the hub has just proposed removals (inactive clients,
+    /// deleted queues) that the next commit must include. Fetch them and commit first.
+    #[tls_codec(discriminant = 5)]
+    ProposalsPending(u64),
+}
+
+/// A reserved group id and what a creator must put in the group's `external_senders`.
+#[derive(Debug, Clone, PartialEq, Eq, TlsSerialize, TlsDeserialize, TlsSize)]
+pub struct ReservedGroup {
+    /// The encoded [`QualifiedGroupId`].
+    pub group_id: VLBytes,
+    /// The hub's Ed25519 key for the proposals it makes (removal of inactive clients and of
+    /// clients whose queue is gone).
+    pub external_sender_key: VLBytes,
+}
+
+/// The credential identity of the hub as an external sender: its domain, in a BasicCredential.
+pub fn external_sender_identity(domain: &str) -> Vec<u8> {
+    let mut v = b"mimi-rm hub:".to_vec();
+    v.extend_from_slice(domain.as_bytes());
+    v
 }

@@ -8,6 +8,7 @@
 
 pub mod auth;
 pub mod codec;
+pub mod connection;
 pub mod credentials;
 pub mod ds;
 pub mod envelope;

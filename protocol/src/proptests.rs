@@ -222,11 +222,22 @@ fn ds_operation() -> impl Strategy<Value = DsOperation> {
                 group_info,
                 ratchet_tree,
                 creator,
+                creator_user_auth_key: vec![7; 32].into(),
+                kind: GroupKind::Connection,
             })
         }),
         commit_bundle().prop_map(DsOperation::AddMembers),
         commit_bundle().prop_map(DsOperation::RemoveMembers),
         commit_bundle().prop_map(DsOperation::Update),
+        commit_bundle().prop_map(DsOperation::AddClients),
+        commit_bundle().prop_map(DsOperation::RemoveClients),
+        commit_bundle().prop_map(DsOperation::ExternalJoin),
+        commit_bundle().prop_map(DsOperation::JoinConnectionGroup),
+        commit_bundle().prop_map(DsOperation::ReInit),
+        (any::<u32>(), any::<bool>()).prop_map(|(leaf, admin)| DsOperation::SetRole(SetRole {
+            leaf,
+            role: if admin { Role::Admin } else { Role::Member },
+        })),
         bytes().prop_map(DsOperation::SelfRemove),
         bytes().prop_map(DsOperation::SendMessage),
         commit_bundle().prop_map(DsOperation::DeleteGroup),
@@ -278,16 +289,22 @@ fn ds_request() -> impl Strategy<Value = DsRequest> {
 
 fn commit_aad() -> impl Strategy<Value = CommitAad> {
     vec(
-        (bytes(), leaf_info(), bytes()).prop_map(|(key_package_ref, credential, attribution)| {
-            AddedMember {
+        (bytes(), leaf_info(), bytes(), any::<u32>()).prop_map(
+            |(key_package_ref, credential, attribution, user)| AddedMember {
                 key_package_ref,
                 credential,
                 attribution,
-            }
-        }),
+                user,
+            },
+        ),
         0..4,
     )
-    .prop_map(|added| CommitAad { added })
+    .prop_map(|added| CommitAad {
+        added,
+        user_auth_key: Some(vec![1; 32].into()),
+        joiner: None,
+        reinit: Some(vec![2; 20].into()),
+    })
 }
 
 fn qs_operation() -> impl Strategy<Value = QsOperation> {
@@ -614,7 +631,7 @@ fn short_valid_inputs_are_accepted() {
     // DsResponse::Deleted.
     assert_eq!(canonical_or_rejected::<DsResponse>(&[4]), Ok(true));
     // Empty CommitAad.
-    assert_eq!(canonical_or_rejected::<CommitAad>(&[0]), Ok(true));
+    assert_eq!(canonical_or_rejected::<CommitAad>(&[0, 0, 0, 0]), Ok(true));
     // A two-byte length prefix for a 5-byte string is not minimal, so it is refused.
     assert_eq!(
         canonical_or_rejected::<VerificationKey>(&[0x40, 5, 1, 2, 3, 4, 5, 0]),

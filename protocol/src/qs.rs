@@ -18,6 +18,15 @@ pub struct CreateUser {
     pub initial_ratchet_secret: VLBytes,
 }
 
+/// Add another client (device) to the signing pseudonymous user.
+#[derive(Debug, Clone, PartialEq, Eq, TlsSerialize, TlsDeserialize, TlsSize)]
+pub struct CreateClient {
+    /// Ed25519 key authorising the new client's requests.
+    pub client_auth_key: VLBytes,
+    /// Initial secret of the new client's queue ratchet.
+    pub initial_ratchet_secret: VLBytes,
+}
+
 /// Replace this client's published AddPackages.
 #[derive(Debug, Clone, PartialEq, Eq, TlsSerialize, TlsDeserialize, TlsSize)]
 pub struct PublishAddPackages {
@@ -72,6 +81,13 @@ pub enum QsOperation {
     /// Idempotent: the same bytes again answer the same sequence number.
     #[tls_codec(discriminant = 5)]
     RekeyQueue(VLBytes),
+    /// Add a client to the user (signed with the user auth key, sender `User`).
+    #[tls_codec(discriminant = 6)]
+    CreateClient(CreateClient),
+    /// Delete the signing client: its queue, its AddPackages and its record. Groups it was in
+    /// learn of it at their next fan-out (a tombstone the hub turns into a removal proposal).
+    #[tls_codec(discriminant = 7)]
+    DeleteClient,
 }
 
 /// Who signs a QS request.
@@ -87,6 +103,9 @@ pub enum QsSender {
     /// A client being created (verified with `CreateUser::client_auth_key`).
     #[tls_codec(discriminant = 2)]
     NewClient,
+    /// A pseudonymous user, verified with its user auth key.
+    #[tls_codec(discriminant = 3)]
+    User([u8; 16]),
 }
 
 /// The signed part of a QS request.
@@ -160,4 +179,7 @@ pub enum QsResponse {
     /// The mix takes effect from this sequence number on.
     #[tls_codec(discriminant = 5)]
     Rekeyed(u64),
+    /// Answer to `CreateClient`: the new client id.
+    #[tls_codec(discriminant = 6)]
+    ClientCreated([u8; 16]),
 }

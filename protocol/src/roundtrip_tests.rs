@@ -60,7 +60,14 @@ fn ds_types_round_trip() {
             group_info: b(b"gi"),
             ratchet_tree: b(b"tree"),
             creator: info(),
+            creator_user_auth_key: b(&[3; 32]),
+            kind: GroupKind::Regular,
         }),
+        DsOperation::SetRole(SetRole {
+            leaf: 4,
+            role: Role::Admin,
+        }),
+        DsOperation::JoinConnectionGroup(bundle()),
         DsOperation::AddMembers(bundle()),
         DsOperation::RemoveMembers(CommitBundle {
             welcome: None,
@@ -99,7 +106,11 @@ fn ds_types_round_trip() {
     }
     for r in [
         DsResponse::Accepted(5),
-        DsResponse::GroupId(b(b"g")),
+        DsResponse::GroupId(ReservedGroup {
+            group_id: b(b"g"),
+            external_sender_key: b(&[1; 32]),
+        }),
+        DsResponse::ProposalsPending(9),
         DsResponse::WelcomeInfo(WelcomeInfo {
             ratchet_tree: b(b"t"),
             credentials: vec![LeafCredentialEntry {
@@ -116,6 +127,11 @@ fn ds_types_round_trip() {
                 reports: 2,
             }],
             credentials: vec![],
+            users: vec![GroupUser {
+                leaves: vec![0, 2],
+                role: Role::Admin,
+            }],
+            reinit: Some(b(b"next")),
         }),
         DsResponse::Deleted,
     ] {
@@ -155,7 +171,14 @@ fn queue_types_round_trip() {
             key_package_ref: b(b"kpref"),
             credential: info(),
             attribution: b(b"wai"),
+            user: 1,
         }],
+        user_auth_key: None,
+        joiner: Some(JoinData {
+            credential: info(),
+            friendship: b(b"card"),
+        }),
+        reinit: None,
     });
     check(AddPackage {
         key_package: b(b"kp"),

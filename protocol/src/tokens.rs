@@ -97,9 +97,22 @@ impl RateClass {
         Some(match op {
             RequestGroupId | CreateGroup(_) => Self::GroupCreation,
             SendMessage(_) => Self::ApplicationMessage,
-            AddMembers(_) | RemoveMembers(_) | Update(_) | SelfRemove(_) | DeleteGroup(_)
-            | WelcomeInfo(_) | ExternalCommitInfo | ReportCommit(_) | Resync(_)
-            | RotateEarKey(_) => Self::GroupOperation,
+            AddMembers(_)
+            | RemoveMembers(_)
+            | Update(_)
+            | SelfRemove(_)
+            | DeleteGroup(_)
+            | WelcomeInfo(_)
+            | ExternalCommitInfo
+            | ReportCommit(_)
+            | Resync(_)
+            | RotateEarKey(_)
+            | AddClients(_)
+            | RemoveClients(_)
+            | ExternalJoin(_)
+            | JoinConnectionGroup(_)
+            | SetRole(_)
+            | ReInit(_) => Self::GroupOperation,
         })
     }
 
@@ -107,9 +120,11 @@ impl RateClass {
     pub fn of_qs(op: &crate::qs::QsOperation) -> Option<Self> {
         use crate::qs::QsOperation::*;
         match op {
-            CreateUser(_) => Some(Self::QsRecordCreation),
+            CreateUser(_) | CreateClient(_) => Some(Self::QsRecordCreation),
             FetchAddPackages(_) => Some(Self::AddPackageFetch),
-            EncryptionKey | PublishAddPackages(_) | Dequeue(_) | RekeyQueue(_) => None,
+            EncryptionKey | PublishAddPackages(_) | Dequeue(_) | RekeyQueue(_) | DeleteClient => {
+                None
+            }
         }
     }
 }

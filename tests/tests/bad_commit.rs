@@ -63,6 +63,12 @@ async fn heals_after(how: Tamper, expected: RejectReason) {
     let mut dave = client(&hub, dir.path(), "dave").await;
     let g = group_of(&mut mallory, &mut [&mut bob, &mut carol, &mut dave]).await;
     let offender_leaf = mallory.own_leaf(&g).unwrap();
+    // Removing a user is for admins: the group has a second one, who will remove mallory.
+    let bob_leaf = bob.own_leaf(&g).unwrap();
+    mallory
+        .set_role(&g, bob_leaf, mimi_rm_protocol::ds::Role::Admin)
+        .await
+        .unwrap();
     let bad_epoch = mallory.epoch(&g).unwrap();
 
     // The hub cannot see the damage and accepts the commit.

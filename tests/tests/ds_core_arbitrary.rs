@@ -100,7 +100,7 @@ async fn arbitrary_member_requests_never_crash_the_ds_core() {
                 .collect::<Vec<_>>()
                 .into()
         };
-        let op = match rng.gen_range(0..11) {
+        let op = match rng.gen_range(0..17) {
             0 => DsOperation::AddMembers(bundle),
             1 => DsOperation::RemoveMembers(bundle),
             2 => DsOperation::Update(bundle),
@@ -130,6 +130,18 @@ async fn arbitrary_member_requests_never_crash_the_ds_core() {
                     encrypted_client_credential: bytes(),
                     encrypted_signature_ear_key: bytes(),
                 },
+                creator_user_auth_key: bytes(),
+                kind: GroupKind::Regular,
+            }),
+            10 => DsOperation::AddClients(bundle),
+            11 => DsOperation::RemoveClients(bundle),
+            12 => DsOperation::ExternalJoin(bundle),
+            13 => DsOperation::JoinConnectionGroup(bundle),
+            14 => DsOperation::ReInit(bundle),
+            // No such leaf: an admin's role change for nobody.
+            15 => DsOperation::SetRole(SetRole {
+                leaf: rng.gen_range(100..u32::MAX),
+                role: Role::Admin,
             }),
             _ => DsOperation::WelcomeInfo(rng.r#gen()),
         };

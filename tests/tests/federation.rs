@@ -193,6 +193,12 @@ async fn a_group_on_a_with_members_on_both_providers() {
     for m in [&mut alice, &mut carol, &mut dave] {
         receive_until(m, has_epoch(&g, e)).await;
     }
+    // Adding users is for admins: alice makes dave (on B) one, through his provider.
+    let dave_leaf = dave.own_leaf(&g).unwrap();
+    alice
+        .set_role(&g, dave_leaf, mimi_rm_protocol::ds::Role::Admin)
+        .await
+        .unwrap();
     let e = dave
         .invite(&g, &erin.contact_card().unwrap())
         .await
@@ -644,4 +650,32 @@ async fn malformed_server_and_proxy_bodies_are_refused() {
         decode_exact::<QsResponse>(&resp, 1 << 16).unwrap(),
         QsResponse::EncryptionKey(_)
     ));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_connection_across_providers() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = providers(dir.path());
+    let mut alice = user(&p.a, dir.path(), "alice").await;
+    let mut bob = user(&p.b, dir.path(), "bob").await;
+    // Alice (A) asks bob (B): package fetch and request go through A's proxy to B's AS.
+    let g = alice.connect("bob", "b.test").await.unwrap();
+    assert!(g.0.ends_with(b"a.test"));
+    let requests = bob.fetch_connection_requests().await.unwrap();
+    assert_eq!(requests.len(), 1);
+    assert_eq!(
+        (requests[0].handle.as_str(), requests[0].domain.as_str()),
+        ("alice", "a.test")
+    );
+    assert_eq!(requests[0].rejected, None);
+    // Bob joins the group hosted on A through his own provider.
+    bob.accept_connection(&requests[0].id).await.unwrap();
+    let events = receive_until(&mut alice, |e| {
+        e.iter()
+            .any(|e| matches!(e, Event::ConnectionAccepted { handle, .. } if handle == "bob"))
+    })
+    .await;
+    assert!(!events.is_empty());
+    say(&mut alice, &mut [&mut bob], &g, "hello across").await;
+    say(&mut bob, &mut [&mut alice], &g, "hello back").await;
 }

@@ -99,6 +99,12 @@ async fn a_forged_member_is_reported_not_trusted() {
     let mut mallory = client(&hub, dir.path(), "mallory").await;
     let mut eve = client(&hub, dir.path(), "eve").await;
     let g = group_of(&mut alice, &mut [&mut bob, &mut mallory]).await;
+    // Mallory is a (colluding) admin, so the hub lets her add users.
+    let mallory_leaf = mallory.own_leaf(&g).unwrap();
+    alice
+        .set_role(&g, mallory_leaf, mimi_rm_protocol::ds::Role::Admin)
+        .await
+        .unwrap();
     // Eve replaces her credential with one claiming to be "carol", issued by a key the AS
     // never certified, and republishes her AddPackages.
     eve.forge_client_credential("carol").await.unwrap();

@@ -87,19 +87,20 @@ impl Client {
             // Building the external commit replaces the stored group; undo that if the hub
             // refuses, so a failed resync leaves us where we were.
             let before = self.provider.snapshot();
-            let result = match self.build_resync(group, &info, cwk.clone(), &signer) {
-                Ok((mls, bundle)) => {
-                    let req = self.ds_request(
-                        &group.0,
-                        Some(&ear_key),
-                        DsSender::Member(old_leaf),
-                        DsOperation::Resync(bundle),
-                        Some(&signer),
-                    )?;
-                    self.transport.ds(&req).await.map(|_| mls.epoch().as_u64())
-                }
-                Err(e) => Err(e),
-            };
+            let result =
+                match self.build_external_join(group, &info, cwk.clone(), &signer, Vec::new()) {
+                    Ok((mls, bundle)) => {
+                        let req = self.ds_request(
+                            &group.0,
+                            Some(&ear_key),
+                            DsSender::Member(old_leaf),
+                            DsOperation::Resync(bundle),
+                            Some(&signer),
+                        )?;
+                        self.transport.ds(&req).await.map(|_| mls.epoch().as_u64())
+                    }
+                    Err(e) => Err(e),
+                };
             match result {
                 Ok(epoch) => {
                     // Re-establish who everyone is from the state we re-entered.
@@ -127,11 +128,29 @@ impl Client {
     }
 
     /// What a resync keeps: our signer, our old leaf (which signs the request), our credential
-    /// with the same signature key, and the group's EAR key.
+    /// with the same signature key, and the group's EAR key. Without OpenMLS state (lost), the
+    /// key file's backup of the leaf serves.
     pub(super) fn resync_identity(
         &self,
         group: &GroupHandle,
     ) -> Result<(SignatureKeyPair, u32, CredentialWithKey, EarKey), ClientError> {
+        if self.load_group(group).is_err() {
+            let meta = self.meta(group)?;
+            let signer = self.signer(&meta.signer_public)?;
+            let old = meta
+                .members
+                .iter()
+                .find(|(_, r)| r.signature_key == meta.signer_public)
+                .map(|(l, _)| *l)
+                .ok_or(ClientError::Unexpected("our old leaf is unknown"))?;
+            let cwk = CredentialWithKey {
+                credential: BasicCredential::new(crate::state::unhex(&meta.leaf_credential)?)
+                    .into(),
+                signature_key: signer.to_public_vec().into(),
+            };
+            let ear_key = EarKey::from_bytes(&crate::state::unhex(&meta.ear_key)?)?;
+            return Ok((signer, old, cwk, ear_key));
+        }
         let (signer, old, ear_key) = self.member(group)?;
         let credential = old
             .own_leaf_node()
@@ -145,12 +164,15 @@ impl Client {
         Ok((signer, old.own_leaf_index().u32(), cwk, ear_key))
     }
 
-    pub(super) fn build_resync(
+    /// Builds an external commit into `group` from the hub's public state, with `aad` as its
+    /// authenticated data; any local state of the group is replaced.
+    pub(super) fn build_external_join(
         &mut self,
         group: &GroupHandle,
         info: &ExternalCommitInfo,
         cwk: CredentialWithKey,
         signer: &SignatureKeyPair,
+        aad: Vec<u8>,
     ) -> Result<(MlsGroup, CommitBundle), ClientError> {
         let vgi = super::parse_group_info(info.group_info.as_slice())?;
         if vgi.group_id().as_slice() != group.0.as_slice() {
@@ -165,11 +187,10 @@ impl Client {
             )
             .build();
         // The new group is stored under the same id; drop the old state first.
-        let mut old = self.load_group(group)?;
-        old.delete(self.provider.storage())
-            .map_err(ClientError::mls)?;
+        self.forget_group_state(group)?;
         let (mls, bundle) = MlsGroup::external_commit_builder()
             .with_config(join_config())
+            .with_aad(aad)
             .with_ratchet_tree(tree)
             .skip_lifetime_validation()
             .build_group(&self.provider, vgi, cwk)
@@ -195,6 +216,15 @@ impl Client {
             welcome: None,
         };
         Ok((mls, bundle))
+    }
+
+    /// Deletes our OpenMLS state of `group`, if any (the key file's entry stays).
+    pub(super) fn forget_group_state(&mut self, group: &GroupHandle) -> Result<(), ClientError> {
+        if let Ok(mut old) = self.load_group(group) {
+            old.delete(self.provider.storage())
+                .map_err(ClientError::mls)?;
+        }
+        Ok(())
     }
 
     pub(super) async fn external_commit_info(

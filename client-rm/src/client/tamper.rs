@@ -87,7 +87,7 @@ impl Client {
             }
             Tamper::PathSecrets => {}
         }
-        self.send_commit(mls, &ear_key, &signer, op).await
+        self.send_commit(mls, &ear_key, &signer, op, false).await
     }
 }
 
@@ -175,7 +175,7 @@ impl Client {
         let (signer, _, cwk, ear_key) = self.resync_identity(group)?;
         let info = self.external_commit_info(group, &ear_key).await?;
         let before = self.provider.snapshot();
-        let built = self.build_resync(group, &info, cwk, &signer);
+        let built = self.build_external_join(group, &info, cwk, &signer, Vec::new());
         self.provider = crate::provider::ClientProvider::from_snapshot(before);
         Ok(built?.1)
     }

@@ -12,6 +12,7 @@
 //! (it needs an operator ceremony and a new trust anchor for clients).
 
 use crate::core::HubError;
+use crate::core::connections;
 use crate::core::replay::ReplayGuard;
 use crate::store::{Cf, Store, Txn};
 use mimi_rm_crypto::sign::SigningKey;
@@ -215,7 +216,11 @@ pub fn handle_written(req: &AsRequest) -> Option<&[u8]> {
         (AsSender::Anonymous, AsOperation::RegisterUser(csr)) => {
             Some(csr.tbs.identity.handle.as_slice())
         }
-        (AsSender::Client(id), AsOperation::AddClient(_)) => Some(id.handle.as_slice()),
+        (AsSender::Anonymous, AsOperation::FetchConnectionPackage(handle)) => {
+            Some(handle.as_slice())
+        }
+        (AsSender::Anonymous, AsOperation::SendConnectionRequest(r)) => Some(r.handle.as_slice()),
+        (AsSender::Client(id), _) => Some(id.handle.as_slice()),
         _ => None,
     }
 }
@@ -291,16 +296,70 @@ pub fn process(
                 AsOperation::RegisterUser(csr) => register_user(ctx, txn, csr),
                 AsOperation::AsCredentials => Ok(AsResponse::AsCredentials(ctx.keys.credentials())),
                 AsOperation::UserClients(handle) => user_clients(ctx, txn, handle.as_slice()),
-                AsOperation::AddClient(_) => Err(HubError::NotAuthorized(
-                    "adding a client needs a signed request from a client of the user",
+                AsOperation::FetchConnectionPackage(handle) => {
+                    validate_handle(handle.as_slice())?;
+                    connections::fetch_package(txn, handle.as_slice(), ctx.now_s())
+                }
+                AsOperation::SendConnectionRequest(r) => {
+                    validate_handle(r.handle.as_slice())?;
+                    if load_user(txn, r.handle.as_slice())?.is_none() {
+                        return Err(HubError::UnknownUser);
+                    }
+                    connections::leave_request(txn, r.handle.as_slice(), r.device, &r.request)
+                }
+                AsOperation::AddClient(_)
+                | AsOperation::PublishConnectionPackages(_)
+                | AsOperation::FetchConnectionRequests => Err(HubError::NotAuthorized(
+                    "this operation needs a signed request from a client of the user",
                 )),
             }
         }
-        (AsSender::Client(id), AsOperation::AddClient(csr)) => add_client(ctx, txn, req, id, csr),
-        (AsSender::Client(_), _) => Err(HubError::NotAuthorized(
-            "operation is anonymous; a client may not sign it",
-        )),
+        (AsSender::Client(id), op) => {
+            let current = authenticate_client(ctx, txn, req, id)?;
+            match op {
+                AsOperation::AddClient(csr) => add_client(ctx, txn, id, csr),
+                AsOperation::PublishConnectionPackages(p) => {
+                    connections::publish(txn, &current, p, ctx.now_s())
+                }
+                AsOperation::FetchConnectionRequests => {
+                    connections::take_requests(txn, id.handle.as_slice(), id.device)
+                }
+                _ => Err(HubError::NotAuthorized(
+                    "operation is anonymous; a client may not sign it",
+                )),
+            }
+        }
     }
+}
+
+/// Verifies a request signed by a current client credential of its user; returns it.
+fn authenticate_client(
+    ctx: &AsContext<'_>,
+    txn: &Txn<'_>,
+    req: &AsRequest,
+    sender: &ClientIdentity,
+) -> Result<ClientCredential, HubError> {
+    let record = load_user(txn, sender.handle.as_slice())?.ok_or(HubError::UnknownUser)?;
+    let current = record
+        .clients
+        .into_iter()
+        .find(|c| c.tbs.identity == *sender)
+        .ok_or(HubError::UnknownUser)?;
+    if !current.tbs.expiration.contains(ctx.now_s()) {
+        return Err(HubError::ExpiredCredential);
+    }
+    current
+        .verifying_key()
+        .map_err(internal)?
+        .verify(
+            AS_REQUEST_SIGNATURE_LABEL,
+            &signed_bytes(&req.tbs)?,
+            req.signature.as_slice(),
+        )
+        .map_err(|_| HubError::InvalidSignature)?;
+    ctx.replay
+        .check_and_record(req.signature.as_slice(), req.tbs.timestamp_ms, ctx.now_ms)?;
+    Ok(current)
 }
 
 fn register_user(
@@ -328,31 +387,11 @@ fn register_user(
 fn add_client(
     ctx: &AsContext<'_>,
     txn: &mut Txn<'_>,
-    req: &AsRequest,
     sender: &ClientIdentity,
     csr: &ClientCredentialCsr,
 ) -> Result<AsResponse, HubError> {
     let now = ctx.now_s();
     let mut record = load_user(txn, sender.handle.as_slice())?.ok_or(HubError::UnknownUser)?;
-    let current = record
-        .clients
-        .iter()
-        .find(|c| c.tbs.identity == *sender)
-        .ok_or(HubError::UnknownUser)?;
-    if !current.tbs.expiration.contains(now) {
-        return Err(HubError::ExpiredCredential);
-    }
-    current
-        .verifying_key()
-        .map_err(internal)?
-        .verify(
-            AS_REQUEST_SIGNATURE_LABEL,
-            &signed_bytes(&req.tbs)?,
-            req.signature.as_slice(),
-        )
-        .map_err(|_| HubError::InvalidSignature)?;
-    ctx.replay
-        .check_and_record(req.signature.as_slice(), req.tbs.timestamp_ms, ctx.now_ms)?;
     if csr.tbs.identity.handle != sender.handle {
         return Err(HubError::NotAuthorized(
             "a client may only add clients of its own user",

@@ -127,7 +127,11 @@ pub fn accept_delivery(
             txn.put(Cf::FedSeen, key, Vec::new());
         }
         match client {
-            Some(c) if qs::enqueue(txn, c, &item.message, max_queue)? => out.enqueued += 1,
+            Some(c)
+                if qs::enqueue(txn, c, &item.message, max_queue)? == qs::Enqueued::Delivered =>
+            {
+                out.enqueued += 1
+            }
             _ => out.undeliverable += 1,
         }
     }

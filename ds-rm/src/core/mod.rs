@@ -7,6 +7,7 @@
 //! changed".
 
 pub mod auth;
+pub mod connections;
 pub mod ds;
 mod error;
 pub mod federation;
@@ -64,6 +65,10 @@ pub struct HubConfig {
     pub identity_requests_per_minute: u32,
     /// Sealed queue refs kept opened in memory (0 disables the cache).
     pub queue_ref_cache: usize,
+    /// Inactivity after which the hub proposes a client's removal, in milliseconds.
+    pub inactive_client_limit_ms: u64,
+    /// Granularity of recorded client activity, in milliseconds.
+    pub activity_period_ms: u64,
 }
 
 /// Counters for `/metrics`.
@@ -101,6 +106,8 @@ pub struct Hub {
     qs_keys: QsKeys,
     as_keys: AsKeys,
     s2s_key: SigningKey,
+    /// The DS's external-sender key: signs the removals the hub proposes.
+    ds_sender: openmls_basic_credential::SignatureKeyPair,
     outbox_seq: AtomicU64,
     /// Woken whenever a request put items into the outbox, so delivery starts at once.
     pub outbox_signal: tokio::sync::Notify,
@@ -123,6 +130,22 @@ pub enum Route {
 
 const QS_HPKE_KEY: &[u8] = b"qs_hpke_v1";
 const S2S_SIGNING_KEY: &[u8] = b"s2s_signing_v1";
+const DS_SENDER_KEY: &[u8] = b"ds_external_sender_v1";
+
+/// Loads the Ed25519 key stored under `name`, creating it on first start.
+fn server_signing_key(store: &dyn Store, name: &[u8]) -> Result<SigningKey, HubError> {
+    match store.get(Cf::ServerKeys, name)? {
+        Some(bytes) => SigningKey::from_bytes(&bytes)
+            .map_err(|_| HubError::Internal("corrupt server signing key".into())),
+        None => {
+            let key = SigningKey::generate();
+            let mut txn = Txn::new(store);
+            txn.put(Cf::ServerKeys, name.to_vec(), key.to_bytes().to_vec());
+            txn.commit()?;
+            Ok(key)
+        }
+    }
+}
 
 impl Hub {
     /// Opens the hub over `store`, creating the QS key and the AS keys on first start.
@@ -148,21 +171,13 @@ impl Hub {
             }
         };
         let as_keys = AsKeys::load_or_create(store.as_ref(), &config.domain, now_ms / 1000)?;
-        let s2s_key = match store.get(Cf::ServerKeys, S2S_SIGNING_KEY)? {
-            Some(bytes) => SigningKey::from_bytes(&bytes)
-                .map_err(|_| HubError::Internal("corrupt federation key".into()))?,
-            None => {
-                let key = SigningKey::generate();
-                let mut txn = Txn::new(store.as_ref());
-                txn.put(
-                    Cf::ServerKeys,
-                    S2S_SIGNING_KEY.to_vec(),
-                    key.to_bytes().to_vec(),
-                );
-                txn.commit()?;
-                key
-            }
-        };
+        let s2s_key = server_signing_key(store.as_ref(), S2S_SIGNING_KEY)?;
+        let ds_key = server_signing_key(store.as_ref(), DS_SENDER_KEY)?;
+        let ds_sender = openmls_basic_credential::SignatureKeyPair::from_raw(
+            openmls::prelude::SignatureScheme::ED25519,
+            ds_key.to_bytes().to_vec(),
+            ds_key.verifying_key().as_bytes().to_vec(),
+        );
         // Outbox sequence numbers only grow, across restarts too, so a peer's items keep their
         // order: continue after the highest pending one, and never below the clock.
         let last = store
@@ -193,6 +208,7 @@ impl Hub {
             qs_keys,
             as_keys,
             s2s_key,
+            ds_sender,
             outbox_seq,
             outbox_signal: tokio::sync::Notify::new(),
             config,
@@ -398,7 +414,13 @@ impl Hub {
             welcome_tree_ttl_ms: self.config.welcome_tree_ttl_ms,
             mode: self.config.mode,
             identity_limit: (self.config.mode == DsMode::Baseline).then_some(&self.identity_limit),
+            removal: ds::removals::RemovalPolicy {
+                signer: &self.ds_sender,
+                inactivity_limit_ms: self.config.inactive_client_limit_ms,
+                activity_period_ms: self.config.activity_period_ms,
+            },
         };
+        let group_id = req.tbs.group_id.as_slice().to_vec();
         let outcome = ds::process(&ctx, &mut txn, req)?;
         // Resolve sealed addresses, lock the queues (after the group lock), then enqueue.
         let mut targets = Vec::with_capacity(outcome.fanout.len());
@@ -411,7 +433,7 @@ impl Hub {
                 continue;
             }
             match self.resolve_queue(&item.queue_ref) {
-                Ok(client) => targets.push((client, item.message.as_ref())),
+                Ok(client) => targets.push((client, item)),
                 Err(e) => {
                     tracing::warn!(op, error = %e, "fan-out item not deliverable locally");
                     self.metrics
@@ -423,13 +445,23 @@ impl Hub {
         let clients: Vec<qs::ClientId> = targets.iter().map(|(c, _)| *c).collect();
         self.locks.lock_queues(&mut locks, &clients);
         let mut delivered = 0u64;
-        for (client, message) in targets {
-            if qs::enqueue(&mut txn, &client, message, self.config.max_queue_length)? {
-                delivered += 1;
-            } else {
-                self.metrics
-                    .undeliverable
-                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        for (client, item) in targets {
+            match qs::enqueue(
+                &mut txn,
+                &client,
+                &item.message,
+                self.config.max_queue_length,
+            )? {
+                qs::Enqueued::Delivered => delivered += 1,
+                qs::Enqueued::QueueFull => {
+                    self.metrics.undeliverable.fetch_add(1, Ordering::Relaxed);
+                }
+                qs::Enqueued::NoQueue => {
+                    // The member deleted its queue: leave the group a tombstone so the hub
+                    // proposes its removal at the group's next request.
+                    self.metrics.undeliverable.fetch_add(1, Ordering::Relaxed);
+                    ds::tombstone_missing_queue(&mut txn, &group_id, &item.queue_ref)?;
+                }
             }
         }
         txn.commit()?;
@@ -683,7 +715,8 @@ impl Hub {
 
     /// A peer may forward only requests that this hub would serve to an anonymous client
     /// anyway, or that the client signed itself: DS requests for groups hosted here, and the
-    /// anonymous QS/AS lookups (AddPackage fetch, QS key, AS credentials).
+    /// anonymous QS/AS lookups (AddPackage fetch, QS key, AS credentials) and the anonymous
+    /// connection-request steps (fetch a connection package, leave a sealed request).
     fn check_forwardable(&self, fwd: &ForwardedRequest) -> Result<(), HubError> {
         use mimi_rm_protocol::auth::{AsOperation, AsRequest};
         use mimi_rm_protocol::qs::QsOperation;
@@ -713,7 +746,10 @@ impl Hub {
                 let req: AsRequest = decode_exact(env.payload.as_slice(), self.config.max_body)
                     .map_err(|e| HubError::malformed("AS request", e))?;
                 match req.tbs.operation {
-                    AsOperation::AsCredentials | AsOperation::UserClients(_) => Ok(()),
+                    AsOperation::AsCredentials
+                    | AsOperation::UserClients(_)
+                    | AsOperation::FetchConnectionPackage(_)
+                    | AsOperation::SendConnectionRequest(_) => Ok(()),
                     _ => Err(HubError::NotAuthorized("not forwardable")),
                 }
             }

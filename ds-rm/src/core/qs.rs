@@ -166,15 +166,15 @@ pub fn enqueue(
     client: &ClientId,
     message: &QueueMessage,
     max_queue: u64,
-) -> Result<bool, HubError> {
+) -> Result<Enqueued, HubError> {
     let Some(mut record) = get::<ClientRecord>(txn, Cf::QsClients, client)? else {
-        return Ok(false);
+        return Ok(Enqueued::NoQueue);
     };
     let mut ratchet = QueueRatchet::from_bytes(record.ratchet.as_slice())
         .map_err(|e| HubError::Internal(format!("stored ratchet: {e}")))?;
     if ratchet.next_seq().saturating_sub(record.acked_below) >= max_queue {
         // A client that stopped fetching cannot make the hub store without bound.
-        return Ok(false);
+        return Ok(Enqueued::QueueFull);
     }
     let plain = encode(message).map_err(|e| HubError::Internal(e.to_string()))?;
     let (seq, ct) = ratchet
@@ -183,7 +183,18 @@ pub fn enqueue(
     txn.put(Cf::QsQueues, queue_key(client, seq), ct);
     record.ratchet = ratchet.to_bytes().to_vec().into();
     put(txn, Cf::QsClients, client.to_vec(), &record)?;
-    Ok(true)
+    Ok(Enqueued::Delivered)
+}
+
+/// What became of one enqueue.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Enqueued {
+    /// Stored.
+    Delivered,
+    /// Dropped: the queue holds its maximum of undelivered messages.
+    QueueFull,
+    /// Dropped: no such queue (its client was deleted).
+    NoQueue,
 }
 
 /// Looks up which client ids a request will touch, so the caller can lock them first.
@@ -244,6 +255,13 @@ pub fn process(
         (QsSender::Anonymous, QsOperation::FetchAddPackages(token)) => {
             fetch_add_packages(txn, token)
         }
+        (QsSender::User(uid), QsOperation::CreateClient(p)) => {
+            let mut user =
+                get::<UserRecord>(txn, Cf::QsUsers, uid)?.ok_or(HubError::UnknownUser)?;
+            verify(user.user_auth_key.as_slice(), &tbs, &req.signature)?;
+            replay.check_and_record(req.signature.as_slice(), req.tbs.timestamp_ms, now_ms)?;
+            create_client(txn, now_ms, uid, &mut user, p)
+        }
         (QsSender::Client(id), op) => {
             let mut record =
                 get::<ClientRecord>(txn, Cf::QsClients, id)?.ok_or(HubError::UnknownClient)?;
@@ -251,6 +269,7 @@ pub fn process(
             replay.check_and_record(req.signature.as_slice(), req.tbs.timestamp_ms, now_ms)?;
             match op {
                 QsOperation::PublishAddPackages(p) => publish(txn, id, p),
+                QsOperation::DeleteClient => delete_client(txn, id, &record),
                 QsOperation::RekeyQueue(fresh) => rekey(txn, id, &mut record, fresh.as_slice()),
                 QsOperation::Dequeue(d) => {
                     let month = month_of(now_ms);
@@ -316,6 +335,68 @@ fn create_user(txn: &mut Txn<'_>, now_ms: u64, p: &CreateUser) -> Result<QsRespo
         },
     )?;
     Ok(QsResponse::UserCreated(UserCreated { user_id, client_id }))
+}
+
+/// Most clients one pseudonymous user may have.
+pub const MAX_CLIENTS_PER_USER: usize = 64;
+
+fn create_client(
+    txn: &mut Txn<'_>,
+    now_ms: u64,
+    user_id: &[u8; 16],
+    user: &mut UserRecord,
+    p: &CreateClient,
+) -> Result<QsResponse, HubError> {
+    VerifyingKey::from_bytes(p.client_auth_key.as_slice())
+        .map_err(|_| HubError::InvalidRequest("bad client auth key"))?;
+    let secret = RatchetSecret::from_bytes(p.initial_ratchet_secret.as_slice())
+        .map_err(|_| HubError::InvalidRequest("ratchet secret must be 32 bytes"))?;
+    if user.clients.len() >= MAX_CLIENTS_PER_USER {
+        return Err(HubError::LimitExceeded("clients per user"));
+    }
+    let client_id = mimi_rm_crypto::ids::random_id();
+    user.clients.push(client_id);
+    put(txn, Cf::QsUsers, user_id.to_vec(), &*user)?;
+    put(
+        txn,
+        Cf::QsClients,
+        client_id.to_vec(),
+        &ClientRecord {
+            user_id: *user_id,
+            auth_key: p.client_auth_key.clone(),
+            ratchet: QueueRatchet::new(secret).to_bytes().to_vec().into(),
+            activity_month: month_of(now_ms),
+            last_rekey: None,
+            acked_below: 0,
+        },
+    )?;
+    Ok(QsResponse::ClientCreated(client_id))
+}
+
+/// Deletes a client's queue, AddPackages and record, and drops it from its user (the user
+/// record goes with its last client). Fan-out to it afterwards finds no queue and leaves the
+/// group a tombstone.
+fn delete_client(
+    txn: &mut Txn<'_>,
+    id: &ClientId,
+    record: &ClientRecord,
+) -> Result<QsResponse, HubError> {
+    for cf in [Cf::QsQueues, Cf::QsAddPackages] {
+        for (k, _) in txn.scan_prefix(cf, id, usize::MAX)? {
+            txn.delete(cf, k);
+        }
+    }
+    txn.delete(Cf::QsClients, id.to_vec());
+    if let Some(mut user) = get::<UserRecord>(txn, Cf::QsUsers, &record.user_id)? {
+        user.clients.retain(|c| c != id);
+        if user.clients.is_empty() {
+            txn.delete(Cf::QsUsers, record.user_id.to_vec());
+            txn.delete(Cf::QsFriendship, user.friendship_hash.to_vec());
+        } else {
+            put(txn, Cf::QsUsers, record.user_id.to_vec(), &user)?;
+        }
+    }
+    Ok(QsResponse::Ok)
 }
 
 fn publish(

@@ -24,6 +24,9 @@ pub enum Cf {
     DsRouting,
     /// group id → reservation expiry (seconds).
     DsReservations,
+    /// group id ‖ random → the `QueueRef` of a member whose queue is gone, HPKE-sealed to the
+    /// group's tombstone key (only the group's members can let the hub open it).
+    DsTombstones,
     /// pseudonymous user id → user record.
     QsUsers,
     /// SHA-256(friendship token) → pseudonymous user id.
@@ -41,6 +44,10 @@ pub enum Cf {
     AsUsers,
     /// AS: name → AS signing keys and their credentials (root and intermediate).
     AsKeys,
+    /// AS: handle → the user's published connection packages (per device).
+    AsConnectionPackages,
+    /// AS: handle ‖ 0 ‖ random → a sealed connection request waiting for that user.
+    AsConnectionRequests,
     /// Federation: peer domain ‖ 0 ‖ seq → a fan-out item waiting for delivery to that peer.
     FedOutbox,
     /// Federation: sender domain ‖ 0 ‖ created ms ‖ item id → nothing; delivered item ids, so a
@@ -56,10 +63,11 @@ pub enum Cf {
 
 impl Cf {
     /// All column families, in a fixed order.
-    pub const ALL: [Cf; 15] = [
+    pub const ALL: [Cf; 18] = [
         Cf::DsGroups,
         Cf::DsRouting,
         Cf::DsReservations,
+        Cf::DsTombstones,
         Cf::QsUsers,
         Cf::QsFriendship,
         Cf::QsClients,
@@ -68,6 +76,8 @@ impl Cf {
         Cf::ServerKeys,
         Cf::AsUsers,
         Cf::AsKeys,
+        Cf::AsConnectionPackages,
+        Cf::AsConnectionRequests,
         Cf::FedOutbox,
         Cf::FedSeen,
         Cf::PpKeys,
@@ -80,6 +90,7 @@ impl Cf {
             Cf::DsGroups => "ds_groups",
             Cf::DsRouting => "ds_routing",
             Cf::DsReservations => "ds_reservations",
+            Cf::DsTombstones => "ds_tombstones",
             Cf::QsUsers => "qs_users",
             Cf::QsFriendship => "qs_friendship",
             Cf::QsClients => "qs_clients",
@@ -88,6 +99,8 @@ impl Cf {
             Cf::ServerKeys => "server_keys",
             Cf::AsUsers => "as_users",
             Cf::AsKeys => "as_keys",
+            Cf::AsConnectionPackages => "as_connection_packages",
+            Cf::AsConnectionRequests => "as_connection_requests",
             Cf::FedOutbox => "fed_outbox",
             Cf::FedSeen => "fed_seen",
             Cf::PpKeys => "pp_keys",

@@ -49,6 +49,7 @@ fn stored_records_survive_corruption() {
         &GroupRow {
             format: crate::core::ds::state::GROUP_ROW_FORMAT,
             activity_month: 683,
+            tombstone_key: vec![4; 32].into(),
             ciphertext: vec![9; 40].into(),
         },
     );
@@ -94,6 +95,16 @@ fn stored_records_survive_corruption() {
             }],
             tallies: Vec::new(),
             credentials: Vec::new(),
+            users: vec![crate::core::ds::users::UserEntry {
+                auth_key: Some(vec![2; 32].into()),
+                leaves: vec![0, 3],
+                role: mimi_rm_protocol::ds::Role::Admin,
+            }],
+            kind: mimi_rm_protocol::ds::GroupKind::Regular,
+            activity: vec![crate::core::ds::removals::LeafActivity { leaf: 0, period: 9 }],
+            tombstone_secret: vec![5; 32].into(),
+            doomed: vec![vec![6; 32].into()],
+            reinit: None,
         },
     );
 }

@@ -35,6 +35,10 @@ fn show(who: &str, events: &[Event]) {
                 None => println!("  {who:<6} had fallen behind, re-entered -> epoch {epoch}"),
             },
             Event::EarKeyRotated { .. } => println!("  {who:<6} switched to the rotated group key"),
+            Event::ReInitialised { .. } => println!("  {who:<6} saw the group re-initialised"),
+            Event::ConnectionAccepted { handle, .. } => {
+                println!("  {who:<6} is now connected with {handle}")
+            }
             Event::InviteRejected { inviter, reason } => println!(
                 "  {who:<6} refused an invitation from {}: {reason}",
                 inviter.as_deref().unwrap_or("an unknown sender")

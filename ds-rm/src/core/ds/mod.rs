@@ -7,8 +7,10 @@
 
 pub mod accountability;
 pub mod public_store;
+pub mod removals;
 pub mod routing;
 pub mod state;
+pub mod users;
 pub mod welcome_split;
 
 use crate::core::HubError;
@@ -26,10 +28,12 @@ use openmls::messages::group_info::VerifiableGroupInfo;
 use openmls::prelude::{tls_codec::Deserialize as _, tls_codec::Serialize as _, *};
 use openmls_rust_crypto::RustCrypto;
 use public_store::PublicStore;
+use removals::{LeafActivity, RemovalPolicy};
 use routing::{RoutedMember, RoutingRecord};
 use state::{AtRest, DsGroupState, GroupRow, PastTree};
 use std::collections::HashSet;
 use tls_codec::VLBytes;
+use users::Roster;
 use zeroize::Zeroize;
 
 /// How long a reserved group id stays reserved.
@@ -57,6 +61,8 @@ pub struct DsContext<'a> {
     pub mode: DsMode,
     /// Baseline mode's per-identity rate limit (`None` in RM mode, which uses tokens).
     pub identity_limit: Option<&'a IdentityLimiter>,
+    /// The hub's external-sender key and the inactivity rule.
+    pub removal: RemovalPolicy<'a>,
 }
 
 /// A message to put into one member's queue, addressed only by its sealed `QueueRef`.
@@ -111,8 +117,11 @@ pub fn process(
                 let gid = req.tbs.group_id.as_slice();
                 if let Some(r) = routing::RoutingRecord::load(txn, &key, gid)? {
                     let month_current = r.activity_month == state::month_of(ctx.now_ms);
+                    let period = ctx.removal.period(ctx.now_ms);
                     match r.record.settled_member(*leaf) {
-                        Some(m) if month_current => {
+                        // A member's first request in an activity period takes the full path,
+                        // which records it (and runs the hub's removal checks).
+                        Some(m) if month_current && m.active_period == period => {
                             return send_routed(ctx, &req, &signed, gid, &r.record, m, message);
                         }
                         // A joiner's first request, or the first this month: the full path.
@@ -122,7 +131,7 @@ pub fn process(
             }
             let mut group = LoadedGroup::load(txn, req.tbs.group_id.as_slice(), key, ctx.mode)?;
             let sender = group.authenticate(ctx, &req, &signed)?;
-            let outcome = group.apply(ctx, sender, &req.tbs.operation)?;
+            let outcome = group.apply(ctx, txn, sender, &req.tbs.operation)?;
             match outcome.write {
                 // Keep the coarse activity month current (once per month per group), so idle
                 // expiry never removes a group that only exchanges messages.
@@ -134,6 +143,7 @@ pub fn process(
                 Write::Delete => {
                     txn.delete(Cf::DsRouting, group.group_id.clone());
                     txn.delete(Cf::DsGroups, group.group_id.clone());
+                    removals::drop_tombstones(txn, &group.group_id)?;
                 }
             }
             Ok(DsOutcome {
@@ -153,6 +163,24 @@ impl DsContext<'_> {
             None => Ok(()),
         }
     }
+}
+
+/// Records, during fan-out, that the member addressed by `queue_ref` has no queue any more (see
+/// [`removals`]); a no-op if the group is gone.
+pub fn tombstone_missing_queue(
+    txn: &mut Txn<'_>,
+    group_id: &[u8],
+    queue_ref: &QueueRef,
+) -> Result<(), HubError> {
+    let Some(raw) = txn.get(Cf::DsGroups, group_id)? else {
+        return Ok(());
+    };
+    let row: GroupRow =
+        decode_exact(&raw, MAX_ROW).map_err(|e| HubError::Internal(format!("stored row: {e}")))?;
+    removals::write_tombstone(txn, group_id, row.tombstone_key.as_slice(), queue_ref)?;
+    // The next message must take the full path, which reads the tombstone.
+    txn.delete(Cf::DsRouting, group_id.to_vec());
+    Ok(())
 }
 
 /// How this hub keeps a group given the request's EAR key: RM mode needs one, baseline mode
@@ -251,7 +279,10 @@ fn reserve_group_id(ctx: &DsContext<'_>, txn: &mut Txn<'_>) -> Result<DsOutcome,
                 expiry.to_be_bytes().to_vec(),
             );
             return Ok(DsOutcome {
-                response: DsResponse::GroupId(bytes.into()),
+                response: DsResponse::GroupId(ReservedGroup {
+                    group_id: bytes.into(),
+                    external_sender_key: ctx.removal.signer.public().to_vec().into(),
+                }),
                 fanout: Vec::new(),
             });
         }
@@ -296,6 +327,9 @@ fn create_group(
     if vgi.extensions().external_pub().is_none() {
         return Err(HubError::InvalidGroupInfo("missing external_pub".into()));
     }
+    if params.creator_user_auth_key.as_slice().len() != 32 {
+        return Err(HubError::InvalidRequest("a user auth key is 32 bytes"));
+    }
     let tree = RatchetTreeIn::tls_deserialize_exact(params.ratchet_tree.as_slice())
         .map_err(|e| HubError::malformed("ratchet tree", e))?;
     let store = PublicStore::default();
@@ -317,6 +351,12 @@ fn create_group(
             "only Ed25519 ciphersuites are supported",
         ));
     }
+    // The hub proposes removals itself, so it must be the group's external sender.
+    if hub_sender_index(&pg, ctx).is_none() {
+        return Err(HubError::InvalidGroupInfo(
+            "the group must list this hub as an external sender".into(),
+        ));
+    }
     let leaf = pg
         .leaf(LeafNodeIndex::new(0))
         .ok_or(HubError::InvalidGroupInfo("no leaf 0".into()))?;
@@ -325,6 +365,7 @@ fn create_group(
     ctx.replay
         .check_and_record(req.signature.as_slice(), req.tbs.timestamp_ms, ctx.now_ms)?;
     checked_queue_ref(leaf, ctx.mode)?;
+    let tombstones = hpke_seal::HpkeKeyPair::generate();
     let group = LoadedGroup {
         group_id: gid.to_vec(),
         key,
@@ -339,6 +380,16 @@ fn create_group(
             info: params.creator.clone(),
         }],
         activity_month: state::month_of(ctx.now_ms),
+        roster: Roster::with_creator(params.creator_user_auth_key.clone()),
+        kind: params.kind,
+        activity: vec![LeafActivity {
+            leaf: 0,
+            period: ctx.removal.period(ctx.now_ms),
+        }],
+        tombstone_key: tombstones.public.as_bytes().to_vec().into(),
+        tombstone_secret: tombstones.private.as_bytes().to_vec().into(),
+        doomed: Vec::new(),
+        reinit: None,
     };
     group.save(txn, ctx.now_ms)?;
     txn.delete(Cf::DsReservations, gid.to_vec());
@@ -346,6 +397,21 @@ fn create_group(
         response: DsResponse::Accepted(0),
         fanout: Vec::new(),
     })
+}
+
+/// The index of this hub in the group's `external_senders`, if it is listed there with its
+/// credential identity and key.
+fn hub_sender_index(pg: &PublicGroup, ctx: &DsContext<'_>) -> Option<u32> {
+    let expected = ExternalSender::new(
+        ctx.removal.signer.public().to_vec().into(),
+        BasicCredential::new(external_sender_identity(ctx.domain)).into(),
+    );
+    pg.group_context()
+        .extensions()
+        .external_senders()?
+        .iter()
+        .position(|s| *s == expected)
+        .and_then(|i| u32::try_from(i).ok())
 }
 
 /// Decodes a commit's authenticated data; empty bytes mean "nothing added".
@@ -428,6 +494,8 @@ enum Authenticated {
     Joiner(Vec<u8>),
     /// Only proved knowledge of the EAR key.
     KeyHolder,
+    /// A user, by its per-group auth key (index into the roster).
+    User(usize),
 }
 
 enum Write {
@@ -455,14 +523,42 @@ struct LoadedGroup {
     credentials: Vec<LeafCredentialEntry>,
     /// The stored row's activity month.
     activity_month: u32,
+    roster: Roster,
+    kind: GroupKind,
+    activity: Vec<LeafActivity>,
+    tombstone_key: VLBytes,
+    tombstone_secret: VLBytes,
+    doomed: Vec<VLBytes>,
+    reinit: Option<VLBytes>,
 }
 
+/// What a member commit is for; decides which proposals it may carry and who may send it.
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum CommitKind {
+    /// Add users (admin only).
     Add,
+    /// Remove whole users (admin only).
     Remove,
     Update,
+    /// Remove everyone else, then delete the group (admin only).
     Delete,
+    /// Add clients of the signing user.
+    AddClients(usize),
+    /// Remove other clients of the signing user, rotating its auth key.
+    RemoveClients(usize),
+    /// Re-initialise into another group (admin only).
+    ReInit,
+}
+
+/// Who enters a group by external commit.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum ExternalKind {
+    /// A member re-entering with its own signature key (signed by its old leaf).
+    Resync(LeafNodeIndex),
+    /// A client of an existing user: a new device, or one that lost its state.
+    Device(usize),
+    /// The responder of a connection group.
+    Connection,
 }
 
 impl LoadedGroup {
@@ -491,6 +587,13 @@ impl LoadedGroup {
             },
             credentials: state.credentials,
             activity_month: row.activity_month,
+            roster: Roster { users: state.users },
+            kind: state.kind,
+            activity: state.activity,
+            tombstone_key: row.tombstone_key,
+            tombstone_secret: state.tombstone_secret,
+            doomed: state.doomed,
+            reinit: state.reinit,
         })
     }
 
@@ -502,10 +605,26 @@ impl LoadedGroup {
             recent_commits: self.acct.recent.clone(),
             tallies: self.acct.tallies.clone(),
             credentials: self.credentials.clone(),
+            users: self.roster.users.clone(),
+            kind: self.kind,
+            activity: self.activity.clone(),
+            tombstone_secret: self.tombstone_secret.clone(),
+            doomed: self.doomed.clone(),
+            reinit: self.reinit.clone(),
         };
-        let row = state.seal(&self.key, &self.group_id, now_ms)?;
+        let row = state.seal(
+            &self.key,
+            &self.group_id,
+            now_ms,
+            self.tombstone_key.clone(),
+        )?;
         let bytes = encode(&row).map_err(|e| HubError::Internal(e.to_string()))?;
         txn.put(Cf::DsGroups, self.group_id.clone(), bytes);
+        if self.reinit.is_some() {
+            // A re-initialised group takes no messages: no fast path.
+            txn.delete(Cf::DsRouting, self.group_id.clone());
+            return Ok(());
+        }
         self.routing().save(txn, &self.key, &self.group_id, now_ms)
     }
 
@@ -520,6 +639,9 @@ impl LoadedGroup {
         let mut members: Vec<RoutedMember> = self
             .pg
             .members()
+            // A member whose queue is gone is left out: nothing is fanned out to it, and its own
+            // requests take the full path.
+            .filter(|m| !self.is_doomed(&m.signature_key))
             .filter_map(|m| {
                 if joiner_keys.contains(m.signature_key.as_slice()) {
                     joining.push(m.index.u32());
@@ -529,6 +651,7 @@ impl LoadedGroup {
                     leaf: m.index.u32(),
                     signature_key: m.signature_key.into(),
                     queue_ref,
+                    active_period: self.period_of(m.index.u32()),
                 })
             })
             .collect();
@@ -566,7 +689,19 @@ impl LoadedGroup {
                 ctx.admit_identity(key.as_slice())?;
                 Authenticated::Joiner(key.as_slice().to_vec())
             }
-            (DsSender::Anonymous, DsOperation::ExternalCommitInfo) => Authenticated::KeyHolder,
+            (
+                DsSender::Anonymous,
+                DsOperation::ExternalCommitInfo | DsOperation::JoinConnectionGroup(_),
+            ) => Authenticated::KeyHolder,
+            (DsSender::User(key), _) => {
+                let user = self
+                    .roster
+                    .user_by_key(key.as_slice())
+                    .ok_or(HubError::NotAuthorized("no user with that auth key"))?;
+                verify(key.as_slice(), signed, &req.signature)?;
+                ctx.admit_identity(key.as_slice())?;
+                Authenticated::User(user)
+            }
             _ => {
                 return Err(HubError::NotAuthorized(
                     "sender type not allowed for this operation",
@@ -586,17 +721,37 @@ impl LoadedGroup {
     fn apply(
         &mut self,
         ctx: &DsContext<'_>,
+        txn: &mut Txn<'_>,
         who: Authenticated,
         op: &DsOperation,
     ) -> Result<Applied, HubError> {
+        if self.reinit.is_some() && !matches!(op, DsOperation::ExternalCommitInfo) {
+            return Err(HubError::WrongOperation(
+                "the group was re-initialised into another group",
+            ));
+        }
         // A member signing a request proves it has joined: its Welcome tree is no longer needed.
         // Trees whose joiners never came go when they expire.
         let trees_before = self.past_trees.len();
         self.past_trees.retain(|t| t.expires_ms > ctx.now_ms);
-        let mut joiner_seen = self.past_trees.len() != trees_before;
+        let mut changed = self.past_trees.len() != trees_before;
         if let Authenticated::Member(idx) = &who {
             let idx = *idx;
-            joiner_seen |= self.forget_joiner(idx);
+            changed |= self.forget_joiner(idx);
+            changed |= self.record_activity(idx.u32(), ctx.removal.period(ctx.now_ms));
+        }
+        // The hub's own removal proposals come first: a commit must include them.
+        let proposals = self.propose_removals(ctx, txn)?;
+        let proposal_fanout = proposals
+            .iter()
+            .flat_map(|p| Self::fan(self.recipients(None), p))
+            .collect::<Vec<_>>();
+        if !proposals.is_empty() && op.is_member_commit() {
+            return Ok(Applied {
+                response: DsResponse::ProposalsPending(self.epoch()),
+                fanout: proposal_fanout,
+                write: Write::Save,
+            });
         }
         let mut applied = match (op, who) {
             (DsOperation::AddMembers(b), Authenticated::Member(s)) => {
@@ -611,35 +766,29 @@ impl LoadedGroup {
             (DsOperation::DeleteGroup(b), Authenticated::Member(s)) => {
                 self.commit(ctx, s, CommitKind::Delete, b)?
             }
-            (DsOperation::SelfRemove(p), Authenticated::Member(s)) => self.self_remove(s, p)?,
-            (DsOperation::Resync(b), Authenticated::Member(s)) => self.resync(s, b)?,
-            (DsOperation::RotateEarKey(r), Authenticated::Member(_)) => {
-                // Any member may rotate: every member holds the keys anyway. The state is
-                // written under the new key below; the old one no longer opens it.
-                if matches!(self.key, AtRest::Plain) {
-                    return Err(HubError::WrongOperation(
-                        "a baseline group has no EAR key to rotate",
-                    ));
-                }
-                let key = EarKey::from_bytes(r.new_ear_key.as_slice())
-                    .map_err(|_| HubError::InvalidRequest("EAR key must be 32 bytes"))?;
-                if !r.credentials.is_empty() {
-                    let leaves: Vec<u32> = r.credentials.iter().map(|c| c.leaf).collect();
-                    let current: Vec<u32> = self.credentials.iter().map(|c| c.leaf).collect();
-                    if leaves != current {
-                        return Err(HubError::WrongOperation(
-                            "re-wrapped credentials must cover exactly the current leaves",
-                        ));
-                    }
-                    self.credentials = r.credentials.clone();
-                }
-                self.key = AtRest::Ear(key);
-                Applied {
-                    response: DsResponse::Accepted(self.epoch()),
-                    fanout: Vec::new(),
-                    write: Write::Save,
-                }
+            (DsOperation::ReInit(b), Authenticated::Member(s)) => {
+                self.commit(ctx, s, CommitKind::ReInit, b)?
             }
+            (DsOperation::AddClients(b), Authenticated::User(u)) => {
+                let s = self.committer_of_user(b, u)?;
+                self.commit(ctx, s, CommitKind::AddClients(u), b)?
+            }
+            (DsOperation::RemoveClients(b), Authenticated::User(u)) => {
+                let s = self.committer_of_user(b, u)?;
+                self.commit(ctx, s, CommitKind::RemoveClients(u), b)?
+            }
+            (DsOperation::ExternalJoin(b), Authenticated::User(u)) => {
+                self.external_commit(ctx, ExternalKind::Device(u), b)?
+            }
+            (DsOperation::JoinConnectionGroup(b), Authenticated::KeyHolder) => {
+                self.external_commit(ctx, ExternalKind::Connection, b)?
+            }
+            (DsOperation::Resync(b), Authenticated::Member(s)) => {
+                self.external_commit(ctx, ExternalKind::Resync(s), b)?
+            }
+            (DsOperation::SetRole(r), Authenticated::Member(s)) => self.set_role(s, r)?,
+            (DsOperation::SelfRemove(p), Authenticated::Member(s)) => self.self_remove(s, p)?,
+            (DsOperation::RotateEarKey(r), Authenticated::Member(_)) => self.rotate(r)?,
             (DsOperation::ReportCommit(r), Authenticated::Member(s)) => self.report(s, r)?,
             (DsOperation::SendMessage(m), Authenticated::Member(s)) => self.send(s, m)?,
             (DsOperation::WelcomeInfo(epoch), Authenticated::Joiner(key)) => {
@@ -651,6 +800,8 @@ impl LoadedGroup {
                     ratchet_tree: self.tree_bytes()?.into(),
                     reports: self.acct.tallies.clone(),
                     credentials: self.credentials.clone(),
+                    users: self.roster.public_view(),
+                    reinit: self.reinit.clone(),
                 }),
                 fanout: Vec::new(),
                 write: Write::None,
@@ -661,10 +812,201 @@ impl LoadedGroup {
                 ));
             }
         };
-        if joiner_seen && matches!(applied.write, Write::None) {
+        if !proposals.is_empty() {
+            // Members learn of the proposals before whatever this request fans out.
+            let mut fanout = proposal_fanout;
+            fanout.append(&mut applied.fanout);
+            applied.fanout = fanout;
+            changed = true;
+        }
+        if changed && matches!(applied.write, Write::None) {
             applied.write = Write::Save;
         }
         Ok(applied)
+    }
+
+    /// Replaces the state's EAR key (and, optionally, every leaf's credential material). Any
+    /// member may rotate: every member holds the keys anyway. The state is written under the new
+    /// key; the old one no longer opens it.
+    fn rotate(&mut self, r: &KeyRotation) -> Result<Applied, HubError> {
+        if matches!(self.key, AtRest::Plain) {
+            return Err(HubError::WrongOperation(
+                "a baseline group has no EAR key to rotate",
+            ));
+        }
+        let key = EarKey::from_bytes(r.new_ear_key.as_slice())
+            .map_err(|_| HubError::InvalidRequest("EAR key must be 32 bytes"))?;
+        if !r.credentials.is_empty() {
+            let leaves: Vec<u32> = r.credentials.iter().map(|c| c.leaf).collect();
+            let current: Vec<u32> = self.credentials.iter().map(|c| c.leaf).collect();
+            if leaves != current {
+                return Err(HubError::WrongOperation(
+                    "re-wrapped credentials must cover exactly the current leaves",
+                ));
+            }
+            self.credentials = r.credentials.clone();
+        }
+        self.key = AtRest::Ear(key);
+        Ok(Applied {
+            response: DsResponse::Accepted(self.epoch()),
+            fanout: Vec::new(),
+            write: Write::Save,
+        })
+    }
+
+    /// An admin sets the role of the user owning `r.leaf` (all its clients share it). The last
+    /// admin cannot step down: a group without admins could never add or remove anyone again.
+    fn set_role(&mut self, sender: LeafNodeIndex, r: &SetRole) -> Result<Applied, HubError> {
+        self.roster.require_admin(sender.u32())?;
+        let user = self
+            .roster
+            .user_of(r.leaf)
+            .ok_or(HubError::InvalidRequest("no member at that leaf index"))?;
+        let admins = self
+            .roster
+            .users
+            .iter()
+            .filter(|u| u.role == Role::Admin)
+            .count();
+        if r.role == Role::Member && self.roster.users[user].role == Role::Admin && admins == 1 {
+            return Err(HubError::WrongOperation("a group keeps at least one admin"));
+        }
+        self.roster.users[user].role = r.role;
+        Ok(Applied {
+            response: DsResponse::Accepted(self.epoch()),
+            fanout: Vec::new(),
+            write: Write::Save,
+        })
+    }
+
+    /// The MLS sender of a user-authenticated commit: it must be one of that user's clients.
+    fn committer_of_user(
+        &self,
+        bundle: &CommitBundle,
+        user: usize,
+    ) -> Result<LeafNodeIndex, HubError> {
+        let ProtocolMessage::PublicMessage(pm) = parse_protocol_message(bundle.commit.as_slice())?
+        else {
+            return Err(HubError::InvalidMls(
+                "handshake messages must be PublicMessages".into(),
+            ));
+        };
+        let Sender::Member(leaf) = pm.sender() else {
+            return Err(HubError::WrongOperation("a member commit is needed"));
+        };
+        if !self.roster.users[user].leaves.contains(&leaf.u32()) {
+            return Err(HubError::NotAuthorized(
+                "the commit must come from a client of the signing user",
+            ));
+        }
+        Ok(*leaf)
+    }
+
+    /// Whether the member with this signature key lost its queue.
+    fn is_doomed(&self, signature_key: &[u8]) -> bool {
+        self.doomed.iter().any(|d| d.as_slice() == signature_key)
+    }
+
+    /// Notes that `leaf` was active in `period`; whether that changed anything.
+    fn record_activity(&mut self, leaf: u32, period: u32) -> bool {
+        match self.activity.iter_mut().find(|a| a.leaf == leaf) {
+            Some(a) if a.period >= period => false,
+            Some(a) => {
+                a.period = period;
+                true
+            }
+            None => {
+                self.activity.push(LeafActivity { leaf, period });
+                true
+            }
+        }
+    }
+
+    /// The activity period recorded for `leaf` (0 if none).
+    fn period_of(&self, leaf: u32) -> u32 {
+        self.activity
+            .iter()
+            .find(|a| a.leaf == leaf)
+            .map_or(0, |a| a.period)
+    }
+
+    /// Proposes removal of inactive clients and of clients whose queue is gone, unless already
+    /// proposed; returns the new proposal messages (already in the hub's proposal store).
+    fn propose_removals(
+        &mut self,
+        ctx: &DsContext<'_>,
+        txn: &mut Txn<'_>,
+    ) -> Result<Vec<VLBytes>, HubError> {
+        let Some(sender_index) = hub_sender_index(&self.pg, ctx) else {
+            return Ok(Vec::new());
+        };
+        for gone in
+            removals::take_tombstones(txn, &self.group_id, self.tombstone_secret.as_slice())?
+        {
+            for m in self.pg.members() {
+                let matches = self
+                    .pg
+                    .leaf(m.index)
+                    .and_then(|l| queue_ref_of(l).ok())
+                    .and_then(|q| encode(&q).ok())
+                    .is_some_and(|q| q == gone);
+                if matches && !self.doomed.iter().any(|d| d.as_slice() == m.signature_key) {
+                    self.doomed.push(m.signature_key.clone().into());
+                }
+            }
+        }
+        let present: HashSet<Vec<u8>> =
+            self.pg.members().map(|m| m.signature_key.clone()).collect();
+        self.doomed.retain(|d| present.contains(d.as_slice()));
+        let proposed: HashSet<u32> = self
+            .pg
+            .queued_proposals(&self.store)
+            .map_err(|e| HubError::Internal(e.to_string()))?
+            .into_iter()
+            .filter_map(|(_, qp)| match qp.proposal() {
+                Proposal::Remove(r) => Some(r.removed().u32()),
+                _ => None,
+            })
+            .collect();
+        let candidates: Vec<LeafNodeIndex> = self
+            .pg
+            .members()
+            .filter(|m| !proposed.contains(&m.index.u32()))
+            .filter(|m| {
+                let idle = self
+                    .activity
+                    .iter()
+                    .find(|a| a.leaf == m.index.u32())
+                    .is_some_and(|a| ctx.removal.is_inactive(a.period, ctx.now_ms));
+                idle || self.doomed.iter().any(|d| d.as_slice() == m.signature_key)
+            })
+            .map(|m| m.index)
+            .collect();
+        let crypto = RustCrypto::default();
+        let mut out = Vec::with_capacity(candidates.len());
+        for leaf in candidates {
+            let message = ExternalProposal::new_remove::<openmls_rust_crypto::OpenMlsRustCrypto>(
+                leaf,
+                GroupId::from_slice(&self.group_id),
+                self.pg.group_context().epoch(),
+                ctx.removal.signer,
+                SenderExtensionIndex::new(sender_index),
+            )
+            .map_err(|e| HubError::Internal(format!("hub proposal: {e}")))?;
+            let bytes = message
+                .to_bytes()
+                .map_err(|e| HubError::Internal(format!("hub proposal: {e}")))?;
+            let processed = self.handshake_at_current_epoch(&crypto, &bytes)?;
+            let ProcessedMessageContent::ProposalMessage(qp) = processed.into_content() else {
+                return Err(HubError::Internal("hub proposal is not a proposal".into()));
+            };
+            self.pg
+                .add_proposal(&self.store, *qp)
+                .map_err(|e| HubError::Internal(e.to_string()))?;
+            tracing::info!(leaf = leaf.u32(), "hub proposed a removal");
+            out.push(bytes.into());
+        }
+        Ok(out)
     }
 
     fn forget_joiner(&mut self, idx: LeafNodeIndex) -> bool {
@@ -714,10 +1056,12 @@ impl LoadedGroup {
     }
 
     /// Every member except `except`, with its fan-out address.
+    /// Members whose queue is known to be gone get nothing (their removal is proposed).
     fn recipients(&self, except: Option<LeafNodeIndex>) -> Vec<QueueRef> {
         self.pg
             .members()
             .filter(|m| Some(m.index) != except)
+            .filter(|m| !self.is_doomed(&m.signature_key))
             .filter_map(|m| self.pg.leaf(m.index).and_then(|l| queue_ref_of(l).ok()))
             .collect()
     }
@@ -765,6 +1109,12 @@ impl LoadedGroup {
         kind: CommitKind,
         bundle: &CommitBundle,
     ) -> Result<Applied, HubError> {
+        if matches!(
+            kind,
+            CommitKind::Add | CommitKind::Remove | CommitKind::Delete | CommitKind::ReInit
+        ) {
+            self.roster.require_admin(sender.u32())?;
+        }
         let crypto = RustCrypto::default();
         let processed = self.handshake_at_current_epoch(&crypto, bundle.commit.as_slice())?;
         if !matches!(processed.sender(), Sender::Member(i) if *i == sender) {
@@ -778,7 +1128,8 @@ impl LoadedGroup {
         };
         let staged = *staged;
 
-        // Pending proposals (self-removes) must be committed by whatever commit comes next.
+        // Pending proposals (self-removes, the hub's removals) must be committed by whatever
+        // commit comes next.
         let pending: HashSet<ProposalRef> = self
             .pg
             .queued_proposals(&self.store)
@@ -812,9 +1163,27 @@ impl LoadedGroup {
             ));
         }
         let has_path = staged.update_path_leaf_node().is_some();
+        let removed_u32: Vec<u32> = removed.iter().map(|l| l.u32()).collect();
         let ok = match kind {
-            CommitKind::Add => !adds.is_empty() && removed.is_empty(),
-            CommitKind::Remove => !removed.is_empty() && adds.is_empty(),
+            CommitKind::Add | CommitKind::AddClients(_) => !adds.is_empty() && removed.is_empty(),
+            CommitKind::Remove => {
+                !removed.is_empty()
+                    && adds.is_empty()
+                    && self.roster.removes_whole_users(&removed_u32)
+                    && self.roster.user_of(sender.u32()).is_some_and(|own| {
+                        removed_u32
+                            .iter()
+                            .all(|l| !self.roster.users[own].leaves.contains(l))
+                    })
+            }
+            CommitKind::RemoveClients(user) => {
+                !removed.is_empty()
+                    && adds.is_empty()
+                    && !removed.contains(&sender)
+                    && removed_u32
+                        .iter()
+                        .all(|l| self.roster.users[user].leaves.contains(l))
+            }
             CommitKind::Update => has_path && adds.is_empty() && removed.is_empty(),
             CommitKind::Delete => {
                 let others: HashSet<LeafNodeIndex> = self
@@ -825,14 +1194,52 @@ impl LoadedGroup {
                     .collect();
                 adds.is_empty() && others == removed.iter().copied().collect()
             }
+            CommitKind::ReInit => {
+                has_path && adds.is_empty() && removed.is_empty() && aad.reinit.is_some()
+            }
         };
         if !ok {
             return Err(HubError::WrongOperation(match kind {
                 CommitKind::Add => "add_members needs add proposals only",
-                CommitKind::Remove => "remove_members needs remove proposals only",
+                CommitKind::AddClients(_) => "add_clients needs add proposals only",
+                CommitKind::Remove => {
+                    "remove_members removes every client of other users, and nothing else"
+                }
+                CommitKind::RemoveClients(_) => {
+                    "remove_clients removes other clients of the signing user only"
+                }
                 CommitKind::Update => "update needs an update path and no adds or removes",
                 CommitKind::Delete => "delete_group must remove every other member",
+                CommitKind::ReInit => "reinit is an update naming the new group, nothing else",
             }));
+        }
+        if let CommitKind::RemoveClients(user) = kind {
+            let rotated = aad.user_auth_key.as_ref().is_some_and(|k| {
+                self.roster.users[user]
+                    .auth_key
+                    .as_ref()
+                    .is_none_or(|old| old != k)
+            });
+            if !rotated {
+                return Err(HubError::WrongOperation(
+                    "removing own clients rotates the user auth key",
+                ));
+            }
+        }
+        if kind != CommitKind::ReInit && aad.reinit.is_some() {
+            return Err(HubError::WrongOperation(
+                "only a reinit operation may name a new group",
+            ));
+        }
+        let reinit = aad.reinit.clone().map(|g| g.as_slice().to_vec());
+        if let Some(new_group) = &reinit {
+            let target: QualifiedGroupId = decode_exact(new_group, 1024)
+                .map_err(|_| HubError::InvalidGroupId("reinit target is not a group id"))?;
+            if target.domain.as_slice() != ctx.domain.as_bytes() || *new_group == self.group_id {
+                return Err(HubError::InvalidGroupId(
+                    "reinit must name another group on this hub",
+                ));
+            }
         }
         if let Some(leaf) = staged.update_path_leaf_node() {
             checked_queue_ref(leaf, self.mode)?;
@@ -840,6 +1247,7 @@ impl LoadedGroup {
         for kp in &adds {
             checked_queue_ref(kp.leaf_node(), self.mode)?;
         }
+        let new_key = aad.user_auth_key.clone();
         let added = match_added(&crypto, &adds, aad)?;
         if self.pg.members().count() + adds.len() > ctx.max_group_size {
             return Err(HubError::LimitExceeded("group size"));
@@ -857,15 +1265,37 @@ impl LoadedGroup {
         self.pg
             .merge_commit(&self.store, staged)
             .map_err(|e| HubError::Internal(format!("merge: {e}")))?;
-        self.acct.forget_leaves(&all_removed);
-        self.credentials.retain(|c| !all_removed.contains(&c.leaf));
+        self.forget_removed(&all_removed);
+        let period = ctx.removal.period(ctx.now_ms);
+        let mut new_users: Vec<(u32, Vec<u32>)> = Vec::new();
         for (kp, member) in adds.iter().zip(&added) {
             let leaf = self.leaf_of(kp.leaf_node().signature_key().as_slice())?;
             self.set_credential(leaf, member.credential.clone());
+            self.record_activity(leaf.u32(), period);
+            match kind {
+                CommitKind::AddClients(user) => self.roster.add_leaf(user, leaf.u32())?,
+                _ => match new_users.iter_mut().find(|(u, _)| *u == member.user) {
+                    Some((_, leaves)) => leaves.push(leaf.u32()),
+                    None => new_users.push((member.user, vec![leaf.u32()])),
+                },
+            }
+        }
+        for (_, leaves) in new_users {
+            self.roster.add_user(leaves, Role::Member, None);
+        }
+        if let Some(key) = new_key {
+            let user = self
+                .roster
+                .user_of(sender.u32())
+                .ok_or_else(|| HubError::Internal("committer without user".into()))?;
+            self.roster.set_key(user, key)?;
+        }
+        if let Some(target) = reinit {
+            self.reinit = Some(target.into());
         }
         self.after_merge(&crypto, epoch_before, sender, bundle)?;
         let mut fanout = fanout;
-        if kind == CommitKind::Add {
+        if matches!(kind, CommitKind::Add | CommitKind::AddClients(_)) {
             fanout.extend(self.welcomes(ctx, &crypto, &adds, &added, bundle.welcome.as_ref())?);
         }
         Ok(Applied {
@@ -873,6 +1303,14 @@ impl LoadedGroup {
             fanout,
             write: Write::Save,
         })
+    }
+
+    /// Drops everything the hub keeps per leaf for leaves a commit removed.
+    fn forget_removed(&mut self, removed: &[u32]) {
+        self.acct.forget_leaves(removed);
+        self.credentials.retain(|c| !removed.contains(&c.leaf));
+        self.roster.remove_leaves(removed);
+        self.activity.retain(|a| !removed.contains(&a.leaf));
     }
 
     /// What every merged commit needs: the committer's GroupInfo checked and kept, the commit
@@ -900,66 +1338,143 @@ impl LoadedGroup {
         Ok(())
     }
 
-    /// A member re-enters by external commit from the hub's public state, keeping its signature
-    /// key and removing its old leaf: the way out of an epoch it cannot process (a commit whose
-    /// tags the hub could not check, or lost local state). Nothing else may ride along, so a
-    /// resync can never change the roster beyond the member's own leaf.
-    fn resync(&mut self, old: LeafNodeIndex, bundle: &CommitBundle) -> Result<Applied, HubError> {
+    /// An external commit: a member re-entering with its own signature key after an epoch it
+    /// could not follow (signed by its old leaf), a client of an existing user (a new device,
+    /// or one that lost its state and removes its old leaf), or a connection group's responder.
+    /// Nothing else may ride along, so an external commit never changes the roster beyond the
+    /// joiner's own user.
+    fn external_commit(
+        &mut self,
+        ctx: &DsContext<'_>,
+        kind: ExternalKind,
+        bundle: &CommitBundle,
+    ) -> Result<Applied, HubError> {
+        if kind == ExternalKind::Connection && self.kind != GroupKind::Connection {
+            return Err(HubError::WrongOperation(
+                "only a connection group waiting for its responder can be joined this way",
+            ));
+        }
         let crypto = RustCrypto::default();
         let processed = self.handshake_at_current_epoch(&crypto, bundle.commit.as_slice())?;
         if !matches!(processed.sender(), Sender::NewMemberCommit) {
-            return Err(HubError::WrongOperation("resync needs an external commit"));
+            return Err(HubError::WrongOperation("an external commit is needed"));
         }
-        if !commit_aad(processed.aad())?.added.is_empty() {
-            return Err(HubError::WrongOperation("a resync adds no one"));
+        let aad = commit_aad(processed.aad())?;
+        if !aad.added.is_empty() {
+            return Err(HubError::WrongOperation(
+                "an external commit adds no one else",
+            ));
         }
         let ProcessedMessageContent::StagedCommitMessage(staged) = processed.into_content() else {
             return Err(HubError::WrongOperation("not a commit"));
         };
         let staged = *staged;
-        let mut removes_old = false;
+        let mut removed = Vec::new();
         for qp in staged.queued_proposals() {
             match qp.proposal() {
                 Proposal::ExternalInit(_) => {}
-                Proposal::Remove(r) if r.removed() == old && !removes_old => removes_old = true,
+                Proposal::Remove(r) => removed.push(r.removed()),
                 _ => {
                     return Err(HubError::WrongOperation(
-                        "a resync may only remove the member's own old leaf",
+                        "an external commit may only remove the joiner's own old leaf",
                     ));
                 }
             }
         }
-        if !removes_old {
-            return Err(HubError::WrongOperation(
-                "a resync must remove the member's old leaf",
-            ));
+        let removed_u32: Vec<u32> = removed.iter().map(|l| l.u32()).collect();
+        let allowed = match kind {
+            ExternalKind::Resync(old) => removed == [old],
+            ExternalKind::Device(user) => removed_u32
+                .iter()
+                .all(|l| self.roster.users[user].leaves.contains(l)),
+            ExternalKind::Connection => removed.is_empty(),
+        };
+        if !allowed {
+            return Err(HubError::WrongOperation(match kind {
+                ExternalKind::Resync(_) => "a resync must remove the member's old leaf, only",
+                ExternalKind::Device(_) => "a device may only remove its own user's leaves",
+                ExternalKind::Connection => "joining a connection group removes no one",
+            }));
         }
-        let old_key = self
-            .pg
-            .leaf(old)
-            .map(|l| l.signature_key().as_slice().to_vec())
-            .ok_or(HubError::NotAuthorized("no member at that leaf index"))?;
         let leaf = staged
             .update_path_leaf_node()
             .ok_or(HubError::WrongOperation("an external commit needs a path"))?;
-        if leaf.signature_key().as_slice() != old_key.as_slice() {
-            return Err(HubError::NotAuthorized(
-                "a resync must keep the member's signature key",
-            ));
+        let new_key = leaf.signature_key().as_slice().to_vec();
+        let joiner = match kind {
+            ExternalKind::Resync(old) => {
+                let old_key = self
+                    .pg
+                    .leaf(old)
+                    .map(|l| l.signature_key().as_slice().to_vec())
+                    .ok_or(HubError::NotAuthorized("no member at that leaf index"))?;
+                if new_key != old_key {
+                    return Err(HubError::NotAuthorized(
+                        "a resync must keep the member's signature key",
+                    ));
+                }
+                None
+            }
+            _ => Some(aad.joiner.clone().ok_or(HubError::WrongOperation(
+                "an external joiner must bring its credential material",
+            ))?),
+        };
+        if kind == ExternalKind::Connection {
+            let key = aad.user_auth_key.as_ref().ok_or(HubError::WrongOperation(
+                "a connection responder brings its user auth key",
+            ))?;
+            if key.as_slice().len() != 32 || self.roster.user_by_key(key.as_slice()).is_some() {
+                return Err(HubError::InvalidRequest("unusable user auth key"));
+            }
         }
         checked_queue_ref(leaf, self.mode)?;
-        let fanout = Self::fan(self.recipients(Some(old)), &bundle.commit);
+        let except = match kind {
+            ExternalKind::Resync(old) => Some(old),
+            _ => None,
+        };
+        let fanout = Self::fan(self.recipients(except), &bundle.commit);
         let epoch_before = self.epoch();
         self.pg
             .merge_commit(&self.store, staged)
             .map_err(|e| HubError::Internal(format!("merge: {e}")))?;
-        let new = self.leaf_of(&old_key)?;
-        self.acct.move_leaf(old.u32(), new.u32());
-        // The member keeps its credential: its material moves with it.
-        if let Some(pos) = self.credentials.iter().position(|c| c.leaf == old.u32()) {
-            let entry = self.credentials.remove(pos);
-            self.set_credential(new, entry.info);
+        let new = self.leaf_of(&new_key)?;
+        let period = ctx.removal.period(ctx.now_ms);
+        match kind {
+            ExternalKind::Resync(old) => {
+                self.acct.move_leaf(old.u32(), new.u32());
+                // The member keeps its credential and its user: both move with it.
+                if let Some(pos) = self.credentials.iter().position(|c| c.leaf == old.u32()) {
+                    let entry = self.credentials.remove(pos);
+                    self.set_credential(new, entry.info);
+                }
+                self.roster.move_leaf(old.u32(), new.u32());
+                self.activity.retain(|a| a.leaf != old.u32());
+            }
+            ExternalKind::Device(user) => {
+                let role = self.roster.users[user].role;
+                let auth_key = self.roster.users[user].auth_key.clone();
+                self.forget_removed(&removed_u32);
+                // The user may have lost its only other leaf just now; it stays the same user.
+                match self
+                    .roster
+                    .user_by_key(auth_key.as_ref().map_or(&[][..], |k| k.as_slice()))
+                {
+                    Some(u) => self.roster.add_leaf(u, new.u32())?,
+                    None => {
+                        self.roster.add_user(vec![new.u32()], role, auth_key);
+                    }
+                }
+            }
+            ExternalKind::Connection => {
+                // Both ends of a 1:1 connection are admins of it.
+                self.roster
+                    .add_user(vec![new.u32()], Role::Admin, aad.user_auth_key.clone());
+                self.kind = GroupKind::Regular;
+            }
         }
+        if let Some(j) = joiner {
+            self.set_credential(new, j.credential);
+        }
+        self.record_activity(new.u32(), period);
         self.after_merge(&crypto, epoch_before, new, bundle)?;
         Ok(Applied {
             response: DsResponse::Accepted(self.epoch()),

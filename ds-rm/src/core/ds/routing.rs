@@ -28,6 +28,9 @@ pub struct RoutedMember {
     pub signature_key: VLBytes,
     /// Where this member's messages go.
     pub queue_ref: QueueRef,
+    /// The activity period of its last request recorded in the state; a request in a later
+    /// period takes the full path once, to record it.
+    pub active_period: u32,
 }
 
 /// What an application message needs of a group.

@@ -10,14 +10,16 @@
 
 use super::accountability::CommitRecord;
 use super::public_store::PublicStoreBlob;
+use super::removals::LeafActivity;
+use super::users::UserEntry;
 use crate::core::HubError;
 use mimi_rm_crypto::{CryptoError, ear};
 use mimi_rm_protocol::decode_exact;
-use mimi_rm_protocol::ds::{LeafCredentialEntry, ReportTally};
+use mimi_rm_protocol::ds::{GroupKind, LeafCredentialEntry, ReportTally};
 use tls_codec::{Serialize as _, TlsDeserialize, TlsSerialize, TlsSize, VLBytes};
 
 /// Format byte of an EAR-encrypted [`GroupRow`]; bump on any change of the row or state layout.
-pub const GROUP_ROW_FORMAT: u8 = 4;
+pub const GROUP_ROW_FORMAT: u8 = 5;
 /// Format byte of a baseline-mode [`GroupRow`], whose `ciphertext` is the plaintext state.
 pub const PLAIN_GROUP_ROW_FORMAT: u8 = 0x80 | GROUP_ROW_FORMAT;
 /// EAR domain label of group state ciphertexts.
@@ -32,6 +34,9 @@ pub struct GroupRow {
     pub format: u8,
     /// Months since 1970-01 of the last state change: coarse on purpose.
     pub activity_month: u32,
+    /// X25519 public key tombstones of this group are sealed to (random per group; its private
+    /// key is inside the ciphertext).
+    pub tombstone_key: VLBytes,
     /// EAR ciphertext of [`DsGroupState`] (its plain encoding in baseline mode).
     pub ciphertext: VLBytes,
 }
@@ -127,6 +132,18 @@ pub struct DsGroupState {
     pub tallies: Vec<ReportTally>,
     /// Every current leaf's encrypted credential material (opaque to the hub).
     pub credentials: Vec<LeafCredentialEntry>,
+    /// Which leaves belong to one user, their per-group auth keys and roles.
+    pub users: Vec<UserEntry>,
+    /// Regular, or a connection group waiting for its responder.
+    pub kind: GroupKind,
+    /// Every member's last activity period (for inactivity removal).
+    pub activity: Vec<LeafActivity>,
+    /// Private key of [`GroupRow::tombstone_key`].
+    pub tombstone_secret: VLBytes,
+    /// Signature keys of leaves whose queue is gone, until their removal is committed.
+    pub doomed: Vec<VLBytes>,
+    /// The group this one was re-initialised into; then it takes no further operations.
+    pub reinit: Option<VLBytes>,
 }
 
 /// Associated data binding a state ciphertext to its group id, so a row copied under another
@@ -145,7 +162,13 @@ pub fn month_of(now_ms: u64) -> u32 {
 
 impl DsGroupState {
     /// Pads and encrypts the state into a row.
-    pub fn seal(&self, key: &AtRest, group_id: &[u8], now_ms: u64) -> Result<GroupRow, HubError> {
+    pub fn seal(
+        &self,
+        key: &AtRest,
+        group_id: &[u8],
+        now_ms: u64,
+        tombstone_key: VLBytes,
+    ) -> Result<GroupRow, HubError> {
         let plain = zeroize::Zeroizing::new(
             self.tls_serialize_detached()
                 .map_err(|e| HubError::Internal(format!("encode state: {e:?}")))?,
@@ -153,6 +176,7 @@ impl DsGroupState {
         Ok(GroupRow {
             format: key.format(),
             activity_month: month_of(now_ms),
+            tombstone_key,
             ciphertext: key.seal(STATE_DOMAIN, group_id, &plain)?.into(),
         })
     }
