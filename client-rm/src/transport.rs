@@ -195,7 +195,8 @@ impl Transport {
         req: &mimi_rm_protocol::auth::AsRequest,
     ) -> Result<mimi_rm_protocol::auth::AsResponse, ClientError> {
         let body = envelope(TransactionType::AuthService, req)?;
-        let bytes = self.post_raw(paths::AS, body).await?;
+        let class = RateClass::of_as(&req.tbs.operation);
+        let bytes = self.post_classed(paths::AS, body, class).await?;
         decode_exact(&bytes, MAX_RESPONSE).map_err(|e| ClientError::Transport(e.to_string()))
     }
 }
@@ -264,8 +265,9 @@ impl Transport {
             return self.auth(req).await;
         }
         let env = envelope(TransactionType::AuthService, req)?;
+        let class = RateClass::of_as(&req.tbs.operation);
         let bytes = self
-            .proxy(domain, TransactionType::AuthService, env)
+            .proxy_classed(domain, TransactionType::AuthService, env, class)
             .await?;
         decode_exact(&bytes, MAX_RESPONSE).map_err(|e| ClientError::Transport(e.to_string()))
     }

@@ -63,16 +63,21 @@ pub enum RateClass {
     AddPackageFetch,
     /// Creating a pseudonymous QS user/client record.
     QsRecordCreation,
+    /// Asking a stranger to connect: fetching its connection package and leaving the sealed
+    /// request (both anonymous, so only tokens stop one client from flooding an inbox or
+    /// draining a user's packages).
+    ConnectionRequest,
 }
 
 impl RateClass {
     /// Every class, in a fixed order (the default rate-limited set).
-    pub const ALL: [RateClass; 5] = [
+    pub const ALL: [RateClass; 6] = [
         RateClass::GroupCreation,
         RateClass::GroupOperation,
         RateClass::ApplicationMessage,
         RateClass::AddPackageFetch,
         RateClass::QsRecordCreation,
+        RateClass::ConnectionRequest,
     ];
 
     /// The name used in config files.
@@ -83,6 +88,7 @@ impl RateClass {
             Self::ApplicationMessage => "application_message",
             Self::AddPackageFetch => "add_package_fetch",
             Self::QsRecordCreation => "qs_record_creation",
+            Self::ConnectionRequest => "connection_request",
         }
     }
 
@@ -114,6 +120,20 @@ impl RateClass {
             | SetRole(_)
             | ReInit(_) => Self::GroupOperation,
         })
+    }
+
+    /// The class of an AS operation (`None` for lookups and signed maintenance).
+    pub fn of_as(op: &crate::auth::AsOperation) -> Option<Self> {
+        use crate::auth::AsOperation::*;
+        match op {
+            FetchConnectionPackage(_) | SendConnectionRequest(_) => Some(Self::ConnectionRequest),
+            RegisterUser(_)
+            | AddClient(_)
+            | AsCredentials
+            | UserClients(_)
+            | PublishConnectionPackages(_)
+            | FetchConnectionRequests => None,
+        }
     }
 
     /// The class of a QS operation (`None` for the queue owner's own maintenance and reads).

@@ -37,6 +37,22 @@ fn code(r: Result<impl std::fmt::Debug, ClientError>) -> Option<ErrorCode> {
     }
 }
 
+/// An anonymous AS request paid with a token of `payer`, posted raw.
+async fn as_paid(hub: &HubProcess, payer: &Client, op: AsOperation) -> (u16, Vec<u8>) {
+    let req = AsRequest {
+        tbs: AsRequestTbs {
+            timestamp_ms: mimi_ds_rm::now_ms(),
+            nonce: rand::random(),
+            sender: AsSender::Anonymous,
+            operation: op,
+        },
+        signature: Vec::new().into(),
+    };
+    let body = mimi_client_rm::envelope(TransactionType::AuthService, &req).unwrap();
+    let token = payer.take_token().await.unwrap();
+    mimi_rm_tests::post_paid(&hub.url(), paths::AS, body, &token).await
+}
+
 /// An anonymous AS request, posted raw.
 async fn as_anonymous(hub: &HubProcess, op: AsOperation) -> (u16, Vec<u8>) {
     let req = AsRequest {
@@ -167,8 +183,19 @@ async fn a_forged_connection_request_is_rejected_by_the_responder() {
     let mut bob = client(&hub, dir.path(), "bob").await;
     let mallory = client(&hub, dir.path(), "mallory").await;
 
+    // Asking strangers costs tokens: without one, nothing.
     let (status, body) = as_anonymous(
         &hub,
+        AsOperation::FetchConnectionPackage(b"bob".to_vec().into()),
+    )
+    .await;
+    assert_eq!(
+        (status, error_of(&body).code),
+        (401, ErrorCode::TokenRequired)
+    );
+    let (status, body) = as_paid(
+        &hub,
+        &mallory,
         AsOperation::FetchConnectionPackage(b"bob".to_vec().into()),
     )
     .await;
@@ -222,8 +249,9 @@ async fn a_forged_connection_request_is_rejected_by_the_responder() {
     for o in [&forged, &wrong_sig] {
         let request = mimi_client_rm::seal_offer(&package, o).unwrap();
         let handle = b"bob".to_vec().into();
-        let (status, _) = as_anonymous(
+        let (status, _) = as_paid(
             &hub,
+            &mallory,
             AsOperation::SendConnectionRequest(SendConnectionRequest {
                 handle,
                 device: package.tbs.client_credential.tbs.identity.device,
@@ -240,8 +268,9 @@ async fn a_forged_connection_request_is_rejected_by_the_responder() {
     assert!(bob.groups().is_empty());
 
     // Bad input at the AS: unknown handles, unsigned publication.
-    let (status, body) = as_anonymous(
+    let (status, body) = as_paid(
         &hub,
+        &mallory,
         AsOperation::FetchConnectionPackage(b"nobody".to_vec().into()),
     )
     .await;
@@ -250,8 +279,9 @@ async fn a_forged_connection_request_is_rejected_by_the_responder() {
         (404, ErrorCode::UnknownUser)
     );
     let request = mimi_client_rm::seal_offer(&package, &forged).unwrap();
-    let (status, body) = as_anonymous(
+    let (status, body) = as_paid(
         &hub,
+        &mallory,
         AsOperation::SendConnectionRequest(SendConnectionRequest {
             handle: b"nobody".to_vec().into(),
             device: [0; 16],
@@ -642,5 +672,150 @@ async fn admin_only_operations_are_refused_to_members_and_reinit_moves_the_group
     assert_eq!(
         messages(&alice.receive().await.unwrap()),
         vec![b"new group".to_vec()]
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn user_level_and_connection_requests_are_checked_and_change_nothing() {
+    use mimi_client_rm::envelope;
+    let dir = tempfile::tempdir().unwrap();
+    let hub = hub_without_tokens(dir.path());
+    let mut alice = client(&hub, dir.path(), "alice").await;
+    let mut bob = client(&hub, dir.path(), "bob").await;
+    let g = group_of(&mut alice, &mut [&mut bob]).await;
+    let ear = alice.group_ear_key(&g).unwrap();
+    let op_body = |req: &DsRequest| envelope(TransactionType::GroupOperation, req).unwrap();
+    let garbage = CommitBundle {
+        commit: vec![1, 2, 3].into(),
+        group_info: vec![4].into(),
+        welcome: None,
+    };
+
+    // A user-level request signed by a key that belongs to no user of the group.
+    let stranger = ed25519_dalek::SigningKey::from_bytes(&rand::random());
+    let body = ds_signed(
+        &g,
+        &ear,
+        DsSender::User(stranger.verifying_key().to_bytes().to_vec().into()),
+        DsOperation::AddClients(garbage.clone()),
+        &stranger,
+        mimi_ds_rm::now_ms(),
+    );
+    rejected(
+        &hub,
+        paths::GROUP_OPERATION,
+        body,
+        403,
+        ErrorCode::NotAuthorized,
+    )
+    .await;
+
+    // Alice's real user key: wrong signature, truncated, malformed bundle, member-only op.
+    let mut req = alice
+        .signed_user_request(&g, DsOperation::AddClients(garbage.clone()))
+        .unwrap();
+    let mut sig = req.signature.as_slice().to_vec();
+    sig[0] ^= 1;
+    req.signature = sig.into();
+    rejected(
+        &hub,
+        paths::GROUP_OPERATION,
+        op_body(&req),
+        403,
+        ErrorCode::InvalidSignature,
+    )
+    .await;
+    let req = alice
+        .signed_user_request(&g, DsOperation::RemoveClients(garbage.clone()))
+        .unwrap();
+    let mut cut = op_body(&req);
+    cut.truncate(cut.len() - 10);
+    rejected(&hub, paths::GROUP_OPERATION, cut, 400, ErrorCode::Malformed).await;
+    rejected(
+        &hub,
+        paths::GROUP_OPERATION,
+        op_body(&req),
+        400,
+        ErrorCode::Malformed,
+    )
+    .await;
+    let set_role = DsOperation::SetRole(SetRole {
+        leaf: 1,
+        role: Role::Admin,
+    });
+    let req = alice.signed_user_request(&g, set_role).unwrap();
+    rejected(
+        &hub,
+        paths::GROUP_OPERATION,
+        op_body(&req),
+        403,
+        ErrorCode::NotAuthorized,
+    )
+    .await;
+
+    // Replay: a valid user-signed read is served once.
+    let req = alice
+        .signed_user_request(&g, DsOperation::ExternalCommitInfo)
+        .unwrap();
+    let body = envelope(TransactionType::ExternalCommitInformation, &req).unwrap();
+    let (status, _) = post(&hub.url(), paths::EXTERNAL_COMMIT_INFORMATION, body.clone()).await;
+    assert_eq!(status, 200);
+    rejected(
+        &hub,
+        paths::EXTERNAL_COMMIT_INFORMATION,
+        body,
+        403,
+        ErrorCode::Replayed,
+    )
+    .await;
+
+    // A connection join into a group that is not a waiting connection group, a wrong EAR
+    // key, and a stale request.
+    let anon = |ear: &[u8], op: DsOperation, ts: u64| {
+        let req = DsRequest {
+            tbs: DsRequestTbs {
+                group_id: g.0.clone().into(),
+                ear_key: Some(ear.to_vec().into()),
+                timestamp_ms: ts,
+                nonce: rand::random(),
+                sender: DsSender::Anonymous,
+                operation: op,
+            },
+            signature: Vec::new().into(),
+        };
+        envelope(TransactionType::GroupOperation, &req).unwrap()
+    };
+    let now = mimi_ds_rm::now_ms();
+    let join = DsOperation::JoinConnectionGroup(garbage.clone());
+    rejected(
+        &hub,
+        paths::GROUP_OPERATION,
+        anon(&ear, join.clone(), now),
+        400,
+        ErrorCode::WrongOperation,
+    )
+    .await;
+    rejected(
+        &hub,
+        paths::GROUP_OPERATION,
+        anon(&[9; 32], join.clone(), now),
+        403,
+        ErrorCode::WrongEarKey,
+    )
+    .await;
+    rejected(
+        &hub,
+        paths::GROUP_OPERATION,
+        anon(&ear, join, now - 3_600_000),
+        403,
+        ErrorCode::StaleRequest,
+    )
+    .await;
+
+    // Still a working group.
+    alice.send(&g, b"unharmed").await.unwrap();
+    assert_eq!(
+        messages(&bob.receive().await.unwrap()),
+        vec![b"unharmed".to_vec()]
     );
 }

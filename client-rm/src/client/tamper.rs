@@ -103,6 +103,19 @@ impl Client {
         self.member_request(&mls, &ear_key, &signer, operation)
     }
 
+    /// Signs any DS operation with our user's auth key in `group` (user-level sender), so tests
+    /// can send user-level requests an honest client never would.
+    pub fn signed_user_request(
+        &self,
+        group: &GroupHandle,
+        operation: DsOperation,
+    ) -> Result<mimi_rm_protocol::ds::DsRequest, ClientError> {
+        let ear_key = mimi_rm_crypto::ear::EarKey::from_bytes(&crate::state::unhex(
+            &self.meta(group)?.ear_key,
+        )?)?;
+        self.user_request(group, &ear_key, operation)
+    }
+
     /// Adds a contact's clients without checking their credentials (a colluding member).
     pub async fn invite_unchecked(
         &mut self,

@@ -307,8 +307,13 @@ impl Hub {
             TransactionType::AuthService => {
                 let req: AsRequest = decode_exact(payload, self.config.max_body)
                     .map_err(|e| HubError::malformed("AS request", e))?;
+                let spend = self
+                    .tokens
+                    .admit(RateClass::of_as(&req.tbs.operation), admission)?;
                 self.replay.check_fresh(req.tbs.timestamp_ms, now_ms)?;
-                self.handle_as(&req, now_ms)
+                let result = self.handle_as(&req, now_ms, spend.as_ref());
+                self.account_token(&result, spend.as_ref());
+                result
             }
             _ => {
                 let req: DsRequest = decode_exact(payload, self.config.max_body)
@@ -374,7 +379,11 @@ impl Hub {
                     .map_err(|e| HubError::malformed("QS request", e))?;
                 RateClass::of_qs(&req.tbs.operation)
             }
-            TransactionType::AuthService => None,
+            TransactionType::AuthService => {
+                let req: AsRequest = decode_exact(payload, self.config.max_body)
+                    .map_err(|e| HubError::malformed("AS request", e))?;
+                RateClass::of_as(&req.tbs.operation)
+            }
             _ => {
                 let req: DsRequest = decode_exact(payload, self.config.max_body)
                     .map_err(|e| HubError::malformed("DS request", e))?;
@@ -502,9 +511,18 @@ impl Hub {
         encode(&resp).map_err(|e| HubError::Internal(e.to_string()))
     }
 
-    fn handle_as(&self, req: &AsRequest, now_ms: u64) -> Result<Vec<u8>, HubError> {
-        let locks = auth::handle_written(req).map(|h| self.locks.lock_handle(h));
+    fn handle_as(
+        &self,
+        req: &AsRequest,
+        now_ms: u64,
+        spend: Option<&tokens::VerifiedToken>,
+    ) -> Result<Vec<u8>, HubError> {
+        let token_lock = self.locks.lock_token(spend.map(|t| &t.nonce));
+        let handle_lock = auth::handle_written(req).map(|h| self.locks.lock_handle(h));
         let mut txn = Txn::new(self.store.as_ref());
+        if let Some(token) = spend {
+            tokens::Tokens::spend(&mut txn, token)?;
+        }
         let ctx = auth::AsContext {
             keys: &self.as_keys,
             replay: &self.replay,
@@ -513,7 +531,8 @@ impl Hub {
         };
         let resp = auth::process(&ctx, &mut txn, req)?;
         txn.commit()?;
-        drop(locks);
+        drop(handle_lock);
+        drop(token_lock);
         encode(&resp).map_err(|e| HubError::Internal(e.to_string()))
     }
 

@@ -80,7 +80,8 @@ impl KeyLocks {
     }
 
     /// Serialises AS requests that write one handle's record, so two registrations of the same
-    /// handle cannot both succeed. Taken alone: an AS request holds no other lock.
+    /// handle cannot both succeed. Taken alone or after a token lock: an AS request holds no
+    /// other lock.
     pub fn lock_handle(&self, handle: &[u8]) -> LockSet<'_> {
         LockSet {
             guards: vec![lock(&self.handles[stripe(handle)])],
