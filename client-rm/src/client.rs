@@ -2156,6 +2156,22 @@ impl Client {
         Ok(insert_records(group, meta, fresh))
     }
 
+    /// Files our own leaf in `group` as verified: after an external join the hub's material
+    /// (fetched before the join) has no entry for it yet.
+    pub(super) fn record_self(&mut self, group: &GroupHandle) -> Result<(), ClientError> {
+        let mls = self.load_group(group)?;
+        let leaf = mls.own_leaf_index().u32();
+        let key = mls
+            .own_leaf_node()
+            .ok_or(ClientError::Unexpected("no own leaf"))?
+            .signature_key()
+            .as_slice()
+            .to_vec();
+        let record = verified_record(&key, &self.client_credential()?);
+        self.meta_mut(group)?.members.insert(leaf, record);
+        Ok(())
+    }
+
     /// Verifies every current member from the hub's stored material (on join and resync).
     fn verify_all(
         &mut self,

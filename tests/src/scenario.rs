@@ -101,6 +101,42 @@ pub async fn run_in_mode(
     sync(&mut clients).await?;
     clients[1].update(&groups[1]).await.map_err(err)?;
     sync(&mut clients).await?;
+    // A consent-based connection: user 4 asks user 1, who accepts; one message each way.
+    let (asked, domain) = (
+        clients[1].name().to_owned(),
+        clients[1].contact_card().map_err(err)?.domain_str(),
+    );
+    let conn = clients[4].connect(&asked, &domain).await.map_err(err)?;
+    let requests = clients[1].fetch_connection_requests().await.map_err(err)?;
+    let id = requests
+        .first()
+        .ok_or("the connection request did not arrive")?
+        .id
+        .clone();
+    clients[1].accept_connection(&id).await.map_err(err)?;
+    sync(&mut clients).await?;
+    for who in [4usize, 1] {
+        let text = format!("connected-{who}-{}", hex::encode(rand::random::<[u8; 8]>()));
+        plaintexts.push(text.clone().into_bytes());
+        clients[who]
+            .send(&conn, text.as_bytes())
+            .await
+            .map_err(err)?;
+    }
+    groups.push(conn);
+    // User 0 links a second device, which joins all of user 0's groups by external commit.
+    let (pending, request) = mimi_client_rm::PendingDevice::request(
+        &dir.join(format!("{}-2", clients[0].name())),
+        url,
+        &clients[0].name().to_owned(),
+        None,
+    )
+    .map_err(err)?;
+    let grant = clients[0].approve_link(&request).await.map_err(err)?;
+    let mut second = pending.complete(&grant).await.map_err(err)?;
+    second.set_recorder(wire.clone());
+    clients.push(second);
+    sync(&mut clients).await?;
     // Leave a few messages queued.
     for (who, g) in [(0usize, 0usize), (2, 1), (4, 2)] {
         let text = format!(

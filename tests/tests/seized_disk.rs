@@ -1,5 +1,6 @@
 //! What a seized disk shows, after a realistic scenario (five users with handles, three
-//! overlapping groups, messages, an update, a removal, a leave): a raw dump of every RocksDB key
+//! overlapping groups, messages, an update, a removal, a leave, a consent-based connection and a
+//! linked second device): a raw dump of every RocksDB key
 //! and value — including every key the server holds — searched for identities, pseudonyms,
 //! client-held secrets and plaintext.
 
@@ -18,10 +19,11 @@ async fn raw_dump_links_no_identity_to_any_group_or_pseudonym() {
     let pseudonyms = s.pseudonyms().unwrap();
     let secrets = s.client_secrets().unwrap();
     let queue_ids = s.queue_ids().unwrap();
-    // 4 + 3 + 4 memberships, minus one removal and one leave.
+    // 4 + 3 + 4 memberships, minus one removal and one leave, plus both ends of a 1:1
+    // connection and user 0's second device in user 0's two groups.
     assert_eq!(
         pseudonyms.len(),
-        3 * 9,
+        3 * 13,
         "three needles per current membership"
     );
 

@@ -348,8 +348,9 @@ impl Client {
         self.add_contact(&card)?;
         self.state.connection_requests.remove(id);
         for event in self.verify_all(&group, &mls, &info.credentials)? {
-            tracing::warn!(?event, "after accepting a connection");
+            tracing::debug!(?event, "after accepting a connection");
         }
+        self.record_self(&group)?;
         self.state.committed_since_receive = true;
         self.persist()?;
         Ok(group)

@@ -84,6 +84,8 @@ struct LinkGrant {
     contacts: Vec<VLBytes>,
     groups: Vec<GroupKeys>,
     devices: Vec<DeviceEntry>,
+    /// 1 for a baseline-mode user, 0 for RM.
+    baseline: u8,
 }
 
 /// A rotated user secret, sealed to each remaining device.
@@ -307,7 +309,11 @@ impl PendingDevice {
             pending_mixes: Vec::new(),
             received_since_rekey: 0,
             committed_since_receive: false,
-            mode: DsMode::Rm,
+            mode: if grant.baseline == 1 {
+                DsMode::Baseline
+            } else {
+                DsMode::Rm
+            },
             user_id: hex::encode(grant.qs_user_id),
             client_id: hex::encode(client_id),
             client_auth_key: hex::encode(client_auth.to_bytes()),
@@ -434,6 +440,7 @@ impl Client {
                 .collect(),
             groups,
             devices: self.device_entries()?,
+            baseline: u8::from(self.state.mode == DsMode::Baseline),
         };
         let sealed = hpke_seal::seal(
             &link_key,
@@ -531,8 +538,9 @@ impl Client {
             },
         );
         for event in self.verify_all(group, &mls, &info.credentials)? {
-            tracing::warn!(?event, "after joining as a device");
+            tracing::debug!(?event, "after joining as a device");
         }
+        self.record_self(group)?;
         self.state.committed_since_receive = true;
         self.persist()?;
         Ok(epoch)

@@ -106,8 +106,9 @@ impl Client {
                     // Re-establish who everyone is from the state we re-entered.
                     let mls = self.load_group(group)?;
                     for event in self.verify_all(group, &mls, &info.credentials)? {
-                        tracing::warn!(?event, "after resync");
+                        tracing::debug!(?event, "after resync");
                     }
+                    self.record_self(group)?;
                     self.state.committed_since_receive = true;
                     self.persist()?;
                     return Ok(epoch);
