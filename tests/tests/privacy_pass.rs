@@ -165,7 +165,11 @@ async fn group_scenario_runs_with_tokens_enforced_on_every_class() {
                     mimi_rm_protocol::decode_exact(env.payload.as_slice(), 1 << 22).unwrap();
                 RateClass::of_qs(&r.tbs.operation)
             }
-            paths::AS => None,
+            paths::AS => {
+                let r: mimi_rm_protocol::auth::AsRequest =
+                    mimi_rm_protocol::decode_exact(env.payload.as_slice(), 1 << 22).unwrap();
+                RateClass::of_as(&r.tbs.operation)
+            }
             _ => {
                 let r: mimi_rm_protocol::ds::DsRequest =
                     mimi_rm_protocol::decode_exact(env.payload.as_slice(), 1 << 22).unwrap();
@@ -185,7 +189,12 @@ async fn group_scenario_runs_with_tokens_enforced_on_every_class() {
     ] {
         assert!(classes.contains(&c), "the scenario exercised {c:?}");
     }
-    assert_eq!(spent_count(&hub), limited.len() + 5);
+    // The linked second device spent tokens before its requests were recorded: its queue
+    // (QS record creation), then external-commit info and the external join in each group.
+    let linked = scenario.clients.last().unwrap();
+    let unrecorded = 1 + 2 * linked.groups().len();
+    assert!(classes.contains(&RateClass::ConnectionRequest));
+    assert_eq!(spent_count(&hub), limited.len() + 5 + unrecorded);
     // The counters agree with the store.
     let metrics = reqwest::get(format!("{}/metrics", hub.url()))
         .await

@@ -1,7 +1,8 @@
 //! The persisted group row and the EAR-encrypted group state inside it.
 //!
-//! On disk a group is `GroupRow { format, activity_month, ciphertext }`: the only plaintext is a
-//! format byte and the month of last activity. Everything else — the public MLS state, the
+//! On disk a group is `GroupRow { format, activity_month, tombstone_key, ciphertext }`: the only
+//! plaintext is a format byte, the month of last activity and a random per-group public key that
+//! tombstones are sealed to. Everything else — the public MLS state, the
 //! current GroupInfo, the trees kept for pending Welcome joiners — is one padded, key-committed
 //! ciphertext under the group's `GroupStateEarKey`, which only members hold.
 //!
