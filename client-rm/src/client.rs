@@ -52,6 +52,8 @@ const CONTENT_CONTROL: u8 = 1;
 pub const REKEY_EVERY: u64 = 64;
 /// How often a request is re-sent when the hub could not be reached (crash, restart).
 const TRANSPORT_RETRIES: u32 = 40;
+/// Default of [`Client::set_keepalive`]: a third of the hub's default inactivity limit.
+const DEFAULT_KEEPALIVE_MS: u64 = 30 * 24 * 60 * 60 * 1000;
 /// One-time AddPackages published at registration.
 const ADD_PACKAGES: usize = 5;
 /// Connection packages published at registration (the last one is kept when used).
@@ -249,6 +251,8 @@ pub struct Client {
     pending: Vec<Event>,
     /// When set, state changes stay in memory (see [`Client::set_ephemeral`]).
     ephemeral: bool,
+    /// After this long without a signed request of ours in a group, `receive` updates in it.
+    keepalive_ms: u64,
 }
 
 fn now_ms() -> u64 {
@@ -425,6 +429,7 @@ impl Client {
             provider: ClientProvider::default(),
             pending: Vec::new(),
             ephemeral: false,
+            keepalive_ms: DEFAULT_KEEPALIVE_MS,
         }
     }
 
@@ -458,6 +463,7 @@ impl Client {
             provider: ClientProvider::from_snapshot(mls),
             pending: Vec::new(),
             ephemeral: false,
+            keepalive_ms: DEFAULT_KEEPALIVE_MS,
         })
     }
 
@@ -628,6 +634,14 @@ impl Client {
         if let Some(w) = self.transport.wallet() {
             w.set_ephemeral();
         }
+    }
+
+    /// How long this client may stay silent in a group before `receive` makes an Update there.
+    /// The hub counts only signed requests as activity and proposes removing members idle past
+    /// its limit (90 days by default), so a member that only reads must speak up now and then;
+    /// an Update also refreshes its keys. Keep this well below the hub's limit.
+    pub fn set_keepalive(&mut self, every: std::time::Duration) {
+        self.keepalive_ms = u64::try_from(every.as_millis()).unwrap_or(u64::MAX);
     }
 
     /// Holds at least `n` Privacy Pass tokens before returning, so a burst of requests does not
@@ -1059,6 +1073,7 @@ impl Client {
                 leaf_credential: hex::encode(encoded_credential(&group)?),
                 user_key_set: true,
                 members: BTreeMap::from([(0, verified_record(signer.public(), &credential))]),
+                last_request_ms: now_ms(),
                 joined_epoch: 0,
             },
         );
@@ -1505,7 +1520,12 @@ impl Client {
                 DsOperation::SendMessage(msg.clone()),
             )?;
             match self.transport.ds(&req).await {
-                Ok(_) => return Ok(()),
+                Ok(_) => {
+                    if let Ok(meta) = self.meta_mut(group) {
+                        meta.last_request_ms = now_ms();
+                    }
+                    return Ok(());
+                }
                 // Unknown outcome: re-send the same ciphertext. If the first copy did arrive,
                 // recipients drop the second (that message key is already used).
                 Err(ClientError::Transport(e)) if attempt < TRANSPORT_RETRIES => {
@@ -1676,6 +1696,7 @@ impl Client {
                 self.state.committed_since_receive = true;
                 if let Ok(meta) = self.meta_mut(&group) {
                     meta.user_key_set = true;
+                    meta.last_request_ms = now_ms();
                 }
                 self.persist()?;
                 Ok(mls.epoch().as_u64())
@@ -1784,6 +1805,8 @@ impl Client {
                 {
                     tracing::warn!(error = %e, "queue rekey failed; will retry");
                 }
+                self.keep_alive().await;
+                events.append(&mut self.pending);
                 Ok(events)
             }
             // What was processed is persisted and must reach the caller; the rest (and the
@@ -1806,6 +1829,22 @@ impl Client {
         )?;
         self.transport.qs(&req).await?;
         Ok(())
+    }
+
+    /// Updates in every group where we have been silent for the keepalive period (see
+    /// [`Client::set_keepalive`]); failures are logged and retried at the next `receive`.
+    async fn keep_alive(&mut self) {
+        let due = now_ms().saturating_sub(self.keepalive_ms);
+        let quiet: Vec<GroupHandle> = self
+            .groups()
+            .into_iter()
+            .filter(|g| self.meta(g).is_ok_and(|m| m.last_request_ms < due))
+            .collect();
+        for group in quiet {
+            if let Err(e) = self.update(&group).await {
+                tracing::debug!(group = %group, error = %e, "keepalive update failed");
+            }
+        }
     }
 
     /// Mixes fresh randomness into our queue ratchet at the QS and here (post-compromise
@@ -2301,6 +2340,7 @@ impl Client {
                 leaf_credential: hex::encode(encoded_credential(&group)?),
                 user_key_set: by_own_user,
                 members: BTreeMap::new(),
+                last_request_ms: now_ms(),
                 joined_epoch: group.epoch().as_u64(),
             },
         );

@@ -47,6 +47,10 @@ pub struct GroupMeta {
     /// Welcome: an Update with the key follows).
     #[serde(default)]
     pub user_key_set: bool,
+    /// When we last made a signed request in this group (ms since the Unix epoch): the hub
+    /// counts only those as activity, so a member that only reads updates now and then.
+    #[serde(default)]
+    pub last_request_ms: u64,
     /// The epoch we joined at by Welcome (0 for groups we created). The hub accepts
     /// application messages a few epochs late and fans them out to every current member, so a
     /// message from before we joined can reach us; it was never meant for us and is dropped

@@ -547,6 +547,37 @@ async fn an_inactive_client_is_removed_by_hub_proposal() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_member_that_only_reads_keeps_itself_active() {
+    let dir = tempfile::tempdir().unwrap();
+    let hub = impatient_hub(dir.path());
+    let mut alice = client(&hub, dir.path(), "alice").await;
+    let mut bob = client(&hub, dir.path(), "bob").await;
+    let mut carol = client(&hub, dir.path(), "carol").await;
+    let g = group_of(&mut alice, &mut [&mut bob, &mut carol]).await;
+    // Carol never sends, but her client updates after a second of silence.
+    carol.set_keepalive(std::time::Duration::from_millis(900));
+    let mut carol_read = Vec::new();
+    for i in 0..8 {
+        tokio::time::sleep(std::time::Duration::from_millis(600)).await;
+        alice
+            .send(&g, format!("tick {i}").as_bytes())
+            .await
+            .unwrap();
+        bob.send(&g, format!("tock {i}").as_bytes()).await.unwrap();
+        carol_read.extend(messages(&carol.receive().await.unwrap()));
+        for c in [&mut alice, &mut bob] {
+            let events = c.receive().await.unwrap();
+            assert!(
+                !events.contains(&Event::Proposal { group: g.clone() }),
+                "{events:?}"
+            );
+        }
+    }
+    assert_eq!(alice.members(&g).unwrap().len(), 3);
+    assert_eq!(carol_read.len(), 16, "carol read everything");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_deleted_queue_leads_to_removal_and_pending_removals_block_other_commits() {
     let dir = tempfile::tempdir().unwrap();
     let hub = hub(dir.path());

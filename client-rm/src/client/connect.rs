@@ -342,6 +342,7 @@ impl Client {
                 leaf_credential: hex::encode(super::encoded_credential(&mls)?),
                 user_key_set: true,
                 members: BTreeMap::new(),
+                last_request_ms: now_ms(),
                 joined_epoch: mls.epoch().as_u64(),
             },
         );
