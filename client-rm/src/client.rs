@@ -2041,6 +2041,12 @@ impl Client {
             Sender::Member(i) => i.u32(),
             _ => u32::MAX,
         };
+        // Who committed, as we knew them before the commit.
+        let committer = self
+            .meta(&group)?
+            .members
+            .get(&sender)
+            .and_then(|r| r.handle.clone());
         let aad = processed.aad().to_vec();
         let event = match processed.into_content() {
             ProcessedMessageContent::ApplicationMessage(m) => {
@@ -2084,7 +2090,7 @@ impl Client {
                     group: group.clone(),
                     epoch: mls.epoch().as_u64(),
                 }];
-                events.extend(self.track_members(&group, &mls, &adds, &aad)?);
+                events.extend(self.track_members(&group, &mls, &adds, &aad, committer)?);
                 // A re-initialisation names the group the conversation continues in.
                 if let Some(next) = decode_aad(&aad)?.reinit {
                     events.push(Event::ReInitialised {
@@ -2118,6 +2124,7 @@ impl Client {
         mls: &MlsGroup,
         adds: &[KeyPackage],
         aad: &[u8],
+        committer: Option<String>,
     ) -> Result<Vec<Event>, ClientError> {
         let current: BTreeMap<String, u32> = mls
             .members()
@@ -2170,14 +2177,26 @@ impl Client {
                 .iter()
                 .find(|a| a.key_package_ref.as_slice() == kp_ref.as_slice())
             {
-                Some(a) => check_leaf(
-                    self.state.mode,
-                    leaf.credential().serialized_content(),
-                    leaf.signature_key().as_slice(),
-                    &a.credential,
-                    (&ck, &wk),
-                    &anchors,
-                ),
+                Some(a) => {
+                    let record = check_leaf(
+                        self.state.mode,
+                        leaf.credential().serialized_content(),
+                        leaf.signature_key().as_slice(),
+                        &a.credential,
+                        (&ck, &wk),
+                        &anchors,
+                    );
+                    // A client added as the committer's own device must be the committer's.
+                    if a.user == OWN_CLIENT && record.handle.is_some() && record.handle != committer
+                    {
+                        unverified_record(
+                            leaf.signature_key().as_slice(),
+                            "added as the committer's own device, but belongs to another user",
+                        )
+                    } else {
+                        record
+                    }
+                }
                 None => unverified_record(
                     leaf.signature_key().as_slice(),
                     "the commit carries no credential material for this member",

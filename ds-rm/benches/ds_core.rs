@@ -179,9 +179,11 @@ impl Fixture {
         remove: Option<LeafNodeIndex>,
     ) -> CommitBundle {
         if !kps.is_empty() {
+            // Every added client is a user of its own.
             let added = kps
                 .iter()
-                .map(|kp| AddedMember {
+                .enumerate()
+                .map(|(user, kp)| AddedMember {
                     key_package_ref: kp
                         .hash_ref(self.provider.crypto())
                         .expect("ref")
@@ -190,7 +192,7 @@ impl Fixture {
                         .into(),
                     credential: self.leaf_info(),
                     attribution: random(300).into(),
-                    user: 0,
+                    user: user as u32,
                 })
                 .collect();
             let aad = CommitAad {

@@ -100,6 +100,11 @@ pub struct AddedMember {
     pub user: u32,
 }
 
+/// [`AddedMember::user`] of a client added by `AddClients`: a client of the committer's own
+/// user. Members check that it carries the committer's handle, so a user cannot pass someone
+/// else off as its own device (which would bypass the admin rule for adding users).
+pub const OWN_CLIENT: u32 = u32::MAX;
+
 /// What an external joiner adds about itself, in the commit's authenticated data.
 #[derive(Debug, Clone, PartialEq, Eq, TlsSerialize, TlsDeserialize, TlsSize)]
 pub struct JoinData {

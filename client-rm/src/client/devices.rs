@@ -568,6 +568,13 @@ impl Client {
             return Ok(0);
         }
         let n = kps.len();
+        let added = added
+            .into_iter()
+            .map(|a| AddedMember {
+                user: OWN_CLIENT,
+                ..a
+            })
+            .collect();
         self.commit(group, Plan::AddClients(kps, added)).await?;
         self.insert_added_records(group, records)?;
         Ok(n)

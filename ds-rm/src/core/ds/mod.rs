@@ -589,7 +589,11 @@ impl LoadedGroup {
             activity_month: row.activity_month,
             roster: Roster { users: state.users },
             kind: state.kind,
-            activity: state.activity,
+            activity: {
+                let mut a = state.activity;
+                a.sort_by_key(|x| x.leaf);
+                a
+            },
             tombstone_key: row.tombstone_key,
             tombstone_secret: state.tombstone_secret,
             doomed: state.doomed,
@@ -907,27 +911,33 @@ impl LoadedGroup {
         self.doomed.iter().any(|d| d.as_slice() == signature_key)
     }
 
-    /// Notes that `leaf` was active in `period`; whether that changed anything.
+    /// Notes that `leaf` was active in `period`; whether that changed anything. `activity` is
+    /// kept sorted by leaf, so lookups stay O(log n) in groups of thousands.
     fn record_activity(&mut self, leaf: u32, period: u32) -> bool {
-        match self.activity.iter_mut().find(|a| a.leaf == leaf) {
-            Some(a) if a.period >= period => false,
-            Some(a) => {
-                a.period = period;
+        match self.activity.binary_search_by_key(&leaf, |a| a.leaf) {
+            Ok(i) if self.activity[i].period >= period => false,
+            Ok(i) => {
+                self.activity[i].period = period;
                 true
             }
-            None => {
-                self.activity.push(LeafActivity { leaf, period });
+            Err(i) => {
+                self.activity.insert(i, LeafActivity { leaf, period });
                 true
             }
         }
     }
 
+    /// The activity recorded for `leaf`, if any.
+    fn activity_of(&self, leaf: u32) -> Option<&LeafActivity> {
+        self.activity
+            .binary_search_by_key(&leaf, |a| a.leaf)
+            .ok()
+            .map(|i| &self.activity[i])
+    }
+
     /// The activity period recorded for `leaf` (0 if none).
     fn period_of(&self, leaf: u32) -> u32 {
-        self.activity
-            .iter()
-            .find(|a| a.leaf == leaf)
-            .map_or(0, |a| a.period)
+        self.activity_of(leaf).map_or(0, |a| a.period)
     }
 
     /// Proposes removal of inactive clients and of clients whose queue is gone, unless already
@@ -955,9 +965,28 @@ impl LoadedGroup {
                 }
             }
         }
-        let present: HashSet<Vec<u8>> =
-            self.pg.members().map(|m| m.signature_key.clone()).collect();
-        self.doomed.retain(|d| present.contains(d.as_slice()));
+        // The common case — nobody idle, no queue gone — must not walk the tree: the activity
+        // list alone (sorted by leaf) says who is idle.
+        let mut candidates: Vec<LeafNodeIndex> = self
+            .activity
+            .iter()
+            .filter(|a| ctx.removal.is_inactive(a.period, ctx.now_ms))
+            .map(|a| LeafNodeIndex::new(a.leaf))
+            .collect();
+        if !self.doomed.is_empty() {
+            let present: HashSet<Vec<u8>> =
+                self.pg.members().map(|m| m.signature_key.clone()).collect();
+            self.doomed.retain(|d| present.contains(d.as_slice()));
+            candidates.extend(
+                self.pg
+                    .members()
+                    .filter(|m| self.is_doomed(&m.signature_key))
+                    .map(|m| m.index),
+            );
+        }
+        if candidates.is_empty() {
+            return Ok(Vec::new());
+        }
         let proposed: HashSet<u32> = self
             .pg
             .queued_proposals(&self.store)
@@ -968,20 +997,9 @@ impl LoadedGroup {
                 _ => None,
             })
             .collect();
-        let candidates: Vec<LeafNodeIndex> = self
-            .pg
-            .members()
-            .filter(|m| !proposed.contains(&m.index.u32()))
-            .filter(|m| {
-                let idle = self
-                    .activity
-                    .iter()
-                    .find(|a| a.leaf == m.index.u32())
-                    .is_some_and(|a| ctx.removal.is_inactive(a.period, ctx.now_ms));
-                idle || self.doomed.iter().any(|d| d.as_slice() == m.signature_key)
-            })
-            .map(|m| m.index)
-            .collect();
+        candidates.sort_unstable();
+        candidates.dedup();
+        candidates.retain(|l| self.pg.leaf(*l).is_some() && !proposed.contains(&l.u32()));
         let crypto = RustCrypto::default();
         let mut out = Vec::with_capacity(candidates.len());
         for leaf in candidates {
@@ -1246,6 +1264,16 @@ impl LoadedGroup {
         }
         for kp in &adds {
             checked_queue_ref(kp.leaf_node(), self.mode)?;
+        }
+        let own_clients = aad.added.iter().filter(|a| a.user == OWN_CLIENT).count();
+        let marked_right = match kind {
+            CommitKind::AddClients(_) => own_clients == aad.added.len(),
+            _ => own_clients == 0,
+        };
+        if !marked_right {
+            return Err(HubError::WrongOperation(
+                "clients added by add_clients, and only they, are marked as the committer's own",
+            ));
         }
         let new_key = aad.user_auth_key.clone();
         let added = match_added(&crypto, &adds, aad)?;
