@@ -850,3 +850,31 @@ async fn user_level_and_connection_requests_are_checked_and_change_nothing() {
         vec![b"unharmed".to_vec()]
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn someone_else_added_as_an_own_device_is_flagged_by_every_member() {
+    let dir = tempfile::tempdir().unwrap();
+    let hub = hub(dir.path());
+    let mut alice = client(&hub, dir.path(), "alice").await;
+    let mut bob = client(&hub, dir.path(), "bob").await;
+    let mut carol = client(&hub, dir.path(), "carol").await;
+    let mut dave = client(&hub, dir.path(), "dave").await;
+    let g = group_of(&mut alice, &mut [&mut bob, &mut carol]).await;
+    bob.receive().await.unwrap();
+    // Bob is no admin, so he may not add dave; he passes dave off as a device of his own. The
+    // hub cannot tell (it sees pseudonyms only) and accepts the user-signed AddClients.
+    dave.add_contact(&bob.contact_card().unwrap()).unwrap();
+    bob.add_contact_as_own_devices(&g, &dave.contact_card().unwrap())
+        .await
+        .unwrap();
+    // Every honest member sees that the new "device of bob" is dave, and flags it.
+    for c in [&mut alice, &mut carol] {
+        let events = c.receive().await.unwrap();
+        let flagged = events.iter().any(|e| {
+            matches!(e, Event::UnverifiedMember { reason, .. }
+                if reason.contains("belongs to another user"))
+        });
+        assert!(flagged, "{} got {events:?}", c.name());
+        assert!(!c.user_devices(&g).unwrap().contains_key("dave"));
+    }
+}

@@ -116,6 +116,28 @@ impl Client {
         self.user_request(group, &ear_key, operation)
     }
 
+    /// Adds a contact's clients as if they were devices of our own user (`AddClients`, signed
+    /// with our user key): a member trying to add users without being an admin.
+    pub async fn add_contact_as_own_devices(
+        &mut self,
+        group: &GroupHandle,
+        contact: &crate::ContactCard,
+    ) -> Result<u64, ClientError> {
+        self.ensure_user_key(group).await?;
+        let (kps, added, _) = self
+            .fetch_add_packages_of(group, contact, None, super::InviteMode::Checked)
+            .await?;
+        let added = added
+            .into_iter()
+            .map(|a| mimi_rm_protocol::ds::AddedMember {
+                user: mimi_rm_protocol::ds::OWN_CLIENT,
+                ..a
+            })
+            .collect();
+        self.commit(group, super::Plan::AddClients(kps, added))
+            .await
+    }
+
     /// Adds a contact's clients without checking their credentials (a colluding member).
     pub async fn invite_unchecked(
         &mut self,
