@@ -240,6 +240,20 @@ impl Plan {
     }
 }
 
+/// A group we are entering by external commit, with the keys it needs once the hub accepts.
+pub(super) struct ExternalEntry {
+    /// The group as the external commit leaves it.
+    pub mls: MlsGroup,
+    /// Our new leaf's signer.
+    pub signer: SignatureKeyPair,
+    /// Our new leaf's `SignatureEarKey`.
+    pub sek: EarKey,
+    /// The group's `GroupStateEarKey`.
+    pub ear_key: EarKey,
+    /// The group's credential key and wrapper key.
+    pub keys: (EarKey, EarKey),
+}
+
 /// A client with its keys, its groups and a connection to its home hub.
 pub struct Client {
     transport: Transport,
@@ -2212,6 +2226,53 @@ impl Client {
             }
         }
         Ok(insert_records(group, meta, fresh))
+    }
+
+    /// Sends an external commit that brings this device into `group`; on success files the group
+    /// (keys, leaf backup) and verifies its members. On refusal, our half-built group state is
+    /// dropped and the group stays unknown to us. Returns the new epoch.
+    pub(super) async fn enter_by_external_commit(
+        &mut self,
+        group: &GroupHandle,
+        req: &DsRequest,
+        entry: ExternalEntry,
+        credentials: &[LeafCredentialEntry],
+    ) -> Result<u64, ClientError> {
+        if let Err(e) = self.transport.ds(req).await {
+            self.forget_group_state(group)?;
+            return Err(e);
+        }
+        let ExternalEntry {
+            mls,
+            signer,
+            sek,
+            ear_key,
+            keys: (ck, wk),
+        } = entry;
+        let epoch = mls.epoch().as_u64();
+        self.state.groups.insert(
+            hex::encode(&group.0),
+            GroupMeta {
+                ear_key: hex::encode(ear_key.as_bytes()),
+                signer_public: hex::encode(signer.public()),
+                credential_key: hex::encode(ck.as_bytes()),
+                wrapper_key: hex::encode(wk.as_bytes()),
+                signature_ear_key: hex::encode(sek.as_bytes()),
+                signer_private: leaf_key_backup(&signer)?,
+                leaf_credential: hex::encode(encoded_credential(&mls)?),
+                user_key_set: true,
+                members: BTreeMap::new(),
+                last_request_ms: now_ms(),
+                joined_epoch: epoch,
+            },
+        );
+        for event in self.verify_all(group, &mls, credentials)? {
+            tracing::debug!(?event, "after an external join");
+        }
+        self.record_self(group)?;
+        self.state.committed_since_receive = true;
+        self.persist()?;
+        Ok(epoch)
     }
 
     /// Files our own leaf in `group` as verified: after an external join the hub's material

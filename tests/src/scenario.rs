@@ -128,7 +128,7 @@ pub async fn run_in_mode(
     let (pending, request) = mimi_client_rm::PendingDevice::request(
         &dir.join(format!("{}-2", clients[0].name())),
         url,
-        &clients[0].name().to_owned(),
+        clients[0].name(),
         None,
     )
     .map_err(err)?;

@@ -10,7 +10,7 @@
 use super::{Client, Event, GroupHandle, b32, encoded, now_ms};
 use crate::contact::ContactCard;
 use crate::error::ClientError;
-use crate::state::{GroupMeta, PendingConnection, unhex};
+use crate::state::{PendingConnection, unhex};
 use mimi_rm_crypto::ear::{self, EarKey};
 use mimi_rm_crypto::hpke_seal::{self, HpkeCiphertext, HpkeKeyPair, HpkePrivateKey, HpkePublicKey};
 use mimi_rm_crypto::sign::SigningKey;
@@ -326,33 +326,17 @@ impl Client {
             DsOperation::JoinConnectionGroup(bundle),
             None,
         )?;
-        if let Err(e) = self.transport.ds(&req).await {
-            self.forget_group_state(&group)?;
-            return Err(e);
-        }
-        self.state.groups.insert(
-            hex::encode(&group.0),
-            GroupMeta {
-                ear_key: hex::encode(ear_key.as_bytes()),
-                signer_public: hex::encode(signer.public()),
-                credential_key: hex::encode(ck.as_bytes()),
-                wrapper_key: hex::encode(wk.as_bytes()),
-                signature_ear_key: hex::encode(sek.as_bytes()),
-                signer_private: super::leaf_key_backup(&signer)?,
-                leaf_credential: hex::encode(super::encoded_credential(&mls)?),
-                user_key_set: true,
-                members: BTreeMap::new(),
-                last_request_ms: now_ms(),
-                joined_epoch: mls.epoch().as_u64(),
-            },
-        );
+        let entered = super::ExternalEntry {
+            mls,
+            signer,
+            sek,
+            ear_key,
+            keys: (ck, wk),
+        };
+        self.enter_by_external_commit(&group, &req, entered, &info.credentials)
+            .await?;
         self.add_contact(&card)?;
         self.state.connection_requests.remove(id);
-        for event in self.verify_all(&group, &mls, &info.credentials)? {
-            tracing::debug!(?event, "after accepting a connection");
-        }
-        self.record_self(&group)?;
-        self.state.committed_since_receive = true;
         self.persist()?;
         Ok(group)
     }

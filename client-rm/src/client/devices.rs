@@ -16,7 +16,7 @@
 use super::{CIPHERSUITE, Client, GroupHandle, Plan, b32, encoded, now_ms, signed_qs};
 use crate::contact::ContactCard;
 use crate::error::ClientError;
-use crate::state::{ClientState, GroupMeta, unhex};
+use crate::state::{ClientState, unhex};
 use mimi_rm_crypto::ear::EarKey;
 use mimi_rm_crypto::hpke_seal::{self, HpkeCiphertext, HpkeKeyPair, HpkePrivateKey, HpkePublicKey};
 use mimi_rm_crypto::kdf::expand_label;
@@ -517,34 +517,15 @@ impl Client {
         };
         let (mls, bundle) = self.build_external_join(group, &info, cwk, &signer, encoded(&aad)?)?;
         let req = self.user_request(group, &ear_key, DsOperation::ExternalJoin(bundle))?;
-        if let Err(e) = self.transport.ds(&req).await {
-            self.forget_group_state(group)?;
-            return Err(e);
-        }
-        let epoch = mls.epoch().as_u64();
-        self.state.groups.insert(
-            hex::encode(&group.0),
-            GroupMeta {
-                ear_key: hex::encode(ear_key.as_bytes()),
-                signer_public: hex::encode(signer.public()),
-                credential_key: hex::encode(ck.as_bytes()),
-                wrapper_key: hex::encode(wk.as_bytes()),
-                signature_ear_key: hex::encode(sek.as_bytes()),
-                signer_private: super::leaf_key_backup(&signer)?,
-                leaf_credential: hex::encode(super::encoded_credential(&mls)?),
-                user_key_set: true,
-                members: BTreeMap::new(),
-                last_request_ms: now_ms(),
-                joined_epoch: epoch,
-            },
-        );
-        for event in self.verify_all(group, &mls, &info.credentials)? {
-            tracing::debug!(?event, "after joining as a device");
-        }
-        self.record_self(group)?;
-        self.state.committed_since_receive = true;
-        self.persist()?;
-        Ok(epoch)
+        let entered = super::ExternalEntry {
+            mls,
+            signer,
+            sek,
+            ear_key,
+            keys: (ck, wk),
+        };
+        self.enter_by_external_commit(group, &req, entered, &info.credentials)
+            .await
     }
 
     /// Adds our user's other devices to `group` (AddClients, signed with the user auth key).
