@@ -124,16 +124,14 @@ impl ConnectionOffer {
 
     /// Checks the sender's chain against `anchors` and its signature over the offer.
     pub fn verify(&self, anchors: &AsCredentials, now: u64) -> Result<(), CredentialError> {
-        self.tbs.sender.verify_chain(anchors, now)?;
-        self.tbs
-            .sender
-            .verifying_key()?
-            .verify(
-                CONNECTION_OFFER_LABEL,
-                &tbs_bytes(&self.tbs)?,
-                self.signature.as_slice(),
-            )
-            .map_err(|_| CredentialError::BadSignature("connection offer"))
+        self.tbs.sender.verify_signed(
+            anchors,
+            now,
+            CONNECTION_OFFER_LABEL,
+            &self.tbs,
+            self.signature.as_slice(),
+            "connection offer",
+        )
     }
 }
 

@@ -354,6 +354,24 @@ impl ClientCredential {
         self.verify_issued_by(intermediate, now)
     }
 
+    /// Checks that this credential's chain verifies against `anchors` at `now` and that it made
+    /// `signature` over `label ‖ tbs`: how every structure a client signs (attributions,
+    /// connection offers) is checked.
+    pub fn verify_signed<T: tls_codec::Serialize>(
+        &self,
+        anchors: &AsCredentials,
+        now: u64,
+        label: &str,
+        tbs: &T,
+        signature: &[u8],
+        what: &'static str,
+    ) -> Result<(), CredentialError> {
+        self.verify_chain(anchors, now)?;
+        self.verifying_key()?
+            .verify(label, &tbs_bytes(tbs)?, signature)
+            .map_err(|_| CredentialError::BadSignature(what))
+    }
+
     /// The client's verifying key.
     pub fn verifying_key(&self) -> Result<VerifyingKey, CredentialError> {
         verifying_key(&self.tbs.public_key, "client key")
@@ -453,16 +471,14 @@ impl WelcomeAttributionInfo {
 
     /// Checks the signature against the sender credential and that credential's chain.
     pub fn verify(&self, anchors: &AsCredentials, now: u64) -> Result<(), CredentialError> {
-        self.tbs.sender.verify_chain(anchors, now)?;
-        self.tbs
-            .sender
-            .verifying_key()?
-            .verify(
-                WELCOME_ATTRIBUTION_LABEL,
-                &tbs_bytes(&self.tbs)?,
-                self.signature.as_slice(),
-            )
-            .map_err(|_| CredentialError::BadSignature("welcome attribution"))
+        self.tbs.sender.verify_signed(
+            anchors,
+            now,
+            WELCOME_ATTRIBUTION_LABEL,
+            &self.tbs,
+            self.signature.as_slice(),
+            "welcome attribution",
+        )
     }
 }
 

@@ -83,12 +83,19 @@ impl Roster {
         Ok(())
     }
 
-    /// Drops removed leaves, and users left without clients.
+    /// Drops removed leaves, and users left without clients. If that took the last admin (it
+    /// left, or the hub removed it as inactive), the longest-standing remaining user becomes
+    /// admin: a group without admins could never add or remove anyone again.
     pub fn remove_leaves(&mut self, removed: &[u32]) {
         for u in &mut self.users {
             u.leaves.retain(|l| !removed.contains(l));
         }
         self.users.retain(|u| !u.leaves.is_empty());
+        if !self.users.iter().any(|u| u.role == Role::Admin)
+            && let Some(first) = self.users.first_mut()
+        {
+            first.role = Role::Admin;
+        }
     }
 
     /// Gives user `user` the client at `leaf`.
@@ -170,8 +177,14 @@ mod tests {
             vec![3, 5],
             "a resync keeps user and role"
         );
+        r.add_user(vec![7], Role::Member, None);
         r.remove_leaves(&[3, 5]);
+        assert_eq!(r.users.len(), 2);
+        assert!(!r.is_admin(7));
+        // The last admin goes: the longest-standing remaining user takes over.
+        r.remove_leaves(&[0]);
         assert_eq!(r.users.len(), 1);
+        assert!(r.is_admin(7));
     }
 
     #[test]
