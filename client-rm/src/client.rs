@@ -423,6 +423,7 @@ impl Client {
             )]),
             connection_keys: BTreeMap::new(),
             connection_key_order: Vec::new(),
+            pending_user_secret: None,
             pending_connections: BTreeMap::new(),
             connection_requests: BTreeMap::new(),
         };

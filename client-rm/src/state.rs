@@ -141,6 +141,9 @@ pub struct ClientState {
     /// Generation of `user_secret` (bumped whenever a device is removed).
     #[serde(default)]
     pub user_secret_generation: u32,
+    /// Hex user secret of a device removal in progress (kept until every group is rotated).
+    #[serde(default)]
+    pub pending_user_secret: Option<String>,
     /// Hex X25519 private key of this device's link key (what siblings seal user secrets to).
     #[serde(default)]
     pub link_private: String,

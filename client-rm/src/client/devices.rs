@@ -331,6 +331,7 @@ impl PendingDevice {
             devices,
             connection_keys: BTreeMap::new(),
             connection_key_order: Vec::new(),
+            pending_user_secret: None,
             pending_connections: BTreeMap::new(),
             connection_requests: BTreeMap::new(),
         };
@@ -571,7 +572,18 @@ impl Client {
         }
         let handle = self.state.name.clone();
         let old_secret = self.user_secret()?;
-        let new_secret: [u8; 32] = mimi_rm_crypto::ids::random_bytes();
+        // The new secret is saved before any group sees a key derived from it: if this is
+        // interrupted half-way, a retry continues with the same secret instead of stranding the
+        // groups already rotated under a key nobody can derive.
+        let new_secret: [u8; 32] = match &self.state.pending_user_secret {
+            Some(hexed) => b32(&unhex(hexed)?)?,
+            None => {
+                let fresh = mimi_rm_crypto::ids::random_bytes();
+                self.state.pending_user_secret = Some(hex::encode(fresh));
+                self.persist()?;
+                fresh
+            }
+        };
         self.catch_up().await?;
         let mut secret_update = None;
         self.state.devices.remove(device);
@@ -609,6 +621,7 @@ impl Client {
         }
         self.state.user_secret = hex::encode(new_secret);
         self.state.user_secret_generation += 1;
+        self.state.pending_user_secret = None;
         self.persist()
     }
 
@@ -721,7 +734,6 @@ impl Client {
 /// A leaf index as stored in member records.
 type LeafNodeIndexU32 = u32;
 
-/// Ensures `ContactCard` text round-trips (used by grants).
 #[cfg(test)]
 mod tests {
     use super::*;
