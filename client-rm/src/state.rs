@@ -199,9 +199,7 @@ pub fn save(
     };
     let text = serde_json::to_vec(&disk).map_err(|e| ClientError::State(e.to_string()))?;
     std::fs::create_dir_all(dir).map_err(|e| ClientError::State(e.to_string()))?;
-    let tmp = dir.join("client.json.tmp");
-    std::fs::write(&tmp, text).map_err(|e| ClientError::State(e.to_string()))?;
-    std::fs::rename(&tmp, dir.join("client.json")).map_err(|e| ClientError::State(e.to_string()))
+    write_private(&dir.join("client.json"), &text)
 }
 
 /// Writes a file atomically (temp file + rename).

@@ -333,3 +333,88 @@ async fn an_expired_credential_cannot_add_clients() {
     // Listing shows only current credentials.
     assert!(user_clients(&hub, "alice").await.is_empty());
 }
+
+/// A connection package of `d` (credential `cred`), valid for `lifetime` seconds.
+fn package(
+    d: &Device,
+    cred: &ClientCredential,
+    lifetime: u64,
+) -> mimi_rm_protocol::connection::ConnectionPackage {
+    use mimi_rm_protocol::connection::*;
+    let kp = mimi_rm_crypto::hpke_seal::HpkeKeyPair::generate();
+    ConnectionPackage::sign(
+        &d.key,
+        ConnectionPackageTbs {
+            encryption_key: kp.public.as_bytes().to_vec().into(),
+            expiration: ExpirationData::starting(now_s(), lifetime),
+            client_credential: cred.clone(),
+        },
+    )
+    .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connection_operations_refuse_bad_input_and_change_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let hub = hub(dir.path());
+    let alice = device("alice");
+    let alice_cred = register(&hub, &alice).await;
+    let bob = device("bob");
+    let bob_cred = register(&hub, &bob).await;
+    let publish = |pkgs| AsOperation::PublishConnectionPackages(pkgs);
+    let as_alice =
+        |op, key: &SigningKey| request(AsSender::Client(alice.identity.clone()), op, Some(key));
+    let good = as_alice(
+        publish(vec![package(&alice, &alice_cred, 3600)]),
+        &alice.key,
+    );
+    let (status, resp) = post(&hub.url(), paths::AS, good.clone()).await;
+    assert_eq!(status, 200, "{}", error_of(&resp));
+
+    // Replayed, wrongly signed, truncated, oversized.
+    rejected(&hub, paths::AS, good.clone(), 403, ErrorCode::Replayed).await;
+    let body = as_alice(publish(vec![package(&alice, &alice_cred, 3600)]), &bob.key);
+    rejected(&hub, paths::AS, body, 403, ErrorCode::InvalidSignature).await;
+    rejected(
+        &hub,
+        paths::AS,
+        good[..good.len() - 3].to_vec(),
+        400,
+        ErrorCode::Malformed,
+    )
+    .await;
+    rejected(
+        &hub,
+        paths::AS,
+        vec![0; MAX_BODY + 1],
+        413,
+        ErrorCode::TooLarge,
+    )
+    .await;
+    // Packages that are not the sender's, do not verify, live too long, or none at all.
+    let body = as_alice(publish(vec![package(&bob, &bob_cred, 3600)]), &alice.key);
+    rejected(&hub, paths::AS, body, 403, ErrorCode::NotAuthorized).await;
+    let mut forged = package(&alice, &alice_cred, 3600);
+    forged.signature = vec![7; 64].into();
+    let body = as_alice(publish(vec![forged]), &alice.key);
+    rejected(&hub, paths::AS, body, 400, ErrorCode::InvalidRequest).await;
+    let body = as_alice(
+        publish(vec![package(&alice, &alice_cred, 400 * 86_400)]),
+        &alice.key,
+    );
+    rejected(&hub, paths::AS, body, 400, ErrorCode::InvalidRequest).await;
+    let body = as_alice(publish(Vec::new()), &alice.key);
+    rejected(&hub, paths::AS, body, 400, ErrorCode::InvalidRequest).await;
+    // Reading an inbox is signed; unsigned it is refused, and a read is served once.
+    let body = anonymous(AsOperation::FetchConnectionRequests);
+    rejected(&hub, paths::AS, body, 403, ErrorCode::NotAuthorized).await;
+    let read = as_alice(AsOperation::FetchConnectionRequests, &alice.key);
+    let (status, _) = post(&hub.url(), paths::AS, read.clone()).await;
+    assert_eq!(status, 200);
+    rejected(&hub, paths::AS, read, 403, ErrorCode::Replayed).await;
+    // Asking a stranger costs a token.
+    let body = anonymous(AsOperation::FetchConnectionPackage(
+        b"alice".to_vec().into(),
+    ));
+    rejected(&hub, paths::AS, body, 401, ErrorCode::TokenRequired).await;
+}

@@ -12,6 +12,7 @@ use mimi_rm_protocol::auth::*;
 use mimi_rm_protocol::connection::*;
 use mimi_rm_protocol::credentials::*;
 use mimi_rm_protocol::ds::*;
+use mimi_rm_protocol::qs::*;
 use mimi_rm_protocol::{ErrorCode, TransactionType, decode_exact, paths};
 use mimi_rm_tests::{HubProcess, error_of, post};
 use std::path::Path;
@@ -37,8 +38,8 @@ fn code(r: Result<impl std::fmt::Debug, ClientError>) -> Option<ErrorCode> {
     }
 }
 
-/// An anonymous AS request paid with a token of `payer`, posted raw.
-async fn as_paid(hub: &HubProcess, payer: &Client, op: AsOperation) -> (u16, Vec<u8>) {
+/// The envelope of an anonymous AS request.
+fn as_body(op: AsOperation) -> Vec<u8> {
     let req = AsRequest {
         tbs: AsRequestTbs {
             timestamp_ms: mimi_ds_rm::now_ms(),
@@ -48,24 +49,18 @@ async fn as_paid(hub: &HubProcess, payer: &Client, op: AsOperation) -> (u16, Vec
         },
         signature: Vec::new().into(),
     };
-    let body = mimi_client_rm::envelope(TransactionType::AuthService, &req).unwrap();
+    mimi_client_rm::envelope(TransactionType::AuthService, &req).unwrap()
+}
+
+/// An anonymous AS request paid with a token of `payer`, posted raw.
+async fn as_paid(hub: &HubProcess, payer: &Client, op: AsOperation) -> (u16, Vec<u8>) {
     let token = payer.take_token().await.unwrap();
-    mimi_rm_tests::post_paid(&hub.url(), paths::AS, body, &token).await
+    mimi_rm_tests::post_paid(&hub.url(), paths::AS, as_body(op), &token).await
 }
 
 /// An anonymous AS request, posted raw.
 async fn as_anonymous(hub: &HubProcess, op: AsOperation) -> (u16, Vec<u8>) {
-    let req = AsRequest {
-        tbs: AsRequestTbs {
-            timestamp_ms: mimi_ds_rm::now_ms(),
-            nonce: rand::random(),
-            sender: AsSender::Anonymous,
-            operation: op,
-        },
-        signature: Vec::new().into(),
-    };
-    let body = mimi_client_rm::envelope(TransactionType::AuthService, &req).unwrap();
-    post(&hub.url(), paths::AS, body).await
+    post(&hub.url(), paths::AS, as_body(op)).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -877,4 +872,99 @@ async fn someone_else_added_as_an_own_device_is_flagged_by_every_member() {
         assert!(flagged, "{} got {events:?}", c.name());
         assert!(!c.user_devices(&g).unwrap().contains_key("dave"));
     }
+}
+
+/// A QS request signed by `key` under the QS label.
+fn qs_signed(sender: QsSender, op: QsOperation, key: &SigningKey) -> Vec<u8> {
+    let tbs = QsRequestTbs {
+        timestamp_ms: mimi_ds_rm::now_ms(),
+        nonce: rand::random(),
+        sender,
+        operation: op,
+    };
+    let signature = key.sign(
+        QS_REQUEST_SIGNATURE_LABEL,
+        &mimi_rm_protocol::encode(&tbs).unwrap(),
+    );
+    let req = QsRequest {
+        tbs,
+        signature: signature.into(),
+    };
+    mimi_client_rm::envelope(TransactionType::QueueService, &req).unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn device_queue_requests_are_checked_and_change_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let hub = hub_without_tokens(dir.path());
+    // A pseudonymous user made by hand, so the test holds its user auth key.
+    let (user_key, client_key) = (SigningKey::generate(), SigningKey::generate());
+    let create = QsOperation::CreateUser(CreateUser {
+        user_auth_key: user_key.verifying_key().as_bytes().to_vec().into(),
+        client_auth_key: client_key.verifying_key().as_bytes().to_vec().into(),
+        friendship_token: vec![5; 32].into(),
+        initial_ratchet_secret: vec![6; 32].into(),
+    });
+    let (status, body) = post(
+        &hub.url(),
+        paths::QS,
+        qs_signed(QsSender::NewClient, create, &client_key),
+    )
+    .await;
+    assert_eq!(status, 200, "{}", error_of(&body));
+    let QsResponse::UserCreated(ids) = decode_exact(&body, 1 << 16).unwrap() else {
+        panic!("expected UserCreated")
+    };
+    let device = SigningKey::generate();
+    let new_client = |secret: Vec<u8>| {
+        QsOperation::CreateClient(CreateClient {
+            client_auth_key: device.verifying_key().as_bytes().to_vec().into(),
+            initial_ratchet_secret: secret.into(),
+        })
+    };
+    let user = QsSender::User(ids.user_id);
+    // Wrongly signed, unknown user, malformed secret, truncated.
+    let body = qs_signed(user.clone(), new_client(vec![1; 32]), &client_key);
+    rejected(&hub, paths::QS, body, 403, ErrorCode::InvalidSignature).await;
+    let body = qs_signed(QsSender::User([9; 16]), new_client(vec![1; 32]), &user_key);
+    rejected(&hub, paths::QS, body, 404, ErrorCode::UnknownUser).await;
+    let body = qs_signed(user.clone(), new_client(vec![1; 5]), &user_key);
+    rejected(&hub, paths::QS, body, 400, ErrorCode::InvalidRequest).await;
+    let good = qs_signed(user.clone(), new_client(vec![1; 32]), &user_key);
+    rejected(
+        &hub,
+        paths::QS,
+        good[..good.len() - 4].to_vec(),
+        400,
+        ErrorCode::Malformed,
+    )
+    .await;
+    // Served once, then a replay.
+    let (status, _) = post(&hub.url(), paths::QS, good.clone()).await;
+    assert_eq!(status, 200);
+    rejected(&hub, paths::QS, good, 403, ErrorCode::Replayed).await;
+    // Deleting a queue: only its own client may, once.
+    let delete = |key: &SigningKey| {
+        qs_signed(
+            QsSender::Client(ids.client_id),
+            QsOperation::DeleteClient,
+            key,
+        )
+    };
+    rejected(
+        &hub,
+        paths::QS,
+        delete(&user_key),
+        403,
+        ErrorCode::InvalidSignature,
+    )
+    .await;
+    let body = delete(&client_key);
+    let (status, _) = post(&hub.url(), paths::QS, body.clone()).await;
+    assert_eq!(status, 200);
+    rejected(&hub, paths::QS, body, 404, ErrorCode::UnknownClient).await;
+    assert!(
+        rows(&hub, Cf::QsClients).len() == 1,
+        "only the second device's queue is left"
+    );
 }

@@ -357,12 +357,9 @@ impl Client {
         b32(&unhex(&self.state.user_secret)?)
     }
 
-    /// Our user's auth key in `group`, derived from the user secret: every device of the user
-    /// computes the same key; other members and other groups learn nothing from it.
+    /// Our user's auth key in `group` (see [`derive_user_auth_key`]).
     pub(super) fn user_auth_key(&self, group: &[u8]) -> Result<SigningKey, ClientError> {
-        let mut seed = zeroize::Zeroizing::new([0u8; 32]);
-        expand_label(&self.user_secret()?, USER_AUTH_LABEL, group, &mut *seed)?;
-        Ok(SigningKey::from_bytes(&*seed)?)
+        derive_user_auth_key(&self.user_secret()?, group)
     }
 
     /// A DS request signed with our user's auth key in `group`.
@@ -571,7 +568,6 @@ impl Client {
             ));
         }
         let handle = self.state.name.clone();
-        let old_secret = self.user_secret()?;
         // The new secret is saved before any group sees a key derived from it: if this is
         // interrupted half-way, a retry continues with the same secret instead of stranding the
         // groups already rotated under a key nobody can derive.
@@ -589,7 +585,7 @@ impl Client {
         self.state.devices.remove(device);
         for group in self.groups() {
             self.ensure_user_key(&group).await?;
-            let leaves: Vec<LeafNodeIndexU32> = self
+            let leaves: Vec<u32> = self
                 .meta(&group)?
                 .members
                 .iter()
@@ -600,10 +596,7 @@ impl Client {
                 .map(|(l, _)| *l)
                 .collect();
             // Signed with the current key; the commit carries the key of the new secret.
-            self.state.user_secret = hex::encode(new_secret);
-            let new_key = self.user_auth_key(&group.0);
-            self.state.user_secret = hex::encode(old_secret);
-            let new_key = new_key?;
+            let new_key = derive_user_auth_key(&new_secret, &group.0)?;
             let plan = if leaves.is_empty() {
                 Plan::RotateUserKey(new_key.verifying_key().as_bytes().to_vec())
             } else {
@@ -731,8 +724,13 @@ impl Client {
     }
 }
 
-/// A leaf index as stored in member records.
-type LeafNodeIndexU32 = u32;
+/// A user's auth key in `group`, derived from the user secret: every device of the user
+/// computes the same key; other members and other groups learn nothing from it.
+fn derive_user_auth_key(secret: &[u8; 32], group: &[u8]) -> Result<SigningKey, ClientError> {
+    let mut seed = zeroize::Zeroizing::new([0u8; 32]);
+    expand_label(secret, USER_AUTH_LABEL, group, &mut *seed)?;
+    Ok(SigningKey::from_bytes(&*seed)?)
+}
 
 #[cfg(test)]
 mod tests {
