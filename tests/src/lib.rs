@@ -38,9 +38,24 @@ fn tls_config(ca: &tls::TestCa, domain: &str, extra_config: &str) -> String {
 }
 
 /// A loopback address with a free port (for hubs whose peers must know their URL up front).
+///
+/// The port is drawn below the kernel's ephemeral range (32768 and up), and never twice in one
+/// test process. A port from `bind(0)` is ephemeral: after it is released, the kernel may give
+/// it to another test's `bind(0)` before our hub binds it. The other hub then answers our
+/// readiness probe, and this hub fails to bind.
 pub fn free_port() -> SocketAddr {
-    let l = TcpListener::bind("127.0.0.1:0").expect("bind");
-    l.local_addr().expect("addr")
+    static HANDED_OUT: std::sync::Mutex<Vec<u16>> = std::sync::Mutex::new(Vec::new());
+    let mut handed_out = HANDED_OUT.lock().unwrap_or_else(|e| e.into_inner());
+    loop {
+        let port = 20_000 + rand::random::<u16>() % 12_000;
+        if handed_out.contains(&port) {
+            continue;
+        }
+        if let Ok(l) = TcpListener::bind(("127.0.0.1", port)) {
+            handed_out.push(port);
+            return l.local_addr().expect("addr");
+        }
+    }
 }
 
 impl HubProcess {
