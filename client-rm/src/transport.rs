@@ -23,6 +23,9 @@ pub struct Transport {
     wallet: Option<std::sync::Arc<Wallet>>,
 }
 
+/// How often discovery is retried after a connection failure.
+const DISCOVERY_RETRIES: u64 = 5;
+
 impl Transport {
     /// A transport to the hub at `base` (e.g. `http://127.0.0.1:8080`).
     pub fn new(base: impl Into<String>) -> Self {
@@ -304,6 +307,22 @@ pub fn envelope<T: tls_codec::Serialize>(
 impl Transport {
     /// The domain the hub serves (discovery endpoint).
     pub async fn domain(&self) -> Result<String, ClientError> {
+        // Discovery is a client's first contact with a hub (one just started, or restarting):
+        // a connection failure is retried a few times, as every later request is.
+        let mut attempt = 0u64;
+        loop {
+            match self.domain_once().await {
+                Err(ClientError::Transport(e)) if attempt < DISCOVERY_RETRIES => {
+                    attempt += 1;
+                    tracing::debug!(error = %e, attempt, "discovery failed; retrying");
+                    tokio::time::sleep(std::time::Duration::from_millis(100 * attempt)).await;
+                }
+                other => return other,
+            }
+        }
+    }
+
+    async fn domain_once(&self) -> Result<String, ClientError> {
         let resp = self
             .http
             .get(format!("{}{}", self.base, paths::DS_DOMAIN))
