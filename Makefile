@@ -12,6 +12,10 @@ deps:
 		SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
 		$$SUDO apt-get update -qq && $$SUDO apt-get install -y -qq clang libclang-dev; \
 	fi
+	@command -v python3 >/dev/null 2>&1 || { \
+		echo "installing python3 (the one-build check and the benchmark summaries use it)"; \
+		SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+		$$SUDO apt-get update -qq && $$SUDO apt-get install -y -qq python3; }
 
 build: deps
 	$(CARGO) build -j$(JOBS) --workspace --all-targets
@@ -23,6 +27,7 @@ test: deps
 	$(CARGO) test -j$(JOBS) --workspace
 
 lint: deps
+	python3 .ci/one-build.py
 	$(CARGO) fmt --all -- --check
 	$(CARGO) clippy -j$(JOBS) --workspace --all-targets -- -D warnings
 

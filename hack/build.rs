@@ -1,0 +1,2 @@
+//! Empty: cargo only resolves `[build-dependencies]` of a package that has a build script.
+fn main() {}
