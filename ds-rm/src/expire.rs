@@ -9,7 +9,7 @@ use crate::core::ds::state::{GroupRow, month_of};
 use crate::core::qs::ClientRecord;
 use crate::store::{Cf, Store, Txn};
 use mimi_rm_crypto::ratchet::QueueRatchet;
-use mimi_rm_protocol::{decode_exact, encode};
+use mimi_rm_protocol::decode_exact;
 
 /// What one expiry run removed.
 #[derive(Debug, Default, PartialEq, Eq)]
@@ -37,8 +37,7 @@ pub fn expire(store: &dyn Store, idle_months: u32, now_ms: u64) -> Result<Expire
         }
     }
     for (id, value) in store.scan_prefix(Cf::QsClients, b"", usize::MAX)? {
-        let mut record: ClientRecord = decode_exact(&value, 1 << 16)
-            .map_err(|e| HubError::Internal(format!("client record: {e}")))?;
+        let mut record: ClientRecord = crate::store::record::decode(&value)?;
         if record.activity_month >= cutoff {
             continue;
         }
@@ -55,8 +54,11 @@ pub fn expire(store: &dyn Store, idle_months: u32, now_ms: u64) -> Result<Expire
         let ratchet = QueueRatchet::from_bytes(record.ratchet.as_slice())
             .map_err(|e| HubError::Internal(format!("stored ratchet: {e}")))?;
         record.acked_below = ratchet.next_seq();
-        let bytes = encode(&record).map_err(|e| HubError::Internal(e.to_string()))?;
-        txn.put(Cf::QsClients, id, bytes);
+        let id: [u8; 16] = id
+            .as_slice()
+            .try_into()
+            .map_err(|_| HubError::Internal("client id is not 16 bytes".into()))?;
+        txn.put_record(&id, &record)?;
     }
     txn.commit()?;
     Ok(out)

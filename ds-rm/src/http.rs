@@ -1,6 +1,6 @@
 //! The axum shell: decode nothing, call the core on a blocking thread, map errors to statuses.
 
-use crate::core::{Hub, HubError, Route};
+use crate::core::{ClientRequest, Hub, HubError, Route};
 use crate::federation::Peers;
 use crate::privacy_pass::{PresentedVerified, admission};
 use axum::Extension;
@@ -121,21 +121,13 @@ async fn federation_proxy(State(app): State<App>, token: Token, body: Body) -> R
         Err(r) => return r,
     };
     let hub = app.hub.clone();
-    let target = match tokio::task::spawn_blocking(move || hub.proxy_target(&bytes)).await {
+    let target = match tokio::task::spawn_blocking(move || hub.proxy_target(&bytes, crate::now_ms())).await {
         Ok(Ok(t)) => t,
         Ok(Err(e)) => return error_response(&e),
         Err(join) => return error_response(&HubError::Internal(join.to_string())),
     };
     let admission = admission(token.map(|Extension(t)| t));
-    if let Err(r) = admit_forward(
-        &app,
-        &target.domain,
-        target.transaction_type,
-        target.inner,
-        admission,
-    )
-    .await
-    {
+    if let Err(r) = admit_forward(&app, &target.domain, target.request, admission).await {
         return r;
     }
     relay(&app, &target.domain, target.envelope).await
@@ -146,8 +138,7 @@ async fn federation_proxy(State(app): State<App>, token: Token, body: Body) -> R
 async fn admit_forward(
     app: &App,
     domain: &str,
-    endpoint: TransactionType,
-    body: impl AsRef<[u8]> + Send + 'static,
+    request: ClientRequest,
     admission: crate::core::tokens::Admission,
 ) -> Result<(), Response> {
     match &app.peers {
@@ -163,7 +154,7 @@ async fn admit_forward(
     }
     let hub = app.hub.clone();
     match tokio::task::spawn_blocking(move || {
-        hub.admit_forward(endpoint, body.as_ref(), &admission)
+        hub.admit_forward(&request, &admission)
     })
     .await
     {
@@ -292,8 +283,12 @@ async fn dispatch(app: App, endpoint: TransactionType, token: Token, body: Body)
     // A request for a group hosted by another provider goes there, signed by us; the client's
     // own signature travels inside unchanged, and the hub never sees the client's address.
     // Its token is spent here, at the provider that issued it.
-    if let Route::Forward(domain) = app.hub.route(endpoint, &bytes) {
-        if let Err(r) = admit_forward(&app, &domain, endpoint, bytes.clone(), admission).await {
+    let request = match app.hub.decode_request(endpoint, &bytes) {
+        Ok(r) => r,
+        Err(e) => return error_response(&e),
+    };
+    if let Route::Forward(domain) = app.hub.route(&request) {
+        if let Err(r) = admit_forward(&app, &domain, request, admission).await {
             return r;
         }
         let envelope = match app
@@ -307,7 +302,7 @@ async fn dispatch(app: App, endpoint: TransactionType, token: Token, body: Body)
     }
     let hub = app.hub.clone();
     let result = tokio::task::spawn_blocking(move || {
-        hub.handle(endpoint, &bytes, crate::now_ms(), &admission)
+        hub.handle_request(request, crate::now_ms(), &admission)
     })
     .await;
     match result {

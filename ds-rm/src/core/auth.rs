@@ -14,7 +14,7 @@
 use crate::core::HubError;
 use crate::core::connections;
 use crate::core::replay::ReplayGuard;
-use crate::store::{Cf, Store, Txn};
+use crate::store::{Cf, Record, Store, Txn};
 use mimi_rm_crypto::sign::SigningKey;
 use mimi_rm_protocol::auth::{
     AS_REQUEST_SIGNATURE_LABEL, AsOperation, AsRequest, AsRequestTbs, AsResponse, AsSender,
@@ -23,7 +23,7 @@ use mimi_rm_protocol::credentials::{
     AsCredential, AsCredentials, AsIntermediateCredential, ClientCredential, ClientCredentialCsr,
     ClientIdentity, CredentialError, ExpirationData,
 };
-use mimi_rm_protocol::{decode_exact, encode};
+use mimi_rm_protocol::encode;
 use tls_codec::{TlsDeserialize, TlsSerialize, TlsSize};
 
 /// Validity of the root: long, because clients pin it per domain.
@@ -32,13 +32,10 @@ pub const ROOT_LIFETIME_SECS: u64 = 10 * 365 * 24 * 60 * 60;
 pub const INTERMEDIATE_LIFETIME_SECS: u64 = 365 * 24 * 60 * 60;
 /// Longest handle, in bytes (handles are ASCII).
 pub const MAX_HANDLE_LEN: usize = 64;
-/// Most client credentials one user may hold, so one user cannot grow a record without bound.
-pub const MAX_CLIENTS_PER_USER: usize = 64;
+pub use crate::core::limits::MAX_CLIENTS_PER_USER;
 
 const ROOT_RECORD: &[u8] = b"root_v1";
 const INTERMEDIATE_RECORD: &[u8] = b"intermediate_v1";
-/// Stored records are written by this code; anything larger is corruption.
-const RECORD_LIMIT: usize = 1 << 20;
 
 /// What `as_users` holds per handle: the user's current client credentials.
 #[derive(Debug, Clone, PartialEq, Eq, TlsSerialize, TlsDeserialize, TlsSize)]
@@ -61,6 +58,27 @@ struct StoredIntermediate {
     credential: AsIntermediateCredential,
 }
 
+impl Record for AsUserRecord {
+    const CF: Cf = Cf::AsUsers;
+    /// At most [`MAX_CLIENTS_PER_USER`] client credentials of well under 1 KiB each.
+    const MAX_BYTES: usize = 256 << 10;
+    type Key = [u8];
+}
+
+impl Record for StoredRoot {
+    const CF: Cf = Cf::AsKeys;
+    /// A seed and one self-signed credential.
+    const MAX_BYTES: usize = 4096;
+    type Key = [u8];
+}
+
+impl Record for StoredIntermediate {
+    const CF: Cf = Cf::AsKeys;
+    /// A seed and one credential signed by the root.
+    const MAX_BYTES: usize = 4096;
+    type Key = [u8];
+}
+
 /// The AS signing keys, loaded once at start so requests never read key material from disk.
 pub struct AsKeys {
     root: AsCredential,
@@ -72,8 +90,60 @@ fn internal(e: impl std::fmt::Display) -> HubError {
     HubError::Internal(e.to_string())
 }
 
-fn stored<T: tls_codec::Deserialize>(bytes: &[u8], what: &str) -> Result<T, HubError> {
-    decode_exact(bytes, RECORD_LIMIT).map_err(|e| HubError::Internal(format!("stored {what}: {e}")))
+
+/// The signing key of a stored seed, checked against the public key its credential names.
+fn matching_key(
+    seed: &[u8; 32],
+    public_key: &tls_codec::VLBytes,
+    what: &str,
+) -> Result<SigningKey, HubError> {
+    let key = SigningKey::from_bytes(seed).map_err(internal)?;
+    if key.verifying_key().as_bytes().as_slice() != public_key.as_slice() {
+        return Err(HubError::Internal(format!("AS {what} key does not match")));
+    }
+    Ok(key)
+}
+
+/// A new self-signed root, written in `txn`.
+fn create_root(
+    txn: &mut Txn<'_>,
+    domain: &str,
+    now_s: u64,
+) -> Result<(SigningKey, AsCredential), HubError> {
+    let key = SigningKey::generate();
+    let credential = AsCredential::issue(
+        &key,
+        domain,
+        ExpirationData::starting(now_s, ROOT_LIFETIME_SECS),
+    )
+    .map_err(internal)?;
+    let record = StoredRoot {
+        seed: key.to_bytes(),
+        credential: credential.clone(),
+    };
+    txn.put_record(ROOT_RECORD, &record)?;
+    Ok((key, credential))
+}
+
+/// A new intermediate signed by the root, valid no longer than the root, written in `txn`.
+fn create_intermediate(
+    txn: &mut Txn<'_>,
+    root_key: &SigningKey,
+    root: &AsCredential,
+    now_s: u64,
+) -> Result<(SigningKey, AsIntermediateCredential), HubError> {
+    let key = SigningKey::generate();
+    let mut expiration = ExpirationData::starting(now_s, INTERMEDIATE_LIFETIME_SECS);
+    expiration.not_after = expiration.not_after.min(root.tbs.expiration.not_after);
+    let credential =
+        AsIntermediateCredential::issue(root_key, root, &key.verifying_key(), expiration)
+            .map_err(internal)?;
+    let record = StoredIntermediate {
+        seed: key.to_bytes(),
+        credential: credential.clone(),
+    };
+    txn.put_record(INTERMEDIATE_RECORD, &record)?;
+    Ok((key, credential))
 }
 
 impl AsKeys {
@@ -81,48 +151,13 @@ impl AsKeys {
     /// replacing an expired intermediate, so a fresh data directory is immediately usable.
     pub fn load_or_create(store: &dyn Store, domain: &str, now_s: u64) -> Result<Self, HubError> {
         let mut txn = Txn::new(store);
-        let (root_key, root) = match txn.get(Cf::AsKeys, ROOT_RECORD)? {
-            Some(bytes) => {
-                let r: StoredRoot = stored(&bytes, "AS root")?;
-                let key = SigningKey::from_bytes(&r.seed).map_err(internal)?;
-                if key.verifying_key().as_bytes().as_slice()
-                    != r.credential.tbs.public_key.as_slice()
-                {
-                    return Err(HubError::Internal("AS root key does not match".into()));
-                }
-                (key, r.credential)
-            }
-            None => {
-                let key = SigningKey::generate();
-                let cred = AsCredential::issue(
-                    &key,
-                    domain,
-                    ExpirationData::starting(now_s, ROOT_LIFETIME_SECS),
-                )
-                .map_err(internal)?;
-                let record = StoredRoot {
-                    seed: key.to_bytes(),
-                    credential: cred.clone(),
-                };
-                txn.put(
-                    Cf::AsKeys,
-                    ROOT_RECORD.to_vec(),
-                    encode(&record).map_err(internal)?,
-                );
-                (key, cred)
-            }
+        let (root_key, root) = match txn.get_record::<StoredRoot>(ROOT_RECORD)? {
+            Some(r) => (matching_key(&r.seed, &r.credential.tbs.public_key, "root")?, r.credential),
+            None => create_root(&mut txn, domain, now_s)?,
         };
-        let existing = match txn.get(Cf::AsKeys, INTERMEDIATE_RECORD)? {
-            Some(bytes) => {
-                let r: StoredIntermediate = stored(&bytes, "AS intermediate")?;
-                let key = SigningKey::from_bytes(&r.seed).map_err(internal)?;
-                if key.verifying_key().as_bytes().as_slice()
-                    != r.credential.tbs.public_key.as_slice()
-                {
-                    return Err(HubError::Internal(
-                        "AS intermediate key does not match".into(),
-                    ));
-                }
+        let existing = match txn.get_record::<StoredIntermediate>(INTERMEDIATE_RECORD)? {
+            Some(r) => {
+                let key = matching_key(&r.seed, &r.credential.tbs.public_key, "intermediate")?;
                 // Rotate on start once it can no longer issue (or the root changed).
                 match r.credential.verify(&root, now_s) {
                     Ok(()) => Some((key, r.credential)),
@@ -136,28 +171,7 @@ impl AsKeys {
         };
         let (intermediate_key, intermediate) = match existing {
             Some(pair) => pair,
-            None => {
-                let key = SigningKey::generate();
-                let mut expiration = ExpirationData::starting(now_s, INTERMEDIATE_LIFETIME_SECS);
-                expiration.not_after = expiration.not_after.min(root.tbs.expiration.not_after);
-                let cred = AsIntermediateCredential::issue(
-                    &root_key,
-                    &root,
-                    &key.verifying_key(),
-                    expiration,
-                )
-                .map_err(internal)?;
-                let record = StoredIntermediate {
-                    seed: key.to_bytes(),
-                    credential: cred.clone(),
-                };
-                txn.put(
-                    Cf::AsKeys,
-                    INTERMEDIATE_RECORD.to_vec(),
-                    encode(&record).map_err(internal)?,
-                );
-                (key, cred)
-            }
+            None => create_intermediate(&mut txn, &root_key, &root, now_s)?,
         };
         txn.commit()?;
         Ok(Self {
@@ -231,18 +245,11 @@ pub fn signed_bytes(tbs: &AsRequestTbs) -> Result<Vec<u8>, HubError> {
 }
 
 fn load_user(txn: &Txn<'_>, handle: &[u8]) -> Result<Option<AsUserRecord>, HubError> {
-    txn.get(Cf::AsUsers, handle)?
-        .map(|v| stored(&v, "AS user record"))
-        .transpose()
+    Ok(txn.get_record::<AsUserRecord>(handle)?)
 }
 
 fn store_user(txn: &mut Txn<'_>, handle: &[u8], record: &AsUserRecord) -> Result<(), HubError> {
-    txn.put(
-        Cf::AsUsers,
-        handle.to_vec(),
-        encode(record).map_err(internal)?,
-    );
-    Ok(())
+    Ok(txn.put_record(handle, record)?)
 }
 
 /// Proof of possession of the CSR key; a key that is not an Ed25519 point is a bad request.
@@ -404,7 +411,7 @@ fn add_client(
         .clients
         .retain(|c| c.tbs.expiration.contains(now) && c.tbs.identity != csr.tbs.identity);
     if record.clients.len() >= MAX_CLIENTS_PER_USER {
-        return Err(HubError::InvalidRequest("too many clients for one user"));
+        return Err(HubError::LimitExceeded("clients per user"));
     }
     record.clients.push(credential.clone());
     store_user(txn, sender.handle.as_slice(), &record)?;
@@ -438,56 +445,7 @@ pub fn is_current_client(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::store::{Batch, CfEntry, Entry, Op, StoreError};
-    use std::collections::BTreeMap;
-    use std::sync::Mutex;
-
-    type Rows = BTreeMap<(Cf, Vec<u8>), Vec<u8>>;
-
-    /// An in-memory store, enough for the sans-I/O core.
-    #[derive(Default)]
-    struct MemStore(Mutex<Rows>);
-
-    impl Store for MemStore {
-        fn get(&self, cf: Cf, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
-            Ok(self.0.lock().unwrap().get(&(cf, key.to_vec())).cloned())
-        }
-        fn scan_prefix(
-            &self,
-            cf: Cf,
-            prefix: &[u8],
-            limit: usize,
-        ) -> Result<Vec<Entry>, StoreError> {
-            Ok(self
-                .0
-                .lock()
-                .unwrap()
-                .iter()
-                .filter(|((c, k), _)| *c == cf && k.starts_with(prefix))
-                .take(limit)
-                .map(|((_, k), v)| (k.clone(), v.clone()))
-                .collect())
-        }
-        fn write(&self, batch: Batch) -> Result<(), StoreError> {
-            let mut m = self.0.lock().unwrap();
-            for op in batch.ops {
-                match op {
-                    Op::Put(cf, k, v) => m.insert((cf, k), v),
-                    Op::Delete(cf, k) => m.remove(&(cf, k)),
-                };
-            }
-            Ok(())
-        }
-        fn dump(&self) -> Result<Vec<CfEntry>, StoreError> {
-            Ok(self
-                .0
-                .lock()
-                .unwrap()
-                .iter()
-                .map(|((c, k), v)| (*c, k.clone(), v.clone()))
-                .collect())
-        }
-    }
+    use crate::store::MemStore;
 
     const NOW_MS: u64 = 1_800_000_000_000;
 

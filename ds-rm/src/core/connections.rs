@@ -7,11 +7,11 @@
 //! Fetching the inbox deletes it.
 
 use crate::core::HubError;
-use crate::store::{Cf, Txn};
+use crate::store::{Cf, Record, Txn, record};
 use mimi_rm_protocol::auth::AsResponse;
 use mimi_rm_protocol::connection::{ConnectionPackage, ConnectionRequest};
 use mimi_rm_protocol::credentials::ClientCredential;
-use mimi_rm_protocol::{decode_exact, encode};
+use mimi_rm_protocol::encode;
 use tls_codec::{TlsDeserialize, TlsSerialize, TlsSize};
 
 /// Most connection packages one client may publish at once.
@@ -34,24 +34,33 @@ struct PackagesRecord {
     devices: Vec<DevicePackages>,
 }
 
+impl Record for PackagesRecord {
+    const CF: Cf = Cf::AsConnectionPackages;
+    /// [`MAX_CLIENTS_PER_USER`](crate::core::limits::MAX_CLIENTS_PER_USER) devices with
+    /// [`MAX_PACKAGES_PER_CLIENT`] packages of a few hundred bytes each.
+    const MAX_BYTES: usize = 16 << 20;
+    type Key = [u8];
+}
+
+impl Record for ConnectionRequest {
+    const CF: Cf = Cf::AsConnectionRequests;
+    /// A sealed offer arrives in one request body, which the hub caps well below this.
+    const MAX_BYTES: usize = 1 << 20;
+    type Key = [u8];
+}
+
 fn load(txn: &Txn<'_>, handle: &[u8]) -> Result<PackagesRecord, HubError> {
-    txn.get(Cf::AsConnectionPackages, handle)?
-        .map(|v| {
-            decode_exact(&v, 16 << 20)
-                .map_err(|e| HubError::Internal(format!("stored connection packages: {e}")))
-        })
-        .transpose()
-        .map(Option::unwrap_or_default)
+    Ok(txn
+        .get_record::<PackagesRecord>(handle)?
+        .unwrap_or_default())
 }
 
 fn store(txn: &mut Txn<'_>, handle: &[u8], record: &PackagesRecord) -> Result<(), HubError> {
     if record.devices.is_empty() {
-        txn.delete(Cf::AsConnectionPackages, handle.to_vec());
+        txn.delete_record::<PackagesRecord>(handle);
         return Ok(());
     }
-    let bytes = encode(record).map_err(|e| HubError::Internal(e.to_string()))?;
-    txn.put(Cf::AsConnectionPackages, handle.to_vec(), bytes);
-    Ok(())
+    Ok(txn.put_record(handle, record)?)
 }
 
 /// Replaces the packages of the (already authenticated) client `sender`. Each must be signed by
@@ -162,7 +171,7 @@ pub fn take_requests(
     let mut out = Vec::with_capacity(rows.len());
     for (key, value) in rows {
         txn.delete(Cf::AsConnectionRequests, key);
-        match decode_exact(&value, 1 << 20) {
+        match record::decode::<ConnectionRequest>(&value) {
             Ok(r) => out.push(r),
             Err(e) => tracing::warn!(error = %e, "dropping an undecodable stored request"),
         }

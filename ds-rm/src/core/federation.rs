@@ -4,11 +4,11 @@
 use crate::core::HubError;
 use crate::core::qs;
 use crate::core::replay::ReplayGuard;
-use crate::store::{Cf, Txn};
+use crate::store::{Cf, Record, Txn, record};
 use mimi_rm_crypto::sign::{SigningKey, VerifyingKey};
 use mimi_rm_protocol::federation::*;
 use mimi_rm_protocol::queue::QueueRef;
-use mimi_rm_protocol::{decode_exact, encode};
+use mimi_rm_protocol::encode;
 
 /// How long a delivered item id is remembered: retries of a delivery come within this window
 /// (the hub retries until it succeeds, and deletes an item right after its 2xx).
@@ -60,13 +60,8 @@ pub fn outbox_domain(key: &[u8]) -> Option<&[u8]> {
 /// Queues one item for a peer inside the request's transaction (so it is durable exactly when
 /// the request's effects are).
 pub fn queue_for_peer(txn: &mut Txn<'_>, seq: u64, item: &DeliveryItem) -> Result<(), HubError> {
-    let value = encode(item).map_err(|e| HubError::Internal(e.to_string()))?;
-    txn.put(
-        Cf::FedOutbox,
-        outbox_key(item.queue_ref.domain.as_slice(), seq),
-        value,
-    );
-    Ok(())
+    let key = outbox_key(item.queue_ref.domain.as_slice(), seq);
+    Ok(txn.put_record(key.as_slice(), item)?)
 }
 
 fn seen_key(sender: &[u8], item: &DeliveryItem) -> Vec<u8> {
@@ -138,9 +133,16 @@ pub fn accept_delivery(
     Ok(out)
 }
 
+impl Record for DeliveryItem {
+    const CF: Cf = Cf::FedOutbox;
+    /// One queue message, which arrived in one request body (capped by `max_body_bytes`).
+    const MAX_BYTES: usize = 64 << 20;
+    type Key = [u8];
+}
+
 /// Decodes an outbox value.
 pub fn decode_item(value: &[u8]) -> Result<DeliveryItem, HubError> {
-    decode_exact(value, 64 << 20).map_err(|e| HubError::Internal(format!("outbox item: {e}")))
+    Ok(record::decode::<DeliveryItem>(value)?)
 }
 
 #[cfg(test)]

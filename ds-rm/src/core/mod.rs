@@ -12,24 +12,28 @@ pub mod ds;
 mod error;
 pub mod federation;
 pub mod identity_limit;
+pub mod limits;
 pub mod qs;
 pub mod queue_cache;
 pub mod replay;
+pub mod request;
+#[cfg(test)]
+mod tests;
 pub mod tokens;
 
 pub use error::HubError;
+pub use request::{ClientRequest, Route};
 
 use crate::store::{Cf, KeyLocks, Store, Txn};
 use auth::AsKeys;
 use mimi_rm_crypto::hpke_seal::{HpkeKeyPair, HpkePrivateKey, HpkePublicKey};
 use mimi_rm_crypto::sign::{SigningKey, VerifyingKey};
 use mimi_rm_protocol::auth::AsRequest;
-use mimi_rm_protocol::ds::{DsOperation, DsRequest};
+use mimi_rm_protocol::ds::DsRequest;
 use mimi_rm_protocol::federation::*;
 use mimi_rm_protocol::qs::QsRequest;
 use mimi_rm_protocol::queue::{QueueAddress, QueueMessage, QueueRef};
-use mimi_rm_protocol::tokens::RateClass;
-use mimi_rm_protocol::{DsMode, Envelope, PROTOCOL_VERSION, TransactionType, decode_exact, encode};
+use mimi_rm_protocol::{DsMode, Envelope, TransactionType, decode_exact, encode};
 use qs::QsKeys;
 use replay::ReplayGuard;
 use std::sync::Arc;
@@ -117,15 +121,6 @@ pub struct Hub {
     identity_limit: identity_limit::IdentityLimiter,
     /// Request counters.
     pub metrics: Metrics,
-}
-
-/// Where a client request must be processed.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Route {
-    /// Here.
-    Local,
-    /// At the hub of this domain, forwarded by us.
-    Forward(String),
 }
 
 const QS_HPKE_KEY: &[u8] = b"qs_hpke_v1";
@@ -265,7 +260,21 @@ impl Hub {
         result
     }
 
-    /// Handles one request body posted to the endpoint of `endpoint`, admitted as `admission`
+    /// Decodes a client's request body posted to `endpoint` (once: everything later uses the
+    /// decoded value). A body that does not decode counts as a failed request.
+    pub fn decode_request(
+        &self,
+        endpoint: TransactionType,
+        body: &[u8],
+    ) -> Result<ClientRequest, HubError> {
+        let decoded = ClientRequest::decode(endpoint, body, self.config.max_body);
+        if decoded.is_err() {
+            self.metrics.errors.fetch_add(1, Ordering::Relaxed);
+        }
+        decoded
+    }
+
+    /// Decodes and handles one request body posted to `endpoint`, admitted as `admission`
     /// (a client's verified token, or a federation peer).
     pub fn handle(
         &self,
@@ -274,67 +283,40 @@ impl Hub {
         now_ms: u64,
         admission: &tokens::Admission,
     ) -> Result<Vec<u8>, HubError> {
-        use std::sync::atomic::Ordering::Relaxed;
-        let result = self.handle_inner(endpoint, body, now_ms, admission);
+        let request = self.decode_request(endpoint, body)?;
+        self.handle_request(request, now_ms, admission)
+    }
+
+    /// Handles one decoded request: Privacy Pass admission, freshness, then the service.
+    pub fn handle_request(
+        &self,
+        request: ClientRequest,
+        now_ms: u64,
+        admission: &tokens::Admission,
+    ) -> Result<Vec<u8>, HubError> {
+        let result = self.handle_inner(request, now_ms, admission);
         match &result {
-            Ok(_) => self.metrics.ok.fetch_add(1, Relaxed),
-            Err(_) => self.metrics.errors.fetch_add(1, Relaxed),
+            Ok(_) => self.metrics.ok.fetch_add(1, Ordering::Relaxed),
+            Err(_) => self.metrics.errors.fetch_add(1, Ordering::Relaxed),
         };
         result
     }
 
     fn handle_inner(
         &self,
-        endpoint: TransactionType,
-        body: &[u8],
+        request: ClientRequest,
         now_ms: u64,
         admission: &tokens::Admission,
     ) -> Result<Vec<u8>, HubError> {
-        let env = self.open_envelope(body, endpoint)?;
-        let payload = env.payload.as_slice();
-        match endpoint {
-            TransactionType::QueueService => {
-                let req: QsRequest = decode_exact(payload, self.config.max_body)
-                    .map_err(|e| HubError::malformed("QS request", e))?;
-                let spend = self
-                    .tokens
-                    .admit(RateClass::of_qs(&req.tbs.operation), admission)?;
-                self.replay.check_fresh(req.tbs.timestamp_ms, now_ms)?;
-                let result = self.handle_qs(&req, now_ms, spend.as_ref());
-                self.account_token(&result, spend.as_ref());
-                result
-            }
-            TransactionType::AuthService => {
-                let req: AsRequest = decode_exact(payload, self.config.max_body)
-                    .map_err(|e| HubError::malformed("AS request", e))?;
-                let spend = self
-                    .tokens
-                    .admit(RateClass::of_as(&req.tbs.operation), admission)?;
-                self.replay.check_fresh(req.tbs.timestamp_ms, now_ms)?;
-                let result = self.handle_as(&req, now_ms, spend.as_ref());
-                self.account_token(&result, spend.as_ref());
-                result
-            }
-            _ => {
-                let req: DsRequest = decode_exact(payload, self.config.max_body)
-                    .map_err(|e| HubError::malformed("DS request", e))?;
-                let expected = match req.tbs.operation {
-                    DsOperation::WelcomeInfo(_) => TransactionType::WelcomeInformation,
-                    DsOperation::ExternalCommitInfo => TransactionType::ExternalCommitInformation,
-                    _ => TransactionType::GroupOperation,
-                };
-                if expected != endpoint {
-                    return Err(HubError::WrongEndpoint);
-                }
-                let spend = self
-                    .tokens
-                    .admit(RateClass::of_ds(&req.tbs.operation), admission)?;
-                self.replay.check_fresh(req.tbs.timestamp_ms, now_ms)?;
-                let result = self.handle_ds(req, now_ms, spend.as_ref());
-                self.account_token(&result, spend.as_ref());
-                result
-            }
-        }
+        let spend = self.tokens.admit(request.rate_class(), admission)?;
+        self.replay.check_fresh(request.timestamp_ms(), now_ms)?;
+        let result = match request {
+            ClientRequest::Qs(req) => self.handle_qs(&req, now_ms, spend.as_ref()),
+            ClientRequest::As(req) => self.handle_as(&req, now_ms, spend.as_ref()),
+            ClientRequest::Ds { request, .. } => self.handle_ds(request, now_ms, spend.as_ref()),
+        };
+        self.account_token(&result, spend.as_ref());
+        result
     }
 
     /// Counts a spent token. A request refused after its token was admitted still costs the
@@ -367,30 +349,10 @@ impl Hub {
     /// lookup): the token is spent here, by the provider that issued it, in its own batch.
     pub fn admit_forward(
         &self,
-        transaction_type: TransactionType,
-        envelope: &[u8],
+        request: &ClientRequest,
         admission: &tokens::Admission,
     ) -> Result<(), HubError> {
-        let env = self.open_envelope(envelope, transaction_type)?;
-        let payload = env.payload.as_slice();
-        let class = match transaction_type {
-            TransactionType::QueueService => {
-                let req: QsRequest = decode_exact(payload, self.config.max_body)
-                    .map_err(|e| HubError::malformed("QS request", e))?;
-                RateClass::of_qs(&req.tbs.operation)
-            }
-            TransactionType::AuthService => {
-                let req: AsRequest = decode_exact(payload, self.config.max_body)
-                    .map_err(|e| HubError::malformed("AS request", e))?;
-                RateClass::of_as(&req.tbs.operation)
-            }
-            _ => {
-                let req: DsRequest = decode_exact(payload, self.config.max_body)
-                    .map_err(|e| HubError::malformed("DS request", e))?;
-                RateClass::of_ds(&req.tbs.operation)
-            }
-        };
-        let Some(token) = self.tokens.admit(class, admission)? else {
+        let Some(token) = self.tokens.admit(request.rate_class(), admission)? else {
             return Ok(());
         };
         let _lock = self.locks.lock_token(Some(&token.nonce));
@@ -589,38 +551,9 @@ impl Hub {
         }
     }
 
-    /// Where a client request posted to `endpoint` belongs: a DS request for a group whose
-    /// qualified id names another domain is forwarded to that domain's hub. Anything that does
-    /// not decode is processed (and refused) locally.
-    pub fn route(&self, endpoint: TransactionType, body: &[u8]) -> Route {
-        if !matches!(
-            endpoint,
-            TransactionType::GroupOperation
-                | TransactionType::WelcomeInformation
-                | TransactionType::ExternalCommitInformation
-        ) || body.len() > self.config.max_body
-        {
-            return Route::Local;
-        }
-        let Ok(env) = decode_exact::<Envelope>(body, self.config.max_body) else {
-            return Route::Local;
-        };
-        let Ok(req) = decode_exact::<DsRequest>(env.payload.as_slice(), self.config.max_body)
-        else {
-            return Route::Local;
-        };
-        match decode_exact::<mimi_rm_protocol::ds::QualifiedGroupId>(
-            req.tbs.group_id.as_slice(),
-            1024,
-        ) {
-            Ok(q) if q.domain.as_slice() != self.config.domain.as_bytes() => {
-                match String::from_utf8(q.domain.as_slice().to_vec()) {
-                    Ok(d) => Route::Forward(d),
-                    Err(_) => Route::Local,
-                }
-            }
-            _ => Route::Local,
-        }
+    /// Where a decoded client request belongs (see [`ClientRequest::route`]).
+    pub fn route(&self, request: &ClientRequest) -> Route {
+        request.route(&self.config.domain)
     }
 
     /// Wraps a client's request for `domain` in a signed server-to-server envelope.
@@ -669,18 +602,7 @@ impl Hub {
 
     /// Size limit, exact decode, version and transaction type of a request body.
     fn open_envelope(&self, body: &[u8], expected: TransactionType) -> Result<Envelope, HubError> {
-        if body.len() > self.config.max_body {
-            return Err(HubError::TooLarge);
-        }
-        let env: Envelope = decode_exact(body, self.config.max_body)
-            .map_err(|e| HubError::malformed("envelope", e))?;
-        if env.version != PROTOCOL_VERSION {
-            return Err(HubError::UnsupportedVersion(env.version));
-        }
-        if env.transaction_type != expected {
-            return Err(HubError::WrongEndpoint);
-        }
-        Ok(env)
+        request::open_envelope(body, expected, self.config.max_body)
     }
 
     /// Handles a verified-to-be server-to-server message posted to `/federation/forward`
@@ -697,13 +619,9 @@ impl Hub {
         federation::verify(env, &self.config.domain, sender_key, &self.replay, now_ms)?;
         match (&env.tbs.payload, deliver) {
             (S2sPayload::Forward(fwd), false) => {
-                self.check_forwardable(fwd)?;
-                self.handle(
-                    fwd.transaction_type,
-                    fwd.envelope.as_slice(),
-                    now_ms,
-                    &tokens::Admission::Peer,
-                )
+                let request = self.decode_request(fwd.transaction_type, fwd.envelope.as_slice())?;
+                request.check_forwardable(&self.config.domain)?;
+                self.handle_request(request, now_ms, &tokens::Admission::Peer)
             }
             (S2sPayload::Deliver(items), true) => {
                 let clients =
@@ -732,53 +650,9 @@ impl Hub {
         }
     }
 
-    /// A peer may forward only requests that this hub would serve to an anonymous client
-    /// anyway, or that the client signed itself: DS requests for groups hosted here, and the
-    /// anonymous QS/AS lookups (AddPackage fetch, QS key, AS credentials) and the anonymous
-    /// connection-request steps (fetch a connection package, leave a sealed request).
-    fn check_forwardable(&self, fwd: &ForwardedRequest) -> Result<(), HubError> {
-        use mimi_rm_protocol::auth::{AsOperation, AsRequest};
-        use mimi_rm_protocol::qs::QsOperation;
-        let body = fwd.envelope.as_slice();
-        match fwd.transaction_type {
-            TransactionType::GroupOperation
-            | TransactionType::WelcomeInformation
-            | TransactionType::ExternalCommitInformation => {
-                match self.route(fwd.transaction_type, body) {
-                    Route::Local => Ok(()),
-                    Route::Forward(_) => Err(HubError::WrongRecipient("group hosted elsewhere")),
-                }
-            }
-            TransactionType::QueueService => {
-                let env: Envelope = decode_exact(body, self.config.max_body)
-                    .map_err(|e| HubError::malformed("envelope", e))?;
-                let req: QsRequest = decode_exact(env.payload.as_slice(), self.config.max_body)
-                    .map_err(|e| HubError::malformed("QS request", e))?;
-                match req.tbs.operation {
-                    QsOperation::FetchAddPackages(_) | QsOperation::EncryptionKey => Ok(()),
-                    _ => Err(HubError::NotAuthorized("not forwardable")),
-                }
-            }
-            TransactionType::AuthService => {
-                let env: Envelope = decode_exact(body, self.config.max_body)
-                    .map_err(|e| HubError::malformed("envelope", e))?;
-                let req: AsRequest = decode_exact(env.payload.as_slice(), self.config.max_body)
-                    .map_err(|e| HubError::malformed("AS request", e))?;
-                match req.tbs.operation {
-                    AsOperation::AsCredentials
-                    | AsOperation::UserClients(_)
-                    | AsOperation::FetchConnectionPackage(_)
-                    | AsOperation::SendConnectionRequest(_) => Ok(()),
-                    _ => Err(HubError::NotAuthorized("not forwardable")),
-                }
-            }
-            _ => Err(HubError::NotAuthorized("not forwardable")),
-        }
-    }
-
     /// Checks a client's proxy request (an anonymous lookup at another provider) and returns
     /// the target domain and the envelope to forward there.
-    pub fn proxy_target(&self, body: &[u8]) -> Result<ProxyTarget, HubError> {
+    pub fn proxy_target(&self, body: &[u8], now_ms: u64) -> Result<ProxyTarget, HubError> {
         let env = self.open_envelope(body, TransactionType::Proxy)?;
         let req: ProxyRequest = decode_exact(env.payload.as_slice(), self.config.max_body)
             .map_err(|e| HubError::malformed("proxy request", e))?;
@@ -790,7 +664,12 @@ impl Hub {
                 "only QS and AS lookups are proxied",
             ));
         }
-        self.check_forwardable(&req.request)?;
+        let request = ClientRequest::decode(
+            req.request.transaction_type,
+            req.request.envelope.as_slice(),
+            self.config.max_body,
+        )?;
+        request.check_forwardable(&self.config.domain)?;
         let domain = String::from_utf8(req.domain.as_slice().to_vec())
             .map_err(|_| HubError::InvalidRequest("domain is not UTF-8"))?;
         if domain == self.config.domain {
@@ -801,13 +680,12 @@ impl Hub {
             &domain,
             req.request.transaction_type,
             req.request.envelope.as_slice(),
-            crate::now_ms(),
+            now_ms,
         )?;
         Ok(ProxyTarget {
             domain,
             envelope,
-            transaction_type: req.request.transaction_type,
-            inner: req.request.envelope.as_slice().to_vec(),
+            request,
         })
     }
 
@@ -868,17 +746,15 @@ impl Hub {
 }
 
 /// A checked proxy request: where it goes, the signed envelope to send, and the client's own
-/// request inside (whose token the shell spends before relaying).
+/// request inside, decoded (the shell spends its token before relaying).
 #[derive(Debug)]
 pub struct ProxyTarget {
     /// The other provider.
     pub domain: String,
     /// Our signed server-to-server envelope.
     pub envelope: Vec<u8>,
-    /// The client request's transaction type.
-    pub transaction_type: TransactionType,
-    /// The client request's envelope.
-    pub inner: Vec<u8>,
+    /// The client's own request, decoded (its token is spent before relaying).
+    pub request: ClientRequest,
 }
 
 /// Outbox items for one peer, oldest first.

@@ -6,7 +6,8 @@
 
 use crate::core::HubError;
 use crate::core::ds::state::month_of;
-use crate::store::{Cf, Txn};
+use crate::core::limits::MAX_CLIENTS_PER_USER;
+use crate::store::{Cf, Record, Txn};
 use mimi_rm_crypto::hpke_seal::{self, HpkeCiphertext, HpkeKeyPair};
 use mimi_rm_crypto::ratchet::{QueueRatchet, RatchetSecret};
 use mimi_rm_crypto::sign::VerifyingKey;
@@ -76,36 +77,24 @@ pub struct UserRecord {
     pub clients: Vec<ClientId>,
 }
 
+impl Record for ClientRecord {
+    const CF: Cf = Cf::QsClients;
+    /// Ids, two keys, a ratchet state and counters: a few hundred bytes.
+    const MAX_BYTES: usize = 4096;
+    type Key = ClientId;
+}
+
+impl Record for UserRecord {
+    const CF: Cf = Cf::QsUsers;
+    /// At most [`MAX_CLIENTS_PER_USER`] 16-byte ids, a key and a hash: about 1.1 KiB.
+    const MAX_BYTES: usize = 4096;
+    type Key = [u8; 16];
+}
+
 /// The QS's long-term key: clients seal their `QueueRef`s to it.
 pub struct QsKeys {
     /// HPKE key pair.
     pub hpke: HpkeKeyPair,
-}
-
-fn put<T: tls_codec::Serialize>(
-    txn: &mut Txn<'_>,
-    cf: Cf,
-    key: Vec<u8>,
-    v: &T,
-) -> Result<(), HubError> {
-    txn.put(
-        cf,
-        key,
-        encode(v).map_err(|e| HubError::Internal(e.to_string()))?,
-    );
-    Ok(())
-}
-
-fn get<T: tls_codec::Deserialize>(
-    txn: &Txn<'_>,
-    cf: Cf,
-    key: &[u8],
-) -> Result<Option<T>, HubError> {
-    txn.get(cf, key)?
-        .map(|v| {
-            decode_exact(&v, 1 << 20).map_err(|e| HubError::Internal(format!("stored record: {e}")))
-        })
-        .transpose()
 }
 
 fn queue_key(client: &ClientId, seq: u64) -> Vec<u8> {
@@ -167,11 +156,10 @@ pub fn enqueue(
     message: &QueueMessage,
     max_queue: u64,
 ) -> Result<Enqueued, HubError> {
-    let Some(mut record) = get::<ClientRecord>(txn, Cf::QsClients, client)? else {
+    let Some(mut record) = txn.get_record::<ClientRecord>(client)? else {
         return Ok(Enqueued::NoQueue);
     };
-    let mut ratchet = QueueRatchet::from_bytes(record.ratchet.as_slice())
-        .map_err(|e| HubError::Internal(format!("stored ratchet: {e}")))?;
+    let mut ratchet = ratchet_of(&record)?;
     if ratchet.next_seq().saturating_sub(record.acked_below) >= max_queue {
         // A client that stopped fetching cannot make the hub store without bound.
         return Ok(Enqueued::QueueFull);
@@ -182,7 +170,7 @@ pub fn enqueue(
         .map_err(|e| HubError::Internal(format!("ratchet: {e}")))?;
     txn.put(Cf::QsQueues, queue_key(client, seq), ct);
     record.ratchet = ratchet.to_bytes().to_vec().into();
-    put(txn, Cf::QsClients, client.to_vec(), &record)?;
+    txn.put_record(client, &record)?;
     Ok(Enqueued::Delivered)
 }
 
@@ -218,7 +206,7 @@ fn user_of_token(txn: &Txn<'_>, token: &[u8]) -> Result<Option<([u8; 16], UserRe
         .as_slice()
         .try_into()
         .map_err(|_| HubError::Internal("stored user id".into()))?;
-    Ok(get::<UserRecord>(txn, Cf::QsUsers, &uid)?.map(|u| (uid, u)))
+    Ok(txn.get_record::<UserRecord>(&uid)?.map(|u| (uid, u)))
 }
 
 /// The signed bytes of a QS request.
@@ -257,14 +245,14 @@ pub fn process(
         }
         (QsSender::User(uid), QsOperation::CreateClient(p)) => {
             let mut user =
-                get::<UserRecord>(txn, Cf::QsUsers, uid)?.ok_or(HubError::UnknownUser)?;
+                txn.get_record::<UserRecord>(uid)?.ok_or(HubError::UnknownUser)?;
             verify(user.user_auth_key.as_slice(), &tbs, &req.signature)?;
             replay.check_and_record(req.signature.as_slice(), req.tbs.timestamp_ms, now_ms)?;
             create_client(txn, now_ms, uid, &mut user, p)
         }
         (QsSender::Client(id), op) => {
             let mut record =
-                get::<ClientRecord>(txn, Cf::QsClients, id)?.ok_or(HubError::UnknownClient)?;
+                txn.get_record::<ClientRecord>(id)?.ok_or(HubError::UnknownClient)?;
             verify(record.auth_key.as_slice(), &tbs, &req.signature)?;
             replay.check_and_record(req.signature.as_slice(), req.tbs.timestamp_ms, now_ms)?;
             match op {
@@ -275,13 +263,24 @@ pub fn process(
                     let month = month_of(now_ms);
                     if record.activity_month != month {
                         record.activity_month = month;
-                        put(txn, Cf::QsClients, id.to_vec(), &record)?;
+                        txn.put_record(id, &record)?;
                     }
-                    if d.ack_below > record.acked_below {
-                        record.acked_below = d.ack_below;
-                        put(txn, Cf::QsClients, id.to_vec(), &record)?;
+                    let next_seq = ratchet_of(&record)?.next_seq();
+                    let acked_before = record.acked_below;
+                    // Nothing at or past the ratchet's position was ever enqueued: an ack
+                    // beyond it would only switch off the queue-length limit.
+                    let ack_below = d.ack_below.min(next_seq);
+                    if ack_below > record.acked_below {
+                        record.acked_below = ack_below;
+                        txn.put_record(id, &record)?;
                     }
-                    dequeue(txn, id, d, limits.max_fetch)
+                    let window = DequeueWindow {
+                        acked_before,
+                        ack_below,
+                        next_seq,
+                        max: d.max.min(limits.max_fetch).min(MAX_DEQUEUE) as usize,
+                    };
+                    dequeue(txn, id, window)
                 }
                 _ => Err(HubError::NotAuthorized(
                     "operation not allowed for a client",
@@ -310,10 +309,8 @@ fn create_user(txn: &mut Txn<'_>, now_ms: u64, p: &CreateUser) -> Result<QsRespo
     }
     let user_id = mimi_rm_crypto::ids::random_id();
     let client_id = mimi_rm_crypto::ids::random_id();
-    put(
-        txn,
-        Cf::QsUsers,
-        user_id.to_vec(),
+    txn.put_record(
+        &user_id,
         &UserRecord {
             user_auth_key: p.user_auth_key.clone(),
             friendship_hash: hash,
@@ -321,10 +318,8 @@ fn create_user(txn: &mut Txn<'_>, now_ms: u64, p: &CreateUser) -> Result<QsRespo
         },
     )?;
     txn.put(Cf::QsFriendship, hash.to_vec(), user_id.to_vec());
-    put(
-        txn,
-        Cf::QsClients,
-        client_id.to_vec(),
+    txn.put_record(
+        &client_id,
         &ClientRecord {
             user_id,
             auth_key: p.client_auth_key.clone(),
@@ -336,9 +331,6 @@ fn create_user(txn: &mut Txn<'_>, now_ms: u64, p: &CreateUser) -> Result<QsRespo
     )?;
     Ok(QsResponse::UserCreated(UserCreated { user_id, client_id }))
 }
-
-/// Most clients one pseudonymous user may have.
-pub const MAX_CLIENTS_PER_USER: usize = 64;
 
 fn create_client(
     txn: &mut Txn<'_>,
@@ -356,11 +348,9 @@ fn create_client(
     }
     let client_id = mimi_rm_crypto::ids::random_id();
     user.clients.push(client_id);
-    put(txn, Cf::QsUsers, user_id.to_vec(), &*user)?;
-    put(
-        txn,
-        Cf::QsClients,
-        client_id.to_vec(),
+    txn.put_record(user_id, &*user)?;
+    txn.put_record(
+        &client_id,
         &ClientRecord {
             user_id: *user_id,
             auth_key: p.client_auth_key.clone(),
@@ -386,14 +376,14 @@ fn delete_client(
             txn.delete(cf, k);
         }
     }
-    txn.delete(Cf::QsClients, id.to_vec());
-    if let Some(mut user) = get::<UserRecord>(txn, Cf::QsUsers, &record.user_id)? {
+    txn.delete_record::<ClientRecord>(id);
+    if let Some(mut user) = txn.get_record::<UserRecord>(&record.user_id)? {
         user.clients.retain(|c| c != id);
         if user.clients.is_empty() {
-            txn.delete(Cf::QsUsers, record.user_id.to_vec());
+            txn.delete_record::<UserRecord>(&record.user_id);
             txn.delete(Cf::QsFriendship, user.friendship_hash.to_vec());
         } else {
-            put(txn, Cf::QsUsers, record.user_id.to_vec(), &user)?;
+            txn.put_record(&record.user_id, &user)?;
         }
     }
     Ok(QsResponse::Ok)
@@ -472,37 +462,66 @@ fn rekey(
     let seq = ratchet.next_seq();
     record.ratchet = ratchet.to_bytes().to_vec().into();
     record.last_rekey = Some(LastRekey { fresh_hash, seq });
-    put(txn, Cf::QsClients, client.to_vec(), record)?;
+    txn.put_record(client, record)?;
     Ok(QsResponse::Rekeyed(seq))
 }
 
+/// What one dequeue may touch: the acknowledged entries to delete and the next `max`.
+struct DequeueWindow {
+    /// Every entry below this was deleted by an earlier dequeue.
+    acked_before: u64,
+    /// This request acknowledges (deletes) every entry below this.
+    ack_below: u64,
+    /// The ratchet's next sequence number: entries are `acked_before..next_seq`.
+    next_seq: u64,
+    /// Most messages to return.
+    max: usize,
+}
+
+fn ratchet_of(record: &ClientRecord) -> Result<QueueRatchet, HubError> {
+    QueueRatchet::from_bytes(record.ratchet.as_slice())
+        .map_err(|e| HubError::Internal(format!("stored ratchet: {e}")))
+}
+
+/// Deletes the acknowledged entries and returns the next ones. The scan reads only the
+/// entries it deletes plus one more than it returns (to know whether more remain), never the
+/// whole queue.
 fn dequeue(
     txn: &mut Txn<'_>,
     client: &ClientId,
-    d: &Dequeue,
-    max_fetch: u32,
+    w: DequeueWindow,
 ) -> Result<QsResponse, HubError> {
-    let entries = txn.scan_prefix(Cf::QsQueues, client, usize::MAX)?;
-    let max = d.max.min(max_fetch).min(MAX_DEQUEUE) as usize;
+    let acked = usize::try_from(w.ack_below.saturating_sub(w.acked_before)).unwrap_or(usize::MAX);
+    let scan = acked.saturating_add(w.max).saturating_add(1);
     let mut messages = Vec::new();
-    let mut remaining = 0u64;
-    for (k, v) in entries {
+    let mut more = false;
+    for (k, v) in txn.scan_prefix(Cf::QsQueues, client, scan)? {
         let seq = k
             .get(16..24)
             .and_then(|b| <[u8; 8]>::try_from(b).ok())
             .map(u64::from_be_bytes)
             .ok_or_else(|| HubError::Internal("queue key".into()))?;
-        if seq < d.ack_below {
+        if seq < w.ack_below {
             txn.delete(Cf::QsQueues, k);
-        } else if messages.len() < max {
+        } else if messages.len() < w.max {
             messages.push(QueuedCiphertext {
                 seq,
                 ciphertext: v.into(),
             });
         } else {
-            remaining += 1;
+            more = true;
         }
     }
+    // Queue entries are contiguous up to the ratchet's position, so what is left is counted
+    // without reading it; zero whenever the scan saw nothing beyond this batch.
+    let remaining = if more {
+        w.next_seq
+            .saturating_sub(w.ack_below)
+            .saturating_sub(messages.len() as u64)
+            .max(1)
+    } else {
+        0
+    };
     Ok(QsResponse::Messages(Messages {
         messages,
         remaining,

@@ -5,11 +5,15 @@
 //! deliberately the shape a distributed transactional KV could implement too.
 
 mod locks;
+pub mod mem;
+pub mod record;
 #[cfg(test)]
 mod record_decoding_tests;
 mod rocks;
 
 pub use locks::{KeyLocks, LockSet};
+pub use mem::MemStore;
+pub use record::Record;
 pub use rocks::RocksStore;
 
 use std::collections::HashMap;
@@ -109,15 +113,51 @@ impl Cf {
     }
 }
 
-/// Storage failures; always a server fault, never the client's.
+/// Storage failures; always a server fault, never the client's. The backend's own error type
+/// stays behind a box, so no database type reaches the core.
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
-    /// The database reported an error.
-    #[error("rocksdb: {0}")]
-    Rocks(#[from] rocksdb::Error),
+    /// The database backend reported an error.
+    #[error("storage backend: {0}")]
+    Backend(#[source] Box<dyn std::error::Error + Send + Sync>),
     /// A column family is missing (database opened by an incompatible version).
     #[error("missing column family {0}")]
     MissingCf(&'static str),
+    /// A stored record does not decode as its kind: the data on disk is damaged or was written
+    /// by an incompatible version.
+    #[error("corrupt record in {cf}: {reason}")]
+    Corrupt {
+        /// The column family.
+        cf: &'static str,
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// A record about to be written is larger than its kind allows: a bug, caught before the
+    /// record reaches the disk where it could not be read back.
+    #[error("record for {cf} is {len} bytes, limit {max}")]
+    Oversize {
+        /// The column family.
+        cf: &'static str,
+        /// Its encoded length.
+        len: usize,
+        /// The kind's limit.
+        max: usize,
+    },
+    /// A record could not be encoded (a length beyond what its wire type can express).
+    #[error("record for {cf} does not encode: {reason}")]
+    Encode {
+        /// The column family.
+        cf: &'static str,
+        /// The codec's reason.
+        reason: String,
+    },
+}
+
+impl StoreError {
+    /// Wraps a backend's error.
+    pub fn backend(e: impl std::error::Error + Send + Sync + 'static) -> Self {
+        Self::Backend(Box::new(e))
+    }
 }
 
 /// A key and its value.
@@ -185,9 +225,17 @@ impl<'s> Txn<'s> {
         prefix: &[u8],
         limit: usize,
     ) -> Result<Vec<Entry>, StoreError> {
+        // Each of this transaction's deletes can hide at most one committed entry, so the first
+        // `limit + deletes` committed entries hold at least `limit` survivors when there are
+        // that many: the store is never asked for more than the answer can use.
+        let deletes = self
+            .overlay
+            .iter()
+            .filter(|((c, k), v)| *c == cf && v.is_none() && k.starts_with(prefix))
+            .count();
         let mut merged: std::collections::BTreeMap<Vec<u8>, Vec<u8>> = self
             .store
-            .scan_prefix(cf, prefix, usize::MAX)?
+            .scan_prefix(cf, prefix, limit.saturating_add(deletes))?
             .into_iter()
             .collect();
         for ((c, k), v) in &self.overlay {

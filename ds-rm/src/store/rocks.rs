@@ -20,7 +20,7 @@ impl RocksStore {
         let cfs = Cf::ALL
             .iter()
             .map(|cf| ColumnFamilyDescriptor::new(cf.name(), Options::default()));
-        let db = DB::open_cf_descriptors(&opts, path, cfs)?;
+        let db = DB::open_cf_descriptors(&opts, path, cfs).map_err(StoreError::backend)?;
         Ok(Self { db, sync })
     }
 
@@ -28,7 +28,8 @@ impl RocksStore {
     /// the state as of opening, including the write-ahead log.
     pub fn open_read_only(path: &Path) -> Result<Self, StoreError> {
         let names = Cf::ALL.iter().map(|cf| cf.name());
-        let db = DB::open_cf_for_read_only(&Options::default(), path, names, false)?;
+        let db = DB::open_cf_for_read_only(&Options::default(), path, names, false)
+            .map_err(StoreError::backend)?;
         Ok(Self { db, sync: false })
     }
 
@@ -41,7 +42,9 @@ impl RocksStore {
 
 impl Store for RocksStore {
     fn get(&self, cf: Cf, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
-        Ok(self.db.get_cf(self.handle(cf)?, key)?)
+        self.db
+            .get_cf(self.handle(cf)?, key)
+            .map_err(StoreError::backend)
     }
 
     fn scan_prefix(&self, cf: Cf, prefix: &[u8], limit: usize) -> Result<Vec<Entry>, StoreError> {
@@ -51,7 +54,7 @@ impl Store for RocksStore {
             IteratorMode::From(prefix, rocksdb::Direction::Forward),
         );
         for item in iter {
-            let (k, v) = item?;
+            let (k, v) = item.map_err(StoreError::backend)?;
             if !k.starts_with(prefix) || out.len() >= limit {
                 break;
             }
@@ -70,14 +73,14 @@ impl Store for RocksStore {
         }
         let mut wo = WriteOptions::default();
         wo.set_sync(self.sync);
-        Ok(self.db.write_opt(wb, &wo)?)
+        self.db.write_opt(wb, &wo).map_err(StoreError::backend)
     }
 
     fn dump(&self) -> Result<Vec<CfEntry>, StoreError> {
         let mut out = Vec::new();
         for cf in Cf::ALL {
             for item in self.db.iterator_cf(self.handle(cf)?, IteratorMode::Start) {
-                let (k, v) = item?;
+                let (k, v) = item.map_err(StoreError::backend)?;
                 out.push((cf, k.to_vec(), v.to_vec()));
             }
         }
