@@ -277,209 +277,343 @@ fn print_events(events: &[Event]) {
     }
 }
 
-async fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
-    if let Command::Register { name, mode } = &cli.command {
-        let client = Client::register_in_mode(&cli.dir, &cli.hub, name, None, *mode).await?;
-        println!("registered {} in {}", client.name(), cli.dir.display());
-        println!("{}", client.contact_card()?.to_text()?);
-        return Ok(());
-    }
+/// What a subcommand returns.
+type CliResult = Result<(), Box<dyn std::error::Error>>;
+
+/// Runs one subcommand: the ones that set up a client directory first, then the others on the
+/// client loaded from it.
+async fn run(cli: Cli) -> CliResult {
+    // Commands that create the client directory rather than load it.
     match &cli.command {
-        Command::Device(DeviceCommand::Request { name }) => {
-            let (pending, text) = PendingDevice::request(&cli.dir, &cli.hub, name, None)?;
-            pending.save()?;
-            println!("show this on an existing device (mimi-rm device approve --request …):");
-            println!("{text}");
-            return Ok(());
-        }
+        Command::Register { name, mode } => return register(&cli, name, *mode).await,
+        Command::Device(DeviceCommand::Request { name }) => return device_request(&cli, name),
         Command::Device(DeviceCommand::Complete { grant }) => {
-            let pending = PendingDevice::load(&cli.dir, &cli.hub, None)?;
-            let client = pending.complete(grant).await?;
-            println!(
-                "linked device {} of {}; in {} groups",
-                client
-                    .identity()?
-                    .device
-                    .iter()
-                    .map(|b| format!("{b:02x}"))
-                    .collect::<String>(),
-                client.name(),
-                client.groups().len()
-            );
-            return Ok(());
+            return device_complete(&cli, grant).await;
         }
         _ => {}
     }
     let mut client = Client::load(&cli.dir, &cli.hub)?;
+    let client = &mut client;
     match cli.command {
         Command::Register { .. }
-        | Command::Device(DeviceCommand::Request { .. } | DeviceCommand::Complete { .. }) => {}
-        Command::Connect { handle, domain } => {
-            let domain = domain.unwrap_or_else(|| {
-                client
-                    .contact_card()
-                    .map(|c| c.domain_str())
-                    .unwrap_or_default()
-            });
-            let group = client.connect(&handle, &domain).await?;
-            println!("asked {handle} to connect (group {group}); they see your handle and decide");
-        }
-        Command::Requests => {
-            for r in client.fetch_connection_requests().await? {
-                if let Some(reason) = r.rejected {
-                    println!(
-                        "rejected a request claiming to be {}@{}: {reason}",
-                        r.handle, r.domain
-                    );
-                }
-            }
-            for r in client.pending_connection_requests()? {
-                println!("{}  {}@{} wants to connect", r.id, r.handle, r.domain);
-            }
-        }
-        Command::Accept { id } => {
-            let group = client.accept_connection(&id).await?;
-            println!("connected; conversation group {group}");
-        }
-        Command::Decline { id } => {
-            client.decline_connection(&id)?;
-            println!("declined");
-        }
+        | Command::Device(DeviceCommand::Request { .. } | DeviceCommand::Complete { .. }) => Ok(()),
+        Command::Connect { handle, domain } => connect(client, &handle, domain).await,
+        Command::Requests => requests(client).await,
+        Command::Accept { id } => accept(client, &id).await,
+        Command::Decline { id } => decline(client, &id),
         Command::Device(DeviceCommand::Approve { request }) => {
-            println!("show this on the new device (mimi-rm device complete --grant …):");
-            println!("{}", client.approve_link(&request).await?);
+            device_approve(client, &request).await
         }
-        Command::Device(DeviceCommand::List) => {
-            for d in client.own_devices() {
-                println!("{d}");
+        Command::Device(DeviceCommand::List) => device_list(client),
+        Command::Device(DeviceCommand::Remove { device }) => device_remove(client, &device).await,
+        Command::Users { group } => users(client, &group).await,
+        Command::SetRole { group, leaf, role } => set_role(client, &group, leaf, &role).await,
+        Command::Reinit { group } => reinit(client, &group).await,
+        Command::Recover => recover(client).await,
+        Command::Contact => contact(client),
+        Command::AddContact { card } => add_contact(client, &card),
+        Command::Members { group } => members(client, &group),
+        Command::CreateGroup => create_group(client).await,
+        Command::Invite { group, contact } => invite(client, &group, &contact).await,
+        Command::Send { group, message } => send(client, &group, &message).await,
+        Command::Receive => receive(client).await,
+        Command::Listen { interval } => listen(client, interval).await,
+        Command::Update { group } => update(client, &group).await,
+        Command::Remove { group, leaf } => remove(client, &group, leaf).await,
+        Command::Leave { group } => leave(client, &group).await,
+        Command::Delete { group } => delete(client, &group).await,
+        Command::Resync { group } => resync(client, &group).await,
+        Command::RotateKey { group } => rotate_key(client, &group).await,
+        Command::Reports { group } => reports(client, &group).await,
+        Command::Groups => groups(client),
+    }
+}
+
+/// `register`: creates the client directory with a newly registered handle.
+async fn register(cli: &Cli, name: &str, mode: mimi_rm_protocol::DsMode) -> CliResult {
+    let client = Client::register_in_mode(&cli.dir, &cli.hub, name, None, mode).await?;
+    println!("registered {} in {}", client.name(), cli.dir.display());
+    println!("{}", client.contact_card()?.to_text()?);
+    Ok(())
+}
+
+/// `device request`: starts linking this (new) device.
+fn device_request(cli: &Cli, name: &str) -> CliResult {
+    let (pending, text) = PendingDevice::request(&cli.dir, &cli.hub, name, None)?;
+    pending.save()?;
+    println!("show this on an existing device (mimi-rm device approve --request …):");
+    println!("{text}");
+    Ok(())
+}
+
+/// `device complete`: finishes linking this (new) device with the grant.
+async fn device_complete(cli: &Cli, grant: &str) -> CliResult {
+    let pending = PendingDevice::load(&cli.dir, &cli.hub, None)?;
+    let client = pending.complete(grant).await?;
+    println!(
+        "linked device {} of {}; in {} groups",
+        client
+            .identity()?
+            .device
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect::<String>(),
+        client.name(),
+        client.groups().len()
+    );
+    Ok(())
+}
+
+/// `connect`: asks a user to connect.
+async fn connect(client: &mut Client, handle: &str, domain: Option<String>) -> CliResult {
+    let domain = domain.unwrap_or_else(|| {
+        client
+            .contact_card()
+            .map(|c| c.domain_str())
+            .unwrap_or_default()
+    });
+    let group = client.connect(handle, &domain).await?;
+    println!("asked {handle} to connect (group {group}); they see your handle and decide");
+    Ok(())
+}
+
+/// `requests`: fetches connection requests and lists those waiting for a decision.
+async fn requests(client: &mut Client) -> CliResult {
+    for r in client.fetch_connection_requests().await? {
+        if let Some(reason) = r.rejected {
+            println!(
+                "rejected a request claiming to be {}@{}: {reason}",
+                r.handle, r.domain
+            );
+        }
+    }
+    for r in client.pending_connection_requests()? {
+        println!("{}  {}@{} wants to connect", r.id, r.handle, r.domain);
+    }
+    Ok(())
+}
+
+/// `accept`: accepts a connection request.
+async fn accept(client: &mut Client, id: &str) -> CliResult {
+    let group = client.accept_connection(id).await?;
+    println!("connected; conversation group {group}");
+    Ok(())
+}
+
+/// `decline`: declines a connection request.
+fn decline(client: &mut Client, id: &str) -> CliResult {
+    client.decline_connection(id)?;
+    println!("declined");
+    Ok(())
+}
+
+/// `device approve`: approves a new device's link request.
+async fn device_approve(client: &mut Client, request: &str) -> CliResult {
+    println!("show this on the new device (mimi-rm device complete --grant …):");
+    println!("{}", client.approve_link(request).await?);
+    Ok(())
+}
+
+/// `device list`: lists our user's devices.
+fn device_list(client: &Client) -> CliResult {
+    for d in client.own_devices() {
+        println!("{d}");
+    }
+    Ok(())
+}
+
+/// `device remove`: removes a device of our user everywhere.
+async fn device_remove(client: &mut Client, device: &str) -> CliResult {
+    client.remove_device(device).await?;
+    println!("removed device {device} from every group; your user keys are rotated");
+    Ok(())
+}
+
+/// `users`: shows a group's users with their devices and roles.
+async fn users(client: &Client, group: &str) -> CliResult {
+    let g = GroupHandle::from_hex(group)?;
+    for (handle, devices) in client.user_devices(&g)? {
+        println!("{handle}: devices {}", devices.join(", "));
+    }
+    for u in client.roles(&g).await? {
+        println!("leaves {:?}: {:?}", u.leaves, u.role);
+    }
+    Ok(())
+}
+
+/// `set-role`: makes the user at a leaf an admin or a plain member.
+async fn set_role(client: &mut Client, group: &str, leaf: u32, role: &str) -> CliResult {
+    let role = match role {
+        "admin" => mimi_rm_protocol::ds::Role::Admin,
+        "member" => mimi_rm_protocol::ds::Role::Member,
+        _ => return Err("role must be admin or member".into()),
+    };
+    client
+        .set_role(&GroupHandle::from_hex(group)?, leaf, role)
+        .await?;
+    println!("role set");
+    Ok(())
+}
+
+/// `reinit`: re-initialises a group into a fresh one.
+async fn reinit(client: &mut Client, group: &str) -> CliResult {
+    let new = client.reinit(&GroupHandle::from_hex(group)?).await?;
+    println!("re-initialised into group {new}");
+    Ok(())
+}
+
+/// `recover`: re-enters every group whose local state was lost.
+async fn recover(client: &mut Client) -> CliResult {
+    for g in client.recover_lost_groups().await? {
+        println!("re-entered group {g}");
+    }
+    Ok(())
+}
+
+/// `contact`: prints our contact card.
+fn contact(client: &Client) -> CliResult {
+    println!("{}", client.contact_card()?.to_text()?);
+    Ok(())
+}
+
+/// `add-contact`: accepts someone's contact card.
+fn add_contact(client: &mut Client, card: &str) -> CliResult {
+    let card = ContactCard::from_text(card)?;
+    client.add_contact(&card)?;
+    println!("{} is now a contact", card.handle_str());
+    Ok(())
+}
+
+/// `members`: shows each member of a group with its verified handle.
+fn members(client: &Client, group: &str) -> CliResult {
+    for (leaf, id) in client.member_identities(&GroupHandle::from_hex(group)?)? {
+        match id {
+            MemberIdentity::Verified { handle, device } => {
+                println!("leaf {leaf}: {handle} (device {})", hex::encode(device))
+            }
+            MemberIdentity::Unverified { reason } => {
+                println!("leaf {leaf}: UNVERIFIED ({reason})")
             }
         }
-        Command::Device(DeviceCommand::Remove { device }) => {
-            client.remove_device(&device).await?;
-            println!("removed device {device} from every group; your user keys are rotated");
+    }
+    Ok(())
+}
+
+/// `create-group`: creates a group and prints its id.
+async fn create_group(client: &mut Client) -> CliResult {
+    println!("{}", client.create_group().await?);
+    Ok(())
+}
+
+/// `invite`: adds the owner of a contact card to a group.
+async fn invite(client: &mut Client, group: &str, contact: &str) -> CliResult {
+    let epoch = client
+        .invite(
+            &GroupHandle::from_hex(group)?,
+            &ContactCard::from_text(contact)?,
+        )
+        .await?;
+    println!("invited; group at epoch {epoch}");
+    Ok(())
+}
+
+/// `send`: sends a message to a group.
+async fn send(client: &mut Client, group: &str, message: &str) -> CliResult {
+    client
+        .send(&GroupHandle::from_hex(group)?, message.as_bytes())
+        .await?;
+    println!("sent");
+    Ok(())
+}
+
+/// `receive`: fetches and shows everything that arrived.
+async fn receive(client: &mut Client) -> CliResult {
+    print_events(&client.receive().await?);
+    Ok(())
+}
+
+/// `listen`: keeps receiving every `interval` seconds until interrupted.
+async fn listen(client: &mut Client, interval: u64) -> CliResult {
+    loop {
+        tokio::select! {
+            r = client.receive() => print_events(&r?),
+            _ = tokio::signal::ctrl_c() => return Ok(()),
         }
-        Command::Users { group } => {
-            let g = GroupHandle::from_hex(&group)?;
-            for (handle, devices) in client.user_devices(&g)? {
-                println!("{handle}: devices {}", devices.join(", "));
-            }
-            for u in client.roles(&g).await? {
-                println!("leaves {:?}: {:?}", u.leaves, u.role);
-            }
-        }
-        Command::SetRole { group, leaf, role } => {
-            let role = match role.as_str() {
-                "admin" => mimi_rm_protocol::ds::Role::Admin,
-                "member" => mimi_rm_protocol::ds::Role::Member,
-                _ => return Err("role must be admin or member".into()),
-            };
-            client
-                .set_role(&GroupHandle::from_hex(&group)?, leaf, role)
-                .await?;
-            println!("role set");
-        }
-        Command::Reinit { group } => {
-            let new = client.reinit(&GroupHandle::from_hex(&group)?).await?;
-            println!("re-initialised into group {new}");
-        }
-        Command::Recover => {
-            for g in client.recover_lost_groups().await? {
-                println!("re-entered group {g}");
-            }
-        }
-        Command::Contact => println!("{}", client.contact_card()?.to_text()?),
-        Command::AddContact { card } => {
-            let card = ContactCard::from_text(&card)?;
-            client.add_contact(&card)?;
-            println!("{} is now a contact", card.handle_str());
-        }
-        Command::Members { group } => {
-            for (leaf, id) in client.member_identities(&GroupHandle::from_hex(&group)?)? {
-                match id {
-                    MemberIdentity::Verified { handle, device } => {
-                        println!("leaf {leaf}: {handle} (device {})", hex::encode(device))
-                    }
-                    MemberIdentity::Unverified { reason } => {
-                        println!("leaf {leaf}: UNVERIFIED ({reason})")
-                    }
-                }
-            }
-        }
-        Command::CreateGroup => println!("{}", client.create_group().await?),
-        Command::Invite { group, contact } => {
-            let epoch = client
-                .invite(
-                    &GroupHandle::from_hex(&group)?,
-                    &ContactCard::from_text(&contact)?,
-                )
-                .await?;
-            println!("invited; group at epoch {epoch}");
-        }
-        Command::Send { group, message } => {
-            client
-                .send(&GroupHandle::from_hex(&group)?, message.as_bytes())
-                .await?;
-            println!("sent");
-        }
-        Command::Receive => print_events(&client.receive().await?),
-        Command::Listen { interval } => loop {
-            tokio::select! {
-                r = client.receive() => print_events(&r?),
-                _ = tokio::signal::ctrl_c() => return Ok(()),
-            }
-            tokio::time::sleep(std::time::Duration::from_secs(interval)).await;
-        },
-        Command::Update { group } => {
-            let epoch = client.update(&GroupHandle::from_hex(&group)?).await?;
-            println!("updated; group at epoch {epoch}");
-        }
-        Command::Remove { group, leaf } => {
-            let epoch = client
-                .remove(&GroupHandle::from_hex(&group)?, &[leaf])
-                .await?;
-            println!("removed leaf {leaf}; group at epoch {epoch}");
-        }
-        Command::Leave { group } => {
-            client.leave(&GroupHandle::from_hex(&group)?).await?;
-            println!("leave proposed; another member will commit it");
-        }
-        Command::Delete { group } => {
-            client.delete_group(&GroupHandle::from_hex(&group)?).await?;
-            println!("group deleted");
-        }
-        Command::Resync { group } => {
-            let epoch = client.resync(&GroupHandle::from_hex(&group)?).await?;
-            println!("re-entered; group at epoch {epoch}");
-        }
-        Command::RotateKey { group } => {
-            client
-                .rotate_ear_key(&GroupHandle::from_hex(&group)?)
-                .await?;
-            println!("group state key rotated");
-        }
-        Command::Reports { group } => {
-            let reports = client
-                .commit_reports(&GroupHandle::from_hex(&group)?)
-                .await?;
-            if reports.is_empty() {
-                println!("no reports");
-            }
-            for t in reports {
-                println!(
-                    "leaf {}: {} reported commits, {} reports",
-                    t.leaf, t.reported_commits, t.reports
-                );
-            }
-        }
-        Command::Groups => {
-            for g in client.groups() {
-                println!(
-                    "{g}  you: leaf {}  members: {:?}",
-                    client.own_leaf(&g)?,
-                    client.members(&g)?
-                );
-            }
-        }
+        tokio::time::sleep(std::time::Duration::from_secs(interval)).await;
+    }
+}
+
+/// `update`: refreshes our keys in a group.
+async fn update(client: &mut Client, group: &str) -> CliResult {
+    let epoch = client.update(&GroupHandle::from_hex(group)?).await?;
+    println!("updated; group at epoch {epoch}");
+    Ok(())
+}
+
+/// `remove`: removes a member by leaf index.
+async fn remove(client: &mut Client, group: &str, leaf: u32) -> CliResult {
+    let epoch = client
+        .remove(&GroupHandle::from_hex(group)?, &[leaf])
+        .await?;
+    println!("removed leaf {leaf}; group at epoch {epoch}");
+    Ok(())
+}
+
+/// `leave`: asks to leave a group.
+async fn leave(client: &mut Client, group: &str) -> CliResult {
+    client.leave(&GroupHandle::from_hex(group)?).await?;
+    println!("leave proposed; another member will commit it");
+    Ok(())
+}
+
+/// `delete`: removes everyone and deletes the group.
+async fn delete(client: &mut Client, group: &str) -> CliResult {
+    client.delete_group(&GroupHandle::from_hex(group)?).await?;
+    println!("group deleted");
+    Ok(())
+}
+
+/// `resync`: re-enters a group by external commit.
+async fn resync(client: &mut Client, group: &str) -> CliResult {
+    let epoch = client.resync(&GroupHandle::from_hex(group)?).await?;
+    println!("re-entered; group at epoch {epoch}");
+    Ok(())
+}
+
+/// `rotate-key`: rotates the group's state key.
+async fn rotate_key(client: &mut Client, group: &str) -> CliResult {
+    client
+        .rotate_ear_key(&GroupHandle::from_hex(group)?)
+        .await?;
+    println!("group state key rotated");
+    Ok(())
+}
+
+/// `reports`: shows how often members reported each leaf's commits.
+async fn reports(client: &Client, group: &str) -> CliResult {
+    let reports = client
+        .commit_reports(&GroupHandle::from_hex(group)?)
+        .await?;
+    if reports.is_empty() {
+        println!("no reports");
+    }
+    for t in reports {
+        println!(
+            "leaf {}: {} reported commits, {} reports",
+            t.leaf, t.reported_commits, t.reports
+        );
+    }
+    Ok(())
+}
+
+/// `groups`: lists our groups with our leaf and the members' leaves.
+fn groups(client: &Client) -> CliResult {
+    for g in client.groups() {
+        println!(
+            "{g}  you: leaf {}  members: {:?}",
+            client.own_leaf(&g)?,
+            client.members(&g)?
+        );
     }
     Ok(())
 }

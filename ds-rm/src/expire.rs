@@ -9,7 +9,6 @@ use crate::core::ds::state::{GroupRow, month_of};
 use crate::core::qs::ClientRecord;
 use crate::store::{Cf, Store, Txn};
 use mimi_rm_crypto::ratchet::QueueRatchet;
-use mimi_rm_protocol::decode_exact;
 
 /// What one expiry run removed.
 #[derive(Debug, Default, PartialEq, Eq)]
@@ -27,8 +26,7 @@ pub fn expire(store: &dyn Store, idle_months: u32, now_ms: u64) -> Result<Expire
     let mut out = Expired::default();
     let mut txn = Txn::new(store);
     for (key, value) in store.scan_prefix(Cf::DsGroups, b"", usize::MAX)? {
-        let row: GroupRow = decode_exact(&value, 64 << 20)
-            .map_err(|e| HubError::Internal(format!("stored row: {e}")))?;
+        let row: GroupRow = crate::store::record::decode(&value)?;
         if row.activity_month < cutoff {
             crate::core::ds::removals::drop_tombstones(&mut txn, &key)?;
             txn.delete(Cf::DsRouting, key.clone());
@@ -52,12 +50,12 @@ pub fn expire(store: &dyn Store, idle_months: u32, now_ms: u64) -> Result<Expire
         // Everything up to the ratchet's position now counts as gone, so the queue is empty
         // for the length limit too.
         let ratchet = QueueRatchet::from_bytes(record.ratchet.as_slice())
-            .map_err(|e| HubError::Internal(format!("stored ratchet: {e}")))?;
+            .map_err(|e| HubError::corrupt("queue ratchet", e))?;
         record.acked_below = ratchet.next_seq();
         let id: [u8; 16] = id
             .as_slice()
             .try_into()
-            .map_err(|_| HubError::Internal("client id is not 16 bytes".into()))?;
+            .map_err(|_| HubError::corrupt("qs_clients", "client id is not 16 bytes"))?;
         txn.put_record(&id, &record)?;
     }
     txn.commit()?;

@@ -2,6 +2,7 @@
 //! worker that delivers fan-out for their members. All decisions live in `core::federation`.
 
 use crate::config::Config;
+use crate::core::FederationError as PeerError;
 use crate::core::{Hub, HubError};
 use mimi_rm_crypto::sign::VerifyingKey;
 use mimi_rm_protocol::federation::VerificationKey;
@@ -85,7 +86,7 @@ impl Peers {
         if self.open && valid {
             Ok(format!("https://{domain}"))
         } else {
-            Err(HubError::NotAPeer)
+            Err(HubError::Federation(PeerError::NotAPeer))
         }
     }
 
@@ -103,16 +104,17 @@ impl Peers {
             .body(body)
             .send()
             .await
-            .map_err(|e| HubError::PeerUnavailable(format!("{domain}: {e}")))?;
+            .map_err(|e| {
+                HubError::Federation(PeerError::PeerUnavailable(format!("{domain}: {e}")))
+            })?;
         let status = resp.status().as_u16();
-        let bytes = resp
-            .bytes()
-            .await
-            .map_err(|e| HubError::PeerUnavailable(format!("{domain}: {e}")))?;
+        let bytes = resp.bytes().await.map_err(|e| {
+            HubError::Federation(PeerError::PeerUnavailable(format!("{domain}: {e}")))
+        })?;
         if bytes.len() > MAX_PEER_RESPONSE {
-            return Err(HubError::PeerUnavailable(format!(
+            return Err(HubError::Federation(PeerError::PeerUnavailable(format!(
                 "{domain}: response too large"
-            )));
+            ))));
         }
         Ok((status, bytes.to_vec()))
     }
@@ -127,27 +129,32 @@ impl Peers {
             .get(format!("{}{}", self.url(domain)?, paths::VERIFICATION_KEY))
             .send()
             .await
-            .map_err(|e| HubError::PeerUnavailable(format!("{domain}: {e}")))?;
+            .map_err(|e| {
+                HubError::Federation(PeerError::PeerUnavailable(format!("{domain}: {e}")))
+            })?;
         if !resp.status().is_success() {
-            return Err(HubError::PeerUnavailable(format!(
+            return Err(HubError::Federation(PeerError::PeerUnavailable(format!(
                 "{domain}: verification key status {}",
                 resp.status()
-            )));
+            ))));
         }
-        let bytes = resp
-            .bytes()
-            .await
-            .map_err(|e| HubError::PeerUnavailable(format!("{domain}: {e}")))?;
-        let vk: VerificationKey = decode_exact(&bytes, 1024)
-            .map_err(|e| HubError::PeerUnavailable(format!("{domain}: bad key: {e}")))?;
+        let bytes = resp.bytes().await.map_err(|e| {
+            HubError::Federation(PeerError::PeerUnavailable(format!("{domain}: {e}")))
+        })?;
+        let vk: VerificationKey = decode_exact(&bytes, 1024).map_err(|e| {
+            HubError::Federation(PeerError::PeerUnavailable(format!(
+                "{domain}: bad key: {e}"
+            )))
+        })?;
         // The key must speak for the domain we asked about (TLS authenticated the host).
         if vk.domain.as_slice() != domain.as_bytes() {
-            return Err(HubError::PeerUnavailable(format!(
+            return Err(HubError::Federation(PeerError::PeerUnavailable(format!(
                 "{domain}: key names another domain"
-            )));
+            ))));
         }
-        let key = VerifyingKey::from_bytes(vk.key.as_slice())
-            .map_err(|_| HubError::PeerUnavailable(format!("{domain}: bad key")))?;
+        let key = VerifyingKey::from_bytes(vk.key.as_slice()).map_err(|_| {
+            HubError::Federation(PeerError::PeerUnavailable(format!("{domain}: bad key")))
+        })?;
         if let Ok(mut keys) = self.keys.lock() {
             keys.insert(domain.to_owned(), key.clone());
         }
@@ -168,7 +175,7 @@ pub async fn run_outbox(hub: Arc<Hub>, peers: Arc<Peers>) {
         let h = hub.clone();
         let domains = tokio::task::spawn_blocking(move || h.outbox_domains())
             .await
-            .unwrap_or_else(|e| Err(HubError::Internal(e.to_string())));
+            .unwrap_or_else(|e| Err(HubError::Bug(e.to_string())));
         let domains = match domains {
             Ok(d) => d,
             Err(e) => {
@@ -217,7 +224,7 @@ async fn deliver_batch(hub: &Arc<Hub>, peers: &Peers, domain: &str) -> Result<us
         Ok::<_, HubError>((batch, body))
     })
     .await
-    .map_err(|e| HubError::Internal(e.to_string()))?;
+    .map_err(|e| HubError::Bug(e.to_string()))?;
     let (batch, body) = batch?;
     if batch.items.is_empty() {
         return Ok(0);
@@ -227,13 +234,15 @@ async fn deliver_batch(hub: &Arc<Hub>, peers: &Peers, domain: &str) -> Result<us
         let detail = decode_exact::<mimi_rm_protocol::ErrorResponse>(&resp, 64 * 1024)
             .map(|r| r.to_string())
             .unwrap_or_else(|_| format!("status {status}"));
-        return Err(HubError::PeerUnavailable(format!("{domain}: {detail}")));
+        return Err(HubError::Federation(PeerError::PeerUnavailable(format!(
+            "{domain}: {detail}"
+        ))));
     }
     let n = batch.items.len();
     let h = hub.clone();
     tokio::task::spawn_blocking(move || h.outbox_delivered(&batch))
         .await
-        .map_err(|e| HubError::Internal(e.to_string()))??;
+        .map_err(|e| HubError::Bug(e.to_string()))??;
     tracing::debug!(peer = %domain, items = n, "delivered to peer");
     Ok(n)
 }

@@ -1,6 +1,7 @@
 //! The axum shell: decode nothing, call the core on a blocking thread, map errors to statuses.
 
 use crate::core::{ClientRequest, Hub, HubError, Route};
+use crate::core::{FederationError, RequestError};
 use crate::federation::Peers;
 use crate::privacy_pass::{PresentedVerified, admission};
 use axum::Extension;
@@ -100,7 +101,7 @@ async fn auth_service(State(app): State<App>, token: Token, body: Body) -> Respo
 async fn verification_key(State(app): State<App>) -> Response {
     match encode(&app.hub.verification_key()) {
         Ok(body) => ok(body),
-        Err(e) => error_response(&HubError::Internal(e.to_string())),
+        Err(e) => error_response(&HubError::Bug(e.to_string())),
     }
 }
 
@@ -121,10 +122,14 @@ async fn federation_proxy(State(app): State<App>, token: Token, body: Body) -> R
         Err(r) => return r,
     };
     let hub = app.hub.clone();
-    let target = match tokio::task::spawn_blocking(move || hub.proxy_target(&bytes, crate::now_ms())).await {
+    let target = match tokio::task::spawn_blocking(move || {
+        hub.proxy_target(&bytes, crate::now_ms())
+    })
+    .await
+    {
         Ok(Ok(t)) => t,
         Ok(Err(e)) => return error_response(&e),
-        Err(join) => return error_response(&HubError::Internal(join.to_string())),
+        Err(join) => return error_response(&HubError::Bug(join.to_string())),
     };
     let admission = admission(token.map(|Extension(t)| t));
     if let Err(r) = admit_forward(&app, &target.domain, target.request, admission).await {
@@ -147,20 +152,16 @@ async fn admit_forward(
             .map(|_| ())
             .map_err(|e| error_response(&e))?,
         None => {
-            return Err(error_response(&HubError::PeerUnavailable(
-                "federation is off".into(),
+            return Err(error_response(&HubError::Federation(
+                FederationError::PeerUnavailable("federation is off".into()),
             )));
         }
     }
     let hub = app.hub.clone();
-    match tokio::task::spawn_blocking(move || {
-        hub.admit_forward(&request, &admission)
-    })
-    .await
-    {
+    match tokio::task::spawn_blocking(move || hub.admit_forward(&request, &admission)).await {
         Ok(Ok(())) => Ok(()),
         Ok(Err(e)) => Err(error_response(&e)),
-        Err(join) => Err(error_response(&HubError::Internal(join.to_string()))),
+        Err(join) => Err(error_response(&HubError::Bug(join.to_string()))),
     }
 }
 
@@ -174,7 +175,9 @@ async fn s2s(app: App, deliver: bool, body: Body) -> Response {
         Err(e) => return error_response(&e),
     };
     let Some(peers) = app.peers.clone() else {
-        return error_response(&HubError::PeerUnavailable("federation is off".into()));
+        return error_response(&HubError::Federation(FederationError::PeerUnavailable(
+            "federation is off".into(),
+        )));
     };
     let sender = String::from_utf8_lossy(env.tbs.sender_domain.as_slice()).into_owned();
     // Cached key first; if it does not verify, the peer may have rotated: fetch once more.
@@ -189,19 +192,21 @@ async fn s2s(app: App, deliver: bool, body: Body) -> Response {
         })
         .await;
         match result {
-            Ok(Err(HubError::InvalidSignature)) if !refresh => continue,
+            Ok(Err(HubError::Request(RequestError::InvalidSignature))) if !refresh => continue,
             Ok(Ok(body)) => return ok(body),
             Ok(Err(e)) => return error_response(&e),
-            Err(join) => return error_response(&HubError::Internal(join.to_string())),
+            Err(join) => return error_response(&HubError::Bug(join.to_string())),
         }
     }
-    error_response(&HubError::InvalidSignature)
+    error_response(&HubError::Request(RequestError::InvalidSignature))
 }
 
 /// Forwards a signed envelope to `domain` and answers with its status and body unchanged.
 async fn relay(app: &App, domain: &str, envelope: Vec<u8>) -> Response {
     let Some(peers) = &app.peers else {
-        return error_response(&HubError::PeerUnavailable("federation is off".into()));
+        return error_response(&HubError::Federation(FederationError::PeerUnavailable(
+            "federation is off".into(),
+        )));
     };
     match peers
         .post(domain, paths::FEDERATION_FORWARD, envelope)
@@ -233,8 +238,8 @@ pub(crate) async fn read_body(hub: &Hub, body: Body) -> Result<Bytes, Response> 
     let read = tokio::time::timeout(timeout, axum::body::to_bytes(body, hub.config().max_body));
     let result = match read.await {
         Ok(Ok(b)) => Ok(b),
-        Ok(Err(_)) => Err(HubError::TooLarge),
-        Err(_) => Err(HubError::Timeout),
+        Ok(Err(_)) => Err(HubError::Request(RequestError::TooLarge)),
+        Err(_) => Err(HubError::Request(RequestError::Timeout)),
     };
     result.map_err(|e| {
         hub.metrics.errors.fetch_add(1, Relaxed);
@@ -310,7 +315,7 @@ async fn dispatch(app: App, endpoint: TransactionType, token: Token, body: Body)
         Ok(Err(e)) => error_response(&e),
         Err(join) => {
             tracing::error!(error = %join, "request task failed");
-            error_response(&HubError::Internal("task failed".into()))
+            error_response(&HubError::Bug("task failed".into()))
         }
     }
 }

@@ -6,6 +6,7 @@
 //! needs one and records the spend in the request's own write batch. On the way out it adds the
 //! `WWW-Authenticate: PrivateToken` challenges to every 401.
 
+use crate::core::TokenError as Refusal;
 use crate::core::tokens::{Admission, VerifiedToken};
 use crate::core::{Hub, HubError};
 use axum::body::Body;
@@ -27,8 +28,8 @@ pub fn admission(token: Option<PresentedVerified>) -> Admission {
 
 fn token_error(e: TokenError) -> HubError {
     match e {
-        TokenError::Malformed(what) => HubError::TokenMalformed(what.to_owned()),
-        TokenError::WrongType(t) => HubError::TokenWrongType(t),
+        TokenError::Malformed(what) => HubError::Token(Refusal::Malformed(what.to_owned())),
+        TokenError::WrongType(t) => HubError::Token(Refusal::WrongType(t)),
     }
 }
 
@@ -39,7 +40,7 @@ fn verify_header(hub: &Hub, headers: &HeaderMap) -> Result<Option<VerifiedToken>
     };
     let text = value
         .to_str()
-        .map_err(|_| HubError::TokenMalformed("header is not ASCII".into()))?;
+        .map_err(|_| HubError::Token(Refusal::Malformed("header is not ASCII".into())))?;
     let token = PresentedToken::from_authorization(text).map_err(token_error)?;
     hub.tokens().verify(&token, crate::now_ms()).map(Some)
 }
@@ -106,7 +107,7 @@ pub async fn issue(State(hub): State<Arc<Hub>>, headers: HeaderMap, body: Body) 
         )
             .into_response(),
         Ok(Err(e)) => crate::http::error_response(&e),
-        Err(join) => crate::http::error_response(&HubError::Internal(join.to_string())),
+        Err(join) => crate::http::error_response(&HubError::Bug(join.to_string())),
     }
 }
 
@@ -131,10 +132,10 @@ pub async fn directory(State(hub): State<Arc<Hub>>) -> Response {
                 body,
             )
                 .into_response(),
-            Err(e) => crate::http::error_response(&HubError::Internal(e.to_string())),
+            Err(e) => crate::http::error_response(&HubError::Bug(e.to_string())),
         },
         Ok(Err(e)) => crate::http::error_response(&e),
-        Err(join) => crate::http::error_response(&HubError::Internal(join.to_string())),
+        Err(join) => crate::http::error_response(&HubError::Bug(join.to_string())),
     }
 }
 

@@ -7,6 +7,8 @@
 //! contact card under the offer's friendship key) or decline (forget the offer). Both hubs see
 //! only pseudonymous group traffic; the responder's AS sees that someone asked, not who.
 
+use super::join::ExternalEntry;
+use super::requests::{anonymous_as, signed_as};
 use super::{Client, Event, GroupHandle, b32, encoded, now_ms};
 use crate::contact::ContactCard;
 use crate::error::ClientError;
@@ -68,7 +70,7 @@ impl Client {
             keys.insert(hash, hex::encode(kp.private.as_bytes()));
             packages.push(package);
         }
-        let req = super::signed_as(
+        let req = signed_as(
             &client_key,
             self.identity()?,
             AsOperation::PublishConnectionPackages(packages),
@@ -99,7 +101,7 @@ impl Client {
         let op = AsOperation::FetchConnectionPackage(handle.as_bytes().to_vec().into());
         let AsResponse::ConnectionPackage(package) = self
             .transport
-            .auth_at(&self.state.domain, domain, &super::anonymous_as(op))
+            .auth_at(&self.state.domain, domain, &anonymous_as(op))
             .await?
         else {
             return Err(ClientError::Unexpected("expected a connection package"));
@@ -138,7 +140,7 @@ impl Client {
             request,
         });
         self.transport
-            .auth_at(&self.state.domain, domain, &super::anonymous_as(op))
+            .auth_at(&self.state.domain, domain, &anonymous_as(op))
             .await?;
         self.state.pending_connections.insert(
             hex::encode(&group.0),
@@ -158,7 +160,7 @@ impl Client {
         &mut self,
     ) -> Result<Vec<IncomingConnection>, ClientError> {
         let client_key = SigningKey::from_bytes(&unhex(&self.state.client_key)?)?;
-        let req = super::signed_as(
+        let req = signed_as(
             &client_key,
             self.identity()?,
             AsOperation::FetchConnectionRequests,
@@ -326,7 +328,7 @@ impl Client {
             DsOperation::JoinConnectionGroup(bundle),
             None,
         )?;
-        let entered = super::ExternalEntry {
+        let entered = ExternalEntry {
             mls,
             signer,
             sek,

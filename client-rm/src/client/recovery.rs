@@ -8,7 +8,8 @@
 //! hub's current public state, keeping its signature key and credential. The hub orders these
 //! resync commits like any other; losers of a race rebuild on the new epoch.
 
-use super::{Client, Event, GroupHandle, join_config};
+use super::join::{join_config, parse_group_info};
+use super::{Client, Event, GroupHandle};
 use crate::error::ClientError;
 use crate::provider::ClientProvider;
 use mimi_rm_crypto::ear::EarKey;
@@ -175,7 +176,7 @@ impl Client {
         signer: &SignatureKeyPair,
         aad: Vec<u8>,
     ) -> Result<(MlsGroup, CommitBundle), ClientError> {
-        let vgi = super::parse_group_info(info.group_info.as_slice())?;
+        let vgi = parse_group_info(info.group_info.as_slice())?;
         if vgi.group_id().as_slice() != group.0.as_slice() {
             return Err(ClientError::Unexpected("GroupInfo of another group"));
         }

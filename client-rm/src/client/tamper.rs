@@ -5,7 +5,9 @@
 //! holders of the epoch secrets can check. This is the threat the report-and-resync protocol
 //! answers; the tests use it to prove the group heals.
 
-use super::{Client, GroupHandle, Plan};
+use super::commit::Plan;
+use super::membership::InviteMode;
+use super::{Client, GroupHandle};
 use crate::error::ClientError;
 use mimi_rm_protocol::ds::DsOperation;
 use openmls::prelude::{SignContent, tls_codec::Serialize as _};
@@ -125,7 +127,7 @@ impl Client {
     ) -> Result<u64, ClientError> {
         self.ensure_user_key(group).await?;
         let (kps, added, _) = self
-            .fetch_add_packages_of(group, contact, None, super::InviteMode::Checked)
+            .fetch_add_packages_of(group, contact, None, InviteMode::Checked)
             .await?;
         let added = added
             .into_iter()
@@ -134,8 +136,7 @@ impl Client {
                 ..a
             })
             .collect();
-        self.commit(group, super::Plan::AddClients(kps, added))
-            .await
+        self.commit(group, Plan::AddClients(kps, added)).await
     }
 
     /// Adds a contact's clients without checking their credentials (a colluding member).
@@ -144,7 +145,7 @@ impl Client {
         group: &GroupHandle,
         contact: &crate::ContactCard,
     ) -> Result<u64, ClientError> {
-        self.invite_with(group, contact, super::InviteMode::Unchecked)
+        self.invite_with(group, contact, InviteMode::Unchecked)
             .await
     }
 
@@ -154,7 +155,7 @@ impl Client {
         group: &GroupHandle,
         contact: &crate::ContactCard,
     ) -> Result<u64, ClientError> {
-        self.invite_with(group, contact, super::InviteMode::WithoutMaterial)
+        self.invite_with(group, contact, InviteMode::WithoutMaterial)
             .await
     }
 

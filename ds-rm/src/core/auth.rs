@@ -14,6 +14,7 @@
 use crate::core::HubError;
 use crate::core::connections;
 use crate::core::replay::ReplayGuard;
+use crate::core::{IdentityError, RequestError};
 use crate::store::{Cf, Record, Store, Txn};
 use mimi_rm_crypto::sign::SigningKey;
 use mimi_rm_protocol::auth::{
@@ -87,9 +88,8 @@ pub struct AsKeys {
 }
 
 fn internal(e: impl std::fmt::Display) -> HubError {
-    HubError::Internal(e.to_string())
+    HubError::Bug(e.to_string())
 }
-
 
 /// The signing key of a stored seed, checked against the public key its credential names.
 fn matching_key(
@@ -99,7 +99,10 @@ fn matching_key(
 ) -> Result<SigningKey, HubError> {
     let key = SigningKey::from_bytes(seed).map_err(internal)?;
     if key.verifying_key().as_bytes().as_slice() != public_key.as_slice() {
-        return Err(HubError::Internal(format!("AS {what} key does not match")));
+        return Err(HubError::corrupt(
+            "as_keys",
+            format!("AS {what} key does not match"),
+        ));
     }
     Ok(key)
 }
@@ -152,7 +155,10 @@ impl AsKeys {
     pub fn load_or_create(store: &dyn Store, domain: &str, now_s: u64) -> Result<Self, HubError> {
         let mut txn = Txn::new(store);
         let (root_key, root) = match txn.get_record::<StoredRoot>(ROOT_RECORD)? {
-            Some(r) => (matching_key(&r.seed, &r.credential.tbs.public_key, "root")?, r.credential),
+            Some(r) => (
+                matching_key(&r.seed, &r.credential.tbs.public_key, "root")?,
+                r.credential,
+            ),
             None => create_root(&mut txn, domain, now_s)?,
         };
         let existing = match txn.get_record::<StoredIntermediate>(INTERMEDIATE_RECORD)? {
@@ -212,14 +218,18 @@ impl AsContext<'_> {
 /// be confused through Unicode look-alikes or case.
 pub fn validate_handle(handle: &[u8]) -> Result<(), HubError> {
     if handle.is_empty() {
-        return Err(HubError::InvalidHandle("empty"));
+        return Err(HubError::Identity(IdentityError::InvalidHandle("empty")));
     }
     if handle.len() > MAX_HANDLE_LEN {
-        return Err(HubError::InvalidHandle("longer than 64 characters"));
+        return Err(HubError::Identity(IdentityError::InvalidHandle(
+            "longer than 64 characters",
+        )));
     }
     let allowed = |b: &u8| b.is_ascii_lowercase() || b.is_ascii_digit() || b"._-".contains(b);
     if !handle.iter().all(allowed) {
-        return Err(HubError::InvalidHandle("characters outside [a-z0-9._-]"));
+        return Err(HubError::Identity(IdentityError::InvalidHandle(
+            "characters outside [a-z0-9._-]",
+        )));
     }
     Ok(())
 }
@@ -255,10 +265,10 @@ fn store_user(txn: &mut Txn<'_>, handle: &[u8], record: &AsUserRecord) -> Result
 /// Proof of possession of the CSR key; a key that is not an Ed25519 point is a bad request.
 fn verify_csr(csr: &ClientCredentialCsr) -> Result<(), HubError> {
     csr.verify().map_err(|e| match e {
-        CredentialError::Malformed(_) => {
-            HubError::InvalidRequest("CSR public key is not an Ed25519 key")
-        }
-        _ => HubError::InvalidSignature,
+        CredentialError::Malformed(_) => HubError::Request(RequestError::Invalid(
+            "CSR public key is not an Ed25519 key",
+        )),
+        _ => HubError::Request(RequestError::InvalidSignature),
     })
 }
 
@@ -267,7 +277,7 @@ fn issue(ctx: &AsContext<'_>, csr: &ClientCredentialCsr) -> Result<ClientCredent
     let now = ctx.now_s();
     let limit = ctx.keys.intermediate.tbs.expiration;
     if !limit.contains(now) {
-        return Err(HubError::Internal(
+        return Err(HubError::Bug(
             "AS intermediate credential expired; restart the hub to rotate it".into(),
         ));
     }
@@ -280,7 +290,7 @@ fn issue(ctx: &AsContext<'_>, csr: &ClientCredentialCsr) -> Result<ClientCredent
         expiration,
     )
     .map_err(|e| match e {
-        CredentialError::BadSignature(_) => HubError::InvalidSignature,
+        CredentialError::BadSignature(_) => HubError::Request(RequestError::InvalidSignature),
         other => internal(other),
     })
 }
@@ -295,9 +305,9 @@ pub fn process(
     match (&req.tbs.sender, &req.tbs.operation) {
         (AsSender::Anonymous, op) => {
             if !req.signature.as_slice().is_empty() {
-                return Err(HubError::InvalidRequest(
+                return Err(HubError::Request(RequestError::Invalid(
                     "anonymous requests carry no signature",
-                ));
+                )));
             }
             match op {
                 AsOperation::RegisterUser(csr) => register_user(ctx, txn, csr),
@@ -310,15 +320,17 @@ pub fn process(
                 AsOperation::SendConnectionRequest(r) => {
                     validate_handle(r.handle.as_slice())?;
                     if load_user(txn, r.handle.as_slice())?.is_none() {
-                        return Err(HubError::UnknownUser);
+                        return Err(HubError::Identity(IdentityError::UnknownUser));
                     }
                     connections::leave_request(txn, r.handle.as_slice(), r.device, &r.request)
                 }
                 AsOperation::AddClient(_)
                 | AsOperation::PublishConnectionPackages(_)
-                | AsOperation::FetchConnectionRequests => Err(HubError::NotAuthorized(
-                    "this operation needs a signed request from a client of the user",
-                )),
+                | AsOperation::FetchConnectionRequests => {
+                    Err(HubError::Request(RequestError::NotAuthorized(
+                        "this operation needs a signed request from a client of the user",
+                    )))
+                }
             }
         }
         (AsSender::Client(id), op) => {
@@ -331,9 +343,9 @@ pub fn process(
                 AsOperation::FetchConnectionRequests => {
                     connections::take_requests(txn, id.handle.as_slice(), id.device)
                 }
-                _ => Err(HubError::NotAuthorized(
+                _ => Err(HubError::Request(RequestError::NotAuthorized(
                     "operation is anonymous; a client may not sign it",
-                )),
+                ))),
             }
         }
     }
@@ -346,14 +358,15 @@ fn authenticate_client(
     req: &AsRequest,
     sender: &ClientIdentity,
 ) -> Result<ClientCredential, HubError> {
-    let record = load_user(txn, sender.handle.as_slice())?.ok_or(HubError::UnknownUser)?;
+    let record = load_user(txn, sender.handle.as_slice())?
+        .ok_or(HubError::Identity(IdentityError::UnknownUser))?;
     let current = record
         .clients
         .into_iter()
         .find(|c| c.tbs.identity == *sender)
-        .ok_or(HubError::UnknownUser)?;
+        .ok_or(HubError::Identity(IdentityError::UnknownUser))?;
     if !current.tbs.expiration.contains(ctx.now_s()) {
-        return Err(HubError::ExpiredCredential);
+        return Err(HubError::Identity(IdentityError::ExpiredCredential));
     }
     current
         .verifying_key()
@@ -363,7 +376,7 @@ fn authenticate_client(
             &signed_bytes(&req.tbs)?,
             req.signature.as_slice(),
         )
-        .map_err(|_| HubError::InvalidSignature)?;
+        .map_err(|_| HubError::Request(RequestError::InvalidSignature))?;
     ctx.replay
         .check_and_record(req.signature.as_slice(), req.tbs.timestamp_ms, ctx.now_ms)?;
     Ok(current)
@@ -378,7 +391,7 @@ fn register_user(
     let handle = csr.tbs.identity.handle.as_slice();
     validate_handle(handle)?;
     if txn.get(Cf::AsUsers, handle)?.is_some() {
-        return Err(HubError::HandleTaken);
+        return Err(HubError::Identity(IdentityError::HandleTaken));
     }
     let credential = issue(ctx, csr)?;
     store_user(
@@ -398,11 +411,12 @@ fn add_client(
     csr: &ClientCredentialCsr,
 ) -> Result<AsResponse, HubError> {
     let now = ctx.now_s();
-    let mut record = load_user(txn, sender.handle.as_slice())?.ok_or(HubError::UnknownUser)?;
+    let mut record = load_user(txn, sender.handle.as_slice())?
+        .ok_or(HubError::Identity(IdentityError::UnknownUser))?;
     if csr.tbs.identity.handle != sender.handle {
-        return Err(HubError::NotAuthorized(
+        return Err(HubError::Request(RequestError::NotAuthorized(
             "a client may only add clients of its own user",
-        ));
+        )));
     }
     verify_csr(csr)?;
     let credential = issue(ctx, csr)?;
@@ -411,7 +425,9 @@ fn add_client(
         .clients
         .retain(|c| c.tbs.expiration.contains(now) && c.tbs.identity != csr.tbs.identity);
     if record.clients.len() >= MAX_CLIENTS_PER_USER {
-        return Err(HubError::LimitExceeded("clients per user"));
+        return Err(HubError::Request(RequestError::LimitExceeded(
+            "clients per user",
+        )));
     }
     record.clients.push(credential.clone());
     store_user(txn, sender.handle.as_slice(), &record)?;
@@ -420,7 +436,7 @@ fn add_client(
 
 fn user_clients(ctx: &AsContext<'_>, txn: &Txn<'_>, handle: &[u8]) -> Result<AsResponse, HubError> {
     validate_handle(handle)?;
-    let record = load_user(txn, handle)?.ok_or(HubError::UnknownUser)?;
+    let record = load_user(txn, handle)?.ok_or(HubError::Identity(IdentityError::UnknownUser))?;
     let now = ctx.now_s();
     Ok(AsResponse::UserClients(
         record
@@ -535,7 +551,7 @@ mod tests {
                 &replay,
                 &anon(AsOperation::RegisterUser(csr(&k, "alice", 2)))
             ),
-            Err(HubError::HandleTaken)
+            Err(HubError::Identity(IdentityError::HandleTaken))
         ));
         assert_eq!(
             run(
@@ -614,7 +630,7 @@ mod tests {
         let before = store.dump().unwrap();
         assert!(matches!(
             run(&store, &keys, &replay, &req),
-            Err(HubError::InvalidRequest(_))
+            Err(HubError::Request(RequestError::LimitExceeded(_)))
         ));
         assert_eq!(store.dump().unwrap(), before);
     }
@@ -627,7 +643,7 @@ mod tests {
         for bad in ["", "Alice", "al ice", "ali\u{e7}e", &"x".repeat(65), "a/b"] {
             assert!(matches!(
                 validate_handle(bad.as_bytes()),
-                Err(HubError::InvalidHandle(_))
+                Err(HubError::Identity(IdentityError::InvalidHandle(_)))
             ));
         }
     }

@@ -7,6 +7,7 @@
 //! Fetching the inbox deletes it.
 
 use crate::core::HubError;
+use crate::core::{IdentityError, RequestError};
 use crate::store::{Cf, Record, Txn, record};
 use mimi_rm_protocol::auth::AsResponse;
 use mimi_rm_protocol::connection::{ConnectionPackage, ConnectionRequest};
@@ -72,25 +73,30 @@ pub fn publish(
     now_s: u64,
 ) -> Result<AsResponse, HubError> {
     if packages.is_empty() || packages.len() > MAX_PACKAGES_PER_CLIENT {
-        return Err(HubError::InvalidRequest(
+        return Err(HubError::Request(RequestError::Invalid(
             "publish between 1 and 100 connection packages",
-        ));
+        )));
     }
     for p in packages {
         if p.tbs.client_credential != *sender {
-            return Err(HubError::NotAuthorized(
+            return Err(HubError::Request(RequestError::NotAuthorized(
                 "a client publishes packages under its own credential only",
-            ));
+            )));
         }
-        p.verify(None, now_s)
-            .map_err(|_| HubError::InvalidRequest("connection package does not verify"))?;
+        p.verify(None, now_s).map_err(|_| {
+            HubError::Request(RequestError::Invalid("connection package does not verify"))
+        })?;
         if p.tbs.expiration.not_after.saturating_sub(now_s) > MAX_PACKAGE_LIFETIME_SECS {
-            return Err(HubError::InvalidRequest(
+            return Err(HubError::Request(RequestError::Invalid(
                 "connection package lives too long",
-            ));
+            )));
         }
         mimi_rm_crypto::hpke_seal::HpkePublicKey::from_bytes(p.tbs.encryption_key.as_slice())
-            .map_err(|_| HubError::InvalidRequest("connection package key is not X25519"))?;
+            .map_err(|_| {
+                HubError::Request(RequestError::Invalid(
+                    "connection package key is not X25519",
+                ))
+            })?;
     }
     let handle = sender.tbs.identity.handle.as_slice();
     let device = sender.tbs.identity.device;
@@ -115,7 +121,7 @@ pub fn fetch_package(txn: &mut Txn<'_>, handle: &[u8], now_s: u64) -> Result<AsR
     // The device with the most packages left serves this request.
     let Some(d) = record.devices.iter_mut().max_by_key(|d| d.packages.len()) else {
         store(txn, handle, &record)?;
-        return Err(HubError::UnknownUser);
+        return Err(HubError::Identity(IdentityError::UnknownUser));
     };
     let package = if d.packages.len() > 1 {
         d.packages.remove(0)
@@ -148,11 +154,13 @@ pub fn leave_request(
         .len()
         >= MAX_PENDING_REQUESTS
     {
-        return Err(HubError::LimitExceeded("pending connection requests"));
+        return Err(HubError::Request(RequestError::LimitExceeded(
+            "pending connection requests",
+        )));
     }
     let mut key = inbox_prefix(handle, device);
     key.extend_from_slice(&mimi_rm_crypto::ids::random_id());
-    let bytes = encode(request).map_err(|e| HubError::Internal(e.to_string()))?;
+    let bytes = encode(request).map_err(|e| HubError::Bug(e.to_string()))?;
     txn.put(Cf::AsConnectionRequests, key, bytes);
     Ok(AsResponse::Ok)
 }

@@ -4,11 +4,12 @@
 use crate::core::HubError;
 use crate::core::qs;
 use crate::core::replay::ReplayGuard;
+use crate::core::{FederationError, RequestError};
 use crate::store::{Cf, Record, Txn, record};
 use mimi_rm_crypto::sign::{SigningKey, VerifyingKey};
+use mimi_rm_protocol::encode;
 use mimi_rm_protocol::federation::*;
 use mimi_rm_protocol::queue::QueueRef;
-use mimi_rm_protocol::encode;
 
 /// How long a delivered item id is remembered: retries of a delivery come within this window
 /// (the hub retries until it succeeds, and deletes an item right after its 2xx).
@@ -18,7 +19,7 @@ pub const DELIVERY_BATCH: usize = 256;
 
 /// Signs `tbs` with this provider's federation key.
 pub fn sign(key: &SigningKey, tbs: S2sEnvelopeTbs) -> Result<S2sEnvelope, HubError> {
-    let bytes = encode(&tbs).map_err(|e| HubError::Internal(e.to_string()))?;
+    let bytes = encode(&tbs).map_err(|e| HubError::Bug(e.to_string()))?;
     let signature = key.sign(S2S_SIGNATURE_LABEL, &bytes).into();
     Ok(S2sEnvelope { tbs, signature })
 }
@@ -36,9 +37,11 @@ pub fn verify(
     let bytes = encode(&env.tbs).map_err(|e| HubError::malformed("s2s envelope", e))?;
     sender_key
         .verify(S2S_SIGNATURE_LABEL, &bytes, env.signature.as_slice())
-        .map_err(|_| HubError::InvalidSignature)?;
+        .map_err(|_| HubError::Request(RequestError::InvalidSignature))?;
     if env.tbs.recipient_domain.as_slice() != own_domain.as_bytes() {
-        return Err(HubError::WrongRecipient("addressed to another domain"));
+        return Err(HubError::Federation(FederationError::WrongRecipient(
+            "addressed to another domain",
+        )));
     }
     replay.check_and_record(env.signature.as_slice(), env.tbs.timestamp_ms, now_ms)
 }
@@ -95,7 +98,9 @@ pub fn resolve(
         .iter()
         .map(|item| {
             if item.queue_ref.domain.as_slice() != own_domain.as_bytes() {
-                return Err(HubError::WrongRecipient("an item is for another provider"));
+                return Err(HubError::Federation(FederationError::WrongRecipient(
+                    "an item is for another provider",
+                )));
             }
             Ok(open(&item.queue_ref).ok())
         })

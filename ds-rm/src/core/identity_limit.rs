@@ -5,6 +5,7 @@
 //! (`core::tokens`). Counts live in memory only and are keyed by a hash of the identity.
 
 use crate::core::HubError;
+use crate::core::TokenError;
 use sha2::{Digest, Sha256};
 use std::collections::HashMap;
 use std::sync::Mutex;
@@ -43,16 +44,16 @@ impl IdentityLimiter {
         let mut w = self
             .window
             .lock()
-            .map_err(|_| HubError::Internal("rate limiter lock poisoned".into()))?;
+            .map_err(|_| HubError::Bug("rate limiter lock poisoned".into()))?;
         if w.minute != minute {
             w.minute = minute;
             w.counts.clear();
         }
         let count = w.counts.entry(id).or_insert(0);
         if *count >= self.per_minute {
-            return Err(HubError::RateLimited {
+            return Err(HubError::Token(TokenError::RateLimited {
                 per_minute: self.per_minute,
-            });
+            }));
         }
         *count += 1;
         Ok(())
@@ -71,7 +72,7 @@ mod tests {
         l.admit(b"alice", t + 1).unwrap();
         assert!(matches!(
             l.admit(b"alice", t + 2),
-            Err(HubError::RateLimited { per_minute: 2 })
+            Err(HubError::Token(TokenError::RateLimited { per_minute: 2 }))
         ));
         // Another identity has its own count; the next minute starts afresh.
         l.admit(b"bob", t + 3).unwrap();

@@ -9,7 +9,7 @@
 pub mod auth;
 pub mod connections;
 pub mod ds;
-mod error;
+pub mod error;
 pub mod federation;
 pub mod identity_limit;
 pub mod limits;
@@ -21,7 +21,9 @@ pub mod request;
 mod tests;
 pub mod tokens;
 
-pub use error::HubError;
+pub use error::{
+    FederationError, GroupError, HubError, IdentityError, QueueError, RequestError, TokenError,
+};
 pub use request::{ClientRequest, Route};
 
 use crate::store::{Cf, KeyLocks, Store, Txn};
@@ -131,7 +133,7 @@ const DS_SENDER_KEY: &[u8] = b"ds_external_sender_v1";
 fn server_signing_key(store: &dyn Store, name: &[u8]) -> Result<SigningKey, HubError> {
     match store.get(Cf::ServerKeys, name)? {
         Some(bytes) => SigningKey::from_bytes(&bytes)
-            .map_err(|_| HubError::Internal("corrupt server signing key".into())),
+            .map_err(|_| HubError::corrupt("server_keys", "signing key")),
         None => {
             let key = SigningKey::generate();
             let mut txn = Txn::new(store);
@@ -149,12 +151,12 @@ impl Hub {
             Some(bytes) if bytes.len() == 64 => QsKeys {
                 hpke: HpkeKeyPair {
                     private: HpkePrivateKey::from_bytes(&bytes[..32])
-                        .map_err(|e| HubError::Internal(e.to_string()))?,
+                        .map_err(|e| HubError::Bug(e.to_string()))?,
                     public: HpkePublicKey::from_bytes(&bytes[32..])
-                        .map_err(|e| HubError::Internal(e.to_string()))?,
+                        .map_err(|e| HubError::Bug(e.to_string()))?,
                 },
             },
-            Some(_) => return Err(HubError::Internal("corrupt QS key".into())),
+            Some(_) => return Err(HubError::corrupt("server_keys", "QS key length")),
             None => {
                 let kp = HpkeKeyPair::generate();
                 let mut bytes = kp.private.as_bytes().to_vec();
@@ -236,7 +238,7 @@ impl Hub {
     ) -> Result<tokens::issue::Issued, HubError> {
         if body.len() > self.config.max_body {
             self.metrics.errors.fetch_add(1, Ordering::Relaxed);
-            return Err(HubError::TooLarge);
+            return Err(HubError::Request(RequestError::TooLarge));
         }
         let anchors = self.as_keys.credentials();
         let ctx = tokens::issue::IssueContext {
@@ -445,7 +447,7 @@ impl Hub {
         }
         tracing::debug!(op, delivered, outboxed, "group operation committed");
         drop(locks);
-        encode(&outcome.response).map_err(|e| HubError::Internal(e.to_string()))
+        encode(&outcome.response).map_err(|e| HubError::Bug(e.to_string()))
     }
 
     fn handle_qs(
@@ -470,7 +472,7 @@ impl Hub {
         let resp = qs::process(&mut txn, &self.qs_keys, &self.replay, now_ms, req, limits)?;
         txn.commit()?;
         drop(locks);
-        encode(&resp).map_err(|e| HubError::Internal(e.to_string()))
+        encode(&resp).map_err(|e| HubError::Bug(e.to_string()))
     }
 
     fn handle_as(
@@ -495,14 +497,16 @@ impl Hub {
         txn.commit()?;
         drop(handle_lock);
         drop(token_lock);
-        encode(&resp).map_err(|e| HubError::Internal(e.to_string()))
+        encode(&resp).map_err(|e| HubError::Bug(e.to_string()))
     }
 
     /// The local queue a fan-out address names. RM hubs take only sealed addresses (opened once,
     /// then served from the in-memory cache); baseline hubs take only plain ones.
     fn resolve_queue(&self, qr: &QueueRef) -> Result<qs::ClientId, HubError> {
         if qr.domain.as_slice() != self.config.domain.as_bytes() {
-            return Err(HubError::InvalidRequest("queue ref for another domain"));
+            return Err(HubError::Request(RequestError::Invalid(
+                "queue ref for another domain",
+            )));
         }
         qs::check_address_mode(&qr.address, self.config.mode)?;
         match &qr.address {
@@ -587,9 +591,9 @@ impl Hub {
                 payload,
             },
         )?;
-        let payload = encode(&env).map_err(|e| HubError::Internal(e.to_string()))?;
+        let payload = encode(&env).map_err(|e| HubError::Bug(e.to_string()))?;
         encode(&Envelope::new(TransactionType::Federation, payload))
-            .map_err(|e| HubError::Internal(e.to_string()))
+            .map_err(|e| HubError::Bug(e.to_string()))
     }
 
     /// Decodes an incoming server-to-server body far enough to learn who claims to send it
@@ -646,7 +650,7 @@ impl Hub {
                 tracing::debug!(?accepted, "delivery from a peer");
                 Ok(Vec::new())
             }
-            _ => Err(HubError::WrongEndpoint),
+            _ => Err(HubError::Request(RequestError::WrongEndpoint)),
         }
     }
 
@@ -660,9 +664,9 @@ impl Hub {
             req.request.transaction_type,
             TransactionType::QueueService | TransactionType::AuthService
         ) {
-            return Err(HubError::NotAuthorized(
+            return Err(HubError::Request(RequestError::NotAuthorized(
                 "only QS and AS lookups are proxied",
-            ));
+            )));
         }
         let request = ClientRequest::decode(
             req.request.transaction_type,
@@ -671,9 +675,11 @@ impl Hub {
         )?;
         request.check_forwardable(&self.config.domain)?;
         let domain = String::from_utf8(req.domain.as_slice().to_vec())
-            .map_err(|_| HubError::InvalidRequest("domain is not UTF-8"))?;
+            .map_err(|_| HubError::Request(RequestError::Invalid("domain is not UTF-8")))?;
         if domain == self.config.domain {
-            return Err(HubError::InvalidRequest("proxy to ourselves"));
+            return Err(HubError::Request(RequestError::Invalid(
+                "proxy to ourselves",
+            )));
         }
 
         let envelope = self.forward_envelope(

@@ -7,6 +7,7 @@
 use crate::core::HubError;
 use crate::core::ds::state::month_of;
 use crate::core::limits::MAX_CLIENTS_PER_USER;
+use crate::core::{IdentityError, QueueError, RequestError};
 use crate::store::{Cf, Record, Txn};
 use mimi_rm_crypto::hpke_seal::{self, HpkeCiphertext, HpkeKeyPair};
 use mimi_rm_crypto::ratchet::{QueueRatchet, RatchetSecret};
@@ -117,11 +118,11 @@ pub fn check_address_mode(address: &QueueAddress, mode: DsMode) -> Result<(), Hu
         (QueueAddress::Sealed(_), DsMode::Rm) | (QueueAddress::Plain(_), DsMode::Baseline) => {
             Ok(())
         }
-        (QueueAddress::Plain(_), DsMode::Rm) => Err(HubError::InvalidRequest(
+        (QueueAddress::Plain(_), DsMode::Rm) => Err(HubError::Request(RequestError::Invalid(
             "a reduced-metadata hub refuses plain queue ids",
-        )),
-        (QueueAddress::Sealed(_), DsMode::Baseline) => Err(HubError::InvalidRequest(
-            "a baseline hub takes plain queue ids",
+        ))),
+        (QueueAddress::Sealed(_), DsMode::Baseline) => Err(HubError::Request(
+            RequestError::Invalid("a baseline hub takes plain queue ids"),
         )),
     }
 }
@@ -142,7 +143,7 @@ pub fn open_sealed_queue_ref(
         domain.as_bytes(),
         &ct,
     )
-    .map_err(|_| HubError::InvalidRequest("queue ref does not open"))?;
+    .map_err(|_| HubError::Request(RequestError::Invalid("queue ref does not open")))?;
     let plain: QueueRefPlain =
         decode_exact(&plain, 1024).map_err(|e| HubError::malformed("queue ref", e))?;
     Ok(plain.client_id)
@@ -164,10 +165,10 @@ pub fn enqueue(
         // A client that stopped fetching cannot make the hub store without bound.
         return Ok(Enqueued::QueueFull);
     }
-    let plain = encode(message).map_err(|e| HubError::Internal(e.to_string()))?;
+    let plain = encode(message).map_err(|e| HubError::Bug(e.to_string()))?;
     let (seq, ct) = ratchet
         .encrypt_next(&plain)
-        .map_err(|e| HubError::Internal(format!("ratchet: {e}")))?;
+        .map_err(|e| HubError::Bug(format!("ratchet: {e}")))?;
     txn.put(Cf::QsQueues, queue_key(client, seq), ct);
     record.ratchet = ratchet.to_bytes().to_vec().into();
     txn.put_record(client, &record)?;
@@ -205,7 +206,7 @@ fn user_of_token(txn: &Txn<'_>, token: &[u8]) -> Result<Option<([u8; 16], UserRe
     let uid: [u8; 16] = uid
         .as_slice()
         .try_into()
-        .map_err(|_| HubError::Internal("stored user id".into()))?;
+        .map_err(|_| HubError::corrupt("qs_friendship", "user id is not 16 bytes"))?;
     Ok(txn.get_record::<UserRecord>(&uid)?.map(|u| (uid, u)))
 }
 
@@ -215,9 +216,10 @@ pub fn signed_bytes(tbs: &QsRequestTbs) -> Result<Vec<u8>, HubError> {
 }
 
 fn verify(key: &[u8], tbs: &[u8], sig: &VLBytes) -> Result<(), HubError> {
-    let vk = VerifyingKey::from_bytes(key).map_err(|_| HubError::InvalidRequest("bad auth key"))?;
+    let vk = VerifyingKey::from_bytes(key)
+        .map_err(|_| HubError::Request(RequestError::Invalid("bad auth key")))?;
     vk.verify(QS_REQUEST_SIGNATURE_LABEL, tbs, sig.as_slice())
-        .map_err(|_| HubError::InvalidSignature)
+        .map_err(|_| HubError::Request(RequestError::InvalidSignature))
 }
 
 /// Processes one QS request. Freshness was checked by the caller; replay is checked here after
@@ -244,15 +246,17 @@ pub fn process(
             fetch_add_packages(txn, token)
         }
         (QsSender::User(uid), QsOperation::CreateClient(p)) => {
-            let mut user =
-                txn.get_record::<UserRecord>(uid)?.ok_or(HubError::UnknownUser)?;
+            let mut user = txn
+                .get_record::<UserRecord>(uid)?
+                .ok_or(HubError::Identity(IdentityError::UnknownUser))?;
             verify(user.user_auth_key.as_slice(), &tbs, &req.signature)?;
             replay.check_and_record(req.signature.as_slice(), req.tbs.timestamp_ms, now_ms)?;
             create_client(txn, now_ms, uid, &mut user, p)
         }
         (QsSender::Client(id), op) => {
-            let mut record =
-                txn.get_record::<ClientRecord>(id)?.ok_or(HubError::UnknownClient)?;
+            let mut record = txn
+                .get_record::<ClientRecord>(id)?
+                .ok_or(HubError::Queue(QueueError::UnknownClient))?;
             verify(record.auth_key.as_slice(), &tbs, &req.signature)?;
             replay.check_and_record(req.signature.as_slice(), req.tbs.timestamp_ms, now_ms)?;
             match op {
@@ -282,30 +286,32 @@ pub fn process(
                     };
                     dequeue(txn, id, window)
                 }
-                _ => Err(HubError::NotAuthorized(
+                _ => Err(HubError::Request(RequestError::NotAuthorized(
                     "operation not allowed for a client",
-                )),
+                ))),
             }
         }
-        _ => Err(HubError::NotAuthorized(
+        _ => Err(HubError::Request(RequestError::NotAuthorized(
             "sender type not allowed for this operation",
-        )),
+        ))),
     }
 }
 
 fn create_user(txn: &mut Txn<'_>, now_ms: u64, p: &CreateUser) -> Result<QsResponse, HubError> {
     if p.friendship_token.as_slice().len() != 32 {
-        return Err(HubError::InvalidRequest(
+        return Err(HubError::Request(RequestError::Invalid(
             "friendship token must be 32 bytes",
-        ));
+        )));
     }
     VerifyingKey::from_bytes(p.user_auth_key.as_slice())
-        .map_err(|_| HubError::InvalidRequest("bad user auth key"))?;
+        .map_err(|_| HubError::Request(RequestError::Invalid("bad user auth key")))?;
     let secret = RatchetSecret::from_bytes(p.initial_ratchet_secret.as_slice())
-        .map_err(|_| HubError::InvalidRequest("ratchet secret must be 32 bytes"))?;
+        .map_err(|_| HubError::Request(RequestError::Invalid("ratchet secret must be 32 bytes")))?;
     let hash: [u8; 32] = Sha256::digest(p.friendship_token.as_slice()).into();
     if txn.get(Cf::QsFriendship, &hash)?.is_some() {
-        return Err(HubError::InvalidRequest("friendship token already in use"));
+        return Err(HubError::Request(RequestError::Invalid(
+            "friendship token already in use",
+        )));
     }
     let user_id = mimi_rm_crypto::ids::random_id();
     let client_id = mimi_rm_crypto::ids::random_id();
@@ -340,11 +346,13 @@ fn create_client(
     p: &CreateClient,
 ) -> Result<QsResponse, HubError> {
     VerifyingKey::from_bytes(p.client_auth_key.as_slice())
-        .map_err(|_| HubError::InvalidRequest("bad client auth key"))?;
+        .map_err(|_| HubError::Request(RequestError::Invalid("bad client auth key")))?;
     let secret = RatchetSecret::from_bytes(p.initial_ratchet_secret.as_slice())
-        .map_err(|_| HubError::InvalidRequest("ratchet secret must be 32 bytes"))?;
+        .map_err(|_| HubError::Request(RequestError::Invalid("ratchet secret must be 32 bytes")))?;
     if user.clients.len() >= MAX_CLIENTS_PER_USER {
-        return Err(HubError::LimitExceeded("clients per user"));
+        return Err(HubError::Request(RequestError::LimitExceeded(
+            "clients per user",
+        )));
     }
     let client_id = mimi_rm_crypto::ids::random_id();
     user.clients.push(client_id);
@@ -395,12 +403,14 @@ fn publish(
     p: &PublishAddPackages,
 ) -> Result<QsResponse, HubError> {
     if p.packages.len() > MAX_ADD_PACKAGES {
-        return Err(HubError::InvalidRequest("too many AddPackages"));
+        return Err(HubError::Request(RequestError::Invalid(
+            "too many AddPackages",
+        )));
     }
     if p.last_resort.as_slice().is_empty() {
-        return Err(HubError::InvalidRequest(
+        return Err(HubError::Request(RequestError::Invalid(
             "a last-resort AddPackage is required",
-        ));
+        )));
     }
     for (k, _) in txn.scan_prefix(Cf::QsAddPackages, client, usize::MAX)? {
         txn.delete(Cf::QsAddPackages, k);
@@ -421,7 +431,8 @@ fn publish(
 }
 
 fn fetch_add_packages(txn: &mut Txn<'_>, token: &VLBytes) -> Result<QsResponse, HubError> {
-    let (_, user) = user_of_token(txn, token.as_slice())?.ok_or(HubError::UnknownToken)?;
+    let (_, user) = user_of_token(txn, token.as_slice())?
+        .ok_or(HubError::Queue(QueueError::UnknownFriendshipToken))?;
     let mut out = Vec::new();
     for client in &user.clients {
         if let Some((k, v)) = txn
@@ -447,9 +458,9 @@ fn rekey(
     record: &mut ClientRecord,
     fresh: &[u8],
 ) -> Result<QsResponse, HubError> {
-    let fresh: &[u8; 32] = fresh
-        .try_into()
-        .map_err(|_| HubError::InvalidRequest("rekey randomness must be 32 bytes"))?;
+    let fresh: &[u8; 32] = fresh.try_into().map_err(|_| {
+        HubError::Request(RequestError::Invalid("rekey randomness must be 32 bytes"))
+    })?;
     let fresh_hash: [u8; 32] = Sha256::digest(fresh).into();
     if let Some(last) = &record.last_rekey
         && last.fresh_hash == fresh_hash
@@ -457,7 +468,7 @@ fn rekey(
         return Ok(QsResponse::Rekeyed(last.seq));
     }
     let mut ratchet = QueueRatchet::from_bytes(record.ratchet.as_slice())
-        .map_err(|e| HubError::Internal(format!("stored ratchet: {e}")))?;
+        .map_err(|e| HubError::corrupt("queue ratchet", e))?;
     ratchet.mix(fresh);
     let seq = ratchet.next_seq();
     record.ratchet = ratchet.to_bytes().to_vec().into();
@@ -480,17 +491,13 @@ struct DequeueWindow {
 
 fn ratchet_of(record: &ClientRecord) -> Result<QueueRatchet, HubError> {
     QueueRatchet::from_bytes(record.ratchet.as_slice())
-        .map_err(|e| HubError::Internal(format!("stored ratchet: {e}")))
+        .map_err(|e| HubError::corrupt("queue ratchet", e))
 }
 
 /// Deletes the acknowledged entries and returns the next ones. The scan reads only the
 /// entries it deletes plus one more than it returns (to know whether more remain), never the
 /// whole queue.
-fn dequeue(
-    txn: &mut Txn<'_>,
-    client: &ClientId,
-    w: DequeueWindow,
-) -> Result<QsResponse, HubError> {
+fn dequeue(txn: &mut Txn<'_>, client: &ClientId, w: DequeueWindow) -> Result<QsResponse, HubError> {
     let acked = usize::try_from(w.ack_below.saturating_sub(w.acked_before)).unwrap_or(usize::MAX);
     let scan = acked.saturating_add(w.max).saturating_add(1);
     let mut messages = Vec::new();
@@ -500,7 +507,7 @@ fn dequeue(
             .get(16..24)
             .and_then(|b| <[u8; 8]>::try_from(b).ok())
             .map(u64::from_be_bytes)
-            .ok_or_else(|| HubError::Internal("queue key".into()))?;
+            .ok_or_else(|| HubError::corrupt("qs_queues", "key without a sequence number"))?;
         if seq < w.ack_below {
             txn.delete(Cf::QsQueues, k);
         } else if messages.len() < w.max {
@@ -543,11 +550,11 @@ mod address_mode_tests {
         assert!(check_address_mode(&plain, DsMode::Baseline).is_ok());
         assert!(matches!(
             check_address_mode(&plain, DsMode::Rm),
-            Err(HubError::InvalidRequest(_))
+            Err(HubError::Request(RequestError::Invalid(_)))
         ));
         assert!(matches!(
             check_address_mode(&sealed, DsMode::Baseline),
-            Err(HubError::InvalidRequest(_))
+            Err(HubError::Request(RequestError::Invalid(_)))
         ));
     }
 }

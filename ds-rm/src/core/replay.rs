@@ -6,6 +6,7 @@
 //! signed before a restart are stale afterwards, so nothing about request history touches disk.
 
 use crate::core::HubError;
+use crate::core::RequestError;
 use sha2::{Digest, Sha256};
 use std::collections::{BTreeSet, HashSet};
 use std::sync::Mutex;
@@ -53,7 +54,7 @@ impl ReplayGuard {
         let too_old = timestamp_ms.saturating_add(self.window_ms) < now_ms;
         let too_new = timestamp_ms > now_ms.saturating_add(self.window_ms);
         if too_old || too_new || timestamp_ms < self.not_before_ms {
-            return Err(HubError::Stale);
+            return Err(HubError::Request(RequestError::Stale));
         }
         Ok(())
     }
@@ -70,7 +71,7 @@ impl ReplayGuard {
         let mut seen = self.seen.lock().unwrap_or_else(|p| p.into_inner());
         seen.forget_expired(now_ms);
         if !seen.digests.insert(digest) {
-            return Err(HubError::Replayed);
+            return Err(HubError::Request(RequestError::Replayed));
         }
         let expiry = timestamp_ms.saturating_add(self.window_ms);
         seen.by_expiry.insert((expiry, digest));
@@ -92,7 +93,7 @@ mod tests {
         g.check_and_record(b"sig", 10_100, 10_200).unwrap();
         assert!(matches!(
             g.check_and_record(b"sig", 10_100, 10_300),
-            Err(HubError::Replayed)
+            Err(HubError::Request(RequestError::Replayed))
         ));
         g.check_and_record(b"other", 10_100, 10_300).unwrap();
     }
@@ -107,7 +108,7 @@ mod tests {
         // Still inside the window: every one is a replay.
         assert!(matches!(
             g.check_and_record(&7u32.to_be_bytes(), 5_000, 5_900),
-            Err(HubError::Replayed)
+            Err(HubError::Request(RequestError::Replayed))
         ));
         // Once their window has passed they are dropped (and would be stale anyway).
         g.check_and_record(b"later", 6_500, 6_500).unwrap();

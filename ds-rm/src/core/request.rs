@@ -7,6 +7,7 @@
 //! decoding the bytes again.
 
 use super::HubError;
+use crate::core::{FederationError, RequestError};
 use mimi_rm_protocol::auth::{AsOperation, AsRequest};
 use mimi_rm_protocol::ds::{DsOperation, DsRequest, QualifiedGroupId};
 use mimi_rm_protocol::qs::{QsOperation, QsRequest};
@@ -48,15 +49,17 @@ pub(crate) fn open_envelope(
     max_body: usize,
 ) -> Result<Envelope, HubError> {
     if body.len() > max_body {
-        return Err(HubError::TooLarge);
+        return Err(HubError::Request(RequestError::TooLarge));
     }
     let env: Envelope =
         decode_exact(body, max_body).map_err(|e| HubError::malformed("envelope", e))?;
     if env.version != PROTOCOL_VERSION {
-        return Err(HubError::UnsupportedVersion(env.version));
+        return Err(HubError::Request(RequestError::UnsupportedVersion(
+            env.version,
+        )));
     }
     if env.transaction_type != expected {
-        return Err(HubError::WrongEndpoint);
+        return Err(HubError::Request(RequestError::WrongEndpoint));
     }
     Ok(env)
 }
@@ -73,10 +76,12 @@ impl ClientRequest {
         let payload = env.payload.as_slice();
         match endpoint {
             TransactionType::QueueService => Ok(Self::Qs(
-                decode_exact(payload, max_body).map_err(|e| HubError::malformed("QS request", e))?,
+                decode_exact(payload, max_body)
+                    .map_err(|e| HubError::malformed("QS request", e))?,
             )),
             TransactionType::AuthService => Ok(Self::As(
-                decode_exact(payload, max_body).map_err(|e| HubError::malformed("AS request", e))?,
+                decode_exact(payload, max_body)
+                    .map_err(|e| HubError::malformed("AS request", e))?,
             )),
             TransactionType::GroupOperation
             | TransactionType::WelcomeInformation
@@ -84,11 +89,11 @@ impl ClientRequest {
                 let request: DsRequest = decode_exact(payload, max_body)
                     .map_err(|e| HubError::malformed("DS request", e))?;
                 if ds_endpoint(&request.tbs.operation) != endpoint {
-                    return Err(HubError::WrongEndpoint);
+                    return Err(HubError::Request(RequestError::WrongEndpoint));
                 }
                 Ok(Self::Ds { endpoint, request })
             }
-            _ => Err(HubError::WrongEndpoint),
+            _ => Err(HubError::Request(RequestError::WrongEndpoint)),
         }
     }
 
@@ -149,18 +154,24 @@ impl ClientRequest {
         match self {
             Self::Ds { .. } => match self.route(local_domain) {
                 Route::Local => Ok(()),
-                Route::Forward(_) => Err(HubError::WrongRecipient("group hosted elsewhere")),
+                Route::Forward(_) => Err(HubError::Federation(FederationError::WrongRecipient(
+                    "group hosted elsewhere",
+                ))),
             },
             Self::Qs(r) => match r.tbs.operation {
                 QsOperation::FetchAddPackages(_) | QsOperation::EncryptionKey => Ok(()),
-                _ => Err(HubError::NotAuthorized("not forwardable")),
+                _ => Err(HubError::Request(RequestError::NotAuthorized(
+                    "not forwardable",
+                ))),
             },
             Self::As(r) => match r.tbs.operation {
                 AsOperation::AsCredentials
                 | AsOperation::UserClients(_)
                 | AsOperation::FetchConnectionPackage(_)
                 | AsOperation::SendConnectionRequest(_) => Ok(()),
-                _ => Err(HubError::NotAuthorized("not forwardable")),
+                _ => Err(HubError::Request(RequestError::NotAuthorized(
+                    "not forwardable",
+                ))),
             },
         }
     }

@@ -23,7 +23,9 @@ impl MemStore {
     fn rows(&self) -> MutexGuard<'_, Rows> {
         // A panic while holding the lock cannot leave a half-applied batch (a batch is applied
         // in one loop without fallible steps), so a poisoned lock still guards consistent data.
-        self.rows.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+        self.rows
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
     /// Number of entries across all column families.
@@ -94,7 +96,10 @@ mod tests {
                 .map(|(k, _)| k)
                 .collect()
         };
-        assert_eq!(keys(10), vec![b"a1".to_vec(), b"a2".to_vec(), b"a3".to_vec()]);
+        assert_eq!(
+            keys(10),
+            vec![b"a1".to_vec(), b"a2".to_vec(), b"a3".to_vec()]
+        );
         assert_eq!(keys(2), vec![b"a1".to_vec(), b"a2".to_vec()]);
     }
 

@@ -125,10 +125,10 @@ pub enum StoreError {
     MissingCf(&'static str),
     /// A stored record does not decode as its kind: the data on disk is damaged or was written
     /// by an incompatible version.
-    #[error("corrupt record in {cf}: {reason}")]
+    #[error("corrupt {record}: {reason}")]
     Corrupt {
-        /// The column family.
-        cf: &'static str,
+        /// Which record kind (its column family, or what was being read).
+        record: &'static str,
         /// What is wrong with it.
         reason: String,
     },

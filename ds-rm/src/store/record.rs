@@ -26,18 +26,18 @@ pub trait Record: Serialize + Deserialize + Size + Sized {
 pub fn decode<R: Record>(value: &[u8]) -> Result<R, StoreError> {
     if value.len() > R::MAX_BYTES {
         return Err(StoreError::Corrupt {
-            cf: R::CF.name(),
+            record: R::CF.name(),
             reason: format!("{} bytes, limit {}", value.len(), R::MAX_BYTES),
         });
     }
     let mut rest = value;
     let record = R::tls_deserialize(&mut rest).map_err(|e| StoreError::Corrupt {
-        cf: R::CF.name(),
+        record: R::CF.name(),
         reason: e.to_string(),
     })?;
     if !rest.is_empty() {
         return Err(StoreError::Corrupt {
-            cf: R::CF.name(),
+            record: R::CF.name(),
             reason: format!("{} trailing bytes", rest.len()),
         });
     }

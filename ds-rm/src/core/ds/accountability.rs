@@ -8,6 +8,7 @@
 //! current leaf.
 
 use crate::core::HubError;
+use crate::core::{GroupError, RequestError};
 use mimi_rm_protocol::ds::{CommitRejected, ReportTally};
 use tls_codec::{TlsDeserialize, TlsSerialize, TlsSize};
 
@@ -94,14 +95,14 @@ impl Accountability {
             .recent
             .iter_mut()
             .find(|r| r.commit_ref == report.commit_ref)
-            .ok_or(HubError::UnknownCommit)?;
+            .ok_or(HubError::Group(GroupError::UnknownCommit))?;
         if record.epoch != report.epoch {
-            return Err(HubError::UnknownEpoch);
+            return Err(HubError::Group(GroupError::UnknownEpoch));
         }
         if record.committer == Some(reporter) {
-            return Err(HubError::NotAuthorized(
+            return Err(HubError::Request(RequestError::NotAuthorized(
                 "a member cannot report its own commit",
-            ));
+            )));
         }
         if record.reporters.contains(&reporter) {
             return Ok(false);
@@ -167,15 +168,15 @@ mod tests {
         let before = a.clone();
         assert!(matches!(
             a.report(1, &rejected(4, 9)),
-            Err(HubError::UnknownCommit)
+            Err(HubError::Group(GroupError::UnknownCommit))
         ));
         assert!(matches!(
             a.report(1, &rejected(5, 1)),
-            Err(HubError::UnknownEpoch)
+            Err(HubError::Group(GroupError::UnknownEpoch))
         ));
         assert!(matches!(
             a.report(3, &rejected(4, 1)),
-            Err(HubError::NotAuthorized(_))
+            Err(HubError::Request(RequestError::NotAuthorized(_)))
         ));
         assert_eq!(a, before);
     }

@@ -9,7 +9,7 @@
 
 use super::state::{AtRest, month_of};
 use crate::core::HubError;
-use crate::store::{Cf, Txn};
+use crate::store::{Cf, Record, Txn};
 use mimi_rm_protocol::queue::QueueRef;
 use mimi_rm_protocol::{decode_exact, encode};
 use tls_codec::{TlsDeserialize, TlsSerialize, TlsSize, VLBytes};
@@ -18,6 +18,12 @@ use tls_codec::{TlsDeserialize, TlsSerialize, TlsSize, VLBytes};
 const ROUTING_DOMAIN: &str = "ds group routing";
 /// Upper bound on a stored routing row (sanity, not policy).
 const MAX_ROUTING: usize = 16 << 20;
+
+impl Record for RoutingRow {
+    const CF: Cf = Cf::DsRouting;
+    const MAX_BYTES: usize = MAX_ROUTING;
+    type Key = [u8];
+}
 
 /// One member as the message path sees it.
 #[derive(Debug, Clone, PartialEq, Eq, TlsSerialize, TlsDeserialize, TlsSize)]
@@ -88,15 +94,14 @@ impl RoutingRecord {
         now_ms: u64,
     ) -> Result<(), HubError> {
         let plain = zeroize::Zeroizing::new(
-            encode(self).map_err(|e| HubError::Internal(format!("encode routing: {e}")))?,
+            encode(self).map_err(|e| HubError::Bug(format!("encode routing: {e}")))?,
         );
         let row = RoutingRow {
             format: key.format(),
             activity_month: month_of(now_ms),
             sealed: key.seal(ROUTING_DOMAIN, group_id, &plain)?.into(),
         };
-        let bytes = encode(&row).map_err(|e| HubError::Internal(e.to_string()))?;
-        txn.put(Cf::DsRouting, group_id.to_vec(), bytes);
+        txn.put_record(group_id, &row)?;
         Ok(())
     }
 
@@ -107,14 +112,12 @@ impl RoutingRecord {
         key: &AtRest,
         group_id: &[u8],
     ) -> Result<Option<LoadedRouting>, HubError> {
-        let Some(raw) = txn.get(Cf::DsRouting, group_id)? else {
+        let Some(row) = txn.get_record::<RoutingRow>(group_id)? else {
             return Ok(None);
         };
-        let row: RoutingRow = decode_exact(&raw, MAX_ROUTING)
-            .map_err(|e| HubError::Internal(format!("stored routing row: {e}")))?;
         let plain = key.open(row.format, ROUTING_DOMAIN, group_id, row.sealed.as_slice())?;
         let record = decode_exact(&plain, MAX_ROUTING)
-            .map_err(|e| HubError::Internal(format!("decode routing: {e}")))?;
+            .map_err(|e| HubError::corrupt("routing record", e))?;
         Ok(Some(LoadedRouting {
             record,
             activity_month: row.activity_month,

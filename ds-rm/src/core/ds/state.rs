@@ -13,7 +13,9 @@ use super::accountability::CommitRecord;
 use super::public_store::PublicStoreBlob;
 use super::removals::LeafActivity;
 use super::users::UserEntry;
+use crate::core::GroupError;
 use crate::core::HubError;
+use crate::store::{Cf, Record};
 use mimi_rm_crypto::{CryptoError, ear};
 use mimi_rm_protocol::decode_exact;
 use mimi_rm_protocol::ds::{GroupKind, LeafCredentialEntry, ReportTally};
@@ -40,6 +42,13 @@ pub struct GroupRow {
     pub tombstone_key: VLBytes,
     /// EAR ciphertext of [`DsGroupState`] (its plain encoding in baseline mode).
     pub ciphertext: VLBytes,
+}
+
+impl Record for GroupRow {
+    const CF: Cf = Cf::DsGroups;
+    /// A padded state ciphertext: a 10,000-member group's state is a few MiB.
+    const MAX_BYTES: usize = 64 << 20;
+    type Key = [u8];
 }
 
 /// How a group's records are protected at rest.
@@ -71,13 +80,13 @@ impl AtRest {
     pub fn seal(&self, domain: &str, group_id: &[u8], plain: &[u8]) -> Result<Vec<u8>, HubError> {
         match self {
             Self::Ear(key) => ear::seal(key, domain, &aad(group_id), plain)
-                .map_err(|e| HubError::Internal(format!("seal {domain}: {e}"))),
+                .map_err(|e| HubError::Bug(format!("seal {domain}: {e}"))),
             Self::Plain => Ok(plain.to_vec()),
         }
     }
 
     /// Reverses [`AtRest::seal`] for a row written with `format`; a wrong EAR key is reported as
-    /// [`HubError::WrongEarKey`], a row of the other mode as an internal error.
+    /// [`HubError::Group(GroupError::WrongEarKey)`], a row of the other mode as an internal error.
     pub fn open(
         &self,
         format: u8,
@@ -86,16 +95,17 @@ impl AtRest {
         sealed: &[u8],
     ) -> Result<zeroize::Zeroizing<Vec<u8>>, HubError> {
         if format != self.format() {
-            return Err(HubError::Internal(format!(
-                "group record format {format} does not match this hub's mode"
-            )));
+            return Err(HubError::corrupt(
+                "group record",
+                format!("format {format} does not match this hub's mode"),
+            ));
         }
         match self {
             Self::Ear(key) => ear::open(key, domain, &aad(group_id), sealed)
                 .map(zeroize::Zeroizing::new)
                 .map_err(|e| match e {
-                    CryptoError::WrongKey => HubError::WrongEarKey,
-                    other => HubError::Internal(format!("open {domain}: {other}")),
+                    CryptoError::WrongKey => HubError::Group(GroupError::WrongEarKey),
+                    other => HubError::corrupt("group record", format!("open {domain}: {other}")),
                 }),
             Self::Plain => Ok(zeroize::Zeroizing::new(sealed.to_vec())),
         }
@@ -172,7 +182,7 @@ impl DsGroupState {
     ) -> Result<GroupRow, HubError> {
         let plain = zeroize::Zeroizing::new(
             self.tls_serialize_detached()
-                .map_err(|e| HubError::Internal(format!("encode state: {e:?}")))?,
+                .map_err(|e| HubError::Bug(format!("encode state: {e:?}")))?,
         );
         Ok(GroupRow {
             format: key.format(),
@@ -182,7 +192,7 @@ impl DsGroupState {
         })
     }
 
-    /// Decrypts a row; a wrong key is reported as [`HubError::WrongEarKey`].
+    /// Decrypts a row; a wrong key is reported as [`HubError::Group(GroupError::WrongEarKey)`].
     pub fn open(row: &GroupRow, key: &AtRest, group_id: &[u8]) -> Result<Self, HubError> {
         let plain = key.open(
             row.format,
@@ -190,7 +200,6 @@ impl DsGroupState {
             group_id,
             row.ciphertext.as_slice(),
         )?;
-        decode_exact(&plain, MAX_STATE)
-            .map_err(|e| HubError::Internal(format!("decode state: {e}")))
+        decode_exact(&plain, MAX_STATE).map_err(|e| HubError::corrupt("group state", e))
     }
 }

@@ -6,6 +6,7 @@
 //! same user's key in another group.
 
 use crate::core::HubError;
+use crate::core::RequestError;
 use mimi_rm_protocol::ds::{GroupUser, Role};
 use tls_codec::{TlsDeserialize, TlsSerialize, TlsSize, VLBytes};
 
@@ -21,41 +22,111 @@ pub struct UserEntry {
     pub role: Role,
 }
 
+/// A handle to one user of a loaded [`Roster`]: stable for as long as the roster is in memory,
+/// however users before it come and go. A position in the user list was not: dropping a user
+/// shifted every later one, so a handle taken when a request was authenticated could name
+/// another user by the time a commit gave that user a new client.
+///
+/// Handles are never stored: they are allocated from the roster's counter when the state is
+/// loaded (and when users are added), and only live for one request. The stored state is still
+/// the plain list of [`UserEntry`], so its format is unchanged.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct UserId(u32);
+
 /// All users of a group.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Roster {
-    /// Users in order of arrival.
-    pub users: Vec<UserEntry>,
+    /// Users in order of arrival, each with its handle (ascending).
+    users: Vec<(UserId, UserEntry)>,
+    /// The handle the next added user gets.
+    next_id: u32,
 }
 
 impl Roster {
     /// The roster of a new group: its creator, an admin.
     pub fn with_creator(auth_key: VLBytes) -> Self {
-        Self {
-            users: vec![UserEntry {
-                auth_key: Some(auth_key),
-                leaves: vec![0],
-                role: Role::Admin,
-            }],
+        Self::from_entries(vec![UserEntry {
+            auth_key: Some(auth_key),
+            leaves: vec![0],
+            role: Role::Admin,
+        }])
+    }
+
+    /// The roster of stored users (in order of arrival), with fresh handles.
+    pub fn from_entries(entries: Vec<UserEntry>) -> Self {
+        let mut roster = Self::default();
+        for entry in entries {
+            roster.push(entry);
         }
+        roster
     }
 
-    /// Index of the user holding `leaf`.
-    pub fn user_of(&self, leaf: u32) -> Option<usize> {
-        self.users.iter().position(|u| u.leaves.contains(&leaf))
+    /// The users as they are stored, in order of arrival.
+    pub fn entries(&self) -> Vec<UserEntry> {
+        self.users.iter().map(|(_, u)| u.clone()).collect()
     }
 
-    /// Index of the user whose auth key is `key`.
-    pub fn user_by_key(&self, key: &[u8]) -> Option<usize> {
+    /// Appends a user under a fresh handle.
+    fn push(&mut self, entry: UserEntry) -> UserId {
+        let id = UserId(self.next_id);
+        // One handle per user added in one request: the counter never comes near its end.
+        self.next_id = self.next_id.wrapping_add(1);
+        self.users.push((id, entry));
+        id
+    }
+
+    /// The user `user`, if it is still in the group.
+    pub fn user(&self, user: UserId) -> Option<&UserEntry> {
+        // Handles are allocated in ascending order and the list keeps arrival order.
+        self.users
+            .binary_search_by_key(&user, |(id, _)| *id)
+            .ok()
+            .and_then(|i| self.users.get(i))
+            .map(|(_, u)| u)
+    }
+
+    /// The user `user`, for changing it; an internal error if it left.
+    fn user_mut(&mut self, user: UserId) -> Result<&mut UserEntry, HubError> {
+        let i = self.users.binary_search_by_key(&user, |(id, _)| *id).ok();
+        i.and_then(|i| self.users.get_mut(i))
+            .map(|(_, u)| u)
+            .ok_or_else(|| HubError::Bug("no such user".into()))
+    }
+
+    /// Whether the client at `leaf` belongs to user `user`.
+    pub fn holds(&self, user: UserId, leaf: u32) -> bool {
+        self.user(user).is_some_and(|u| u.leaves.contains(&leaf))
+    }
+
+    /// How many users are admins.
+    pub fn admin_count(&self) -> usize {
         self.users
             .iter()
-            .position(|u| u.auth_key.as_ref().is_some_and(|k| k.as_slice() == key))
+            .filter(|(_, u)| u.role == Role::Admin)
+            .count()
+    }
+
+    /// The user holding `leaf`.
+    pub fn user_of(&self, leaf: u32) -> Option<UserId> {
+        self.users
+            .iter()
+            .find(|(_, u)| u.leaves.contains(&leaf))
+            .map(|(id, _)| *id)
+    }
+
+    /// The user whose auth key is `key`.
+    pub fn user_by_key(&self, key: &[u8]) -> Option<UserId> {
+        self.users
+            .iter()
+            .find(|(_, u)| u.auth_key.as_ref().is_some_and(|k| k.as_slice() == key))
+            .map(|(id, _)| *id)
     }
 
     /// Whether the client at `leaf` belongs to an admin.
     pub fn is_admin(&self, leaf: u32) -> bool {
         self.user_of(leaf)
-            .is_some_and(|u| self.users[u].role == Role::Admin)
+            .and_then(|u| self.user(u))
+            .is_some_and(|u| u.role == Role::Admin)
     }
 
     /// Fails unless the client at `leaf` belongs to an admin.
@@ -63,23 +134,31 @@ impl Roster {
         if self.is_admin(leaf) {
             Ok(())
         } else {
-            Err(HubError::NotAuthorized("only an admin may do this"))
+            Err(HubError::Request(RequestError::NotAuthorized(
+                "only an admin may do this",
+            )))
         }
     }
 
     /// Sets the auth key of user `user`; a key must not be shared by two users.
-    pub fn set_key(&mut self, user: usize, key: VLBytes) -> Result<(), HubError> {
+    pub fn set_key(&mut self, user: UserId, key: VLBytes) -> Result<(), HubError> {
         if key.as_slice().len() != 32 {
-            return Err(HubError::InvalidRequest("a user auth key is 32 bytes"));
+            return Err(HubError::Request(RequestError::Invalid(
+                "a user auth key is 32 bytes",
+            )));
         }
         if self.user_by_key(key.as_slice()).is_some_and(|u| u != user) {
-            return Err(HubError::InvalidRequest("user auth key already in use"));
+            return Err(HubError::Request(RequestError::Invalid(
+                "user auth key already in use",
+            )));
         }
-        let entry = self
-            .users
-            .get_mut(user)
-            .ok_or_else(|| HubError::Internal("no such user".into()))?;
-        entry.auth_key = Some(key);
+        self.user_mut(user)?.auth_key = Some(key);
+        Ok(())
+    }
+
+    /// Sets the role of user `user` (all its clients share it).
+    pub fn set_role(&mut self, user: UserId, role: Role) -> Result<(), HubError> {
+        self.user_mut(user)?.role = role;
         Ok(())
     }
 
@@ -87,23 +166,20 @@ impl Roster {
     /// left, or the hub removed it as inactive), the longest-standing remaining user becomes
     /// admin: a group without admins could never add or remove anyone again.
     pub fn remove_leaves(&mut self, removed: &[u32]) {
-        for u in &mut self.users {
+        for (_, u) in &mut self.users {
             u.leaves.retain(|l| !removed.contains(l));
         }
-        self.users.retain(|u| !u.leaves.is_empty());
-        if !self.users.iter().any(|u| u.role == Role::Admin)
-            && let Some(first) = self.users.first_mut()
+        self.users.retain(|(_, u)| !u.leaves.is_empty());
+        if !self.users.iter().any(|(_, u)| u.role == Role::Admin)
+            && let Some((_, first)) = self.users.first_mut()
         {
             first.role = Role::Admin;
         }
     }
 
     /// Gives user `user` the client at `leaf`.
-    pub fn add_leaf(&mut self, user: usize, leaf: u32) -> Result<(), HubError> {
-        let entry = self
-            .users
-            .get_mut(user)
-            .ok_or_else(|| HubError::Internal("no such user".into()))?;
+    pub fn add_leaf(&mut self, user: UserId, leaf: u32) -> Result<(), HubError> {
+        let entry = self.user_mut(user)?;
         let pos = entry.leaves.partition_point(|l| *l < leaf);
         entry.leaves.insert(pos, leaf);
         Ok(())
@@ -111,24 +187,23 @@ impl Roster {
 
     /// A client re-entered at another leaf (resync): it stays with its user and role.
     pub fn move_leaf(&mut self, old: u32, new: u32) {
-        if let Some(u) = self.user_of(old) {
-            let leaves = &mut self.users[u].leaves;
+        if let Some((_, u)) = self.users.iter_mut().find(|(_, u)| u.leaves.contains(&old)) {
+            let leaves = &mut u.leaves;
             leaves.retain(|l| *l != old);
             let pos = leaves.partition_point(|l| *l < new);
             leaves.insert(pos, new);
         }
     }
 
-    /// Adds a user with the given clients; returns its index.
-    pub fn add_user(&mut self, leaves: Vec<u32>, role: Role, auth_key: Option<VLBytes>) -> usize {
+    /// Adds a user with the given clients; returns its handle.
+    pub fn add_user(&mut self, leaves: Vec<u32>, role: Role, auth_key: Option<VLBytes>) -> UserId {
         let mut leaves = leaves;
         leaves.sort_unstable();
-        self.users.push(UserEntry {
+        self.push(UserEntry {
             auth_key,
             leaves,
             role,
-        });
-        self.users.len() - 1
+        })
     }
 
     /// Whether removing `removed` (by value, in a remove-users commit) takes every client of
@@ -136,7 +211,8 @@ impl Roster {
     pub fn removes_whole_users(&self, removed: &[u32]) -> bool {
         removed.iter().all(|leaf| {
             self.user_of(*leaf)
-                .is_some_and(|u| self.users[u].leaves.iter().all(|l| removed.contains(l)))
+                .and_then(|u| self.user(u))
+                .is_some_and(|u| u.leaves.iter().all(|l| removed.contains(l)))
         })
     }
 
@@ -144,7 +220,7 @@ impl Roster {
     pub fn public_view(&self) -> Vec<GroupUser> {
         self.users
             .iter()
-            .map(|u| GroupUser {
+            .map(|(_, u)| GroupUser {
                 leaves: u.leaves.clone(),
                 role: u.role,
             })
@@ -164,7 +240,7 @@ mod tests {
     fn roles_and_whole_user_removal() {
         let mut r = Roster::with_creator(key(1));
         let bob = r.add_user(vec![3, 1], Role::Member, None);
-        assert_eq!(r.users[bob].leaves, vec![1, 3]);
+        assert_eq!(r.user(bob).unwrap().leaves, vec![1, 3]);
         assert!(r.is_admin(0));
         assert!(!r.is_admin(1));
         assert!(r.require_admin(3).is_err());
@@ -173,17 +249,17 @@ mod tests {
         assert!(!r.removes_whole_users(&[7]), "no such leaf");
         r.move_leaf(1, 5);
         assert_eq!(
-            r.users[bob].leaves,
+            r.user(bob).unwrap().leaves,
             vec![3, 5],
             "a resync keeps user and role"
         );
         r.add_user(vec![7], Role::Member, None);
         r.remove_leaves(&[3, 5]);
-        assert_eq!(r.users.len(), 2);
+        assert_eq!(r.entries().len(), 2);
         assert!(!r.is_admin(7));
         // The last admin goes: the longest-standing remaining user takes over.
         r.remove_leaves(&[0]);
-        assert_eq!(r.users.len(), 1);
+        assert_eq!(r.entries().len(), 1);
         assert!(r.is_admin(7));
     }
 
@@ -195,5 +271,34 @@ mod tests {
         assert!(r.set_key(bob, vec![2; 5].into()).is_err());
         r.set_key(bob, key(2)).unwrap();
         assert_eq!(r.user_by_key(&[2; 32]), Some(bob));
+    }
+
+    /// Regression: a handle to a user, taken when the request is authenticated, must name the
+    /// same user after `remove_leaves` dropped users that came before it (an AddClients commit
+    /// that also carries an earlier user's pending self-remove). A handle of a removed user is
+    /// refused, never redirected to another user.
+    #[test]
+    fn user_handles_survive_removal_of_earlier_users() {
+        let mut r = Roster::with_creator(key(1));
+        let bob = r.add_user(vec![1], Role::Member, Some(key(2)));
+        let carol = r.add_user(vec![2], Role::Member, Some(key(3)));
+        let dave = r.add_user(vec![3], Role::Member, Some(key(4)));
+        // Carol signs an AddClients request; the commit also merges bob's self-remove.
+        let signer = r.user_by_key(&[3; 32]);
+        assert_eq!(signer, Some(carol));
+        r.remove_leaves(&[1]);
+        r.add_leaf(carol, 7).unwrap();
+        assert_eq!(r.user_of(7), r.user_by_key(&[3; 32]), "carol's new client");
+        assert_eq!(r.user_of(2), r.user_of(7));
+        assert_eq!(
+            r.user_of(3),
+            r.user_by_key(&[4; 32]),
+            "dave keeps his clients"
+        );
+        assert_ne!(r.user_of(3), r.user_of(7));
+        assert_eq!(r.user_of(3), Some(dave));
+        assert!(r.user_of(1).is_none());
+        assert!(r.add_leaf(bob, 8).is_err(), "bob is gone");
+        assert!(r.user_of(8).is_none());
     }
 }

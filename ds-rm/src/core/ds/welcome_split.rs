@@ -65,7 +65,7 @@ impl SplitWelcome {
         };
         one.tls_serialize_detached()
             .map(Some)
-            .map_err(|e| HubError::Internal(format!("encode welcome: {e:?}")))
+            .map_err(|e| HubError::Bug(format!("encode welcome: {e:?}")))
     }
 }
 

@@ -8,6 +8,7 @@
 use super::Tokens;
 use crate::core::HubError;
 use crate::core::replay::ReplayGuard;
+use crate::core::{IdentityError, RequestError, TokenError};
 use crate::store::Store;
 use mimi_rm_crypto::sign::VerifyingKey;
 use mimi_rm_protocol::credentials::AsCredentials;
@@ -46,7 +47,10 @@ impl Allowance {
         }
         let used = counts.entry(device).or_insert(0);
         if used.saturating_add(n) > limit {
-            return Err(HubError::AllowanceExhausted { used: *used, limit });
+            return Err(HubError::Token(TokenError::AllowanceExhausted {
+                used: *used,
+                limit,
+            }));
         }
         *used += n;
         Ok(())
@@ -149,12 +153,12 @@ impl Tokens {
         let expected_ct = match tt {
             TYPE_PUBLIC => TOKEN_REQUEST_CONTENT_TYPE,
             TYPE_AMORTIZED => BATCH_REQUEST_CONTENT_TYPE,
-            other => return Err(HubError::TokenWrongType(other)),
+            other => return Err(HubError::Token(TokenError::WrongType(other))),
         };
         if content_type.map(str::trim) != Some(expected_ct) {
-            return Err(HubError::InvalidRequest(
+            return Err(HubError::Request(RequestError::Invalid(
                 "wrong content type for this token type",
-            ));
+            )));
         }
         let keys = self.keys.current(store, now_ms / 1000)?;
         let limit = self.policy.allowance_per_epoch;
@@ -182,7 +186,9 @@ impl Tokens {
         .map_err(|e| HubError::malformed("batch token request", e))?;
         let n = request.nr();
         if n == 0 || n > MAX_BATCH {
-            return Err(HubError::LimitExceeded("batch size must be 1..=100"));
+            return Err(HubError::Request(RequestError::LimitExceeded(
+                "batch size must be 1..=100",
+            )));
         }
         let own = truncated(&keys.voprf_key_id);
         self.check_issuing_key(request.truncated_token_key_id(), own, now_ms)?;
@@ -191,11 +197,11 @@ impl Tokens {
         let server = AmortizedServer::<Ristretto255>::with_max_batch_size(MAX_BATCH);
         let store = OneKey(keys.voprf.clone(), own);
         let response = run_ready(server.issue_token_response(&store, request))
-            .ok_or_else(|| HubError::Internal("issuer future pending".into()))
+            .ok_or_else(|| HubError::Bug("issuer future pending".into()))
             .and_then(|r| r.map_err(|e| HubError::malformed("blinded elements", e)))
             .and_then(|r| {
                 privacypass::Serialize::tls_serialize_detached(&r)
-                    .map_err(|e| HubError::Internal(e.to_string()))
+                    .map_err(|e| HubError::Bug(e.to_string()))
             });
         match response {
             Ok(body) => Ok(Issued {
@@ -220,9 +226,9 @@ impl Tokens {
             truncated(&k.rsa_key_id) == requested || truncated(&k.voprf_key_id) == requested
         });
         Err(if older {
-            HubError::TokenExpiredKey
+            HubError::Token(TokenError::ExpiredKey)
         } else {
-            HubError::TokenUnknownKey
+            HubError::Token(TokenError::UnknownKey)
         })
     }
 
@@ -234,9 +240,9 @@ impl Tokens {
         auth_header: Option<&str>,
         body: &[u8],
     ) -> Result<[u8; 32], HubError> {
-        let encoded = auth_header.ok_or(HubError::NotAuthorized(
+        let encoded = auth_header.ok_or(HubError::Request(RequestError::NotAuthorized(
             "token issuance needs a client credential",
-        ))?;
+        )))?;
         let bytes = decode_b64url(encoded.trim())
             .ok_or_else(|| HubError::malformed("issuance auth", "not base64url"))?;
         let auth: IssuanceAuth =
@@ -246,17 +252,22 @@ impl Tokens {
         cred.verify_chain(ctx.anchors, ctx.now_ms / 1000)
             .map_err(|e| match e {
                 mimi_rm_protocol::credentials::CredentialError::Expired(_) => {
-                    HubError::ExpiredCredential
+                    HubError::Identity(IdentityError::ExpiredCredential)
                 }
-                _ => HubError::NotAuthorized("credential not issued by this provider"),
+                _ => HubError::Request(RequestError::NotAuthorized(
+                    "credential not issued by this provider",
+                )),
             })?;
-        let key = VerifyingKey::from_bytes(cred.tbs.public_key.as_slice())
-            .map_err(|_| HubError::NotAuthorized("credential key unusable"))?;
+        let key = VerifyingKey::from_bytes(cred.tbs.public_key.as_slice()).map_err(|_| {
+            HubError::Request(RequestError::NotAuthorized("credential key unusable"))
+        })?;
         let signed = IssuanceAuth::signed_bytes(&self.domain, auth.timestamp_ms, body);
         key.verify(ISSUANCE_AUTH_LABEL, &signed, auth.signature.as_slice())
-            .map_err(|_| HubError::InvalidSignature)?;
+            .map_err(|_| HubError::Request(RequestError::InvalidSignature))?;
         if !crate::core::auth::is_current_client(ctx.store, cred)? {
-            return Err(HubError::NotAuthorized("not a current device"));
+            return Err(HubError::Request(RequestError::NotAuthorized(
+                "not a current device",
+            )));
         }
         ctx.replay
             .check_and_record(auth.signature.as_slice(), auth.timestamp_ms, ctx.now_ms)?;
@@ -274,7 +285,10 @@ mod tests {
         a.take(1, [1; 32], 3, 4).unwrap();
         assert!(matches!(
             a.take(1, [1; 32], 2, 4),
-            Err(HubError::AllowanceExhausted { used: 3, limit: 4 })
+            Err(HubError::Token(TokenError::AllowanceExhausted {
+                used: 3,
+                limit: 4
+            }))
         ));
         a.take(1, [2; 32], 4, 4).unwrap();
         a.give_back(1, [1; 32], 3);

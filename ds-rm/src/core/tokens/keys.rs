@@ -104,7 +104,7 @@ pub struct IssuerKeys {
 }
 
 fn internal(e: impl std::fmt::Display) -> HubError {
-    HubError::Internal(format!("privacy pass keys: {e}"))
+    HubError::Bug(format!("privacy pass keys: {e}"))
 }
 
 pub(super) fn secret_key(epoch: u64) -> Vec<u8> {

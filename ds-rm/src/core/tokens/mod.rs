@@ -14,6 +14,7 @@ pub mod keys;
 mod vectors;
 
 use crate::core::HubError;
+use crate::core::TokenError;
 use crate::store::{Cf, Store, Txn};
 use keys::{IssuerKeys, KeyLookup, KeySchedule};
 use mimi_rm_protocol::tokens::{
@@ -101,7 +102,7 @@ impl Tokens {
         now_ms: u64,
     ) -> Result<Self, HubError> {
         let keys = IssuerKeys::open(store, policy.schedule, secs(now_ms))?;
-        let digest = |t| challenge_digest(domain, t).map_err(|e| HubError::Internal(e.to_string()));
+        let digest = |t| challenge_digest(domain, t).map_err(|e| HubError::Bug(e.to_string()));
         Ok(Self {
             domain: domain.to_owned(),
             digests: [digest(TYPE_PUBLIC)?, digest(TYPE_AMORTIZED)?],
@@ -127,10 +128,12 @@ impl Tokens {
         let expected = match token.token_type {
             TYPE_PUBLIC => &self.digests[0],
             TYPE_AMORTIZED => &self.digests[1],
-            other => return Err(HubError::TokenWrongType(other)),
+            other => return Err(HubError::Token(TokenError::WrongType(other))),
         };
         if token.challenge_digest != *expected {
-            return Err(HubError::TokenInvalid("bound to another challenge"));
+            return Err(HubError::Token(TokenError::Invalid(
+                "bound to another challenge",
+            )));
         }
         self.check_authenticator(token, now_ms)
     }
@@ -143,8 +146,8 @@ impl Tokens {
     ) -> Result<VerifiedToken, HubError> {
         let keys = match self.keys.lookup(&token.token_key_id, secs(now_ms)) {
             KeyLookup::Active(k) => k,
-            KeyLookup::Expired => return Err(HubError::TokenExpiredKey),
-            KeyLookup::Unknown => return Err(HubError::TokenUnknownKey),
+            KeyLookup::Expired => return Err(HubError::Token(TokenError::ExpiredKey)),
+            KeyLookup::Unknown => return Err(HubError::Token(TokenError::UnknownKey)),
         };
         let input = token.token_input();
         let valid = match token.token_type {
@@ -169,7 +172,9 @@ impl Tokens {
             }
         };
         if !valid {
-            return Err(HubError::TokenInvalid("authenticator does not verify"));
+            return Err(HubError::Token(TokenError::Invalid(
+                "authenticator does not verify",
+            )));
         }
         Ok(VerifiedToken {
             epoch: keys.epoch,
@@ -188,7 +193,7 @@ impl Tokens {
         match admission {
             Admission::Peer => Ok(None),
             Admission::Client(_) if !required => Ok(None),
-            Admission::Client(None) => Err(HubError::TokenRequired),
+            Admission::Client(None) => Err(HubError::Token(TokenError::Required)),
             Admission::Client(Some(t)) => Ok(Some(t.clone())),
         }
     }
@@ -198,7 +203,7 @@ impl Tokens {
     pub fn spend(txn: &mut Txn<'_>, token: &VerifiedToken) -> Result<(), HubError> {
         let key = token.spent_key();
         if txn.get(Cf::PpSpent, &key)?.is_some() {
-            return Err(HubError::TokenSpent);
+            return Err(HubError::Token(TokenError::Spent));
         }
         txn.put(Cf::PpSpent, key, Vec::new());
         Ok(())

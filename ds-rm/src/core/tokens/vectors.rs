@@ -6,6 +6,7 @@
 use super::keys::{encode_secret, secret_key};
 use super::{TokenPolicy, Tokens};
 use crate::core::HubError;
+use crate::core::TokenError;
 use crate::store::{Cf, RocksStore, Txn};
 use blind_rsa_signatures::{Deterministic, PSS, SecretKey, Sha384};
 use mimi_rm_protocol::tokens::{
@@ -81,13 +82,13 @@ fn rfc9578_type2_vectors_through_our_issuer_and_verifier() {
         bad.authenticator[17] ^= 0x40;
         assert!(matches!(
             tokens.check_authenticator(&bad, now),
-            Err(HubError::TokenInvalid(_))
+            Err(HubError::Token(TokenError::Invalid(_)))
         ));
         // Its challenge (issuer.example with a redemption context) is not the one this hub
         // binds its own tokens to, so the full check refuses it.
         assert!(matches!(
             tokens.verify(&token, now),
-            Err(HubError::TokenInvalid(_))
+            Err(HubError::Token(TokenError::Invalid(_)))
         ));
     }
 }

@@ -1,0 +1,354 @@
+//! The client: key custody, OpenMLS groups, and every hub operation.
+//!
+//! This module holds [`Client`] itself, opening a saved client and the small helpers every
+//! capability shares; each capability lives in its own submodule, as more `impl Client` blocks.
+
+use crate::contact::ContactCard;
+use crate::error::ClientError;
+use crate::provider::ClientProvider;
+use crate::state::{self, ClientState, GroupMeta, unhex};
+use crate::transport::Transport;
+use mimi_rm_crypto::sign::SigningKey;
+use mimi_rm_protocol::credentials::*;
+use mimi_rm_protocol::{DsMode, decode_exact, encode};
+use openmls::prelude::*;
+use openmls_basic_credential::SignatureKeyPair;
+use std::path::{Path, PathBuf};
+
+mod commit;
+mod connect;
+mod devices;
+mod events;
+mod groups;
+mod join;
+mod leaves;
+mod link;
+mod membership;
+mod messaging;
+mod process;
+mod queue;
+mod recovery;
+mod register;
+mod requests;
+#[cfg(feature = "adversary")]
+mod tamper;
+mod verify;
+pub use connect::{IncomingConnection, seal_offer};
+pub use events::{Event, MemberIdentity};
+pub use link::PendingDevice;
+#[cfg(feature = "adversary")]
+pub use tamper::Tamper;
+
+/// The one ciphersuite this client speaks (MLS MTI).
+pub const CIPHERSUITE: Ciphersuite = Ciphersuite::MLS_128_DHKEMX25519_AES128GCM_SHA256_Ed25519;
+/// EAR domain of AddPackages.
+const ADD_PACKAGE_DOMAIN: &str = "add package";
+/// How many past epochs' secrets a member keeps, so an application message sent just before a
+/// commit (the hub accepts messages of earlier epochs) still decrypts after it.
+pub const MAX_PAST_EPOCHS: usize = 8;
+/// How far behind the newest generation of a sender a message may arrive (OpenMLS defaults to
+/// 5, which a busy group under concurrent commits exceeded in the concurrency test).
+const OUT_OF_ORDER_TOLERANCE: u32 = 64;
+/// How far ahead of the last seen generation a sender's message may be.
+const MAX_FORWARD_DISTANCE: u32 = 1000;
+/// First byte of an application message's plaintext: what the rest is.
+const CONTENT_USER: u8 = 0;
+/// A group control message between clients (e.g. a new `GroupStateEarKey`).
+const CONTENT_CONTROL: u8 = 1;
+/// Messages after which the client mixes fresh randomness into its queue ratchet.
+pub const REKEY_EVERY: u64 = 64;
+/// How often a request is re-sent when the hub could not be reached (crash, restart).
+const TRANSPORT_RETRIES: u32 = 40;
+/// Default of [`Client::set_keepalive`]: a third of the hub's default inactivity limit.
+const DEFAULT_KEEPALIVE_MS: u64 = 30 * 24 * 60 * 60 * 1000;
+/// One-time AddPackages published at registration.
+const ADD_PACKAGES: usize = 5;
+/// Connection packages published at registration (the last one is kept when used).
+const CONNECTION_PACKAGES: usize = 3;
+/// Most bytes of a queue message, AddPackage, attribution or commit AAD we decode.
+const MAX_MESSAGE: usize = 16 << 20;
+
+/// A group, by its MLS group id.
+#[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct GroupHandle(pub Vec<u8>);
+
+impl std::fmt::Debug for GroupHandle {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "GroupHandle({})", hex::encode(&self.0))
+    }
+}
+
+impl std::fmt::Display for GroupHandle {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&hex::encode(&self.0))
+    }
+}
+
+impl GroupHandle {
+    /// Parses the hex form printed by `Display`.
+    pub fn from_hex(s: &str) -> Result<Self, ClientError> {
+        hex::decode(s.trim())
+            .map(Self)
+            .map_err(|_| ClientError::Unexpected("group id must be hex"))
+    }
+}
+
+/// A client with its keys, its groups and a connection to its home hub.
+pub struct Client {
+    transport: Transport,
+    dir: PathBuf,
+    state: ClientState,
+    provider: ClientProvider,
+    /// Events processed while catching up inside another call (e.g. `send` after the group
+    /// moved on); handed out by the next `receive`.
+    pending: Vec<Event>,
+    /// When set, state changes stay in memory (see [`Client::set_ephemeral`]).
+    ephemeral: bool,
+    /// After this long without a signed request of ours in a group, `receive` updates in it.
+    keepalive_ms: u64,
+}
+
+/// Now, in milliseconds since the Unix epoch (0 if the clock is before it).
+fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+/// The transport to `hub_url`, trusting `ca_pem` as an extra root when given.
+fn transport_for(hub_url: &str, ca_pem: Option<&[u8]>) -> Result<Transport, ClientError> {
+    match ca_pem {
+        Some(pem) => Transport::with_root_ca(hub_url, pem),
+        None => Ok(Transport::new(hub_url)),
+    }
+}
+
+/// The token wallet's file in the client directory.
+const WALLET_FILE: &str = "tokens.json";
+
+/// `v` as a 32-byte array (a key or token), or a state error.
+fn b32(v: &[u8]) -> Result<[u8; 32], ClientError> {
+    v.try_into()
+        .map_err(|_| ClientError::State("expected 32 bytes".into()))
+}
+
+impl Client {
+    /// A client over an already set-up transport and state, with an empty OpenMLS store.
+    fn from_parts(transport: Transport, dir: &Path, state: ClientState) -> Self {
+        Self {
+            transport,
+            dir: dir.to_owned(),
+            state,
+            provider: ClientProvider::default(),
+            pending: Vec::new(),
+            ephemeral: false,
+            keepalive_ms: DEFAULT_KEEPALIVE_MS,
+        }
+    }
+
+    /// Loads a client saved in `dir`, talking to `hub_url`.
+    pub fn load(dir: &Path, hub_url: &str) -> Result<Self, ClientError> {
+        Self::load_with_ca(dir, hub_url, None)
+    }
+
+    /// Like [`Client::load`], additionally trusting the PEM root `ca_pem` for the hub's HTTPS
+    /// certificate, for hubs certified by a private CA.
+    pub fn load_with_ca(
+        dir: &Path,
+        hub_url: &str,
+        ca_pem: Option<&[u8]>,
+    ) -> Result<Self, ClientError> {
+        let mut transport = transport_for(hub_url, ca_pem)?;
+        let (state, mls) = state::load(dir)?;
+        let credential: ClientCredential =
+            decode_exact(&unhex(&state.client_credential)?, 64 * 1024)
+                .map_err(|e| ClientError::State(e.to_string()))?;
+        transport.enable_tokens(crate::tokens::Wallet::new(
+            state.domain.clone(),
+            credential,
+            SigningKey::from_bytes(&unhex(&state.client_key)?)?,
+            Some(dir.join(WALLET_FILE)),
+        )?);
+        Ok(Self {
+            transport,
+            dir: dir.to_owned(),
+            state,
+            provider: ClientProvider::from_snapshot(mls),
+            pending: Vec::new(),
+            ephemeral: false,
+            keepalive_ms: DEFAULT_KEEPALIVE_MS,
+        })
+    }
+
+    /// Takes one Privacy Pass token from this client's wallet (refilling it when low), for
+    /// requests built by hand: tools, tests, benchmarks.
+    pub async fn take_token(
+        &self,
+    ) -> Result<mimi_rm_protocol::tokens::PresentedToken, ClientError> {
+        let wallet = self
+            .transport
+            .wallet()
+            .ok_or(ClientError::Unexpected("no token wallet"))?;
+        wallet
+            .take(self.transport.http(), self.transport.base())
+            .await
+    }
+
+    /// The client's token wallet.
+    pub fn wallet(&self) -> Option<&crate::tokens::Wallet> {
+        self.transport.wallet()
+    }
+
+    /// The transport to the home hub.
+    pub fn transport(&self) -> &Transport {
+        &self.transport
+    }
+
+    /// Records every request body this client sends (wire log).
+    pub fn set_recorder(&mut self, recorder: crate::transport::Recorder) {
+        self.transport.set_recorder(recorder);
+    }
+
+    /// Our pseudonymous QS client id (the queue id; only our own QS can link it to leaves).
+    pub fn client_id_bytes(&self) -> Result<[u8; 16], ClientError> {
+        self.client_id()
+    }
+
+    /// Local name.
+    pub fn name(&self) -> &str {
+        &self.state.name
+    }
+
+    /// The card a contact needs to add us to groups and to read our credentials.
+    pub fn contact_card(&self) -> Result<ContactCard, ClientError> {
+        Ok(ContactCard {
+            handle: self.state.name.as_bytes().to_vec().into(),
+            domain: self.state.domain.as_bytes().to_vec().into(),
+            friendship_token: b32(&unhex(&self.state.friendship_token)?)?,
+            add_package_key: b32(&unhex(&self.state.add_package_key)?)?,
+            credential_key: b32(&unhex(&self.state.credential_key)?)?,
+            wrapper_key: b32(&unhex(&self.state.wrapper_key)?)?,
+            wai_key: b32(&unhex(&self.state.wai_key)?)?,
+        })
+    }
+
+    /// Accepts `card` as a contact: we will add its owner to groups and accept its invitations.
+    pub fn add_contact(&mut self, card: &ContactCard) -> Result<(), ClientError> {
+        self.state
+            .contacts
+            .insert(card.handle_str(), card.to_text()?);
+        self.persist()
+    }
+
+    /// Handles of our contacts.
+    pub fn contacts(&self) -> Vec<String> {
+        self.state.contacts.keys().cloned().collect()
+    }
+
+    /// Our handle and device id, as the AS certified them.
+    pub fn identity(&self) -> Result<ClientIdentity, ClientError> {
+        Ok(self.client_credential()?.tbs.identity)
+    }
+
+    /// Our client credential (what members and contacts see; the hub never does).
+    pub fn client_credential(&self) -> Result<ClientCredential, ClientError> {
+        decode_exact(&unhex(&self.state.client_credential)?, 64 * 1024)
+            .map_err(|e| ClientError::State(e.to_string()))
+    }
+
+    /// Keeps all further state changes in memory only: nothing is written to the client
+    /// directory any more (the wallet file included). For load generators, whose thousands of
+    /// clients would otherwise measure their own disk writes; a real client must not use it.
+    pub fn set_ephemeral(&mut self) {
+        self.ephemeral = true;
+        if let Some(w) = self.transport.wallet() {
+            w.set_ephemeral();
+        }
+    }
+
+    /// How long this client may stay silent in a group before `receive` makes an Update there.
+    /// The hub counts only signed requests as activity and proposes removing members idle past
+    /// its limit (90 days by default), so a member that only reads must speak up now and then;
+    /// an Update also refreshes its keys. Keep this well below the hub's limit.
+    pub fn set_keepalive(&mut self, every: std::time::Duration) {
+        self.keepalive_ms = u64::try_from(every.as_millis()).unwrap_or(u64::MAX);
+    }
+
+    /// Holds at least `n` Privacy Pass tokens before returning, so a burst of requests does not
+    /// wait for issuance.
+    pub async fn prefill_tokens(&self, n: usize) -> Result<(), ClientError> {
+        let wallet = self
+            .transport
+            .wallet()
+            .ok_or(ClientError::Unexpected("no token wallet"))?;
+        wallet
+            .prefill(self.transport.http(), self.transport.base(), n)
+            .await
+    }
+
+    /// Saves our state and the OpenMLS store to the client directory (unless ephemeral).
+    fn persist(&self) -> Result<(), ClientError> {
+        if self.ephemeral {
+            return Ok(());
+        }
+        state::save(&self.dir, &self.state, &self.provider.snapshot())
+    }
+
+    /// The key that signs our requests to the QS as our client.
+    fn client_auth(&self) -> Result<SigningKey, ClientError> {
+        Ok(SigningKey::from_bytes(&unhex(
+            &self.state.client_auth_key,
+        )?)?)
+    }
+
+    /// Our QS client (queue) id.
+    fn client_id(&self) -> Result<[u8; 16], ClientError> {
+        unhex(&self.state.client_id)?
+            .try_into()
+            .map_err(|_| ClientError::State("client id".into()))
+    }
+
+    /// Our records of `group`, to change them.
+    fn meta_mut(&mut self, group: &GroupHandle) -> Result<&mut GroupMeta, ClientError> {
+        self.state
+            .groups
+            .get_mut(&hex::encode(&group.0))
+            .ok_or(ClientError::UnknownGroup)
+    }
+
+    /// Our records of `group`: its keys, our leaf, its members.
+    fn meta(&self, group: &GroupHandle) -> Result<&GroupMeta, ClientError> {
+        self.state
+            .groups
+            .get(&hex::encode(&group.0))
+            .ok_or(ClientError::UnknownGroup)
+    }
+
+    /// The OpenMLS state of `group`.
+    fn load_group(&self, group: &GroupHandle) -> Result<MlsGroup, ClientError> {
+        MlsGroup::load(self.provider.storage(), &GroupId::from_slice(&group.0))
+            .map_err(ClientError::mls)?
+            .ok_or(ClientError::UnknownGroup)
+    }
+
+    /// Our leaf signer with public key `public_hex`, from the OpenMLS store.
+    fn signer(&self, public_hex: &str) -> Result<SignatureKeyPair, ClientError> {
+        SignatureKeyPair::read(
+            self.provider.storage(),
+            &unhex(public_hex)?,
+            CIPHERSUITE.signature_algorithm(),
+        )
+        .ok_or_else(|| ClientError::State("missing signature key".into()))
+    }
+
+    /// The hub mode this client was registered for.
+    pub fn mode(&self) -> DsMode {
+        self.state.mode
+    }
+}
+
+/// `value` TLS-encoded, or a state error.
+fn encoded<T: tls_codec::Serialize>(value: &T) -> Result<Vec<u8>, ClientError> {
+    encode(value).map_err(|e| ClientError::State(e.to_string()))
+}

@@ -1,0 +1,242 @@
+//! Our queue at the QS: fetching, decrypting and acknowledging entries, the queue ratchet
+//! rekey, and keepalive updates.
+
+use super::requests::signed_qs;
+use super::{Client, Event, GroupHandle, MAX_MESSAGE, REKEY_EVERY, b32, now_ms};
+use crate::error::ClientError;
+use crate::state::unhex;
+use mimi_rm_crypto::ratchet::QueueRatchet;
+use mimi_rm_crypto::sign::SigningKey;
+use mimi_rm_protocol::decode_exact;
+use mimi_rm_protocol::qs::*;
+use mimi_rm_protocol::queue::*;
+
+impl Client {
+    /// Processes everything queued for us inside another call; the events go to the next
+    /// `receive`.
+    pub(super) async fn catch_up(&mut self) -> Result<(), ClientError> {
+        // As in `receive`: an invitation from a contact elsewhere needs that provider's roots.
+        if let Err(e) = self.ensure_contact_anchors().await {
+            tracing::warn!(error = %e, "could not fetch a contact provider's AS credentials");
+        }
+        let mut caught_up = Vec::new();
+        let result = self.receive_into(&mut caught_up).await;
+        self.pending.extend(caught_up);
+        result
+    }
+
+    /// Fetches, decrypts and processes everything queued for us, then acknowledges it.
+    pub async fn receive(&mut self) -> Result<Vec<Event>, ClientError> {
+        // Members from our contacts' providers must be verifiable before we process joins; a
+        // provider that is down must not stop us from receiving, so this is best effort.
+        if let Err(e) = self.ensure_contact_anchors().await {
+            tracing::warn!(error = %e, "could not fetch a contact provider's AS credentials");
+        }
+        let mut events = std::mem::take(&mut self.pending);
+        match self.receive_into(&mut events).await {
+            Ok(()) => {
+                if self.state.received_since_rekey >= REKEY_EVERY
+                    && let Err(e) = self.rekey_queue().await
+                {
+                    tracing::warn!(error = %e, "queue rekey failed; will retry");
+                }
+                self.keep_alive().await;
+                events.append(&mut self.pending);
+                Ok(events)
+            }
+            // What was processed is persisted and must reach the caller; the rest (and the
+            // acknowledgement) follows with the next call.
+            Err(e) if !events.is_empty() => {
+                tracing::warn!(error = %e, "receive interrupted; returning what arrived");
+                Ok(events)
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Deletes this device's queue (and AddPackages) at our QS: whatever is sent to it
+    /// afterwards is dropped, and the hub proposes removing this device from its groups.
+    pub async fn delete_queue(&mut self) -> Result<(), ClientError> {
+        let req = signed_qs(
+            &self.client_auth()?,
+            QsSender::Client(self.client_id()?),
+            QsOperation::DeleteClient,
+        )?;
+        self.transport.qs(&req).await?;
+        Ok(())
+    }
+
+    /// Updates in every group where we have been silent for the keepalive period (see
+    /// [`Client::set_keepalive`]); failures are logged and retried at the next `receive`.
+    async fn keep_alive(&mut self) {
+        let due = now_ms().saturating_sub(self.keepalive_ms);
+        let quiet: Vec<GroupHandle> = self
+            .groups()
+            .into_iter()
+            .filter(|g| self.meta(g).is_ok_and(|m| m.last_request_ms < due))
+            .collect();
+        for group in quiet {
+            if let Err(e) = self.update(&group).await {
+                tracing::debug!(group = %group, error = %e, "keepalive update failed");
+            }
+        }
+    }
+
+    /// Mixes fresh randomness into our queue ratchet at the QS and here (post-compromise
+    /// security: whoever copied the QS's ratchet state before cannot read what comes after).
+    /// Safe to repeat after a failure: the same randomness is re-sent until confirmed.
+    pub async fn rekey_queue(&mut self) -> Result<(), ClientError> {
+        let fresh: [u8; 32] = match &self.state.in_flight_rekey {
+            Some(h) => b32(&unhex(h)?)?,
+            None => {
+                let r = mimi_rm_crypto::ids::random_bytes();
+                self.state.in_flight_rekey = Some(hex::encode(r));
+                self.persist()?;
+                r
+            }
+        };
+        let req = signed_qs(
+            &self.client_auth()?,
+            QsSender::Client(self.client_id()?),
+            QsOperation::RekeyQueue(fresh.to_vec().into()),
+        )?;
+        let QsResponse::Rekeyed(seq) = self.transport.qs(&req).await? else {
+            return Err(ClientError::Unexpected("expected Rekeyed"));
+        };
+        self.state.pending_mixes.push((seq, hex::encode(fresh)));
+        self.state.in_flight_rekey = None;
+        self.state.received_since_rekey = 0;
+        let mut ratchet = QueueRatchet::from_bytes(&unhex(&self.state.queue_ratchet)?)?;
+        self.apply_due_mixes(&mut ratchet)?;
+        self.state.queue_ratchet = hex::encode(ratchet.to_bytes());
+        self.persist()
+    }
+
+    /// Applies the confirmed rekeys that take effect at the ratchet's current position; the
+    /// caller saves the ratchet right after, keeping the saved state and the pending list in
+    /// step.
+    fn apply_due_mixes(&mut self, ratchet: &mut QueueRatchet) -> Result<(), ClientError> {
+        while let Some(pos) = self
+            .state
+            .pending_mixes
+            .iter()
+            .position(|(s, _)| *s == ratchet.next_seq())
+        {
+            let (_, fresh) = self.state.pending_mixes.remove(pos);
+            ratchet.mix(&b32(&unhex(&fresh)?)?);
+        }
+        Ok(())
+    }
+
+    /// Reads our whole queue: decrypts and processes every entry into `events`, then
+    /// acknowledges what was consumed.
+    async fn receive_into(&mut self, events: &mut Vec<Event>) -> Result<(), ClientError> {
+        if self.state.in_flight_rekey.is_some() {
+            // A rekey whose answer we never saw may be in force at the QS: learn where.
+            self.rekey_queue().await?;
+        }
+        let auth = self.client_auth()?;
+        let id = self.client_id()?;
+        loop {
+            let mut ratchet = QueueRatchet::from_bytes(&unhex(&self.state.queue_ratchet)?)?;
+            let op = QsOperation::Dequeue(Dequeue {
+                ack_below: ratchet.next_seq(),
+                max: 100,
+            });
+            let QsResponse::Messages(batch) = self
+                .transport
+                .qs(&signed_qs(&auth, QsSender::Client(id), op)?)
+                .await?
+            else {
+                return Err(ClientError::Unexpected("expected Messages"));
+            };
+            if batch.messages.is_empty() {
+                break;
+            }
+            // Invariant: the saved ratchet has every confirmed rekey at its position applied, so
+            // nothing is mixed before a message is decrypted, only right after it advanced.
+            for m in batch.messages {
+                if m.seq > ratchet.next_seq() {
+                    self.skip_expired(&mut ratchet, m.seq)?;
+                }
+                self.consume(&mut ratchet, m, events).await?;
+            }
+            if batch.remaining == 0 {
+                break;
+            }
+        }
+        self.acknowledge(&auth, id).await
+    }
+
+    /// The QS expired messages we never fetched, up to `seq`: steps the ratchet over them
+    /// (applying any rekey on the way) and saves that before going on.
+    fn skip_expired(&mut self, ratchet: &mut QueueRatchet, seq: u64) -> Result<(), ClientError> {
+        tracing::warn!(
+            missing = seq - ratchet.next_seq(),
+            "queued messages expired before we fetched them"
+        );
+        while ratchet.next_seq() < seq {
+            ratchet.skip()?;
+            self.apply_due_mixes(ratchet)?;
+        }
+        self.state.queue_ratchet = hex::encode(ratchet.to_bytes());
+        self.persist()
+    }
+
+    /// Decrypts and processes the next queue entry, then saves the advanced ratchet. An entry
+    /// that cannot be processed becomes [`Event::Undecryptable`]; one that failed because the
+    /// hub went away stays unconsumed.
+    async fn consume(
+        &mut self,
+        ratchet: &mut QueueRatchet,
+        m: QueuedCiphertext,
+        events: &mut Vec<Event>,
+    ) -> Result<(), ClientError> {
+        let plain = match ratchet.decrypt_next(m.seq, m.ciphertext.as_slice()) {
+            Ok(p) => p,
+            Err(e) => {
+                // Without this key no later message can be read either: stop here.
+                return Err(ClientError::Crypto(e));
+            }
+        };
+        let event = match decode_exact::<QueueMessage>(&plain, MAX_MESSAGE) {
+            Ok(msg) => self.handle(msg).await,
+            Err(e) => Err(ClientError::State(e.to_string())),
+        };
+        match event {
+            Ok(evs) => events.extend(evs),
+            // The hub went away while we handled this entry (e.g. fetching a Welcome's
+            // tree): leave it queued and unconsumed, and try again next time.
+            Err(e @ ClientError::Transport(_)) => return Err(e),
+            Err(e) => {
+                tracing::warn!(seq = m.seq, error = %e, "skipping queue entry");
+                events.push(Event::Undecryptable {
+                    seq: m.seq,
+                    reason: e.to_string(),
+                });
+            }
+        }
+        self.apply_due_mixes(ratchet)?;
+        self.state.queue_ratchet = hex::encode(ratchet.to_bytes());
+        self.state.received_since_rekey += 1;
+        self.persist()
+    }
+
+    /// Acknowledges everything consumed so the QS deletes it.
+    async fn acknowledge(&mut self, auth: &SigningKey, id: [u8; 16]) -> Result<(), ClientError> {
+        let ratchet = QueueRatchet::from_bytes(&unhex(&self.state.queue_ratchet)?)?;
+        let op = QsOperation::Dequeue(Dequeue {
+            ack_below: ratchet.next_seq(),
+            max: 0,
+        });
+        self.transport
+            .qs(&signed_qs(auth, QsSender::Client(id), op)?)
+            .await?;
+        // Everything queued before our commits so far is read.
+        if self.state.committed_since_receive {
+            self.state.committed_since_receive = false;
+            self.persist()?;
+        }
+        Ok(())
+    }
+}
