@@ -346,43 +346,15 @@ pub fn parse_www_authenticate(value: &str) -> Result<Vec<ParsedChallenge>, Token
     let mut out = Vec::new();
     // Parameters of the challenge being read: (is PrivateToken, params).
     let mut current: Option<(bool, Vec<(String, String)>)> = None;
-    let finish = |c: Option<(bool, Vec<(String, String)>)>, out: &mut Vec<ParsedChallenge>| {
-        let Some((true, params)) = c else {
-            return Ok(());
-        };
-        let get = |k: &str| {
-            params
-                .iter()
-                .find(|(n, _)| n.eq_ignore_ascii_case(k))
-                .map(|(_, v)| v)
-        };
-        let challenge = get("challenge")
-            .and_then(|v| decode_b64url(v))
-            .ok_or(TokenError::Malformed("challenge missing or not base64url"))?;
-        let token_key = get("token-key")
-            .and_then(|v| decode_b64url(v))
-            .ok_or(TokenError::Malformed("token-key missing or not base64url"))?;
-        let max_age = match get("max-age") {
-            Some(v) => Some(v.parse().map_err(|_| TokenError::Malformed("max-age"))?),
-            None => None,
-        };
-        out.push(ParsedChallenge {
-            challenge,
-            token_key,
-            max_age,
-        });
-        Ok(())
-    };
-    let is_sep = |b: u8| b == b',' || b.is_ascii_whitespace();
     loop {
-        while i < bytes.len() && is_sep(bytes[i]) {
+        while i < bytes.len() && is_auth_separator(bytes[i]) {
             i += 1;
         }
         if i >= bytes.len() {
             break;
         }
         let start = i;
-        while i < bytes.len() && !is_sep(bytes[i]) && bytes[i] != b'=' {
+        while i < bytes.len() && !is_auth_separator(bytes[i]) && bytes[i] != b'=' {
             i += 1;
         }
         let name = &value[start..i];
@@ -391,23 +363,7 @@ pub fn parse_www_authenticate(value: &str) -> Result<Vec<ParsedChallenge>, Token
             j += 1;
         }
         if j < bytes.len() && bytes[j] == b'=' && !name.is_empty() {
-            // name = value
-            j += 1;
-            while j < bytes.len() && bytes[j].is_ascii_whitespace() {
-                j += 1;
-            }
-            let (val, next) = if j < bytes.len() && bytes[j] == b'"' {
-                let close = value[j + 1..]
-                    .find('"')
-                    .ok_or(TokenError::Malformed("unterminated quoted value"))?;
-                (&value[j + 1..j + 1 + close], j + close + 2)
-            } else {
-                let mut k = j;
-                while k < bytes.len() && !is_sep(bytes[k]) {
-                    k += 1;
-                }
-                (&value[j..k], k)
-            };
+            let (val, next) = auth_param_value(value, j + 1)?;
             let Some((_, params)) = current.as_mut() else {
                 return Err(TokenError::Malformed("parameter before any scheme"));
             };
@@ -417,12 +373,67 @@ pub fn parse_www_authenticate(value: &str) -> Result<Vec<ParsedChallenge>, Token
             return Err(TokenError::Malformed("stray '='"));
         } else {
             // A new scheme.
-            finish(current.take(), &mut out)?;
+            if let Some((true, params)) = current.take() {
+                out.push(private_token_challenge(&params)?);
+            }
             current = Some((name.eq_ignore_ascii_case("PrivateToken"), Vec::new()));
         }
     }
-    finish(current, &mut out)?;
+    if let Some((true, params)) = current {
+        out.push(private_token_challenge(&params)?);
+    }
     Ok(out)
+}
+
+/// Separators between challenges and parameters in an authentication header.
+fn is_auth_separator(b: u8) -> bool {
+    b == b',' || b.is_ascii_whitespace()
+}
+
+/// The value of an auth parameter starting after its `=` at `from` (quoted or a bare token),
+/// and the index after it.
+fn auth_param_value(value: &str, from: usize) -> Result<(&str, usize), TokenError> {
+    let bytes = value.as_bytes();
+    let mut j = from;
+    while j < bytes.len() && bytes[j].is_ascii_whitespace() {
+        j += 1;
+    }
+    if j < bytes.len() && bytes[j] == b'"' {
+        let close = value[j + 1..]
+            .find('"')
+            .ok_or(TokenError::Malformed("unterminated quoted value"))?;
+        return Ok((&value[j + 1..j + 1 + close], j + close + 2));
+    }
+    let mut k = j;
+    while k < bytes.len() && !is_auth_separator(bytes[k]) {
+        k += 1;
+    }
+    Ok((&value[j..k], k))
+}
+
+/// A `PrivateToken` challenge from its parameters: `challenge` and `token-key` are required.
+fn private_token_challenge(params: &[(String, String)]) -> Result<ParsedChallenge, TokenError> {
+    let get = |k: &str| {
+        params
+            .iter()
+            .find(|(n, _)| n.eq_ignore_ascii_case(k))
+            .map(|(_, v)| v)
+    };
+    let challenge = get("challenge")
+        .and_then(|v| decode_b64url(v))
+        .ok_or(TokenError::Malformed("challenge missing or not base64url"))?;
+    let token_key = get("token-key")
+        .and_then(|v| decode_b64url(v))
+        .ok_or(TokenError::Malformed("token-key missing or not base64url"))?;
+    let max_age = match get("max-age") {
+        Some(v) => Some(v.parse().map_err(|_| TokenError::Malformed("max-age"))?),
+        None => None,
+    };
+    Ok(ParsedChallenge {
+        challenge,
+        token_key,
+        max_age,
+    })
 }
 
 /// What a client signs to obtain tokens: proof that it holds a current client credential of

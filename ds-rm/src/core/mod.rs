@@ -379,7 +379,27 @@ impl Hub {
         if let Some(token) = spend {
             tokens::Tokens::spend(&mut txn, token)?;
         }
-        let ctx = ds::DsContext {
+        let ctx = self.ds_context(now_ms);
+        let group_id = req.tbs.group_id.as_slice().to_vec();
+        let outcome = ds::process(&ctx, &mut txn, req)?;
+        let (delivered, outboxed) =
+            self.fan_out(&mut txn, &mut locks, &group_id, &outcome.fanout, now_ms, op)?;
+        txn.commit()?;
+        self.metrics
+            .enqueued
+            .fetch_add(delivered, Ordering::Relaxed);
+        self.metrics.outboxed.fetch_add(outboxed, Ordering::Relaxed);
+        if outboxed > 0 {
+            self.outbox_signal.notify_one();
+        }
+        tracing::debug!(op, delivered, outboxed, "group operation committed");
+        drop(locks);
+        encode(&outcome.response).map_err(HubError::bug)
+    }
+
+    /// What the DS core needs of this hub's configuration for one request at `now_ms`.
+    fn ds_context(&self, now_ms: u64) -> ds::DsContext<'_> {
+        ds::DsContext {
             domain: &self.config.domain,
             now_ms,
             replay: &self.replay,
@@ -392,16 +412,26 @@ impl Hub {
                 inactivity_limit_ms: self.config.inactive_client_limit_ms,
                 activity_period_ms: self.config.activity_period_ms,
             },
-        };
-        let group_id = req.tbs.group_id.as_slice().to_vec();
-        let outcome = ds::process(&ctx, &mut txn, req)?;
-        // Resolve sealed addresses, lock the queues (after the group lock), then enqueue.
-        let mut targets = Vec::with_capacity(outcome.fanout.len());
+        }
+    }
+
+    /// Puts a group operation's fan-out into the same batch: remote members' items into the
+    /// durable outbox, local ones into their queues (resolved from sealed addresses and locked
+    /// after the group lock). Returns (enqueued locally, outboxed).
+    fn fan_out<'h>(
+        &'h self,
+        txn: &mut Txn<'_>,
+        locks: &mut crate::store::LockSet<'h>,
+        group_id: &[u8],
+        fanout: &[ds::Fanout],
+        now_ms: u64,
+        op: &str,
+    ) -> Result<(u64, u64), HubError> {
+        let mut targets = Vec::with_capacity(fanout.len());
         let mut outboxed = 0u64;
-        for item in &outcome.fanout {
+        for item in fanout {
             if item.queue_ref.domain.as_slice() != self.config.domain.as_bytes() {
-                // Another provider's member: into the durable outbox, in this same batch.
-                self.queue_for_peer(&mut txn, &item.queue_ref, &item.message, now_ms)?;
+                self.queue_for_peer(txn, &item.queue_ref, &item.message, now_ms)?;
                 outboxed += 1;
                 continue;
             }
@@ -409,22 +439,15 @@ impl Hub {
                 Ok(client) => targets.push((client, item)),
                 Err(e) => {
                     tracing::warn!(op, error = %e, "fan-out item not deliverable locally");
-                    self.metrics
-                        .undeliverable
-                        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    self.metrics.undeliverable.fetch_add(1, Ordering::Relaxed);
                 }
             }
         }
         let clients: Vec<qs::ClientId> = targets.iter().map(|(c, _)| *c).collect();
-        self.locks.lock_queues(&mut locks, &clients);
+        self.locks.lock_queues(locks, &clients);
         let mut delivered = 0u64;
         for (client, item) in targets {
-            match qs::enqueue(
-                &mut txn,
-                &client,
-                &item.message,
-                self.config.max_queue_length,
-            )? {
+            match qs::enqueue(txn, &client, &item.message, self.config.max_queue_length)? {
                 qs::Enqueued::Delivered => delivered += 1,
                 qs::Enqueued::QueueFull => {
                     self.metrics.undeliverable.fetch_add(1, Ordering::Relaxed);
@@ -433,21 +456,11 @@ impl Hub {
                     // The member deleted its queue: leave the group a tombstone so the hub
                     // proposes its removal at the group's next request.
                     self.metrics.undeliverable.fetch_add(1, Ordering::Relaxed);
-                    ds::tombstone_missing_queue(&mut txn, &group_id, &item.queue_ref)?;
+                    ds::tombstone_missing_queue(txn, group_id, &item.queue_ref)?;
                 }
             }
         }
-        txn.commit()?;
-        self.metrics
-            .enqueued
-            .fetch_add(delivered, std::sync::atomic::Ordering::Relaxed);
-        self.metrics.outboxed.fetch_add(outboxed, Ordering::Relaxed);
-        if outboxed > 0 {
-            self.outbox_signal.notify_one();
-        }
-        tracing::debug!(op, delivered, outboxed, "group operation committed");
-        drop(locks);
-        encode(&outcome.response).map_err(|e| HubError::Bug(e.to_string()))
+        Ok((delivered, outboxed))
     }
 
     fn handle_qs(

@@ -290,9 +290,14 @@ impl LoadedGroup {
 
     /// Drops everything the hub keeps per leaf for leaves a commit removed.
     pub(super) fn forget_removed(&mut self, removed: &[u32]) {
+        self.forget_leaf_state(removed);
+        self.roster.remove_leaves(removed);
+    }
+
+    /// Everything but the roster's part of [`Self::forget_removed`].
+    pub(super) fn forget_leaf_state(&mut self, removed: &[u32]) {
         self.acct.forget_leaves(removed);
         self.credentials.retain(|c| !removed.contains(&c.leaf));
-        self.roster.remove_leaves(removed);
         self.activity.retain(|a| !removed.contains(&a.leaf));
     }
 }

@@ -177,6 +177,24 @@ impl Roster {
         }
     }
 
+    /// A device of `user` entered at `new` by external commit, removing `removed` (its user's
+    /// stale leaves; `new` may reuse one of their indices). The user's leaves change in one
+    /// step, so it is never without leaves: no promotion, no loss of seniority.
+    pub fn rejoin_device(
+        &mut self,
+        user: UserId,
+        removed: &[u32],
+        new: u32,
+    ) -> Result<(), HubError> {
+        let entry = self.user_mut(user)?;
+        entry.leaves.retain(|l| !removed.contains(l) && *l != new);
+        let pos = entry.leaves.partition_point(|l| *l < new);
+        entry.leaves.insert(pos, new);
+        let elsewhere: Vec<u32> = removed.iter().copied().filter(|l| *l != new).collect();
+        self.remove_leaves(&elsewhere);
+        Ok(())
+    }
+
     /// Gives user `user` the client at `leaf`.
     pub fn add_leaf(&mut self, user: UserId, leaf: u32) -> Result<(), HubError> {
         let entry = self.user_mut(user)?;

@@ -672,11 +672,9 @@ fn external_join_lets_a_device_that_lost_its_state_replace_its_old_leaf() {
     );
 }
 
-/// `seat_joiner` (`ExternalKind::Device`) calls `forget_removed` for the replaced leaf before
-/// re-adding the user; `Roster::remove_leaves` sees a group without admins in between and makes
-/// the longest-standing remaining user (bob) an admin, which he stays.
+/// An admin's only device re-entering by external commit stays the admin, and nobody else is
+/// promoted (the roster once dropped the user for a moment, found no admin and promoted bob).
 #[test]
-#[ignore = "bug: an admin's only device re-entering by external_join makes another user admin"]
 fn external_join_of_an_admins_only_device_does_not_promote_another_user() {
     let (fx, g, _alice, bob) = admin_reenters();
     let users = users(&fx, &g);

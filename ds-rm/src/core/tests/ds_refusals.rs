@@ -757,10 +757,9 @@ fn request_group_id_refuses_a_malformed_ear_key() {
     fx.assert_refused(&reserve, ErrorCode::InvalidRequest);
 }
 
-/// `validate_join` checks no group size: a member commit adding a client is refused at the
-/// limit (see `add_members_beyond_the_group_size_limit_is_refused`), an external join is not.
+/// An external join is held to the group size limit like a member's add (see
+/// `add_members_beyond_the_group_size_limit_is_refused`); it once was not.
 #[test]
-#[ignore = "bug: an external join (and a connection responder) is not held to max_group_size"]
 fn an_external_join_beyond_the_group_size_limit_is_refused() {
     let Fixture {
         fx,

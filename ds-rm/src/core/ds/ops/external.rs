@@ -67,7 +67,7 @@ impl LoadedGroup {
         }
         let crypto = RustCrypto::default();
         let classified = self.classify_join(&crypto, bundle)?;
-        let validated = self.validate_join(kind, classified)?;
+        let validated = self.validate_join(kind, classified, ctx.max_group_size)?;
         self.merge_join(ctx, &crypto, kind, validated, bundle)
     }
 
@@ -120,6 +120,7 @@ impl LoadedGroup {
         &self,
         kind: ExternalKind,
         c: ClassifiedJoin,
+        max_group_size: usize,
     ) -> Result<ValidatedJoin, HubError> {
         let ClassifiedJoin {
             aad,
@@ -128,6 +129,11 @@ impl LoadedGroup {
         } = c;
         let removed_u32: Vec<u32> = removed.iter().map(|l| l.u32()).collect();
         self.check_join_removals(kind, &removed, &removed_u32)?;
+        // The same bound a member's add is held to: the joiner takes one seat, the leaves
+        // its commit removes free theirs.
+        if self.pg.members().count().saturating_sub(removed.len()) + 1 > max_group_size {
+            return Err(HubError::Request(RequestError::LimitExceeded("group size")));
+        }
         let leaf =
             staged
                 .update_path_leaf_node()
@@ -259,23 +265,11 @@ impl LoadedGroup {
                 self.activity.retain(|a| a.leaf != old.u32());
             }
             ExternalKind::Device(user) => {
-                let entry = self
-                    .roster
-                    .user(user)
-                    .ok_or_else(|| HubError::Bug("no such user".into()))?;
-                let role = entry.role;
-                let auth_key = entry.auth_key.clone();
-                self.forget_removed(removed);
-                // The user may have lost its only other leaf just now; it stays the same user.
-                match self
-                    .roster
-                    .user_by_key(auth_key.as_ref().map_or(&[][..], |k| k.as_slice()))
-                {
-                    Some(u) => self.roster.add_leaf(u, new.u32())?,
-                    None => {
-                        self.roster.add_user(vec![new.u32()], role, auth_key);
-                    }
-                }
+                // The new device and the removal of the user's old ones are one roster step:
+                // the user never empties, so it keeps its place and role, and no other user is
+                // promoted for a moment without admins.
+                self.forget_leaf_state(removed);
+                self.roster.rejoin_device(user, removed, new.u32())?;
             }
             ExternalKind::Connection => {
                 // Both ends of a 1:1 connection are admins of it.
