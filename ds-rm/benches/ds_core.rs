@@ -60,6 +60,7 @@ impl Fixture {
             now_ms: self.now,
             replay,
             max_group_size: 20_000,
+            ids: &mimi_ds_rm::core::ids::OsIds,
             welcome_tree_ttl_ms: TTL_MS,
             mode: self.mode,
             identity_limit: None,

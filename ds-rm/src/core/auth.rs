@@ -206,6 +206,8 @@ pub struct AsContext<'a> {
     pub now_ms: u64,
     /// Lifetime of newly issued client credentials.
     pub client_lifetime_secs: u64,
+    /// Fresh ids (connection-request inbox keys).
+    pub ids: &'a dyn crate::core::ids::IdSource,
 }
 
 impl AsContext<'_> {
@@ -322,7 +324,13 @@ pub fn process(
                     if load_user(txn, r.handle.as_slice())?.is_none() {
                         return Err(HubError::Identity(IdentityError::UnknownUser));
                     }
-                    connections::leave_request(txn, r.handle.as_slice(), r.device, &r.request)
+                    connections::leave_request(
+                        txn,
+                        ctx.ids,
+                        r.handle.as_slice(),
+                        r.device,
+                        &r.request,
+                    )
                 }
                 AsOperation::AddClient(_)
                 | AsOperation::PublishConnectionPackages(_)
@@ -499,6 +507,7 @@ mod tests {
             replay,
             now_ms: NOW_MS,
             client_lifetime_secs: 100,
+            ids: &crate::core::ids::OsIds,
         };
         let mut txn = Txn::new(store);
         let out = process(&ctx, &mut txn, req)?;

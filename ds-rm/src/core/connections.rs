@@ -7,6 +7,7 @@
 //! Fetching the inbox deletes it.
 
 use crate::core::HubError;
+use crate::core::ids::IdSource;
 use crate::core::{IdentityError, RequestError};
 use crate::store::{Cf, Record, Txn, record};
 use mimi_rm_protocol::auth::AsResponse;
@@ -143,6 +144,7 @@ fn inbox_prefix(handle: &[u8], device: [u8; 16]) -> Vec<u8> {
 /// Leaves a sealed request in the inbox of `handle`'s `device`.
 pub fn leave_request(
     txn: &mut Txn<'_>,
+    ids: &dyn IdSource,
     handle: &[u8],
     device: [u8; 16],
     request: &ConnectionRequest,
@@ -159,7 +161,7 @@ pub fn leave_request(
         )));
     }
     let mut key = inbox_prefix(handle, device);
-    key.extend_from_slice(&mimi_rm_crypto::ids::random_id());
+    key.extend_from_slice(&ids.id());
     let bytes = encode(request).map_err(|e| HubError::Bug(e.to_string()))?;
     txn.put(Cf::AsConnectionRequests, key, bytes);
     Ok(AsResponse::Ok)

@@ -12,6 +12,7 @@ pub mod ds;
 pub mod error;
 pub mod federation;
 pub mod identity_limit;
+pub mod ids;
 pub mod limits;
 pub mod qs;
 pub mod queue_cache;
@@ -121,6 +122,7 @@ pub struct Hub {
     tokens: tokens::Tokens,
     queue_refs: queue_cache::QueueRefCache,
     identity_limit: identity_limit::IdentityLimiter,
+    ids: Arc<dyn ids::IdSource>,
     /// Request counters.
     pub metrics: Metrics,
 }
@@ -145,8 +147,19 @@ fn server_signing_key(store: &dyn Store, name: &[u8]) -> Result<SigningKey, HubE
 }
 
 impl Hub {
-    /// Opens the hub over `store`, creating the QS key and the AS keys on first start.
+    /// Opens the hub over `store`, creating the QS key and the AS keys on first start; fresh
+    /// ids come from the operating system.
     pub fn new(store: Arc<dyn Store>, config: HubConfig, now_ms: u64) -> Result<Self, HubError> {
+        Self::with_ids(store, config, now_ms, Arc::new(ids::OsIds))
+    }
+
+    /// [`Hub::new`] with fresh ids from `ids` (deterministic in tests).
+    pub fn with_ids(
+        store: Arc<dyn Store>,
+        config: HubConfig,
+        now_ms: u64,
+        ids: Arc<dyn ids::IdSource>,
+    ) -> Result<Self, HubError> {
         let qs_keys = match store.get(Cf::ServerKeys, QS_HPKE_KEY)? {
             Some(bytes) if bytes.len() == 64 => QsKeys {
                 hpke: HpkeKeyPair {
@@ -200,6 +213,7 @@ impl Hub {
                 config.identity_requests_per_minute,
             ),
             store,
+            ids,
             locks: KeyLocks::default(),
             replay: ReplayGuard::new(config.freshness_window_ms, now_ms.saturating_sub(1)),
             qs_keys,
@@ -404,6 +418,7 @@ impl Hub {
             now_ms,
             replay: &self.replay,
             max_group_size: self.config.max_group_size,
+            ids: self.ids.as_ref(),
             welcome_tree_ttl_ms: self.config.welcome_tree_ttl_ms,
             mode: self.config.mode,
             identity_limit: (self.config.mode == DsMode::Baseline).then_some(&self.identity_limit),
@@ -456,7 +471,7 @@ impl Hub {
                     // The member deleted its queue: leave the group a tombstone so the hub
                     // proposes its removal at the group's next request.
                     self.metrics.undeliverable.fetch_add(1, Ordering::Relaxed);
-                    ds::tombstone_missing_queue(txn, group_id, &item.queue_ref)?;
+                    ds::tombstone_missing_queue(txn, self.ids.as_ref(), group_id, &item.queue_ref)?;
                 }
             }
         }
@@ -482,7 +497,15 @@ impl Hub {
             max_fetch: self.config.max_messages_per_fetch,
             max_queue: self.config.max_queue_length,
         };
-        let resp = qs::process(&mut txn, &self.qs_keys, &self.replay, now_ms, req, limits)?;
+        let resp = qs::process(
+            &mut txn,
+            self.ids.as_ref(),
+            &self.qs_keys,
+            &self.replay,
+            now_ms,
+            req,
+            limits,
+        )?;
         txn.commit()?;
         drop(locks);
         encode(&resp).map_err(|e| HubError::Bug(e.to_string()))
@@ -505,6 +528,7 @@ impl Hub {
             replay: &self.replay,
             now_ms,
             client_lifetime_secs: self.config.client_credential_lifetime_secs,
+            ids: self.ids.as_ref(),
         };
         let resp = auth::process(&ctx, &mut txn, req)?;
         txn.commit()?;
@@ -551,7 +575,7 @@ impl Hub {
         now_ms: u64,
     ) -> Result<(), HubError> {
         let item = DeliveryItem {
-            id: mimi_rm_crypto::ids::random_id(),
+            id: self.ids.id(),
             created_ms: now_ms,
             queue_ref: queue_ref.clone(),
             message: message.clone(),
@@ -599,7 +623,7 @@ impl Hub {
             S2sEnvelopeTbs {
                 sender_domain: self.config.domain.as_bytes().to_vec().into(),
                 recipient_domain: domain.as_bytes().to_vec().into(),
-                id: mimi_rm_crypto::ids::random_id(),
+                id: self.ids.id(),
                 timestamp_ms: now_ms,
                 payload,
             },

@@ -6,6 +6,7 @@
 
 use crate::core::HubError;
 use crate::core::ds::state::month_of;
+use crate::core::ids::IdSource;
 use crate::core::limits::MAX_CLIENTS_PER_USER;
 use crate::core::{IdentityError, QueueError, RequestError};
 use crate::store::{Cf, Record, Txn};
@@ -226,6 +227,7 @@ fn verify(key: &[u8], tbs: &[u8], sig: &VLBytes) -> Result<(), HubError> {
 /// the signature, for signed requests.
 pub fn process(
     txn: &mut Txn<'_>,
+    ids: &dyn IdSource,
     keys: &QsKeys,
     replay: &crate::core::replay::ReplayGuard,
     now_ms: u64,
@@ -240,7 +242,7 @@ pub fn process(
         (QsSender::NewClient, QsOperation::CreateUser(p)) => {
             verify(p.client_auth_key.as_slice(), &tbs, &req.signature)?;
             replay.check_and_record(req.signature.as_slice(), req.tbs.timestamp_ms, now_ms)?;
-            create_user(txn, now_ms, p)
+            create_user(txn, ids, now_ms, p)
         }
         (QsSender::Anonymous, QsOperation::FetchAddPackages(token)) => {
             fetch_add_packages(txn, token)
@@ -251,7 +253,7 @@ pub fn process(
                 .ok_or(HubError::Identity(IdentityError::UnknownUser))?;
             verify(user.user_auth_key.as_slice(), &tbs, &req.signature)?;
             replay.check_and_record(req.signature.as_slice(), req.tbs.timestamp_ms, now_ms)?;
-            create_client(txn, now_ms, uid, &mut user, p)
+            create_client(txn, ids, now_ms, uid, &mut user, p)
         }
         (QsSender::Client(id), op) => {
             let mut record = txn
@@ -297,7 +299,12 @@ pub fn process(
     }
 }
 
-fn create_user(txn: &mut Txn<'_>, now_ms: u64, p: &CreateUser) -> Result<QsResponse, HubError> {
+fn create_user(
+    txn: &mut Txn<'_>,
+    ids: &dyn IdSource,
+    now_ms: u64,
+    p: &CreateUser,
+) -> Result<QsResponse, HubError> {
     if p.friendship_token.as_slice().len() != 32 {
         return Err(HubError::Request(RequestError::Invalid(
             "friendship token must be 32 bytes",
@@ -313,8 +320,8 @@ fn create_user(txn: &mut Txn<'_>, now_ms: u64, p: &CreateUser) -> Result<QsRespo
             "friendship token already in use",
         )));
     }
-    let user_id = mimi_rm_crypto::ids::random_id();
-    let client_id = mimi_rm_crypto::ids::random_id();
+    let user_id = ids.id();
+    let client_id = ids.id();
     txn.put_record(
         &user_id,
         &UserRecord {
@@ -340,6 +347,7 @@ fn create_user(txn: &mut Txn<'_>, now_ms: u64, p: &CreateUser) -> Result<QsRespo
 
 fn create_client(
     txn: &mut Txn<'_>,
+    ids: &dyn IdSource,
     now_ms: u64,
     user_id: &[u8; 16],
     user: &mut UserRecord,
@@ -354,7 +362,7 @@ fn create_client(
             "clients per user",
         )));
     }
-    let client_id = mimi_rm_crypto::ids::random_id();
+    let client_id = ids.id();
     user.clients.push(client_id);
     txn.put_record(user_id, &*user)?;
     txn.put_record(

@@ -52,6 +52,8 @@ pub struct DsContext<'a> {
     pub replay: &'a ReplayGuard,
     /// Most members a group may have.
     pub max_group_size: usize,
+    /// Fresh ids (group ids at reservation).
+    pub ids: &'a dyn crate::core::ids::IdSource,
     /// How long the tree of a Welcome's epoch is kept for joiners that have not come yet.
     pub welcome_tree_ttl_ms: u64,
     /// RM or baseline: decides how state is kept and which queue addresses are valid.
@@ -169,13 +171,14 @@ impl DsContext<'_> {
 /// [`removals`]); a no-op if the group is gone.
 pub fn tombstone_missing_queue(
     txn: &mut Txn<'_>,
+    ids: &dyn crate::core::ids::IdSource,
     group_id: &[u8],
     queue_ref: &QueueRef,
 ) -> Result<(), HubError> {
     let Some(row) = txn.get_record::<GroupRow>(group_id)? else {
         return Ok(());
     };
-    removals::write_tombstone(txn, group_id, row.tombstone_key.as_slice(), queue_ref)?;
+    removals::write_tombstone(txn, ids, group_id, row.tombstone_key.as_slice(), queue_ref)?;
     // The next message must take the full path, which reads the tombstone.
     txn.delete(Cf::DsRouting, group_id.to_vec());
     Ok(())

@@ -11,6 +11,7 @@
 //! them (see `LoadedGroup::commit`).
 
 use crate::core::HubError;
+use crate::core::ids::IdSource;
 use crate::store::{Cf, Txn};
 use mimi_rm_crypto::hpke_seal::{self, HpkeCiphertext, HpkePrivateKey, HpkePublicKey};
 use mimi_rm_protocol::queue::{HpkeCiphertextWire, QueueRef};
@@ -66,6 +67,7 @@ fn tombstone_prefix(group_id: &[u8]) -> Vec<u8> {
 /// The caller also drops the group's routing record, so the next request takes the full path.
 pub fn write_tombstone(
     txn: &mut Txn<'_>,
+    ids: &dyn IdSource,
     group_id: &[u8],
     tombstone_key: &[u8],
     queue_ref: &QueueRef,
@@ -80,7 +82,7 @@ pub fn write_tombstone(
         ciphertext: sealed.ciphertext.into(),
     };
     let mut key = tombstone_prefix(group_id);
-    key.extend_from_slice(&mimi_rm_crypto::ids::random_id());
+    key.extend_from_slice(&ids.id());
     txn.put(
         Cf::DsTombstones,
         key,

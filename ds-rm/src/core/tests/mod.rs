@@ -120,6 +120,19 @@ impl TestHub {
         Self { store, hub }
     }
 
+    /// A hub whose fresh ids are 1, 2, 3, … (as 16-byte big-endian numbers).
+    pub(super) fn counting_ids() -> Self {
+        let store = Arc::new(MemStore::new());
+        let hub = Hub::with_ids(
+            store.clone(),
+            test_config(),
+            NOW,
+            Arc::new(CountingIds::default()),
+        )
+        .unwrap();
+        Self { store, hub }
+    }
+
     /// A second hub process over the same store (a restart).
     pub(super) fn reopen(&self) -> Self {
         let hub = Hub::new(self.store.clone(), test_config(), NOW).unwrap();
@@ -604,4 +617,20 @@ impl QsClient {
     pub(super) fn user(&self, hub: &TestHub) -> Option<UserRecord> {
         hub.record::<UserRecord>(&self.user_id)
     }
+}
+
+/// Ids 1, 2, 3, …: every id a request creates is predictable.
+#[derive(Default)]
+pub(super) struct CountingIds(std::sync::atomic::AtomicU64);
+
+impl crate::core::ids::IdSource for CountingIds {
+    fn id(&self) -> [u8; 16] {
+        let n = self.0.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1;
+        u128::from(n).to_be_bytes()
+    }
+}
+
+/// The id [`CountingIds`] hands out `n`-th.
+pub(super) fn counted_id(n: u64) -> [u8; 16] {
+    u128::from(n).to_be_bytes()
 }

@@ -656,3 +656,15 @@ fn with_the_token_gate_on_record_creation_needs_a_token_but_reading_a_queue_does
     gated.assert_refused(&alice.dequeue(1), ErrorCode::UnknownClient);
     gated.ok(&qs_anon(Op::EncryptionKey));
 }
+
+#[test]
+fn the_ids_a_request_creates_come_from_the_hubs_id_source() {
+    let hub = TestHub::counting_ids();
+    let QsResponse::UserCreated(ids) = hub.ok(&NewUser::new().request()) else {
+        panic!("expected UserCreated")
+    };
+    // Hub start-up takes no ids; the request takes the user's id, then its first client's.
+    assert_eq!(ids.user_id, counted_id(1));
+    assert_eq!(ids.client_id, counted_id(2));
+    assert!(hub.record::<ClientRecord>(&counted_id(2)).is_some());
+}

@@ -28,7 +28,7 @@ pub(in crate::core::ds) fn reserve_group_id(
 ) -> Result<DsOutcome, HubError> {
     for _ in 0..4 {
         let id = QualifiedGroupId {
-            uuid: mimi_rm_crypto::ids::random_id(),
+            uuid: ctx.ids.id(),
             domain: ctx.domain.as_bytes().to_vec().into(),
         };
         let bytes = encode(&id).map_err(|e| HubError::Bug(e.to_string()))?;
