@@ -1,6 +1,7 @@
 //! End-to-end test harness: real hub processes on 127.0.0.1 with temporary RocksDB directories.
 #![forbid(unsafe_code)]
 
+pub mod common;
 pub mod scenario;
 pub mod tls;
 
@@ -59,7 +60,7 @@ pub fn free_port() -> SocketAddr {
 }
 
 impl HubProcess {
-    /// Starts a hub with `binary` (the test's `CARGO_BIN_EXE_hub-under-test`) in `dir`.
+    /// Starts a hub with `binary` (normally [`common::hub_binary`]) in `dir`.
     pub fn start(binary: &Path, dir: &Path, domain: &str, max_body: usize) -> Self {
         Self::start_with_config(binary, dir, domain, max_body, "")
     }

@@ -191,6 +191,9 @@ async fn main() -> Result<(), BoxError> {
     );
     println!("group state is one padded AES-256-GCM ciphertext under a key only members hold;");
     println!("queues are ratchet ciphertexts whose earlier keys the hub has already deleted.");
+    if found {
+        return Err("a plaintext word reached the DS or QS records".into());
+    }
     federation_scene(dir.path()).await
 }
 

@@ -1,11 +1,9 @@
 //! A group's whole life over real HTTP against a real hub process.
 
-mod common;
-
-use common::*;
 use mimi_client_rm::Event;
 use mimi_rm_protocol::ds::*;
 use mimi_rm_protocol::{ErrorCode, TransactionType, paths};
+use mimi_rm_tests::common::*;
 use mimi_rm_tests::error_of;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -1,10 +1,8 @@
 //! Configured limits are enforced with their error codes and change nothing.
 
-mod common;
-
-use common::*;
 use mimi_ds_rm::store::Cf;
 use mimi_rm_protocol::ErrorCode;
+use mimi_rm_tests::common::*;
 use std::io::{Read, Write};
 use std::time::Duration;
 
@@ -17,12 +15,7 @@ async fn a_group_cannot_grow_past_its_limit() {
     let mut carol = client(&hub, dir.path(), "carol").await;
     let g = group_of(&mut alice, &mut [&mut bob]).await;
     carol.add_contact(&alice.contact_card().unwrap()).unwrap();
-    let row = |hub: &mimi_rm_tests::HubProcess| {
-        hub.dump()
-            .into_iter()
-            .find(|(cf, k, _)| *cf == Cf::DsGroups && *k == g.0)
-            .map(|(_, _, v)| v)
-    };
+    let row = |hub: &mimi_rm_tests::HubProcess| group_row(&hub.dump(), &g);
     let before = row(&hub);
     let epoch = alice.epoch(&g).unwrap();
     let err = alice
@@ -141,7 +134,7 @@ async fn idle_groups_and_queues_expire() {
     alice.send(&g, b"never fetched").await.unwrap();
     hub.stop();
     let run = |months: u32, now: u64| {
-        std::process::Command::new(env!("CARGO_BIN_EXE_hub-under-test"))
+        std::process::Command::new(hub_binary())
             .args([
                 "expire",
                 "--idle-months",

@@ -1,19 +1,15 @@
 //! HTTPS end to end: real hub processes serving TLS with a throwaway CA.
 
-mod common;
-
-use common::{MAX_BODY, group_of, messages};
 use mimi_client_rm::{Client, Transport};
 use mimi_rm_protocol::paths;
+use mimi_rm_tests::common::{DOMAIN, MAX_BODY, group_of, hub_binary, messages};
 use mimi_rm_tests::tls::generate_test_ca;
-use mimi_rm_tests::{HubProcess, http_client};
+use mimi_rm_tests::{HubProcess, free_port, http_client};
 use std::path::Path;
 use std::process::Command;
 
-const BIN: &str = env!("CARGO_BIN_EXE_hub-under-test");
-
 fn tls_hub(dir: &Path) -> HubProcess {
-    HubProcess::start_tls(Path::new(BIN), dir, "hub.test", MAX_BODY)
+    HubProcess::start_tls(&hub_binary(), dir, DOMAIN, MAX_BODY)
 }
 
 /// A client trusting the CA reaches the discovery endpoint over https.
@@ -104,11 +100,8 @@ async fn two_clients_create_a_group_and_talk_over_https() {
 fn run_hub_expecting_exit(dir: &Path, extra_config: &str) -> (bool, String) {
     let config = dir.join("hub.toml");
     std::fs::write(&config, format!("domain = \"hub.test\"\n{extra_config}\n")).unwrap();
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap();
-    let out = Command::new(BIN)
+    let port = free_port();
+    let out = Command::new(hub_binary())
         .args(["serve", "--config"])
         .arg(&config)
         .arg("--listen")
@@ -188,11 +181,9 @@ async fn sigterm_drains_and_exits_cleanly_with_open_connections() {
         ),
     )
     .unwrap();
-    let addr = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap();
-    let mut child = Command::new(BIN)
+    // A port outside the ephemeral range, as every test hub gets (see `free_port`).
+    let addr = free_port();
+    let mut child = Command::new(hub_binary())
         .args(["serve", "--config"])
         .arg(&config)
         .arg("--listen")

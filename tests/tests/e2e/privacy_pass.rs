@@ -2,9 +2,6 @@
 //! client, double spending (sequential, concurrent, across a restart), every kind of bad token,
 //! authenticated and limited issuance, and key rotation with expiry.
 
-mod common;
-
-use common::{MAX_BODY, client};
 use mimi_client_rm::Client;
 use mimi_ds_rm::store::Cf;
 use mimi_rm_protocol::qs::{QsOperation, QsRequest, QsRequestTbs, QsSender};
@@ -14,21 +11,10 @@ use mimi_rm_protocol::tokens::{
     parse_www_authenticate,
 };
 use mimi_rm_protocol::{ErrorCode, TransactionType, paths};
+use mimi_rm_tests::common::{DOMAIN, client, group_of, hub_with_config, metric};
 use mimi_rm_tests::{HubProcess, error_of, post_paid, post_with_headers};
 use std::path::Path;
 use std::time::Duration;
-
-const DOMAIN: &str = "hub.test";
-
-fn hub_with(dir: &Path, config: &str) -> HubProcess {
-    HubProcess::start_with_config(
-        Path::new(env!("CARGO_BIN_EXE_hub-under-test")),
-        dir,
-        DOMAIN,
-        MAX_BODY,
-        config,
-    )
-}
 
 /// An anonymous AddPackage fetch for `friendship_token`: rate-limited, with a visible effect
 /// (one AddPackage handed out), so "accepted once" is observable.
@@ -85,7 +71,7 @@ async fn target(hub: &HubProcess, dir: &Path) -> [u8; 32] {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn challenges_name_our_keys_and_clients_pay_transparently() {
     let dir = tempfile::tempdir().unwrap();
-    let hub = hub_with(dir.path(), "");
+    let hub = hub_with_config(dir.path(), "");
     // Registration creates QS records, a rate-limited class: the client paid without being asked.
     let alice = client(&hub, dir.path(), "alice").await;
     let bob_token = target(&hub, dir.path()).await;
@@ -147,7 +133,7 @@ async fn challenges_name_our_keys_and_clients_pay_transparently() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn group_scenario_runs_with_tokens_enforced_on_every_class() {
     let dir = tempfile::tempdir().unwrap();
-    let hub = hub_with(dir.path(), "");
+    let hub = hub_with_config(dir.path(), "");
     let scenario = mimi_rm_tests::scenario::run(&hub.url(), dir.path(), 5)
         .await
         .expect("the scenario runs with tokens enforced");
@@ -196,27 +182,15 @@ async fn group_scenario_runs_with_tokens_enforced_on_every_class() {
     assert!(classes.contains(&RateClass::ConnectionRequest));
     assert_eq!(spent_count(&hub), limited.len() + 5 + unrecorded);
     // The counters agree with the store.
-    let metrics = reqwest::get(format!("{}/metrics", hub.url()))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    let counter = |name: &str| -> usize {
-        metrics
-            .lines()
-            .find_map(|l| l.strip_prefix(&format!("{name} ")))
-            .and_then(|v| v.trim().parse().ok())
-            .unwrap()
-    };
-    assert_eq!(counter("mimi_tokens_spent"), spent_count(&hub));
-    assert!(counter("mimi_tokens_issued") >= spent_count(&hub));
+    let spent = spent_count(&hub) as u64;
+    assert_eq!(metric(&hub, "mimi_tokens_spent").await, spent);
+    assert!(metric(&hub, "mimi_tokens_issued").await >= spent);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_token_is_accepted_once_sequentially_concurrently_and_across_restarts() {
     let dir = tempfile::tempdir().unwrap();
-    let mut hub = hub_with(dir.path(), "");
+    let mut hub = hub_with_config(dir.path(), "");
     let alice = client(&hub, dir.path(), "alice").await;
     let bob_token = target(&hub, dir.path()).await;
 
@@ -274,9 +248,9 @@ async fn a_token_is_accepted_once_sequentially_concurrently_and_across_restarts(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_tokens_get_401_with_their_code_and_change_nothing() {
     let dir = tempfile::tempdir().unwrap();
-    let hub = hub_with(dir.path(), "");
+    let hub = hub_with_config(dir.path(), "");
     let other_dir = tempfile::tempdir().unwrap();
-    let other = hub_with(other_dir.path(), "");
+    let other = hub_with_config(other_dir.path(), "");
     let alice = client(&hub, dir.path(), "alice").await;
     let carol = client(&other, other_dir.path(), "carol").await;
     let bob_token = target(&hub, dir.path()).await;
@@ -354,7 +328,7 @@ async fn bad_tokens_get_401_with_their_code_and_change_nothing() {
 async fn issuance_is_authenticated_and_limited_per_epoch() {
     let dir = tempfile::tempdir().unwrap();
     // Registration pays nothing here, so the whole allowance is the test's.
-    let hub = hub_with(
+    let hub = hub_with_config(
         dir.path(),
         "[privacy_pass]\nrate_limited = [\"application_message\"]\nallowance_per_epoch = 40\nkey_epoch_secs = 6\nkey_overlap_secs = 1\n",
     );
@@ -424,7 +398,7 @@ async fn issuance_is_authenticated_and_limited_per_epoch() {
     );
 
     let other_dir = tempfile::tempdir().unwrap();
-    let other = hub_with(other_dir.path(), "");
+    let other = hub_with_config(other_dir.path(), "");
     let carol = client(&other, other_dir.path(), "carol").await;
     match carol
         .wallet()
@@ -453,7 +427,7 @@ async fn wait_for_second(epoch: u64, second: u64) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn keys_rotate_with_an_overlap_and_expired_tokens_are_refused() {
     let dir = tempfile::tempdir().unwrap();
-    let hub = hub_with(
+    let hub = hub_with_config(
         dir.path(),
         "[privacy_pass]\nkey_epoch_secs = 4\nkey_overlap_secs = 2\n",
     );
@@ -519,7 +493,7 @@ async fn keys_rotate_with_an_overlap_and_expired_tokens_are_refused() {
 /// End-to-end cost of token enforcement as a client sees it: one client sending application
 /// messages one after another to a group of three, with tokens enforced and with tokens off.
 /// A measurement, not a check: run with
-/// `cargo test -j2 --workspace --test privacy_pass measure -- --ignored --nocapture`.
+/// `cargo test -j2 --workspace --test e2e privacy_pass::measure -- --ignored --nocapture`.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "measurement; prints numbers for BENCHMARKS.md"]
 async fn measure_send_rate_with_and_without_tokens() {
@@ -529,11 +503,11 @@ async fn measure_send_rate_with_and_without_tokens() {
         ("tokens off", "[privacy_pass]\nrate_limited = []\n"),
     ] {
         let dir = tempfile::tempdir().unwrap();
-        let hub = hub_with(dir.path(), config);
+        let hub = hub_with_config(dir.path(), config);
         let mut alice = client(&hub, dir.path(), "alice").await;
         let mut bob = client(&hub, dir.path(), "bob").await;
         let mut carol = client(&hub, dir.path(), "carol").await;
-        let g = common::group_of(&mut alice, &mut [&mut bob, &mut carol]).await;
+        let g = group_of(&mut alice, &mut [&mut bob, &mut carol]).await;
         for _ in 0..20 {
             alice.send(&g, b"warm-up").await.unwrap();
         }

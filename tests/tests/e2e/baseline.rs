@@ -3,27 +3,15 @@
 //! hides (otherwise the comparison would flatter RM), the modes must refuse each other's
 //! clients clearly, and baseline's per-identity rate limit must hold.
 
-mod common;
-
-use common::*;
-use mimi_client_rm::{Client, ClientError, Event};
+use mimi_client_rm::{Client, Event};
 use mimi_ds_rm::store::Cf;
 use mimi_rm_protocol::{DsMode, ErrorCode};
+use mimi_rm_tests::common::*;
 use mimi_rm_tests::{HubProcess, scenario};
 use std::path::Path;
 
 fn baseline_hub(dir: &Path, extra: &str) -> HubProcess {
-    HubProcess::start_with_config(
-        Path::new(env!("CARGO_BIN_EXE_hub-under-test")),
-        dir,
-        "hub.test",
-        MAX_BODY,
-        &format!("mode = \"baseline\"\n{extra}"),
-    )
-}
-
-fn code_of(e: &ClientError) -> Option<ErrorCode> {
-    e.code()
+    hub_with_config(dir, &format!("mode = \"baseline\"\n{extra}"))
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -103,7 +91,7 @@ async fn each_mode_refuses_the_other_modes_clients_and_stores_nothing() {
         .unwrap();
     let before = base.dump();
     let e = rm_client.create_group().await.unwrap_err();
-    assert_eq!(code_of(&e), Some(ErrorCode::InvalidRequest), "{e}");
+    assert_eq!(e.code(), Some(ErrorCode::InvalidRequest), "{e}");
     assert!(e.to_string().contains("baseline"), "{e}");
     let after = base.dump();
     assert_eq!(
@@ -128,7 +116,7 @@ async fn each_mode_refuses_the_other_modes_clients_and_stores_nothing() {
     .await
     .unwrap();
     let e = b_client.create_group().await.unwrap_err();
-    assert_eq!(code_of(&e), Some(ErrorCode::InvalidRequest), "{e}");
+    assert_eq!(e.code(), Some(ErrorCode::InvalidRequest), "{e}");
     assert!(
         !rm.dump().iter().any(|(cf, _, _)| *cf == Cf::DsGroups),
         "no group was stored"
@@ -163,7 +151,7 @@ async fn baseline_limits_requests_per_client_identity() {
         }
     }
     let e = refusal.expect("the limit refuses a request");
-    assert_eq!(code_of(&e), Some(ErrorCode::RateLimited), "{e}");
+    assert_eq!(e.code(), Some(ErrorCode::RateLimited), "{e}");
     // Within one minute exactly the limit gets through; a minute boundary during the test
     // resets the window and may allow more, never fewer.
     if minute() == start {

@@ -4,10 +4,8 @@
 //! and value — including every key the server holds — searched for identities, pseudonyms,
 //! client-held secrets and plaintext.
 
-mod common;
-
-use common::*;
 use mimi_ds_rm::store::Cf;
+use mimi_rm_tests::common::*;
 use mimi_rm_tests::{contains, scenario};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -5,12 +5,10 @@
 //! every honest member fails to process it, reports it, and re-enters by external commit. The
 //! group converges on one epoch, messages flow, and the offender can be removed.
 
-mod common;
-
-use common::*;
 use mimi_client_rm::{Client, Event, GroupHandle, Recorder, Tamper, envelope};
 use mimi_rm_protocol::ds::*;
-use mimi_rm_protocol::{ErrorCode, TransactionType, decode_exact, paths};
+use mimi_rm_protocol::{ErrorCode, TransactionType, paths};
+use mimi_rm_tests::common::*;
 use mimi_rm_tests::{HubProcess, error_of, post};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
@@ -192,19 +190,12 @@ async fn group_of_ten_recovers_concurrently() {
 
 /// The commit bundle of the last recorded update (or, with `resync`, resync) request.
 fn recorded_bundle(recorder: &Recorder, resync: bool) -> CommitBundle {
-    recorder
-        .lock()
-        .unwrap()
-        .iter()
+    recorded_ds_requests(&recorder.lock().unwrap())
+        .into_iter()
         .rev()
-        .filter(|(path, _)| path == paths::GROUP_OPERATION)
-        .find_map(|(_, body)| {
-            let env: mimi_rm_protocol::Envelope = decode_exact(body, 1 << 20).ok()?;
-            let req: DsRequest = decode_exact(env.payload.as_slice(), 1 << 20).ok()?;
-            match (req.tbs.operation, resync) {
-                (DsOperation::Update(b), false) | (DsOperation::Resync(b), true) => Some(b),
-                _ => None,
-            }
+        .find_map(|req| match (req.tbs.operation, resync) {
+            (DsOperation::Update(b), false) | (DsOperation::Resync(b), true) => Some(b),
+            _ => None,
         })
         .expect("recorded commit")
 }
@@ -428,21 +419,15 @@ async fn repeated_bad_commits_stay_bounded() {
     }
     // Spam: the same report again and again changes neither the tally nor the stored row.
     let report = last.unwrap();
-    let group_row = |hub: &HubProcess| {
-        hub.dump()
-            .into_iter()
-            .find(|(cf, k, _)| *cf == mimi_ds_rm::store::Cf::DsGroups && *k == g.0)
-            .map(|(_, _, v)| v)
-            .expect("group row")
-    };
-    let row_before = group_row(&hub);
+    let stored_row = |hub: &HubProcess| group_row(&hub.dump(), &g).expect("group row");
+    let row_before = stored_row(&hub);
     let tally_before = bob.commit_reports(&g).await.unwrap();
     for _ in 0..20 {
         bob.report_commit(&g, report.clone()).await.unwrap();
     }
     assert_eq!(bob.commit_reports(&g).await.unwrap(), tally_before);
     assert_eq!(
-        group_row(&hub),
+        stored_row(&hub),
         row_before,
         "a repeated report stores nothing"
     );

@@ -2,9 +2,6 @@
 //! throwaway CA: groups hosted on A with members on both, forwarding (B → A), durable delivery
 //! (A → B) across an outage, and forged server-to-server messages refused.
 
-mod common;
-
-use common::messages;
 use mimi_client_rm::{Client, Event, GroupHandle};
 use mimi_ds_rm::store::Cf;
 use mimi_rm_crypto::hpke_seal;
@@ -13,12 +10,11 @@ use mimi_rm_protocol::federation::*;
 use mimi_rm_protocol::qs::{QsOperation, QsRequest, QsRequestTbs, QsResponse, QsSender};
 use mimi_rm_protocol::queue::*;
 use mimi_rm_protocol::{Envelope, ErrorCode, TransactionType, decode_exact, encode, paths};
+use mimi_rm_tests::common::{client, hub_binary, messages, metric, rejected};
 use mimi_rm_tests::tls::{TestCa, generate_test_ca};
 use mimi_rm_tests::{HubProcess, contains, error_of, free_port, post_with_ca};
 use std::path::Path;
 use std::time::{Duration, Instant};
-
-const BIN: &str = env!("CARGO_BIN_EXE_hub-under-test");
 
 struct Providers {
     ca: TestCa,
@@ -42,8 +38,9 @@ fn providers(dir: &Path) -> Providers {
     let dir_b = dir.join("b");
     std::fs::create_dir_all(&dir_a).unwrap();
     std::fs::create_dir_all(&dir_b).unwrap();
+    let bin = hub_binary();
     let a = HubProcess::start_tls_at(
-        Path::new(BIN),
+        &bin,
         &dir_a,
         "a.test",
         &ca,
@@ -51,7 +48,7 @@ fn providers(dir: &Path) -> Providers {
         &config("b.test", addr_b),
     );
     let b = HubProcess::start_tls_at(
-        Path::new(BIN),
+        &bin,
         &dir_b,
         "b.test",
         &ca,
@@ -61,16 +58,10 @@ fn providers(dir: &Path) -> Providers {
     Providers { ca, a, b }
 }
 
-async fn user(hub: &HubProcess, dir: &Path, name: &str) -> Client {
-    Client::register_with_ca(&dir.join(name), &hub.url(), name, hub.ca_pem())
-        .await
-        .expect("register")
-}
-
 /// Alice on A and bob on B, contacts, in a group hosted on A.
 async fn pair(p: &Providers, dir: &Path) -> (Client, Client, GroupHandle) {
-    let mut alice = user(&p.a, dir, "alice").await;
-    let mut bob = user(&p.b, dir, "bob").await;
+    let mut alice = client(&p.a, dir, "alice").await;
+    let mut bob = client(&p.b, dir, "bob").await;
     befriend(&mut [&mut alice, &mut bob]);
     let g = alice.create_group().await.unwrap();
     let e = alice
@@ -142,11 +133,11 @@ async fn say(from: &mut Client, to: &mut [&mut Client], g: &GroupHandle, text: &
 async fn a_group_on_a_with_members_on_both_providers() {
     let dir = tempfile::tempdir().unwrap();
     let p = providers(dir.path());
-    let mut alice = user(&p.a, dir.path(), "alice").await;
-    let mut carol = user(&p.a, dir.path(), "carol").await;
-    let mut erin = user(&p.a, dir.path(), "erin").await;
-    let mut bob = user(&p.b, dir.path(), "bob").await;
-    let mut dave = user(&p.b, dir.path(), "dave").await;
+    let mut alice = client(&p.a, dir.path(), "alice").await;
+    let mut carol = client(&p.a, dir.path(), "carol").await;
+    let mut erin = client(&p.a, dir.path(), "erin").await;
+    let mut bob = client(&p.b, dir.path(), "bob").await;
+    let mut dave = client(&p.b, dir.path(), "dave").await;
     befriend(&mut [&mut alice, &mut carol, &mut erin, &mut bob, &mut dave]);
 
     // Alice (A) hosts the group and adds bob (B), carol (A) and dave (B): bob's and dave's
@@ -263,21 +254,6 @@ async fn a_group_on_a_with_members_on_both_providers() {
     );
 }
 
-async fn metric(hub: &HubProcess, name: &str) -> u64 {
-    let text = mimi_rm_tests::http_client(hub.ca_pem())
-        .get(format!("{}/metrics", hub.url()))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    text.lines()
-        .find_map(|l| l.strip_prefix(&format!("{name} ")))
-        .and_then(|v| v.trim().parse().ok())
-        .unwrap_or_else(|| panic!("no metric {name} in {text}"))
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_follower_outage_loses_nothing() {
     let dir = tempfile::tempdir().unwrap();
@@ -342,23 +318,11 @@ fn s2s(key: &SigningKey, sender: &str, recipient: &str, ts: u64, payload: S2sPay
     .unwrap()
 }
 
-async fn refused(hub: &HubProcess, path: &str, body: Vec<u8>, status: u16, code: ErrorCode) {
-    let before = hub.dump();
-    let (s, resp) = post_with_ca(hub.ca_pem(), &hub.url(), path, body).await;
-    assert_eq!(
-        (s, error_of(&resp).code),
-        (status, code),
-        "{}",
-        error_of(&resp)
-    );
-    assert!(before == hub.dump(), "stored data changed after {code:?}");
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn forged_and_misaddressed_server_messages_are_refused() {
     let dir = tempfile::tempdir().unwrap();
     let p = providers(dir.path());
-    let bob = user(&p.b, dir.path(), "bob").await;
+    let bob = client(&p.b, dir.path(), "bob").await;
     // A delivery item for bob's queue, sealed to B's QS key as bob's own client would.
     let ca = p.ca.ca_pem.clone();
     let qs_key = {
@@ -406,13 +370,13 @@ async fn forged_and_misaddressed_server_messages_are_refused() {
     // A key nobody published, claiming to be A.
     let rogue = SigningKey::generate();
     let body = s2s(&rogue, "a.test", "b.test", now(), deliver());
-    refused(&p.b, path, body, 403, ErrorCode::InvalidSignature).await;
+    rejected(&p.b, path, body, 403, ErrorCode::InvalidSignature).await;
     // A valid key of another domain (B's own) claiming to be A.
     let body = s2s(&b_key, "a.test", "b.test", now(), deliver());
-    refused(&p.b, path, body, 403, ErrorCode::InvalidSignature).await;
+    rejected(&p.b, path, body, 403, ErrorCode::InvalidSignature).await;
     // A domain B does not federate with: refused without B ever connecting to it.
     let body = s2s(&rogue, "c.test", "b.test", now(), deliver());
-    refused(&p.b, path, body, 403, ErrorCode::NotAPeer).await;
+    rejected(&p.b, path, body, 403, ErrorCode::NotAPeer).await;
     // A client asking B to forward to a non-peer gets the same answer (no connection made).
     let foreign = mimi_rm_protocol::ds::QualifiedGroupId {
         uuid: rand::random(),
@@ -430,7 +394,7 @@ async fn forged_and_misaddressed_server_messages_are_refused() {
         signature: Vec::new().into(),
     };
     let body = mimi_client_rm::envelope(TransactionType::ExternalCommitInformation, &req).unwrap();
-    refused(
+    rejected(
         &p.b,
         paths::EXTERNAL_COMMIT_INFORMATION,
         body,
@@ -440,10 +404,10 @@ async fn forged_and_misaddressed_server_messages_are_refused() {
     .await;
     // A's real key, but addressed to another domain.
     let body = s2s(&a_key, "a.test", "c.test", now(), deliver());
-    refused(&p.b, path, body, 403, ErrorCode::WrongRecipient).await;
+    rejected(&p.b, path, body, 403, ErrorCode::WrongRecipient).await;
     // A's real key, but stale.
     let body = s2s(&a_key, "a.test", "b.test", now() - 600_000, deliver());
-    refused(&p.b, path, body, 403, ErrorCode::StaleRequest).await;
+    rejected(&p.b, path, body, 403, ErrorCode::StaleRequest).await;
     // Positive control: the genuine delivery is enqueued once.
     let before = p.b.dump();
     let body = s2s(&a_key, "a.test", "b.test", now(), deliver());
@@ -454,14 +418,14 @@ async fn forged_and_misaddressed_server_messages_are_refused() {
     assert_eq!(queued(&p.b.dump()), queued(&before) + 1);
     // The same envelope replayed is refused; a retry (new envelope, same item) is answered 2xx
     // and enqueues nothing.
-    refused(&p.b, path, body, 403, ErrorCode::Replayed).await;
+    rejected(&p.b, path, body, 403, ErrorCode::Replayed).await;
     let before = p.b.dump();
     let retry = s2s(&a_key, "a.test", "b.test", now(), deliver());
     let (status, _) = post_with_ca(Some(&ca), &p.b.url(), path, retry).await;
     assert_eq!(status, 200);
     assert!(before == p.b.dump(), "a retried item is not enqueued twice");
     // A forwarded request must concern the recipient: B does not host groups of A.
-    let mut a_client = user(&p.a, dir.path(), "alice").await;
+    let mut a_client = client(&p.a, dir.path(), "alice").await;
     let g = a_client.create_group().await.unwrap();
     let req = a_client
         .signed_member_request(&g, mimi_rm_protocol::ds::DsOperation::ExternalCommitInfo)
@@ -477,7 +441,7 @@ async fn forged_and_misaddressed_server_messages_are_refused() {
             envelope: inner.into(),
         }),
     );
-    refused(
+    rejected(
         &p.b,
         paths::FEDERATION_FORWARD,
         body,
@@ -544,7 +508,7 @@ async fn malformed_server_and_proxy_bodies_are_refused() {
     // Truncated, garbage and oversized server-to-server bodies.
     for cut in [0, 3, genuine.len() / 2, genuine.len() - 1] {
         let body = genuine[..cut].to_vec();
-        refused(
+        rejected(
             &p.b,
             paths::DELIVER_MESSAGE,
             body,
@@ -554,7 +518,7 @@ async fn malformed_server_and_proxy_bodies_are_refused() {
         .await;
     }
     let oversized = vec![0u8; (1 << 20) + 1];
-    refused(
+    rejected(
         &p.b,
         paths::FEDERATION_FORWARD,
         oversized,
@@ -573,7 +537,7 @@ async fn malformed_server_and_proxy_bodies_are_refused() {
         signature: Vec::new().into(),
     };
     let client_body = mimi_client_rm::envelope(TransactionType::QueueService, &qs).unwrap();
-    refused(
+    rejected(
         &p.b,
         paths::DELIVER_MESSAGE,
         client_body.clone(),
@@ -582,7 +546,7 @@ async fn malformed_server_and_proxy_bodies_are_refused() {
     )
     .await;
     // Proxy: garbage, a lookup at ourselves, a non-peer, and an operation that is not a lookup.
-    refused(
+    rejected(
         &p.b,
         paths::FEDERATION_PROXY,
         vec![1, 2, 3],
@@ -604,7 +568,7 @@ async fn malformed_server_and_proxy_bodies_are_refused() {
         .unwrap()
     };
     let body = proxy("b.test", TransactionType::QueueService, client_body.clone());
-    refused(
+    rejected(
         &p.b,
         paths::FEDERATION_PROXY,
         body,
@@ -613,7 +577,7 @@ async fn malformed_server_and_proxy_bodies_are_refused() {
     )
     .await;
     let body = proxy("c.test", TransactionType::QueueService, client_body.clone());
-    refused(
+    rejected(
         &p.b,
         paths::FEDERATION_PROXY,
         body,
@@ -633,7 +597,7 @@ async fn malformed_server_and_proxy_bodies_are_refused() {
     };
     let env = mimi_client_rm::envelope(TransactionType::QueueService, &dequeue).unwrap();
     let body = proxy("a.test", TransactionType::QueueService, env);
-    refused(
+    rejected(
         &p.b,
         paths::FEDERATION_PROXY,
         body,
@@ -656,8 +620,8 @@ async fn malformed_server_and_proxy_bodies_are_refused() {
 async fn a_connection_across_providers() {
     let dir = tempfile::tempdir().unwrap();
     let p = providers(dir.path());
-    let mut alice = user(&p.a, dir.path(), "alice").await;
-    let mut bob = user(&p.b, dir.path(), "bob").await;
+    let mut alice = client(&p.a, dir.path(), "alice").await;
+    let mut bob = client(&p.b, dir.path(), "bob").await;
     // Alice (A) asks bob (B): package fetch and request go through A's proxy to B's AS.
     let g = alice.connect("bob", "b.test").await.unwrap();
     assert!(g.0.ends_with(b"a.test"));

@@ -6,11 +6,9 @@
 //!
 //! `MIMI_CONCURRENCY_OPS` sets the number of sends + commits (default 2000).
 
-mod common;
-
-use common::*;
 use mimi_client_rm::{Client, Event, GroupHandle};
 use mimi_rm_protocol::ErrorCode;
+use mimi_rm_tests::common::*;
 use std::collections::{BTreeMap, BTreeSet};
 
 struct Log {

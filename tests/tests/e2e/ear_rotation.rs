@@ -2,17 +2,13 @@
 //! other members get the new key end to end and carry on; the old key opens nothing written
 //! afterwards, not even from a snapshot taken before.
 
-mod common;
-
-use common::*;
 use ed25519_dalek::SigningKey;
 use mimi_client_rm::Event;
-use mimi_ds_rm::core::HubError;
 use mimi_ds_rm::core::ds::state::{AtRest, DsGroupState, GroupRow};
-use mimi_ds_rm::store::Cf;
 use mimi_rm_crypto::ear::EarKey;
 use mimi_rm_protocol::ds::*;
 use mimi_rm_protocol::{ErrorCode, decode_exact, paths};
+use mimi_rm_tests::common::*;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_rotated_key_replaces_the_old_one_everywhere() {
@@ -24,12 +20,7 @@ async fn a_rotated_key_replaces_the_old_one_everywhere() {
     let g = group_of(&mut alice, &mut [&mut bob, &mut carol]).await;
     let old = alice.group_ear_key(&g).unwrap();
     let row_of = |hub: &mimi_rm_tests::HubProcess| -> GroupRow {
-        let (_, _, v) = hub
-            .dump()
-            .into_iter()
-            .find(|(cf, k, _)| *cf == Cf::DsGroups && *k == g.0)
-            .unwrap();
-        decode_exact(&v, 1 << 24).unwrap()
+        decode_exact(&group_row(&hub.dump(), &g).unwrap(), 1 << 24).unwrap()
     };
     let snapshot_before = row_of(&hub);
 
@@ -107,9 +98,10 @@ async fn a_rotated_key_replaces_the_old_one_everywhere() {
     let new_key = AtRest::Ear(EarKey::from_bytes(&new).unwrap());
     assert!(DsGroupState::open(&snapshot_before, &old_key, gid).is_ok());
     let after = row_of(&hub);
+    // Judged by the stable wire code, not by the hub's error enum (whose layout may change).
     assert!(matches!(
         DsGroupState::open(&after, &old_key, gid),
-        Err(HubError::WrongEarKey)
+        Err(e) if e.code() == ErrorCode::WrongEarKey
     ));
     assert!(DsGroupState::open(&after, &new_key, gid).is_ok());
     assert!(DsGroupState::open(&snapshot_before, &new_key, gid).is_err());

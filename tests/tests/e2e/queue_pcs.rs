@@ -2,14 +2,12 @@
 //! compromise of the server) decrypts that client's queued messages until the client mixes in
 //! fresh randomness; afterwards it decrypts nothing new, while the client reads on.
 
-mod common;
-
-use common::*;
 use mimi_ds_rm::core::qs::ClientRecord;
 use mimi_ds_rm::store::Cf;
 use mimi_rm_crypto::ratchet::QueueRatchet;
 use mimi_rm_protocol::decode_exact;
 use mimi_rm_tests::HubProcess;
+use mimi_rm_tests::common::*;
 
 /// The attacker's copy of `client`'s ratchet, from the server's store.
 fn steal(hub: &HubProcess, client: &[u8; 16]) -> QueueRatchet {

@@ -5,10 +5,8 @@
 //!
 //! `MIMI_CRASH_KILLS` sets the number of kills (default 20).
 
-mod common;
-
-use common::*;
 use mimi_client_rm::{Client, Event};
+use mimi_rm_tests::common::*;
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};

@@ -2,15 +2,13 @@
 //! publishing the AS chain, listing a user's clients, and every rejection leaving the store
 //! byte-for-byte unchanged.
 
-mod common;
-
-use common::*;
 use mimi_client_rm::envelope;
 use mimi_ds_rm::store::Cf;
 use mimi_rm_crypto::sign::SigningKey;
 use mimi_rm_protocol::auth::*;
 use mimi_rm_protocol::credentials::*;
 use mimi_rm_protocol::{ErrorCode, TransactionType, VLBytes, decode_exact, encode, paths};
+use mimi_rm_tests::common::*;
 use mimi_rm_tests::{HubProcess, contains, error_of, post};
 
 /// One device of a user: its long-term key and identity.
@@ -33,39 +31,9 @@ fn csr(d: &Device) -> ClientCredentialCsr {
     ClientCredentialCsr::new(&d.key, d.identity.clone()).unwrap()
 }
 
-fn now_s() -> u64 {
-    mimi_ds_rm::now_ms() / 1000
-}
-
-/// An AS request; signed by `signer` over [`AS_REQUEST_SIGNATURE_LABEL`] when given.
-fn request(sender: AsSender, operation: AsOperation, signer: Option<&SigningKey>) -> Vec<u8> {
-    let tbs = AsRequestTbs {
-        timestamp_ms: mimi_ds_rm::now_ms(),
-        nonce: rand::random(),
-        sender,
-        operation,
-    };
-    let signature = match signer {
-        Some(k) => k.sign(AS_REQUEST_SIGNATURE_LABEL, &encode(&tbs).unwrap()),
-        None => Vec::new(),
-    };
-    envelope(
-        TransactionType::AuthService,
-        &AsRequest {
-            tbs,
-            signature: signature.into(),
-        },
-    )
-    .unwrap()
-}
-
-fn anonymous(operation: AsOperation) -> Vec<u8> {
-    request(AsSender::Anonymous, operation, None)
-}
-
 /// An AddClient for `new`, sent by `by` and signed with `signer`.
 fn add_client(by: &Device, new: &Device, signer: &SigningKey) -> Vec<u8> {
-    request(
+    as_request(
         AsSender::Client(by.identity.clone()),
         AsOperation::AddClient(csr(new)),
         Some(signer),
@@ -86,11 +54,11 @@ async fn issued(hub: &HubProcess, body: Vec<u8>) -> ClientCredential {
 }
 
 async fn register(hub: &HubProcess, d: &Device) -> ClientCredential {
-    issued(hub, anonymous(AsOperation::RegisterUser(csr(d)))).await
+    issued(hub, as_anonymous(AsOperation::RegisterUser(csr(d)))).await
 }
 
 async fn anchors(hub: &HubProcess) -> AsCredentials {
-    match ok(hub, anonymous(AsOperation::AsCredentials)).await {
+    match ok(hub, as_anonymous(AsOperation::AsCredentials)).await {
         AsResponse::AsCredentials(a) => a,
         other => panic!("expected AS credentials, got {other:?}"),
     }
@@ -98,7 +66,7 @@ async fn anchors(hub: &HubProcess) -> AsCredentials {
 
 async fn user_clients(hub: &HubProcess, handle: &str) -> Vec<ClientCredential> {
     let handle: VLBytes = handle.as_bytes().to_vec().into();
-    match ok(hub, anonymous(AsOperation::UserClients(handle))).await {
+    match ok(hub, as_anonymous(AsOperation::UserClients(handle))).await {
         AsResponse::UserClients(c) => c,
         other => panic!("expected client credentials, got {other:?}"),
     }
@@ -156,16 +124,16 @@ async fn every_rejection_leaves_the_store_unchanged() {
     register(&hub, &bob).await;
 
     // Duplicate handle, from another key and device.
-    let body = anonymous(AsOperation::RegisterUser(csr(&device("alice"))));
+    let body = as_anonymous(AsOperation::RegisterUser(csr(&device("alice"))));
     rejected(&hub, paths::AS, body, 409, ErrorCode::HandleTaken).await;
 
     // Invalid handles.
     let long = "x".repeat(65);
     for bad in ["", "Alice", "al ice", "al/ice", "\u{e0}lice", long.as_str()] {
-        let body = anonymous(AsOperation::RegisterUser(csr(&device(bad))));
+        let body = as_anonymous(AsOperation::RegisterUser(csr(&device(bad))));
         rejected(&hub, paths::AS, body, 400, ErrorCode::InvalidHandle).await;
     }
-    let body = anonymous(AsOperation::UserClients(b"Bad Handle".to_vec().into()));
+    let body = as_anonymous(AsOperation::UserClients(b"Bad Handle".to_vec().into()));
     rejected(&hub, paths::AS, body, 400, ErrorCode::InvalidHandle).await;
 
     // A CSR whose signature is not by its key.
@@ -174,11 +142,11 @@ async fn every_rejection_leaves_the_store_unchanged() {
     forged.signature = SigningKey::generate()
         .sign(CSR_LABEL, &encode(&forged.tbs).unwrap())
         .into();
-    let body = anonymous(AsOperation::RegisterUser(forged.clone()));
+    let body = as_anonymous(AsOperation::RegisterUser(forged.clone()));
     rejected(&hub, paths::AS, body, 403, ErrorCode::InvalidSignature).await;
 
     // A CSR with a good request signature but a forged proof of possession.
-    let body = request(
+    let body = as_request(
         AsSender::Client(alice.identity.clone()),
         AsOperation::AddClient(ClientCredentialCsr {
             tbs: ClientCredentialCsrTbs {
@@ -203,7 +171,7 @@ async fn every_rejection_leaves_the_store_unchanged() {
     rejected(&hub, paths::AS, body, 403, ErrorCode::NotAuthorized).await;
 
     // AddClient without a signed sender.
-    let body = anonymous(AsOperation::AddClient(csr(&device("alice"))));
+    let body = as_anonymous(AsOperation::AddClient(csr(&device("alice"))));
     rejected(&hub, paths::AS, body, 403, ErrorCode::NotAuthorized).await;
 
     // An anonymous request that carries a signature anyway.
@@ -224,7 +192,7 @@ async fn every_rejection_leaves_the_store_unchanged() {
     rejected(&hub, paths::AS, body, 400, ErrorCode::InvalidRequest).await;
 
     // A client signing an anonymous operation.
-    let body = request(
+    let body = as_request(
         AsSender::Client(alice.identity.clone()),
         AsOperation::AsCredentials,
         Some(&alice.key),
@@ -243,7 +211,7 @@ async fn every_rejection_leaves_the_store_unchanged() {
     };
     let body = add_client(&stranger, &device("alice"), &stranger.key);
     rejected(&hub, paths::AS, body, 404, ErrorCode::UnknownUser).await;
-    let body = anonymous(AsOperation::UserClients(b"carol".to_vec().into()));
+    let body = as_anonymous(AsOperation::UserClients(b"carol".to_vec().into()));
     rejected(&hub, paths::AS, body, 404, ErrorCode::UnknownUser).await;
 
     // A replayed signed request.
@@ -302,7 +270,7 @@ async fn every_rejection_leaves_the_store_unchanged() {
     rejected(&hub, paths::AS, body, 400, ErrorCode::Malformed).await;
 
     // An AS request at another endpoint, and a DS envelope at the AS endpoint.
-    let body = anonymous(AsOperation::AsCredentials);
+    let body = as_anonymous(AsOperation::AsCredentials);
     rejected(&hub, paths::QS, body, 400, ErrorCode::WrongEndpoint).await;
     let body = encode(&mimi_rm_protocol::Envelope::new(
         TransactionType::QueueService,
@@ -363,7 +331,7 @@ async fn connection_operations_refuse_bad_input_and_change_nothing() {
     let bob_cred = register(&hub, &bob).await;
     let publish = |pkgs| AsOperation::PublishConnectionPackages(pkgs);
     let as_alice =
-        |op, key: &SigningKey| request(AsSender::Client(alice.identity.clone()), op, Some(key));
+        |op, key: &SigningKey| as_request(AsSender::Client(alice.identity.clone()), op, Some(key));
     let good = as_alice(
         publish(vec![package(&alice, &alice_cred, 3600)]),
         &alice.key,
@@ -406,14 +374,14 @@ async fn connection_operations_refuse_bad_input_and_change_nothing() {
     let body = as_alice(publish(Vec::new()), &alice.key);
     rejected(&hub, paths::AS, body, 400, ErrorCode::InvalidRequest).await;
     // Reading an inbox is signed; unsigned it is refused, and a read is served once.
-    let body = anonymous(AsOperation::FetchConnectionRequests);
+    let body = as_anonymous(AsOperation::FetchConnectionRequests);
     rejected(&hub, paths::AS, body, 403, ErrorCode::NotAuthorized).await;
     let read = as_alice(AsOperation::FetchConnectionRequests, &alice.key);
     let (status, _) = post(&hub.url(), paths::AS, read.clone()).await;
     assert_eq!(status, 200);
     rejected(&hub, paths::AS, read, 403, ErrorCode::Replayed).await;
     // Asking a stranger costs a token.
-    let body = anonymous(AsOperation::FetchConnectionPackage(
+    let body = as_anonymous(AsOperation::FetchConnectionPackage(
         b"alice".to_vec().into(),
     ));
     rejected(&hub, paths::AS, body, 401, ErrorCode::TokenRequired).await;

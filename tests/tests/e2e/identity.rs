@@ -2,11 +2,9 @@
 //! receives a handle or client credential outside the AS; forged members and invitations from
 //! non-contacts are caught by the clients.
 
-mod common;
-
-use common::*;
 use mimi_client_rm::{Client, Event, MemberIdentity};
 use mimi_rm_protocol::paths;
+use mimi_rm_tests::common::*;
 use mimi_rm_tests::{contains, scenario};
 
 fn handles(c: &Client, g: &mimi_client_rm::GroupHandle) -> Vec<String> {
@@ -171,12 +169,7 @@ async fn an_add_without_credential_material_is_refused_and_changes_nothing() {
     );
     // Nothing changed on the hub except the consumed AddPackage at the QS (that fetch is a
     // separate, successful request); the group row is untouched and alice stays at her epoch.
-    let row = |d: &[(mimi_ds_rm::store::Cf, Vec<u8>, Vec<u8>)]| {
-        d.iter()
-            .find(|(cf, k, _)| *cf == mimi_ds_rm::store::Cf::DsGroups && *k == g.0)
-            .map(|(_, _, v)| v.clone())
-    };
-    assert_eq!(row(&before), row(&hub.dump()));
+    assert_eq!(group_row(&before, &g), group_row(&hub.dump(), &g));
     assert_eq!(alice.epoch(&g).unwrap(), epoch);
     assert!(carol.receive().await.unwrap().is_empty());
     // The honest path still works afterwards.

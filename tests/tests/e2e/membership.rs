@@ -2,9 +2,6 @@
 //! connections, several devices per user, resync after lost state, removals the hub proposes
 //! (inactivity, deleted queues), admin-only operations and re-initialisation.
 
-mod common;
-
-use common::*;
 use mimi_client_rm::{Client, ClientError, Event, MemberIdentity, PendingDevice};
 use mimi_ds_rm::store::Cf;
 use mimi_rm_crypto::sign::SigningKey;
@@ -14,14 +11,9 @@ use mimi_rm_protocol::credentials::*;
 use mimi_rm_protocol::ds::*;
 use mimi_rm_protocol::qs::*;
 use mimi_rm_protocol::{ErrorCode, TransactionType, decode_exact, paths};
+use mimi_rm_tests::common::*;
 use mimi_rm_tests::{HubProcess, error_of, post};
 use std::path::Path;
-
-const DOMAIN: &str = "hub.test";
-
-fn now_s() -> u64 {
-    mimi_ds_rm::now_ms() / 1000
-}
 
 fn rows(hub: &HubProcess, cf: Cf) -> Vec<(Vec<u8>, Vec<u8>)> {
     hub.dump()
@@ -38,29 +30,15 @@ fn code(r: Result<impl std::fmt::Debug, ClientError>) -> Option<ErrorCode> {
     }
 }
 
-/// The envelope of an anonymous AS request.
-fn as_body(op: AsOperation) -> Vec<u8> {
-    let req = AsRequest {
-        tbs: AsRequestTbs {
-            timestamp_ms: mimi_ds_rm::now_ms(),
-            nonce: rand::random(),
-            sender: AsSender::Anonymous,
-            operation: op,
-        },
-        signature: Vec::new().into(),
-    };
-    mimi_client_rm::envelope(TransactionType::AuthService, &req).unwrap()
-}
-
 /// An anonymous AS request paid with a token of `payer`, posted raw.
 async fn as_paid(hub: &HubProcess, payer: &Client, op: AsOperation) -> (u16, Vec<u8>) {
     let token = payer.take_token().await.unwrap();
-    mimi_rm_tests::post_paid(&hub.url(), paths::AS, as_body(op), &token).await
+    mimi_rm_tests::post_paid(&hub.url(), paths::AS, as_anonymous(op), &token).await
 }
 
 /// An anonymous AS request, posted raw.
-async fn as_anonymous(hub: &HubProcess, op: AsOperation) -> (u16, Vec<u8>) {
-    post(&hub.url(), paths::AS, as_body(op)).await
+async fn post_as_anonymous(hub: &HubProcess, op: AsOperation) -> (u16, Vec<u8>) {
+    post(&hub.url(), paths::AS, as_anonymous(op)).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -179,7 +157,7 @@ async fn a_forged_connection_request_is_rejected_by_the_responder() {
     let mallory = client(&hub, dir.path(), "mallory").await;
 
     // Asking strangers costs tokens: without one, nothing.
-    let (status, body) = as_anonymous(
+    let (status, body) = post_as_anonymous(
         &hub,
         AsOperation::FetchConnectionPackage(b"bob".to_vec().into()),
     )
@@ -288,7 +266,7 @@ async fn a_forged_connection_request_is_rejected_by_the_responder() {
         (status, error_of(&body).code),
         (404, ErrorCode::UnknownUser)
     );
-    let (status, body) = as_anonymous(
+    let (status, body) = post_as_anonymous(
         &hub,
         AsOperation::PublishConnectionPackages(vec![package.clone()]),
     )
@@ -872,25 +850,6 @@ async fn someone_else_added_as_an_own_device_is_flagged_by_every_member() {
         assert!(flagged, "{} got {events:?}", c.name());
         assert!(!c.user_devices(&g).unwrap().contains_key("dave"));
     }
-}
-
-/// A QS request signed by `key` under the QS label.
-fn qs_signed(sender: QsSender, op: QsOperation, key: &SigningKey) -> Vec<u8> {
-    let tbs = QsRequestTbs {
-        timestamp_ms: mimi_ds_rm::now_ms(),
-        nonce: rand::random(),
-        sender,
-        operation: op,
-    };
-    let signature = key.sign(
-        QS_REQUEST_SIGNATURE_LABEL,
-        &mimi_rm_protocol::encode(&tbs).unwrap(),
-    );
-    let req = QsRequest {
-        tbs,
-        signature: signature.into(),
-    };
-    mimi_client_rm::envelope(TransactionType::QueueService, &req).unwrap()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -2,15 +2,13 @@
 //! requests, accept), a conversation, a declined request, and linking a second device (request,
 //! approve, complete), each step a separate run of the binary as a person would type it.
 
-mod common;
-
-use common::*;
+use mimi_rm_tests::common::*;
 use std::path::Path;
 use std::process::Command;
 
 /// Runs `mimi-rm --dir <dir> --hub <url> <args…>`; returns stdout, failing on a non-zero exit.
 fn cli(hub_url: &str, dir: &Path, args: &[&str]) -> String {
-    let out = Command::new(env!("CARGO_BIN_EXE_mimi-rm-under-test"))
+    let out = Command::new(cli_binary())
         .arg("--dir")
         .arg(dir)
         .arg("--hub")

@@ -1,0 +1,380 @@
+//! Shared setup and request builders of the end-to-end tests (`tests/e2e`): hubs, clients,
+//! groups, hand-built requests, and the checks every suite makes of a refused request.
+
+use crate::{HubProcess, error_of, post_with_ca};
+use ed25519_dalek::{Signer as _, SigningKey};
+use mimi_client_rm::{Client, Event, GroupHandle, envelope};
+use mimi_ds_rm::store::Cf;
+use mimi_rm_protocol::auth::{
+    AS_REQUEST_SIGNATURE_LABEL, AsOperation, AsRequest, AsRequestTbs, AsSender,
+};
+use mimi_rm_protocol::ds::*;
+use mimi_rm_protocol::qs::{
+    QS_REQUEST_SIGNATURE_LABEL, QsOperation, QsRequest, QsRequestTbs, QsSender,
+};
+use mimi_rm_protocol::{
+    Envelope, ErrorCode, PROTOCOL_VERSION, TransactionType, decode_exact, encode,
+};
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+/// Default body limit of test hubs.
+pub const MAX_BODY: usize = 256 * 1024;
+
+/// The domain of single-hub tests.
+pub const DOMAIN: &str = "hub.test";
+
+/// Config lines that switch Privacy Pass off: no request class asks for a token.
+pub const NO_TOKENS: &str = "[privacy_pass]\nrate_limited = []\n";
+
+/// Path of the binary target `name` of this package.
+///
+/// Cargo passes `CARGO_BIN_EXE_<name>` to integration tests at compile time (`env!`), which a
+/// library cannot read; recent Cargo sets it at run time as well. Without it, the binary is
+/// where [`beside_test_executable`] looks. `tests/e2e/main.rs` checks both against the
+/// compile-time paths.
+fn package_binary(name: &str) -> PathBuf {
+    match std::env::var_os(format!("CARGO_BIN_EXE_{name}")) {
+        Some(path) => path.into(),
+        None => beside_test_executable(name),
+    }
+}
+
+/// Where Cargo puts the binary target `name` for a running test: in the profile directory
+/// that holds the test executable's `deps/` directory (built before any integration test runs).
+pub fn beside_test_executable(name: &str) -> PathBuf {
+    let exe = std::env::current_exe().expect("path of the test executable");
+    let dir = exe.parent().expect("the test executable's directory");
+    let dir = if dir.ends_with("deps") {
+        dir.parent().expect("the profile directory")
+    } else {
+        dir
+    };
+    dir.join(format!("{name}{}", std::env::consts::EXE_SUFFIX))
+}
+
+/// The `hub-under-test` executable (the `ds-rm` hub).
+pub fn hub_binary() -> PathBuf {
+    package_binary("hub-under-test")
+}
+
+/// The `mimi-rm-under-test` executable (the `mimi-rm` command line).
+pub fn cli_binary() -> PathBuf {
+    package_binary("mimi-rm-under-test")
+}
+
+/// Starts a real hub process in `dir`.
+pub fn hub(dir: &Path) -> HubProcess {
+    hub_with_config(dir, "")
+}
+
+/// A hub that asks no Privacy Pass tokens, for the tests of request validation: they post
+/// hand-built requests and check that each refusal leaves the database byte-identical, which a
+/// token (spent even by a refused request) would change, and the robustness tests, whose
+/// requests must reach the checks behind the token gate. Token enforcement itself is covered
+/// by `privacy_pass`, and every other test runs with the default (enforced) policy.
+pub fn hub_without_tokens(dir: &Path) -> HubProcess {
+    hub_with_config(dir, NO_TOKENS)
+}
+
+/// Starts a real hub process in `dir` with extra TOML lines in its config file.
+pub fn hub_with_config(dir: &Path, extra_config: &str) -> HubProcess {
+    HubProcess::start_with_config(&hub_binary(), dir, DOMAIN, MAX_BODY, extra_config)
+}
+
+/// Registers a client with its state under `dir/name` (trusting the hub's test CA, if any).
+pub async fn client(hub: &HubProcess, dir: &Path, name: &str) -> Client {
+    Client::register_with_ca(&dir.join(name), &hub.url(), name, hub.ca_pem())
+        .await
+        .expect("register")
+}
+
+/// Plaintexts of the application messages among `events`.
+pub fn messages(events: &[Event]) -> Vec<Vec<u8>> {
+    events
+        .iter()
+        .filter_map(|e| match e {
+            Event::Message { plaintext, .. } => Some(plaintext.clone()),
+            _ => None,
+        })
+        .collect()
+}
+
+/// Creates a group of `creator` and adds `others` one commit each; everyone processes.
+pub async fn group_of(creator: &mut Client, others: &mut [&mut Client]) -> GroupHandle {
+    let g = creator.create_group().await.expect("create group");
+    let creator_card = creator.contact_card().expect("card");
+    for i in 0..others.len() {
+        // Contacts both ways: the invitee accepts invitations only from its contacts.
+        others[i].add_contact(&creator_card).expect("add contact");
+        let card = others[i].contact_card().expect("card");
+        creator.invite(&g, &card).await.expect("invite");
+        for (j, o) in others.iter_mut().enumerate() {
+            if j <= i {
+                let events = o.receive().await.expect("receive");
+                if j == i {
+                    assert!(
+                        events.contains(&Event::Joined { group: g.clone() }),
+                        "joiner {i} got {events:?}"
+                    );
+                }
+            }
+        }
+    }
+    g
+}
+
+/// Seconds since the Unix epoch, as credentials count them.
+pub fn now_s() -> u64 {
+    mimi_ds_rm::now_ms() / 1000
+}
+
+/// A DS request signed with a raw Ed25519 key (the way MLS leaf keys sign).
+pub fn ds_signed(
+    group: &GroupHandle,
+    ear: &[u8],
+    sender: DsSender,
+    operation: DsOperation,
+    key: &SigningKey,
+    timestamp_ms: u64,
+) -> Vec<u8> {
+    let tbs = DsRequestTbs {
+        group_id: group.0.clone().into(),
+        ear_key: Some(ear.to_vec().into()),
+        timestamp_ms,
+        nonce: rand::random(),
+        sender,
+        operation,
+    };
+    let tt = ds_transaction_type(&tbs.operation);
+    let mut signed = DS_REQUEST_SIGNATURE_LABEL.to_vec();
+    signed.extend(encode(&tbs).unwrap());
+    let req = DsRequest {
+        tbs,
+        signature: key.sign(&signed).to_bytes().to_vec().into(),
+    };
+    envelope(tt, &req).unwrap()
+}
+
+/// The transaction type (and so the endpoint) of a DS operation.
+pub fn ds_transaction_type(operation: &DsOperation) -> TransactionType {
+    match operation {
+        DsOperation::WelcomeInfo(_) => TransactionType::WelcomeInformation,
+        DsOperation::ExternalCommitInfo => TransactionType::ExternalCommitInformation,
+        _ => TransactionType::GroupOperation,
+    }
+}
+
+/// The DS request in `body` if it gets through the hub's decoding at the endpoint of
+/// `endpoint`, judged with the same public decoders the hub uses: the body within
+/// [`MAX_BODY`], an envelope of the current version and of this endpoint's type, a DS request
+/// whose operation belongs to this endpoint, each decoded exactly (no trailing bytes).
+pub fn decoded_ds_request(endpoint: TransactionType, body: &[u8]) -> Option<DsRequest> {
+    let env: Envelope = decode_exact(body, MAX_BODY).ok()?;
+    if env.version != PROTOCOL_VERSION || env.transaction_type != endpoint {
+        return None;
+    }
+    let req: DsRequest = decode_exact(env.payload.as_slice(), MAX_BODY).ok()?;
+    (ds_transaction_type(&req.tbs.operation) == endpoint).then_some(req)
+}
+
+/// The DS requests among recorded `(path, body)` pairs, oldest first.
+pub fn recorded_ds_requests(recorded: &[(String, Vec<u8>)]) -> Vec<DsRequest> {
+    recorded
+        .iter()
+        .filter_map(|(_, body)| {
+            let env: Envelope = decode_exact(body, 1 << 20).ok()?;
+            decoded_ds_request(env.transaction_type, body)
+        })
+        .collect()
+}
+
+/// An AS request; signed by `signer` over [`AS_REQUEST_SIGNATURE_LABEL`] when given.
+pub fn as_request(
+    sender: AsSender,
+    operation: AsOperation,
+    signer: Option<&mimi_rm_crypto::sign::SigningKey>,
+) -> Vec<u8> {
+    let tbs = AsRequestTbs {
+        timestamp_ms: mimi_ds_rm::now_ms(),
+        nonce: rand::random(),
+        sender,
+        operation,
+    };
+    let signature = match signer {
+        Some(k) => k.sign(AS_REQUEST_SIGNATURE_LABEL, &encode(&tbs).unwrap()),
+        None => Vec::new(),
+    };
+    envelope(
+        TransactionType::AuthService,
+        &AsRequest {
+            tbs,
+            signature: signature.into(),
+        },
+    )
+    .unwrap()
+}
+
+/// An anonymous (unsigned) AS request.
+pub fn as_anonymous(operation: AsOperation) -> Vec<u8> {
+    as_request(AsSender::Anonymous, operation, None)
+}
+
+/// A QS request signed by `key` under [`QS_REQUEST_SIGNATURE_LABEL`].
+pub fn qs_signed(
+    sender: QsSender,
+    operation: QsOperation,
+    key: &mimi_rm_crypto::sign::SigningKey,
+) -> Vec<u8> {
+    let tbs = QsRequestTbs {
+        timestamp_ms: mimi_ds_rm::now_ms(),
+        nonce: rand::random(),
+        sender,
+        operation,
+    };
+    let signature = key.sign(QS_REQUEST_SIGNATURE_LABEL, &encode(&tbs).unwrap());
+    let req = QsRequest {
+        tbs,
+        signature: signature.into(),
+    };
+    envelope(TransactionType::QueueService, &req).unwrap()
+}
+
+/// Posts `body`, checks status and code, and checks the whole database is byte-for-byte
+/// unchanged; `case` names the request in failure messages.
+pub async fn rejected_case(
+    hub: &HubProcess,
+    case: &str,
+    path: &str,
+    body: Vec<u8>,
+    status: u16,
+    code: ErrorCode,
+) {
+    let before = hub.dump();
+    let (s, resp) = post_with_ca(hub.ca_pem(), &hub.url(), path, body).await;
+    let got = error_of(&resp);
+    assert_eq!((s, got.code), (status, code), "{case}: {got}");
+    assert!(
+        before == hub.dump(),
+        "{case}: stored data changed after a rejected request ({code:?})"
+    );
+}
+
+/// [`rejected_case`] for a request named by its expected code.
+pub async fn rejected(hub: &HubProcess, path: &str, body: Vec<u8>, status: u16, code: ErrorCode) {
+    rejected_case(hub, &format!("{code:?}"), path, body, status, code).await;
+}
+
+/// The stored row of group `g` in `dump`, if any.
+pub fn group_row(dump: &[(Cf, Vec<u8>, Vec<u8>)], g: &GroupHandle) -> Option<Vec<u8>> {
+    dump.iter()
+        .find(|(cf, k, _)| *cf == Cf::DsGroups && *k == g.0)
+        .map(|(_, _, v)| v.clone())
+}
+
+/// The value of counter `name` on the hub's `/metrics` page.
+pub async fn metric(hub: &HubProcess, name: &str) -> u64 {
+    let text = crate::http_client(hub.ca_pem())
+        .get(format!("{}/metrics", hub.url()))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    text.lines()
+        .find_map(|l| l.strip_prefix(&format!("{name} ")))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no metric {name} in {text}"))
+}
+
+/// How far into the hub a refused request got, told by its error code.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Reached {
+    /// Refused while framing or decoding: body size, envelope, version, endpoint, or a
+    /// structure that does not decode. The DS core also answers `Malformed` when an operation's
+    /// inner payload (MLS message, GroupInfo, Welcome, ratchet tree) does not decode, after the
+    /// request decoded and its sender was authenticated; the code cannot tell the two apart.
+    Decoding,
+    /// Decoded, then stopped at the Privacy Pass gate (no, or a bad, token).
+    TokenGate,
+    /// Decoded and admitted, then refused by a check of its content: freshness, replay,
+    /// group, EAR key, signature, membership, epoch, MLS validation, operation rules.
+    Validation,
+}
+
+impl Reached {
+    /// The stage that answers with `code`.
+    pub fn of(code: ErrorCode) -> Self {
+        match code {
+            ErrorCode::Malformed
+            | ErrorCode::UnsupportedVersion
+            | ErrorCode::TooLarge
+            | ErrorCode::WrongEndpoint
+            | ErrorCode::Timeout => Self::Decoding,
+            ErrorCode::TokenRequired
+            | ErrorCode::TokenMalformed
+            | ErrorCode::TokenWrongType
+            | ErrorCode::TokenUnknownKey
+            | ErrorCode::TokenExpiredKey
+            | ErrorCode::TokenInvalid
+            | ErrorCode::TokenSpent
+            | ErrorCode::AllowanceExhausted => Self::TokenGate,
+            _ => Self::Validation,
+        }
+    }
+}
+
+/// Tally of the answers to many refused requests, by stage and by status and code.
+#[derive(Debug, Default)]
+pub struct Refusals {
+    /// Requests per stage reached.
+    pub by_stage: BTreeMap<Reached, usize>,
+    /// Requests per `(status, code)`.
+    pub by_code: BTreeMap<(u16, String), usize>,
+}
+
+impl Refusals {
+    /// Records one answer, which must be a 4xx with an error body; returns its stage and code.
+    pub fn record(&mut self, what: &str, status: u16, body: &[u8]) -> (Reached, ErrorCode) {
+        assert!(
+            (400..500).contains(&status),
+            "{what}: status {status} (a hub fault or an accepted request)"
+        );
+        let code = error_of(body).code;
+        let reached = Reached::of(code);
+        *self.by_stage.entry(reached).or_default() += 1;
+        *self
+            .by_code
+            .entry((status, format!("{code:?}")))
+            .or_default() += 1;
+        (reached, code)
+    }
+
+    /// How many answers came from `stage`.
+    pub fn count(&self, stage: Reached) -> usize {
+        self.by_stage.get(&stage).copied().unwrap_or(0)
+    }
+
+    /// How many answers were recorded.
+    pub fn total(&self) -> usize {
+        self.by_stage.values().sum()
+    }
+}
+
+impl std::fmt::Display for Refusals {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{} requests: {} refused while decoding, {} at the token gate, {} by validation; by code:",
+            self.total(),
+            self.count(Reached::Decoding),
+            self.count(Reached::TokenGate),
+            self.count(Reached::Validation),
+        )?;
+        for ((status, code), n) in &self.by_code {
+            write!(f, " {n} x {status} {code},")?;
+        }
+        Ok(())
+    }
+}
