@@ -12,10 +12,10 @@
 
 use crate::core::HubError;
 use crate::core::ids::IdSource;
-use crate::store::{Cf, Txn};
+use crate::store::{Cf, Record, Txn, record};
 use mimi_rm_crypto::hpke_seal::{self, HpkeCiphertext, HpkePrivateKey, HpkePublicKey};
+use mimi_rm_protocol::encode;
 use mimi_rm_protocol::queue::{HpkeCiphertextWire, QueueRef};
-use mimi_rm_protocol::{decode_exact, encode};
 use openmls_basic_credential::SignatureKeyPair;
 use tls_codec::{TlsDeserialize, TlsSerialize, TlsSize};
 
@@ -63,6 +63,18 @@ fn tombstone_prefix(group_id: &[u8]) -> Vec<u8> {
     group_id.to_vec()
 }
 
+/// A tombstone as stored: the encoded `QueueRef` of a member whose queue is gone, sealed to
+/// the group's tombstone key (encoded exactly as the bare ciphertext).
+#[derive(Debug, Clone, PartialEq, Eq, TlsSerialize, TlsDeserialize, TlsSize)]
+struct Tombstone(HpkeCiphertextWire);
+
+impl Record for Tombstone {
+    const CF: Cf = Cf::DsTombstones;
+    /// An X25519 encapsulation and one sealed `QueueRef` (a sealed address and a domain).
+    const MAX_BYTES: usize = 4096;
+    type Key = [u8];
+}
+
 /// Records that the member at `queue_ref` lost its queue, sealed to the group's tombstone key.
 /// The caller also drops the group's routing record, so the next request takes the full path.
 pub fn write_tombstone(
@@ -83,12 +95,7 @@ pub fn write_tombstone(
     };
     let mut key = tombstone_prefix(group_id);
     key.extend_from_slice(&ids.id());
-    txn.put(
-        Cf::DsTombstones,
-        key,
-        encode(&wire).map_err(|e| HubError::Bug(e.to_string()))?,
-    );
-    Ok(())
+    Ok(txn.put_record(key.as_slice(), &Tombstone(wire))?)
 }
 
 /// Opens and deletes this group's tombstones; returns the encoded `QueueRef`s they name.
@@ -111,7 +118,7 @@ pub fn take_tombstones(
     let mut out = Vec::with_capacity(rows.len());
     for (key, value) in rows {
         txn.delete(Cf::DsTombstones, key);
-        let Ok(wire) = decode_exact::<HpkeCiphertextWire>(&value, 4096) else {
+        let Ok(Tombstone(wire)) = record::decode::<Tombstone>(&value) else {
             continue;
         };
         let ct = HpkeCiphertext {
