@@ -841,3 +841,43 @@ fn a_deleted_queue_makes_the_hub_propose_the_members_removal() {
     assert_eq!(users(&fx, &g), vec![user(vec![0], Role::Admin)]);
     assert_eq!(alice.mls().members().count(), 1);
 }
+
+/// Regression (issue 16): an `AddClients` commit that also commits an earlier user's pending
+/// self-remove. The removed user leaves the roster before the new device is seated; with
+/// positional user handles that shifted the committer onto the next user (carol's new device
+/// went to dave).
+#[test]
+fn add_clients_committing_an_earlier_users_leave_seats_the_device_with_its_own_user() {
+    let Fixture {
+        fx,
+        g,
+        d: [mut alice, mut bob, mut carol, mut dave],
+        ..
+    } = fixture::<4>();
+    let carol_key = keypair();
+    let keyed = CommitAad {
+        user_auth_key: Some(carol_key.to_public_vec().into()),
+        ..CommitAad::default()
+    };
+    let up = carol.commit(Change::Update, &keyed);
+    fx.ok(&g.by(&carol, DsOperation::Update(up)));
+    carol.merge();
+    for d in [&mut alice, &mut bob, &mut dave] {
+        d.catch_up(&fx);
+    }
+    let leave = bob.leave();
+    fx.ok(&g.by(&bob, DsOperation::SelfRemove(leave)));
+    carol.catch_up(&fx);
+    let mut carol2 = fx.device();
+    add_own_device(&fx, &g, &carol_key, &mut carol, &mut carol2);
+    let mut carols = vec![carol.leaf(), carol2.leaf()];
+    carols.sort_unstable();
+    assert_eq!(
+        users(&fx, &g),
+        vec![
+            user(vec![alice.leaf()], Role::Admin),
+            user(carols, Role::Member),
+            user(vec![dave.leaf()], Role::Member),
+        ]
+    );
+}
