@@ -169,14 +169,8 @@ fn serve(cfg: Config) -> Result<(), Box<dyn std::error::Error>> {
         tokio::spawn(crate::federation::run_outbox(hub.clone(), peers.clone()));
         tokio::spawn(crate::privacy_pass::run_rotation(hub.clone()));
         let router = crate::http::router_with_peers(hub, peers);
-        match tls {
-            Some(tls) => crate::tls::serve(listener, tls, router, shutdown_signal()).await,
-            None => {
-                axum::serve(listener, router)
-                    .with_graceful_shutdown(shutdown_signal())
-                    .await?
-            }
-        }
+        let limits = crate::listener::Limits::new(&cfg, crate::listener::open_file_limit());
+        crate::listener::serve(listener, tls, router, limits, shutdown_signal()).await;
         tracing::info!("ds-rm hub stopped");
         Ok::<(), Box<dyn std::error::Error>>(())
     })

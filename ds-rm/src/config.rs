@@ -39,6 +39,17 @@ pub struct Config {
     /// Seconds a client may take to send its request body; slower uploads get 408, so slow
     /// clients cannot hold connections forever.
     pub request_timeout_secs: u64,
+    /// Seconds a connection may take to send a request header, counted from when the hub waits
+    /// for it: also how long a kept-alive connection may stay idle. Slow or silent connections
+    /// are closed, so they cannot hold descriptors.
+    pub header_read_timeout_secs: u64,
+    /// Most connections open at once; lowered at start to fit the process's open-file limit
+    /// (less 64 descriptors kept for the store and federation). New connections over it are
+    /// closed at once, with a log line.
+    pub max_connections: usize,
+    /// Most connections open at once from one IP address, so one address cannot take every
+    /// connection slot.
+    pub max_connections_per_address: usize,
     /// Most messages one dequeue returns (clients fetch again for the rest).
     pub max_messages_per_fetch: u32,
     /// Most undelivered messages one queue holds; messages for a full queue are dropped and
@@ -114,6 +125,9 @@ impl Default for Config {
             max_messages_per_fetch: 500,
             max_queue_length: 10_000,
             request_timeout_secs: 30,
+            header_read_timeout_secs: 10,
+            max_connections: 4096,
+            max_connections_per_address: 256,
             privacy_pass: PrivacyPassConfig::default(),
             mode: mimi_rm_protocol::DsMode::Rm,
             baseline_requests_per_minute: 6_000,

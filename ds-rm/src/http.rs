@@ -70,9 +70,37 @@ fn router_inner(hub: Arc<Hub>, peers: Option<Arc<Peers>>) -> Router {
         })
         .merge(issuer)
         .layer(axum::middleware::from_fn_with_state(
-            hub,
+            hub.clone(),
             crate::privacy_pass::redeem,
         ))
+        .layer(axum::middleware::from_fn_with_state(hub, declared_length))
+}
+
+/// Refuses a body whose declared `Content-Length` is over the limit with 413 before anything
+/// reads it: no waiting for bytes that will be refused anyway, and no `100 Continue` for them
+/// (hyper sends that only once a handler starts reading the body).
+async fn declared_length(
+    State(hub): State<Arc<Hub>>,
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    let declared = request
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse::<u64>().ok());
+    let limit = u64::try_from(hub.config().max_body).unwrap_or(u64::MAX);
+    if declared.is_some_and(|n| n > limit) {
+        hub.metrics.errors.fetch_add(1, Relaxed);
+        let mut response = error_response(&HubError::Request(RequestError::TooLarge));
+        // The unread body stays on the connection: close it rather than parse it as requests.
+        response.headers_mut().insert(
+            header::CONNECTION,
+            header::HeaderValue::from_static("close"),
+        );
+        return response;
+    }
+    next.run(request).await
 }
 
 /// The verified token a request presented, if any (put there by the redemption middleware).
@@ -232,19 +260,36 @@ fn ok(body: Vec<u8>) -> Response {
 }
 
 /// Reads the body within the size limit and the request timeout, so neither a large nor a slow
-/// upload can hold a connection.
+/// upload can hold a connection: 413 past the limit, 408 past the timeout, 400 for broken
+/// framing (bad chunk sizes, a body shorter than declared).
 pub(crate) async fn read_body(hub: &Hub, body: Body) -> Result<Bytes, Response> {
     let timeout = std::time::Duration::from_millis(hub.config().request_timeout_ms);
-    let read = tokio::time::timeout(timeout, axum::body::to_bytes(body, hub.config().max_body));
-    let result = match read.await {
-        Ok(Ok(b)) => Ok(b),
-        Ok(Err(_)) => Err(HubError::Request(RequestError::TooLarge)),
+    let result = match tokio::time::timeout(timeout, collect(body, hub.config().max_body)).await {
+        Ok(read) => read,
         Err(_) => Err(HubError::Request(RequestError::Timeout)),
     };
     result.map_err(|e| {
         hub.metrics.errors.fetch_add(1, Relaxed);
         error_response(&e)
     })
+}
+
+/// The body's data frames, at most `max` bytes.
+async fn collect(mut body: Body, max: usize) -> Result<Bytes, HubError> {
+    use axum::body::HttpBody;
+    let mut out = Vec::new();
+    while let Some(frame) =
+        std::future::poll_fn(|cx| std::pin::Pin::new(&mut body).poll_frame(cx)).await
+    {
+        let frame = frame.map_err(|e| HubError::malformed("HTTP body framing", e))?;
+        if let Ok(data) = frame.into_data() {
+            if out.len() + data.len() > max {
+                return Err(HubError::Request(RequestError::TooLarge));
+            }
+            out.extend_from_slice(&data);
+        }
+    }
+    Ok(Bytes::from(out))
 }
 
 async fn ds_domain(State(app): State<App>) -> String {

@@ -14,6 +14,7 @@ pub mod core;
 pub mod expire;
 pub mod federation;
 pub mod http;
+pub mod listener;
 pub mod privacy_pass;
 pub mod store;
 pub mod tls;

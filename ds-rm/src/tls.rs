@@ -2,31 +2,15 @@
 //!
 //! Clients reach a hub over the public internet, so the operator normally terminates TLS in
 //! the hub itself rather than depending on a proxy. This module turns the `tls_cert` /
-//! `tls_key` settings into a rustls server config (ring provider, TLS 1.3 and 1.2) and serves
-//! the same axum router as the plain-HTTP path over it, one hyper HTTP/1.1 connection per TLS
-//! stream, with the same graceful shutdown: stop accepting, let in-flight requests finish.
+//! `tls_key` settings into a rustls server config (ring provider, TLS 1.3 and 1.2);
+//! [`crate::listener`] serves the router over it.
 
 use crate::config::Config;
-use hyper_util::rt::{TokioIo, TokioTimer};
-use hyper_util::service::TowerToHyperService;
 use rustls::ServerConfig;
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer};
-use std::future::Future;
-use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::Duration;
-use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::watch;
-use tokio_rustls::TlsAcceptor;
-
-/// How long a client may take to complete the TLS handshake before its connection is dropped,
-/// so that stalled or malicious peers cannot pin connection tasks forever.
-const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
-
-/// Pause after a failed `accept` (e.g. out of file descriptors) so the loop does not spin.
-const ACCEPT_ERROR_BACKOFF: Duration = Duration::from_millis(100);
 
 /// Why the TLS settings could not be turned into a server config. Each variant names the
 /// setting or file at fault so an operator can fix the config without reading code.
@@ -129,86 +113,4 @@ fn load_key(path: &Path) -> Result<PrivateKeyDer<'static>, TlsError> {
             source,
         },
     })
-}
-
-/// Serves `router` over TLS on `listener` until `shutdown` resolves, then stops accepting and
-/// waits for open connections to finish their in-flight requests (the HTTPS counterpart of
-/// `axum::serve(..).with_graceful_shutdown(..)`). A failed handshake only drops that
-/// connection; it never stops the accept loop.
-pub async fn serve(
-    listener: TcpListener,
-    config: Arc<ServerConfig>,
-    router: axum::Router,
-    shutdown: impl Future<Output = ()>,
-) {
-    let acceptor = TlsAcceptor::from(config);
-    let (stop_tx, stop_rx) = watch::channel(());
-    let mut connections = tokio::task::JoinSet::new();
-    tokio::pin!(shutdown);
-    loop {
-        tokio::select! {
-            () = &mut shutdown => break,
-            accepted = listener.accept() => match accepted {
-                Ok((tcp, peer)) => {
-                    connections.spawn(connection(
-                        acceptor.clone(),
-                        tcp,
-                        peer,
-                        router.clone(),
-                        stop_rx.clone(),
-                    ));
-                }
-                Err(e) => {
-                    tracing::warn!(error = %e, "accepting a connection failed");
-                    tokio::time::sleep(ACCEPT_ERROR_BACKOFF).await;
-                }
-            },
-            // Reap finished connection tasks so the set does not grow without bound.
-            Some(_) = connections.join_next(), if !connections.is_empty() => {}
-        }
-    }
-    drop(listener);
-    // Wakes every connection task; each lets its current request finish, then closes.
-    drop(stop_tx);
-    while connections.join_next().await.is_some() {}
-}
-
-/// One TLS connection: handshake, then HTTP/1.1 until the peer closes or shutdown begins.
-async fn connection(
-    acceptor: TlsAcceptor,
-    tcp: TcpStream,
-    peer: SocketAddr,
-    router: axum::Router,
-    mut stop: watch::Receiver<()>,
-) {
-    let tls = tokio::select! {
-        handshake = tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)) => {
-            match handshake {
-                Ok(Ok(tls)) => tls,
-                Ok(Err(e)) => {
-                    tracing::debug!(%peer, error = %e, "TLS handshake failed");
-                    return;
-                }
-                Err(_) => {
-                    tracing::debug!(%peer, "TLS handshake timed out");
-                    return;
-                }
-            }
-        }
-        _ = stop.changed() => return,
-    };
-    let conn = hyper::server::conn::http1::Builder::new()
-        .timer(TokioTimer::new())
-        .serve_connection(TokioIo::new(tls), TowerToHyperService::new(router));
-    tokio::pin!(conn);
-    let result = tokio::select! {
-        result = conn.as_mut() => result,
-        _ = stop.changed() => {
-            conn.as_mut().graceful_shutdown();
-            conn.await
-        }
-    };
-    if let Err(e) = result {
-        tracing::debug!(%peer, error = %e, "HTTPS connection ended with an error");
-    }
 }

@@ -15,6 +15,7 @@ mod bad_input;
 mod baseline;
 mod cli;
 mod concurrency;
+mod connections;
 mod crash;
 mod ds_core_arbitrary;
 mod ear_rotation;
