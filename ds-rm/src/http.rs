@@ -1,4 +1,6 @@
-//! The axum shell: decode nothing, call the core on a blocking thread, map errors to statuses.
+//! The axum shell: read bodies within their limits, decode each client request once (cheap:
+//! exact TLS decoding, no cryptography) to route it, run the core on a blocking thread, map
+//! errors to statuses.
 
 use crate::core::{ClientRequest, Hub, HubError, Route};
 use crate::core::{FederationError, RequestError};

@@ -97,7 +97,7 @@ fn matching_key(
     public_key: &tls_codec::VLBytes,
     what: &str,
 ) -> Result<SigningKey, HubError> {
-    let key = SigningKey::from_bytes(seed).map_err(internal)?;
+    let key = SigningKey::from_bytes(seed).map_err(|e| HubError::corrupt("as_keys", e))?;
     if key.verifying_key().as_bytes().as_slice() != public_key.as_slice() {
         return Err(HubError::corrupt(
             "as_keys",

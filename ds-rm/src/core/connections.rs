@@ -13,7 +13,6 @@ use crate::store::{Cf, Record, Txn, record};
 use mimi_rm_protocol::auth::AsResponse;
 use mimi_rm_protocol::connection::{ConnectionPackage, ConnectionRequest};
 use mimi_rm_protocol::credentials::ClientCredential;
-use mimi_rm_protocol::encode;
 use tls_codec::{TlsDeserialize, TlsSerialize, TlsSize};
 
 /// Most connection packages one client may publish at once.
@@ -162,8 +161,7 @@ pub fn leave_request(
     }
     let mut key = inbox_prefix(handle, device);
     key.extend_from_slice(&ids.id());
-    let bytes = encode(request).map_err(|e| HubError::Bug(e.to_string()))?;
-    txn.put(Cf::AsConnectionRequests, key, bytes);
+    txn.put_record(key.as_slice(), request)?;
     Ok(AsResponse::Ok)
 }
 

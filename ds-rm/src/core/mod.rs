@@ -164,9 +164,9 @@ impl Hub {
             Some(bytes) if bytes.len() == 64 => QsKeys {
                 hpke: HpkeKeyPair {
                     private: HpkePrivateKey::from_bytes(&bytes[..32])
-                        .map_err(|e| HubError::Bug(e.to_string()))?,
+                        .map_err(|e| HubError::corrupt("server_keys", e))?,
                     public: HpkePublicKey::from_bytes(&bytes[32..])
-                        .map_err(|e| HubError::Bug(e.to_string()))?,
+                        .map_err(|e| HubError::corrupt("server_keys", e))?,
                 },
             },
             Some(_) => return Err(HubError::corrupt("server_keys", "QS key length")),
@@ -660,6 +660,19 @@ impl Hub {
         federation::verify(env, &self.config.domain, sender_key, &self.replay, now_ms)?;
         match (&env.tbs.payload, deliver) {
             (S2sPayload::Forward(fwd), false) => {
+                // Only client requests are forwarded; anything else is refused before decoding.
+                if !matches!(
+                    fwd.transaction_type,
+                    TransactionType::GroupOperation
+                        | TransactionType::WelcomeInformation
+                        | TransactionType::ExternalCommitInformation
+                        | TransactionType::QueueService
+                        | TransactionType::AuthService
+                ) {
+                    return Err(HubError::Request(RequestError::NotAuthorized(
+                        "not forwardable",
+                    )));
+                }
                 let request = self.decode_request(fwd.transaction_type, fwd.envelope.as_slice())?;
                 request.check_forwardable(&self.config.domain)?;
                 self.handle_request(request, now_ms, &tokens::Admission::Peer)

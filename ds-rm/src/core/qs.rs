@@ -272,6 +272,12 @@ pub fn process(
                         txn.put_record(id, &record)?;
                     }
                     let next_seq = ratchet_of(&record)?.next_seq();
+                    // Older records could hold an ack beyond the ratchet (which switched the
+                    // queue-length limit off): bring it back to the ratchet's position.
+                    if record.acked_below > next_seq {
+                        record.acked_below = next_seq;
+                        txn.put_record(id, &record)?;
+                    }
                     let acked_before = record.acked_below;
                     // Nothing at or past the ratchet's position was ever enqueued: an ack
                     // beyond it would only switch off the queue-length limit.
@@ -527,13 +533,14 @@ fn dequeue(txn: &mut Txn<'_>, client: &ClientId, w: DequeueWindow) -> Result<QsR
             more = true;
         }
     }
-    // Queue entries are contiguous up to the ratchet's position, so what is left is counted
-    // without reading it; zero whenever the scan saw nothing beyond this batch.
+    // Entries after the last one returned run without a gap up to the ratchet's position, so
+    // what is left is counted without reading it; zero whenever the scan saw nothing beyond
+    // this batch.
     let remaining = if more {
-        w.next_seq
-            .saturating_sub(w.ack_below)
-            .saturating_sub(messages.len() as u64)
-            .max(1)
+        let first_left = messages
+            .last()
+            .map_or(w.ack_below.max(w.acked_before), |m| m.seq + 1);
+        w.next_seq.saturating_sub(first_left).max(1)
     } else {
         0
     };

@@ -39,8 +39,9 @@ use zeroize::Zeroize;
 /// epochs; a recipient processes a message before any commit queued after it, so it is at most
 /// this many epochs ahead of the message and can always decrypt it.
 pub const MAX_MESSAGE_EPOCH_LAG: u64 = 4;
-/// Upper bound for decoding a stored row (sanity, not policy).
-const MAX_ROW: usize = 64 << 20;
+/// Upper bound for decoding a commit's authenticated data (sanity, not policy: the body limit
+/// is far lower).
+const MAX_COMMIT_AAD: usize = 64 << 20;
 
 /// What a DS request needs to know about its environment.
 pub struct DsContext<'a> {

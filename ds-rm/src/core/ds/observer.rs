@@ -3,7 +3,7 @@
 //! and the fan-out addresses leaves carry.
 
 use super::group::LoadedGroup;
-use super::{DsContext, MAX_MESSAGE_EPOCH_LAG, MAX_ROW};
+use super::{DsContext, MAX_COMMIT_AAD, MAX_MESSAGE_EPOCH_LAG};
 use crate::core::HubError;
 use crate::core::{GroupError, RequestError};
 use mimi_rm_protocol::ds::*;
@@ -62,7 +62,8 @@ pub(super) fn commit_aad(bytes: &[u8]) -> Result<CommitAad, HubError> {
     if bytes.is_empty() {
         return Ok(CommitAad::default());
     }
-    decode_exact(bytes, MAX_ROW).map_err(|e| HubError::malformed("commit authenticated data", e))
+    decode_exact(bytes, MAX_COMMIT_AAD)
+        .map_err(|e| HubError::malformed("commit authenticated data", e))
 }
 
 /// Decodes a GroupInfo message.

@@ -85,7 +85,7 @@ pub fn write_tombstone(
     queue_ref: &QueueRef,
 ) -> Result<(), HubError> {
     let pk = HpkePublicKey::from_bytes(tombstone_key)
-        .map_err(|e| HubError::Bug(format!("tombstone key: {e}")))?;
+        .map_err(|e| HubError::corrupt("group record", format!("tombstone key: {e}")))?;
     let plain = encode(queue_ref).map_err(|e| HubError::Bug(e.to_string()))?;
     let sealed = hpke_seal::seal(&pk, TOMBSTONE_LABEL, group_id, &plain)
         .map_err(|e| HubError::Bug(format!("seal tombstone: {e}")))?;
@@ -114,7 +114,7 @@ pub fn take_tombstones(
         return Ok(Vec::new());
     }
     let sk = HpkePrivateKey::from_bytes(secret)
-        .map_err(|e| HubError::Bug(format!("tombstone secret: {e}")))?;
+        .map_err(|e| HubError::corrupt("group state", format!("tombstone secret: {e}")))?;
     let mut out = Vec::with_capacity(rows.len());
     for (key, value) in rows {
         txn.delete(Cf::DsTombstones, key);

@@ -86,7 +86,7 @@ impl AtRest {
     }
 
     /// Reverses [`AtRest::seal`] for a row written with `format`; a wrong EAR key is reported as
-    /// [`HubError::Group(GroupError::WrongEarKey)`], a row of the other mode as an internal error.
+    /// [`GroupError::WrongEarKey`], a row of the other mode as an internal error.
     pub fn open(
         &self,
         format: u8,
@@ -192,7 +192,7 @@ impl DsGroupState {
         })
     }
 
-    /// Decrypts a row; a wrong key is reported as [`HubError::Group(GroupError::WrongEarKey)`].
+    /// Decrypts a row; a wrong key is reported as [`GroupError::WrongEarKey`].
     pub fn open(row: &GroupRow, key: &AtRest, group_id: &[u8]) -> Result<Self, HubError> {
         let plain = key.open(
             row.format,

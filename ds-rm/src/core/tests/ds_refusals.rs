@@ -776,6 +776,26 @@ fn an_external_join_beyond_the_group_size_limit_is_refused() {
     );
 }
 
+/// The size limit never blocks recovery: a resync replaces the member's own leaf, so it is
+/// accepted in a group at the limit (a join that does not grow the group is never refused).
+#[test]
+fn a_resync_in_a_full_group_is_accepted() {
+    let Fixture {
+        fx,
+        g,
+        d: [_alice, mut bob],
+        ..
+    } = fixture_with::<2>(|c| c.max_group_size = 2);
+    let old = bob.leaf();
+    let (_, bundle) = fx.external_commit(&mut bob, &g, &CommitAad::default());
+    let req = g.request(
+        DsSender::Member(old),
+        DsOperation::Resync(bundle),
+        Some(&bob.signer),
+    );
+    assert!(matches!(fx.ok(&req), DsResponse::Accepted(_)));
+}
+
 #[test]
 fn self_remove_refusals() {
     let Fixture {

@@ -1,7 +1,9 @@
 //! In-process tests of the DS, QS and AS cores over the in-memory store.
 //!
-//! Every request goes through [`Hub::handle`] exactly as the HTTP shell passes it on: an encoded
-//! envelope posted to an endpoint, with the Privacy Pass gate switched off and a fixed clock.
+//! Every request goes through [`Hub::handle`] (decode once, then [`Hub::handle_request`], the
+//! path the HTTP shell takes for requests it does not forward): an encoded envelope posted to
+//! an endpoint, with the Privacy Pass gate switched off and a fixed clock. Forwarding between
+//! hubs is covered end to end by the `federation` suite.
 //! Accepted requests are checked for their response and for what they stored; refused ones for
 //! their stable [`ErrorCode`] and for leaving the store byte-for-byte unchanged.
 

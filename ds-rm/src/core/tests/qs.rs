@@ -208,6 +208,33 @@ fn an_ack_beyond_the_queue_does_not_swallow_later_messages() {
     assert_eq!(m.messages.iter().map(|m| m.seq).collect::<Vec<_>>(), [1]);
 }
 
+/// A client restored from an older state acknowledges less than it already did: the entries
+/// it acknowledged before are gone, and `remaining` counts only what is still queued after the
+/// batch it gets.
+#[test]
+fn a_stale_ack_gets_an_exact_remaining_count() {
+    let hub = TestHub::new();
+    let alice = QsClient::register(&hub);
+    let sent: Vec<QueueMessage> = (0..10).map(message).collect();
+    enqueue(&hub, &alice.client_id, &sent);
+    let dequeue = |ack_below, max| {
+        let QsResponse::Messages(m) =
+            hub.ok(&alice.request(Op::Dequeue(Dequeue { ack_below, max })))
+        else {
+            panic!("expected Messages")
+        };
+        m
+    };
+    let m = dequeue(5, 0);
+    assert_eq!(m.remaining, 5, "entries 5..10 are left");
+    let m = dequeue(0, 2);
+    assert_eq!(m.messages.iter().map(|m| m.seq).collect::<Vec<_>>(), [5, 6]);
+    assert_eq!(m.remaining, 3, "entries 7, 8 and 9 are left");
+    let m = dequeue(0, 10);
+    assert_eq!(m.messages.len(), 5);
+    assert_eq!(m.remaining, 0);
+}
+
 #[test]
 fn dequeue_is_capped_by_the_configured_fetch_limit_and_queues_by_their_length() {
     let hub = TestHub::with(|c| c.max_messages_per_fetch = 2);

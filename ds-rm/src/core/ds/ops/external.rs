@@ -130,8 +130,11 @@ impl LoadedGroup {
         let removed_u32: Vec<u32> = removed.iter().map(|l| l.u32()).collect();
         self.check_join_removals(kind, &removed, &removed_u32)?;
         // The same bound a member's add is held to: the joiner takes one seat, the leaves
-        // its commit removes free theirs.
-        if self.pg.members().count().saturating_sub(removed.len()) + 1 > max_group_size {
+        // its commit removes free theirs. A join that does not grow the group (a resync, a
+        // device replacing its own old leaf) is never refused, so recovery always works.
+        let before = self.pg.members().count();
+        let after = before.saturating_sub(removed.len()) + 1;
+        if after > before && after > max_group_size {
             return Err(HubError::Request(RequestError::LimitExceeded("group size")));
         }
         let leaf =
