@@ -108,6 +108,12 @@ impl Client {
                 "dropping a message from before we joined");
             return Ok(Processed::Done(Vec::new()));
         }
+        if is_used_message_key(&e) {
+            // A sender that lost the hub's answer re-sends the same ciphertext; its message key
+            // was deleted when we read the first copy. Nothing to show.
+            tracing::debug!(group = %group, msg_epoch, "dropping a copy of a message already read");
+            return Ok(Processed::Done(Vec::new()));
+        }
         // Say which epoch the message was for: the usual cause is an epoch we no longer keep.
         Err(ClientError::Mls(format!(
             "{e} (message epoch {msg_epoch}, ours {ours})"
@@ -189,4 +195,16 @@ impl Client {
         }
         Ok(events)
     }
+}
+
+/// Whether OpenMLS refused a message because its key is already used and deleted (forward
+/// secrecy): the message, or one sent with the same key, was read before.
+fn is_used_message_key<E>(e: &ProcessMessageError<E>) -> bool {
+    use openmls::framing::errors::{MessageDecryptionError, SecretTreeError};
+    matches!(
+        e,
+        ProcessMessageError::ValidationError(ValidationError::UnableToDecrypt(
+            MessageDecryptionError::SecretTreeError(SecretTreeError::SecretReuseError)
+        ))
+    )
 }

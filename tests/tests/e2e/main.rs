@@ -27,6 +27,7 @@ mod mangled;
 mod membership;
 mod privacy_pass;
 mod queue_pcs;
+mod resend;
 mod seized_disk;
 mod smoke;
 mod tls;
