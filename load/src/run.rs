@@ -155,36 +155,7 @@ pub async fn run(args: RunArgs) -> Result<(), LoadError> {
     let http = reqwest::Client::new();
     let mut reports = Vec::new();
     for &rate in &rates {
-        let before = report::scrape(&http, &args.url).await;
-        let cpu = || {
-            (
-                report::cpu_seconds(None),
-                args.hub_pid.and_then(|p| report::cpu_seconds(Some(p))),
-            )
-        };
-        let wall = Instant::now();
-        let cpu_before = cpu();
-        let samples = drive(&args, rate, &mix, groups.clone(), spares.clone()).await;
-        let cpu_after = cpu();
-        let wall = wall.elapsed();
-        let after = report::scrape(&http, &args.url).await;
-        let mut report = Report::build(&args, rate, samples, before, after);
-        report.set_cpu(cpu_before, cpu_after, args.warmup, wall);
-        report.print();
-        let stem = if !args.sweep.is_empty() {
-            let mut s = args.out.as_os_str().to_owned();
-            s.push(format!("-{rate}"));
-            PathBuf::from(s)
-        } else {
-            args.out.clone()
-        };
-        report.save(&stem.with_extension("json"))?;
-        plot::timeline(&report, &stem.with_extension("svg"))?;
-        println!(
-            "wrote {} and {}",
-            stem.with_extension("json").display(),
-            stem.with_extension("svg").display()
-        );
+        let report = measure(&args, &http, rate, &mix, groups.clone(), spares.clone()).await?;
         reports.push(report);
     }
     if !args.sweep.is_empty() {
@@ -195,6 +166,49 @@ pub async fn run(args: RunArgs) -> Result<(), LoadError> {
         println!("wrote {}", path.display());
     }
     Ok(())
+}
+
+/// One measured run at `rate`: the hub's counters and both processes' CPU before and after,
+/// the report printed and written (JSON and a timeline plot) next to `--out`.
+async fn measure(
+    args: &RunArgs,
+    http: &reqwest::Client,
+    rate: f64,
+    mix: &Mix,
+    groups: Arc<Vec<LoadGroup>>,
+    spares: Spares,
+) -> Result<Report, LoadError> {
+    let before = report::scrape(http, &args.url).await;
+    let cpu = || {
+        (
+            report::cpu_seconds(None),
+            args.hub_pid.and_then(|p| report::cpu_seconds(Some(p))),
+        )
+    };
+    let wall = Instant::now();
+    let cpu_before = cpu();
+    let samples = drive(args, rate, mix, groups, spares).await;
+    let cpu_after = cpu();
+    let wall = wall.elapsed();
+    let after = report::scrape(http, &args.url).await;
+    let mut report = Report::build(args, rate, samples, before, after);
+    report.set_cpu(cpu_before, cpu_after, args.warmup, wall);
+    report.print();
+    let stem = if !args.sweep.is_empty() {
+        let mut s = args.out.as_os_str().to_owned();
+        s.push(format!("-{rate}"));
+        PathBuf::from(s)
+    } else {
+        args.out.clone()
+    };
+    report.save(&stem.with_extension("json"))?;
+    plot::timeline(&report, &stem.with_extension("svg"))?;
+    println!(
+        "wrote {} and {}",
+        stem.with_extension("json").display(),
+        stem.with_extension("svg").display()
+    );
+    Ok(report)
 }
 
 fn tempfile_dir(args: &RunArgs) -> Result<tempfile::TempDir, LoadError> {
