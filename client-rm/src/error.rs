@@ -16,6 +16,11 @@ pub enum ClientError {
     /// The hub could not be reached or answered garbage.
     #[error("transport: {0}")]
     Transport(String),
+    /// Another provider the request needs is out of reach, or not yet known to our hub (its
+    /// key for sealing what waits for it): the hub applied nothing, so the same change can be
+    /// sent again in a new request.
+    #[error("peer unavailable: {0}")]
+    PeerUnavailable(String),
     /// OpenMLS failed.
     #[error("mls: {0}")]
     Mls(String),

@@ -292,6 +292,11 @@ pub(crate) async fn exchange(req: reqwest::RequestBuilder) -> Result<Vec<u8>, Cl
     }
     let response: ErrorResponse = decode_exact(&bytes, MAX_RESPONSE)
         .map_err(|e| ClientError::Transport(format!("status {status}, undecodable error: {e}")))?;
+    if response.code == ErrorCode::PeerUnavailable {
+        return Err(ClientError::PeerUnavailable(
+            String::from_utf8_lossy(response.detail.as_slice()).into_owned(),
+        ));
+    }
     Err(ClientError::Hub { status, response })
 }
 

@@ -32,8 +32,9 @@ pub fn reveals(cf: Cf) -> &'static str {
             "per handle: how many connection requests wait (sender and contents sealed)"
         }
         Cf::FedOutbox => {
-            "fan-out waiting for a peer: peer domain, sealed queue refs, MLS messages as fanned out"
+            "fan-out waiting for a peer: peer domain, item count and sizes; contents sealed to the peer"
         }
+        Cf::FedPeerKeys => "the QS public key of each peer domain this hub has fanned out to",
         Cf::FedSeen => "ids and creation times of items peers delivered here (bounded retention)",
         Cf::PpKeys => "Privacy Pass issuer keys per key epoch (can mint tokens for that epoch)",
         Cf::PpSpent => "random nonces of spent tokens per key epoch (a count of redemptions)",

@@ -6,7 +6,8 @@ use crate::core::FederationError as PeerError;
 use crate::core::{Hub, HubError};
 use mimi_rm_crypto::sign::VerifyingKey;
 use mimi_rm_protocol::federation::VerificationKey;
-use mimi_rm_protocol::{decode_exact, paths};
+use mimi_rm_protocol::qs::{QsOperation, QsRequest, QsRequestTbs, QsResponse, QsSender};
+use mimi_rm_protocol::{Envelope, TransactionType, decode_exact, encode, paths};
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -164,6 +165,87 @@ impl Peers {
     fn cached(&self, domain: &str) -> Option<VerifyingKey> {
         self.keys.lock().ok()?.get(domain).cloned()
     }
+
+    /// The configured peer domains.
+    pub fn configured(&self) -> impl Iterator<Item = &String> {
+        self.urls.keys()
+    }
+
+    /// `domain`'s QS public key, asked of its QS with the anonymous `EncryptionKey` request
+    /// (over TLS to the peer's configured URL, as for its federation key).
+    pub async fn qs_key(&self, domain: &str) -> Result<Vec<u8>, HubError> {
+        let request = QsRequest {
+            tbs: QsRequestTbs {
+                timestamp_ms: crate::now_ms(),
+                nonce: mimi_rm_crypto::ids::random_id(),
+                sender: QsSender::Anonymous,
+                operation: QsOperation::EncryptionKey,
+            },
+            signature: Vec::new().into(),
+        };
+        let body = encode(&request)
+            .and_then(|p| encode(&Envelope::new(TransactionType::QueueService, p)))
+            .map_err(HubError::bug)?;
+        let unavailable = |detail: String| {
+            HubError::Federation(PeerError::PeerUnavailable(format!("{domain}: {detail}")))
+        };
+        let (status, resp) = self.post(domain, paths::QS, body).await?;
+        if status != 200 {
+            return Err(unavailable(format!("QS key status {status}")));
+        }
+        match decode_exact::<QsResponse>(&resp, 1024) {
+            Ok(QsResponse::EncryptionKey(key)) => Ok(key.as_slice().to_vec()),
+            Ok(_) => Err(unavailable("QS answered something else".into())),
+            Err(e) => Err(unavailable(format!("bad QS key: {e}"))),
+        }
+    }
+}
+
+/// Fetches the QS key of every configured peer and every peer a request needed that this hub
+/// does not have yet, skipping peers still backing off from a failed attempt.
+async fn fetch_peer_keys(
+    hub: &Arc<Hub>,
+    peers: &Peers,
+    backoff: &mut HashMap<String, (Instant, Duration)>,
+) {
+    let mut missing: Vec<String> = peers
+        .configured()
+        .filter(|d| hub.peer_key(d).is_none())
+        .cloned()
+        .collect();
+    missing.extend(hub.wanted_peer_keys());
+    missing.sort();
+    missing.dedup();
+    for domain in missing {
+        if backoff
+            .get(&domain)
+            .is_some_and(|(until, _)| Instant::now() < *until)
+        {
+            continue;
+        }
+        let fetched = match peers.qs_key(&domain).await {
+            Ok(key) => {
+                let (h, d) = (hub.clone(), domain.clone());
+                tokio::task::spawn_blocking(move || h.set_peer_key(&d, &key))
+                    .await
+                    .unwrap_or_else(|e| Err(HubError::Bug(e.to_string())))
+            }
+            Err(e) => Err(e),
+        };
+        match fetched {
+            Ok(()) => {
+                backoff.remove(&domain);
+                tracing::info!(peer = %domain, "fetched the peer's QS key; its outbox items are sealed to it");
+            }
+            Err(e) => {
+                let delay = backoff
+                    .get(&domain)
+                    .map_or(MIN_BACKOFF, |(_, d)| (*d * 2).min(MAX_BACKOFF));
+                tracing::debug!(peer = %domain, error = %e, "fetching the peer's QS key failed");
+                backoff.insert(domain, (Instant::now() + delay, delay));
+            }
+        }
+    }
 }
 
 /// Delivers the outbox for ever: per peer, oldest first, in batches; a failing peer backs off
@@ -171,7 +253,9 @@ impl Peers {
 /// answered 2xx, so a crash or an outage loses nothing (the peer deduplicates retries).
 pub async fn run_outbox(hub: Arc<Hub>, peers: Arc<Peers>) {
     let mut backoff: HashMap<String, (Instant, Duration)> = HashMap::new();
+    let mut key_backoff: HashMap<String, (Instant, Duration)> = HashMap::new();
     loop {
+        fetch_peer_keys(&hub, &peers, &mut key_backoff).await;
         let h = hub.clone();
         let domains = tokio::task::spawn_blocking(move || h.outbox_domains())
             .await

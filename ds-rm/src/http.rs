@@ -78,9 +78,15 @@ fn router_inner(hub: Arc<Hub>, peers: Option<Arc<Peers>>) -> Router {
         .layer(axum::middleware::from_fn_with_state(hub, declared_length))
 }
 
-/// Refuses a body whose declared `Content-Length` is over the limit with 413 before anything
-/// reads it: no waiting for bytes that will be refused anyway, and no `100 Continue` for them
-/// (hyper sends that only once a handler starts reading the body).
+/// How far over the limit a declared body must be to be refused without reading any of it.
+const EARLY_REFUSAL_FACTOR: u64 = 4;
+
+/// Refuses at once, before anything reads it, a body whose declared `Content-Length` is over
+/// the limit and that the client has not started to send (`Expect: 100-continue`: no
+/// `100 Continue` goes out, since hyper sends that only once a handler reads the body), or that
+/// is far over the limit (more than [`EARLY_REFUSAL_FACTOR`] times): no waiting for bytes that
+/// will be refused anyway. A body only somewhat over the limit is read up to the limit and then
+/// refused, so a client still writing it gets the 413 instead of a reset connection.
 async fn declared_length(
     State(hub): State<Arc<Hub>>,
     request: axum::extract::Request,
@@ -92,7 +98,12 @@ async fn declared_length(
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.trim().parse::<u64>().ok());
     let limit = u64::try_from(hub.config().max_body).unwrap_or(u64::MAX);
-    if declared.is_some_and(|n| n > limit) {
+    let expects_continue = request
+        .headers()
+        .get(header::EXPECT)
+        .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"100-continue"));
+    let early = limit.saturating_mul(EARLY_REFUSAL_FACTOR);
+    if declared.is_some_and(|n| n > limit && (expects_continue || n > early)) {
         hub.metrics.errors.fetch_add(1, Relaxed);
         let mut response = error_response(&HubError::Request(RequestError::TooLarge));
         // The unread body stays on the connection: close it rather than parse it as requests.

@@ -8,11 +8,24 @@
 //! provider can route a request but not alter it.
 
 use crate::TransactionType;
-use crate::queue::{QueueMessage, QueueRef};
+use crate::queue::{HpkeCiphertextWire, QueueMessage, QueueRef};
 use tls_codec::{TlsDeserialize, TlsSerialize, TlsSize, VLBytes};
 
 /// Signature label of [`S2sEnvelopeTbs`].
 pub const S2S_SIGNATURE_LABEL: &str = "s2s envelope";
+
+/// HPKE label of a [`DeliveryItem`] sealed to the recipient provider's QS key while it waits in
+/// the sender's outbox (its associated data: [`outbox_item_aad`]).
+pub const OUTBOX_ITEM_HPKE_LABEL: &str = "outbox delivery item";
+
+/// Associated data of a sealed outbox item: who sealed it for whom, so an item cannot be
+/// passed off as coming from, or meant for, another provider.
+pub fn outbox_item_aad(sender_domain: &[u8], recipient_domain: &[u8]) -> Vec<u8> {
+    let mut aad = sender_domain.to_vec();
+    aad.push(0);
+    aad.extend_from_slice(recipient_domain);
+    aad
+}
 
 /// A client's request as its provider received it.
 #[derive(Debug, Clone, PartialEq, Eq, TlsSerialize, TlsDeserialize, TlsSize)]
@@ -47,6 +60,11 @@ pub enum S2sPayload {
     /// Hub → follower: enqueue these items, in order.
     #[tls_codec(discriminant = 2)]
     Deliver(Vec<DeliveryItem>),
+    /// Fan-out items for the recipient's queues, each HPKE-sealed to the recipient's QS key
+    /// when it was queued (label [`OUTBOX_ITEM_HPKE_LABEL`]), so the sender's outbox never
+    /// holds them readable.
+    #[tls_codec(discriminant = 3)]
+    DeliverSealed(Vec<HpkeCiphertextWire>),
 }
 
 /// The signed part of a server-to-server message.

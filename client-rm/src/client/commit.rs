@@ -203,12 +203,24 @@ impl Client {
         user_level: bool,
     ) -> Result<u64, ClientError> {
         let group = GroupHandle(mls.group_id().as_slice().to_vec());
-        let req = if user_level {
-            self.user_request(&group, ear_key, op)?
-        } else {
-            self.member_request(&mls, ear_key, signer, op)?
+        let mut attempt = 0;
+        let answer = loop {
+            let req = if user_level {
+                self.user_request(&group, ear_key, op.clone())?
+            } else {
+                self.member_request(&mls, ear_key, signer, op.clone())?
+            };
+            match self.transport.ds(&req).await {
+                // Refused before anything was applied: the same commit, in a new request.
+                Err(ClientError::PeerUnavailable(e)) if attempt < TRANSPORT_RETRIES => {
+                    attempt += 1;
+                    tracing::debug!(error = %e, attempt, "a peer is unavailable; re-sending");
+                    backoff(attempt).await;
+                }
+                other => break other,
+            }
         };
-        let outcome = match self.transport.ds(&req).await {
+        let outcome = match answer {
             Ok(DsResponse::ProposalsPending(_)) => Err(ClientError::ProposalsPending),
             // The hub may or may not have applied it before the connection broke: ask it.
             Err(ClientError::Transport(e)) => {

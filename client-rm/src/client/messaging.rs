@@ -78,7 +78,9 @@ impl Client {
                 }
                 // Unknown outcome: re-send the same ciphertext. If the first copy did arrive,
                 // recipients drop the second (that message key is already used).
-                Err(ClientError::Transport(e)) if attempt < TRANSPORT_RETRIES => {
+                Err(ClientError::Transport(e) | ClientError::PeerUnavailable(e))
+                    if attempt < TRANSPORT_RETRIES =>
+                {
                     attempt += 1;
                     tracing::debug!(error = %e, attempt, "hub unreachable, re-sending");
                     backoff(attempt).await;

@@ -6,10 +6,12 @@ use crate::core::qs;
 use crate::core::replay::ReplayGuard;
 use crate::core::{FederationError, RequestError};
 use crate::store::{Cf, Record, Txn, record};
+use mimi_rm_crypto::hpke_seal::{self, HpkeCiphertext, HpkePrivateKey, HpkePublicKey};
 use mimi_rm_crypto::sign::{SigningKey, VerifyingKey};
-use mimi_rm_protocol::encode;
 use mimi_rm_protocol::federation::*;
-use mimi_rm_protocol::queue::QueueRef;
+use mimi_rm_protocol::queue::{HpkeCiphertextWire, QueueRef};
+use mimi_rm_protocol::{decode_exact, encode};
+use tls_codec::{TlsDeserialize, TlsSerialize, TlsSize, VLBytes};
 
 /// How long a delivered item id is remembered: retries of a delivery come within this window
 /// (the hub retries until it succeeds, and deletes an item right after its 2xx).
@@ -62,8 +64,13 @@ pub fn outbox_domain(key: &[u8]) -> Option<&[u8]> {
 
 /// Queues one item for a peer inside the request's transaction (so it is durable exactly when
 /// the request's effects are).
-pub fn queue_for_peer(txn: &mut Txn<'_>, seq: u64, item: &DeliveryItem) -> Result<(), HubError> {
-    let key = outbox_key(item.queue_ref.domain.as_slice(), seq);
+pub fn queue_for_peer(
+    txn: &mut Txn<'_>,
+    seq: u64,
+    peer: &[u8],
+    item: &SealedOutboxItem,
+) -> Result<(), HubError> {
+    let key = outbox_key(peer, seq);
     Ok(txn.put_record(key.as_slice(), item)?)
 }
 
@@ -138,16 +145,79 @@ pub fn accept_delivery(
     Ok(out)
 }
 
-impl Record for DeliveryItem {
+/// An outbox item as stored: a [`DeliveryItem`] HPKE-sealed to the peer's QS key.
+#[derive(Debug, Clone, PartialEq, Eq, TlsSerialize, TlsDeserialize, TlsSize)]
+pub struct SealedOutboxItem(pub HpkeCiphertextWire);
+
+impl Record for SealedOutboxItem {
     const CF: Cf = Cf::FedOutbox;
-    /// One queue message, which arrived in one request body (capped by `max_body_bytes`).
+    /// One sealed queue message, which arrived in one request body (capped by
+    /// `max_body_bytes`).
     const MAX_BYTES: usize = 64 << 20;
     type Key = [u8];
 }
 
 /// Decodes an outbox value.
-pub fn decode_item(value: &[u8]) -> Result<DeliveryItem, HubError> {
-    Ok(record::decode::<DeliveryItem>(value)?)
+pub fn decode_item(value: &[u8]) -> Result<HpkeCiphertextWire, HubError> {
+    Ok(record::decode::<SealedOutboxItem>(value)?.0)
+}
+
+/// A peer's QS public key as stored in `fed_peer_keys`.
+#[derive(Debug, Clone, PartialEq, Eq, TlsSerialize, TlsDeserialize, TlsSize)]
+pub struct PeerKeyRecord {
+    /// X25519 public key.
+    pub key: VLBytes,
+}
+
+impl Record for PeerKeyRecord {
+    const CF: Cf = Cf::FedPeerKeys;
+    const MAX_BYTES: usize = 256;
+    type Key = [u8];
+}
+
+/// Seals `item` for `peer`'s QS (its public key `peer_key`), as sent by `own_domain`.
+pub fn seal_item(
+    own_domain: &str,
+    peer: &[u8],
+    peer_key: &HpkePublicKey,
+    item: &DeliveryItem,
+) -> Result<SealedOutboxItem, HubError> {
+    let plain = zeroize::Zeroizing::new(encode(item).map_err(HubError::bug)?);
+    let aad = outbox_item_aad(own_domain.as_bytes(), peer);
+    let ct = hpke_seal::seal(peer_key, OUTBOX_ITEM_HPKE_LABEL, &aad, &plain)
+        .map_err(|e| HubError::bug(format!("sealing an outbox item: {e}")))?;
+    Ok(SealedOutboxItem(HpkeCiphertextWire {
+        kem_output: ct.kem_output.into(),
+        ciphertext: ct.ciphertext.into(),
+    }))
+}
+
+/// Opens the items `sender` sealed to our QS key; an item that does not open or decode is
+/// dropped (counted by the caller as undeliverable), never an error for the whole delivery.
+pub fn open_items(
+    own_domain: &str,
+    sender: &[u8],
+    qs_key: &HpkePrivateKey,
+    sealed: &[HpkeCiphertextWire],
+    max_item: usize,
+) -> (Vec<DeliveryItem>, u64) {
+    let aad = outbox_item_aad(sender, own_domain.as_bytes());
+    let mut items = Vec::with_capacity(sealed.len());
+    let mut dropped = 0;
+    for s in sealed {
+        let ct = HpkeCiphertext {
+            kem_output: s.kem_output.as_slice().to_vec(),
+            ciphertext: s.ciphertext.as_slice().to_vec(),
+        };
+        match hpke_seal::open(qs_key, OUTBOX_ITEM_HPKE_LABEL, &aad, &ct)
+            .ok()
+            .and_then(|plain| decode_exact::<DeliveryItem>(&plain, max_item).ok())
+        {
+            Some(item) => items.push(item),
+            None => dropped += 1,
+        }
+    }
+    (items, dropped)
 }
 
 #[cfg(test)]

@@ -125,6 +125,10 @@ pub struct Hub {
     queue_refs: queue_cache::QueueRefCache,
     identity_limit: identity_limit::IdentityLimiter,
     ids: Arc<dyn ids::IdSource>,
+    /// Peer QS public keys (persisted in `fed_peer_keys`): outbox items are sealed to them.
+    peer_keys: std::sync::RwLock<std::collections::HashMap<String, HpkePublicKey>>,
+    /// Peers whose key a request needed but this hub does not have (fetched by the worker).
+    wanted_peer_keys: std::sync::Mutex<std::collections::BTreeSet<String>>,
     /// Request counters.
     pub metrics: Metrics,
 }
@@ -132,6 +136,20 @@ pub struct Hub {
 const QS_HPKE_KEY: &[u8] = b"qs_hpke_v1";
 const S2S_SIGNING_KEY: &[u8] = b"s2s_signing_v1";
 const DS_SENDER_KEY: &[u8] = b"ds_external_sender_v1";
+
+/// The peer QS keys stored in `fed_peer_keys`.
+fn load_peer_keys(
+    store: &dyn Store,
+) -> Result<std::collections::HashMap<String, HpkePublicKey>, HubError> {
+    let mut keys = std::collections::HashMap::new();
+    for (domain, value) in store.scan_prefix(Cf::FedPeerKeys, b"", usize::MAX)? {
+        let record: federation::PeerKeyRecord = crate::store::record::decode(&value)?;
+        let key = HpkePublicKey::from_bytes(record.key.as_slice())
+            .map_err(|e| HubError::corrupt("fed_peer_keys", e))?;
+        keys.insert(String::from_utf8_lossy(&domain).into_owned(), key);
+    }
+    Ok(keys)
+}
 
 /// Loads the Ed25519 key stored under `name`, creating it on first start.
 fn server_signing_key(store: &dyn Store, name: &[u8]) -> Result<SigningKey, HubError> {
@@ -214,6 +232,8 @@ impl Hub {
             identity_limit: identity_limit::IdentityLimiter::new(
                 config.identity_requests_per_minute,
             ),
+            peer_keys: std::sync::RwLock::new(load_peer_keys(store.as_ref())?),
+            wanted_peer_keys: std::sync::Mutex::new(std::collections::BTreeSet::new()),
             store,
             ids,
             locks: KeyLocks::default(),

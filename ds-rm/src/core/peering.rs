@@ -3,8 +3,13 @@
 //! fan-out for other providers' members.
 
 use super::*;
+use mimi_rm_protocol::queue::HpkeCiphertextWire;
 
 impl Hub {
+    /// Puts a fan-out item for another provider's member into the outbox, sealed to that
+    /// provider's QS key so that only it can read the item. Without the key (a peer this hub
+    /// has not reached yet) the request is refused as `PeerUnavailable` — nothing is written in
+    /// the clear — and the delivery worker is asked to fetch the key.
     pub(super) fn queue_for_peer(
         &self,
         txn: &mut Txn<'_>,
@@ -12,14 +17,110 @@ impl Hub {
         message: &QueueMessage,
         now_ms: u64,
     ) -> Result<(), HubError> {
+        let peer = queue_ref.domain.as_slice();
+        let domain = String::from_utf8_lossy(peer).into_owned();
+        let Some(peer_key) = self.peer_key(&domain) else {
+            self.want_peer_key(&domain);
+            return Err(HubError::Federation(FederationError::PeerUnavailable(
+                format!("{domain}: its encryption key is not known yet; try again shortly"),
+            )));
+        };
         let item = DeliveryItem {
             id: self.ids.id(),
             created_ms: now_ms,
             queue_ref: queue_ref.clone(),
             message: message.clone(),
         };
+        let sealed = federation::seal_item(&self.config.domain, peer, &peer_key, &item)?;
         let seq = self.outbox_seq.fetch_add(1, Ordering::Relaxed);
-        federation::queue_for_peer(txn, seq, &item)
+        federation::queue_for_peer(txn, seq, peer, &sealed)
+    }
+
+    /// The QS public key of `domain`, if this hub has fetched it.
+    pub fn peer_key(&self, domain: &str) -> Option<HpkePublicKey> {
+        self.peer_keys
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(domain)
+            .cloned()
+    }
+
+    /// Records `domain`'s QS public key (fetched by the delivery worker over TLS from the
+    /// peer's configured URL), durably, so outbox items for it can be sealed even while it is
+    /// down.
+    pub fn set_peer_key(&self, domain: &str, key: &[u8]) -> Result<(), HubError> {
+        let pk = HpkePublicKey::from_bytes(key).map_err(|_| {
+            HubError::Federation(FederationError::PeerUnavailable(format!(
+                "{domain}: its QS key is not an X25519 key"
+            )))
+        })?;
+        let mut txn = Txn::new(self.store.as_ref());
+        txn.put_record(
+            domain.as_bytes(),
+            &federation::PeerKeyRecord {
+                key: key.to_vec().into(),
+            },
+        )?;
+        txn.commit()?;
+        self.peer_keys
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(domain.to_owned(), pk);
+        self.wanted_peer_keys
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(domain);
+        Ok(())
+    }
+
+    /// Domains whose QS key a request needed and this hub does not have yet.
+    pub fn wanted_peer_keys(&self) -> Vec<String> {
+        self.wanted_peer_keys
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+            .cloned()
+            .collect()
+    }
+
+    fn want_peer_key(&self, domain: &str) {
+        self.wanted_peer_keys
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(domain.to_owned());
+        self.outbox_signal.notify_one();
+    }
+
+    /// Enqueues a verified delivery's items (each at most once); `dropped` items of it did not
+    /// open and count as undeliverable.
+    fn accept_items(
+        &self,
+        sender: &[u8],
+        items: &[DeliveryItem],
+        dropped: u64,
+        now_ms: u64,
+    ) -> Result<Vec<u8>, HubError> {
+        let clients = federation::resolve(&self.config.domain, items, |qr| self.resolve_queue(qr))?;
+        let ids: Vec<qs::ClientId> = clients.iter().flatten().copied().collect();
+        let mut locks = crate::store::LockSet::default();
+        self.locks.lock_queues(&mut locks, &ids);
+        let mut txn = Txn::new(self.store.as_ref());
+        let mut accepted = federation::accept_delivery(
+            &mut txn,
+            sender,
+            items,
+            &clients,
+            now_ms,
+            self.config.max_queue_length,
+        )?;
+        txn.commit()?;
+        drop(locks);
+        accepted.undeliverable += dropped;
+        self.metrics
+            .received_from_peers
+            .fetch_add(accepted.enqueued, Ordering::Relaxed);
+        tracing::debug!(?accepted, "delivery from a peer");
+        Ok(Vec::new())
     }
 
     /// This provider's federation key, as served at `/verification_key`.
@@ -116,27 +217,24 @@ impl Hub {
                 self.handle_request(request, now_ms, &tokens::Admission::Peer)
             }
             (S2sPayload::Deliver(items), true) => {
-                let clients =
-                    federation::resolve(&self.config.domain, items, |qr| self.resolve_queue(qr))?;
-                let ids: Vec<qs::ClientId> = clients.iter().flatten().copied().collect();
-                let mut locks = crate::store::LockSet::default();
-                self.locks.lock_queues(&mut locks, &ids);
-                let mut txn = Txn::new(self.store.as_ref());
-                let accepted = federation::accept_delivery(
-                    &mut txn,
-                    env.tbs.sender_domain.as_slice(),
-                    items,
-                    &clients,
-                    now_ms,
-                    self.config.max_queue_length,
-                )?;
-                txn.commit()?;
-                drop(locks);
-                self.metrics
-                    .received_from_peers
-                    .fetch_add(accepted.enqueued, Ordering::Relaxed);
-                tracing::debug!(?accepted, "delivery from a peer");
-                Ok(Vec::new())
+                self.accept_items(env.tbs.sender_domain.as_slice(), items, 0, now_ms)
+            }
+            (S2sPayload::DeliverSealed(sealed), true) => {
+                let sender = env.tbs.sender_domain.as_slice();
+                let (items, dropped) = federation::open_items(
+                    &self.config.domain,
+                    sender,
+                    &self.qs_keys.hpke.private,
+                    sealed,
+                    self.config.max_body,
+                );
+                if dropped > 0 {
+                    tracing::warn!(
+                        dropped,
+                        "items of a peer's delivery do not open with our QS key"
+                    );
+                }
+                self.accept_items(sender, &items, dropped, now_ms)
             }
             _ => Err(HubError::Request(RequestError::WrongEndpoint)),
         }
@@ -220,7 +318,7 @@ impl Hub {
     pub fn delivery_envelope(&self, batch: &OutboxBatch, now_ms: u64) -> Result<Vec<u8>, HubError> {
         self.s2s_envelope(
             &batch.domain,
-            S2sPayload::Deliver(batch.items.clone()),
+            S2sPayload::DeliverSealed(batch.items.clone()),
             now_ms,
         )
     }
@@ -258,6 +356,6 @@ pub struct OutboxBatch {
     pub domain: String,
     /// Their outbox keys.
     pub keys: Vec<Vec<u8>>,
-    /// The items.
-    pub items: Vec<DeliveryItem>,
+    /// The items, sealed to the peer's QS key.
+    pub items: Vec<HpkeCiphertextWire>,
 }

@@ -52,8 +52,11 @@ pub enum Cf {
     AsConnectionPackages,
     /// AS: handle ‖ 0 ‖ random → a sealed connection request waiting for that user.
     AsConnectionRequests,
-    /// Federation: peer domain ‖ 0 ‖ seq → a fan-out item waiting for delivery to that peer.
+    /// Federation: peer domain ‖ 0 ‖ seq → a fan-out item waiting for delivery to that peer,
+    /// HPKE-sealed to the peer's QS key (only the peer can open it).
     FedOutbox,
+    /// Federation: peer domain → that peer's QS public key, which outbox items are sealed to.
+    FedPeerKeys,
     /// Federation: sender domain ‖ 0 ‖ created ms ‖ item id → nothing; delivered item ids, so a
     /// retried delivery is enqueued once.
     FedSeen,
@@ -67,7 +70,7 @@ pub enum Cf {
 
 impl Cf {
     /// All column families, in a fixed order.
-    pub const ALL: [Cf; 18] = [
+    pub const ALL: [Cf; 19] = [
         Cf::DsGroups,
         Cf::DsRouting,
         Cf::DsReservations,
@@ -83,6 +86,7 @@ impl Cf {
         Cf::AsConnectionPackages,
         Cf::AsConnectionRequests,
         Cf::FedOutbox,
+        Cf::FedPeerKeys,
         Cf::FedSeen,
         Cf::PpKeys,
         Cf::PpSpent,
@@ -106,6 +110,7 @@ impl Cf {
             Cf::AsConnectionPackages => "as_connection_packages",
             Cf::AsConnectionRequests => "as_connection_requests",
             Cf::FedOutbox => "fed_outbox",
+            Cf::FedPeerKeys => "fed_peer_keys",
             Cf::FedSeen => "fed_seen",
             Cf::PpKeys => "pp_keys",
             Cf::PpSpent => "pp_spent",

@@ -267,12 +267,31 @@ async fn a_follower_outage_loses_nothing() {
     for t in &sent {
         alice.send(&g, t.as_bytes()).await.unwrap();
     }
-    let pending =
-        p.a.dump()
-            .iter()
-            .filter(|(cf, _, _)| *cf == Cf::FedOutbox)
-            .count();
-    assert_eq!(pending, 5, "A holds the undelivered messages durably");
+    let dump = p.a.dump();
+    let outbox: Vec<&Vec<u8>> = dump
+        .iter()
+        .filter(|(cf, _, _)| *cf == Cf::FedOutbox)
+        .map(|(_, _, v)| v)
+        .collect();
+    assert_eq!(outbox.len(), 5, "A holds the undelivered messages durably");
+    // A disk seized now shows sealed items only: each is an HPKE ciphertext for B's QS, none
+    // decodes as a delivery item, and none holds the group id that every MLS message carries
+    // in its clear header (the id A keys the group's state by: the needle is real).
+    assert!(
+        dump.iter()
+            .any(|(cf, k, _)| *cf == Cf::DsGroups && k == &g.0)
+    );
+    for value in &outbox {
+        assert!(
+            decode_exact::<DeliveryItem>(value, usize::MAX).is_err(),
+            "an outbox item is stored readable"
+        );
+        decode_exact::<HpkeCiphertextWire>(value, usize::MAX).expect("a sealed item");
+        assert!(
+            !contains(value, &g.0),
+            "the group id is readable in the outbox"
+        );
+    }
     // A restarts too (the outbox survives), then B comes back.
     p.a.crash_and_restart();
     p.b.restart();
