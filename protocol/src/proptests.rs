@@ -410,6 +410,7 @@ fn s2s_envelope() -> impl Strategy<Value = S2sEnvelope> {
     let payload = prop_oneof![
         forwarded_request().prop_map(S2sPayload::Forward),
         vec(item, 0..3).prop_map(S2sPayload::Deliver),
+        vec(hpke_ciphertext(), 0..3).prop_map(S2sPayload::DeliverSealed),
     ];
     (
         bytes(),
