@@ -25,9 +25,14 @@ impl RocksStore {
     }
 
     /// Opens a database read-only, even while a hub process has it open (audit, tests). It sees
-    /// the state as of opening, including the write-ahead log.
+    /// the state as of opening, including the write-ahead log. A column family that a newer
+    /// version added and this database does not have yet reads as empty.
     pub fn open_read_only(path: &Path) -> Result<Self, StoreError> {
-        let names = Cf::ALL.iter().map(|cf| cf.name());
+        let existing = DB::list_cf(&Options::default(), path).map_err(StoreError::backend)?;
+        let names = Cf::ALL
+            .iter()
+            .map(|cf| cf.name())
+            .filter(|name| existing.iter().any(|e| e == name));
         let db = DB::open_cf_for_read_only(&Options::default(), path, names, false)
             .map_err(StoreError::backend)?;
         Ok(Self { db, sync: false })
@@ -38,19 +43,29 @@ impl RocksStore {
             .cf_handle(cf.name())
             .ok_or(StoreError::MissingCf(cf.name()))
     }
+
+    /// Like [`Self::handle`], but `None` for a column family this (read-only, older) database
+    /// does not have.
+    fn handle_if_present(&self, cf: Cf) -> Option<&rocksdb::ColumnFamily> {
+        self.db.cf_handle(cf.name())
+    }
 }
 
 impl Store for RocksStore {
     fn get(&self, cf: Cf, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
-        self.db
-            .get_cf(self.handle(cf)?, key)
-            .map_err(StoreError::backend)
+        let Some(handle) = self.handle_if_present(cf) else {
+            return Ok(None);
+        };
+        self.db.get_cf(handle, key).map_err(StoreError::backend)
     }
 
     fn scan_prefix(&self, cf: Cf, prefix: &[u8], limit: usize) -> Result<Vec<Entry>, StoreError> {
         let mut out = Vec::new();
+        let Some(handle) = self.handle_if_present(cf) else {
+            return Ok(out);
+        };
         let iter = self.db.iterator_cf(
-            self.handle(cf)?,
+            handle,
             IteratorMode::From(prefix, rocksdb::Direction::Forward),
         );
         for item in iter {
@@ -79,11 +94,47 @@ impl Store for RocksStore {
     fn dump(&self) -> Result<Vec<CfEntry>, StoreError> {
         let mut out = Vec::new();
         for cf in Cf::ALL {
-            for item in self.db.iterator_cf(self.handle(cf)?, IteratorMode::Start) {
+            let Some(handle) = self.handle_if_present(cf) else {
+                continue;
+            };
+            for item in self.db.iterator_cf(handle, IteratorMode::Start) {
                 let (k, v) = item.map_err(StoreError::backend)?;
                 out.push((cf, k.to_vec(), v.to_vec()));
             }
         }
         Ok(out)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// An operator audits a data directory written before a column family existed: the audit
+    /// reads it, the missing family as empty; opening it for writing adds the family.
+    #[test]
+    fn a_database_without_a_newer_column_family_opens_read_only_and_is_upgraded() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let mut opts = Options::default();
+            opts.create_if_missing(true);
+            opts.create_missing_column_families(true);
+            let older = Cf::ALL
+                .iter()
+                .filter(|cf| **cf != Cf::FedPeerKeys)
+                .map(|cf| ColumnFamilyDescriptor::new(cf.name(), Options::default()));
+            let db = DB::open_cf_descriptors(&opts, dir.path(), older).unwrap();
+            let qs = db.cf_handle(Cf::QsClients.name()).unwrap();
+            db.put_cf(qs, b"client", b"record").unwrap();
+        }
+        let old = RocksStore::open_read_only(dir.path()).unwrap();
+        assert_eq!(
+            old.dump().unwrap(),
+            vec![(Cf::QsClients, b"client".to_vec(), b"record".to_vec())]
+        );
+        assert_eq!(old.get(Cf::FedPeerKeys, b"x").unwrap(), None);
+        drop(old);
+        let upgraded = RocksStore::open(dir.path(), false).unwrap();
+        assert!(upgraded.handle(Cf::FedPeerKeys).is_ok());
     }
 }
