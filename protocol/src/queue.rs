@@ -33,6 +33,25 @@ pub struct HpkeCiphertextWire {
     pub ciphertext: VLBytes,
 }
 
+impl From<mimi_rm_crypto::hpke_seal::HpkeCiphertext> for HpkeCiphertextWire {
+    fn from(ct: mimi_rm_crypto::hpke_seal::HpkeCiphertext) -> Self {
+        Self {
+            kem_output: ct.kem_output.into(),
+            ciphertext: ct.ciphertext.into(),
+        }
+    }
+}
+
+impl HpkeCiphertextWire {
+    /// The ciphertext in the form [`mimi_rm_crypto::hpke_seal::open`] takes.
+    pub fn to_ciphertext(&self) -> mimi_rm_crypto::hpke_seal::HpkeCiphertext {
+        mimi_rm_crypto::hpke_seal::HpkeCiphertext {
+            kem_output: self.kem_output.as_slice().to_vec(),
+            ciphertext: self.ciphertext.as_slice().to_vec(),
+        }
+    }
+}
+
 /// A member's fan-out address as the hub sees it: in RM mode only the QS domain is readable.
 #[derive(Debug, Clone, PartialEq, Eq, TlsSerialize, TlsDeserialize, TlsSize)]
 pub struct QueueRef {

@@ -54,17 +54,11 @@ struct SealedForDevice {
 }
 
 pub(super) fn hpke_wire(ct: HpkeCiphertext) -> HpkeCiphertextWire {
-    HpkeCiphertextWire {
-        kem_output: ct.kem_output.into(),
-        ciphertext: ct.ciphertext.into(),
-    }
+    ct.into()
 }
 
 pub(super) fn hpke_ct(w: &HpkeCiphertextWire) -> HpkeCiphertext {
-    HpkeCiphertext {
-        kem_output: w.kem_output.as_slice().to_vec(),
-        ciphertext: w.ciphertext.as_slice().to_vec(),
-    }
+    w.to_ciphertext()
 }
 
 impl Client {

@@ -6,7 +6,7 @@ use crate::core::qs;
 use crate::core::replay::ReplayGuard;
 use crate::core::{FederationError, RequestError};
 use crate::store::{Cf, Record, Txn, record};
-use mimi_rm_crypto::hpke_seal::{self, HpkeCiphertext, HpkePrivateKey, HpkePublicKey};
+use mimi_rm_crypto::hpke_seal::{self, HpkePrivateKey, HpkePublicKey};
 use mimi_rm_crypto::sign::{SigningKey, VerifyingKey};
 use mimi_rm_protocol::federation::*;
 use mimi_rm_protocol::queue::{HpkeCiphertextWire, QueueRef};
@@ -186,10 +186,7 @@ pub fn seal_item(
     let aad = outbox_item_aad(own_domain.as_bytes(), peer);
     let ct = hpke_seal::seal(peer_key, OUTBOX_ITEM_HPKE_LABEL, &aad, &plain)
         .map_err(|e| HubError::bug(format!("sealing an outbox item: {e}")))?;
-    Ok(SealedOutboxItem(HpkeCiphertextWire {
-        kem_output: ct.kem_output.into(),
-        ciphertext: ct.ciphertext.into(),
-    }))
+    Ok(SealedOutboxItem(ct.into()))
 }
 
 /// Opens the items `sender` sealed to our QS key; an item that does not open or decode is
@@ -205,11 +202,7 @@ pub fn open_items(
     let mut items = Vec::with_capacity(sealed.len());
     let mut dropped = 0;
     for s in sealed {
-        let ct = HpkeCiphertext {
-            kem_output: s.kem_output.as_slice().to_vec(),
-            ciphertext: s.ciphertext.as_slice().to_vec(),
-        };
-        match hpke_seal::open(qs_key, OUTBOX_ITEM_HPKE_LABEL, &aad, &ct)
+        match hpke_seal::open(qs_key, OUTBOX_ITEM_HPKE_LABEL, &aad, &s.to_ciphertext())
             .ok()
             .and_then(|plain| decode_exact::<DeliveryItem>(&plain, max_item).ok())
         {

@@ -10,7 +10,7 @@ use crate::core::ids::IdSource;
 use crate::core::limits::MAX_CLIENTS_PER_USER;
 use crate::core::{IdentityError, QueueError, RequestError};
 use crate::store::{Cf, Record, Txn};
-use mimi_rm_crypto::hpke_seal::{self, HpkeCiphertext, HpkeKeyPair};
+use mimi_rm_crypto::hpke_seal::{self, HpkeKeyPair};
 use mimi_rm_crypto::ratchet::{QueueRatchet, RatchetSecret};
 use mimi_rm_crypto::sign::VerifyingKey;
 use mimi_rm_protocol::qs::*;
@@ -134,10 +134,7 @@ pub fn open_sealed_queue_ref(
     domain: &str,
     sealed: &HpkeCiphertextWire,
 ) -> Result<ClientId, HubError> {
-    let ct = HpkeCiphertext {
-        kem_output: sealed.kem_output.as_slice().to_vec(),
-        ciphertext: sealed.ciphertext.as_slice().to_vec(),
-    };
+    let ct = sealed.to_ciphertext();
     let plain = hpke_seal::open(
         &keys.hpke.private,
         QUEUE_REF_HPKE_LABEL,

@@ -8,6 +8,7 @@
 //! [`StoreError::Corrupt`] / [`StoreError::Oversize`] with the record kind.
 
 use super::{Cf, Store, StoreError, Txn};
+use mimi_rm_protocol::decode_exact;
 use tls_codec::{Deserialize, Serialize, Size};
 
 /// A record kind stored TLS-encoded under its own column family.
@@ -24,24 +25,10 @@ pub trait Record: Serialize + Deserialize + Size + Sized {
 
 /// Decodes a stored value as `R`, exactly, within `R::MAX_BYTES`.
 pub fn decode<R: Record>(value: &[u8]) -> Result<R, StoreError> {
-    if value.len() > R::MAX_BYTES {
-        return Err(StoreError::Corrupt {
-            record: R::CF.name(),
-            reason: format!("{} bytes, limit {}", value.len(), R::MAX_BYTES),
-        });
-    }
-    let mut rest = value;
-    let record = R::tls_deserialize(&mut rest).map_err(|e| StoreError::Corrupt {
+    decode_exact(value, R::MAX_BYTES).map_err(|e| StoreError::Corrupt {
         record: R::CF.name(),
         reason: e.to_string(),
-    })?;
-    if !rest.is_empty() {
-        return Err(StoreError::Corrupt {
-            record: R::CF.name(),
-            reason: format!("{} trailing bytes", rest.len()),
-        });
-    }
-    Ok(record)
+    })
 }
 
 /// Encodes `record`, refusing an encoding over `R::MAX_BYTES` (it could never be read back).
@@ -54,12 +41,10 @@ pub fn encode<R: Record>(record: &R) -> Result<Vec<u8>, StoreError> {
             max: R::MAX_BYTES,
         });
     }
-    record
-        .tls_serialize_detached()
-        .map_err(|e| StoreError::Encode {
-            cf: R::CF.name(),
-            reason: e.to_string(),
-        })
+    mimi_rm_protocol::encode(record).map_err(|e| StoreError::Encode {
+        cf: R::CF.name(),
+        reason: e.to_string(),
+    })
 }
 
 /// Reads one record straight from a store (outside a request: start-up, audit, expiry).

@@ -443,6 +443,62 @@ async fn forged_and_misaddressed_server_messages_are_refused() {
     let (status, _) = post_with_ca(Some(&ca), &p.b.url(), path, retry).await;
     assert_eq!(status, 200);
     assert!(before == p.b.dump(), "a retried item is not enqueued twice");
+    // Sealed deliveries (what A's outbox sends): only an item sealed to B's QS key for the
+    // pair (A, B) is enqueued; one that does not open is dropped, the delivery still answered
+    // 2xx (so one bad item cannot block the rest), and nothing is stored for it.
+    let seal_for = |key: &hpke_seal::HpkePublicKey, sender: &[u8]| {
+        let fresh = DeliveryItem {
+            id: rand::random(),
+            ..item.clone()
+        };
+        let aad = outbox_item_aad(sender, b"b.test");
+        hpke_seal::seal(key, OUTBOX_ITEM_HPKE_LABEL, &aad, &encode(&fresh).unwrap())
+            .unwrap()
+            .into()
+    };
+    let rogue_qs = hpke_seal::HpkeKeyPair::generate().public;
+    let truncated: HpkeCiphertextWire = {
+        let mut w: HpkeCiphertextWire = seal_for(&qs_key, b"a.test");
+        w.kem_output = w.kem_output.as_slice()[..16].to_vec().into();
+        w
+    };
+    for (what, sealed) in [
+        ("sealed to another key", seal_for(&rogue_qs, b"a.test")),
+        ("sealed as if from c.test", seal_for(&qs_key, b"c.test")),
+        ("truncated encapsulation", truncated),
+        (
+            "garbage",
+            HpkeCiphertextWire {
+                kem_output: vec![7; 32].into(),
+                ciphertext: vec![7; 64].into(),
+            },
+        ),
+    ] {
+        let before = p.b.dump();
+        let body = s2s(
+            &a_key,
+            "a.test",
+            "b.test",
+            now(),
+            S2sPayload::DeliverSealed(vec![sealed]),
+        );
+        let (status, resp) = post_with_ca(Some(&ca), &p.b.url(), path, body).await;
+        assert_eq!(status, 200, "{what}: {}", error_of(&resp));
+        assert!(before == p.b.dump(), "{what}: something was stored");
+    }
+    let before = p.b.dump();
+    let sealed = S2sPayload::DeliverSealed(vec![seal_for(&qs_key, b"a.test")]);
+    let body = s2s(&a_key, "a.test", "b.test", now(), sealed.clone());
+    let (status, resp) = post_with_ca(Some(&ca), &p.b.url(), path, body.clone()).await;
+    assert_eq!(status, 200, "{}", error_of(&resp));
+    assert_eq!(
+        queued(&p.b.dump()),
+        queued(&before) + 1,
+        "the sealed item is enqueued"
+    );
+    rejected(&p.b, path, body, 403, ErrorCode::Replayed).await;
+    let body = s2s(&rogue, "a.test", "b.test", now(), sealed);
+    rejected(&p.b, path, body, 403, ErrorCode::InvalidSignature).await;
     // A forwarded request must concern the recipient: B does not host groups of A.
     let mut a_client = client(&p.a, dir.path(), "alice").await;
     let g = a_client.create_group().await.unwrap();

@@ -13,7 +13,7 @@
 use crate::core::HubError;
 use crate::core::ids::IdSource;
 use crate::store::{Cf, Record, Txn, record};
-use mimi_rm_crypto::hpke_seal::{self, HpkeCiphertext, HpkePrivateKey, HpkePublicKey};
+use mimi_rm_crypto::hpke_seal::{self, HpkePrivateKey, HpkePublicKey};
 use mimi_rm_protocol::encode;
 use mimi_rm_protocol::queue::{HpkeCiphertextWire, QueueRef};
 use openmls_basic_credential::SignatureKeyPair;
@@ -89,10 +89,7 @@ pub fn write_tombstone(
     let plain = encode(queue_ref).map_err(|e| HubError::Bug(e.to_string()))?;
     let sealed = hpke_seal::seal(&pk, TOMBSTONE_LABEL, group_id, &plain)
         .map_err(|e| HubError::Bug(format!("seal tombstone: {e}")))?;
-    let wire = HpkeCiphertextWire {
-        kem_output: sealed.kem_output.into(),
-        ciphertext: sealed.ciphertext.into(),
-    };
+    let wire: HpkeCiphertextWire = sealed.into();
     let mut key = tombstone_prefix(group_id);
     key.extend_from_slice(&ids.id());
     Ok(txn.put_record(key.as_slice(), &Tombstone(wire))?)
@@ -121,10 +118,7 @@ pub fn take_tombstones(
         let Ok(Tombstone(wire)) = record::decode::<Tombstone>(&value) else {
             continue;
         };
-        let ct = HpkeCiphertext {
-            kem_output: wire.kem_output.as_slice().to_vec(),
-            ciphertext: wire.ciphertext.as_slice().to_vec(),
-        };
+        let ct = wire.to_ciphertext();
         if let Ok(plain) = hpke_seal::open(&sk, TOMBSTONE_LABEL, group_id, &ct) {
             out.push(plain);
         }
