@@ -61,16 +61,25 @@ pub enum Command {
         #[arg(long)]
         now_ms: Option<u64>,
     },
-    /// Print every record the hub stored, as a disk-seizing adversary would see it.
+    /// Print every record the hub stored, as a disk-seizing adversary would see it, then every
+    /// file of the directory with the old (overwritten or deleted) values it still holds.
     Audit {
         /// RocksDB data directory (the hub may be running).
+        data: PathBuf,
+    },
+    /// Verify a stopped hub's data directory: every log record, table block and slot checks
+    /// out, and no acknowledged write is missing. Exits non-zero naming what is damaged.
+    Check {
+        /// RocksDB data directory (the hub must be stopped).
         data: PathBuf,
     },
 }
 
 /// Entry point shared by every binary that embeds the hub CLI.
 pub fn main() -> ExitCode {
+    // Logs go to stderr; stdout carries command output (audit, check, expire).
     tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
@@ -137,6 +146,13 @@ fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
         Command::Audit { data } => {
             let store = RocksStore::open_read_only(&data)?;
             print!("{}", crate::audit::render(&store)?);
+            drop(store);
+            print!("{}", crate::audit::files::audit(&data)?.text);
+            Ok(())
+        }
+        Command::Check { data } => {
+            let report = crate::audit::check::check(&data)?;
+            println!("{report}");
             Ok(())
         }
     }
@@ -146,9 +162,10 @@ fn serve(cfg: Config) -> Result<(), Box<dyn std::error::Error>> {
     // Before opening the store: a half-configured or unreadable TLS setup must not start a hub.
     let tls = crate::tls::server_config(&cfg)?;
     let store = Arc::new(RocksStore::open(&cfg.data_dir, cfg.sync_writes)?);
-    let hub = Arc::new(Hub::new(store, cfg.hub_config(), crate::now_ms())?);
+    let hub = Arc::new(Hub::new(store.clone(), cfg.hub_config(), crate::now_ms())?);
     let rt = tokio::runtime::Runtime::new()?;
-    rt.block_on(async move {
+    let scrub_every = cfg.scrub_interval_secs;
+    let served = rt.block_on(async move {
         let listener = tokio::net::TcpListener::bind(cfg.listen).await?;
         let scheme = if tls.is_some() { "https" } else { "http" };
         if cfg.mode == mimi_rm_protocol::DsMode::Baseline {
@@ -168,12 +185,28 @@ fn serve(cfg: Config) -> Result<(), Box<dyn std::error::Error>> {
         // Fan-out for other providers' members leaves the durable outbox from here.
         tokio::spawn(crate::federation::run_outbox(hub.clone(), peers.clone()));
         tokio::spawn(crate::privacy_pass::run_rotation(hub.clone()));
+        if scrub_every > 0 {
+            let store: Arc<dyn crate::store::Store> = hub.store().clone();
+            tokio::spawn(crate::scrub::run(
+                store,
+                std::time::Duration::from_secs(scrub_every),
+            ));
+        } else {
+            tracing::warn!(
+                "scrub_interval_secs = 0: overwritten and deleted records stay in the data \
+                 directory's files until RocksDB happens to compact them"
+            );
+        }
         let router = crate::http::router_with_peers(hub, peers);
         let limits = crate::listener::Limits::new(&cfg, crate::listener::open_file_limit());
         crate::listener::serve(listener, tls, router, limits, shutdown_signal()).await;
-        tracing::info!("ds-rm hub stopped");
         Ok::<(), Box<dyn std::error::Error>>(())
-    })
+    });
+    // No task writes any more: the last scrub leaves only current values in the files.
+    drop(rt);
+    crate::scrub::at_shutdown(store.as_ref());
+    tracing::info!("ds-rm hub stopped");
+    served
 }
 
 async fn shutdown_signal() {

@@ -20,6 +20,11 @@ pub struct Config {
     pub freshness_window_secs: u64,
     /// fsync every batch before answering (turning this off risks losing acknowledged data).
     pub sync_writes: bool,
+    /// Seconds between scrubs: each flushes and compacts what changed, so an overwritten or
+    /// deleted value is gone from the data directory's files within this many seconds (plus
+    /// one scrub's duration), and at once after a clean stop. 0 turns scrubbing off, and with
+    /// it that bound (queue ratchets stay erasable either way: they never enter the LSM).
+    pub scrub_interval_secs: u64,
     /// Lifetime of client credentials the AS issues, in seconds: how long a device key stays
     /// certified before the user must re-certify it from another current device.
     pub client_credential_lifetime_secs: u64,
@@ -114,6 +119,7 @@ impl Default for Config {
             max_body_bytes: 1 << 20,
             freshness_window_secs: 60,
             sync_writes: true,
+            scrub_interval_secs: 60,
             client_credential_lifetime_secs: 90 * 24 * 60 * 60,
             tls_cert: None,
             tls_key: None,

@@ -8,7 +8,6 @@ use crate::core::HubError;
 use crate::core::ds::state::{GroupRow, month_of};
 use crate::core::qs::ClientRecord;
 use crate::store::{Cf, Store, Txn};
-use mimi_rm_crypto::ratchet::QueueRatchet;
 
 /// What one expiry run removed.
 #[derive(Debug, Default, PartialEq, Eq)]
@@ -49,13 +48,13 @@ pub fn expire(store: &dyn Store, idle_months: u32, now_ms: u64) -> Result<Expire
         }
         // Everything up to the ratchet's position now counts as gone, so the queue is empty
         // for the length limit too.
-        let ratchet = QueueRatchet::from_bytes(record.ratchet.as_slice())
-            .map_err(|e| HubError::corrupt("queue ratchet", e))?;
-        record.acked_below = ratchet.next_seq();
         let id: [u8; 16] = id
             .as_slice()
             .try_into()
             .map_err(|_| HubError::corrupt("qs_clients", "client id is not 16 bytes"))?;
+        record.acked_below = crate::core::qs::ratchet_record(&txn, &id)?
+            .ratchet()?
+            .next_seq();
         txn.put_record(&id, &record)?;
     }
     txn.commit()?;

@@ -16,6 +16,7 @@ pub mod federation;
 pub mod http;
 pub mod listener;
 pub mod privacy_pass;
+pub mod scrub;
 pub mod store;
 pub mod tls;
 

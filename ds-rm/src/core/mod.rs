@@ -9,6 +9,7 @@
 pub mod auth;
 pub mod connections;
 pub mod ds;
+pub mod erasure;
 pub mod error;
 pub mod federation;
 pub mod identity_limit;
@@ -180,6 +181,14 @@ impl Hub {
         now_ms: u64,
         ids: Arc<dyn ids::IdSource>,
     ) -> Result<Self, HubError> {
+        let upkeep = erasure::prepare(store.as_ref())?;
+        if upkeep != erasure::Upkeep::default() {
+            tracing::info!(
+                migrated = upkeep.migrated,
+                orphans_erased = upkeep.orphans_erased,
+                "queue ratchets moved to the erasable slot file"
+            );
+        }
         let qs_keys = match store.get(Cf::ServerKeys, QS_HPKE_KEY)? {
             Some(bytes) if bytes.len() == 64 => QsKeys {
                 hpke: HpkeKeyPair {

@@ -31,23 +31,60 @@ pub const MAX_DEQUEUE: u32 = 500;
 /// Index under which the last-resort AddPackage is stored (sorts after all one-time ones).
 const LAST_RESORT_INDEX: u32 = u32::MAX;
 
-/// A client record: auth key, owning pseudonymous user, queue ratchet state.
+/// A client record: auth key, owning pseudonymous user, counters. Its queue ratchet is a
+/// separate, erasable [`RatchetRecord`].
 #[derive(Debug, Clone, PartialEq, Eq, TlsSerialize, TlsDeserialize, TlsSize)]
 pub struct ClientRecord {
     /// Pseudonymous user id.
     pub user_id: [u8; 16],
     /// Ed25519 key that signs this client's QS requests.
     pub auth_key: VLBytes,
-    /// Current queue ratchet (secret ‖ next sequence number).
-    pub ratchet: VLBytes,
     /// Month of the last dequeue.
     pub activity_month: u32,
-    /// The last rekey: SHA-256 of its randomness and the sequence number it took effect at,
-    /// so a retried rekey is answered without mixing twice.
-    pub last_rekey: Option<LastRekey>,
     /// Every message below this sequence number was acknowledged (deleted); with the ratchet's
     /// next sequence number it gives the queue length without a scan.
     pub acked_below: u64,
+}
+
+/// A queue's ratchet state: the one secret whose old values must not survive anywhere, so it
+/// lives in an erasable family (the slot file, overwritten in place) apart from the record.
+/// The last rekey travels with it, so a crash can never separate a mixed ratchet from the
+/// note that makes a retried rekey idempotent.
+#[derive(Debug, Clone, PartialEq, Eq, TlsSerialize, TlsDeserialize, TlsSize)]
+pub struct RatchetRecord {
+    /// Current queue ratchet (secret ‖ next sequence number).
+    pub ratchet: [u8; 40],
+    /// The last rekey: SHA-256 of its randomness and the sequence number it took effect at,
+    /// so a retried rekey is answered without mixing twice.
+    pub last_rekey: Option<LastRekey>,
+}
+
+impl RatchetRecord {
+    /// A fresh chain at sequence number 0.
+    pub fn new(secret: RatchetSecret) -> Self {
+        Self {
+            ratchet: QueueRatchet::new(secret).to_bytes(),
+            last_rekey: None,
+        }
+    }
+
+    /// The ratchet state.
+    pub fn ratchet(&self) -> Result<QueueRatchet, HubError> {
+        QueueRatchet::from_bytes(&self.ratchet).map_err(|e| HubError::corrupt("queue ratchet", e))
+    }
+}
+
+impl Record for RatchetRecord {
+    const CF: Cf = Cf::QsRatchets;
+    /// 40-byte state and an optional 40-byte rekey note: 81 bytes, within one slot.
+    const MAX_BYTES: usize = crate::store::slots::MAX_VALUE;
+    type Key = ClientId;
+}
+
+/// The ratchet of a client whose record exists: missing is corruption, not "no queue".
+pub fn ratchet_record(txn: &Txn<'_>, client: &ClientId) -> Result<RatchetRecord, HubError> {
+    txn.get_record::<RatchetRecord>(client)?
+        .ok_or_else(|| HubError::corrupt("qs_ratchets", "a client record without its ratchet"))
 }
 
 /// Per-queue limits an operator configures.
@@ -155,10 +192,11 @@ pub fn enqueue(
     message: &QueueMessage,
     max_queue: u64,
 ) -> Result<Enqueued, HubError> {
-    let Some(mut record) = txn.get_record::<ClientRecord>(client)? else {
+    let Some(record) = txn.get_record::<ClientRecord>(client)? else {
         return Ok(Enqueued::NoQueue);
     };
-    let mut ratchet = ratchet_of(&record)?;
+    let mut state = ratchet_record(txn, client)?;
+    let mut ratchet = state.ratchet()?;
     if ratchet.next_seq().saturating_sub(record.acked_below) >= max_queue {
         // A client that stopped fetching cannot make the hub store without bound.
         return Ok(Enqueued::QueueFull);
@@ -168,8 +206,8 @@ pub fn enqueue(
         .encrypt_next(&plain)
         .map_err(|e| HubError::Bug(format!("ratchet: {e}")))?;
     txn.put(Cf::QsQueues, queue_key(client, seq), ct);
-    record.ratchet = ratchet.to_bytes().to_vec().into();
-    txn.put_record(client, &record)?;
+    state.ratchet = ratchet.to_bytes();
+    txn.put_record(client, &state)?;
     Ok(Enqueued::Delivered)
 }
 
@@ -261,14 +299,14 @@ pub fn process(
             match op {
                 QsOperation::PublishAddPackages(p) => publish(txn, id, p),
                 QsOperation::DeleteClient => delete_client(txn, id, &record),
-                QsOperation::RekeyQueue(fresh) => rekey(txn, id, &mut record, fresh.as_slice()),
+                QsOperation::RekeyQueue(fresh) => rekey(txn, id, fresh.as_slice()),
                 QsOperation::Dequeue(d) => {
                     let month = month_of(now_ms);
                     if record.activity_month != month {
                         record.activity_month = month;
                         txn.put_record(id, &record)?;
                     }
-                    let next_seq = ratchet_of(&record)?.next_seq();
+                    let next_seq = ratchet_record(txn, id)?.ratchet()?.next_seq();
                     // Older records could hold an ack beyond the ratchet (which switched the
                     // queue-length limit off): bring it back to the ratchet's position.
                     if record.acked_below > next_seq {
@@ -339,12 +377,11 @@ fn create_user(
         &ClientRecord {
             user_id,
             auth_key: p.client_auth_key.clone(),
-            ratchet: QueueRatchet::new(secret).to_bytes().to_vec().into(),
             activity_month: month_of(now_ms),
-            last_rekey: None,
             acked_below: 0,
         },
     )?;
+    txn.put_record(&client_id, &RatchetRecord::new(secret))?;
     Ok(QsResponse::UserCreated(UserCreated { user_id, client_id }))
 }
 
@@ -373,12 +410,11 @@ fn create_client(
         &ClientRecord {
             user_id: *user_id,
             auth_key: p.client_auth_key.clone(),
-            ratchet: QueueRatchet::new(secret).to_bytes().to_vec().into(),
             activity_month: month_of(now_ms),
-            last_rekey: None,
             acked_below: 0,
         },
     )?;
+    txn.put_record(&client_id, &RatchetRecord::new(secret))?;
     Ok(QsResponse::ClientCreated(client_id))
 }
 
@@ -396,6 +432,7 @@ fn delete_client(
         }
     }
     txn.delete_record::<ClientRecord>(id);
+    txn.delete_record::<RatchetRecord>(id);
     if let Some(mut user) = txn.get_record::<UserRecord>(&record.user_id)? {
         user.clients.retain(|c| c != id);
         if user.clients.is_empty() {
@@ -463,28 +500,23 @@ fn fetch_add_packages(txn: &mut Txn<'_>, token: &VLBytes) -> Result<QsResponse, 
 
 /// Mixes the client's fresh randomness into its queue ratchet. Only the mixed secret is stored:
 /// a copy of the record taken before this cannot decrypt anything enqueued after it.
-fn rekey(
-    txn: &mut Txn<'_>,
-    client: &ClientId,
-    record: &mut ClientRecord,
-    fresh: &[u8],
-) -> Result<QsResponse, HubError> {
+fn rekey(txn: &mut Txn<'_>, client: &ClientId, fresh: &[u8]) -> Result<QsResponse, HubError> {
     let fresh: &[u8; 32] = fresh.try_into().map_err(|_| {
         HubError::Request(RequestError::Invalid("rekey randomness must be 32 bytes"))
     })?;
     let fresh_hash: [u8; 32] = Sha256::digest(fresh).into();
-    if let Some(last) = &record.last_rekey
+    let mut state = ratchet_record(txn, client)?;
+    if let Some(last) = &state.last_rekey
         && last.fresh_hash == fresh_hash
     {
         return Ok(QsResponse::Rekeyed(last.seq));
     }
-    let mut ratchet = QueueRatchet::from_bytes(record.ratchet.as_slice())
-        .map_err(|e| HubError::corrupt("queue ratchet", e))?;
+    let mut ratchet = state.ratchet()?;
     ratchet.mix(fresh);
     let seq = ratchet.next_seq();
-    record.ratchet = ratchet.to_bytes().to_vec().into();
-    record.last_rekey = Some(LastRekey { fresh_hash, seq });
-    txn.put_record(client, record)?;
+    state.ratchet = ratchet.to_bytes();
+    state.last_rekey = Some(LastRekey { fresh_hash, seq });
+    txn.put_record(client, &state)?;
     Ok(QsResponse::Rekeyed(seq))
 }
 
@@ -498,11 +530,6 @@ struct DequeueWindow {
     next_seq: u64,
     /// Most messages to return.
     max: usize,
-}
-
-fn ratchet_of(record: &ClientRecord) -> Result<QueueRatchet, HubError> {
-    QueueRatchet::from_bytes(record.ratchet.as_slice())
-        .map_err(|e| HubError::corrupt("queue ratchet", e))
 }
 
 /// Deletes the acknowledged entries and returns the next ones. The scan reads only the

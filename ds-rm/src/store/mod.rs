@@ -10,11 +10,12 @@ pub mod record;
 #[cfg(test)]
 mod record_decoding_tests;
 mod rocks;
+pub mod slots;
 
 pub use locks::{KeyLocks, LockSet};
 pub use mem::MemStore;
 pub use record::Record;
-pub use rocks::RocksStore;
+pub use rocks::{LiveSst, RocksStore};
 
 use std::collections::HashMap;
 
@@ -35,8 +36,11 @@ pub enum Cf {
     QsUsers,
     /// SHA-256(friendship token) → pseudonymous user id.
     QsFriendship,
-    /// pseudonymous client id → client record (auth key, ratchet state).
+    /// pseudonymous client id → client record (auth key, user, counters).
     QsClients,
+    /// pseudonymous client id → the queue's ratchet state and last rekey. Erasable: kept in the
+    /// slot file, overwritten in place, never in the LSM (see [`slots`]).
+    QsRatchets,
     /// client id ‖ seq → ratchet ciphertext.
     QsQueues,
     /// client id ‖ index → encrypted AddPackage.
@@ -70,7 +74,7 @@ pub enum Cf {
 
 impl Cf {
     /// All column families, in a fixed order.
-    pub const ALL: [Cf; 19] = [
+    pub const ALL: [Cf; 20] = [
         Cf::DsGroups,
         Cf::DsRouting,
         Cf::DsReservations,
@@ -78,6 +82,7 @@ impl Cf {
         Cf::QsUsers,
         Cf::QsFriendship,
         Cf::QsClients,
+        Cf::QsRatchets,
         Cf::QsQueues,
         Cf::QsAddPackages,
         Cf::ServerKeys,
@@ -102,6 +107,7 @@ impl Cf {
             Cf::QsUsers => "qs_users",
             Cf::QsFriendship => "qs_friendship",
             Cf::QsClients => "qs_clients",
+            Cf::QsRatchets => "qs_ratchets",
             Cf::QsQueues => "qs_queues",
             Cf::QsAddPackages => "qs_add_packages",
             Cf::ServerKeys => "server_keys",
@@ -116,6 +122,25 @@ impl Cf {
             Cf::PpSpent => "pp_spent",
         }
     }
+}
+
+impl Cf {
+    /// Whether this family's values must vanish from the files when overwritten or deleted.
+    /// The RocksDB store keeps these in the [`slots::SlotFile`] instead of the LSM, whose log
+    /// and SST files keep old values; their values must fit a slot.
+    pub fn is_erasable(self) -> bool {
+        matches!(self, Cf::QsRatchets)
+    }
+}
+
+/// What one [`Store::scrub`] did.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ScrubReport {
+    /// Column families flushed and compacted (0: nothing was written since the last scrub).
+    pub families: usize,
+    /// Sequence number the scrub covered: every write up to it is now only in SST files that
+    /// hold no older version of any key.
+    pub sequence: u64,
 }
 
 /// Storage failures; always a server fault, never the client's. The backend's own error type
@@ -196,6 +221,13 @@ pub trait Store: Send + Sync + 'static {
     fn write(&self, batch: Batch) -> Result<(), StoreError>;
     /// Every entry of every column family (audit and tests).
     fn dump(&self) -> Result<Vec<CfEntry>, StoreError>;
+    /// Makes overwritten and deleted values unrecoverable from the store's files: a store that
+    /// keeps old versions (a log-structured one) rewrites what changed since the last scrub so
+    /// that only current values remain. The hub calls it periodically and at shutdown; a
+    /// store without history has nothing to do.
+    fn scrub(&self) -> Result<ScrubReport, StoreError> {
+        Ok(ScrubReport::default())
+    }
 }
 
 /// Read-your-writes view over a store for the duration of one request.

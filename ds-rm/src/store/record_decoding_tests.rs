@@ -58,13 +58,18 @@ fn stored_records_survive_corruption() {
         &ClientRecord {
             user_id: [1; 16],
             auth_key: vec![2; 32].into(),
-            ratchet: vec![3; 40].into(),
             activity_month: 683,
+            acked_below: 5,
+        },
+    );
+    hammer(
+        4,
+        &crate::core::qs::RatchetRecord {
+            ratchet: [3; 40],
             last_rekey: Some(crate::core::qs::LastRekey {
                 fresh_hash: [4; 32],
                 seq: 7,
             }),
-            acked_below: 5,
         },
     );
     hammer(

@@ -1,27 +1,113 @@
-//! RocksDB implementation of [`Store`].
+//! RocksDB implementation of [`Store`], with erasable families in the [`SlotFile`].
+//!
+//! Two promises shape the options. *Acknowledged means durable*: every batch is fsynced before
+//! `write` returns, and at open a database that lacks acknowledged writes (a damaged or cut
+//! log or MANIFEST) is refused instead of served. *Deleted means gone from the files*: erasable
+//! values never enter the LSM, and [`Store::scrub`] flushes and fully compacts every family
+//! written since the last scrub, so the write-ahead log and SST files hold no older version of
+//! any key afterwards (bound and costs in `spec-notes/metadata.md`).
 
-use super::{Batch, Cf, CfEntry, Entry, Op, Store, StoreError};
-use rocksdb::{ColumnFamilyDescriptor, DB, IteratorMode, Options, WriteBatch, WriteOptions};
+use super::slots::SlotFile;
+use super::{Batch, Cf, CfEntry, Entry, Op, ScrubReport, Store, StoreError};
+use rocksdb::{
+    BottommostLevelCompaction, ColumnFamilyDescriptor, CompactOptions, DB, DBRecoveryMode,
+    FlushOptions, IteratorMode, Options, WriteBatch, WriteOptions,
+};
+use std::collections::BTreeMap;
 use std::path::Path;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicU32, Ordering};
 
-/// One RocksDB database with a column family per [`Cf`].
+/// One RocksDB database with a column family per non-erasable [`Cf`], and the slot file for
+/// the erasable ones.
 pub struct RocksStore {
     db: DB,
+    slots: SlotFile,
     sync: bool,
+    /// One bit per [`Cf::ALL`] index: families written since the last scrub.
+    dirty: AtomicU32,
+    /// Serialises scrubs (the periodic one and the one at shutdown).
+    scrubbing: Mutex<()>,
+}
+
+/// One SST file the database uses.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LiveSst {
+    /// File name inside the data directory.
+    pub name: String,
+    /// Its column family.
+    pub family: String,
+    /// LSM level.
+    pub level: i32,
+    /// Entries it holds (every version and tombstone counts).
+    pub entries: u64,
+    /// Of those, deletions.
+    pub deletions: u64,
+}
+
+/// The column families kept in RocksDB.
+fn lsm_families() -> impl Iterator<Item = Cf> {
+    Cf::ALL.into_iter().filter(|cf| !cf.is_erasable())
+}
+
+fn bit(cf: Cf) -> u32 {
+    1 << Cf::ALL.iter().position(|c| *c == cf).unwrap_or(0)
+}
+
+/// The slot-file key of an erasable record: its family's index, then its key, so two erasable
+/// families never share a slot.
+fn slot_key(cf: Cf, key: &[u8]) -> Vec<u8> {
+    let mut k = Vec::with_capacity(key.len() + 1);
+    k.push(Cf::ALL.iter().position(|c| *c == cf).unwrap_or(0) as u8);
+    k.extend_from_slice(key);
+    k
+}
+
+/// Options every open shares: refuse, never repair silently. A record whose checksum fails
+/// anywhere in the log stops recovery with an error; only a log cut short inside its last
+/// record (a crash mid-write, of a write never acknowledged) is accepted. What RocksDB cannot
+/// see — a log or MANIFEST losing whole records — the slot file's witness catches.
+fn db_options() -> Options {
+    let mut opts = Options::default();
+    opts.set_wal_recovery_mode(DBRecoveryMode::TolerateCorruptedTailRecords);
+    opts.set_paranoid_checks(true);
+    // A closed log that is missing or shorter than when it was synced fails the open.
+    opts.set_track_and_verify_wals_in_manifest(true);
+    // A MANIFEST lists every SST file's smallest and largest key; roll it often so that the
+    // keys of deleted records do not linger in its history.
+    opts.set_max_manifest_file_size(64 << 10);
+    opts
 }
 
 impl RocksStore {
     /// Opens (creating if needed) the database at `path`. With `sync`, every batch is fsynced
     /// before `write` returns, so an acknowledged request survives power loss.
+    ///
+    /// Refused with [`StoreError::Corrupt`] when the database ends before the last write the
+    /// slot file witnessed as acknowledged, or when either is damaged.
     pub fn open(path: &Path, sync: bool) -> Result<Self, StoreError> {
-        let mut opts = Options::default();
+        if path.join("CURRENT").exists() {
+            // Check before a writable open: that open deletes every SST file a (possibly cut)
+            // MANIFEST does not list, destroying what a restore could still have used.
+            Self::open_read_only(path)?.check_witness()?;
+        }
+        let mut opts = db_options();
         opts.create_if_missing(true);
         opts.create_missing_column_families(true);
-        let cfs = Cf::ALL
-            .iter()
-            .map(|cf| ColumnFamilyDescriptor::new(cf.name(), Options::default()));
+        let cfs =
+            lsm_families().map(|cf| ColumnFamilyDescriptor::new(cf.name(), Options::default()));
         let db = DB::open_cf_descriptors(&opts, path, cfs).map_err(StoreError::backend)?;
-        Ok(Self { db, sync })
+        let slots = SlotFile::open(path)?;
+        let store = Self {
+            db,
+            slots,
+            sync,
+            // The first scrub covers every family: history may predate this process.
+            dirty: AtomicU32::new(u32::MAX),
+            scrubbing: Mutex::new(()),
+        };
+        store.check_witness()?;
+        Ok(store)
     }
 
     /// Opens a database read-only, even while a hub process has it open (audit, tests). It sees
@@ -29,13 +115,77 @@ impl RocksStore {
     /// version added and this database does not have yet reads as empty.
     pub fn open_read_only(path: &Path) -> Result<Self, StoreError> {
         let existing = DB::list_cf(&Options::default(), path).map_err(StoreError::backend)?;
-        let names = Cf::ALL
-            .iter()
+        let names = lsm_families()
             .map(|cf| cf.name())
             .filter(|name| existing.iter().any(|e| e == name));
-        let db = DB::open_cf_for_read_only(&Options::default(), path, names, false)
+        let db = DB::open_cf_for_read_only(&db_options(), path, names, false)
             .map_err(StoreError::backend)?;
-        Ok(Self { db, sync: false })
+        let slots = SlotFile::open_read_only(path)?;
+        Ok(Self {
+            db,
+            slots,
+            sync: false,
+            dirty: AtomicU32::new(0),
+            scrubbing: Mutex::new(()),
+        })
+    }
+
+    /// Fails if the database is older than the last write the slot file witnessed.
+    pub fn check_witness(&self) -> Result<(), StoreError> {
+        let (latest, witness) = (self.db.latest_sequence_number(), self.slots.witness());
+        if latest < witness {
+            return Err(StoreError::Corrupt {
+                record: "data directory",
+                reason: format!(
+                    "the database ends at write {latest}, but writes up to {witness} were \
+                     acknowledged (witnessed in {}): a write-ahead log or MANIFEST file was lost, \
+                     truncated or replaced; restore the directory from a backup",
+                    self.slots.path().display()
+                ),
+            });
+        }
+        Ok(())
+    }
+
+    /// The latest sequence number (writes applied so far).
+    pub fn latest_sequence_number(&self) -> u64 {
+        self.db.latest_sequence_number()
+    }
+
+    /// The SST files RocksDB's current version refers to: what should exist, to compare with
+    /// what the directory holds.
+    pub fn live_sst_files(&self) -> Result<Vec<LiveSst>, StoreError> {
+        Ok(self
+            .db
+            .live_files()
+            .map_err(StoreError::backend)?
+            .into_iter()
+            .map(|f| LiveSst {
+                name: f.name.trim_start_matches('/').to_string(),
+                family: f.column_family_name,
+                level: f.level,
+                entries: f.num_entries,
+                deletions: f.num_deletions,
+            })
+            .collect())
+    }
+
+    /// Reads every entry of every family with block checksums verified (`ds-rm check`): a
+    /// damaged SST file fails here, naming the backend's reason.
+    pub fn verify_all(&self) -> Result<usize, StoreError> {
+        let mut n = 0;
+        for cf in lsm_families() {
+            let Some(handle) = self.handle_if_present(cf) else {
+                continue;
+            };
+            let mut ro = rocksdb::ReadOptions::default();
+            ro.set_verify_checksums(true);
+            for item in self.db.iterator_cf_opt(handle, ro, IteratorMode::Start) {
+                item.map_err(StoreError::backend)?;
+                n += 1;
+            }
+        }
+        Ok(n + self.slots.len())
     }
 
     fn handle(&self, cf: Cf) -> Result<&rocksdb::ColumnFamily, StoreError> {
@@ -53,6 +203,9 @@ impl RocksStore {
 
 impl Store for RocksStore {
     fn get(&self, cf: Cf, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
+        if cf.is_erasable() {
+            return self.slots.get(&slot_key(cf, key));
+        }
         let Some(handle) = self.handle_if_present(cf) else {
             return Ok(None);
         };
@@ -61,6 +214,18 @@ impl Store for RocksStore {
 
     fn scan_prefix(&self, cf: Cf, prefix: &[u8], limit: usize) -> Result<Vec<Entry>, StoreError> {
         let mut out = Vec::new();
+        if cf.is_erasable() {
+            let full = slot_key(cf, prefix);
+            for (k, v) in self.slots.entries()? {
+                if out.len() >= limit {
+                    break;
+                }
+                if k.starts_with(&full) {
+                    out.push((k[1..].to_vec(), v));
+                }
+            }
+            return Ok(out);
+        }
         let Some(handle) = self.handle_if_present(cf) else {
             return Ok(out);
         };
@@ -78,22 +243,67 @@ impl Store for RocksStore {
         Ok(out)
     }
 
+    /// Order matters for crash safety: erasable values are written (and synced) first, then
+    /// the RocksDB batch, then erasable deletions. A crash between leaves at worst a ratchet
+    /// ahead of its queue (a gap the client steps over: the message was never acknowledged) or
+    /// a slot whose record is gone (swept at the next start), never a record without its slot.
     fn write(&self, batch: Batch) -> Result<(), StoreError> {
         let mut wb = WriteBatch::default();
+        let mut erasable: BTreeMap<Vec<u8>, Option<Vec<u8>>> = BTreeMap::new();
+        let mut dirty = 0;
         for op in batch.ops {
             match op {
-                Op::Put(cf, k, v) => wb.put_cf(self.handle(cf)?, k, v),
-                Op::Delete(cf, k) => wb.delete_cf(self.handle(cf)?, k),
+                Op::Put(cf, k, v) if cf.is_erasable() => {
+                    erasable.insert(slot_key(cf, &k), Some(v));
+                }
+                Op::Delete(cf, k) if cf.is_erasable() => {
+                    erasable.insert(slot_key(cf, &k), None);
+                }
+                Op::Put(cf, k, v) => {
+                    wb.put_cf(self.handle(cf)?, k, v);
+                    dirty |= bit(cf);
+                }
+                Op::Delete(cf, k) => {
+                    wb.delete_cf(self.handle(cf)?, k);
+                    dirty |= bit(cf);
+                }
             }
         }
-        let mut wo = WriteOptions::default();
-        wo.set_sync(self.sync);
-        self.db.write_opt(wb, &wo).map_err(StoreError::backend)
+        let puts: Vec<(&[u8], &[u8])> = erasable
+            .iter()
+            .filter_map(|(k, v)| v.as_deref().map(|v| (k.as_slice(), v)))
+            .collect();
+        if !puts.is_empty() {
+            // Every write up to the current sequence number was acknowledged durable.
+            let witness = self.sync.then(|| self.db.latest_sequence_number());
+            self.slots.put_all(&puts, witness, self.sync)?;
+        }
+        if !wb.is_empty() {
+            let mut wo = WriteOptions::default();
+            wo.set_sync(self.sync);
+            self.db.write_opt(wb, &wo).map_err(StoreError::backend)?;
+            self.dirty.fetch_or(dirty, Ordering::AcqRel);
+        }
+        let deletes: Vec<&[u8]> = erasable
+            .iter()
+            .filter(|(_, v)| v.is_none())
+            .map(|(k, _)| k.as_slice())
+            .collect();
+        if !deletes.is_empty() {
+            self.slots.erase_all(&deletes, self.sync)?;
+        }
+        Ok(())
     }
 
     fn dump(&self) -> Result<Vec<CfEntry>, StoreError> {
         let mut out = Vec::new();
         for cf in Cf::ALL {
+            if cf.is_erasable() {
+                for (k, v) in self.scan_prefix(cf, b"", usize::MAX)? {
+                    out.push((cf, k, v));
+                }
+                continue;
+            }
             let Some(handle) = self.handle_if_present(cf) else {
                 continue;
             };
@@ -103,6 +313,54 @@ impl Store for RocksStore {
             }
         }
         Ok(out)
+    }
+
+    /// Flushes the families written since the last scrub (their log becomes obsolete and is
+    /// deleted) and compacts each to a single bottommost run, which keeps exactly one version
+    /// of every live key and none of a deleted one. Then the slot file witnesses the covered
+    /// sequence number.
+    fn scrub(&self) -> Result<ScrubReport, StoreError> {
+        let _one = self.scrubbing.lock().unwrap_or_else(|p| p.into_inner());
+        let dirty = self.dirty.swap(0, Ordering::AcqRel);
+        if dirty == 0 {
+            return Ok(ScrubReport {
+                families: 0,
+                sequence: self.db.latest_sequence_number(),
+            });
+        }
+        let sequence = self.db.latest_sequence_number();
+        let families: Vec<Cf> = lsm_families().filter(|cf| dirty & bit(*cf) != 0).collect();
+        let handles = families
+            .iter()
+            .map(|cf| self.handle(*cf))
+            .collect::<Result<Vec<_>, _>>()?;
+        let mut fo = FlushOptions::default();
+        fo.set_wait(true);
+        let result = self
+            .db
+            .flush_cfs_opt(&handles, &fo)
+            .map_err(StoreError::backend)
+            .and_then(|()| {
+                let mut co = CompactOptions::default();
+                co.set_bottommost_level_compaction(BottommostLevelCompaction::Force);
+                for handle in &handles {
+                    self.db
+                        .compact_range_cf_opt(*handle, None::<&[u8]>, None::<&[u8]>, &co);
+                }
+                Ok(())
+            });
+        if let Err(e) = result {
+            // Try again next time.
+            self.dirty.fetch_or(dirty, Ordering::AcqRel);
+            return Err(e);
+        }
+        if self.sync {
+            self.slots.set_witness(sequence)?;
+        }
+        Ok(ScrubReport {
+            families: families.len(),
+            sequence,
+        })
     }
 }
 
@@ -119,9 +377,8 @@ mod tests {
             let mut opts = Options::default();
             opts.create_if_missing(true);
             opts.create_missing_column_families(true);
-            let older = Cf::ALL
-                .iter()
-                .filter(|cf| **cf != Cf::FedPeerKeys)
+            let older = lsm_families()
+                .filter(|cf| *cf != Cf::FedPeerKeys)
                 .map(|cf| ColumnFamilyDescriptor::new(cf.name(), Options::default()));
             let db = DB::open_cf_descriptors(&opts, dir.path(), older).unwrap();
             let qs = db.cf_handle(Cf::QsClients.name()).unwrap();

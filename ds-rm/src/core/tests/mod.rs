@@ -615,6 +615,11 @@ impl QsClient {
         hub.record::<ClientRecord>(&self.client_id)
     }
 
+    /// The client's queue ratchet as the hub stores it (erasable family).
+    pub(super) fn ratchet_record(&self, hub: &TestHub) -> Option<crate::core::qs::RatchetRecord> {
+        hub.record::<crate::core::qs::RatchetRecord>(&self.client_id)
+    }
+
     /// The user's stored record.
     pub(super) fn user(&self, hub: &TestHub) -> Option<UserRecord> {
         hub.record::<UserRecord>(&self.user_id)

@@ -264,12 +264,12 @@ fn rekey_mixes_the_ratchet_once_and_a_retry_answers_the_same() {
     let mut alice = QsClient::register(&hub);
     enqueue(&hub, &alice.client_id, &[message(1)]);
     let fresh = random32();
-    let before = alice.record(&hub).unwrap();
+    let before = alice.ratchet_record(&hub).unwrap();
     assert_eq!(
         hub.ok(&alice.request(Op::RekeyQueue(fresh.to_vec().into()))),
         QsResponse::Rekeyed(1)
     );
-    let after = alice.record(&hub).unwrap();
+    let after = alice.ratchet_record(&hub).unwrap();
     assert_ne!(before.ratchet, after.ratchet);
     assert_eq!(after.last_rekey.as_ref().unwrap().seq, 1);
     // The same randomness again: the same answer, and no second mix.

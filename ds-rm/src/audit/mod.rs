@@ -1,12 +1,25 @@
-//! The seized-disk view: every stored record, with what it is, readable by a person.
+//! The seized-disk view: every stored record, with what it is, readable by a person
+//! ([`render`]), and every file with the old values it still holds ([`files`]).
 
+pub mod check;
+pub mod files;
+pub mod wal;
+
+use crate::core::ds::state::PLAIN_GROUP_ROW_FORMAT;
 use crate::store::{Cf, Store, StoreError};
 use std::fmt::Write as _;
 
 /// What a snapshot of each column family reveals, printed with its records so an operator reads
-/// the privacy consequence next to the data (details in `spec-notes/metadata.md`).
-pub fn reveals(cf: Cf) -> &'static str {
+/// the privacy consequence next to the data (details in `spec-notes/metadata.md`). `baseline`:
+/// the directory belongs to a baseline-mode hub, whose group records are plaintext.
+pub fn reveals(cf: Cf, baseline: bool) -> &'static str {
     match cf {
+        Cf::DsGroups if baseline => {
+            "PLAINTEXT group states (baseline mode): members, credentials, queue ids, history"
+        }
+        Cf::DsRouting if baseline => {
+            "PLAINTEXT routing records (baseline mode): members' keys and plain queue ids"
+        }
         Cf::DsGroups => "random group ids, last-change month, padded size of encrypted states",
         Cf::DsRouting => {
             "random group ids, last-change month, padded size of encrypted routing records"
@@ -17,8 +30,16 @@ pub fn reveals(cf: Cf) -> &'static str {
         }
         Cf::QsUsers => "pseudonymous users: client count, auth key, friendship-token hash",
         Cf::QsFriendship => "friendship-token hash -> pseudonymous user id",
-        Cf::QsClients => "pseudonymous queues: auth key, current ratchet, messages received",
-        Cf::QsQueues => "undelivered-message counts and padded sizes (contents unreadable)",
+        Cf::QsClients => {
+            "pseudonymous queues: owning pseudonymous user, auth key, activity month, ack count"
+        }
+        Cf::QsRatchets => {
+            "current queue ratchets (slot file): open only messages not yet enqueued, none queued"
+        }
+        Cf::QsQueues => {
+            "undelivered messages per queue: count and padded sizes; each under a one-time \
+             ratchet key the hub erased when it enqueued it"
+        }
         Cf::QsAddPackages => "unused AddPackage counts per queue (contents encrypted)",
         Cf::ServerKeys => {
             "QS HPKE private key (opens sealed queue refs), federation and DS external-sender keys"
@@ -45,6 +66,9 @@ pub fn reveals(cf: Cf) -> &'static str {
 pub fn render(store: &dyn Store) -> Result<String, StoreError> {
     let mut out = String::new();
     let dump = store.dump()?;
+    let baseline = dump
+        .iter()
+        .any(|(cf, _, v)| *cf == Cf::DsGroups && v.first() == Some(&PLAIN_GROUP_ROW_FORMAT));
     for cf in Cf::ALL {
         let rows: Vec<_> = dump.iter().filter(|(c, _, _)| *c == cf).collect();
         let _ = writeln!(
@@ -52,7 +76,7 @@ pub fn render(store: &dyn Store) -> Result<String, StoreError> {
             "== {} ({} records): {}",
             cf.name(),
             rows.len(),
-            reveals(cf)
+            reveals(cf, baseline)
         );
         for (_, k, v) in rows {
             let preview: String = hex::encode(&v[..v.len().min(16)]);

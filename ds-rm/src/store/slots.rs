@@ -1,0 +1,501 @@
+//! The erasable slot file: secrets that must stop existing when the hub overwrites them.
+//!
+//! RocksDB never overwrites: a new value is appended to the write-ahead log and later to SST
+//! files, and the old value survives there until a flush and compaction happen to drop it. For
+//! the queue ratchet that history is fatal — every old ratchet state opens every message
+//! enqueued after it. So the records of [`Cf::is_erasable`] column families live here instead:
+//! one fixed-size slot per key in a small file, rewritten in place (`pwrite`) and `fdatasync`ed
+//! before the request that changed it is acknowledged. An overwritten value is gone from the
+//! file the moment the new one is written; a deleted one is zero-filled.
+//!
+//! Layout: slot 0 is the header (magic, version, slot size, the durability witness), every
+//! further slot is all zeroes (free) or `1 ‖ key length ‖ key ‖ value length ‖ value ‖ zero
+//! padding ‖ SHA-256 prefix`. A slot whose checksum fails is corruption, reported with the file
+//! and slot number; it is never read as data.
+//!
+//! [`Cf::is_erasable`]: super::Cf::is_erasable
+
+use super::StoreError;
+use sha2::{Digest, Sha256};
+use std::collections::{BTreeSet, HashMap};
+use std::fs::{File, OpenOptions};
+use std::io::Read;
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::sync::{Mutex, MutexGuard};
+
+/// File name of the slot file inside a data directory.
+pub const SLOT_FILE: &str = "erasable.slots";
+/// Bytes per slot: sector-aligned (512 / 128 = 4), so a slot write never straddles a sector.
+pub const SLOT_LEN: usize = 128;
+/// Longest key a slot holds.
+pub const MAX_KEY: usize = 32;
+/// Longest value a slot holds.
+pub const MAX_VALUE: usize = SUM_AT - VALUE_AT;
+
+const MAGIC: &[u8; 8] = b"MIMIRMSL";
+const VERSION: u32 = 1;
+const SUM_AT: usize = SLOT_LEN - 8;
+const KEY_AT: usize = 2;
+const VLEN_AT: usize = KEY_AT + MAX_KEY;
+const VALUE_AT: usize = VLEN_AT + 1;
+
+type Slot = [u8; SLOT_LEN];
+
+fn checksum(slot: &Slot) -> [u8; 8] {
+    let digest = Sha256::digest(&slot[..SUM_AT]);
+    let mut out = [0u8; 8];
+    out.copy_from_slice(&digest[..8]);
+    out
+}
+
+fn seal(mut slot: Slot) -> Slot {
+    let sum = checksum(&slot);
+    slot[SUM_AT..].copy_from_slice(&sum);
+    slot
+}
+
+fn header(witness: u64) -> Slot {
+    let mut s = [0u8; SLOT_LEN];
+    s[..8].copy_from_slice(MAGIC);
+    s[8..12].copy_from_slice(&VERSION.to_be_bytes());
+    s[12..16].copy_from_slice(&(SLOT_LEN as u32).to_be_bytes());
+    s[16..24].copy_from_slice(&witness.to_be_bytes());
+    seal(s)
+}
+
+fn entry(key: &[u8], value: &[u8]) -> Result<Slot, StoreError> {
+    if key.is_empty() || key.len() > MAX_KEY || value.len() > MAX_VALUE {
+        return Err(StoreError::Oversize {
+            cf: "erasable slot",
+            len: key.len().max(value.len()),
+            max: MAX_KEY.min(MAX_VALUE),
+        });
+    }
+    let mut s = [0u8; SLOT_LEN];
+    s[0] = 1;
+    s[1] = key.len() as u8;
+    s[KEY_AT..KEY_AT + key.len()].copy_from_slice(key);
+    s[VLEN_AT] = value.len() as u8;
+    s[VALUE_AT..VALUE_AT + value.len()].copy_from_slice(value);
+    Ok(seal(s))
+}
+
+/// What one slot holds once its checksum and fields check out.
+enum Decoded {
+    Free,
+    Used { key: Vec<u8>, value: Vec<u8> },
+}
+
+fn decode(slot: &Slot) -> Result<Decoded, &'static str> {
+    if slot.iter().all(|b| *b == 0) {
+        return Ok(Decoded::Free);
+    }
+    if checksum(slot) != slot[SUM_AT..] {
+        return Err("checksum mismatch");
+    }
+    let (klen, vlen) = (slot[1] as usize, slot[VLEN_AT] as usize);
+    if slot[0] != 1 || klen == 0 || klen > MAX_KEY || vlen > MAX_VALUE {
+        return Err("bad slot fields");
+    }
+    Ok(Decoded::Used {
+        key: slot[KEY_AT..KEY_AT + klen].to_vec(),
+        value: slot[VALUE_AT..VALUE_AT + vlen].to_vec(),
+    })
+}
+
+#[derive(Default)]
+struct Index {
+    by_key: HashMap<Vec<u8>, u64>,
+    /// Free slot numbers, lowest first, so the file stays as short as its live records allow.
+    free: BTreeSet<u64>,
+    /// Slots in the file, header included.
+    slots: u64,
+    witness: u64,
+}
+
+/// The slot file of one data directory. All methods are safe to call from many threads; writes
+/// of one key are serialised by the caller's locks (as for every other record).
+pub struct SlotFile {
+    path: PathBuf,
+    /// `None` for a read-only view of a directory without a slot file (written before it
+    /// existed): it reads as empty.
+    file: Option<File>,
+    read_only: bool,
+    index: Mutex<Index>,
+}
+
+impl SlotFile {
+    /// Opens `dir/erasable.slots`, creating it (and syncing the directory) when missing. Every
+    /// slot is checked: a torn or altered slot, a duplicate key or a bad header is
+    /// [`StoreError::Corrupt`] naming the file, so a damaged file never starts a hub.
+    pub fn open(dir: &Path) -> Result<Self, StoreError> {
+        let path = dir.join(SLOT_FILE);
+        let fresh = !path.exists();
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(&path)
+            .map_err(StoreError::backend)?;
+        if fresh {
+            file.write_all_at(&header(0), 0)
+                .map_err(StoreError::backend)?;
+            file.sync_all().map_err(StoreError::backend)?;
+            File::open(dir)
+                .and_then(|d| d.sync_all())
+                .map_err(StoreError::backend)?;
+        }
+        let index = Self::load(&path, &file)?;
+        Ok(Self {
+            path,
+            file: Some(file),
+            read_only: false,
+            index: Mutex::new(index),
+        })
+    }
+
+    /// Opens the slot file for reading only (audit, check), while a hub may be writing it. A
+    /// missing file reads as empty. The same checks as [`Self::open`] apply.
+    pub fn open_read_only(dir: &Path) -> Result<Self, StoreError> {
+        let path = dir.join(SLOT_FILE);
+        let (file, index) = if path.exists() {
+            let file = File::open(&path).map_err(StoreError::backend)?;
+            let index = Self::load(&path, &file)?;
+            (Some(file), index)
+        } else {
+            (None, Index::default())
+        };
+        Ok(Self {
+            path,
+            file,
+            read_only: true,
+            index: Mutex::new(index),
+        })
+    }
+
+    fn writable(&self) -> Result<&File, StoreError> {
+        match (&self.file, self.read_only) {
+            (Some(f), false) => Ok(f),
+            _ => Err(StoreError::backend(std::io::Error::new(
+                std::io::ErrorKind::PermissionDenied,
+                "slot file opened read-only",
+            ))),
+        }
+    }
+
+    fn corrupt(path: &Path, what: String) -> StoreError {
+        StoreError::Corrupt {
+            record: "erasable slot file",
+            reason: format!("{}: {what}", path.display()),
+        }
+    }
+
+    fn load(path: &Path, file: &File) -> Result<Index, StoreError> {
+        let mut bytes = Vec::new();
+        (&*file)
+            .read_to_end(&mut bytes)
+            .map_err(StoreError::backend)?;
+        if bytes.len() < SLOT_LEN || bytes.len() % SLOT_LEN != 0 {
+            return Err(Self::corrupt(
+                path,
+                format!("length {} is not a whole number of slots", bytes.len()),
+            ));
+        }
+        let mut index = Index::default();
+        for (n, chunk) in bytes.chunks_exact(SLOT_LEN).enumerate() {
+            let slot: &Slot = chunk
+                .try_into()
+                .map_err(|_| Self::corrupt(path, format!("slot {n} is short")))?;
+            let n = n as u64;
+            if n == 0 {
+                if slot[..8] != MAGIC[..]
+                    || slot[8..12] != VERSION.to_be_bytes()
+                    || slot[12..16] != (SLOT_LEN as u32).to_be_bytes()
+                    || checksum(slot) != slot[SUM_AT..]
+                {
+                    return Err(Self::corrupt(path, "bad header".into()));
+                }
+                let mut w = [0u8; 8];
+                w.copy_from_slice(&slot[16..24]);
+                index.witness = u64::from_be_bytes(w);
+                continue;
+            }
+            match decode(slot).map_err(|e| Self::corrupt(path, format!("slot {n}: {e}")))? {
+                Decoded::Free => {
+                    index.free.insert(n);
+                }
+                Decoded::Used { key, .. } => {
+                    if index.by_key.insert(key, n).is_some() {
+                        return Err(Self::corrupt(path, format!("slot {n}: duplicate key")));
+                    }
+                }
+            }
+        }
+        index.slots = (bytes.len() / SLOT_LEN) as u64;
+        Ok(index)
+    }
+
+    fn index(&self) -> MutexGuard<'_, Index> {
+        // Every mutation of the index is completed before any fallible step, so a panic in
+        // another thread cannot leave it half-updated.
+        self.index.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn read_slot(&self, n: u64) -> Result<Slot, StoreError> {
+        let mut slot = [0u8; SLOT_LEN];
+        let Some(file) = &self.file else {
+            return Err(Self::corrupt(
+                &self.path,
+                format!("slot {n} read without a file"),
+            ));
+        };
+        file.read_exact_at(&mut slot, n * SLOT_LEN as u64)
+            .map_err(StoreError::backend)?;
+        Ok(slot)
+    }
+
+    /// The value stored under `key`.
+    pub fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
+        let Some(n) = self.index().by_key.get(key).copied() else {
+            return Ok(None);
+        };
+        match decode(&self.read_slot(n)?)
+            .map_err(|e| Self::corrupt(&self.path, format!("slot {n}: {e}")))?
+        {
+            Decoded::Used { key: k, value } if k == key => Ok(Some(value)),
+            _ => Err(Self::corrupt(
+                &self.path,
+                format!("slot {n} no longer holds its key"),
+            )),
+        }
+    }
+
+    /// Every key and value, in key order.
+    pub fn entries(&self) -> Result<Vec<(Vec<u8>, Vec<u8>)>, StoreError> {
+        let mut keys: Vec<Vec<u8>> = self.index().by_key.keys().cloned().collect();
+        keys.sort();
+        let mut out = Vec::with_capacity(keys.len());
+        for k in keys {
+            if let Some(v) = self.get(&k)? {
+                out.push((k, v));
+            }
+        }
+        Ok(out)
+    }
+
+    /// Writes every `(key, value)` in place (a new key takes the lowest free slot) and, with
+    /// `sync`, makes them durable before returning. `witness`, when given, is recorded in the
+    /// header in the same sync (see [`Self::witness`]); it never decreases.
+    pub fn put_all(
+        &self,
+        puts: &[(&[u8], &[u8])],
+        witness: Option<u64>,
+        sync: bool,
+    ) -> Result<(), StoreError> {
+        let file = self.writable()?;
+        let slots: Vec<Slot> = puts
+            .iter()
+            .map(|(k, v)| entry(k, v))
+            .collect::<Result<_, _>>()?;
+        {
+            let mut index = self.index();
+            for ((key, _), slot) in puts.iter().zip(&slots) {
+                let n = match index.by_key.get(*key) {
+                    Some(n) => *n,
+                    None => {
+                        let n = match index.free.pop_first() {
+                            Some(n) => n,
+                            None => {
+                                index.slots += 1;
+                                index.slots - 1
+                            }
+                        };
+                        index.by_key.insert(key.to_vec(), n);
+                        n
+                    }
+                };
+                file.write_all_at(slot, n * SLOT_LEN as u64)
+                    .map_err(StoreError::backend)?;
+            }
+            if let Some(w) = witness
+                && w > index.witness
+            {
+                index.witness = w;
+                file.write_all_at(&header(w), 0)
+                    .map_err(StoreError::backend)?;
+            }
+        }
+        if sync {
+            file.sync_data().map_err(StoreError::backend)?;
+        }
+        Ok(())
+    }
+
+    /// Zero-fills the slots of `keys` (absent keys are ignored) and, with `sync`, makes that
+    /// durable: from then on the values exist nowhere in the file.
+    pub fn erase_all(&self, keys: &[&[u8]], sync: bool) -> Result<(), StoreError> {
+        let file = self.writable()?;
+        let mut erased = false;
+        {
+            let mut index = self.index();
+            for key in keys {
+                if let Some(n) = index.by_key.remove(*key) {
+                    file.write_all_at(&[0u8; SLOT_LEN], n * SLOT_LEN as u64)
+                        .map_err(StoreError::backend)?;
+                    index.free.insert(n);
+                    erased = true;
+                }
+            }
+        }
+        if sync && erased {
+            file.sync_data().map_err(StoreError::backend)?;
+        }
+        Ok(())
+    }
+
+    /// The durability witness: a RocksDB sequence number below which every write had been
+    /// acknowledged when it was recorded. A database that opens with a lower latest sequence
+    /// number lost acknowledged writes.
+    pub fn witness(&self) -> u64 {
+        self.index().witness
+    }
+
+    /// Records a new witness (ignored if not higher) and syncs it.
+    pub fn set_witness(&self, witness: u64) -> Result<(), StoreError> {
+        self.put_all(&[], Some(witness), true)
+    }
+
+    /// Number of slots holding a value.
+    pub fn len(&self) -> usize {
+        self.index().by_key.len()
+    }
+
+    /// Whether no slot holds a value.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Path of the file (for messages and the file audit).
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn raw(dir: &Path) -> Vec<u8> {
+        std::fs::read(dir.join(SLOT_FILE)).unwrap()
+    }
+
+    fn contains(hay: &[u8], needle: &[u8]) -> bool {
+        hay.windows(needle.len()).any(|w| w == needle)
+    }
+
+    /// An overwritten or deleted value is gone from the file's bytes, not only from the index.
+    #[test]
+    fn overwritten_and_erased_values_leave_no_bytes_behind() {
+        let dir = tempfile::tempdir().unwrap();
+        let slots = SlotFile::open(dir.path()).unwrap();
+        let (old, new, other) = ([0xA1u8; 40], [0xB2u8; 40], [0xC3u8; 40]);
+        slots
+            .put_all(&[(b"client-1", &old), (b"client-2", &other)], None, true)
+            .unwrap();
+        assert!(contains(&raw(dir.path()), &old), "positive control");
+        slots.put_all(&[(b"client-1", &new)], None, true).unwrap();
+        let bytes = raw(dir.path());
+        assert!(!contains(&bytes, &old));
+        assert!(contains(&bytes, &new));
+        assert_eq!(slots.get(b"client-1").unwrap().unwrap(), new);
+        slots.erase_all(&[b"client-2"], true).unwrap();
+        assert!(!contains(&raw(dir.path()), &other));
+        assert_eq!(slots.get(b"client-2").unwrap(), None);
+        // The freed slot is reused, so the file does not grow with churn.
+        let len = raw(dir.path()).len();
+        slots.put_all(&[(b"client-3", &other)], None, true).unwrap();
+        assert_eq!(raw(dir.path()).len(), len);
+        drop(slots);
+        let reopened = SlotFile::open(dir.path()).unwrap();
+        assert_eq!(
+            reopened.entries().unwrap(),
+            vec![
+                (b"client-1".to_vec(), new.to_vec()),
+                (b"client-3".to_vec(), other.to_vec())
+            ]
+        );
+    }
+
+    #[test]
+    fn the_witness_survives_a_reopen_and_never_goes_back() {
+        let dir = tempfile::tempdir().unwrap();
+        let slots = SlotFile::open(dir.path()).unwrap();
+        slots.set_witness(42).unwrap();
+        slots.set_witness(7).unwrap();
+        drop(slots);
+        assert_eq!(SlotFile::open(dir.path()).unwrap().witness(), 42);
+    }
+
+    /// Every kind of damage is refused at open with the file named, never read as data.
+    #[test]
+    fn a_damaged_file_is_refused_naming_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let slots = SlotFile::open(dir.path()).unwrap();
+        slots
+            .put_all(&[(b"k1", &[1; 40]), (b"k2", &[2; 40])], None, true)
+            .unwrap();
+        drop(slots);
+        let good = raw(dir.path());
+        let path = dir.path().join(SLOT_FILE);
+        let damage: Vec<(&str, Vec<u8>)> = vec![
+            ("flipped value byte", {
+                let mut b = good.clone();
+                b[SLOT_LEN + VALUE_AT] ^= 0x40;
+                b
+            }),
+            ("truncated mid-slot", good[..good.len() - 5].to_vec()),
+            ("bad header", {
+                let mut b = good.clone();
+                b[0] ^= 1;
+                b
+            }),
+            ("duplicate key", {
+                let mut b = good.clone();
+                let first = b[SLOT_LEN..2 * SLOT_LEN].to_vec();
+                b[2 * SLOT_LEN..3 * SLOT_LEN].copy_from_slice(&first);
+                b
+            }),
+            ("empty", Vec::new()),
+        ];
+        for (what, bytes) in damage {
+            std::fs::write(&path, &bytes).unwrap();
+            let err = SlotFile::open(dir.path()).err().expect(what);
+            assert!(
+                matches!(&err, StoreError::Corrupt { reason, .. } if reason.contains(SLOT_FILE)),
+                "{what}: {err}"
+            );
+        }
+        std::fs::write(&path, &good).unwrap();
+        assert_eq!(SlotFile::open(dir.path()).unwrap().len(), 2);
+    }
+
+    #[test]
+    fn oversized_keys_and_values_are_refused_before_writing() {
+        let dir = tempfile::tempdir().unwrap();
+        let slots = SlotFile::open(dir.path()).unwrap();
+        let before = raw(dir.path());
+        for (k, v) in [
+            (vec![1u8; MAX_KEY + 1], vec![0u8; 4]),
+            (vec![1u8; 4], vec![0u8; MAX_VALUE + 1]),
+            (Vec::new(), vec![0u8; 4]),
+        ] {
+            assert!(matches!(
+                slots.put_all(&[(&k, &v)], None, true),
+                Err(StoreError::Oversize { .. })
+            ));
+        }
+        assert_eq!(raw(dir.path()), before);
+    }
+}
