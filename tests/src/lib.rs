@@ -246,6 +246,41 @@ impl HubProcess {
         format!("{scheme}://{}", self.addr)
     }
 
+    /// Tries to serve `data` with this hub's binary and config on a fresh port: `Err` with the
+    /// process's stderr if it exits (refuses to start) within `wait`, `Ok` if it starts
+    /// listening (it is then killed).
+    pub fn try_serve(&self, data: &Path, wait: Duration) -> Result<(), String> {
+        let addr = free_port();
+        let mut child = Command::new(&self.binary)
+            .args(["serve", "--config"])
+            .arg(&self.config)
+            .arg("--listen")
+            .arg(addr.to_string())
+            .arg("--data")
+            .arg(data)
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("start hub");
+        let started = std::time::Instant::now();
+        while started.elapsed() < wait {
+            if let Ok(Some(_)) = child.try_wait() {
+                let out = child.wait_with_output().expect("hub output");
+                return Err(String::from_utf8_lossy(&out.stderr).into_owned());
+            }
+            if std::net::TcpStream::connect(addr).is_ok() {
+                let _ = child.kill();
+                let _ = child.wait();
+                return Ok(());
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let _ = child.kill();
+        let _ = child.wait();
+        Err("neither started nor exited".into())
+    }
+
     /// Stops the process gracefully (SIGTERM) and waits for it.
     pub fn stop(&mut self) {
         if let Some(mut child) = self.child.take() {

@@ -394,4 +394,144 @@ mod tests {
         let upgraded = RocksStore::open(dir.path(), false).unwrap();
         assert!(upgraded.handle(Cf::FedPeerKeys).is_ok());
     }
+
+    fn put(store: &RocksStore, cf: Cf, key: &[u8], value: &[u8]) {
+        store
+            .write(Batch {
+                ops: vec![Op::Put(cf, key.to_vec(), value.to_vec())],
+            })
+            .unwrap();
+    }
+
+    /// Every file of the directory, concatenated: what an attacker with the disk reads.
+    fn all_bytes(dir: &Path, except: Option<&str>) -> Vec<u8> {
+        let mut out = Vec::new();
+        for e in std::fs::read_dir(dir).unwrap() {
+            let e = e.unwrap();
+            if Some(e.file_name().to_string_lossy().as_ref()) == except {
+                continue;
+            }
+            out.extend(std::fs::read(e.path()).unwrap());
+        }
+        out
+    }
+
+    fn found(hay: &[u8], needle: &[u8]) -> bool {
+        hay.windows(needle.len()).any(|w| w == needle)
+    }
+
+    /// Random-looking 40-byte values, each distinct (compression cannot hide them).
+    fn value(i: u32) -> Vec<u8> {
+        use sha2::Digest;
+        let mut v = sha2::Sha256::digest(i.to_be_bytes()).to_vec();
+        v.extend_from_slice(&i.to_be_bytes());
+        v.extend_from_slice(&[0xEE; 4]);
+        v
+    }
+
+    /// The ratchet family never reaches RocksDB's files: 50 overwrites leave only the current
+    /// value, in the slot file. The same writes to an ordinary family stay in the log until a
+    /// scrub, which leaves exactly the current value (the positive control for the search).
+    #[test]
+    fn erasable_values_never_reach_the_lsm_and_a_scrub_drops_old_versions() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = RocksStore::open(dir.path(), true).unwrap();
+        for i in 0..50 {
+            put(&store, Cf::QsRatchets, b"client", &value(i));
+            put(&store, Cf::QsClients, b"client", &value(1000 + i));
+        }
+        put(&store, Cf::QsQueues, b"gone", &value(5000));
+        store
+            .write(Batch {
+                ops: vec![Op::Delete(Cf::QsQueues, b"gone".to_vec())],
+            })
+            .unwrap();
+        let files = all_bytes(dir.path(), None);
+        assert!(
+            found(&files, &value(1000)),
+            "positive control: the log keeps old values"
+        );
+        assert!(found(&files, &value(5000)));
+        assert!(
+            crate::audit::files::audit(dir.path())
+                .unwrap()
+                .stale_total()
+                >= 50
+        );
+        for i in 0..49 {
+            assert!(!found(&files, &value(i)), "old ratchet {i} in the files");
+        }
+        assert!(found(&all_bytes(dir.path(), None), &value(49)));
+        assert!(!found(
+            &all_bytes(dir.path(), Some(crate::store::slots::SLOT_FILE)),
+            &value(49)
+        ));
+
+        let report = store.scrub().unwrap();
+        assert!(report.families >= 2, "{report:?}");
+        let files = all_bytes(dir.path(), None);
+        for i in 0..49 {
+            assert!(
+                !found(&files, &value(1000 + i)),
+                "old client value {i} survived"
+            );
+        }
+        assert!(!found(&files, &value(5000)), "deleted value survived");
+        assert!(found(&files, &value(1049)));
+        let audit = crate::audit::files::audit(dir.path()).unwrap();
+        assert_eq!(audit.stale_total(), 0, "{}", audit.text);
+        // Nothing written since: the next scrub has nothing to do.
+        assert_eq!(store.scrub().unwrap().families, 0);
+        assert_eq!(
+            store.get(Cf::QsClients, b"client").unwrap(),
+            Some(value(1049))
+        );
+        assert_eq!(
+            store.get(Cf::QsRatchets, b"client").unwrap(),
+            Some(value(49))
+        );
+    }
+
+    /// The newest log cut to nothing loses acknowledged writes that RocksDB cannot notice; the
+    /// slot file's witness does, and the directory is refused, unchanged.
+    #[test]
+    fn a_log_cut_to_nothing_is_refused_by_the_witness() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let store = RocksStore::open(dir.path(), true).unwrap();
+            put(&store, Cf::PpSpent, b"nonce-1", b"");
+            put(&store, Cf::QsRatchets, b"client", &value(1));
+            put(&store, Cf::PpSpent, b"nonce-2", b"");
+            put(&store, Cf::QsRatchets, b"client", &value(2));
+        }
+        // Positive control: an untouched copy opens, with the writes (a writable open flushes
+        // the replayed log, so the copy is what is opened).
+        let copy = tempfile::tempdir().unwrap();
+        for e in std::fs::read_dir(dir.path()).unwrap() {
+            let e = e.unwrap();
+            std::fs::copy(e.path(), copy.path().join(e.file_name())).unwrap();
+        }
+        let reopened = RocksStore::open(copy.path(), true).unwrap();
+        assert!(reopened.get(Cf::PpSpent, b"nonce-2").unwrap().is_some());
+        drop(reopened);
+        let log = std::fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .filter(|p| p.extension().is_some_and(|x| x == "log"))
+            .max()
+            .unwrap();
+        std::fs::write(&log, b"").unwrap();
+        let before = all_bytes(dir.path(), None);
+        let err = RocksStore::open(dir.path(), true).err().expect("refused");
+        assert!(
+            err.to_string().contains("acknowledged") && err.to_string().contains("erasable.slots"),
+            "{err}"
+        );
+        assert!(crate::audit::check::check(dir.path()).is_err());
+        assert_eq!(
+            all_bytes(dir.path(), None),
+            before,
+            "a refused open changes nothing"
+        );
+    }
 }

@@ -104,6 +104,22 @@ fn decode(slot: &Slot) -> Result<Decoded, &'static str> {
     })
 }
 
+/// Every used slot of a raw copy of a slot file whose checksum holds, as (key, value): what
+/// anyone holding the file reads, without the hub's index (audit, tests).
+pub fn raw_entries(bytes: &[u8]) -> Vec<(Vec<u8>, Vec<u8>)> {
+    bytes
+        .chunks_exact(SLOT_LEN)
+        .skip(1)
+        .filter_map(|chunk| {
+            let slot: &Slot = chunk.try_into().ok()?;
+            match decode(slot) {
+                Ok(Decoded::Used { key, value }) => Some((key, value)),
+                _ => None,
+            }
+        })
+        .collect()
+}
+
 #[derive(Default)]
 struct Index {
     by_key: HashMap<Vec<u8>, u64>,

@@ -20,6 +20,7 @@ mod crash;
 mod ds_core_arbitrary;
 mod ear_rotation;
 mod federation;
+mod files_at_rest;
 mod identity;
 mod lifecycle;
 mod limits;

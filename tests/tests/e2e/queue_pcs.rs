@@ -2,7 +2,7 @@
 //! compromise of the server) decrypts that client's queued messages until the client mixes in
 //! fresh randomness; afterwards it decrypts nothing new, while the client reads on.
 
-use mimi_ds_rm::core::qs::ClientRecord;
+use mimi_ds_rm::core::qs::RatchetRecord;
 use mimi_ds_rm::store::Cf;
 use mimi_rm_crypto::ratchet::QueueRatchet;
 use mimi_rm_protocol::decode_exact;
@@ -14,10 +14,10 @@ fn steal(hub: &HubProcess, client: &[u8; 16]) -> QueueRatchet {
     let (_, _, v) = hub
         .dump()
         .into_iter()
-        .find(|(cf, k, _)| *cf == Cf::QsClients && k == client)
-        .expect("client record");
-    let record: ClientRecord = decode_exact(&v, 1 << 16).unwrap();
-    QueueRatchet::from_bytes(record.ratchet.as_slice()).unwrap()
+        .find(|(cf, k, _)| *cf == Cf::QsRatchets && k == client)
+        .expect("ratchet record");
+    let record: RatchetRecord = decode_exact(&v, 1 << 16).unwrap();
+    QueueRatchet::from_bytes(&record.ratchet).unwrap()
 }
 
 /// The queued ciphertexts of `client`, by sequence number.
