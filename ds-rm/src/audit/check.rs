@@ -7,6 +7,7 @@ use std::path::Path;
 
 /// Runs every check on `dir`; `Ok` carries a one-line summary, `Err` names what is damaged.
 ///
+/// 0. Every write-ahead log record's checksum (only a torn final record is accepted).
 /// 1. The slot file: header and every slot's checksum.
 /// 2. The database opens (read-only, so nothing is repaired or deleted): MANIFEST, every
 ///    closed log's recorded length, every log record's checksum.
@@ -20,6 +21,7 @@ pub fn check(dir: &Path) -> Result<String, StoreError> {
             reason: format!("{}: no RocksDB CURRENT file", dir.display()),
         });
     }
+    let logs = crate::store::rocks_verify_logs(dir)?;
     let slots = SlotFile::open_read_only(dir)?;
     let witness = slots.witness();
     drop(slots);
@@ -28,9 +30,10 @@ pub fn check(dir: &Path) -> Result<String, StoreError> {
     let records = store.verify_all()?;
     let tables = store.live_sst_files()?.len();
     Ok(format!(
-        "ok: {} — {records} records in {tables} tables and the slot file verified; writes up \
-         to {} present (witness {witness})",
+        "ok: {} — {records} records in {tables} tables, {logs} logs and the slot file \
+         verified; writes up to {} present (witnessed: {})",
         dir.display(),
-        store.latest_sequence_number()
+        store.latest_sequence_number(),
+        witness.sequence
     ))
 }

@@ -2,13 +2,13 @@
 //! a log-structured store keeps after the hub overwrote or deleted them.
 //!
 //! A database open shows current records only; an attacker with the disk reads the files. So
-//! this reads every write-ahead log with [`super::wal`] and counts the values that are no
+//! this reads every write-ahead log with [`crate::store::wal`] and counts the values that are no
 //! longer current, compares the SST files on disk with the ones the database still uses
 //! (entries beyond one per live key are old versions or tombstones), and names every other
 //! file and what it may contain.
 
-use super::wal;
 use crate::store::slots::{SLOT_FILE, SlotFile};
+use crate::store::wal;
 use crate::store::{Cf, RocksStore, Store, StoreError};
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::fmt::Write as _;

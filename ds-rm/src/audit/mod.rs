@@ -3,7 +3,6 @@
 
 pub mod check;
 pub mod files;
-pub mod wal;
 
 use crate::core::ds::state::PLAIN_GROUP_ROW_FORMAT;
 use crate::store::{Cf, Store, StoreError};

@@ -11,11 +11,12 @@ pub mod record;
 mod record_decoding_tests;
 mod rocks;
 pub mod slots;
+pub mod wal;
 
 pub use locks::{KeyLocks, LockSet};
 pub use mem::MemStore;
 pub use record::Record;
-pub use rocks::{LiveSst, RocksStore};
+pub use rocks::{LiveSst, RocksStore, verify_logs as rocks_verify_logs};
 
 use std::collections::HashMap;
 

@@ -14,7 +14,7 @@ use rocksdb::{
     FlushOptions, IteratorMode, Options, WriteBatch, WriteOptions,
 };
 use std::collections::BTreeMap;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU32, Ordering};
 
@@ -22,12 +22,56 @@ use std::sync::atomic::{AtomicU32, Ordering};
 /// the erasable ones.
 pub struct RocksStore {
     db: DB,
+    path: PathBuf,
     slots: SlotFile,
     sync: bool,
     /// One bit per [`Cf::ALL`] index: families written since the last scrub.
     dirty: AtomicU32,
     /// Serialises scrubs (the periodic one and the one at shutdown).
     scrubbing: Mutex<()>,
+}
+
+/// Verifies the checksum of every record in every write-ahead log of `dir` (RocksDB itself
+/// reports a damaged log without naming it, and silently accepts some damage near the end).
+pub fn verify_logs(dir: &Path) -> Result<usize, StoreError> {
+    let mut n = 0;
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return Ok(0); // a new directory
+    };
+    for entry in entries {
+        let path = entry.map_err(StoreError::backend)?.path();
+        if path.extension().is_some_and(|x| x == "log") {
+            let bytes = std::fs::read(&path).map_err(StoreError::backend)?;
+            super::wal::verify(&bytes).map_err(|damage| StoreError::Corrupt {
+                record: "write-ahead log",
+                reason: format!("{}: {damage}", path.display()),
+            })?;
+            n += 1;
+        }
+    }
+    Ok(n)
+}
+
+/// The highest-numbered write-ahead log of `dir`, as (file name, length).
+fn newest_log(dir: &Path) -> Option<(String, u64)> {
+    std::fs::read_dir(dir)
+        .ok()?
+        .filter_map(|e| e.ok())
+        .filter(|e| e.file_name().to_string_lossy().ends_with(".log"))
+        .max_by_key(|e| e.file_name())
+        .map(|e| {
+            let len = e.metadata().map(|m| m.len()).unwrap_or(0);
+            (e.file_name().to_string_lossy().into_owned(), len)
+        })
+}
+
+/// The MANIFEST that `CURRENT` names, as (file number, length).
+fn manifest_position(dir: &Path) -> Option<(u64, u64)> {
+    let current = std::fs::read_to_string(dir.join("CURRENT")).ok()?;
+    let name = current.trim();
+    let number = name.strip_prefix("MANIFEST-")?.parse().ok()?;
+    let len = std::fs::metadata(dir.join(name)).ok()?.len();
+    Some((number, len))
 }
 
 /// One SST file the database uses.
@@ -86,6 +130,7 @@ impl RocksStore {
     /// Refused with [`StoreError::Corrupt`] when the database ends before the last write the
     /// slot file witnessed as acknowledged, or when either is damaged.
     pub fn open(path: &Path, sync: bool) -> Result<Self, StoreError> {
+        verify_logs(path)?;
         if path.join("CURRENT").exists() {
             // Check before a writable open: that open deletes every SST file a (possibly cut)
             // MANIFEST does not list, destroying what a restore could still have used.
@@ -100,6 +145,7 @@ impl RocksStore {
         let slots = SlotFile::open(path)?;
         let store = Self {
             db,
+            path: path.to_path_buf(),
             slots,
             sync,
             // The first scrub covers every family: history may predate this process.
@@ -118,11 +164,24 @@ impl RocksStore {
         let names = lsm_families()
             .map(|cf| cf.name())
             .filter(|name| existing.iter().any(|e| e == name));
-        let db = DB::open_cf_for_read_only(&db_options(), path, names, false)
-            .map_err(StoreError::backend)?;
+        let names: Vec<&str> = names.collect();
+        // A running hub's compaction may delete a table file between our reading the MANIFEST
+        // and opening the file: read the (newer) MANIFEST again.
+        let mut attempt = 0;
+        let db = loop {
+            match DB::open_cf_for_read_only(&db_options(), path, names.iter().copied(), false) {
+                Ok(db) => break db,
+                Err(e) if attempt < 20 && e.to_string().contains("No such file") => {
+                    attempt += 1;
+                    std::thread::sleep(std::time::Duration::from_millis(25));
+                }
+                Err(e) => return Err(StoreError::backend(e)),
+            }
+        };
         let slots = SlotFile::open_read_only(path)?;
         Ok(Self {
             db,
+            path: path.to_path_buf(),
             slots,
             sync: false,
             dirty: AtomicU32::new(0),
@@ -130,19 +189,46 @@ impl RocksStore {
         })
     }
 
-    /// Fails if the database is older than the last write the slot file witnessed.
+    /// Fails if the database is older than what the slot file witnessed: fewer writes than
+    /// were acknowledged, or a MANIFEST shorter or older than at the last scrub.
     pub fn check_witness(&self) -> Result<(), StoreError> {
         let (latest, witness) = (self.db.latest_sequence_number(), self.slots.witness());
-        if latest < witness {
-            return Err(StoreError::Corrupt {
-                record: "data directory",
-                reason: format!(
-                    "the database ends at write {latest}, but writes up to {witness} were \
-                     acknowledged (witnessed in {}): a write-ahead log or MANIFEST file was lost, \
-                     truncated or replaced; restore the directory from a backup",
-                    self.slots.path().display()
-                ),
-            });
+        let refuse = |what: String| StoreError::Corrupt {
+            record: "data directory",
+            reason: format!(
+                "{what} (witnessed in {}); restore the directory from a backup",
+                self.slots.path().display()
+            ),
+        };
+        if latest < witness.sequence {
+            let newest = newest_log(&self.path)
+                .map(|(name, len)| format!(" (the newest log, {name}, holds {len} bytes)"))
+                .unwrap_or_else(|| " (there is no log file)".into());
+            return Err(refuse(format!(
+                "the database ends at write {latest}, but writes up to {} were acknowledged: \
+                 a write-ahead log or the MANIFEST in {} was lost, truncated or replaced{newest}",
+                witness.sequence,
+                self.path.display()
+            )));
+        }
+        let (number, len) = witness.manifest;
+        if number > 0 {
+            match manifest_position(&self.path) {
+                Some((n, l)) if n > number || (n == number && l >= len) => {}
+                Some((n, l)) => {
+                    return Err(refuse(format!(
+                        "{} is MANIFEST-{n:06} of {l} bytes, but the last scrub saw \
+                         MANIFEST-{number:06} at {len} bytes: it was cut or replaced",
+                        self.path.display()
+                    )));
+                }
+                None => {
+                    return Err(refuse(format!(
+                        "{} has no readable MANIFEST named by CURRENT",
+                        self.path.display()
+                    )));
+                }
+            }
         }
         Ok(())
     }
@@ -355,7 +441,8 @@ impl Store for RocksStore {
             return Err(e);
         }
         if self.sync {
-            self.slots.set_witness(sequence)?;
+            self.slots
+                .set_witness(sequence, manifest_position(&self.path))?;
         }
         Ok(ScrubReport {
             families: families.len(),
@@ -533,5 +620,35 @@ mod tests {
             before,
             "a refused open changes nothing"
         );
+    }
+
+    /// A log damaged in the middle is refused at open, and the error names the log file.
+    #[test]
+    fn a_log_damaged_in_the_middle_is_refused_naming_it() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let store = RocksStore::open(dir.path(), true).unwrap();
+            for i in 0..200 {
+                put(&store, Cf::PpSpent, &value(i), b"");
+            }
+        }
+        let log = std::fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .filter(|p| p.extension().is_some_and(|x| x == "log"))
+            .max()
+            .unwrap();
+        let mut b = std::fs::read(&log).unwrap();
+        let mid = b.len() / 2;
+        for x in &mut b[mid..mid + 64] {
+            *x ^= 0xA5;
+        }
+        std::fs::write(&log, b).unwrap();
+        let err = RocksStore::open(dir.path(), true)
+            .err()
+            .expect("refused")
+            .to_string();
+        let name = log.file_name().unwrap().to_string_lossy().into_owned();
+        assert!(err.contains(&name), "{err}");
     }
 }

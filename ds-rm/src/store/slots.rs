@@ -8,7 +8,7 @@
 //! before the request that changed it is acknowledged. An overwritten value is gone from the
 //! file the moment the new one is written; a deleted one is zero-filled.
 //!
-//! Layout: slot 0 is the header (magic, version, slot size, the durability witness), every
+//! Layout: slot 0 is the header (magic, version, slot size, the durability witnesses), every
 //! further slot is all zeroes (free) or `1 ‖ key length ‖ key ‖ value length ‖ value ‖ zero
 //! padding ‖ SHA-256 prefix`. A slot whose checksum fails is corruption, reported with the file
 //! and slot number; it is never read as data.
@@ -55,13 +55,33 @@ fn seal(mut slot: Slot) -> Slot {
     slot
 }
 
-fn header(witness: u64) -> Slot {
+/// What the header witnesses about the database beside the slot file, so that losing part of
+/// it is noticed at the next open.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Witness {
+    /// A RocksDB sequence number below which every write had been acknowledged.
+    pub sequence: u64,
+    /// The MANIFEST file number and length as of the last scrub (0, 0: not recorded yet). The
+    /// MANIFEST only grows until RocksDB replaces it with a higher-numbered one, so a shorter
+    /// file under the same number, or a lower number, means it was cut or swapped.
+    pub manifest: (u64, u64),
+}
+
+fn header(w: &Witness) -> Slot {
     let mut s = [0u8; SLOT_LEN];
     s[..8].copy_from_slice(MAGIC);
     s[8..12].copy_from_slice(&VERSION.to_be_bytes());
     s[12..16].copy_from_slice(&(SLOT_LEN as u32).to_be_bytes());
-    s[16..24].copy_from_slice(&witness.to_be_bytes());
+    s[16..24].copy_from_slice(&w.sequence.to_be_bytes());
+    s[24..32].copy_from_slice(&w.manifest.0.to_be_bytes());
+    s[32..40].copy_from_slice(&w.manifest.1.to_be_bytes());
     seal(s)
+}
+
+fn be64(b: &[u8]) -> u64 {
+    let mut w = [0u8; 8];
+    w.copy_from_slice(&b[..8]);
+    u64::from_be_bytes(w)
 }
 
 fn entry(key: &[u8], value: &[u8]) -> Result<Slot, StoreError> {
@@ -127,7 +147,7 @@ struct Index {
     free: BTreeSet<u64>,
     /// Slots in the file, header included.
     slots: u64,
-    witness: u64,
+    witness: Witness,
 }
 
 /// The slot file of one data directory. All methods are safe to call from many threads; writes
@@ -156,7 +176,7 @@ impl SlotFile {
             .open(&path)
             .map_err(StoreError::backend)?;
         if fresh {
-            file.write_all_at(&header(0), 0)
+            file.write_all_at(&header(&Witness::default()), 0)
                 .map_err(StoreError::backend)?;
             file.sync_all().map_err(StoreError::backend)?;
             File::open(dir)
@@ -233,9 +253,10 @@ impl SlotFile {
                 {
                     return Err(Self::corrupt(path, "bad header".into()));
                 }
-                let mut w = [0u8; 8];
-                w.copy_from_slice(&slot[16..24]);
-                index.witness = u64::from_be_bytes(w);
+                index.witness = Witness {
+                    sequence: be64(&slot[16..24]),
+                    manifest: (be64(&slot[24..32]), be64(&slot[32..40])),
+                };
                 continue;
             }
             match decode(slot).map_err(|e| Self::corrupt(path, format!("slot {n}: {e}")))? {
@@ -336,10 +357,10 @@ impl SlotFile {
                     .map_err(StoreError::backend)?;
             }
             if let Some(w) = witness
-                && w > index.witness
+                && w > index.witness.sequence
             {
-                index.witness = w;
-                file.write_all_at(&header(w), 0)
+                index.witness.sequence = w;
+                file.write_all_at(&header(&index.witness), 0)
                     .map_err(StoreError::backend)?;
             }
         }
@@ -371,16 +392,30 @@ impl SlotFile {
         Ok(())
     }
 
-    /// The durability witness: a RocksDB sequence number below which every write had been
-    /// acknowledged when it was recorded. A database that opens with a lower latest sequence
-    /// number lost acknowledged writes.
-    pub fn witness(&self) -> u64 {
+    /// The durability witness (see [`Witness`]). A database that opens with a lower latest
+    /// sequence number, or a shorter or older MANIFEST, lost acknowledged writes.
+    pub fn witness(&self) -> Witness {
         self.index().witness
     }
 
-    /// Records a new witness (ignored if not higher) and syncs it.
-    pub fn set_witness(&self, witness: u64) -> Result<(), StoreError> {
-        self.put_all(&[], Some(witness), true)
+    /// Records a scrub's witness — the sequence number (ignored if not higher) and the
+    /// MANIFEST position — and syncs it.
+    pub fn set_witness(
+        &self,
+        sequence: u64,
+        manifest: Option<(u64, u64)>,
+    ) -> Result<(), StoreError> {
+        let file = self.writable()?;
+        {
+            let mut index = self.index();
+            index.witness.sequence = index.witness.sequence.max(sequence);
+            if let Some(m) = manifest {
+                index.witness.manifest = m;
+            }
+            file.write_all_at(&header(&index.witness), 0)
+                .map_err(StoreError::backend)?;
+        }
+        file.sync_data().map_err(StoreError::backend)
     }
 
     /// Number of slots holding a value.
@@ -448,10 +483,17 @@ mod tests {
     fn the_witness_survives_a_reopen_and_never_goes_back() {
         let dir = tempfile::tempdir().unwrap();
         let slots = SlotFile::open(dir.path()).unwrap();
-        slots.set_witness(42).unwrap();
-        slots.set_witness(7).unwrap();
+        slots.set_witness(42, Some((5, 900))).unwrap();
+        slots.set_witness(7, None).unwrap();
+        slots.put_all(&[(b"k", b"v")], Some(9), true).unwrap();
         drop(slots);
-        assert_eq!(SlotFile::open(dir.path()).unwrap().witness(), 42);
+        assert_eq!(
+            SlotFile::open(dir.path()).unwrap().witness(),
+            Witness {
+                sequence: 42,
+                manifest: (5, 900)
+            }
+        );
     }
 
     /// Every kind of damage is refused at open with the file named, never read as data.

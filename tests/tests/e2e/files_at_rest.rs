@@ -16,8 +16,9 @@
 //! files hold, the state scan finds every current state, and the raw search finds the live
 //! values.
 
-use mimi_ds_rm::audit::{files, wal};
+use mimi_ds_rm::audit::files;
 use mimi_ds_rm::store::slots::{self, SLOT_FILE};
+use mimi_ds_rm::store::wal;
 use mimi_ds_rm::store::{Cf, RocksStore, Store};
 use mimi_rm_crypto::ratchet::RatchetSecret;
 use mimi_rm_tests::common::*;

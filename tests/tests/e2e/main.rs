@@ -16,6 +16,7 @@ mod baseline;
 mod cli;
 mod concurrency;
 mod connections;
+mod corruption;
 mod crash;
 mod ds_core_arbitrary;
 mod ear_rotation;
