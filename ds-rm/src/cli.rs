@@ -78,8 +78,11 @@ pub enum Command {
 /// Entry point shared by every binary that embeds the hub CLI.
 pub fn main() -> ExitCode {
     // Logs go to stderr; stdout carries command output (audit, check, expire).
+    use std::io::IsTerminal as _;
     tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
+        // Colour codes only for a person watching; log files and pipes get plain text.
+        .with_ansi(std::io::stderr().is_terminal())
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
@@ -137,6 +140,8 @@ fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
             let store = RocksStore::open(&data, true)?;
             let done =
                 crate::expire::expire(&store, idle_months, now_ms.unwrap_or_else(crate::now_ms))?;
+            // What expired must not stay readable in the files until the hub's next scrub.
+            crate::store::Store::scrub(&store)?;
             println!(
                 "expired {} groups and {} queued messages idle for {idle_months}+ months",
                 done.groups, done.queued_messages

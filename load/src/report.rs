@@ -123,6 +123,11 @@ pub struct Report {
     pub hub_cpu_per_s: Option<f64>,
     /// Hub CPU time per operation started (warm-up included), in microseconds.
     pub hub_cpu_us_per_op: Option<f64>,
+    /// Bytes the hub process sent to storage per operation started (warm-up included): its
+    /// `/proc/<pid>/io` `write_bytes`, which counts the log, the slot file, flushes and
+    /// compactions alike.
+    #[serde(default)]
+    pub hub_write_bytes_per_op: Option<f64>,
     /// Per operation kind.
     pub ops: BTreeMap<Op, OpStats>,
     /// Half-second windows.
@@ -186,6 +191,15 @@ pub fn cpu_seconds(pid: Option<u32>) -> Option<f64> {
     let ticks: f64 = fields.get(11)?.parse::<f64>().ok()? + fields.get(12)?.parse::<f64>().ok()?;
     // The kernel's USER_HZ is 100 on every Linux this runs on.
     Some(ticks / 100.0)
+}
+
+/// Bytes process `pid` has caused to be written to storage (`write_bytes` of `/proc/<pid>/io`);
+/// `None` where that is not readable.
+pub fn write_bytes(pid: u32) -> Option<u64> {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/io")).ok()?;
+    text.lines()
+        .find_map(|l| l.strip_prefix("write_bytes:"))
+        .and_then(|v| v.trim().parse().ok())
 }
 
 /// Reads the hub's `mimi_messages_enqueued` counter (None if unavailable).
@@ -266,9 +280,19 @@ impl Report {
             generator_cpu_per_s: None,
             hub_cpu_per_s: None,
             hub_cpu_us_per_op: None,
+            hub_write_bytes_per_op: None,
             ops,
             timeline,
         }
+    }
+
+    /// Fills in the storage figure from the hub's written bytes before and after the run.
+    pub fn set_io(&mut self, before: Option<u64>, after: Option<u64>, warmup_s: u64) {
+        let ops = self.target_rate * (self.duration_s + warmup_s) as f64;
+        self.hub_write_bytes_per_op = before
+            .zip(after)
+            .filter(|_| ops > 0.0)
+            .map(|(b, a)| a.saturating_sub(b) as f64 / ops);
     }
 
     /// Fills in the CPU figures from `(generator, hub)` CPU seconds before and after the run.
@@ -292,6 +316,9 @@ impl Report {
 
     /// A human-readable summary on stdout.
     pub fn print(&self) {
+        if let Some(b) = self.hub_write_bytes_per_op {
+            println!("  storage: hub wrote {b:.0} bytes per op");
+        }
         if let Some(h) = self.hub_cpu_per_s {
             println!(
                 "  CPU: hub {:.2} cores ({:.0} us per op), generator {:.2} cores",

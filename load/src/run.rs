@@ -185,14 +185,18 @@ async fn measure(
             args.hub_pid.and_then(|p| report::cpu_seconds(Some(p))),
         )
     };
+    let io = || args.hub_pid.and_then(report::write_bytes);
     let wall = Instant::now();
     let cpu_before = cpu();
+    let io_before = io();
     let samples = drive(args, rate, mix, groups, spares).await;
     let cpu_after = cpu();
+    let io_after = io();
     let wall = wall.elapsed();
     let after = report::scrape(http, &args.url).await;
     let mut report = Report::build(args, rate, samples, before, after);
     report.set_cpu(cpu_before, cpu_after, args.warmup, wall);
+    report.set_io(io_before, io_after, args.warmup);
     report.print();
     let stem = if !args.sweep.is_empty() {
         let mut s = args.out.as_os_str().to_owned();

@@ -90,3 +90,28 @@ pub fn render(store: &dyn Store) -> Result<String, StoreError> {
     }
     Ok(out)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::core::ds::state::GROUP_ROW_FORMAT;
+    use crate::store::{MemStore, Txn};
+
+    /// A baseline hub's group rows are plaintext, and the audit says so; an RM hub's are not
+    /// called plaintext.
+    #[test]
+    fn baseline_group_rows_are_described_as_plaintext() {
+        for (format, plaintext) in [(PLAIN_GROUP_ROW_FORMAT, true), (GROUP_ROW_FORMAT, false)] {
+            let store = MemStore::new();
+            let mut txn = Txn::new(&store);
+            txn.put(Cf::DsGroups, b"group".to_vec(), vec![format, 0, 0, 0, 1]);
+            txn.commit().unwrap();
+            let text = render(&store).unwrap();
+            let line = text
+                .lines()
+                .find(|l| l.starts_with("== ds_groups"))
+                .unwrap();
+            assert_eq!(line.contains("PLAINTEXT"), plaintext, "{line}");
+        }
+    }
+}

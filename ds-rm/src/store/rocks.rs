@@ -422,23 +422,16 @@ impl Store for RocksStore {
             .collect::<Result<Vec<_>, _>>()?;
         let mut fo = FlushOptions::default();
         fo.set_wait(true);
-        let result = self
-            .db
-            .flush_cfs_opt(&handles, &fo)
-            .map_err(StoreError::backend)
-            .and_then(|()| {
-                let mut co = CompactOptions::default();
-                co.set_bottommost_level_compaction(BottommostLevelCompaction::Force);
-                for handle in &handles {
-                    self.db
-                        .compact_range_cf_opt(*handle, None::<&[u8]>, None::<&[u8]>, &co);
-                }
-                Ok(())
-            });
-        if let Err(e) = result {
+        if let Err(e) = self.db.flush_cfs_opt(&handles, &fo) {
             // Try again next time.
             self.dirty.fetch_or(dirty, Ordering::AcqRel);
-            return Err(e);
+            return Err(StoreError::backend(e));
+        }
+        let mut co = CompactOptions::default();
+        co.set_bottommost_level_compaction(BottommostLevelCompaction::Force);
+        for handle in &handles {
+            self.db
+                .compact_range_cf_opt(*handle, None::<&[u8]>, None::<&[u8]>, &co);
         }
         if self.sync {
             self.slots

@@ -10,16 +10,16 @@
 //!
 //! Layout: slot 0 is the header (magic, version, slot size, the durability witnesses), every
 //! further slot is all zeroes (free) or `1 ‖ key length ‖ key ‖ value length ‖ value ‖ zero
-//! padding ‖ SHA-256 prefix`. A slot whose checksum fails is corruption, reported with the file
+//! padding ‖ witnessed sequence number ‖ SHA-256 prefix`. Each write carries the witness in
+//! the slot it writes anyway, so an enqueue dirties no second page for the header. A slot whose checksum fails is corruption, reported with the file
 //! and slot number; it is never read as data.
 //!
 //! [`Cf::is_erasable`]: super::Cf::is_erasable
 
-use super::StoreError;
+use super::{Entry, StoreError};
 use sha2::{Digest, Sha256};
 use std::collections::{BTreeSet, HashMap};
 use std::fs::{File, OpenOptions};
-use std::io::Read;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::{Mutex, MutexGuard};
@@ -29,13 +29,14 @@ pub const SLOT_FILE: &str = "erasable.slots";
 /// Bytes per slot: sector-aligned (512 / 128 = 4), so a slot write never straddles a sector.
 pub const SLOT_LEN: usize = 128;
 /// Longest key a slot holds.
-pub const MAX_KEY: usize = 32;
+pub const MAX_KEY: usize = 24;
 /// Longest value a slot holds.
-pub const MAX_VALUE: usize = SUM_AT - VALUE_AT;
+pub const MAX_VALUE: usize = WITNESS_AT - VALUE_AT;
 
 const MAGIC: &[u8; 8] = b"MIMIRMSL";
 const VERSION: u32 = 1;
 const SUM_AT: usize = SLOT_LEN - 8;
+const WITNESS_AT: usize = SUM_AT - 8;
 const KEY_AT: usize = 2;
 const VLEN_AT: usize = KEY_AT + MAX_KEY;
 const VALUE_AT: usize = VLEN_AT + 1;
@@ -84,7 +85,7 @@ fn be64(b: &[u8]) -> u64 {
     u64::from_be_bytes(w)
 }
 
-fn entry(key: &[u8], value: &[u8]) -> Result<Slot, StoreError> {
+fn entry(key: &[u8], value: &[u8], witness: u64) -> Result<Slot, StoreError> {
     if key.is_empty() || key.len() > MAX_KEY || value.len() > MAX_VALUE {
         return Err(StoreError::Oversize {
             cf: "erasable slot",
@@ -98,13 +99,18 @@ fn entry(key: &[u8], value: &[u8]) -> Result<Slot, StoreError> {
     s[KEY_AT..KEY_AT + key.len()].copy_from_slice(key);
     s[VLEN_AT] = value.len() as u8;
     s[VALUE_AT..VALUE_AT + value.len()].copy_from_slice(value);
+    s[WITNESS_AT..SUM_AT].copy_from_slice(&witness.to_be_bytes());
     Ok(seal(s))
 }
 
 /// What one slot holds once its checksum and fields check out.
 enum Decoded {
     Free,
-    Used { key: Vec<u8>, value: Vec<u8> },
+    Used {
+        key: Vec<u8>,
+        value: Vec<u8>,
+        witness: u64,
+    },
 }
 
 fn decode(slot: &Slot) -> Result<Decoded, &'static str> {
@@ -121,19 +127,20 @@ fn decode(slot: &Slot) -> Result<Decoded, &'static str> {
     Ok(Decoded::Used {
         key: slot[KEY_AT..KEY_AT + klen].to_vec(),
         value: slot[VALUE_AT..VALUE_AT + vlen].to_vec(),
+        witness: be64(&slot[WITNESS_AT..SUM_AT]),
     })
 }
 
 /// Every used slot of a raw copy of a slot file whose checksum holds, as (key, value): what
 /// anyone holding the file reads, without the hub's index (audit, tests).
-pub fn raw_entries(bytes: &[u8]) -> Vec<(Vec<u8>, Vec<u8>)> {
+pub fn raw_entries(bytes: &[u8]) -> Vec<Entry> {
     bytes
         .chunks_exact(SLOT_LEN)
         .skip(1)
         .filter_map(|chunk| {
             let slot: &Slot = chunk.try_into().ok()?;
             match decode(slot) {
-                Ok(Decoded::Used { key, value }) => Some((key, value)),
+                Ok(Decoded::Used { key, value, .. }) => Some((key, value)),
                 _ => None,
             }
         })
@@ -198,7 +205,19 @@ impl SlotFile {
         let path = dir.join(SLOT_FILE);
         let (file, index) = if path.exists() {
             let file = File::open(&path).map_err(StoreError::backend)?;
-            let index = Self::load(&path, &file)?;
+            // A running hub may be rewriting a slot while we read it: a checksum failure is
+            // only corruption if it persists.
+            let mut attempt = 0;
+            let index = loop {
+                match Self::load(&path, &file) {
+                    Ok(index) => break index,
+                    Err(_) if attempt < 5 => {
+                        attempt += 1;
+                        std::thread::sleep(std::time::Duration::from_millis(10));
+                    }
+                    Err(e) => return Err(e),
+                }
+            };
             (Some(file), index)
         } else {
             (None, Index::default())
@@ -229,9 +248,9 @@ impl SlotFile {
     }
 
     fn load(path: &Path, file: &File) -> Result<Index, StoreError> {
-        let mut bytes = Vec::new();
-        (&*file)
-            .read_to_end(&mut bytes)
+        let len = file.metadata().map_err(StoreError::backend)?.len();
+        let mut bytes = vec![0u8; usize::try_from(len).map_err(StoreError::backend)?];
+        file.read_exact_at(&mut bytes, 0)
             .map_err(StoreError::backend)?;
         if bytes.len() < SLOT_LEN || bytes.len() % SLOT_LEN != 0 {
             return Err(Self::corrupt(
@@ -263,7 +282,8 @@ impl SlotFile {
                 Decoded::Free => {
                     index.free.insert(n);
                 }
-                Decoded::Used { key, .. } => {
+                Decoded::Used { key, witness, .. } => {
+                    index.witness.sequence = index.witness.sequence.max(witness);
                     if index.by_key.insert(key, n).is_some() {
                         return Err(Self::corrupt(path, format!("slot {n}: duplicate key")));
                     }
@@ -301,7 +321,7 @@ impl SlotFile {
         match decode(&self.read_slot(n)?)
             .map_err(|e| Self::corrupt(&self.path, format!("slot {n}: {e}")))?
         {
-            Decoded::Used { key: k, value } if k == key => Ok(Some(value)),
+            Decoded::Used { key: k, value, .. } if k == key => Ok(Some(value)),
             _ => Err(Self::corrupt(
                 &self.path,
                 format!("slot {n} no longer holds its key"),
@@ -310,7 +330,7 @@ impl SlotFile {
     }
 
     /// Every key and value, in key order.
-    pub fn entries(&self) -> Result<Vec<(Vec<u8>, Vec<u8>)>, StoreError> {
+    pub fn entries(&self) -> Result<Vec<Entry>, StoreError> {
         let mut keys: Vec<Vec<u8>> = self.index().by_key.keys().cloned().collect();
         keys.sort();
         let mut out = Vec::with_capacity(keys.len());
@@ -324,7 +344,7 @@ impl SlotFile {
 
     /// Writes every `(key, value)` in place (a new key takes the lowest free slot) and, with
     /// `sync`, makes them durable before returning. `witness`, when given, is recorded in the
-    /// header in the same sync (see [`Self::witness`]); it never decreases.
+    /// written slots (see [`Self::witness`]); the recorded witness never decreases.
     pub fn put_all(
         &self,
         puts: &[(&[u8], &[u8])],
@@ -332,12 +352,16 @@ impl SlotFile {
         sync: bool,
     ) -> Result<(), StoreError> {
         let file = self.writable()?;
-        let slots: Vec<Slot> = puts
-            .iter()
-            .map(|(k, v)| entry(k, v))
-            .collect::<Result<_, _>>()?;
         {
             let mut index = self.index();
+            if let Some(w) = witness {
+                index.witness.sequence = index.witness.sequence.max(w);
+            }
+            let stamp = index.witness.sequence;
+            let slots: Vec<Slot> = puts
+                .iter()
+                .map(|(k, v)| entry(k, v, stamp))
+                .collect::<Result<_, _>>()?;
             for ((key, _), slot) in puts.iter().zip(&slots) {
                 let n = match index.by_key.get(*key) {
                     Some(n) => *n,
@@ -354,13 +378,6 @@ impl SlotFile {
                     }
                 };
                 file.write_all_at(slot, n * SLOT_LEN as u64)
-                    .map_err(StoreError::backend)?;
-            }
-            if let Some(w) = witness
-                && w > index.witness.sequence
-            {
-                index.witness.sequence = w;
-                file.write_all_at(&header(&index.witness), 0)
                     .map_err(StoreError::backend)?;
             }
         }
@@ -384,6 +401,11 @@ impl SlotFile {
                     index.free.insert(n);
                     erased = true;
                 }
+            }
+            if erased {
+                // The erased slots may have held the highest witness: keep it in the header.
+                file.write_all_at(&header(&index.witness), 0)
+                    .map_err(StoreError::backend)?;
             }
         }
         if sync && erased {
@@ -486,14 +508,18 @@ mod tests {
         slots.set_witness(42, Some((5, 900))).unwrap();
         slots.set_witness(7, None).unwrap();
         slots.put_all(&[(b"k", b"v")], Some(9), true).unwrap();
+        slots.put_all(&[(b"k2", b"v")], Some(50), true).unwrap();
         drop(slots);
-        assert_eq!(
-            SlotFile::open(dir.path()).unwrap().witness(),
-            Witness {
-                sequence: 42,
-                manifest: (5, 900)
-            }
-        );
+        let want = Witness {
+            sequence: 50,
+            manifest: (5, 900),
+        };
+        assert_eq!(SlotFile::open(dir.path()).unwrap().witness(), want);
+        // Erasing the slot that carried the highest witness keeps it (in the header).
+        let slots = SlotFile::open(dir.path()).unwrap();
+        slots.erase_all(&[b"k2"], true).unwrap();
+        drop(slots);
+        assert_eq!(SlotFile::open(dir.path()).unwrap().witness(), want);
     }
 
     /// Every kind of damage is refused at open with the file named, never read as data.

@@ -66,7 +66,7 @@ fn watch(data: PathBuf, stop: Arc<AtomicBool>) -> std::thread::JoinHandle<Watche
                     }
                 }
             }
-            if round % 5 == 0
+            if round.is_multiple_of(5)
                 && let Ok(dump) = RocksStore::open_read_only(&data).and_then(|s| s.dump())
             {
                 for (cf, _, v) in dump {

@@ -65,6 +65,15 @@ async fn audit_shows_every_column_family_of_a_stopped_hub() {
     for cf in mimi_ds_rm::store::Cf::ALL {
         count(cf.name());
     }
+    // Then every file; the clean stop's scrub left no old value in any of them.
+    assert!(
+        text.contains("erasable.slots") && text.contains(".sst"),
+        "{text}"
+    );
+    assert!(
+        text.contains("== old values in files: 0 in logs, 0 in tables, 0 unused tables"),
+        "{text}"
+    );
     assert_eq!(count("as_users"), 1, "{text}");
     assert!(count("qs_clients") >= 1, "{text}");
     assert!(count("qs_users") >= 1, "{text}");
