@@ -58,7 +58,22 @@ pub struct CommitBundle {
     pub group_info: VLBytes,
     /// `MLSMessage` carrying the Welcome, when the commit adds members.
     pub welcome: Option<VLBytes>,
+    /// The group's new keys, exactly when the commit removes a member (other than by
+    /// deleting the group): the new `GroupStateEarKey` and every leaf's credential material
+    /// re-wrapped under the new credential keys, all exported from the new epoch (see
+    /// [`ROTATION_LABELS`]). It travels only in the request to the hub, never in the commit,
+    /// so the removed member, who receives the commit, learns none of it.
+    pub rotation: Option<KeyRotation>,
 }
+
+/// MLS exporter labels of the keys a removing commit rotates to: `GroupStateEarKey`,
+/// `CredentialEarKey`, `SignatureEarKeyWrapperKey`, each 32 bytes with an empty context. Every
+/// member that merges the commit exports them from the new epoch; a removed member cannot.
+pub const ROTATION_LABELS: [&str; 3] = [
+    "mimi-rm rotated group state ear key",
+    "mimi-rm rotated credential ear key",
+    "mimi-rm rotated signature ear wrapper key",
+];
 
 /// Group creation: the epoch-0 public state.
 #[derive(Debug, Clone, PartialEq, Eq, TlsSerialize, TlsDeserialize, TlsSize)]

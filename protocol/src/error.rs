@@ -85,6 +85,9 @@ pub enum ErrorCode {
     AllowanceExhausted = 38,
     /// Baseline mode: this client identity sent more requests per minute than the hub allows.
     RateLimited = 39,
+    /// A commit that removes a member must rotate the group's keys in the same request
+    /// (`CommitBundle::rotation`), and only such a commit may.
+    KeyRotationRequired = 40,
     /// A server fault; never caused by input.
     Internal = 100,
 }
@@ -102,6 +105,7 @@ impl ErrorCode {
             | Self::InvalidRequest
             | Self::InvalidGroupId
             | Self::InvalidHandle
+            | Self::KeyRotationRequired
             | Self::LimitExceeded => 400,
             Self::Timeout => 408,
             Self::StaleRequest | Self::Replayed | Self::InvalidSignature | Self::NotAuthorized => {

@@ -196,13 +196,29 @@ fn leaf_info() -> impl Strategy<Value = LeafCredentialInfo> {
 }
 
 fn commit_bundle() -> impl Strategy<Value = CommitBundle> {
-    (bytes(), bytes(), proptest::option::of(bytes())).prop_map(|(commit, group_info, welcome)| {
-        CommitBundle {
+    let rotation = (
+        bytes(),
+        proptest::collection::vec((any::<u32>(), leaf_info()), 0..3),
+    )
+        .prop_map(|(new_ear_key, entries)| KeyRotation {
+            new_ear_key,
+            credentials: entries
+                .into_iter()
+                .map(|(leaf, info)| LeafCredentialEntry { leaf, info })
+                .collect(),
+        });
+    (
+        bytes(),
+        bytes(),
+        proptest::option::of(bytes()),
+        proptest::option::of(rotation),
+    )
+        .prop_map(|(commit, group_info, welcome, rotation)| CommitBundle {
             commit,
             group_info,
             welcome,
-        }
-    })
+            rotation,
+        })
 }
 
 fn reject_reason() -> impl Strategy<Value = RejectReason> {

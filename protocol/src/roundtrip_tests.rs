@@ -45,6 +45,10 @@ fn bundle() -> CommitBundle {
         commit: b(b"commit"),
         group_info: b(b"gi"),
         welcome: Some(b(b"welcome")),
+        rotation: Some(KeyRotation {
+            new_ear_key: b(&[7; 32]),
+            credentials: Vec::new(),
+        }),
     }
 }
 

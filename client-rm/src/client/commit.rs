@@ -1,13 +1,15 @@
 //! Our commits: what each one does ([`Plan`]), building it, sending it and merging it only
 //! once the hub has accepted it.
 
+use super::groups::group_keys;
 use super::join::parse_group_info;
 use super::requests::backoff;
 use super::{Client, GroupHandle, MAX_MESSAGE, TRANSPORT_RETRIES, encoded, now_ms};
 use crate::error::ClientError;
+use crate::identity;
 use mimi_rm_crypto::ear::EarKey;
-use mimi_rm_protocol::decode_exact;
 use mimi_rm_protocol::ds::*;
+use mimi_rm_protocol::{DsMode, decode_exact};
 use openmls::prelude::*;
 use openmls_basic_credential::SignatureKeyPair;
 
@@ -71,29 +73,115 @@ impl Client {
 
     /// Commits `plan` in `group` and returns the new epoch; rebuilt once if the hub has just
     /// proposed removals the commit must include.
+    ///
+    /// A commit that removes anyone rotates the group's keys, and a commit that adds must not
+    /// (joiners' credential material is wrapped before the new keys exist): pending removals
+    /// (self-removes, the hub's proposals) are committed on their own first.
     pub(super) async fn commit(
         &mut self,
         group: &GroupHandle,
         plan: Plan,
     ) -> Result<u64, ClientError> {
-        let user_level = plan.is_user_level();
-        let (signer, mut mls, ear_key) = self.member(group)?;
-        let op = self.build_commit(&mut mls, &signer, plan.clone(), self.provider.crypto())?;
-        match self
-            .send_commit(mls, &ear_key, &signer, op, user_level)
-            .await
-        {
+        self.commit_pending_removals_before(group, &plan).await?;
+        match self.commit_once(group, plan.clone()).await {
             // The hub has just proposed removals our commit must include: fetch them (they go
             // into our proposal store) and build the commit again, once.
             Err(ClientError::ProposalsPending) => {
                 self.catch_up().await?;
-                let (signer, mut mls, ear_key) = self.member(group)?;
-                let op = self.build_commit(&mut mls, &signer, plan, self.provider.crypto())?;
-                self.send_commit(mls, &ear_key, &signer, op, user_level)
-                    .await
+                self.commit_pending_removals_before(group, &plan).await?;
+                self.commit_once(group, plan).await
             }
             other => other,
         }
+    }
+
+    /// Before a commit that adds: an Update committing the pending removals, if there are any.
+    async fn commit_pending_removals_before(
+        &mut self,
+        group: &GroupHandle,
+        plan: &Plan,
+    ) -> Result<(), ClientError> {
+        if !matches!(plan, Plan::Add(..) | Plan::AddClients(..)) {
+            return Ok(());
+        }
+        let pending = self
+            .load_group(group)?
+            .pending_proposals()
+            .any(|p| matches!(p.proposal(), Proposal::Remove(_)));
+        if pending {
+            self.commit_once(group, Plan::Update).await?;
+        }
+        Ok(())
+    }
+
+    /// Builds, rotates (if it removes) and sends one commit.
+    async fn commit_once(&mut self, group: &GroupHandle, plan: Plan) -> Result<u64, ClientError> {
+        let user_level = plan.is_user_level();
+        let deletes = matches!(plan, Plan::Delete(_));
+        let (signer, mut mls, ear_key) = self.member(group)?;
+        let mut op = self.build_commit(&mut mls, &signer, plan, self.provider.crypto())?;
+        let keys = match self.rotation(&mls, group, &ear_key, deletes).await {
+            Ok(Some((rotation, keys))) => {
+                if let Some(cb) = bundle_mut(&mut op) {
+                    cb.rotation = Some(rotation);
+                }
+                Some(keys)
+            }
+            Ok(None) => None,
+            Err(e) => {
+                mls.clear_pending_commit(self.provider.storage())
+                    .map_err(ClientError::mls)?;
+                return Err(e);
+            }
+        };
+        self.send_commit(mls, &ear_key, &signer, op, user_level, keys)
+            .await
+    }
+
+    /// For a staged commit that removes a member (and does not delete the group): the keys of
+    /// the new epoch and the rotation the hub needs — every remaining leaf's credential
+    /// material re-wrapped under the new credential keys.
+    async fn rotation(
+        &self,
+        mls: &MlsGroup,
+        group: &GroupHandle,
+        ear_key: &EarKey,
+        deletes: bool,
+    ) -> Result<Option<(KeyRotation, GroupKeys)>, ClientError> {
+        let pending = mls
+            .pending_commit()
+            .ok_or(ClientError::Unexpected("no pending commit"))?;
+        let removed: Vec<u32> = pending
+            .remove_proposals()
+            .map(|r| r.remove_proposal().removed().u32())
+            .collect();
+        if removed.is_empty() || deletes || self.state.mode == DsMode::Baseline {
+            return Ok(None);
+        }
+        let keys = GroupKeys::export(|label| {
+            pending
+                .export_secret(self.provider.crypto(), label, &[], 32)
+                .map_err(ClientError::mls)
+        })?;
+        let (old_ck, old_wk) = group_keys(self.meta(group)?)?;
+        let info = self.external_commit_info(group, ear_key).await?;
+        let mut credentials = Vec::with_capacity(info.credentials.len());
+        for entry in info
+            .credentials
+            .iter()
+            .filter(|e| !removed.contains(&e.leaf))
+        {
+            let (cc, sek) = identity::unwrap(&entry.info, &old_ck, &old_wk)?;
+            credentials.push(LeafCredentialEntry {
+                leaf: entry.leaf,
+                info: identity::wrap(&cc, &sek, &keys.credential, &keys.wrapper)?,
+            });
+        }
+        let rotation = KeyRotation {
+            new_ear_key: keys.ear.as_bytes().to_vec().into(),
+            credentials,
+        };
+        Ok(Some((rotation, keys)))
     }
 
     /// Stages a commit for `plan` and wraps it as the matching DS operation. `crypto` is the
@@ -141,6 +229,7 @@ impl Client {
                 .map(|w| w.to_bytes().map(Into::into))
                 .transpose()
                 .map_err(ClientError::mls)?,
+            rotation: None,
         };
         Ok(plan.operation(cb))
     }
@@ -201,6 +290,7 @@ impl Client {
         signer: &SignatureKeyPair,
         op: DsOperation,
         user_level: bool,
+        rotated: Option<GroupKeys>,
     ) -> Result<u64, ClientError> {
         let group = GroupHandle(mls.group_id().as_slice().to_vec());
         let mut attempt = 0;
@@ -225,7 +315,9 @@ impl Client {
             // The hub may or may not have applied it before the connection broke: ask it.
             Err(ClientError::Transport(e)) => {
                 tracing::warn!(error = %e, "commit outcome unknown; asking the hub");
-                self.commit_applied(&mls, ear_key).await.map(|applied| {
+                // A rotating commit, once applied, left the state under the new key.
+                let key = rotated.as_ref().map_or(ear_key, |k| &k.ear);
+                self.commit_applied(&mls, key).await.map(|applied| {
                     if applied {
                         Ok(())
                     } else {
@@ -243,6 +335,9 @@ impl Client {
                 if let Ok(meta) = self.meta_mut(&group) {
                     meta.user_key_set = true;
                     meta.last_request_ms = now_ms();
+                    if let Some(keys) = &rotated {
+                        keys.store(meta);
+                    }
                 }
                 self.persist()?;
                 Ok(mls.epoch().as_u64())
@@ -276,6 +371,52 @@ impl Client {
         };
         let vgi = parse_group_info(info.group_info.as_slice())?;
         Ok(vgi.group_context() == pending.group_context())
+    }
+}
+
+/// The three group keys a member holds beside MLS; zeroized on drop (`EarKey` is).
+pub(super) struct GroupKeys {
+    /// `GroupStateEarKey`.
+    pub(super) ear: EarKey,
+    /// `CredentialEarKey`.
+    pub(super) credential: EarKey,
+    /// `SignatureEarKeyWrapperKey`.
+    pub(super) wrapper: EarKey,
+}
+
+impl GroupKeys {
+    /// The keys a removing commit rotates to, from `export` (an exporter of the new epoch:
+    /// the staged commit's for the committer, the merged group's for everyone else).
+    pub(super) fn export(
+        mut export: impl FnMut(&str) -> Result<Vec<u8>, ClientError>,
+    ) -> Result<Self, ClientError> {
+        let [ear, credential, wrapper] = ROTATION_LABELS;
+        Ok(Self {
+            ear: EarKey::from_bytes(&zeroize::Zeroizing::new(export(ear)?))?,
+            credential: EarKey::from_bytes(&zeroize::Zeroizing::new(export(credential)?))?,
+            wrapper: EarKey::from_bytes(&zeroize::Zeroizing::new(export(wrapper)?))?,
+        })
+    }
+
+    /// Makes these the group's keys in our state.
+    pub(super) fn store(&self, meta: &mut crate::state::GroupMeta) {
+        meta.ear_key = hex::encode(self.ear.as_bytes());
+        meta.credential_key = hex::encode(self.credential.as_bytes());
+        meta.wrapper_key = hex::encode(self.wrapper.as_bytes());
+    }
+}
+
+/// The commit bundle inside a commit operation.
+fn bundle_mut(op: &mut DsOperation) -> Option<&mut CommitBundle> {
+    match op {
+        DsOperation::AddMembers(cb)
+        | DsOperation::RemoveMembers(cb)
+        | DsOperation::Update(cb)
+        | DsOperation::DeleteGroup(cb)
+        | DsOperation::AddClients(cb)
+        | DsOperation::RemoveClients(cb)
+        | DsOperation::ReInit(cb) => Some(cb),
+        _ => None,
     }
 }
 

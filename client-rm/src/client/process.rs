@@ -1,8 +1,9 @@
 //! Processing one queue entry: a Welcome, or an MLS message of a group we are in.
 
-use super::commit::decode_aad;
+use super::commit::{GroupKeys, decode_aad};
 use super::{CONTENT_CONTROL, CONTENT_USER, Client, Event, GroupHandle, devices, recovery};
 use crate::error::ClientError;
+use mimi_rm_protocol::DsMode;
 use mimi_rm_protocol::ds::*;
 use mimi_rm_protocol::queue::*;
 use openmls::prelude::{tls_codec::Deserialize as _, *};
@@ -164,6 +165,13 @@ impl Client {
             .add_proposals()
             .map(|p| p.add_proposal().key_package().clone())
             .collect();
+        // The hub's rule: a member's commit that removes anyone rotates the group keys to the
+        // new epoch's exports (an external commit — a join or a resync — never does).
+        let rotates = sc.remove_proposals().next().is_some()
+            && !sc
+                .queued_proposals()
+                .any(|p| matches!(p.proposal(), Proposal::ExternalInit(_)))
+            && self.state.mode != DsMode::Baseline;
         mls.merge_staged_commit(&self.provider, sc)
             .map_err(ClientError::mls)?;
         if !mls.is_active() {
@@ -174,7 +182,16 @@ impl Client {
             group: group.clone(),
             epoch: mls.epoch().as_u64(),
         }];
+        // Joiners' material in the authenticated data is under the keys from before.
         events.extend(self.track_members(&group, mls, &adds, aad, committer)?);
+        if rotates {
+            let keys = GroupKeys::export(|label| {
+                mls.export_secret(self.provider.crypto(), label, &[], 32)
+                    .map_err(ClientError::mls)
+            })?;
+            keys.store(self.meta_mut(&group)?);
+            tracing::debug!(group = %group, "a removal rotated the group keys");
+        }
         // A re-initialisation names the group the conversation continues in.
         if let Some(next) = decode_aad(aad)?.reinit {
             events.push(Event::ReInitialised {

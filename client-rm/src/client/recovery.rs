@@ -216,6 +216,7 @@ impl Client {
                 .map_err(ClientError::mls)?
                 .into(),
             welcome: None,
+            rotation: None,
         };
         Ok((mls, bundle))
     }

@@ -89,7 +89,8 @@ impl Client {
             }
             Tamper::PathSecrets => {}
         }
-        self.send_commit(mls, &ear_key, &signer, op, false).await
+        self.send_commit(mls, &ear_key, &signer, op, false, None)
+            .await
     }
 }
 

@@ -120,6 +120,9 @@ pub enum GroupError {
     /// A report names a commit the hub does not remember.
     #[error("unknown commit: not among the recently accepted commits")]
     UnknownCommit,
+    /// A removing commit without the key rotation, or a rotation without a removal.
+    #[error("key rotation: {0}")]
+    RotationRequired(&'static str),
 }
 
 /// Refusals of the QS.
@@ -235,6 +238,7 @@ impl GroupError {
             Self::InvalidGroupInfo(_) => ErrorCode::InvalidGroupInfo,
             Self::UnknownEpoch => ErrorCode::UnknownEpoch,
             Self::UnknownCommit => ErrorCode::UnknownCommit,
+            Self::RotationRequired(_) => ErrorCode::KeyRotationRequired,
         }
     }
 }

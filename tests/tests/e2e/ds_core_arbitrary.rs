@@ -119,6 +119,7 @@ async fn arbitrary_member_requests_never_crash_the_ds_core() {
                 .welcome
                 .as_ref()
                 .map(|w| mutate(&mut rng, w.as_slice()).0.into()),
+            rotation: base.rotation.clone(),
         };
         let bytes = || -> tls_codec::VLBytes {
             (0..64)

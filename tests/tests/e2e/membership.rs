@@ -693,6 +693,7 @@ async fn user_level_and_connection_requests_are_checked_and_change_nothing() {
         commit: vec![1, 2, 3].into(),
         group_info: vec![4].into(),
         welcome: None,
+        rotation: None,
     };
 
     // A user-level request signed by a key that belongs to no user of the group.

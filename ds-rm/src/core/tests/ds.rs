@@ -91,13 +91,20 @@ pub(super) fn add_own_device(
 ) -> WelcomeBundle {
     let (kpb, kp) = key_package(new);
     let bundle = d.commit(Change::Add(vec![kp.clone()]), &own_clients_aad(&[kp]));
+    let rotates = bundle.rotation.is_some();
     let epoch = d.epoch() + 1;
     assert_eq!(
         fx.ok(&g.by_user(user_key, DsOperation::AddClients(bundle))),
         DsResponse::Accepted(epoch)
     );
     d.merge();
-    fx.join(new, g, &kpb).1
+    // A commit that also removed someone (a pending leave) moved the group to a new key.
+    let g = if rotates {
+        g.rotated(d)
+    } else {
+        g.with_ear(g.ear)
+    };
+    fx.join(new, &g, &kpb).1
 }
 
 // ---- one success per operation ----
@@ -333,6 +340,13 @@ fn remove_members_removes_a_user_who_still_learns_of_it() {
         vec![bundle.commit.as_slice().to_vec()]
     );
     carol.catch_up(&fx);
+    // The removal rotated the group key: the key bob holds opens nothing any more.
+    fx.assert_refused(
+        &g.anon(DsOperation::ExternalCommitInfo),
+        ErrorCode::WrongEarKey,
+    );
+    assert_eq!(carol.rotated_ear(), alice.rotated_ear());
+    let g = g.rotated(&alice);
     let info = fx.external_commit_info(&g);
     assert_eq!(
         info.users,
@@ -373,6 +387,7 @@ fn self_remove_is_kept_until_the_next_commit_includes_it() {
     );
     alice.merge();
     carol.catch_up(&fx);
+    let g = g.rotated(&alice);
     assert_eq!(carol.mls().members().count(), 2);
     assert_eq!(
         users(&fx, &g),
@@ -587,6 +602,7 @@ fn remove_clients_drops_an_own_device_and_rotates_the_user_key() {
         DsResponse::Accepted(3)
     );
     alice.merge();
+    let g = g.rotated(&alice);
     assert_eq!(users(&fx, &g)[0], user(vec![0], Role::Admin));
     // The old key no longer names the user; the new one does.
     let probe = |key: &SignatureKeyPair| {
@@ -596,6 +612,7 @@ fn remove_clients_drops_an_own_device_and_rotates_the_user_key() {
                 commit: vec![1].into(),
                 group_info: vec![1].into(),
                 welcome: None,
+                rotation: None,
             }),
         )
     };
@@ -723,6 +740,7 @@ fn join_connection_group_seats_the_responder_as_a_second_admin_once() {
                 commit: vec![1].into(),
                 group_info: vec![1].into(),
                 welcome: None,
+                rotation: None,
             }),
         )
     };
@@ -838,6 +856,7 @@ fn a_deleted_queue_makes_the_hub_propose_the_members_removal() {
         DsResponse::Accepted(2)
     );
     alice.merge();
+    let g = g.rotated(&alice);
     assert_eq!(users(&fx, &g), vec![user(vec![0], Role::Admin)]);
     assert_eq!(alice.mls().members().count(), 1);
 }
@@ -870,6 +889,7 @@ fn add_clients_committing_an_earlier_users_leave_seats_the_device_with_its_own_u
     carol.catch_up(&fx);
     let mut carol2 = fx.device();
     add_own_device(&fx, &g, &carol_key, &mut carol, &mut carol2);
+    let g = g.rotated(&carol);
     let mut carols = vec![carol.leaf(), carol2.leaf()];
     carols.sort_unstable();
     assert_eq!(

@@ -21,6 +21,7 @@ fn garbage_bundle() -> CommitBundle {
         commit: vec![1, 2, 3].into(),
         group_info: vec![4].into(),
         welcome: None,
+        rotation: None,
     }
 }
 
@@ -1297,4 +1298,101 @@ fn with_the_token_gate_on_group_requests_need_tokens() {
         None,
     );
     hub.assert_refused(&reserve, ErrorCode::TokenRequired);
+}
+
+/// Removed means removed: a commit that removes anyone must rotate the group's keys, with a
+/// new key and material for exactly the remaining leaves; a commit that removes nobody may
+/// not rotate. Each refusal changes nothing; the complete rotation is accepted, and from then
+/// on only the new key opens the group.
+#[test]
+fn removing_commits_must_rotate_and_only_they_may() {
+    use ErrorCode as E;
+    let Fixture {
+        fx,
+        g,
+        d: [mut alice, bob, carol],
+        ..
+    } = fixture::<3>();
+    let none = CommitAad::default();
+    let remove = |alice: &mut Device| {
+        let b = alice.commit(Change::Remove(vec![bob.leaf()]), &none);
+        alice.discard();
+        b
+    };
+    let with = |b: &CommitBundle, rotation: Option<KeyRotation>| {
+        DsOperation::RemoveMembers(CommitBundle {
+            rotation,
+            ..b.clone()
+        })
+    };
+    let good = remove(&mut alice);
+    let full = good.rotation.clone().expect("the helper rotates removals");
+    let same_key = KeyRotation {
+        new_ear_key: g.ear.to_vec().into(),
+        ..full.clone()
+    };
+    let missing_leaf = KeyRotation {
+        credentials: full.credentials[1..].to_vec(),
+        ..full.clone()
+    };
+    let removed_leaf = KeyRotation {
+        credentials: {
+            let mut c = full.credentials.clone();
+            c.push(LeafCredentialEntry {
+                leaf: bob.leaf(),
+                info: c[0].info.clone(),
+            });
+            c
+        },
+        ..full.clone()
+    };
+    let short_key = KeyRotation {
+        new_ear_key: vec![1; 31].into(),
+        ..full.clone()
+    };
+    let rotated_update = {
+        let mut b = alice.commit(Change::Update, &none);
+        alice.discard();
+        b.rotation = Some(full.clone());
+        DsOperation::Update(b)
+    };
+    for (what, op, code) in [
+        ("no rotation", with(&good, None), E::KeyRotationRequired),
+        (
+            "the same key",
+            with(&good, Some(same_key)),
+            E::KeyRotationRequired,
+        ),
+        (
+            "a leaf missing",
+            with(&good, Some(missing_leaf)),
+            E::KeyRotationRequired,
+        ),
+        (
+            "the removed leaf kept",
+            with(&good, Some(removed_leaf)),
+            E::KeyRotationRequired,
+        ),
+        (
+            "a 31-byte key",
+            with(&good, Some(short_key)),
+            E::InvalidRequest,
+        ),
+        (
+            "an update that rotates",
+            rotated_update,
+            E::KeyRotationRequired,
+        ),
+    ] {
+        let err = fx.assert_refused(&g.by(&alice, op), code);
+        eprintln!("{what}: {err}");
+    }
+    // The complete rotation goes through.
+    let b = alice.commit(Change::Remove(vec![bob.leaf()]), &none);
+    fx.ok(&g.by(&alice, DsOperation::RemoveMembers(b)));
+    alice.merge();
+    let rotated = g.rotated(&alice);
+    fx.assert_refused(&g.anon(DsOperation::ExternalCommitInfo), E::WrongEarKey);
+    assert_eq!(fx.external_commit_info(&rotated).credentials.len(), 2);
+    let _ = carol;
 }

@@ -97,6 +97,11 @@ impl Group {
         self.request(DsSender::Anonymous, operation, None)
     }
 
+    /// The group after a removing commit that `member` merged: under the rotated key.
+    pub(super) fn rotated(&self, member: &Device) -> Group {
+        self.with_ear(member.rotated_ear())
+    }
+
     /// The same group under another EAR key.
     pub(super) fn with_ear(&self, ear: [u8; 32]) -> Group {
         Group {
@@ -215,11 +220,49 @@ impl Device {
             .stage_commit(provider)
             .unwrap();
         let (commit, welcome, group_info) = bundle.into_messages();
+        // As the real client does: a commit that removes anyone rotates to the new epoch's
+        // exported EAR key, with material for every remaining leaf (random here: the hub
+        // cannot tell).
+        let pending = mls.pending_commit().expect("staged");
+        let removed: Vec<u32> = pending
+            .remove_proposals()
+            .map(|r| r.remove_proposal().removed().u32())
+            .collect();
+        let rotation = (!removed.is_empty()).then(|| KeyRotation {
+            new_ear_key: pending
+                .export_secret(provider.crypto(), ROTATION_LABELS[0], &[], 32)
+                .unwrap()
+                .into(),
+            credentials: leaves_after(
+                mls.members().map(|m| m.index.u32()).collect(),
+                &removed,
+                pending.add_proposals().count(),
+            )
+            .into_iter()
+            .map(|leaf| LeafCredentialEntry {
+                leaf,
+                info: LeafCredentialInfo {
+                    encrypted_client_credential: random_bytes(200).into(),
+                    encrypted_signature_ear_key: random_bytes(60).into(),
+                },
+            })
+            .collect(),
+        });
         CommitBundle {
             commit: bytes(&commit),
             group_info: bytes(&group_info.unwrap()),
             welcome: welcome.map(|w| bytes(&w)),
+            rotation,
         }
+    }
+
+    /// The EAR key of the epoch this device is at, as a removing commit rotates to it.
+    pub(super) fn rotated_ear(&self) -> [u8; 32] {
+        self.mls()
+            .export_secret(self.provider.crypto(), ROTATION_LABELS[0], &[], 32)
+            .unwrap()
+            .try_into()
+            .unwrap()
     }
 
     /// Merges the pending commit (the hub accepted it).
@@ -322,6 +365,18 @@ impl Deref for DsHub {
     fn deref(&self) -> &TestHub {
         &self.hub
     }
+}
+
+/// The leaves after a commit: removed ones blanked, then each add in the leftmost blank leaf
+/// (RFC 9420, 12.1.1), extending the tree when none is left.
+fn leaves_after(mut occupied: Vec<u32>, removed: &[u32], adds: usize) -> Vec<u32> {
+    occupied.retain(|l| !removed.contains(l));
+    for _ in 0..adds {
+        let free = (0u32..).find(|l| !occupied.contains(l)).unwrap();
+        occupied.push(free);
+    }
+    occupied.sort_unstable();
+    occupied
 }
 
 /// The entries one member's commit carries for the KeyPackages it adds; `users[i]` numbers the
@@ -679,6 +734,7 @@ impl DsHub {
             commit: bytes(&commit),
             group_info: bytes(&group_info.unwrap()),
             welcome: None,
+            rotation: None,
         };
         (mls, bundle)
     }

@@ -13,11 +13,12 @@ use crate::core::ds::observer::{
     checked_queue_ref, commit_aad, parse_protocol_message, queue_ref_of,
 };
 use crate::core::ds::ops::{Applied, Write};
-use crate::core::ds::state::PastTree;
+use crate::core::ds::state::{AtRest, PastTree};
 use crate::core::ds::users::UserId;
 use crate::core::ds::welcome_split;
 use crate::core::ds::{DsContext, Fanout};
 use crate::core::{GroupError, RequestError};
+use mimi_rm_crypto::ear::EarKey;
 use mimi_rm_crypto::hpke_seal;
 use mimi_rm_protocol::ds::*;
 use mimi_rm_protocol::queue::*;
@@ -101,6 +102,14 @@ struct ValidatedCommit {
     new_key: Option<VLBytes>,
     /// The group this one is re-initialised into.
     reinit: Option<Vec<u8>>,
+    /// The keys the group moves to (a removing commit's rotation).
+    rotation: Option<Rotation>,
+}
+
+/// A checked key rotation: the new EAR key and every leaf's re-wrapped credential material.
+struct Rotation {
+    key: EarKey,
+    credentials: Vec<LeafCredentialEntry>,
 }
 
 impl LoadedGroup {
@@ -118,7 +127,7 @@ impl LoadedGroup {
         }
         let crypto = RustCrypto::default();
         let classified = self.classify(&crypto, sender, kind, bundle)?;
-        let validated = self.validate(ctx, &crypto, classified)?;
+        let validated = self.validate(ctx, &crypto, classified, bundle.rotation.as_ref())?;
         // Fan out with the roster from before the commit: removed members learn of it too.
         let fanout = Self::fan(self.recipients(Some(sender)), &bundle.commit);
         if kind == CommitKind::Delete {
@@ -230,12 +239,14 @@ impl LoadedGroup {
         ctx: &DsContext<'_>,
         crypto: &RustCrypto,
         c: ClassifiedCommit,
+        rotation: Option<&KeyRotation>,
     ) -> Result<ValidatedCommit, HubError> {
         if !self.has_kind_shape(&c) {
             return Err(HubError::Group(GroupError::WrongOperation(
                 c.kind.shape_error(),
             )));
         }
+        let rotation = self.check_rotation(&c, rotation)?;
         if let CommitKind::RemoveClients(user) = c.kind {
             self.check_key_rotation(user, &c.aad)?;
         }
@@ -270,7 +281,80 @@ impl LoadedGroup {
             all_removed,
             new_key,
             reinit,
+            rotation,
         })
+    }
+
+    /// A commit that removes anyone (except by deleting the group) rotates the group's keys,
+    /// and no other commit does: members derive the new keys from the epoch exactly when the
+    /// commit removes someone, so the rule must be the same on both sides. The hub cannot
+    /// check the keys are the exported ones; it checks they are new and complete.
+    fn check_rotation(
+        &self,
+        c: &ClassifiedCommit,
+        rotation: Option<&KeyRotation>,
+    ) -> Result<Option<Rotation>, HubError> {
+        let AtRest::Ear(current) = &self.key else {
+            // Baseline groups keep no keys; nothing to rotate.
+            return match rotation {
+                None => Ok(None),
+                Some(_) => Err(HubError::Group(GroupError::RotationRequired(
+                    "a baseline group has no keys to rotate",
+                ))),
+            };
+        };
+        if c.kind == CommitKind::Delete {
+            // The group goes: no key of it matters any more.
+            return Ok(None);
+        }
+        let removes = !c.all_removed.is_empty();
+        let r = match (removes, rotation) {
+            (false, None) => return Ok(None),
+            (true, None) => {
+                return Err(HubError::Group(GroupError::RotationRequired(
+                    "a commit that removes a member must rotate the group keys",
+                )));
+            }
+            (false, Some(_)) => {
+                return Err(HubError::Group(GroupError::RotationRequired(
+                    "only a commit that removes a member rotates the group keys",
+                )));
+            }
+            (true, Some(r)) => r,
+        };
+        let key = EarKey::from_bytes(r.new_ear_key.as_slice())
+            .map_err(|_| HubError::Request(RequestError::Invalid("EAR key must be 32 bytes")))?;
+        if key.as_bytes() == current.as_bytes() {
+            return Err(HubError::Group(GroupError::RotationRequired(
+                "the rotated EAR key must differ from the current one",
+            )));
+        }
+        // The leaves after the commit: today's, less the removed, plus one per add.
+        let mut expected: Vec<u32> = self
+            .credentials
+            .iter()
+            .map(|e| e.leaf)
+            .filter(|l| !c.all_removed.contains(l))
+            .collect();
+        let mut given: Vec<u32> = r.credentials.iter().map(|e| e.leaf).collect();
+        given.sort_unstable();
+        given.dedup();
+        if given.len() != r.credentials.len() {
+            return Err(HubError::Request(RequestError::Invalid(
+                "re-wrapped credentials name a leaf twice",
+            )));
+        }
+        // Joiners' leaves are known only after the merge: count them here, check them there.
+        expected.sort_unstable();
+        let (old, new): (Vec<u32>, Vec<u32>) = given.iter().partition(|l| expected.contains(l));
+        if old != expected || new.len() != c.adds.len() {
+            return Err(HubError::Group(GroupError::RotationRequired(
+                "re-wrapped credentials must cover exactly the leaves after the commit",
+            )));
+        }
+        let mut credentials = r.credentials.clone();
+        credentials.sort_by_key(|e| e.leaf);
+        Ok(Some(Rotation { key, credentials }))
     }
 
     /// Whether the commit adds and removes what its kind allows, and nothing else.
@@ -369,6 +453,17 @@ impl LoadedGroup {
             .map_err(|e| HubError::Bug(format!("merge: {e}")))?;
         self.forget_removed(&c.all_removed);
         self.seat_joiners(ctx, c.kind, &c.adds, &c.added)?;
+        if let Some(rotation) = c.rotation {
+            let leaves: Vec<u32> = self.credentials.iter().map(|e| e.leaf).collect();
+            let given: Vec<u32> = rotation.credentials.iter().map(|e| e.leaf).collect();
+            if leaves != given {
+                return Err(HubError::Group(GroupError::RotationRequired(
+                    "re-wrapped credentials must cover exactly the leaves after the commit",
+                )));
+            }
+            self.credentials = rotation.credentials;
+            self.key = AtRest::Ear(rotation.key);
+        }
         if let Some(key) = c.new_key {
             let user = self
                 .roster
