@@ -224,6 +224,23 @@ impl Fixture {
             .stage_commit(&self.provider)
             .expect("stage");
         let (commit, welcome, group_info) = bundle.into_messages();
+        // A removal rotates the group keys: every remaining leaf's material, re-wrapped (random
+        // bytes of the real size: the hub cannot tell).
+        let rotation = remove
+            .filter(|_| self.mode == DsMode::Rm)
+            .map(|gone| KeyRotation {
+                new_ear_key: random(32).into(),
+                credentials: self
+                    .creator
+                    .members()
+                    .map(|m| m.index)
+                    .filter(|l| *l != gone)
+                    .map(|leaf| LeafCredentialEntry {
+                        leaf: leaf.u32(),
+                        info: self.leaf_info(),
+                    })
+                    .collect(),
+            });
         CommitBundle {
             commit: commit.to_bytes().expect("encode").into(),
             group_info: group_info
@@ -232,6 +249,7 @@ impl Fixture {
                 .expect("encode")
                 .into(),
             welcome: welcome.map(|w| w.to_bytes().expect("encode").into()),
+            rotation,
         }
     }
 

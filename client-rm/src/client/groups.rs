@@ -53,6 +53,34 @@ impl Client {
         b32(&unhex(&meta.ear_key)?)
     }
 
+    /// The group's `CredentialEarKey` and `SignatureEarKeyWrapperKey` (for tests and
+    /// diagnostics; never logged).
+    pub fn group_credential_keys(
+        &self,
+        group: &GroupHandle,
+    ) -> Result<([u8; 32], [u8; 32]), ClientError> {
+        let meta = self.meta(group)?;
+        Ok((
+            b32(&unhex(&meta.credential_key)?)?,
+            b32(&unhex(&meta.wrapper_key)?)?,
+        ))
+    }
+
+    /// Opens a leaf's credential material with the given group credential keys: what anyone
+    /// holding those keys can read (audits, and the tests that play a removed member).
+    pub fn open_credential_material(
+        info: &mimi_rm_protocol::credentials::LeafCredentialInfo,
+        credential_key: &[u8; 32],
+        wrapper_key: &[u8; 32],
+    ) -> Result<mimi_rm_protocol::credentials::ClientCredential, ClientError> {
+        let (cc, _) = crate::identity::unwrap(
+            info,
+            &EarKey::from_bytes(credential_key)?,
+            &EarKey::from_bytes(wrapper_key)?,
+        )?;
+        Ok(cc)
+    }
+
     /// Creates a group on the hub with our user as its only member (and admin): this device,
     /// plus our user's other devices.
     pub async fn create_group(&mut self) -> Result<GroupHandle, ClientError> {

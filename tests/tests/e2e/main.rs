@@ -29,6 +29,7 @@ mod mangled;
 mod membership;
 mod privacy_pass;
 mod queue_pcs;
+mod removed_member;
 mod resend;
 mod seized_disk;
 mod smoke;

@@ -15,7 +15,7 @@ use mimi_rm_protocol::{decode_exact, encode};
 use tls_codec::{TlsDeserialize, TlsSerialize, TlsSize, VLBytes};
 
 /// EAR domain label of routing records.
-const ROUTING_DOMAIN: &str = "ds group routing";
+pub const ROUTING_DOMAIN: &str = "ds group routing";
 /// Upper bound on a stored routing row (sanity, not policy).
 const MAX_ROUTING: usize = 16 << 20;
 
@@ -54,10 +54,13 @@ pub struct RoutingRecord {
 /// The stored row: like the group row, only a format byte and the coarse activity month are
 /// plaintext.
 #[derive(Debug, Clone, PartialEq, Eq, TlsSerialize, TlsDeserialize, TlsSize)]
-struct RoutingRow {
-    format: u8,
-    activity_month: u32,
-    sealed: VLBytes,
+pub struct RoutingRow {
+    /// Format byte (as the group row's).
+    pub format: u8,
+    /// Months since 1970-01 of the last change.
+    pub activity_month: u32,
+    /// The EAR ciphertext of the padded [`RoutingRecord`] (domain [`ROUTING_DOMAIN`]).
+    pub sealed: VLBytes,
 }
 
 /// A routing record read for one request.

@@ -26,7 +26,7 @@ pub const GROUP_ROW_FORMAT: u8 = 5;
 /// Format byte of a baseline-mode [`GroupRow`], whose `ciphertext` is the plaintext state.
 pub const PLAIN_GROUP_ROW_FORMAT: u8 = 0x80 | GROUP_ROW_FORMAT;
 /// EAR domain label of group state ciphertexts.
-const STATE_DOMAIN: &str = "ds group state";
+pub const STATE_DOMAIN: &str = "ds group state";
 /// Upper bound on a decrypted state (a sanity limit, not a policy).
 const MAX_STATE: usize = 64 << 20;
 

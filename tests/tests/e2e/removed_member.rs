@@ -1,0 +1,414 @@
+//! Removed means removed: a member removed from a group keeps every key it ever held for it —
+//! a copy of its whole state directory taken just before the removal, so it still believes it
+//! is a member — and tries everything. Removed three ways: by an admin, as a device its own
+//! user removes, and by the hub's inactivity proposal that a member commits.
+//!
+//! With its old keys: external-commit and Welcome information are refused (`WrongEarKey`), its
+//! sends, updates, key rotations and resyncs are refused and change no group record; the
+//! credential material of two members added after its removal does not open with its old
+//! credential keys; and no group record in a dump of the whole store opens with its old EAR key.
+//! Positive controls: a current member's keys open all of those, and before the removal the
+//! removed member's own keys did.
+
+use mimi_client_rm::{Client, Event, GroupHandle};
+use mimi_ds_rm::core::ds::routing::{ROUTING_DOMAIN, RoutingRow};
+use mimi_ds_rm::core::ds::state::{AtRest, DsGroupState, GroupRow};
+use mimi_ds_rm::store::Cf;
+use mimi_rm_crypto::ear::{self, EarKey};
+use mimi_rm_protocol::ds::{
+    CommitBundle, CommitRejected, DsOperation, DsResponse, DsSender, KeyRotation, RejectReason,
+};
+use mimi_rm_protocol::{ErrorCode, decode_exact, paths};
+use mimi_rm_tests::common::*;
+use mimi_rm_tests::{HubProcess, post};
+use std::path::Path;
+
+/// What a member held for one group, kept after it is removed, and a client that still acts on
+/// it.
+struct Kept {
+    ear: [u8; 32],
+    credential_key: [u8; 32],
+    wrapper_key: [u8; 32],
+    ghost: Client,
+}
+
+fn copy_tree(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for e in std::fs::read_dir(from).unwrap() {
+        let e = e.unwrap();
+        let target = to.join(e.file_name());
+        if e.file_type().unwrap().is_dir() {
+            copy_tree(&e.path(), &target);
+        } else {
+            std::fs::copy(e.path(), target).unwrap();
+        }
+    }
+}
+
+/// Takes everything `c` (state under `state_dir`) holds for `g`, before it is removed.
+fn keep(hub: &HubProcess, c: &Client, state_dir: &Path, copy: &Path, g: &GroupHandle) -> Kept {
+    copy_tree(state_dir, copy);
+    let (credential_key, wrapper_key) = c.group_credential_keys(g).unwrap();
+    Kept {
+        ear: c.group_ear_key(g).unwrap(),
+        credential_key,
+        wrapper_key,
+        ghost: Client::load(copy, &hub.url()).unwrap(),
+    }
+}
+
+/// The group's records (state and routing) in the store.
+fn group_records(hub: &HubProcess, g: &GroupHandle) -> Vec<(Cf, Vec<u8>)> {
+    hub.dump()
+        .into_iter()
+        .filter(|(cf, k, _)| matches!(cf, Cf::DsGroups | Cf::DsRouting) && *k == g.0)
+        .map(|(cf, _, v)| (cf, v))
+        .collect()
+}
+
+/// How many of the group's stored records `key` opens.
+fn opens(hub: &HubProcess, g: &GroupHandle, key: &[u8; 32]) -> usize {
+    let key = EarKey::from_bytes(key).unwrap();
+    group_records(hub, g)
+        .into_iter()
+        .filter(|(cf, v)| match cf {
+            Cf::DsGroups => {
+                let row: GroupRow = decode_exact(v, 1 << 26).unwrap();
+                DsGroupState::open(&row, &AtRest::Ear(key.clone()), &g.0).is_ok()
+            }
+            _ => {
+                let row: RoutingRow = decode_exact(v, 1 << 26).unwrap();
+                ear::open(&key, ROUTING_DOMAIN, &g.0, row.sealed.as_slice()).is_ok()
+            }
+        })
+        .count()
+}
+
+/// An unsigned request for `g` under `ear` (only the EAR key authorises it).
+fn anonymous(g: &GroupHandle, ear: &[u8; 32], op: DsOperation) -> Vec<u8> {
+    let stranger = ed25519_dalek::SigningKey::from_bytes(&rand::random());
+    ds_signed(
+        g,
+        ear,
+        DsSender::Anonymous,
+        op,
+        &stranger,
+        mimi_ds_rm::now_ms(),
+    )
+}
+
+/// The credential entries the hub serves for `g` to a holder of `ear`.
+async fn credentials(
+    hub: &HubProcess,
+    g: &GroupHandle,
+    ear: &[u8; 32],
+) -> Vec<mimi_rm_protocol::ds::LeafCredentialEntry> {
+    let body = anonymous(g, ear, DsOperation::ExternalCommitInfo);
+    let (status, resp) = post(&hub.url(), paths::EXTERNAL_COMMIT_INFORMATION, body).await;
+    assert_eq!(status, 200);
+    match decode_exact::<DsResponse>(&resp, 1 << 26).unwrap() {
+        DsResponse::ExternalCommitInfo(info) => info.credentials,
+        other => panic!("unexpected {other:?}"),
+    }
+}
+
+/// The removed member's attempts, each refused; `member` is a current member whose keys are
+/// the positive control, `joined_after` the handles of members added after the removal.
+async fn attack(
+    hub: &HubProcess,
+    g: &GroupHandle,
+    kept: &mut Kept,
+    member: &Client,
+    joined_after: &[&str],
+    how: &str,
+) {
+    let current = member.group_ear_key(g).unwrap();
+    assert_ne!(current, kept.ear, "{how}: the removal rotated the EAR key");
+    assert!(
+        opens(hub, g, &current) >= 1,
+        "{how}: control: a member's key opens the group"
+    );
+    assert_eq!(
+        opens(hub, g, &kept.ear),
+        0,
+        "{how}: the old key opens a stored record"
+    );
+
+    for (what, path, op) in [
+        (
+            "external commit info",
+            paths::EXTERNAL_COMMIT_INFORMATION,
+            DsOperation::ExternalCommitInfo,
+        ),
+        (
+            "welcome info",
+            paths::WELCOME_INFORMATION,
+            DsOperation::WelcomeInfo(1),
+        ),
+    ] {
+        rejected_case(
+            hub,
+            &format!("{how}: {what}"),
+            path,
+            anonymous(g, &kept.ear, op),
+            403,
+            ErrorCode::WrongEarKey,
+        )
+        .await;
+    }
+
+    // Its own client, still believing it is a member, signs every group operation with its
+    // leaf key and old EAR key (without first reading its queue, as an honest client would).
+    let garbage = || CommitBundle {
+        commit: vec![1; 64].into(),
+        group_info: vec![2; 64].into(),
+        welcome: None,
+        rotation: None,
+    };
+    let ops = [
+        ("send", DsOperation::SendMessage(vec![3; 64].into())),
+        ("commit", DsOperation::Update(garbage())),
+        ("remove", DsOperation::RemoveMembers(garbage())),
+        (
+            "report",
+            DsOperation::ReportCommit(CommitRejected {
+                epoch: 1,
+                commit_ref: [4; 32],
+                reason: RejectReason::MembershipTag,
+            }),
+        ),
+        ("resync", DsOperation::Resync(garbage())),
+        (
+            "rotation",
+            DsOperation::RotateEarKey(KeyRotation {
+                new_ear_key: vec![5; 32].into(),
+                credentials: Vec::new(),
+            }),
+        ),
+        ("leave", DsOperation::SelfRemove(vec![6; 64].into())),
+    ];
+    for (what, op) in ops {
+        let req = kept.ghost.signed_member_request(g, op).unwrap();
+        let tt = ds_transaction_type(&req.tbs.operation);
+        rejected_case(
+            hub,
+            &format!("{how}: {what}"),
+            paths::GROUP_OPERATION,
+            mimi_client_rm::envelope(tt, &req).unwrap(),
+            403,
+            ErrorCode::WrongEarKey,
+        )
+        .await;
+    }
+    // Its honest resync asks for the group first, with the old key.
+    let err = kept.ghost.prepared_resync(g).await.unwrap_err();
+    assert_eq!(
+        err.code(),
+        Some(ErrorCode::WrongEarKey),
+        "{how}: resync: {err}"
+    );
+
+    // Members added after the removal: their credential material opens with a member's keys
+    // (and names them), never with the removed member's.
+    let (ck, wk) = member.group_credential_keys(g).unwrap();
+    let entries = credentials(hub, g, &current).await;
+    let mut added_seen = 0;
+    for entry in &entries {
+        let now = Client::open_credential_material(&entry.info, &ck, &wk)
+            .expect("control: a member's keys open every leaf's material");
+        let handle = String::from_utf8_lossy(now.tbs.identity.handle.as_slice()).into_owned();
+        if joined_after.contains(&handle.as_str()) {
+            added_seen += 1;
+        }
+        assert!(
+            Client::open_credential_material(&entry.info, &kept.credential_key, &kept.wrapper_key)
+                .is_err(),
+            "{how}: the old credential keys open {handle}'s material"
+        );
+    }
+    assert_eq!(
+        added_seen,
+        joined_after.len(),
+        "{how}: the joiners are listed"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_removed_member_or_device_keeps_its_keys_and_reads_nothing_new() {
+    let dir = tempfile::tempdir().unwrap();
+    // Tokens are not the subject here (`privacy_pass` covers them): the raw requests below
+    // must reach the EAR check.
+    let hub = hub_without_tokens(dir.path());
+    let mut alice = client(&hub, dir.path(), "alice").await;
+    let mut bob = client(&hub, dir.path(), "bob").await;
+    let mut carol = client(&hub, dir.path(), "carol").await;
+    let mut eve = client(&hub, dir.path(), "eve").await;
+    let mut dave = client(&hub, dir.path(), "dave").await;
+    let (pending, request) =
+        mimi_client_rm::PendingDevice::request(&dir.path().join("dave2"), &hub.url(), "dave", None)
+            .unwrap();
+    let grant = dave.approve_link(&request).await.unwrap();
+    let mut dave2 = pending.complete(&grant).await.unwrap();
+    // Each device accepts invitations only from its own contacts.
+    dave2.add_contact(&alice.contact_card().unwrap()).unwrap();
+    let g = group_of(&mut alice, &mut [&mut bob, &mut carol, &mut dave, &mut eve]).await;
+    dave2.receive().await.unwrap();
+    assert_eq!(
+        alice.members(&g).unwrap().len(),
+        6,
+        "dave's two devices joined"
+    );
+    // Control: before the removal, eve's key opens the group and fetches its credentials.
+    let eve_key = eve.group_ear_key(&g).unwrap();
+    assert!(opens(&hub, &g, &eve_key) >= 1);
+    assert_eq!(credentials(&hub, &g, &eve_key).await.len(), 6);
+
+    // 1. An admin removes eve.
+    let mut kept_eve = keep(
+        &hub,
+        &eve,
+        &dir.path().join("eve"),
+        &dir.path().join("eve-kept"),
+        &g,
+    );
+    let eve_leaf = eve.own_leaf(&g).unwrap();
+    alice.remove(&g, &[eve_leaf]).await.unwrap();
+    assert!(
+        eve.receive()
+            .await
+            .unwrap()
+            .contains(&Event::Removed { group: g.clone() })
+    );
+
+    // 2. Dave removes his second device.
+    let mut kept_dave2 = keep(
+        &hub,
+        &dave2,
+        &dir.path().join("dave2"),
+        &dir.path().join("dave2-kept"),
+        &g,
+    );
+    dave.receive().await.unwrap();
+    let dave2_id = hex::encode(dave2.identity().unwrap().device);
+    dave.remove_device(&dave2_id).await.unwrap();
+    assert!(
+        dave2
+            .receive()
+            .await
+            .unwrap()
+            .contains(&Event::Removed { group: g.clone() })
+    );
+
+    // Two members join afterwards; everyone left follows.
+    let mut frank = client(&hub, dir.path(), "frank").await;
+    let mut grace = client(&hub, dir.path(), "grace").await;
+    for c in [&mut bob, &mut carol, &mut dave] {
+        c.receive().await.unwrap();
+    }
+    alice.receive().await.unwrap();
+    for joiner in [&mut frank, &mut grace] {
+        alice.add_contact(&joiner.contact_card().unwrap()).unwrap();
+        joiner.add_contact(&alice.contact_card().unwrap()).unwrap();
+        alice
+            .invite(&g, &joiner.contact_card().unwrap())
+            .await
+            .unwrap();
+        joiner.receive().await.unwrap();
+    }
+    for c in [&mut bob, &mut carol, &mut dave] {
+        c.receive().await.unwrap();
+    }
+    // Every remaining member holds the same (rotated) key, and the group still works.
+    for c in [&bob, &carol, &dave, &frank, &grace] {
+        assert_eq!(
+            c.group_ear_key(&g).unwrap(),
+            alice.group_ear_key(&g).unwrap()
+        );
+    }
+    alice.send(&g, b"after both removals").await.unwrap();
+    assert!(messages(&grace.receive().await.unwrap()).contains(&b"after both removals".to_vec()));
+
+    attack(
+        &hub,
+        &g,
+        &mut kept_eve,
+        &bob,
+        &["frank", "grace"],
+        "removed by an admin",
+    )
+    .await;
+    attack(
+        &hub,
+        &g,
+        &mut kept_dave2,
+        &bob,
+        &["frank", "grace"],
+        "a removed device",
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_member_removed_for_inactivity_keeps_its_keys_and_reads_nothing_new() {
+    let dir = tempfile::tempdir().unwrap();
+    let hub = hub_with_config(
+        dir.path(),
+        &format!("inactive_client_limit_secs = 2\nactivity_period_secs = 1\n{NO_TOKENS}"),
+    );
+    let mut alice = client(&hub, dir.path(), "alice").await;
+    let mut bob = client(&hub, dir.path(), "bob").await;
+    let mut carol = client(&hub, dir.path(), "carol").await;
+    let g = group_of(&mut alice, &mut [&mut bob, &mut carol]).await;
+    bob.receive().await.unwrap();
+    carol.receive().await.unwrap();
+    let mut kept = keep(
+        &hub,
+        &carol,
+        &dir.path().join("carol"),
+        &dir.path().join("carol-kept"),
+        &g,
+    );
+
+    // Carol goes silent; the hub proposes her removal and alice commits it.
+    let mut proposed = false;
+    for _ in 0..12 {
+        tokio::time::sleep(std::time::Duration::from_millis(600)).await;
+        alice.send(&g, b"tick").await.unwrap();
+        bob.send(&g, b"tock").await.unwrap();
+        if alice
+            .receive()
+            .await
+            .unwrap()
+            .contains(&Event::Proposal { group: g.clone() })
+        {
+            proposed = true;
+            break;
+        }
+    }
+    assert!(proposed, "the hub proposed the removal");
+    alice.update(&g).await.unwrap();
+    assert_eq!(alice.members(&g).unwrap().len(), 2);
+    bob.receive().await.unwrap();
+
+    let mut dave = client(&hub, dir.path(), "dave").await;
+    let mut erin = client(&hub, dir.path(), "erin").await;
+    for joiner in [&mut dave, &mut erin] {
+        alice.add_contact(&joiner.contact_card().unwrap()).unwrap();
+        joiner.add_contact(&alice.contact_card().unwrap()).unwrap();
+        alice
+            .invite(&g, &joiner.contact_card().unwrap())
+            .await
+            .unwrap();
+        joiner.receive().await.unwrap();
+        bob.receive().await.unwrap();
+    }
+    attack(
+        &hub,
+        &g,
+        &mut kept,
+        &bob,
+        &["dave", "erin"],
+        "removed for inactivity",
+    )
+    .await;
+}
