@@ -42,6 +42,10 @@ pub enum ClientError {
     /// A contact has no AddPackage left.
     #[error("no AddPackage available for that contact")]
     NoAddPackage,
+    /// Every AddPackage the contact's provider handed out belongs to a device its user has
+    /// revoked at the AS: nothing was added.
+    #[error("the contact's only AddPackages are of revoked devices")]
+    Revoked,
     /// The members named for a commit changed while we caught up with the group before it;
     /// nothing was sent. Look at the group again and retry.
     #[error("the group's members changed before the commit; nothing was sent")]

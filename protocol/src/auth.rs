@@ -40,6 +40,12 @@ pub enum AsOperation {
     /// Fetch and delete the connection requests waiting for the signing client's user.
     #[tls_codec(discriminant = 7)]
     FetchConnectionRequests,
+    /// Revoke a device of the signing client's own user: its credential leaves the user's
+    /// current list (so `UserClients` omits it and contacts refuse to add it), it signs nothing
+    /// at the AS any more and gets no tokens, and its connection packages and waiting
+    /// connection requests are deleted. A user's last device cannot be revoked.
+    #[tls_codec(discriminant = 8)]
+    RevokeClient([u8; 16]),
 }
 
 /// An anonymous connection request for `handle`.

@@ -132,7 +132,8 @@ impl RateClass {
             | AsCredentials
             | UserClients(_)
             | PublishConnectionPackages(_)
-            | FetchConnectionRequests => None,
+            | FetchConnectionRequests
+            | RevokeClient(_) => None,
         }
     }
 

@@ -13,6 +13,7 @@
 use super::commit::Plan;
 use super::leaves::leaf_key_restore;
 use super::membership::InviteMode;
+use super::requests::signed_as;
 use super::{ADD_PACKAGES, CIPHERSUITE, Client, GroupHandle, b32, encoded};
 use crate::error::ClientError;
 use crate::state::unhex;
@@ -20,6 +21,7 @@ use mimi_rm_crypto::ear::EarKey;
 use mimi_rm_crypto::hpke_seal::{self, HpkeCiphertext, HpkePrivateKey, HpkePublicKey};
 use mimi_rm_crypto::kdf::expand_label;
 use mimi_rm_crypto::sign::SigningKey;
+use mimi_rm_protocol::auth::AsOperation;
 use mimi_rm_protocol::decode_exact;
 use mimi_rm_protocol::ds::*;
 use mimi_rm_protocol::queue::HpkeCiphertextWire;
@@ -202,7 +204,20 @@ impl Client {
         self.state.user_secret = hex::encode(new_secret);
         self.state.user_secret_generation += 1;
         self.state.pending_user_secret = None;
-        self.persist()
+        self.persist()?;
+        // Last, at the AS: the device's credential is no longer current, so contacts refuse
+        // to add it again and it signs nothing there (a retry of an applied revocation is Ok).
+        let device_id: [u8; 16] = unhex(device)?
+            .try_into()
+            .map_err(|_| ClientError::Unexpected("a device id is 16 bytes"))?;
+        let client_key = SigningKey::from_bytes(&unhex(&self.state.client_key)?)?;
+        let req = signed_as(
+            &client_key,
+            self.identity()?,
+            AsOperation::RevokeClient(device_id),
+        )?;
+        self.transport.auth(&req).await?;
+        Ok(())
     }
 
     /// The rotated secret sealed to each remaining device we know a link key for.

@@ -334,7 +334,8 @@ pub fn process(
                 }
                 AsOperation::AddClient(_)
                 | AsOperation::PublishConnectionPackages(_)
-                | AsOperation::FetchConnectionRequests => {
+                | AsOperation::FetchConnectionRequests
+                | AsOperation::RevokeClient(_) => {
                     Err(HubError::Request(RequestError::NotAuthorized(
                         "this operation needs a signed request from a client of the user",
                     )))
@@ -351,6 +352,7 @@ pub fn process(
                 AsOperation::FetchConnectionRequests => {
                     connections::take_requests(txn, id.handle.as_slice(), id.device)
                 }
+                AsOperation::RevokeClient(device) => revoke_client(txn, id, *device),
                 _ => Err(HubError::Request(RequestError::NotAuthorized(
                     "operation is anonymous; a client may not sign it",
                 ))),
@@ -440,6 +442,31 @@ fn add_client(
     record.clients.push(credential.clone());
     store_user(txn, sender.handle.as_slice(), &record)?;
     Ok(AsResponse::ClientCredential(credential))
+}
+
+/// Removes `device` from its user's current credentials (see `AsOperation::RevokeClient`).
+/// Revoking a device that is already gone answers `Ok` again, so a retried request is safe.
+fn revoke_client(
+    txn: &mut Txn<'_>,
+    sender: &ClientIdentity,
+    device: [u8; 16],
+) -> Result<AsResponse, HubError> {
+    let handle = sender.handle.as_slice();
+    let mut record =
+        load_user(txn, handle)?.ok_or(HubError::Identity(IdentityError::UnknownUser))?;
+    let before = record.clients.len();
+    record.clients.retain(|c| c.tbs.identity.device != device);
+    if record.clients.len() == before {
+        return Ok(AsResponse::Ok);
+    }
+    if record.clients.is_empty() {
+        return Err(HubError::Request(RequestError::Invalid(
+            "a user's last device cannot be revoked",
+        )));
+    }
+    store_user(txn, handle, &record)?;
+    connections::forget_device(txn, handle, device)?;
+    Ok(AsResponse::Ok)
 }
 
 fn user_clients(ctx: &AsContext<'_>, txn: &Txn<'_>, handle: &[u8]) -> Result<AsResponse, HubError> {

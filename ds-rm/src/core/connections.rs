@@ -110,6 +110,22 @@ pub fn publish(
     Ok(AsResponse::Ok)
 }
 
+/// Deletes a revoked device's packages and the requests waiting for it: nobody can reach it
+/// through the AS any more, and nothing sealed to it stays stored.
+pub fn forget_device(txn: &mut Txn<'_>, handle: &[u8], device: [u8; 16]) -> Result<(), HubError> {
+    let mut record = load(txn, handle)?;
+    record.devices.retain(|d| d.device != device);
+    store(txn, handle, &record)?;
+    for (key, _) in txn.scan_prefix(
+        Cf::AsConnectionRequests,
+        &inbox_prefix(handle, device),
+        usize::MAX,
+    )? {
+        txn.delete(Cf::AsConnectionRequests, key);
+    }
+    Ok(())
+}
+
 /// Hands out one valid package of `handle`, consuming it unless it is its device's last (so a
 /// user stays reachable until it publishes more). Expired packages are dropped on the way.
 pub fn fetch_package(txn: &mut Txn<'_>, handle: &[u8], now_s: u64) -> Result<AsResponse, HubError> {

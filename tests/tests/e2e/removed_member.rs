@@ -15,6 +15,7 @@ use mimi_ds_rm::core::ds::routing::{ROUTING_DOMAIN, RoutingRow};
 use mimi_ds_rm::core::ds::state::{AtRest, DsGroupState, GroupRow};
 use mimi_ds_rm::store::Cf;
 use mimi_rm_crypto::ear::{self, EarKey};
+use mimi_rm_protocol::auth::{AsOperation, AsResponse};
 use mimi_rm_protocol::ds::{
     CommitBundle, CommitRejected, DsOperation, DsResponse, DsSender, KeyRotation, RejectReason,
 };
@@ -346,6 +347,39 @@ async fn a_removed_member_or_device_keeps_its_keys_and_reads_nothing_new() {
         "a removed device",
     )
     .await;
+
+    // The removed device is revoked at the AS: no longer among dave's devices, and a contact's
+    // later invitation adds dave's current device only.
+    let body = as_anonymous(AsOperation::UserClients(b"dave".to_vec().into()));
+    let (status, resp) = post(&hub.url(), paths::AS, body).await;
+    assert_eq!(status, 200);
+    let AsResponse::UserClients(listed) = decode_exact::<AsResponse>(&resp, 1 << 20).unwrap()
+    else {
+        panic!("expected UserClients")
+    };
+    let listed: Vec<[u8; 16]> = listed.iter().map(|c| c.tbs.identity.device).collect();
+    assert_eq!(
+        listed,
+        vec![dave.identity().unwrap().device],
+        "dave2 is revoked"
+    );
+    let g2 = alice.create_group().await.unwrap();
+    alice
+        .invite(&g2, &dave.contact_card().unwrap())
+        .await
+        .unwrap();
+    assert_eq!(alice.members(&g2).unwrap().len(), 2, "alice and dave only");
+    assert!(
+        dave.receive()
+            .await
+            .unwrap()
+            .contains(&Event::Joined { group: g2.clone() })
+    );
+    let late = kept_dave2.ghost.receive().await.unwrap_or_default();
+    assert!(
+        !late.contains(&Event::Joined { group: g2.clone() }),
+        "the revoked device was invited again"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -202,6 +202,50 @@ fn add_client_certifies_another_device_and_recertifying_replaces_it() {
     );
 }
 
+/// A revoked device leaves its user's list, signs nothing at the AS any more, and loses its
+/// connection packages and waiting requests; a retry answers Ok; the last device stays.
+#[test]
+fn revoking_a_device_removes_it_everywhere_at_the_as() {
+    let hub = TestHub::new();
+    let alice = register(&hub, "alice");
+    let second = add_device(&hub, &alice, 2);
+    hub.ok(&second.request(publish(vec![package(&second, 3600)])));
+    hub.ok(&send_request("alice", 2, 7));
+    assert_eq!(hub.rows(Cf::AsConnectionRequests).len(), 1);
+    assert_eq!(
+        hub.ok(&alice.request(Op::RevokeClient([2; 16]))),
+        AsResponse::Ok
+    );
+    assert_eq!(
+        user_clients(&hub, "alice", NOW),
+        vec![alice.credential.clone()]
+    );
+    assert!(hub.rows(Cf::AsConnectionPackages).is_empty());
+    assert!(hub.rows(Cf::AsConnectionRequests).is_empty());
+    // The revoked device can no longer sign anything, not even a revocation of its remover.
+    hub.assert_refused(
+        &second.request(Op::RevokeClient([1; 16])),
+        ErrorCode::UnknownUser,
+    );
+    hub.assert_refused(
+        &second.request(publish(vec![package(&second, 3600)])),
+        ErrorCode::UnknownUser,
+    );
+    // A retry, and an unknown device, change nothing and answer Ok.
+    let before = hub.dump();
+    assert_eq!(
+        hub.ok(&alice.request(Op::RevokeClient([2; 16]))),
+        AsResponse::Ok
+    );
+    assert!(before == hub.dump());
+    // A user keeps at least one device.
+    hub.assert_refused(
+        &alice.request(Op::RevokeClient(alice.identity.device)),
+        ErrorCode::InvalidRequest,
+    );
+    assert_eq!(user_clients(&hub, "alice", NOW).len(), 1);
+}
+
 #[test]
 fn as_credentials_are_the_stored_keys_and_reading_them_writes_nothing() {
     let hub = TestHub::new();
