@@ -19,11 +19,11 @@ SIZE=${4:-10}
 BIN=${CARGO_TARGET_DIR:-target}/debug
 OUT=bench/results
 mkdir -p "$OUT"
-VARIANTS=("slots+scrub-60s|$BIN/ds-rm|scrub_interval_secs = 60"
-          "slots+scrub-1s|$BIN/ds-rm|scrub_interval_secs = 1"
-          "slots,no-scrub|$BIN/ds-rm|scrub_interval_secs = 0")
+VARIANTS=("slots-scrub-60s|$BIN/ds-rm|scrub_interval_secs = 60"
+          "slots-scrub-1s|$BIN/ds-rm|scrub_interval_secs = 1"
+          "slots-no-scrub|$BIN/ds-rm|scrub_interval_secs = 0")
 if [ -n "${OLD_HUB:-}" ]; then
-    VARIANTS=("before(ratchets-in-LSM)|$OLD_HUB|" "${VARIANTS[@]}")
+    VARIANTS=("before-ratchets-in-lsm|$OLD_HUB|" "${VARIANTS[@]}")
 fi
 SCRUBS=$(mktemp)
 for V in "${VARIANTS[@]}"; do

@@ -378,3 +378,21 @@ impl std::fmt::Display for Refusals {
         Ok(())
     }
 }
+
+/// Two members keep talking in `g` (every 600 ms, up to about 7 s) until `a` receives a removal
+/// proposal of the hub (a silent member passed the inactivity limit); whether it did.
+pub async fn talk_until_the_hub_proposes(a: &mut Client, b: &mut Client, g: &GroupHandle) -> bool {
+    for _ in 0..12 {
+        tokio::time::sleep(std::time::Duration::from_millis(600)).await;
+        a.send(g, b"tick").await.expect("send");
+        b.send(g, b"tock").await.expect("send");
+        if a.receive()
+            .await
+            .expect("receive")
+            .contains(&Event::Proposal { group: g.clone() })
+        {
+            return true;
+        }
+    }
+    false
+}

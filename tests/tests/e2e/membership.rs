@@ -490,22 +490,10 @@ async fn an_inactive_client_is_removed_by_hub_proposal() {
     bob.receive().await.unwrap();
 
     // Alice and bob keep talking; carol stays silent past the limit.
-    let mut proposed = false;
-    for _ in 0..12 {
-        tokio::time::sleep(std::time::Duration::from_millis(600)).await;
-        alice.send(&g, b"tick").await.unwrap();
-        bob.send(&g, b"tock").await.unwrap();
-        if alice
-            .receive()
-            .await
-            .unwrap()
-            .contains(&Event::Proposal { group: g.clone() })
-        {
-            proposed = true;
-            break;
-        }
-    }
-    assert!(proposed, "the hub proposed a removal");
+    assert!(
+        talk_until_the_hub_proposes(&mut alice, &mut bob, &g).await,
+        "the hub proposed a removal"
+    );
     alice.update(&g).await.unwrap();
     assert_eq!(alice.members(&g).unwrap().len(), 2);
     let carol_events = carol.receive().await.unwrap();

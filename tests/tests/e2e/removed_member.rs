@@ -234,6 +234,21 @@ async fn attack(
     );
 }
 
+/// Makes `joiner` and `inviter` contacts and invites `joiner` into `g`.
+async fn invite_new(inviter: &mut Client, joiner: &mut Client, g: &GroupHandle) {
+    inviter
+        .add_contact(&joiner.contact_card().unwrap())
+        .unwrap();
+    joiner
+        .add_contact(&inviter.contact_card().unwrap())
+        .unwrap();
+    inviter
+        .invite(g, &joiner.contact_card().unwrap())
+        .await
+        .unwrap();
+    joiner.receive().await.unwrap();
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_removed_member_or_device_keeps_its_keys_and_reads_nothing_new() {
     let dir = tempfile::tempdir().unwrap();
@@ -308,13 +323,7 @@ async fn a_removed_member_or_device_keeps_its_keys_and_reads_nothing_new() {
     }
     alice.receive().await.unwrap();
     for joiner in [&mut frank, &mut grace] {
-        alice.add_contact(&joiner.contact_card().unwrap()).unwrap();
-        joiner.add_contact(&alice.contact_card().unwrap()).unwrap();
-        alice
-            .invite(&g, &joiner.contact_card().unwrap())
-            .await
-            .unwrap();
-        joiner.receive().await.unwrap();
+        invite_new(&mut alice, joiner, &g).await;
     }
     for c in [&mut bob, &mut carol, &mut dave] {
         c.receive().await.unwrap();
@@ -404,22 +413,10 @@ async fn a_member_removed_for_inactivity_keeps_its_keys_and_reads_nothing_new() 
     );
 
     // Carol goes silent; the hub proposes her removal and alice commits it.
-    let mut proposed = false;
-    for _ in 0..12 {
-        tokio::time::sleep(std::time::Duration::from_millis(600)).await;
-        alice.send(&g, b"tick").await.unwrap();
-        bob.send(&g, b"tock").await.unwrap();
-        if alice
-            .receive()
-            .await
-            .unwrap()
-            .contains(&Event::Proposal { group: g.clone() })
-        {
-            proposed = true;
-            break;
-        }
-    }
-    assert!(proposed, "the hub proposed the removal");
+    assert!(
+        talk_until_the_hub_proposes(&mut alice, &mut bob, &g).await,
+        "the hub proposed the removal"
+    );
     alice.update(&g).await.unwrap();
     assert_eq!(alice.members(&g).unwrap().len(), 2);
     bob.receive().await.unwrap();
@@ -427,13 +424,7 @@ async fn a_member_removed_for_inactivity_keeps_its_keys_and_reads_nothing_new() 
     let mut dave = client(&hub, dir.path(), "dave").await;
     let mut erin = client(&hub, dir.path(), "erin").await;
     for joiner in [&mut dave, &mut erin] {
-        alice.add_contact(&joiner.contact_card().unwrap()).unwrap();
-        joiner.add_contact(&alice.contact_card().unwrap()).unwrap();
-        alice
-            .invite(&g, &joiner.contact_card().unwrap())
-            .await
-            .unwrap();
-        joiner.receive().await.unwrap();
+        invite_new(&mut alice, joiner, &g).await;
         bob.receive().await.unwrap();
     }
     attack(
