@@ -70,11 +70,12 @@ fn router_inner(hub: Arc<Hub>, peers: Option<Arc<Peers>>) -> Router {
             hub: hub.clone(),
             peers,
         })
-        .merge(issuer)
+        // Redemption (and its challenges) on the endpoints that take tokens, not the issuer's.
         .layer(axum::middleware::from_fn_with_state(
             hub.clone(),
             crate::privacy_pass::redeem,
         ))
+        .merge(issuer)
         .layer(axum::middleware::from_fn_with_state(hub, declared_length))
 }
 

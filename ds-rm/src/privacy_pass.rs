@@ -4,7 +4,9 @@
 //! The middleware verifies a presented token before the handler reads the body, and hands the
 //! verified token to the core as a request extension; the core decides whether the request
 //! needs one and records the spend in the request's own write batch. On the way out it adds the
-//! `WWW-Authenticate: PrivateToken` challenges to every 401.
+//! `WWW-Authenticate: PrivateToken` challenges to every 401 — of the redeeming endpoints only:
+//! the issuer's own answers carry no challenge, and a wrong token request there is a 422
+//! (RFC 9578 §5.2, §6.2).
 
 use crate::core::TokenError as Refusal;
 use crate::core::tokens::{Admission, VerifiedToken};
@@ -106,7 +108,13 @@ pub async fn issue(State(hub): State<Arc<Hub>>, headers: HeaderMap, body: Body) 
             issued.body,
         )
             .into_response(),
-        Ok(Err(e)) => crate::http::error_response(&e),
+        Ok(Err(refused)) => {
+            let mut resp = crate::http::error_response(&refused.error);
+            if refused.unprocessable {
+                *resp.status_mut() = StatusCode::UNPROCESSABLE_ENTITY;
+            }
+            resp
+        }
         Err(join) => crate::http::error_response(&HubError::Bug(join.to_string())),
     }
 }

@@ -254,38 +254,129 @@ impl PresentedToken {
     /// Parses an `Authorization` header value: `PrivateToken token=<base64url>` (scheme name
     /// case-insensitive, padding optional, the value optionally quoted).
     pub fn from_authorization(value: &str) -> Result<Self, TokenError> {
-        let value = value.trim();
+        let value = value.trim_matches(|c| c == ' ' || c == '\t');
         if value.len() > MAX_AUTHORIZATION_LEN {
             return Err(TokenError::Malformed("authorization header too long"));
         }
         let (scheme, params) = value
-            .split_once(|c: char| c.is_ascii_whitespace())
+            .split_once([' ', '\t'])
             .ok_or(TokenError::Malformed("no PrivateToken parameters"))?;
         if !scheme.eq_ignore_ascii_case("PrivateToken") {
             return Err(TokenError::Malformed("not a PrivateToken authorization"));
         }
         let mut token = None;
-        for param in params.split(',') {
-            let (key, val) = param
-                .trim()
-                .split_once('=')
-                .ok_or(TokenError::Malformed("parameter without a value"))?;
-            if key.trim().eq_ignore_ascii_case("token") {
+        for (key, val) in auth_params(params)? {
+            if key.eq_ignore_ascii_case("token") {
                 if token.is_some() {
                     return Err(TokenError::Malformed("two token parameters"));
                 }
-                token = Some(val.trim().trim_matches('"'));
+                token = Some(val);
             }
         }
         let encoded = token.ok_or(TokenError::Malformed("no token parameter"))?;
         let bytes =
-            decode_b64url(encoded).ok_or(TokenError::Malformed("token is not base64url"))?;
+            decode_b64url(&encoded).ok_or(TokenError::Malformed("token is not base64url"))?;
         Self::decode(&bytes)
     }
 
-    /// The `Authorization` header value presenting this token.
+    /// The `Authorization` header value presenting this token (the value quoted, since
+    /// base64url padding is not a `token` character).
     pub fn to_authorization(&self) -> String {
-        format!("PrivateToken token={}", URL_SAFE.encode(self.encode()))
+        format!("PrivateToken token=\"{}\"", URL_SAFE.encode(self.encode()))
+    }
+}
+
+/// An RFC 9110 `tchar`.
+fn is_tchar(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b)
+}
+
+/// A `token68` character (RFC 9110 §11.2), the form bare base64url values take.
+fn is_token68_char(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || b"-._~+/".contains(&b)
+}
+
+/// The `#auth-param` list of credentials (RFC 9110 §11.2, §5.6.1): `name BWS "=" BWS value`,
+/// comma-separated with optional whitespace, a value being a quoted-string (with quoted-pairs)
+/// or a bare token68-like run (base64url, padding allowed at its end). Anything else — an
+/// unclosed or stray quote, text after a value, a name without `=` — is refused.
+fn auth_params(s: &str) -> Result<Vec<(String, String)>, TokenError> {
+    let b = s.as_bytes();
+    let ws = |i: &mut usize| {
+        while *i < b.len() && (b[*i] == b' ' || b[*i] == b'\t') {
+            *i += 1;
+        }
+    };
+    let mut out = Vec::new();
+    let mut i = 0;
+    loop {
+        ws(&mut i);
+        if i >= b.len() {
+            return Ok(out);
+        }
+        if b[i] == b',' {
+            i += 1;
+            continue;
+        }
+        let start = i;
+        while i < b.len() && is_tchar(b[i]) {
+            i += 1;
+        }
+        if i == start {
+            return Err(TokenError::Malformed("parameter name expected"));
+        }
+        let name = s[start..i].to_owned();
+        ws(&mut i);
+        if b.get(i) != Some(&b'=') {
+            return Err(TokenError::Malformed("parameter without a value"));
+        }
+        i += 1;
+        ws(&mut i);
+        let value = if b.get(i) == Some(&b'"') {
+            i += 1;
+            let mut v = String::new();
+            loop {
+                match b.get(i) {
+                    None => return Err(TokenError::Malformed("unterminated quoted value")),
+                    Some(b'"') => {
+                        i += 1;
+                        break;
+                    }
+                    Some(b'\\') => {
+                        let c = *b
+                            .get(i + 1)
+                            .ok_or(TokenError::Malformed("unterminated quoted value"))?;
+                        v.push(char::from(c));
+                        i += 2;
+                    }
+                    Some(&c) if c == b'\t' || (0x20..0x7f).contains(&c) => {
+                        v.push(char::from(c));
+                        i += 1;
+                    }
+                    Some(_) => return Err(TokenError::Malformed("control character in a value")),
+                }
+            }
+            v
+        } else {
+            let start = i;
+            while i < b.len() && is_token68_char(b[i]) {
+                i += 1;
+            }
+            while i < b.len() && b[i] == b'=' {
+                i += 1;
+            }
+            if i == start {
+                return Err(TokenError::Malformed("empty parameter value"));
+            }
+            s[start..i].to_owned()
+        };
+        out.push((name, value));
+        ws(&mut i);
+        if i < b.len() && b[i] != b',' {
+            return Err(TokenError::Malformed(
+                "unexpected text after a parameter value",
+            ));
+        }
     }
 }
 
@@ -312,6 +403,17 @@ pub fn www_authenticate(
         .serialize()
         .map_err(|_| TokenError::Malformed("challenge does not encode"))?;
     Ok(www_authenticate_encoded(&encoded, token_key))
+}
+
+/// Token types IANA reserves for greasing (RFC 9577 §8.2.1): an origin lists a challenge of
+/// one with random contents, so clients keep ignoring types they do not know.
+pub const GREASE_TYPES: [u16; 2] = [0x02AA, 0x1132];
+
+/// A grease challenge: a reserved token type, random challenge bytes and a random key.
+pub fn grease_www_authenticate(grease_type: u16, random: &[u8; 64]) -> String {
+    let mut challenge = grease_type.to_be_bytes().to_vec();
+    challenge.extend_from_slice(&random[..32]);
+    www_authenticate_encoded(&challenge, &random[32..])
 }
 
 /// [`www_authenticate`] for an already encoded challenge (of any token type).
@@ -513,8 +615,9 @@ mod tests {
         for t in [sample(TYPE_PUBLIC, 256), sample(TYPE_AMORTIZED, 64)] {
             let header = t.to_authorization();
             assert_eq!(PresentedToken::from_authorization(&header).unwrap(), t);
-            let unpadded = header.trim_end_matches('=');
-            assert_eq!(PresentedToken::from_authorization(unpadded).unwrap(), t);
+            let b64 = encode_b64url(&t.encode());
+            let unpadded = format!("PrivateToken token={}", b64.trim_end_matches('='));
+            assert_eq!(PresentedToken::from_authorization(&unpadded).unwrap(), t);
             let quoted = format!("privatetoken token=\"{}\"", encode_b64url(&t.encode()));
             assert_eq!(PresentedToken::from_authorization(&quoted).unwrap(), t);
         }
@@ -546,6 +649,43 @@ mod tests {
             "PrivateToken token=AAAA, token=AAAA",
         ] {
             assert!(PresentedToken::from_authorization(h).is_err(), "{h:?}");
+        }
+    }
+
+    /// RFC 9110 syntax only: the forms a conforming client sends are accepted, every broken
+    /// quote or trailing text is refused (each of these parsed before).
+    #[test]
+    fn authorization_syntax_is_rfc_9110() {
+        let t = sample(TYPE_PUBLIC, 256);
+        let b64 = encode_b64url(&t.encode());
+        for good in [
+            format!("PrivateToken token=\"{b64}\""),
+            format!("PrivateToken token={b64}"),
+            format!("PrivateToken  token = \"{b64}\" , other=\"x\""),
+            format!("PrivateToken other=1,token=\"{b64}\""),
+            format!("privatetoken\ttoken=\"{b64}\""),
+        ] {
+            assert_eq!(
+                PresentedToken::from_authorization(&good).as_ref(),
+                Ok(&t),
+                "{good:?}"
+            );
+        }
+        for bad in [
+            format!("PrivateToken token=\"{b64}"),
+            format!("PrivateToken token={b64}\""),
+            format!("PrivateToken token=\"{b64}\"x"),
+            format!("PrivateToken token=\"{b64}\" junk"),
+            format!("PrivateToken token {b64}"),
+            "PrivateToken token=".to_string(),
+            format!("PrivateToken =\"{b64}\""),
+            format!("PrivateToken token=\"{b64}\", other=\"unclosed"),
+            format!("PrivateToken token=\"{b64}\u{7}\""),
+        ] {
+            assert!(
+                PresentedToken::from_authorization(&bad).is_err(),
+                "accepted {bad:?}"
+            );
         }
     }
 

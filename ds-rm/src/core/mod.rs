@@ -280,10 +280,13 @@ impl Hub {
         auth_header: Option<&str>,
         body: &[u8],
         now_ms: u64,
-    ) -> Result<tokens::issue::Issued, HubError> {
+    ) -> Result<tokens::issue::Issued, tokens::issue::Refused> {
         if body.len() > self.config.max_body {
             self.metrics.errors.fetch_add(1, Ordering::Relaxed);
-            return Err(HubError::Request(RequestError::TooLarge));
+            return Err(tokens::issue::Refused {
+                error: HubError::Request(RequestError::TooLarge),
+                unprocessable: false,
+            });
         }
         let anchors = self.as_keys.credentials();
         let ctx = tokens::issue::IssueContext {
@@ -356,12 +359,18 @@ impl Hub {
         admission: &tokens::Admission,
     ) -> Result<Vec<u8>, HubError> {
         let spend = self.tokens.admit(request.rate_class(), admission)?;
-        self.replay.check_fresh(request.timestamp_ms(), now_ms)?;
-        let result = match request {
-            ClientRequest::Qs(req) => self.handle_qs(&req, now_ms, spend.as_ref()),
-            ClientRequest::As(req) => self.handle_as(&req, now_ms, spend.as_ref()),
-            ClientRequest::Ds { request, .. } => self.handle_ds(request, now_ms, spend.as_ref()),
-        };
+        // Once admitted, every refusal costs the token — a stale request too, or a client could
+        // re-present one token forever by sending requests that are refused before the service.
+        let result = self
+            .replay
+            .check_fresh(request.timestamp_ms(), now_ms)
+            .and_then(|()| match request {
+                ClientRequest::Qs(req) => self.handle_qs(&req, now_ms, spend.as_ref()),
+                ClientRequest::As(req) => self.handle_as(&req, now_ms, spend.as_ref()),
+                ClientRequest::Ds { request, .. } => {
+                    self.handle_ds(request, now_ms, spend.as_ref())
+                }
+            });
         self.account_token(&result, spend.as_ref());
         result
     }

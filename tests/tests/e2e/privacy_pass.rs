@@ -88,11 +88,18 @@ async fn challenges_name_our_keys_and_clients_pay_transparently() {
         .collect();
     assert_eq!(
         challenges.len(),
-        2,
-        "one challenge per token type: {challenges:?}"
+        3,
+        "one challenge per token type, the standard type first, then one grease: {challenges:?}"
+    );
+    // RFC 9577: the last one greases a reserved type with random contents.
+    let grease = parse_www_authenticate(challenges[2]).unwrap();
+    let grease_type = u16::from_be_bytes([grease[0].challenge[0], grease[0].challenge[1]]);
+    assert!(
+        mimi_rm_protocol::tokens::GREASE_TYPES.contains(&grease_type),
+        "{grease_type:#06x}"
     );
     let dir_keys = directory(&hub.url()).await;
-    for (header, tt) in challenges.iter().zip([TYPE_AMORTIZED, TYPE_PUBLIC]) {
+    for (header, tt) in challenges.iter().zip([TYPE_PUBLIC, TYPE_AMORTIZED]) {
         let parsed = parse_www_authenticate(header).unwrap();
         assert_eq!(parsed.len(), 1);
         let expected = challenge(DOMAIN, tt).unwrap().serialize().unwrap();
@@ -231,6 +238,28 @@ async fn a_token_is_accepted_once_sequentially_concurrently_and_across_restarts(
     let (status, body) = post_paid(&hub.url(), paths::QS, fetch_body(&bob_token), &t).await;
     assert_eq!((status, error_of(&body).code), (401, ErrorCode::TokenSpent));
     hub.crash_and_restart();
+    let (status, body) = post_paid(&hub.url(), paths::QS, fetch_body(&bob_token), &t).await;
+    assert_eq!((status, error_of(&body).code), (401, ErrorCode::TokenSpent));
+
+    // A stale request is refused after its token was admitted: the token is spent too.
+    let t = wallet_token(&alice).await;
+    let stale = {
+        let req = QsRequest {
+            tbs: QsRequestTbs {
+                timestamp_ms: mimi_ds_rm::now_ms() - 3_600_000,
+                nonce: rand::random(),
+                sender: QsSender::Anonymous,
+                operation: QsOperation::FetchAddPackages(bob_token.to_vec().into()),
+            },
+            signature: Vec::new().into(),
+        };
+        mimi_client_rm::envelope(TransactionType::QueueService, &req).unwrap()
+    };
+    let (status, body) = post_paid(&hub.url(), paths::QS, stale, &t).await;
+    assert_eq!(
+        (status, error_of(&body).code),
+        (403, ErrorCode::StaleRequest)
+    );
     let (status, body) = post_paid(&hub.url(), paths::QS, fetch_body(&bob_token), &t).await;
     assert_eq!((status, error_of(&body).code), (401, ErrorCode::TokenSpent));
 
@@ -384,10 +413,38 @@ async fn issuance_is_authenticated_and_limited_per_epoch() {
         issue(Some(auth.clone()), b"another body".to_vec()).await,
         (403, ErrorCode::InvalidSignature)
     );
+    // RFC 9578 §5.2, §6.2: a token request of the wrong length, an unknown type or another
+    // key id is 422, and issuance answers carry no challenge.
     assert_eq!(
         issue(Some(auth.clone()), body.clone()).await,
-        (400, ErrorCode::Malformed)
+        (422, ErrorCode::Malformed)
     );
+    for (what, bad) in [
+        ("unknown token type", vec![0, 9, 0, 1, 2, 3]),
+        ("unknown key id", {
+            let mut b = vec![0u8; 259];
+            b[1] = 2;
+            b[2] = 0xEE;
+            b
+        }),
+    ] {
+        let auth = wallet.auth_header(&bad).unwrap();
+        let (status, resp, headers) = post_with_headers(
+            &hub.url(),
+            ISSUER_REQUEST_PATH,
+            bad,
+            &[
+                ("content-type", TOKEN_REQUEST_CONTENT_TYPE.to_owned()),
+                (ISSUANCE_AUTH_HEADER, auth),
+            ],
+        )
+        .await;
+        assert_eq!(status, 422, "{what}: {}", error_of(&resp));
+        assert!(
+            headers.get("www-authenticate").is_none(),
+            "{what}: an issuance answer carries a challenge"
+        );
+    }
     assert_eq!(
         issue(Some(auth), body.clone()).await,
         (403, ErrorCode::Replayed)

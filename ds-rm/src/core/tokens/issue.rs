@@ -12,12 +12,12 @@ use crate::core::{IdentityError, RequestError, TokenError};
 use crate::store::Store;
 use mimi_rm_crypto::sign::VerifyingKey;
 use mimi_rm_protocol::credentials::AsCredentials;
-use mimi_rm_protocol::decode_exact;
 use mimi_rm_protocol::tokens::{
     BATCH_REQUEST_CONTENT_TYPE, BATCH_RESPONSE_CONTENT_TYPE, ISSUANCE_AUTH_LABEL, IssuanceAuth,
     MAX_BATCH, TOKEN_REQUEST_CONTENT_TYPE, TOKEN_RESPONSE_CONTENT_TYPE, TYPE_AMORTIZED,
     TYPE_PUBLIC, decode_b64url,
 };
+use mimi_rm_protocol::{ErrorCode, decode_exact};
 use privacypass::amortized_tokens::AmortizedBatchTokenRequest;
 use privacypass::amortized_tokens::server::Server as AmortizedServer;
 use privacypass::common::store::PrivateKeyStore;
@@ -122,6 +122,17 @@ fn truncated(id: &[u8; 32]) -> u8 {
     id[31]
 }
 
+/// An issuance refusal.
+#[derive(Debug)]
+pub struct Refused {
+    /// What went wrong.
+    pub error: HubError,
+    /// Whether it is the token request itself that is wrong — its type, key id, length or
+    /// content — which RFC 9578 (§5.2, §6.2) answers with 422, rather than the device's
+    /// authentication or allowance, which keep their own status.
+    pub unprocessable: bool,
+}
+
 impl Tokens {
     /// Authenticates the device behind `auth_header` and answers a token request.
     pub fn issue(
@@ -130,9 +141,22 @@ impl Tokens {
         content_type: Option<&str>,
         auth_header: Option<&str>,
         body: &[u8],
-    ) -> Result<Issued, HubError> {
-        let device = self.authenticate(ctx, auth_header, body)?;
+    ) -> Result<Issued, Refused> {
+        let device = self
+            .authenticate(ctx, auth_header, body)
+            .map_err(|error| Refused {
+                error,
+                unprocessable: false,
+            })?;
         self.issue_to(ctx.store, device, content_type, body, ctx.now_ms)
+            .map_err(|error| Refused {
+                // The allowance and server faults keep their own status.
+                unprocessable: !matches!(
+                    error.code(),
+                    ErrorCode::AllowanceExhausted | ErrorCode::Internal
+                ),
+                error,
+            })
     }
 
     /// Answers a token request for an already authenticated `device` (its allowance key):

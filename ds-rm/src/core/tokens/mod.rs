@@ -18,8 +18,9 @@ use crate::core::TokenError;
 use crate::store::{Cf, Store, Txn};
 use keys::{IssuerKeys, KeyLookup, KeySchedule};
 use mimi_rm_protocol::tokens::{
-    DirectoryKey, ISSUER_REQUEST_PATH, IssuerDirectory, PresentedToken, RateClass, TYPE_AMORTIZED,
-    TYPE_PUBLIC, challenge, challenge_digest, encode_b64url, www_authenticate,
+    DirectoryKey, GREASE_TYPES, ISSUER_REQUEST_PATH, IssuerDirectory, PresentedToken, RateClass,
+    TYPE_AMORTIZED, TYPE_PUBLIC, challenge, challenge_digest, encode_b64url,
+    grease_www_authenticate, www_authenticate,
 };
 use std::collections::BTreeSet;
 use subtle::ConstantTimeEq as _;
@@ -223,16 +224,23 @@ impl Tokens {
         let Some(k) = self.keys.redeeming(secs(now_ms)).into_iter().next() else {
             return Vec::new();
         };
-        [
-            (TYPE_AMORTIZED, &k.voprf_public),
+        // The standard type (2, publicly verifiable) first, then ours, then one grease
+        // challenge of a reserved type (RFC 9577), so clients must skip what they do not know.
+        let mut out: Vec<String> = [
             (TYPE_PUBLIC, &k.rsa_spki),
+            (TYPE_AMORTIZED, &k.voprf_public),
         ]
         .into_iter()
         .filter_map(|(t, key)| {
             let ch = challenge(&self.domain, t).ok()?;
             www_authenticate(&ch, key).ok()
         })
-        .collect()
+        .collect();
+        let mut random = [0u8; 64];
+        rand::RngCore::fill_bytes(&mut rand::rngs::OsRng, &mut random);
+        let grease = GREASE_TYPES[usize::from(random[0]) % GREASE_TYPES.len()];
+        out.push(grease_www_authenticate(grease, &random));
+        out
     }
 
     /// The issuer directory: every key that redeems now, newest (the issuing one) first.
