@@ -24,6 +24,9 @@ pub struct HubProcess {
     config: PathBuf,
     /// PEM root that certifies the hub's HTTPS certificate; `None` for a plain-HTTP hub.
     ca_pem: Option<Vec<u8>>,
+    /// Where the hub's log goes and at which `RUST_LOG` level; `None`: warnings to the test's
+    /// stderr.
+    log: Option<(PathBuf, String)>,
 }
 
 /// Config lines serving HTTPS with `ca`'s leaf for `domain`, then `extra_config`.
@@ -102,6 +105,26 @@ impl HubProcess {
         hub
     }
 
+    /// Like [`HubProcess::start_with_config`], with the hub's log at `level` (a `RUST_LOG`
+    /// value) appended to `dir/hub.log` (see [`HubProcess::log_path`]), for tests that read it.
+    pub fn start_logging(
+        binary: &Path,
+        dir: &Path,
+        domain: &str,
+        extra_config: &str,
+        level: &str,
+    ) -> Self {
+        let mut hub = Self::prepare(binary, dir, domain, 1 << 20, extra_config, None);
+        hub.log = Some((dir.join("hub.log"), level.to_owned()));
+        hub.spawn();
+        hub
+    }
+
+    /// The log file of a hub started with [`HubProcess::start_logging`].
+    pub fn log_path(&self) -> Option<&Path> {
+        self.log.as_ref().map(|(p, _)| p.as_path())
+    }
+
     fn start_inner(
         binary: &Path,
         dir: &Path,
@@ -140,6 +163,7 @@ impl HubProcess {
             binary: binary.to_owned(),
             config,
             ca_pem,
+            log: None,
         }
     }
 
@@ -180,6 +204,17 @@ impl HubProcess {
     }
 
     fn spawn(&mut self) {
+        let (level, stderr) = match &self.log {
+            Some((path, level)) => {
+                let file = std::fs::OpenOptions::new()
+                    .create(true)
+                    .append(true)
+                    .open(path)
+                    .expect("hub log file");
+                (level.as_str(), Stdio::from(file))
+            }
+            None => ("warn", Stdio::inherit()),
+        };
         let child = Command::new(&self.binary)
             .args(["serve", "--config"])
             .arg(&self.config)
@@ -187,9 +222,9 @@ impl HubProcess {
             .arg(self.addr.to_string())
             .arg("--data")
             .arg(&self.data)
-            .env("RUST_LOG", "warn")
+            .env("RUST_LOG", level)
             .stdout(Stdio::null())
-            .stderr(Stdio::inherit())
+            .stderr(stderr)
             .spawn()
             .expect("start hub");
         self.child = Some(child);

@@ -25,6 +25,7 @@ mod files_at_rest;
 mod identity;
 mod lifecycle;
 mod limits;
+mod logs;
 mod mangled;
 mod membership;
 mod privacy_pass;
