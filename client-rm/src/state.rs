@@ -138,6 +138,10 @@ pub struct ClientState {
     /// Hex secret shared by all devices of our user; per-group user auth keys derive from it.
     #[serde(default)]
     pub user_secret: String,
+    /// Hex key shared by all devices of our user (never by the hub) that turns a device id into
+    /// the device tag its QS client carries, so a sibling can have that client removed.
+    #[serde(default)]
+    pub device_tag_key: String,
     /// Generation of `user_secret` (bumped whenever a device is removed).
     #[serde(default)]
     pub user_secret_generation: u32,

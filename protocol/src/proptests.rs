@@ -326,12 +326,19 @@ fn commit_aad() -> impl Strategy<Value = CommitAad> {
 fn qs_operation() -> impl Strategy<Value = QsOperation> {
     prop_oneof![
         Just(QsOperation::EncryptionKey),
-        (bytes(), bytes(), bytes(), bytes()).prop_map(|(u, c, f, r)| {
+        (bytes(), bytes(), bytes(), bytes(), bytes()).prop_map(|(u, c, f, r, t)| {
             QsOperation::CreateUser(CreateUser {
                 user_auth_key: u,
                 client_auth_key: c,
                 friendship_token: f,
                 initial_ratchet_secret: r,
+                device_tag: t,
+            })
+        }),
+        (any::<[u8; 32]>(), bytes()).prop_map(|(device_tag, new_user_auth_key)| {
+            QsOperation::RemoveUserClient(RemoveUserClient {
+                device_tag,
+                new_user_auth_key,
             })
         }),
         (vec(bytes(), 0..4), bytes()).prop_map(|(packages, last_resort)| {

@@ -16,6 +16,10 @@ pub struct CreateUser {
     pub friendship_token: VLBytes,
     /// Initial secret of the queue ratchet (the QS only ever keeps the current one).
     pub initial_ratchet_secret: VLBytes,
+    /// The client's device tag (32 bytes, or empty): a keyed hash of its device id under a key
+    /// only the user's devices hold, so a sibling can later name this client for removal
+    /// ([`RemoveUserClient`]) while the QS learns nothing from it.
+    pub device_tag: VLBytes,
 }
 
 /// Add another client (device) to the signing pseudonymous user.
@@ -25,6 +29,19 @@ pub struct CreateClient {
     pub client_auth_key: VLBytes,
     /// Initial secret of the new client's queue ratchet.
     pub initial_ratchet_secret: VLBytes,
+    /// The new client's device tag (see [`CreateUser::device_tag`]).
+    pub device_tag: VLBytes,
+}
+
+/// A sibling device removes a client of its user (a removed device) and rotates the user auth
+/// key in the same step, so the removed device can neither read that queue nor create another
+/// client. Signed with the current user auth key (sender `User`).
+#[derive(Debug, Clone, PartialEq, Eq, TlsSerialize, TlsDeserialize, TlsSize)]
+pub struct RemoveUserClient {
+    /// The removed client's device tag; no client of the user with it: nothing is deleted.
+    pub device_tag: [u8; 32],
+    /// The user's next auth key (Ed25519 public key).
+    pub new_user_auth_key: VLBytes,
 }
 
 /// Replace this client's published AddPackages.
@@ -88,6 +105,9 @@ pub enum QsOperation {
     /// learn of it at their next fan-out (a tombstone the hub turns into a removal proposal).
     #[tls_codec(discriminant = 7)]
     DeleteClient,
+    /// Delete a client of the signing user by its device tag, and rotate the user auth key.
+    #[tls_codec(discriminant = 8)]
+    RemoveUserClient(RemoveUserClient),
 }
 
 /// Who signs a QS request.

@@ -207,6 +207,11 @@ fn qs_types_round_trip() {
             client_auth_key: b(&[2; 32]),
             friendship_token: b(&[3; 32]),
             initial_ratchet_secret: b(&[4; 32]),
+            device_tag: b(&[5; 32]),
+        }),
+        QsOperation::RemoveUserClient(RemoveUserClient {
+            device_tag: [6; 32],
+            new_user_auth_key: b(&[7; 32]),
         }),
         QsOperation::PublishAddPackages(PublishAddPackages {
             packages: vec![b(b"a"), b(b"bb")],

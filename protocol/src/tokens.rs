@@ -143,9 +143,12 @@ impl RateClass {
         match op {
             CreateUser(_) | CreateClient(_) => Some(Self::QsRecordCreation),
             FetchAddPackages(_) => Some(Self::AddPackageFetch),
-            EncryptionKey | PublishAddPackages(_) | Dequeue(_) | RekeyQueue(_) | DeleteClient => {
-                None
-            }
+            EncryptionKey
+            | PublishAddPackages(_)
+            | Dequeue(_)
+            | RekeyQueue(_)
+            | DeleteClient
+            | RemoveUserClient(_) => None,
         }
     }
 }

@@ -13,7 +13,7 @@
 use super::commit::Plan;
 use super::leaves::leaf_key_restore;
 use super::membership::InviteMode;
-use super::requests::signed_as;
+use super::requests::{signed_as, signed_qs};
 use super::{ADD_PACKAGES, CIPHERSUITE, Client, GroupHandle, b32, encoded};
 use crate::error::ClientError;
 use crate::state::unhex;
@@ -24,6 +24,7 @@ use mimi_rm_crypto::sign::SigningKey;
 use mimi_rm_protocol::auth::AsOperation;
 use mimi_rm_protocol::decode_exact;
 use mimi_rm_protocol::ds::*;
+use mimi_rm_protocol::qs::{QsOperation, QsSender, RemoveUserClient};
 use mimi_rm_protocol::queue::HpkeCiphertextWire;
 use std::collections::BTreeMap;
 use tls_codec::{TlsDeserialize, TlsSerialize, TlsSize, VLBytes};
@@ -170,6 +171,9 @@ impl Client {
             }
         };
         self.catch_up().await?;
+        let device_id: [u8; 16] = unhex(device)?
+            .try_into()
+            .map_err(|_| ClientError::Unexpected("a device id is 16 bytes"))?;
         let mut secret_update = None;
         self.state.devices.remove(device);
         for group in self.groups() {
@@ -205,11 +209,12 @@ impl Client {
         self.state.user_secret_generation += 1;
         self.state.pending_user_secret = None;
         self.persist()?;
+        // Then the QS (after the commits, which the removed device still receives): its queue
+        // and AddPackages go, and our QS user key moves to the one the new secret derives, so
+        // the removed device cannot create another client of our user.
+        self.remove_qs_client(device_id, &new_secret).await?;
         // Last, at the AS: the device's credential is no longer current, so contacts refuse
         // to add it again and it signs nothing there (a retry of an applied revocation is Ok).
-        let device_id: [u8; 16] = unhex(device)?
-            .try_into()
-            .map_err(|_| ClientError::Unexpected("a device id is 16 bytes"))?;
         let client_key = SigningKey::from_bytes(&unhex(&self.state.client_key)?)?;
         let req = signed_as(
             &client_key,
@@ -218,6 +223,44 @@ impl Client {
         )?;
         self.transport.auth(&req).await?;
         Ok(())
+    }
+
+    /// Has the QS delete the removed device's client (named by its device tag) and rotate our
+    /// QS user key to the one derived from the new user secret, which only current devices
+    /// learn. Idempotent: after a crash the retry is signed with the key already rotated to.
+    async fn remove_qs_client(
+        &mut self,
+        device: [u8; 16],
+        secret: &[u8; 32],
+    ) -> Result<(), ClientError> {
+        if self.state.device_tag_key.is_empty() {
+            tracing::warn!("no device tag key (a state from before tags): the QS client stays");
+            return Ok(());
+        }
+        let new_key = qs_user_key(secret)?;
+        let tag = device_tag(&unhex(&self.state.device_tag_key)?, &device)?;
+        let user_id: [u8; 16] = unhex(&self.state.user_id)?
+            .try_into()
+            .map_err(|_| ClientError::State("user id".into()))?;
+        let op = || {
+            QsOperation::RemoveUserClient(RemoveUserClient {
+                device_tag: tag,
+                new_user_auth_key: new_key.verifying_key().as_bytes().to_vec().into(),
+            })
+        };
+        let current = SigningKey::from_bytes(&unhex(&self.state.user_auth_key)?)?;
+        let req = signed_qs(&current, QsSender::User(user_id), op())?;
+        match self.transport.qs(&req).await {
+            Ok(_) => {}
+            // Already rotated by an interrupted earlier attempt: the new key signs the retry.
+            Err(e) if e.code() == Some(mimi_rm_protocol::ErrorCode::InvalidSignature) => {
+                let retry = signed_qs(&new_key, QsSender::User(user_id), op())?;
+                self.transport.qs(&retry).await?;
+            }
+            Err(e) => return Err(e),
+        }
+        self.state.user_auth_key = hex::encode(new_key.to_bytes());
+        self.persist()
     }
 
     /// The rotated secret sealed to each remaining device we know a link key for.
@@ -266,8 +309,11 @@ impl Client {
         };
         let sk = HpkePrivateKey::from_bytes(&unhex(&self.state.link_private)?)?;
         let secret = hpke_seal::open(&sk, USER_SECRET_LABEL, &own, &hpke_ct(&mine.secret))?;
-        self.state.user_secret = hex::encode(b32(&secret)?);
+        let secret = b32(&secret)?;
+        self.state.user_secret = hex::encode(secret);
         self.state.user_secret_generation = update.generation;
+        // The remover moved our QS user key to the one this secret derives.
+        self.state.user_auth_key = hex::encode(qs_user_key(&secret)?.to_bytes());
         tracing::info!("our user secret was rotated by a sibling device");
         Ok(())
     }
@@ -332,4 +378,19 @@ fn derive_user_auth_key(secret: &[u8; 32], group: &[u8]) -> Result<SigningKey, C
     let mut seed = zeroize::Zeroizing::new([0u8; 32]);
     expand_label(secret, USER_AUTH_LABEL, group, &mut *seed)?;
     Ok(SigningKey::from_bytes(&*seed)?)
+}
+
+/// The QS user auth key derived from a user secret: a removal rotates both together, so the
+/// devices that learn the new secret hold the new QS key, and the removed device does not.
+pub(super) fn qs_user_key(secret: &[u8; 32]) -> Result<SigningKey, ClientError> {
+    let mut seed = zeroize::Zeroizing::new([0u8; 32]);
+    expand_label(secret, "qs user auth key", b"", seed.as_mut())?;
+    Ok(SigningKey::from_bytes(seed.as_ref())?)
+}
+
+/// The device tag of `device` under our user's device tag key (see `ClientState`).
+pub(super) fn device_tag(key: &[u8], device: &[u8; 16]) -> Result<[u8; 32], ClientError> {
+    let mut tag = [0u8; 32];
+    expand_label(key, "device tag", device, &mut tag)?;
+    Ok(tag)
 }

@@ -66,6 +66,8 @@ struct LinkGrant {
     card: VLBytes,
     user_secret: [u8; 32],
     user_secret_generation: u32,
+    /// The user's device tag key (empty for a user from before tags).
+    device_tag_key: VLBytes,
     contacts: Vec<VLBytes>,
     groups: Vec<GroupKeys>,
     devices: Vec<DeviceEntry>,
@@ -189,7 +191,7 @@ impl PendingDevice {
         let grant = self.open_grant(grant_text)?;
         let card = ContactCard::from_text(&String::from_utf8_lossy(grant.card.as_slice()))?;
         let (transport, domain, qs_public) = self.connect_hub(&grant.credential).await?;
-        let queue = create_queue(&transport, &grant).await?;
+        let queue = create_queue(&transport, &grant, &self.identity.device).await?;
         let state = self.linked_state(&grant, &card, domain, qs_public, queue)?;
         let mut client = Client::from_parts(transport, &self.dir, state);
         client.persist()?;
@@ -312,6 +314,7 @@ impl PendingDevice {
             groups: BTreeMap::new(),
             key_packages: BTreeMap::new(),
             user_secret: hex::encode(grant.user_secret),
+            device_tag_key: hex::encode(grant.device_tag_key.as_slice()),
             user_secret_generation: grant.user_secret_generation,
             link_private: hex::encode(self.link.private.as_bytes()),
             devices,
@@ -376,6 +379,7 @@ impl Client {
             card: self.contact_card()?.to_text()?.into_bytes().into(),
             user_secret: self.user_secret()?,
             user_secret_generation: self.state.user_secret_generation,
+            device_tag_key: unhex(&self.state.device_tag_key)?.into(),
             contacts: self
                 .state
                 .contacts
@@ -457,8 +461,16 @@ struct NewQueue {
 }
 
 /// Creates this device's queue as a new client of our user's QS user.
-async fn create_queue(transport: &Transport, grant: &LinkGrant) -> Result<NewQueue, ClientError> {
+async fn create_queue(
+    transport: &Transport,
+    grant: &LinkGrant,
+    device: &[u8; 16],
+) -> Result<NewQueue, ClientError> {
     let qs_user_auth = SigningKey::from_bytes(&grant.qs_user_auth_key)?;
+    let device_tag = match grant.device_tag_key.as_slice() {
+        [] => Vec::new(),
+        key => super::devices::device_tag(key, device)?.to_vec(),
+    };
     let client_auth = SigningKey::generate();
     let secret = RatchetSecret::random();
     let req = signed_qs(
@@ -467,6 +479,7 @@ async fn create_queue(transport: &Transport, grant: &LinkGrant) -> Result<NewQue
         QsOperation::CreateClient(CreateClient {
             client_auth_key: client_auth.verifying_key().as_bytes().to_vec().into(),
             initial_ratchet_secret: secret.as_bytes().to_vec().into(),
+            device_tag: device_tag.into(),
         }),
     )?;
     let QsResponse::ClientCreated(client_id) = transport.qs(&req).await? else {

@@ -63,7 +63,7 @@ impl Client {
             Some(dir.join(WALLET_FILE)),
         )?);
         let qs_public = qs_encryption_key(&transport).await?;
-        let qs_user = create_qs_user(&transport).await?;
+        let qs_user = create_qs_user(&transport, &certified.identity.device).await?;
         let state = initial_state(name, mode, domain, &certified, qs_public, qs_user)?;
         let mut client = Self::from_parts(transport, dir, state);
         client.publish_add_packages(ADD_PACKAGES).await?;
@@ -162,6 +162,7 @@ struct QsUser {
     add_package_key: EarKey,
     secret: RatchetSecret,
     ids: UserCreated,
+    device_tag_key: [u8; 32],
 }
 
 /// Has the AS certify a fresh client key for the handle `name`, and checks that the credential
@@ -204,7 +205,8 @@ async fn certify(transport: &Transport, name: &str) -> Result<Certified, ClientE
 }
 
 /// Creates our pseudonymous user and its first client (our queue) at the QS.
-async fn create_qs_user(transport: &Transport) -> Result<QsUser, ClientError> {
+async fn create_qs_user(transport: &Transport, device: &[u8; 16]) -> Result<QsUser, ClientError> {
+    let device_tag_key: [u8; 32] = mimi_rm_crypto::ids::random_bytes();
     let client_auth = SigningKey::generate();
     let user_auth = SigningKey::generate();
     let token: [u8; 32] = mimi_rm_crypto::ids::random_bytes();
@@ -215,6 +217,9 @@ async fn create_qs_user(transport: &Transport) -> Result<QsUser, ClientError> {
         client_auth_key: client_auth.verifying_key().as_bytes().to_vec().into(),
         friendship_token: token.to_vec().into(),
         initial_ratchet_secret: secret.as_bytes().to_vec().into(),
+        device_tag: super::devices::device_tag(&device_tag_key, device)?
+            .to_vec()
+            .into(),
     };
     let req = signed_qs(
         &client_auth,
@@ -231,6 +236,7 @@ async fn create_qs_user(transport: &Transport) -> Result<QsUser, ClientError> {
         add_package_key,
         secret,
         ids,
+        device_tag_key,
     })
 }
 
@@ -257,6 +263,7 @@ fn initial_state(
         add_package_key,
         secret,
         ids,
+        device_tag_key,
     } = qs_user;
     let link = HpkeKeyPair::generate();
     let user_secret: [u8; 32] = mimi_rm_crypto::ids::random_bytes();
@@ -288,6 +295,7 @@ fn initial_state(
         groups: BTreeMap::new(),
         key_packages: BTreeMap::new(),
         user_secret: hex::encode(user_secret),
+        device_tag_key: hex::encode(device_tag_key),
         user_secret_generation: 0,
         link_private: hex::encode(link.private.as_bytes()),
         devices: BTreeMap::from([(

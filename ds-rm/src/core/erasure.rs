@@ -71,6 +71,7 @@ pub fn prepare(store: &dyn Store) -> Result<Upkeep, HubError> {
                 auth_key: legacy.auth_key,
                 activity_month: legacy.activity_month,
                 acked_below: legacy.acked_below,
+                device_tag: Vec::new().into(),
             },
         )?;
         txn.put_record(

@@ -44,6 +44,9 @@ pub struct ClientRecord {
     /// Every message below this sequence number was acknowledged (deleted); with the ratchet's
     /// next sequence number it gives the queue length without a scan.
     pub acked_below: u64,
+    /// The client's device tag (32 bytes, or empty for clients created before tags): opaque to
+    /// the QS, it lets a sibling device name this client for [`RemoveUserClient`].
+    pub device_tag: VLBytes,
 }
 
 /// A queue's ratchet state: the one secret whose old values must not survive anywhere, so it
@@ -290,6 +293,14 @@ pub fn process(
             replay.check_and_record(req.signature.as_slice(), req.tbs.timestamp_ms, now_ms)?;
             create_client(txn, ids, now_ms, uid, &mut user, p)
         }
+        (QsSender::User(uid), QsOperation::RemoveUserClient(r)) => {
+            let user = txn
+                .get_record::<UserRecord>(uid)?
+                .ok_or(HubError::Identity(IdentityError::UnknownUser))?;
+            verify(user.user_auth_key.as_slice(), &tbs, &req.signature)?;
+            replay.check_and_record(req.signature.as_slice(), req.tbs.timestamp_ms, now_ms)?;
+            remove_user_client(txn, uid, &user, r)
+        }
         (QsSender::Client(id), op) => {
             let mut record = txn
                 .get_record::<ClientRecord>(id)?
@@ -379,6 +390,7 @@ fn create_user(
             auth_key: p.client_auth_key.clone(),
             activity_month: month_of(now_ms),
             acked_below: 0,
+            device_tag: checked_tag(&p.device_tag)?,
         },
     )?;
     txn.put_record(&client_id, &RatchetRecord::new(secret))?;
@@ -412,6 +424,7 @@ fn create_client(
             auth_key: p.client_auth_key.clone(),
             activity_month: month_of(now_ms),
             acked_below: 0,
+            device_tag: checked_tag(&p.device_tag)?,
         },
     )?;
     txn.put_record(&client_id, &RatchetRecord::new(secret))?;
@@ -441,6 +454,45 @@ fn delete_client(
         } else {
             txn.put_record(&record.user_id, &user)?;
         }
+    }
+    Ok(QsResponse::Ok)
+}
+
+/// A device tag is 32 bytes, or absent.
+fn checked_tag(tag: &VLBytes) -> Result<VLBytes, HubError> {
+    match tag.as_slice().len() {
+        0 | 32 => Ok(tag.clone()),
+        _ => Err(HubError::Request(RequestError::Invalid(
+            "a device tag is 32 bytes",
+        ))),
+    }
+}
+
+/// Deletes the user's client carrying `r.device_tag` (if any) exactly as its own
+/// `DeleteClient` would, and replaces the user auth key: the old key, which the removed device
+/// holds, authorises nothing afterwards. A retry (signed with the new key) finds no such
+/// client and changes nothing else.
+fn remove_user_client(
+    txn: &mut Txn<'_>,
+    user_id: &[u8; 16],
+    user: &UserRecord,
+    r: &RemoveUserClient,
+) -> Result<QsResponse, HubError> {
+    VerifyingKey::from_bytes(r.new_user_auth_key.as_slice())
+        .map_err(|_| HubError::Request(RequestError::Invalid("bad user auth key")))?;
+    for id in &user.clients {
+        let Some(record) = txn.get_record::<ClientRecord>(id)? else {
+            continue;
+        };
+        if record.device_tag.as_slice() == r.device_tag {
+            delete_client(txn, id, &record)?;
+            break;
+        }
+    }
+    // The user goes with its last client; otherwise it takes the new key.
+    if let Some(mut after) = txn.get_record::<UserRecord>(user_id)? {
+        after.user_auth_key = r.new_user_auth_key.clone();
+        txn.put_record(user_id, &after)?;
     }
     Ok(QsResponse::Ok)
 }

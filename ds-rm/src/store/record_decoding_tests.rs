@@ -60,6 +60,7 @@ fn stored_records_survive_corruption() {
             auth_key: vec![2; 32].into(),
             activity_month: 683,
             acked_below: 5,
+            device_tag: vec![8; 32].into(),
         },
     );
     hammer(

@@ -165,13 +165,18 @@ impl RocksStore {
             .map(|cf| cf.name())
             .filter(|name| existing.iter().any(|e| e == name));
         let names: Vec<&str> = names.collect();
-        // A running hub's compaction may delete a table file between our reading the MANIFEST
-        // and opening the file: read the (newer) MANIFEST again.
+        // A running hub's flush or compaction may delete a log or table file between our
+        // reading the MANIFEST and opening the file: read the (newer) MANIFEST again. In a
+        // stopped directory the same error persists and is returned.
         let mut attempt = 0;
         let db = loop {
             match DB::open_cf_for_read_only(&db_options(), path, names.iter().copied(), false) {
                 Ok(db) => break db,
-                Err(e) if attempt < 20 && e.to_string().contains("No such file") => {
+                Err(e)
+                    if attempt < 20
+                        && (e.to_string().contains("No such file")
+                            || e.to_string().contains("Missing WAL")) =>
+                {
                     attempt += 1;
                     std::thread::sleep(std::time::Duration::from_millis(25));
                 }

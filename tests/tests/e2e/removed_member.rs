@@ -307,13 +307,9 @@ async fn a_removed_member_or_device_keeps_its_keys_and_reads_nothing_new() {
     dave.receive().await.unwrap();
     let dave2_id = hex::encode(dave2.identity().unwrap().device);
     dave.remove_device(&dave2_id).await.unwrap();
-    assert!(
-        dave2
-            .receive()
-            .await
-            .unwrap()
-            .contains(&Event::Removed { group: g.clone() })
-    );
+    // Its queue went with it: it reads nothing any more.
+    let gone = dave2.receive().await.unwrap_err();
+    assert_eq!(gone.code(), Some(ErrorCode::UnknownClient), "{gone}");
 
     // Two members join afterwards; everyone left follows.
     let mut frank = client(&hub, dir.path(), "frank").await;
@@ -356,6 +352,21 @@ async fn a_removed_member_or_device_keeps_its_keys_and_reads_nothing_new() {
         "a removed device",
     )
     .await;
+
+    // The removed device's queue is gone from the QS (record, ratchet, queue, AddPackages):
+    // it reads nothing more, and the QS user key it holds was replaced.
+    let dave2_queue = kept_dave2.ghost.client_id_bytes().unwrap();
+    assert!(
+        !hub.dump().iter().any(|(cf, k, _)| {
+            matches!(
+                cf,
+                Cf::QsClients | Cf::QsRatchets | Cf::QsQueues | Cf::QsAddPackages
+            ) && k.starts_with(&dave2_queue)
+        }),
+        "the removed device's QS records are gone"
+    );
+    let err = kept_dave2.ghost.receive().await.unwrap_err();
+    assert_eq!(err.code(), Some(ErrorCode::UnknownClient), "{err}");
 
     // The removed device is revoked at the AS: no longer among dave's devices, and a contact's
     // later invitation adds dave's current device only.

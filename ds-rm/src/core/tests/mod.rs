@@ -527,6 +527,7 @@ impl NewUser {
             client_auth_key: client_key.verifying_key().as_bytes().to_vec().into(),
             friendship_token: friendship_token.to_vec().into(),
             initial_ratchet_secret: ratchet_secret.to_vec().into(),
+            device_tag: Vec::new().into(),
         });
         Self {
             op,

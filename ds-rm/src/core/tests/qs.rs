@@ -2,7 +2,8 @@
 
 use super::*;
 use crate::core::qs::{self as qs_core, Enqueued, MAX_ADD_PACKAGES};
-use mimi_rm_protocol::qs::{CreateClient, PublishAddPackages, QsOperation as Op};
+use crate::core::qs::{ClientRecord, RatchetRecord};
+use mimi_rm_protocol::qs::{CreateClient, PublishAddPackages, QsOperation as Op, RemoveUserClient};
 use sha2::{Digest, Sha256};
 
 /// A queued MLS message with recognisable content.
@@ -36,6 +37,7 @@ fn create_client_op(client_key: &SigningKey, secret: &[u8]) -> QsOperation {
     Op::CreateClient(CreateClient {
         client_auth_key: client_key.verifying_key().as_bytes().to_vec().into(),
         initial_ratchet_secret: secret.to_vec().into(),
+        device_tag: Vec::new().into(),
     })
 }
 
@@ -613,6 +615,7 @@ fn each_operation_refuses_bad_requests_with_its_code() {
                 Op::CreateClient(CreateClient {
                     client_auth_key: vec![1; 5].into(),
                     initial_ratchet_secret: random32().to_vec().into(),
+                    device_tag: Vec::new().into(),
                 }),
             ),
             ErrorCode::InvalidRequest,
@@ -694,4 +697,88 @@ fn the_ids_a_request_creates_come_from_the_hubs_id_source() {
     assert_eq!(ids.user_id, counted_id(1));
     assert_eq!(ids.client_id, counted_id(2));
     assert!(hub.record::<ClientRecord>(&counted_id(2)).is_some());
+}
+
+/// A sibling removes a device's client by its tag: record, ratchet, queue and AddPackages
+/// go, the user key is replaced so the old one (which the removed device holds) authorises
+/// nothing, and a retry signed with the new key changes nothing.
+#[test]
+fn remove_user_client_deletes_the_tagged_client_and_rotates_the_user_key() {
+    let hub = TestHub::new();
+    let alice = QsClient::register(&hub);
+    // Alice's second device, created with a tag.
+    let new = NewUser::new();
+    let tag = [0x7a; 32];
+    let op = Op::CreateClient(CreateClient {
+        client_auth_key: new.client_key.verifying_key().as_bytes().to_vec().into(),
+        initial_ratchet_secret: new.ratchet_secret.to_vec().into(),
+        device_tag: tag.to_vec().into(),
+    });
+    let QsResponse::ClientCreated(second) = hub.ok(&qs_signed(
+        &alice.user_key,
+        QsSender::User(alice.user_id),
+        op,
+    )) else {
+        panic!("expected ClientCreated")
+    };
+    let second = QsClient::of(new, alice.user_id, second);
+    hub.ok(&second.request(publish_op(&[b"pkg"], b"last")));
+    enqueue(&hub, &second.client_id, &[message(1)]);
+    assert!(hub.record::<RatchetRecord>(&second.client_id).is_some());
+
+    let next = SigningKey::generate();
+    let remove = |signer: &SigningKey, tag: [u8; 32]| {
+        qs_signed(
+            signer,
+            QsSender::User(alice.user_id),
+            Op::RemoveUserClient(RemoveUserClient {
+                device_tag: tag,
+                new_user_auth_key: next.verifying_key().as_bytes().to_vec().into(),
+            }),
+        )
+    };
+    assert_eq!(hub.ok(&remove(&alice.user_key, tag)), QsResponse::Ok);
+    assert!(hub.record::<ClientRecord>(&second.client_id).is_none());
+    assert!(hub.record::<RatchetRecord>(&second.client_id).is_none());
+    for cf in [Cf::QsQueues, Cf::QsAddPackages] {
+        assert!(
+            client_rows(&hub, cf, &second.client_id).is_empty(),
+            "{cf:?}"
+        );
+    }
+    let user = alice.user(&hub).unwrap();
+    assert_eq!(user.clients, vec![alice.client_id]);
+    assert_eq!(
+        user.user_auth_key.as_slice(),
+        next.verifying_key().as_bytes()
+    );
+    // The old user key (the removed device has it) creates nothing any more.
+    let again = NewUser::new();
+    hub.assert_refused(
+        &qs_signed(
+            &alice.user_key,
+            QsSender::User(alice.user_id),
+            create_client_op(&again.client_key, &again.ratchet_secret),
+        ),
+        ErrorCode::InvalidSignature,
+    );
+    hub.assert_refused(&second.dequeue(10), ErrorCode::UnknownClient);
+    // A retry under the new key finds nothing to delete and changes nothing.
+    let before = hub.dump();
+    assert_eq!(hub.ok(&remove(&next, tag)), QsResponse::Ok);
+    assert!(before == hub.dump());
+    // Refusals: a bad new key, a wrong signer.
+    let bad_key = qs_signed(
+        &next,
+        QsSender::User(alice.user_id),
+        Op::RemoveUserClient(RemoveUserClient {
+            device_tag: tag,
+            new_user_auth_key: vec![1; 5].into(),
+        }),
+    );
+    hub.assert_refused(&bad_key, ErrorCode::InvalidRequest);
+    hub.assert_refused(
+        &remove(&SigningKey::generate(), tag),
+        ErrorCode::InvalidSignature,
+    );
 }
