@@ -52,6 +52,61 @@ impl Client {
             .collect())
     }
 
+    /// Asks each verified member's AS whether that member's device is still current, and marks
+    /// the ones it no longer lists as `Unverified` ("revoked"): a device its user removed stays
+    /// in groups the remover was not in (e.g. a connection group), where only this check shows
+    /// it. One `UserClients` lookup per handle, through our own provider. Returns how many
+    /// members it marked.
+    pub async fn check_revocations(&mut self, group: &GroupHandle) -> Result<usize, ClientError> {
+        let records = self.meta(group)?.members.clone();
+        let mut current: BTreeMap<String, Vec<[u8; 16]>> = BTreeMap::new();
+        for handle in records.values().filter_map(|r| r.handle.clone()) {
+            if current.contains_key(&handle) {
+                continue;
+            }
+            let domain = match self.state.contacts.get(&handle) {
+                Some(text) => crate::contact::ContactCard::from_text(text)?.domain_str(),
+                None => self.state.domain.clone(),
+            };
+            let op = AsOperation::UserClients(handle.as_bytes().to_vec().into());
+            let devices = match self
+                .transport
+                .auth_at(&self.state.domain, &domain, &anonymous_as(op))
+                .await
+            {
+                Ok(AsResponse::UserClients(list)) => {
+                    list.iter().map(|c| c.tbs.identity.device).collect()
+                }
+                // A handle the AS no longer knows has no current device.
+                Err(e) if e.code() == Some(mimi_rm_protocol::ErrorCode::UnknownUser) => Vec::new(),
+                Ok(_) => return Err(ClientError::Unexpected("expected the user's clients")),
+                Err(e) => return Err(e),
+            };
+            current.insert(handle, devices);
+        }
+        let meta = self.meta_mut(group)?;
+        let mut marked = 0;
+        for record in meta.members.values_mut() {
+            let (Some(handle), Some(device)) = (&record.handle, &record.device) else {
+                continue;
+            };
+            let listed = current
+                .get(handle)
+                .is_some_and(|ds| ds.iter().any(|d| hex::encode(d) == *device));
+            if !listed {
+                tracing::warn!(handle = %handle, "a member's device was revoked by its user");
+                record.problem = Some(format!(
+                    "revoked: {handle}'s AS no longer lists this device"
+                ));
+                record.handle = None;
+                record.device = None;
+                marked += 1;
+            }
+        }
+        self.persist()?;
+        Ok(marked)
+    }
+
     /// Every AS we can verify credentials against: our own (pinned at registration) and those
     /// of our contacts' providers.
     pub(super) fn anchors(&self) -> Result<AsCredentials, ClientError> {

@@ -10,7 +10,7 @@
 //! Positive controls: a current member's keys open all of those, and before the removal the
 //! removed member's own keys did.
 
-use mimi_client_rm::{Client, Event, GroupHandle};
+use mimi_client_rm::{Client, Event, GroupHandle, MemberIdentity};
 use mimi_ds_rm::core::ds::routing::{ROUTING_DOMAIN, RoutingRow};
 use mimi_ds_rm::core::ds::state::{AtRest, DsGroupState, GroupRow};
 use mimi_ds_rm::store::Cf;
@@ -447,4 +447,51 @@ async fn a_member_removed_for_inactivity_keeps_its_keys_and_reads_nothing_new() 
         "removed for inactivity",
     )
     .await;
+}
+
+/// A removed device lingers where its remover is not a member — a connection group it made
+/// on its own. There, a member's revocation check (one AS lookup per handle) shows it as
+/// unverified ("revoked"), while the other members stay verified. Control: the same check
+/// before the removal marks nobody.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_revoked_device_shows_unverified_where_it_lingers() {
+    let dir = tempfile::tempdir().unwrap();
+    let hub = hub(dir.path());
+    let mut dave = client(&hub, dir.path(), "dave").await;
+    let mut bob = client(&hub, dir.path(), "bob").await;
+    let (pending, request) =
+        mimi_client_rm::PendingDevice::request(&dir.path().join("dave2"), &hub.url(), "dave", None)
+            .unwrap();
+    let grant = dave.approve_link(&request).await.unwrap();
+    let mut dave2 = pending.complete(&grant).await.unwrap();
+    // dave2 alone connects to bob: a group dave is not in.
+    let domain = bob.contact_card().unwrap().domain_str();
+    let conn = dave2.connect("bob", &domain).await.unwrap();
+    let requests = bob.fetch_connection_requests().await.unwrap();
+    bob.accept_connection(&requests[0].id).await.unwrap();
+    dave2.receive().await.unwrap();
+    bob.receive().await.unwrap();
+    let verified = |bob: &Client| {
+        bob.member_identities(&conn)
+            .unwrap()
+            .into_values()
+            .filter(|m| matches!(m, MemberIdentity::Verified { .. }))
+            .count()
+    };
+    assert_eq!(verified(&bob), 2, "bob and dave2 verify");
+    assert_eq!(bob.check_revocations(&conn).await.unwrap(), 0, "control");
+
+    dave.receive().await.unwrap();
+    let dave2_id = hex::encode(dave2.identity().unwrap().device);
+    dave.remove_device(&dave2_id).await.unwrap();
+    assert_eq!(bob.check_revocations(&conn).await.unwrap(), 1);
+    let ids = bob.member_identities(&conn).unwrap();
+    let revoked: Vec<&MemberIdentity> = ids
+        .values()
+        .filter(
+            |m| matches!(m, MemberIdentity::Unverified { reason } if reason.starts_with("revoked")),
+        )
+        .collect();
+    assert_eq!(revoked.len(), 1, "{ids:?}");
+    assert_eq!(verified(&bob), 1, "bob himself stays verified");
 }
