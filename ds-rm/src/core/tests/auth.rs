@@ -212,10 +212,9 @@ fn revoking_a_device_removes_it_everywhere_at_the_as() {
     hub.ok(&second.request(publish(vec![package(&second, 3600)])));
     hub.ok(&send_request("alice", 2, 7));
     assert_eq!(hub.rows(Cf::AsConnectionRequests).len(), 1);
-    assert_eq!(
-        hub.ok(&alice.request(Op::RevokeClient([2; 16]))),
-        AsResponse::Ok
-    );
+    let revoke = alice.request(Op::RevokeClient([2; 16]));
+    assert_eq!(hub.ok(&revoke), AsResponse::Ok);
+    hub.assert_refused(&revoke, ErrorCode::Replayed);
     assert_eq!(
         user_clients(&hub, "alice", NOW),
         vec![alice.credential.clone()]

@@ -737,7 +737,10 @@ fn remove_user_client_deletes_the_tagged_client_and_rotates_the_user_key() {
             }),
         )
     };
-    assert_eq!(hub.ok(&remove(&alice.user_key, tag)), QsResponse::Ok);
+    let first = remove(&alice.user_key, tag);
+    assert_eq!(hub.ok(&first), QsResponse::Ok);
+    // The same signed request again is a replay (and its old key no longer verifies anyway).
+    hub.assert_refused(&first, ErrorCode::InvalidSignature);
     assert!(hub.record::<ClientRecord>(&second.client_id).is_none());
     assert!(hub.record::<RatchetRecord>(&second.client_id).is_none());
     for cf in [Cf::QsQueues, Cf::QsAddPackages] {
@@ -763,10 +766,13 @@ fn remove_user_client_deletes_the_tagged_client_and_rotates_the_user_key() {
         ErrorCode::InvalidSignature,
     );
     hub.assert_refused(&second.dequeue(10), ErrorCode::UnknownClient);
-    // A retry under the new key finds nothing to delete and changes nothing.
+    // A retry under the new key finds nothing to delete and changes nothing; replaying that
+    // retry is refused as a replay.
     let before = hub.dump();
-    assert_eq!(hub.ok(&remove(&next, tag)), QsResponse::Ok);
+    let retry = remove(&next, tag);
+    assert_eq!(hub.ok(&retry), QsResponse::Ok);
     assert!(before == hub.dump());
+    hub.assert_refused(&retry, ErrorCode::Replayed);
     // Refusals: a bad new key, a wrong signer.
     let bad_key = qs_signed(
         &next,
