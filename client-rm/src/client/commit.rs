@@ -82,13 +82,13 @@ impl Client {
         group: &GroupHandle,
         plan: Plan,
     ) -> Result<u64, ClientError> {
-        self.commit_pending_removals_before(group, &plan).await?;
+        let plan = self.commit_pending_removals_before(group, plan).await?;
         match self.commit_once(group, plan.clone()).await {
             // The hub has just proposed removals our commit must include: fetch them (they go
             // into our proposal store) and build the commit again, once.
             Err(ClientError::ProposalsPending) => {
                 self.catch_up().await?;
-                self.commit_pending_removals_before(group, &plan).await?;
+                let plan = self.commit_pending_removals_before(group, plan).await?;
                 self.commit_once(group, plan).await
             }
             other => other,
@@ -96,22 +96,47 @@ impl Client {
     }
 
     /// Before a commit that adds: an Update committing the pending removals, if there are any.
+    /// That Update rotates the group's credential keys, so the joiners' material, wrapped under
+    /// the keys from before, is re-wrapped under the new ones.
     async fn commit_pending_removals_before(
         &mut self,
         group: &GroupHandle,
-        plan: &Plan,
-    ) -> Result<(), ClientError> {
+        plan: Plan,
+    ) -> Result<Plan, ClientError> {
         if !matches!(plan, Plan::Add(..) | Plan::AddClients(..)) {
-            return Ok(());
+            return Ok(plan);
         }
         let pending = self
             .load_group(group)?
             .pending_proposals()
             .any(|p| matches!(p.proposal(), Proposal::Remove(_)));
-        if pending {
-            self.commit_once(group, Plan::Update).await?;
+        if !pending {
+            return Ok(plan);
         }
-        Ok(())
+        let (old_ck, old_wk) = group_keys(self.meta(group)?)?;
+        self.commit_once(group, Plan::Update).await?;
+        let (new_ck, new_wk) = group_keys(self.meta(group)?)?;
+        let rewrap = |added: Vec<AddedMember>| -> Result<Vec<AddedMember>, ClientError> {
+            added
+                .into_iter()
+                .map(|mut m| {
+                    let (cc, sek) = identity::unwrap(&m.credential, &old_ck, &old_wk)?;
+                    m.credential = identity::wrap(&cc, &sek, &new_ck, &new_wk)?;
+                    Ok(m)
+                })
+                .collect()
+        };
+        Ok(match plan {
+            Plan::Add(kps, aad) => Plan::Add(
+                kps,
+                CommitAad {
+                    added: rewrap(aad.added)?,
+                    ..aad
+                },
+            ),
+            Plan::AddClients(kps, added) => Plan::AddClients(kps, rewrap(added)?),
+            other => other,
+        })
     }
 
     /// Builds, rotates (if it removes) and sends one commit.

@@ -495,3 +495,40 @@ async fn a_revoked_device_shows_unverified_where_it_lingers() {
     assert_eq!(revoked.len(), 1, "{ids:?}");
     assert_eq!(verified(&bob), 1, "bob himself stays verified");
 }
+
+/// An invitation while a removal is pending (bob left; alice has not committed it): alice's
+/// client first commits the removal on its own — rotating the keys — then the add, with the
+/// joiner's material re-wrapped under the new keys, so every member verifies the joiner and
+/// bob, who left, cannot read the group's new keys.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_invitation_during_a_pending_leave_rotates_first_and_the_joiner_verifies() {
+    let dir = tempfile::tempdir().unwrap();
+    let hub = hub(dir.path());
+    let mut alice = client(&hub, dir.path(), "alice").await;
+    let mut bob = client(&hub, dir.path(), "bob").await;
+    let mut dave = client(&hub, dir.path(), "dave").await;
+    let g = group_of(&mut alice, &mut [&mut bob, &mut dave]).await;
+    dave.receive().await.unwrap();
+    let bob_key = bob.group_ear_key(&g).unwrap();
+    bob.leave(&g).await.unwrap();
+    let mut carol = client(&hub, dir.path(), "carol").await;
+    invite_new(&mut alice, &mut carol, &g).await;
+    assert_eq!(alice.members(&g).unwrap().len(), 3, "alice, dave, carol");
+    dave.receive().await.unwrap();
+    let ear = alice.group_ear_key(&g).unwrap();
+    assert_ne!(ear, bob_key, "the leave rotated the key");
+    for c in [&dave, &carol] {
+        assert_eq!(c.group_ear_key(&g).unwrap(), ear);
+    }
+    let carol_leaf = carol.own_leaf(&g).unwrap();
+    for c in [&alice, &dave] {
+        assert!(
+            matches!(
+                c.member_identities(&g).unwrap().get(&carol_leaf),
+                Some(MemberIdentity::Verified { handle, .. }) if handle == "carol"
+            ),
+            "carol verifies"
+        );
+    }
+    assert_eq!(opens(&hub, &g, &bob_key), 0);
+}
