@@ -34,6 +34,10 @@ enum Command {
         /// (a full-metadata comparison DS: your handle will be visible in its group states).
         #[arg(long, default_value = "rm")]
         mode: mimi_rm_protocol::DsMode,
+        /// An invitation code, for a provider that registers by invitation only (its operator
+        /// makes codes with `ds-rm invite`).
+        #[arg(long)]
+        invite: Option<String>,
     },
     /// Print the contact card others need to add you to groups.
     Contact,
@@ -285,7 +289,9 @@ type CliResult = Result<(), Box<dyn std::error::Error>>;
 async fn run(cli: Cli) -> CliResult {
     // Commands that create the client directory rather than load it.
     match &cli.command {
-        Command::Register { name, mode } => return register(&cli, name, *mode).await,
+        Command::Register { name, mode, invite } => {
+            return register(&cli, name, *mode, invite.as_deref()).await;
+        }
         Command::Device(DeviceCommand::Request { name }) => return device_request(&cli, name),
         Command::Device(DeviceCommand::Complete { grant }) => {
             return device_complete(&cli, grant).await;
@@ -330,8 +336,16 @@ async fn run(cli: Cli) -> CliResult {
 }
 
 /// `register`: creates the client directory with a newly registered handle.
-async fn register(cli: &Cli, name: &str, mode: mimi_rm_protocol::DsMode) -> CliResult {
-    let client = Client::register_in_mode(&cli.dir, &cli.hub, name, None, mode).await?;
+async fn register(
+    cli: &Cli,
+    name: &str,
+    mode: mimi_rm_protocol::DsMode,
+    invite: Option<&str>,
+) -> CliResult {
+    let client = match invite {
+        Some(code) => Client::register_invited(&cli.dir, &cli.hub, name, None, code).await?,
+        None => Client::register_in_mode(&cli.dir, &cli.hub, name, None, mode).await?,
+    };
     println!("registered {} in {}", client.name(), cli.dir.display());
     println!("{}", client.contact_card()?.to_text()?);
     Ok(())

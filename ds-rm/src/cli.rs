@@ -67,6 +67,15 @@ pub enum Command {
         /// RocksDB data directory (the hub may be running).
         data: PathBuf,
     },
+    /// Make single-use invitation codes for a provider with `registration = "invite"` (run on
+    /// a stopped hub's data directory); prints one code per line. Only their hashes are stored.
+    Invite {
+        /// RocksDB data directory (the hub must be stopped).
+        data: PathBuf,
+        /// How many codes.
+        #[arg(long, default_value_t = 1)]
+        count: usize,
+    },
     /// Verify a stopped hub's data directory: every log record, table block and slot checks
     /// out, and no acknowledged write is missing. Exits non-zero naming what is damaged.
     Check {
@@ -153,6 +162,14 @@ fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
             print!("{}", crate::audit::render(&store)?);
             drop(store);
             print!("{}", crate::audit::files::audit(&data)?.text);
+            Ok(())
+        }
+        Command::Invite { data, count } => {
+            let store = RocksStore::open(&data, true)?;
+            for code in crate::core::auth::make_invites(&store, count.min(10_000))? {
+                println!("{code}");
+            }
+            crate::store::Store::scrub(&store)?;
             Ok(())
         }
         Command::Check { data } => {

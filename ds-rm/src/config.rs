@@ -20,6 +20,10 @@ pub struct Config {
     pub freshness_window_secs: u64,
     /// fsync every batch before answering (turning this off risks losing acknowledged data).
     pub sync_writes: bool,
+    /// `open` (anyone may register a free handle) or `invite` (a registration needs a
+    /// single-use code from `ds-rm invite`, which bounds how many users — and so token
+    /// allowances — anyone can create).
+    pub registration: Registration,
     /// Seconds between scrubs: each flushes and compacts what changed, so an overwritten or
     /// deleted value is gone from the data directory's files within this many seconds (plus
     /// one scrub's duration), and at once after a clean stop. 0 turns scrubbing off, and with
@@ -82,6 +86,16 @@ pub struct Config {
     pub activity_period_secs: u64,
 }
 
+/// Who may register a handle.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Registration {
+    /// Anyone.
+    Open,
+    /// Holders of an unused invitation code only.
+    Invite,
+}
+
 /// `[privacy_pass]`: which requests cost a token, and how tokens are issued.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -119,6 +133,7 @@ impl Default for Config {
             max_body_bytes: 1 << 20,
             freshness_window_secs: 60,
             sync_writes: true,
+            registration: Registration::Open,
             scrub_interval_secs: 60,
             client_credential_lifetime_secs: 90 * 24 * 60 * 60,
             tls_cert: None,
@@ -192,6 +207,7 @@ impl Config {
             max_queue_length: self.max_queue_length,
             mode: self.mode,
             identity_requests_per_minute: self.baseline_requests_per_minute,
+            invite_only: self.registration == Registration::Invite,
             queue_ref_cache: self.queue_ref_cache_entries,
             inactive_client_limit_ms: self.inactive_client_limit_secs.saturating_mul(1000),
             activity_period_ms: self.activity_period_secs.max(1).saturating_mul(1000),

@@ -46,6 +46,19 @@ pub enum AsOperation {
     /// connection requests are deleted. A user's last device cannot be revoked.
     #[tls_codec(discriminant = 8)]
     RevokeClient([u8; 16]),
+    /// `RegisterUser` with a single-use invitation code, for providers that register by
+    /// invitation only (`registration = "invite"`); anonymous.
+    #[tls_codec(discriminant = 9)]
+    RegisterInvited(InvitedRegistration),
+}
+
+/// A registration with an invitation code the operator handed out (`ds-rm invite`).
+#[derive(Debug, Clone, PartialEq, Eq, TlsSerialize, TlsDeserialize, TlsSize)]
+pub struct InvitedRegistration {
+    /// As for `RegisterUser`.
+    pub csr: ClientCredentialCsr,
+    /// The invitation code (the AS keeps only its SHA-256 until it is used).
+    pub invite: VLBytes,
 }
 
 /// An anonymous connection request for `handle`.

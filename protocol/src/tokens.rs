@@ -128,6 +128,7 @@ impl RateClass {
         match op {
             FetchConnectionPackage(_) | SendConnectionRequest(_) => Some(Self::ConnectionRequest),
             RegisterUser(_)
+            | RegisterInvited(_)
             | AddClient(_)
             | AsCredentials
             | UserClients(_)

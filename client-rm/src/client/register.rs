@@ -50,9 +50,33 @@ impl Client {
         ca_pem: Option<&[u8]>,
         mode: DsMode,
     ) -> Result<Self, ClientError> {
+        Self::register_inner(dir, hub_url, name, ca_pem, mode, None).await
+    }
+
+    /// Like [`Client::register_with_ca`] at a provider that registers by invitation only
+    /// (`registration = "invite"`), with a code its operator made with `ds-rm invite`. The
+    /// code is used up by this registration.
+    pub async fn register_invited(
+        dir: &Path,
+        hub_url: &str,
+        name: &str,
+        ca_pem: Option<&[u8]>,
+        invite: &str,
+    ) -> Result<Self, ClientError> {
+        Self::register_inner(dir, hub_url, name, ca_pem, DsMode::Rm, Some(invite)).await
+    }
+
+    async fn register_inner(
+        dir: &Path,
+        hub_url: &str,
+        name: &str,
+        ca_pem: Option<&[u8]>,
+        mode: DsMode,
+        invite: Option<&str>,
+    ) -> Result<Self, ClientError> {
         let mut transport = transport_for(hub_url, ca_pem)?;
         let domain = transport.domain().await?;
-        let certified = certify(&transport, name).await?;
+        let certified = certify(&transport, name, invite).await?;
         // From here on, rate-limited requests (the QS records first) are paid with tokens that
         // this credential authorises us to obtain.
         std::fs::create_dir_all(dir).map_err(|e| ClientError::State(e.to_string()))?;
@@ -167,7 +191,11 @@ struct QsUser {
 
 /// Has the AS certify a fresh client key for the handle `name`, and checks that the credential
 /// verifies and is the one we asked for.
-async fn certify(transport: &Transport, name: &str) -> Result<Certified, ClientError> {
+async fn certify(
+    transport: &Transport,
+    name: &str,
+    invite: Option<&str>,
+) -> Result<Certified, ClientError> {
     // Identity at the AS: the only request that carries our handle.
     let client_key = SigningKey::generate();
     let identity = ClientIdentity {
@@ -176,10 +204,14 @@ async fn certify(transport: &Transport, name: &str) -> Result<Certified, ClientE
     };
     let csr = ClientCredentialCsr::new(&client_key, identity.clone())
         .map_err(|e| ClientError::State(e.to_string()))?;
-    let AsResponse::ClientCredential(credential) = transport
-        .auth(&anonymous_as(AsOperation::RegisterUser(csr)))
-        .await?
-    else {
+    let op = match invite {
+        None => AsOperation::RegisterUser(csr),
+        Some(code) => AsOperation::RegisterInvited(InvitedRegistration {
+            csr,
+            invite: code.trim().as_bytes().to_vec().into(),
+        }),
+    };
+    let AsResponse::ClientCredential(credential) = transport.auth(&anonymous_as(op)).await? else {
         return Err(ClientError::Unexpected("expected a client credential"));
     };
     let AsResponse::AsCredentials(anchors) = transport

@@ -45,6 +45,7 @@ pub fn reveals(cf: Cf, baseline: bool) -> &'static str {
         }
         Cf::AsUsers => "AS identities by design: every handle and its client credentials",
         Cf::AsKeys => "AS root and intermediate private keys (can forge client credentials)",
+        Cf::AsInvites => "how many invitation codes are unused (hashes only; not who got them)",
         Cf::AsConnectionPackages => {
             "per handle: connection packages (public keys, client credentials) left unused"
         }

@@ -208,6 +208,8 @@ pub struct AsContext<'a> {
     pub client_lifetime_secs: u64,
     /// Fresh ids (connection-request inbox keys).
     pub ids: &'a dyn crate::core::ids::IdSource,
+    /// Registration needs an invitation code.
+    pub invite_only: bool,
 }
 
 impl AsContext<'_> {
@@ -241,6 +243,9 @@ pub fn handle_written(req: &AsRequest) -> Option<&[u8]> {
     match (&req.tbs.sender, &req.tbs.operation) {
         (AsSender::Anonymous, AsOperation::RegisterUser(csr)) => {
             Some(csr.tbs.identity.handle.as_slice())
+        }
+        (AsSender::Anonymous, AsOperation::RegisterInvited(r)) => {
+            Some(r.csr.tbs.identity.handle.as_slice())
         }
         (AsSender::Anonymous, AsOperation::FetchConnectionPackage(handle)) => {
             Some(handle.as_slice())
@@ -312,7 +317,16 @@ pub fn process(
                 )));
             }
             match op {
+                AsOperation::RegisterUser(_) if ctx.invite_only => Err(HubError::Request(
+                    RequestError::NotAuthorized("this provider registers by invitation only"),
+                )),
                 AsOperation::RegisterUser(csr) => register_user(ctx, txn, csr),
+                AsOperation::RegisterInvited(r) => {
+                    if ctx.invite_only {
+                        use_invite(txn, r.invite.as_slice())?;
+                    }
+                    register_user(ctx, txn, &r.csr)
+                }
                 AsOperation::AsCredentials => Ok(AsResponse::AsCredentials(ctx.keys.credentials())),
                 AsOperation::UserClients(handle) => user_clients(ctx, txn, handle.as_slice()),
                 AsOperation::FetchConnectionPackage(handle) => {
@@ -390,6 +404,42 @@ fn authenticate_client(
     ctx.replay
         .check_and_record(req.signature.as_slice(), req.tbs.timestamp_ms, ctx.now_ms)?;
     Ok(current)
+}
+
+/// The SHA-256 an invitation code is stored under.
+pub fn invite_hash(code: &[u8]) -> [u8; 32] {
+    use sha2::Digest as _;
+    sha2::Sha256::digest(code).into()
+}
+
+/// Consumes an unused invitation code, in the registration's own batch.
+fn use_invite(txn: &mut Txn<'_>, code: &[u8]) -> Result<(), HubError> {
+    let key = invite_hash(code).to_vec();
+    if txn.get(Cf::AsInvites, &key)?.is_none() {
+        return Err(HubError::Request(RequestError::NotAuthorized(
+            "unknown or already used invitation",
+        )));
+    }
+    txn.delete(Cf::AsInvites, key);
+    Ok(())
+}
+
+/// Makes `count` fresh invitation codes (hex of 16 random bytes), storing only their hashes:
+/// a seized disk does not yield a usable code.
+pub fn make_invites(store: &dyn Store, count: usize) -> Result<Vec<String>, HubError> {
+    let mut txn = Txn::new(store);
+    let mut codes = Vec::with_capacity(count);
+    for _ in 0..count {
+        let code = hex::encode(mimi_rm_crypto::ids::random_id());
+        txn.put(
+            Cf::AsInvites,
+            invite_hash(code.as_bytes()).to_vec(),
+            Vec::new(),
+        );
+        codes.push(code);
+    }
+    txn.commit()?;
+    Ok(codes)
 }
 
 fn register_user(
@@ -535,6 +585,7 @@ mod tests {
             now_ms: NOW_MS,
             client_lifetime_secs: 100,
             ids: &crate::core::ids::OsIds,
+            invite_only: false,
         };
         let mut txn = Txn::new(store);
         let out = process(&ctx, &mut txn, req)?;

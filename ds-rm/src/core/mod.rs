@@ -34,7 +34,7 @@ use crate::store::{Cf, KeyLocks, Store, Txn};
 use auth::AsKeys;
 use mimi_rm_crypto::hpke_seal::{HpkeKeyPair, HpkePrivateKey, HpkePublicKey};
 use mimi_rm_crypto::sign::{SigningKey, VerifyingKey};
-use mimi_rm_protocol::auth::AsRequest;
+use mimi_rm_protocol::auth::{AsOperation, AsRequest};
 use mimi_rm_protocol::ds::DsRequest;
 use mimi_rm_protocol::federation::*;
 use mimi_rm_protocol::qs::QsRequest;
@@ -73,6 +73,8 @@ pub struct HubConfig {
     pub mode: DsMode,
     /// Baseline mode only: DS requests per client identity and minute (0: unlimited).
     pub identity_requests_per_minute: u32,
+    /// Registration needs a single-use invitation code.
+    pub invite_only: bool,
     /// Sealed queue refs kept opened in memory (0 disables the cache).
     pub queue_ref_cache: usize,
     /// Inactivity after which the hub proposes a client's removal, in milliseconds.
@@ -130,6 +132,8 @@ pub struct Hub {
     peer_keys: std::sync::RwLock<std::collections::HashMap<String, HpkePublicKey>>,
     /// Peers whose key a request needed but this hub does not have (fetched by the worker).
     wanted_peer_keys: std::sync::Mutex<std::collections::BTreeSet<String>>,
+    /// Serialises invited registrations (see `handle_as`).
+    invites: std::sync::Mutex<()>,
     /// Request counters.
     pub metrics: Metrics,
 }
@@ -254,6 +258,7 @@ impl Hub {
             outbox_seq,
             outbox_signal: tokio::sync::Notify::new(),
             config,
+            invites: std::sync::Mutex::new(()),
             metrics: Metrics::default(),
         })
     }
@@ -558,6 +563,10 @@ impl Hub {
         spend: Option<&tokens::VerifiedToken>,
     ) -> Result<Vec<u8>, HubError> {
         let token_lock = self.locks.lock_token(spend.map(|t| &t.nonce));
+        // Invited registrations one at a time: one code, one user, even when two registrations
+        // for different handles present it at once.
+        let invite_lock = matches!(req.tbs.operation, AsOperation::RegisterInvited(_))
+            .then(|| self.invites.lock().unwrap_or_else(|p| p.into_inner()));
         let handle_lock = auth::handle_written(req).map(|h| self.locks.lock_handle(h));
         let mut txn = Txn::new(self.store.as_ref());
         if let Some(token) = spend {
@@ -569,10 +578,12 @@ impl Hub {
             now_ms,
             client_lifetime_secs: self.config.client_credential_lifetime_secs,
             ids: self.ids.as_ref(),
+            invite_only: self.config.invite_only,
         };
         let resp = auth::process(&ctx, &mut txn, req)?;
         txn.commit()?;
         drop(handle_lock);
+        drop(invite_lock);
         drop(token_lock);
         encode(&resp).map_err(|e| HubError::Bug(e.to_string()))
     }

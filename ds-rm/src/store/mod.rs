@@ -53,6 +53,9 @@ pub enum Cf {
     AsUsers,
     /// AS: name → AS signing keys and their credentials (root and intermediate).
     AsKeys,
+    /// AS: SHA-256(invitation code) → nothing; the unused codes of an invitation-only
+    /// provider (`ds-rm invite`), each deleted when a registration uses it.
+    AsInvites,
     /// AS: handle → the user's published connection packages (per device).
     AsConnectionPackages,
     /// AS: handle ‖ 0 ‖ random → a sealed connection request waiting for that user.
@@ -75,7 +78,7 @@ pub enum Cf {
 
 impl Cf {
     /// All column families, in a fixed order.
-    pub const ALL: [Cf; 20] = [
+    pub const ALL: [Cf; 21] = [
         Cf::DsGroups,
         Cf::DsRouting,
         Cf::DsReservations,
@@ -89,6 +92,7 @@ impl Cf {
         Cf::ServerKeys,
         Cf::AsUsers,
         Cf::AsKeys,
+        Cf::AsInvites,
         Cf::AsConnectionPackages,
         Cf::AsConnectionRequests,
         Cf::FedOutbox,
@@ -114,6 +118,7 @@ impl Cf {
             Cf::ServerKeys => "server_keys",
             Cf::AsUsers => "as_users",
             Cf::AsKeys => "as_keys",
+            Cf::AsInvites => "as_invites",
             Cf::AsConnectionPackages => "as_connection_packages",
             Cf::AsConnectionRequests => "as_connection_requests",
             Cf::FedOutbox => "fed_outbox",

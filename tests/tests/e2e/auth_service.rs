@@ -386,3 +386,96 @@ async fn connection_operations_refuse_bad_input_and_change_nothing() {
     ));
     rejected(&hub, paths::AS, body, 401, ErrorCode::TokenRequired).await;
 }
+
+/// A provider that registers by invitation only: the operator makes codes with `ds-rm invite`
+/// on the stopped hub; a registration without a code, with an unknown one or with a used one
+/// is refused; each code registers one user, who then works as any other.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn invitation_only_registration_takes_each_code_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut hub = hub_with_config(dir.path(), "registration = \"invite\"\n");
+    hub.stop();
+    let out = std::process::Command::new(hub_binary())
+        .args(["invite", "--count", "2"])
+        .arg(&hub.data)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let codes: Vec<String> = String::from_utf8(out.stdout)
+        .unwrap()
+        .lines()
+        .map(str::to_owned)
+        .collect();
+    assert_eq!(codes.len(), 2);
+    assert!(
+        !hub.dump()
+            .iter()
+            .any(|(_, k, v)| contains(k, codes[0].as_bytes()) || contains(v, codes[0].as_bytes())),
+        "only hashes of the codes are stored"
+    );
+    hub.restart();
+
+    let refused = |r: Result<mimi_client_rm::Client, mimi_client_rm::ClientError>| {
+        r.err().and_then(|e| e.code())
+    };
+    let url = hub.url();
+    assert_eq!(
+        refused(mimi_client_rm::Client::register(&dir.path().join("a0"), &url, "alice").await),
+        Some(ErrorCode::NotAuthorized)
+    );
+    assert_eq!(
+        refused(
+            mimi_client_rm::Client::register_invited(
+                &dir.path().join("a1"),
+                &url,
+                "alice",
+                None,
+                "nope"
+            )
+            .await
+        ),
+        Some(ErrorCode::NotAuthorized)
+    );
+    let mut alice = mimi_client_rm::Client::register_invited(
+        &dir.path().join("a2"),
+        &url,
+        "alice",
+        None,
+        &codes[0],
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        refused(
+            mimi_client_rm::Client::register_invited(
+                &dir.path().join("b1"),
+                &url,
+                "bob",
+                None,
+                &codes[0]
+            )
+            .await
+        ),
+        Some(ErrorCode::NotAuthorized)
+    );
+    let mut bob = mimi_client_rm::Client::register_invited(
+        &dir.path().join("b2"),
+        &url,
+        "bob",
+        None,
+        &codes[1],
+    )
+    .await
+    .unwrap();
+    let g = group_of(&mut alice, &mut [&mut bob]).await;
+    alice.send(&g, b"invited").await.unwrap();
+    assert_eq!(
+        messages(&bob.receive().await.unwrap()),
+        vec![b"invited".to_vec()]
+    );
+    assert!(hub.dump().iter().all(|(cf, _, _)| *cf != Cf::AsInvites));
+}

@@ -245,6 +245,43 @@ fn revoking_a_device_removes_it_everywhere_at_the_as() {
     assert_eq!(user_clients(&hub, "alice", NOW).len(), 1);
 }
 
+/// Invitation-only registration: no code, an unknown code and a used code are refused and
+/// change nothing; each code registers exactly one user. An open provider ignores the code.
+#[test]
+fn invite_only_registration_takes_each_code_once() {
+    use mimi_rm_protocol::auth::InvitedRegistration;
+    let invited = |key: &SigningKey, handle: &str, code: &str| {
+        as_anon(Op::RegisterInvited(InvitedRegistration {
+            csr: csr(key, handle, 1),
+            invite: code.as_bytes().to_vec().into(),
+        }))
+    };
+    let hub = TestHub::with(|c| c.invite_only = true);
+    let codes = crate::core::auth::make_invites(hub.store.as_ref(), 2).unwrap();
+    assert_eq!(hub.rows(Cf::AsInvites).len(), 2);
+    let key = SigningKey::generate();
+    hub.assert_refused(
+        &as_anon(Op::RegisterUser(csr(&key, "alice", 1))),
+        ErrorCode::NotAuthorized,
+    );
+    hub.assert_refused(
+        &invited(&key, "alice", "not-a-code"),
+        ErrorCode::NotAuthorized,
+    );
+    issued(hub.ok(&invited(&key, "alice", &codes[0])));
+    assert_eq!(hub.rows(Cf::AsInvites).len(), 1, "the code is used up");
+    hub.assert_refused(
+        &invited(&SigningKey::generate(), "bob", &codes[0]),
+        ErrorCode::NotAuthorized,
+    );
+    issued(hub.ok(&invited(&SigningKey::generate(), "bob", &codes[1])));
+    assert!(hub.rows(Cf::AsInvites).is_empty());
+    assert_eq!(user_clients(&hub, "bob", NOW).len(), 1);
+
+    let open = TestHub::new();
+    issued(open.ok(&invited(&key, "carol", "anything")));
+}
+
 #[test]
 fn as_credentials_are_the_stored_keys_and_reading_them_writes_nothing() {
     let hub = TestHub::new();
