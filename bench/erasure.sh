@@ -12,6 +12,8 @@
 # to bench/results/erasure-*.json.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+# shellcheck source=bench/common.sh
+source bench/common.sh
 RATES=${1:-200,400}
 DURATION=${2:-10}
 NGROUPS=${3:-20}
@@ -42,10 +44,7 @@ TOML
     RUST_LOG=warn,mimi_ds_rm::scrub=debug "$HUB_BIN" serve --config "$DATA/hub.toml" > "$DATA/hub.log" 2>&1 &
     HUB=$!
     trap 'kill $HUB 2>/dev/null || true' EXIT
-    for _ in $(seq 100); do
-        curl -sf "http://127.0.0.1:$PORT/.well-known/mimi/ds-domain" >/dev/null && break
-        sleep 0.1
-    done
+    wait_for_hub "$PORT"
     "$BIN/mimi-rm-load" run --url "http://127.0.0.1:$PORT" --mode rm --sweep "$RATES" --hub-pid "$HUB" \
         --duration "$DURATION" --groups "$NGROUPS" --group-size "$SIZE" --mix send=100 \
         --data-dir "$DATA/clients" --out "$OUT/erasure-$NAME" > "$DATA/load.out"

@@ -10,6 +10,8 @@
 # to bench/results/. Each hub gets a fresh data directory and syncs every batch (the default).
 set -euo pipefail
 cd "$(dirname "$0")/.."
+# shellcheck source=bench/common.sh
+source bench/common.sh
 RATES=${1:-250,500,750,1000}
 DURATION=${2:-10}
 NGROUPS=${3:-20}
@@ -35,10 +37,7 @@ TOML
     RUST_LOG=warn "$BIN/ds-rm" serve --config "$DATA/hub.toml" > "$DATA/hub.log" 2>&1 &
     HUB=$!
     trap 'kill $HUB 2>/dev/null || true' EXIT
-    for _ in $(seq 100); do
-        curl -sf "http://127.0.0.1:$PORT/.well-known/mimi/ds-domain" >/dev/null && break
-        sleep 0.1
-    done
+    wait_for_hub "$PORT"
     "$BIN/mimi-rm-load" run --url "http://127.0.0.1:$PORT" --mode "$MODE" --sweep "$RATES" --hub-pid "$HUB" \
         --duration "$DURATION" --groups "$NGROUPS" --group-size "$SIZE" --mix "$MIX" \
         --data-dir "$DATA/clients" --out "$OUT/load-$MODE-$TAG"

@@ -396,3 +396,18 @@ pub async fn talk_until_the_hub_proposes(a: &mut Client, b: &mut Client, g: &Gro
     }
     false
 }
+
+/// Links a new device of `existing`'s user, with its state under `dir/name`: the request, the
+/// approval on `existing`, and the completion.
+pub async fn link_device(
+    hub: &HubProcess,
+    dir: &Path,
+    existing: &mut Client,
+    name: &str,
+) -> Client {
+    let (pending, request) =
+        mimi_client_rm::PendingDevice::request(&dir.join(name), &hub.url(), existing.name(), None)
+            .expect("link request");
+    let grant = existing.approve_link(&request).await.expect("approve link");
+    pending.complete(&grant).await.expect("complete link")
+}

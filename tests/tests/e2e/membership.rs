@@ -2,7 +2,7 @@
 //! connections, several devices per user, resync after lost state, removals the hub proposes
 //! (inactivity, deleted queues), admin-only operations and re-initialisation.
 
-use mimi_client_rm::{Client, ClientError, Event, MemberIdentity, PendingDevice};
+use mimi_client_rm::{Client, ClientError, Event, MemberIdentity};
 use mimi_ds_rm::store::Cf;
 use mimi_rm_crypto::sign::SigningKey;
 use mimi_rm_protocol::auth::*;
@@ -278,14 +278,6 @@ async fn a_forged_connection_request_is_rejected_by_the_responder() {
     assert!(rows(&hub, Cf::AsConnectionRequests).is_empty());
 }
 
-/// Links a new device of `existing`'s user under `dir/name`.
-async fn link(hub: &HubProcess, dir: &Path, existing: &mut Client, name: &str) -> Client {
-    let (pending, request) =
-        PendingDevice::request(&dir.join(name), &hub.url(), existing.name(), None).unwrap();
-    let grant = existing.approve_link(&request).await.unwrap();
-    pending.complete(&grant).await.unwrap()
-}
-
 fn device_hex(c: &Client) -> String {
     hex::encode(c.identity().unwrap().device)
 }
@@ -298,8 +290,8 @@ async fn three_devices_in_two_groups_then_one_removed_and_a_fourth_linked() {
     let mut bob = client(&hub, dir.path(), "bob").await;
     a1.add_contact(&bob.contact_card().unwrap()).unwrap();
     bob.add_contact(&a1.contact_card().unwrap()).unwrap();
-    let mut a2 = link(&hub, dir.path(), &mut a1, "alice2").await;
-    let mut a3 = link(&hub, dir.path(), &mut a1, "alice3").await;
+    let mut a2 = link_device(&hub, dir.path(), &mut a1, "alice2").await;
+    let mut a3 = link_device(&hub, dir.path(), &mut a1, "alice3").await;
     assert_eq!(a1.own_devices().len(), 3);
 
     // G1: alice's; her other devices are added as her own clients, then bob is invited.
@@ -392,7 +384,7 @@ async fn three_devices_in_two_groups_then_one_removed_and_a_fourth_linked() {
 
     // a2 learnt the rotated user secret: the device it links joins both groups by external
     // commit, authenticated with the new user key (the old one no longer works).
-    let mut a4 = link(&hub, dir.path(), &mut a2, "alice4").await;
+    let mut a4 = link_device(&hub, dir.path(), &mut a2, "alice4").await;
     assert_eq!(a4.groups().len(), 2);
     for d in [&mut a1, &mut a2, &mut bob] {
         d.receive().await.unwrap();

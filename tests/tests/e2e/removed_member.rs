@@ -260,11 +260,7 @@ async fn a_removed_member_or_device_keeps_its_keys_and_reads_nothing_new() {
     let mut carol = client(&hub, dir.path(), "carol").await;
     let mut eve = client(&hub, dir.path(), "eve").await;
     let mut dave = client(&hub, dir.path(), "dave").await;
-    let (pending, request) =
-        mimi_client_rm::PendingDevice::request(&dir.path().join("dave2"), &hub.url(), "dave", None)
-            .unwrap();
-    let grant = dave.approve_link(&request).await.unwrap();
-    let mut dave2 = pending.complete(&grant).await.unwrap();
+    let mut dave2 = link_device(&hub, dir.path(), &mut dave, "dave2").await;
     // Each device accepts invitations only from its own contacts.
     dave2.add_contact(&alice.contact_card().unwrap()).unwrap();
     let g = group_of(&mut alice, &mut [&mut bob, &mut carol, &mut dave, &mut eve]).await;
@@ -459,11 +455,7 @@ async fn a_revoked_device_shows_unverified_where_it_lingers() {
     let hub = hub(dir.path());
     let mut dave = client(&hub, dir.path(), "dave").await;
     let mut bob = client(&hub, dir.path(), "bob").await;
-    let (pending, request) =
-        mimi_client_rm::PendingDevice::request(&dir.path().join("dave2"), &hub.url(), "dave", None)
-            .unwrap();
-    let grant = dave.approve_link(&request).await.unwrap();
-    let mut dave2 = pending.complete(&grant).await.unwrap();
+    let mut dave2 = link_device(&hub, dir.path(), &mut dave, "dave2").await;
     // dave2 alone connects to bob: a group dave is not in.
     let domain = bob.contact_card().unwrap().domain_str();
     let conn = dave2.connect("bob", &domain).await.unwrap();
