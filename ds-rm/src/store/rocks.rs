@@ -501,16 +501,6 @@ mod tests {
         out
     }
 
-    /// The write-ahead log RocksDB is writing now (the highest-numbered one).
-    fn newest_log_path(dir: &Path) -> std::path::PathBuf {
-        std::fs::read_dir(dir)
-            .unwrap()
-            .map(|e| e.unwrap().path())
-            .filter(|p| p.extension().is_some_and(|x| x == "log"))
-            .max()
-            .unwrap()
-    }
-
     fn found(hay: &[u8], needle: &[u8]) -> bool {
         hay.windows(needle.len()).any(|w| w == needle)
     }
@@ -609,7 +599,7 @@ mod tests {
         let reopened = RocksStore::open(copy.path(), true).unwrap();
         assert!(reopened.get(Cf::PpSpent, b"nonce-2").unwrap().is_some());
         drop(reopened);
-        let log = newest_log_path(dir.path());
+        let log = dir.path().join(newest_log(dir.path()).unwrap().0);
         std::fs::write(&log, b"").unwrap();
         let before = all_bytes(dir.path(), None);
         let err = RocksStore::open(dir.path(), true).err().expect("refused");
@@ -635,7 +625,7 @@ mod tests {
                 put(&store, Cf::PpSpent, &value(i), b"");
             }
         }
-        let log = newest_log_path(dir.path());
+        let log = dir.path().join(newest_log(dir.path()).unwrap().0);
         let mut b = std::fs::read(&log).unwrap();
         let mid = b.len() / 2;
         for x in &mut b[mid..mid + 64] {

@@ -10,31 +10,6 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
-fn copy_dir(from: &Path, to: &Path) {
-    std::fs::create_dir_all(to).unwrap();
-    for e in std::fs::read_dir(from).unwrap() {
-        let e = e.unwrap();
-        if e.file_type().unwrap().is_file() {
-            std::fs::copy(e.path(), to.join(e.file_name())).unwrap();
-        }
-    }
-}
-
-fn snapshot(dir: &Path) -> Vec<(String, Vec<u8>)> {
-    let mut files: Vec<_> = std::fs::read_dir(dir)
-        .unwrap()
-        .map(|e| e.unwrap())
-        .map(|e| {
-            (
-                e.file_name().to_string_lossy().into_owned(),
-                std::fs::read(e.path()).unwrap(),
-            )
-        })
-        .collect();
-    files.sort();
-    files
-}
-
 fn newest(dir: &Path, prefix: &str, suffix: &str) -> PathBuf {
     std::fs::read_dir(dir)
         .unwrap()
@@ -128,7 +103,7 @@ async fn a_damaged_data_directory_is_refused_naming_the_damage() {
         let copy = dir.path().join(what.replace(' ', "-"));
         copy_dir(&pristine, &copy);
         let file = damage(&copy);
-        let before = snapshot(&copy);
+        let before = dir_files(&copy);
         let err = hub
             .try_serve(&copy, Duration::from_secs(30))
             .expect_err(what);
@@ -139,7 +114,7 @@ async fn a_damaged_data_directory_is_refused_naming_the_damage() {
         let (ok, out) = check(&copy);
         assert!(!ok, "{what}: ds-rm check passed:\n{out}");
         assert_eq!(
-            snapshot(&copy),
+            dir_files(&copy),
             before,
             "{what}: a refused start changed files"
         );

@@ -82,21 +82,6 @@ fn watch(data: PathBuf, stop: Arc<AtomicBool>) -> std::thread::JoinHandle<Watche
     })
 }
 
-/// Every file of the directory.
-fn read_all(data: &Path) -> Vec<(String, Vec<u8>)> {
-    std::fs::read_dir(data)
-        .unwrap()
-        .map(|e| e.unwrap())
-        .filter(|e| e.file_type().unwrap().is_file())
-        .map(|e| {
-            (
-                e.file_name().to_string_lossy().into_owned(),
-                std::fs::read(e.path()).unwrap(),
-            )
-        })
-        .collect()
-}
-
 /// Byte strings shaped like a serialised ratchet state: 32 bytes that look random, then a
 /// big-endian sequence number below 2^24.
 fn state_shaped(bytes: &[u8]) -> HashSet<State> {
@@ -172,7 +157,7 @@ fn attack(data: &Path, watched: &Watched, when: &str) {
         "{when}: old values in files\n{}",
         audit.text
     );
-    let files = read_all(data);
+    let files = dir_files(data);
     let current: HashSet<State> = files
         .iter()
         .filter(|(n, _)| n == SLOT_FILE)

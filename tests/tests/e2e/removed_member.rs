@@ -33,22 +33,9 @@ struct Kept {
     ghost: Client,
 }
 
-fn copy_tree(from: &Path, to: &Path) {
-    std::fs::create_dir_all(to).unwrap();
-    for e in std::fs::read_dir(from).unwrap() {
-        let e = e.unwrap();
-        let target = to.join(e.file_name());
-        if e.file_type().unwrap().is_dir() {
-            copy_tree(&e.path(), &target);
-        } else {
-            std::fs::copy(e.path(), target).unwrap();
-        }
-    }
-}
-
 /// Takes everything `c` (state under `state_dir`) holds for `g`, before it is removed.
 fn keep(hub: &HubProcess, c: &Client, state_dir: &Path, copy: &Path, g: &GroupHandle) -> Kept {
-    copy_tree(state_dir, copy);
+    copy_dir(state_dir, copy);
     let (credential_key, wrapper_key) = c.group_credential_keys(g).unwrap();
     Kept {
         ear: c.group_ear_key(g).unwrap(),

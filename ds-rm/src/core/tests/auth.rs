@@ -245,6 +245,45 @@ fn revoking_a_device_removes_it_everywhere_at_the_as() {
     assert_eq!(user_clients(&hub, "alice", NOW).len(), 1);
 }
 
+/// The operations added for revocation and invitations refuse broken framing and forged
+/// signatures with their codes and change nothing (each framing check ends by accepting the
+/// untouched request: the positive control).
+#[test]
+fn revocation_and_invited_registration_refuse_bad_input() {
+    use mimi_rm_protocol::auth::InvitedRegistration;
+    let hub = TestHub::new();
+    let alice = register(&hub, "alice");
+    add_device(&hub, &alice, 2);
+    let forged = as_signed(
+        &SigningKey::generate(),
+        alice.identity.clone(),
+        Op::RevokeClient([2; 16]),
+    );
+    hub.assert_refused(&forged, ErrorCode::InvalidSignature);
+    assert_framing_refusals(&hub, &alice.request(Op::RevokeClient([2; 16])));
+    assert_eq!(user_clients(&hub, "alice", NOW).len(), 1);
+
+    let invite_hub = TestHub::with(|c| c.invite_only = true);
+    let codes = crate::core::auth::make_invites(invite_hub.store.as_ref(), 1).unwrap();
+    let signed_register = as_signed(
+        &SigningKey::generate(),
+        identity("bob", 1),
+        Op::RegisterInvited(InvitedRegistration {
+            csr: csr(&SigningKey::generate(), "bob", 1),
+            invite: codes[0].as_bytes().to_vec().into(),
+        }),
+    );
+    invite_hub.assert_refused(&signed_register, ErrorCode::UnknownUser);
+    assert_framing_refusals(
+        &invite_hub,
+        &as_anon(Op::RegisterInvited(InvitedRegistration {
+            csr: csr(&SigningKey::generate(), "bob", 1),
+            invite: codes[0].as_bytes().to_vec().into(),
+        })),
+    );
+    assert!(invite_hub.rows(Cf::AsInvites).is_empty());
+}
+
 /// Invitation-only registration: no code, an unknown code and a used code are refused and
 /// change nothing; each code registers exactly one user. An open provider ignores the code.
 #[test]
