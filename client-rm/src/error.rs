@@ -30,6 +30,12 @@ pub enum ClientError {
     /// Local state could not be read or written.
     #[error("state: {0}")]
     State(String),
+    /// The client store's database failed (or is in use by another process).
+    #[error("client store: {0}")]
+    Store(String),
+    /// The client store's passphrase is missing or wrong, or one was given for a store without.
+    #[error("client store: {0}")]
+    Passphrase(&'static str),
     /// The hub answered something that does not fit the request.
     #[error("unexpected response: {0}")]
     Unexpected(&'static str),

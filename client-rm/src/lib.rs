@@ -12,6 +12,7 @@ mod error;
 mod identity;
 mod provider;
 mod state;
+mod store;
 pub mod tokens;
 mod transport;
 
@@ -19,9 +20,12 @@ mod transport;
 pub use client::Tamper;
 pub use client::{
     Client, Event, GroupHandle, IncomingConnection, MAX_PAST_EPOCHS, MemberIdentity, PendingDevice,
+    RegisterOptions,
     seal_offer,
 };
 pub use contact::ContactCard;
 pub use error::ClientError;
+pub use store::seal::KdfParams;
+pub use store::{StoreOptions, WriteStats};
 pub use tokens::Wallet;
 pub use transport::{Recorder, Transport, envelope};

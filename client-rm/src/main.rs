@@ -2,7 +2,10 @@
 #![forbid(unsafe_code)]
 
 use clap::{Parser, Subcommand};
-use mimi_client_rm::{Client, ContactCard, Event, GroupHandle, MemberIdentity, PendingDevice};
+use mimi_client_rm::{
+    Client, ContactCard, Event, GroupHandle, MemberIdentity, PendingDevice, RegisterOptions,
+    StoreOptions,
+};
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -17,6 +20,11 @@ struct Cli {
     /// Base URL of your hub.
     #[arg(long, default_value = "http://127.0.0.1:8080")]
     hub: String,
+    /// File whose first line is the passphrase of the client store: every key and message
+    /// waiting in --dir is then sealed under it (argon2id, AES-256-GCM). Give it at `register`
+    /// (or `device complete`) to create a protected store, and with every command after.
+    #[arg(long, value_name = "FILE")]
+    passphrase_file: Option<PathBuf>,
     #[command(subcommand)]
     command: Command,
 }
@@ -73,8 +81,14 @@ enum Command {
         #[arg(long)]
         message: String,
     },
-    /// Fetch and show everything that arrived.
-    Receive,
+    /// Fetch and show everything that arrived, and every event other commands found but did
+    /// not show. An event is forgotten only after it was printed.
+    Receive {
+        /// Prefix each event with its number (`#N`): an event printed just before a crash is
+        /// printed again with the same number.
+        #[arg(long)]
+        ids: bool,
+    },
     /// Keep receiving every few seconds until interrupted.
     Listen {
         /// Poll interval in seconds.
@@ -298,8 +312,28 @@ async fn run(cli: Cli) -> CliResult {
         }
         _ => {}
     }
-    let mut client = Client::load(&cli.dir, &cli.hub)?;
+    let mut client = Client::load_with(&cli.dir, &cli.hub, None, &store_options(&cli)?)?;
     let client = &mut client;
+    let shows_events = matches!(cli.command, Command::Receive { .. } | Command::Listen { .. });
+    let result = dispatch(cli, client).await;
+    // A command that read the queue on the way (a send catching up, an update) stored what it
+    // found; say so, so nothing waits unseen.
+    if !shows_events && let Ok(n @ 1..) = client.waiting_events() {
+        eprintln!("mimi-rm: {n} new events waiting; run `mimi-rm receive`");
+    }
+    result
+}
+
+/// The store options from `--passphrase-file`.
+fn store_options(cli: &Cli) -> Result<StoreOptions, Box<dyn std::error::Error>> {
+    let Some(path) = &cli.passphrase_file else {
+        return Ok(StoreOptions::default());
+    };
+    Ok(StoreOptions::passphrase_file(path)?)
+}
+
+/// Runs a subcommand on a loaded client.
+async fn dispatch(cli: Cli, client: &mut Client) -> CliResult {
     match cli.command {
         Command::Register { .. }
         | Command::Device(DeviceCommand::Request { .. } | DeviceCommand::Complete { .. }) => Ok(()),
@@ -322,7 +356,7 @@ async fn run(cli: Cli) -> CliResult {
         Command::CreateGroup => create_group(client).await,
         Command::Invite { group, contact } => invite(client, &group, &contact).await,
         Command::Send { group, message } => send(client, &group, &message).await,
-        Command::Receive => receive(client).await,
+        Command::Receive { ids } => receive(client, ids).await,
         Command::Listen { interval } => listen(client, interval).await,
         Command::Update { group } => update(client, &group).await,
         Command::Remove { group, leaf } => remove(client, &group, leaf).await,
@@ -342,10 +376,13 @@ async fn register(
     mode: mimi_rm_protocol::DsMode,
     invite: Option<&str>,
 ) -> CliResult {
-    let client = match invite {
-        Some(code) => Client::register_invited(&cli.dir, &cli.hub, name, None, code).await?,
-        None => Client::register_in_mode(&cli.dir, &cli.hub, name, None, mode).await?,
+    let options = RegisterOptions {
+        mode,
+        invite,
+        store: store_options(cli)?,
+        ..Default::default()
     };
+    let client = Client::register_with(&cli.dir, &cli.hub, name, &options).await?;
     println!("registered {} in {}", client.name(), cli.dir.display());
     println!("{}", client.contact_card()?.to_text()?);
     Ok(())
@@ -363,7 +400,7 @@ fn device_request(cli: &Cli, name: &str) -> CliResult {
 /// `device complete`: finishes linking this (new) device with the grant.
 async fn device_complete(cli: &Cli, grant: &str) -> CliResult {
     let pending = PendingDevice::load(&cli.dir, &cli.hub, None)?;
-    let client = pending.complete(grant).await?;
+    let client = pending.complete_with(grant, &store_options(cli)?).await?;
     println!(
         "linked device {} of {}; in {} groups",
         client
@@ -541,8 +578,28 @@ async fn send(client: &mut Client, group: &str, message: &str) -> CliResult {
 }
 
 /// `receive`: fetches and shows everything that arrived.
-async fn receive(client: &mut Client) -> CliResult {
-    print_events(&client.receive().await?);
+async fn receive(client: &mut Client, ids: bool) -> CliResult {
+    client.fetch().await?;
+    show_stored(client, ids)
+}
+
+/// Prints the stored events, then forgets them: a crash in between shows them again rather
+/// than losing them.
+fn show_stored(client: &mut Client, ids: bool) -> CliResult {
+    let events = client.stored_events()?;
+    let Some((last, _)) = events.last() else {
+        return Ok(());
+    };
+    let last = *last;
+    for (n, e) in &events {
+        if ids {
+            print!("#{n} ");
+        }
+        print_events(std::slice::from_ref(e));
+    }
+    use std::io::Write as _;
+    std::io::stdout().flush()?;
+    client.events_shown(last)?;
     Ok(())
 }
 
@@ -550,7 +607,10 @@ async fn receive(client: &mut Client) -> CliResult {
 async fn listen(client: &mut Client, interval: u64) -> CliResult {
     loop {
         tokio::select! {
-            r = client.receive() => print_events(&r?),
+            r = client.fetch() => {
+                r?;
+                show_stored(client, false)?;
+            }
             _ = tokio::signal::ctrl_c() => return Ok(()),
         }
         tokio::time::sleep(std::time::Duration::from_secs(interval)).await;

@@ -1,11 +1,12 @@
 //! The client's persisted state: keys and bookkeeping next to the OpenMLS key store.
 //!
-//! Written atomically (temp file + rename) after every operation that changes it.
+//! Kept in the client store ([`crate::store`]): the core as one row, each group and each
+//! published KeyPackage as its own. Secrets are hex strings, wiped when the state is dropped; no
+//! type here prints a secret through `Debug`.
 
 use crate::error::ClientError;
 use serde::{Deserialize, Serialize};
-use std::collections::{BTreeMap, HashMap};
-use std::path::Path;
+use std::collections::BTreeMap;
 
 /// What we know about one member's identity.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
@@ -21,7 +22,7 @@ pub struct MemberRecord {
 }
 
 /// Per-group secrets the hub never keeps.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Clone, Serialize, Deserialize)]
 pub struct GroupMeta {
     /// Hex `GroupStateEarKey`.
     pub ear_key: String,
@@ -60,7 +61,7 @@ pub struct GroupMeta {
 }
 
 /// A KeyPackage we published and may be welcomed with.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Clone, Serialize, Deserialize)]
 pub struct PendingKeyPackage {
     /// Hex init private key (to open the hub's sealed JoinerInfo).
     pub init_private: String,
@@ -71,7 +72,7 @@ pub struct PendingKeyPackage {
 }
 
 /// Everything but the OpenMLS key store.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Clone, Serialize, Deserialize)]
 pub struct ClientState {
     /// Our handle at the AS (sent only to the AS; members and contacts see it).
     pub name: String,
@@ -169,7 +170,7 @@ pub struct ClientState {
 }
 
 /// A connection we initiated.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Clone, Serialize, Deserialize)]
 pub struct PendingConnection {
     /// The responder's handle.
     pub handle: String,
@@ -177,56 +178,113 @@ pub struct PendingConnection {
     pub friendship_key: String,
 }
 
-/// OpenMLS key-store entries (key → value).
-pub type MlsStore = HashMap<Vec<u8>, Vec<u8>>;
+// Secrets are wiped from memory when the state goes, and never printed: `Debug` shows what is
+// needed to tell states apart in a log or a test failure, and no key.
 
-#[derive(Serialize, Deserialize)]
-struct OnDisk {
-    state: ClientState,
-    mls: Vec<(String, String)>,
-}
-
-/// Writes state and key store atomically into `dir`.
-pub fn save(
-    dir: &Path,
-    state: &ClientState,
-    mls: &HashMap<Vec<u8>, Vec<u8>>,
-) -> Result<(), ClientError> {
-    let mut entries: Vec<(String, String)> = mls
-        .iter()
-        .map(|(k, v)| (hex::encode(k), hex::encode(v)))
-        .collect();
-    entries.sort();
-    let disk = OnDisk {
-        state: state.clone(),
-        mls: entries,
-    };
-    let text = serde_json::to_vec(&disk).map_err(|e| ClientError::State(e.to_string()))?;
-    std::fs::create_dir_all(dir).map_err(|e| ClientError::State(e.to_string()))?;
-    write_private(&dir.join("client.json"), &text)
-}
-
-/// Writes a file atomically (temp file + rename).
-pub fn write_private(path: &Path, bytes: &[u8]) -> Result<(), ClientError> {
-    let tmp = path.with_extension("tmp");
-    std::fs::write(&tmp, bytes).map_err(|e| ClientError::State(e.to_string()))?;
-    std::fs::rename(&tmp, path).map_err(|e| ClientError::State(e.to_string()))
-}
-
-/// Loads what [`save`] wrote.
-pub fn load(dir: &Path) -> Result<(ClientState, MlsStore), ClientError> {
-    let text =
-        std::fs::read(dir.join("client.json")).map_err(|e| ClientError::State(e.to_string()))?;
-    let disk: OnDisk =
-        serde_json::from_slice(&text).map_err(|e| ClientError::State(e.to_string()))?;
-    let mut mls = HashMap::new();
-    for (k, v) in disk.mls {
-        mls.insert(
-            hex::decode(k).map_err(|e| ClientError::State(e.to_string()))?,
-            hex::decode(v).map_err(|e| ClientError::State(e.to_string()))?,
-        );
+impl Drop for GroupMeta {
+    fn drop(&mut self) {
+        wipe(&mut self.ear_key);
+        wipe(&mut self.credential_key);
+        wipe(&mut self.wrapper_key);
+        wipe(&mut self.signature_ear_key);
+        wipe(&mut self.signer_private);
     }
-    Ok((disk.state, mls))
+}
+
+impl std::fmt::Debug for GroupMeta {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("GroupMeta")
+            .field("signer_public", &self.signer_public)
+            .field("members", &self.members)
+            .field("joined_epoch", &self.joined_epoch)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Drop for PendingKeyPackage {
+    fn drop(&mut self) {
+        wipe(&mut self.init_private);
+        wipe(&mut self.signature_ear_key);
+    }
+}
+
+impl std::fmt::Debug for PendingKeyPackage {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PendingKeyPackage")
+            .field("signer_public", &self.signer_public)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Drop for PendingConnection {
+    fn drop(&mut self) {
+        wipe(&mut self.friendship_key);
+    }
+}
+
+impl std::fmt::Debug for PendingConnection {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PendingConnection")
+            .field("handle", &self.handle)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Drop for ClientState {
+    fn drop(&mut self) {
+        for s in [
+            &mut self.client_key,
+            &mut self.credential_key,
+            &mut self.wrapper_key,
+            &mut self.wai_key,
+            &mut self.client_auth_key,
+            &mut self.user_auth_key,
+            &mut self.friendship_token,
+            &mut self.add_package_key,
+            &mut self.queue_ratchet,
+            &mut self.user_secret,
+            &mut self.device_tag_key,
+            &mut self.link_private,
+        ] {
+            wipe(s);
+        }
+        for s in [&mut self.in_flight_rekey, &mut self.pending_user_secret]
+            .into_iter()
+            .flatten()
+        {
+            wipe(s);
+        }
+        for (_, s) in &mut self.pending_mixes {
+            wipe(s);
+        }
+        for s in self
+            .contacts
+            .values_mut()
+            .chain(self.connection_keys.values_mut())
+            .chain(self.connection_requests.values_mut())
+        {
+            wipe(s);
+        }
+    }
+}
+
+impl std::fmt::Debug for ClientState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ClientState")
+            .field("name", &self.name)
+            .field("device", &self.device)
+            .field("domain", &self.domain)
+            .field("mode", &self.mode)
+            .field("groups", &self.groups.len())
+            .field("key_packages", &self.key_packages.len())
+            .field("contacts", &self.contacts.len())
+            .finish_non_exhaustive()
+    }
+}
+
+/// Overwrites a secret string's bytes before its memory is freed.
+fn wipe(s: &mut String) {
+    zeroize::Zeroize::zeroize(s);
 }
 
 /// Hex decode for stored fields.

@@ -169,9 +169,13 @@ impl Wallet {
             limited: s.limited.clone(),
         };
         let text = serde_json::to_string(&saved).map_err(|e| state_err("wallet file", e))?;
-        let tmp = path.with_extension("tmp");
-        std::fs::write(&tmp, text).map_err(|e| state_err("wallet file", e))?;
-        std::fs::rename(&tmp, path).map_err(|e| state_err("wallet file", e))
+        // Losing the newest state costs a refill (a spent token shown again is refused and
+        // replaced), so this is not synced on every token.
+        crate::store::files::write_private(
+            path,
+            text.as_bytes(),
+            crate::store::files::Durability::Atomic,
+        )
     }
 
     /// Takes one token, refilling first when the wallet runs low. A token handed out counts as

@@ -371,7 +371,7 @@ impl Client {
         tracing::info!(handle = %pending.handle, "connection accepted");
         Ok(Some(Event::ConnectionAccepted {
             group: group.clone(),
-            handle: pending.handle,
+            handle: pending.handle.clone(),
         }))
     }
 }

@@ -3,8 +3,8 @@
 use super::GroupHandle;
 use mimi_rm_protocol::ds::*;
 
-/// Something that arrived from the hub.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// Something that arrived from the hub. Stored (serde) until the application takes it.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub enum Event {
     /// We were welcomed into a group.
     Joined {
@@ -44,6 +44,7 @@ pub enum Event {
         /// The group.
         group: GroupHandle,
         /// Our report, if a commit failed.
+        #[serde(with = "crate::store::events_tls")]
         reported: Option<CommitRejected>,
         /// The epoch we re-entered at.
         epoch: u64,

@@ -15,6 +15,7 @@ use super::{
 use crate::contact::ContactCard;
 use crate::error::ClientError;
 use crate::state::{ClientState, unhex};
+use crate::store::StoreOptions;
 use crate::transport::Transport;
 use mimi_rm_crypto::ear::EarKey;
 use mimi_rm_crypto::hpke_seal::{self, HpkeKeyPair, HpkePrivateKey, HpkePublicKey};
@@ -144,7 +145,6 @@ impl PendingDevice {
     /// Keeps the request's keys in the device directory until the grant arrives (for the CLI,
     /// where request and completion are separate runs).
     pub fn save(&self) -> Result<(), ClientError> {
-        std::fs::create_dir_all(&self.dir).map_err(|e| ClientError::State(e.to_string()))?;
         let saved = SavedPending {
             client_key: hex::encode(self.client_key.to_bytes()),
             link_private: hex::encode(self.link.private.as_bytes()),
@@ -153,7 +153,12 @@ impl PendingDevice {
             device: hex::encode(self.identity.device),
         };
         let text = serde_json::to_vec(&saved).map_err(|e| ClientError::State(e.to_string()))?;
-        crate::state::write_private(&self.dir.join(PENDING_FILE), &text)
+        crate::store::files::private_dir(&self.dir)?;
+        crate::store::files::write_private(
+            &self.dir.join(PENDING_FILE),
+            &text,
+            crate::store::files::Durability::Synced,
+        )
     }
 
     /// Loads what [`PendingDevice::save`] kept.
@@ -188,12 +193,24 @@ impl PendingDevice {
     /// Completes the link with the grant from the existing device: creates this device's
     /// queue, publishes its packages and joins every group of the user by external commit.
     pub async fn complete(self, grant_text: &str) -> Result<Client, ClientError> {
+        self.complete_with(grant_text, &StoreOptions::default())
+            .await
+    }
+
+    /// [`PendingDevice::complete`], creating the new client's store with `options` (its
+    /// passphrase).
+    pub async fn complete_with(
+        self,
+        grant_text: &str,
+        options: &StoreOptions,
+    ) -> Result<Client, ClientError> {
+        let store = super::new_store(&self.dir, options)?;
         let grant = self.open_grant(grant_text)?;
         let card = ContactCard::from_text(&String::from_utf8_lossy(grant.card.as_slice()))?;
         let (transport, domain, qs_public) = self.connect_hub(&grant.credential).await?;
         let queue = create_queue(&transport, &grant, &self.identity.device).await?;
         let state = self.linked_state(&grant, &card, domain, qs_public, queue)?;
-        let mut client = Client::from_parts(transport, &self.dir, state);
+        let mut client = Client::from_parts(transport, &self.dir, state, store);
         client.persist()?;
         client.publish_add_packages(ADD_PACKAGES).await?;
         client

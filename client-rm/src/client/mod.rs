@@ -6,7 +6,8 @@
 use crate::contact::ContactCard;
 use crate::error::ClientError;
 use crate::provider::ClientProvider;
-use crate::state::{self, ClientState, GroupMeta, unhex};
+use crate::state::{ClientState, GroupMeta, unhex};
+use crate::store::{ClientStore, StoreOptions, WriteStats};
 use crate::transport::Transport;
 use mimi_rm_crypto::sign::SigningKey;
 use mimi_rm_protocol::credentials::*;
@@ -69,7 +70,7 @@ const CONNECTION_PACKAGES: usize = 3;
 const MAX_MESSAGE: usize = 16 << 20;
 
 /// A group, by its MLS group id.
-#[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, serde::Deserialize)]
 pub struct GroupHandle(pub Vec<u8>);
 
 impl std::fmt::Debug for GroupHandle {
@@ -99,9 +100,11 @@ pub struct Client {
     dir: PathBuf,
     state: ClientState,
     provider: ClientProvider,
-    /// Events processed while catching up inside another call (e.g. `send` after the group
-    /// moved on); handed out by the next `receive`.
-    pending: Vec<Event>,
+    /// Where state, OpenMLS entries and events are committed.
+    store: ClientStore,
+    /// Events not yet committed: the next [`Client::persist`] writes them in the same
+    /// transaction as the state change that produced them (kept here when ephemeral).
+    unsaved: Vec<Event>,
     /// When set, state changes stay in memory (see [`Client::set_ephemeral`]).
     ephemeral: bool,
     /// After this long without a signed request of ours in a group, `receive` updates in it.
@@ -133,15 +136,42 @@ fn b32(v: &[u8]) -> Result<[u8; 32], ClientError> {
         .map_err(|_| ClientError::State("expected 32 bytes".into()))
 }
 
+/// How [`Client::register_with`] registers.
+#[derive(Default, Debug)]
+pub struct RegisterOptions<'a> {
+    /// A PEM root to trust for the hub's HTTPS certificate (a private CA).
+    pub ca_pem: Option<&'a [u8]>,
+    /// The hub's mode.
+    pub mode: DsMode,
+    /// An invitation code, at a hub that registers by invitation only.
+    pub invite: Option<&'a str>,
+    /// How the new client's store is created (its passphrase).
+    pub store: StoreOptions,
+}
+
+/// Opens the store of a client about to be created in `dir`: refuses a directory that already
+/// holds one, before anything is registered.
+fn new_store(dir: &Path, options: &StoreOptions) -> Result<ClientStore, ClientError> {
+    match ClientStore::open(dir, options)? {
+        (store, None) => Ok(store),
+        (_, Some(_)) => Err(ClientError::State(format!(
+            "{} already holds a client",
+            dir.display()
+        ))),
+    }
+}
+
 impl Client {
-    /// A client over an already set-up transport and state, with an empty OpenMLS store.
-    fn from_parts(transport: Transport, dir: &Path, state: ClientState) -> Self {
+    /// A client over an already set-up transport, state and (empty) store, with an empty
+    /// OpenMLS key store.
+    fn from_parts(transport: Transport, dir: &Path, state: ClientState, store: ClientStore) -> Self {
         Self {
             transport,
             dir: dir.to_owned(),
             state,
             provider: ClientProvider::default(),
-            pending: Vec::new(),
+            store,
+            unsaved: Vec::new(),
             ephemeral: false,
             keepalive_ms: DEFAULT_KEEPALIVE_MS,
         }
@@ -159,8 +189,23 @@ impl Client {
         hub_url: &str,
         ca_pem: Option<&[u8]>,
     ) -> Result<Self, ClientError> {
+        Self::load_with(dir, hub_url, ca_pem, &StoreOptions::default())
+    }
+
+    /// Like [`Client::load_with_ca`] with store options (the passphrase of a protected store).
+    /// A directory an older client left (`client.json`) is migrated into the store first.
+    pub fn load_with(
+        dir: &Path,
+        hub_url: &str,
+        ca_pem: Option<&[u8]>,
+        options: &StoreOptions,
+    ) -> Result<Self, ClientError> {
         let mut transport = transport_for(hub_url, ca_pem)?;
-        let (state, mls) = state::load(dir)?;
+        let (store, loaded) = ClientStore::open(dir, options)?;
+        let loaded = loaded.ok_or_else(|| {
+            ClientError::State(format!("no client in {}: register first", dir.display()))
+        })?;
+        let (state, mls) = (loaded.state, loaded.mls);
         let credential: ClientCredential =
             decode_exact(&unhex(&state.client_credential)?, 64 * 1024)
                 .map_err(|e| ClientError::State(e.to_string()))?;
@@ -174,8 +219,9 @@ impl Client {
             transport,
             dir: dir.to_owned(),
             state,
-            provider: ClientProvider::from_snapshot(mls),
-            pending: Vec::new(),
+            provider: ClientProvider::from_entries(mls),
+            store,
+            unsaved: Vec::new(),
             ephemeral: false,
             keepalive_ms: DEFAULT_KEEPALIVE_MS,
         })
@@ -287,12 +333,80 @@ impl Client {
             .await
     }
 
-    /// Saves our state and the OpenMLS store to the client directory (unless ephemeral).
-    fn persist(&self) -> Result<(), ClientError> {
+    /// Commits what changed in our state and the OpenMLS key store, with the events produced
+    /// since the last commit, in one transaction (unless ephemeral: then the events wait in
+    /// memory for [`Client::take_events`]).
+    fn persist(&mut self) -> Result<(), ClientError> {
         if self.ephemeral {
             return Ok(());
         }
-        state::save(&self.dir, &self.state, &self.provider.snapshot())
+        let (store, state, unsaved) = (&mut self.store, &mut self.state, &self.unsaved);
+        self.provider
+            .with_entries(|mls| store.commit(state, mls, unsaved))?;
+        self.unsaved.clear();
+        Ok(())
+    }
+
+    /// Events to report, committed with the state change that produced them at the next
+    /// [`Client::persist`].
+    fn record(&mut self, events: impl IntoIterator<Item = Event>) {
+        self.unsaved.extend(events);
+    }
+
+    /// Every event not yet taken, oldest first, with its sequence number, leaving them stored:
+    /// an application shows them, then calls [`Client::events_shown`]. Events survive process
+    /// exits and crashes until then; one shown just before a crash is offered again with the
+    /// same number, so a screen keyed by it shows it once.
+    pub fn stored_events(&self) -> Result<Vec<(u64, Event)>, ClientError> {
+        let mut events = self.store.events()?;
+        let next = events.last().map_or(0, |(n, _)| n + 1);
+        // Ephemeral clients keep theirs in memory; numbered after the stored ones.
+        events.extend((next..).zip(self.unsaved.iter().cloned()));
+        Ok(events)
+    }
+
+    /// Forgets the stored events up to and including number `through` (shown to the user).
+    pub fn events_shown(&mut self, through: u64) -> Result<(), ClientError> {
+        if self.ephemeral {
+            self.unsaved.clear();
+            return Ok(());
+        }
+        self.store.events_shown(through)
+    }
+
+    /// Takes every event not yet taken (and forgets them): what `receive` returns. For a user
+    /// interface that must not miss one across a crash, use [`Client::stored_events`] and
+    /// [`Client::events_shown`] instead.
+    pub fn take_events(&mut self) -> Result<Vec<Event>, ClientError> {
+        let events = self.stored_events()?;
+        if let Some((last, _)) = events.last() {
+            self.events_shown(*last)?;
+        }
+        self.unsaved.clear();
+        Ok(events.into_iter().map(|(_, e)| e).collect())
+    }
+
+    /// How many events wait to be taken.
+    pub fn waiting_events(&self) -> Result<u64, ClientError> {
+        Ok(self.store.event_count()? + self.unsaved.len() as u64)
+    }
+
+    /// The client directory (the store, the token wallet).
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// Writes this client's state and key store into `dir` in the format clients before the
+    /// SQLite store used (`client.json`), for migration tests. The copy is the same device: use
+    /// one of the two only.
+    #[doc(hidden)]
+    pub fn export_legacy(&self, dir: &Path) -> Result<(), ClientError> {
+        crate::store::legacy::write(dir, &self.state, &self.provider.snapshot())
+    }
+
+    /// What the client store wrote since this client was opened (for measurements).
+    pub fn store_stats(&self) -> WriteStats {
+        self.store.stats()
     }
 
     /// The key that signs our requests to the QS as our client.

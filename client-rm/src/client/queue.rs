@@ -12,28 +12,32 @@ use mimi_rm_protocol::qs::*;
 use mimi_rm_protocol::queue::*;
 
 impl Client {
-    /// Processes everything queued for us inside another call; the events go to the next
-    /// `receive`.
+    /// Processes everything queued for us inside another call; the events are stored for the
+    /// next `receive` (or [`Client::stored_events`]).
     pub(super) async fn catch_up(&mut self) -> Result<(), ClientError> {
         // As in `receive`: an invitation from a contact elsewhere needs that provider's roots.
         if let Err(e) = self.ensure_contact_anchors().await {
             tracing::warn!(error = %e, "could not fetch a contact provider's AS credentials");
         }
-        let mut caught_up = Vec::new();
-        let result = self.receive_into(&mut caught_up).await;
-        self.pending.extend(caught_up);
-        result
+        self.receive_into().await
     }
 
-    /// Fetches, decrypts and processes everything queued for us, then acknowledges it.
+    /// Fetches, decrypts and processes everything queued for us, then acknowledges it; returns
+    /// every event not yet taken (those found by other calls or before a crash included).
     pub async fn receive(&mut self) -> Result<Vec<Event>, ClientError> {
+        self.fetch().await?;
+        self.take_events()
+    }
+
+    /// Like [`Client::receive`], leaving the events stored: for applications that show them and
+    /// then call [`Client::events_shown`], so that a crash in between loses none.
+    pub async fn fetch(&mut self) -> Result<(), ClientError> {
         // Members from our contacts' providers must be verifiable before we process joins; a
         // provider that is down must not stop us from receiving, so this is best effort.
         if let Err(e) = self.ensure_contact_anchors().await {
             tracing::warn!(error = %e, "could not fetch a contact provider's AS credentials");
         }
-        let mut events = std::mem::take(&mut self.pending);
-        match self.receive_into(&mut events).await {
+        match self.receive_into().await {
             Ok(()) => {
                 if self.state.received_since_rekey >= REKEY_EVERY
                     && let Err(e) = self.rekey_queue().await
@@ -41,14 +45,14 @@ impl Client {
                     tracing::warn!(error = %e, "queue rekey failed; will retry");
                 }
                 self.keep_alive().await;
-                events.append(&mut self.pending);
-                Ok(events)
+                // Keepalive updates may have caught up inside.
+                self.persist()
             }
-            // What was processed is persisted and must reach the caller; the rest (and the
+            // What was processed is stored and must reach the caller; the rest (and the
             // acknowledgement) follows with the next call.
-            Err(e) if !events.is_empty() => {
+            Err(e) if self.waiting_events()? > 0 => {
                 tracing::warn!(error = %e, "receive interrupted; returning what arrived");
-                Ok(events)
+                Ok(())
             }
             Err(e) => Err(e),
         }
@@ -128,9 +132,9 @@ impl Client {
         Ok(())
     }
 
-    /// Reads our whole queue: decrypts and processes every entry into `events`, then
-    /// acknowledges what was consumed.
-    async fn receive_into(&mut self, events: &mut Vec<Event>) -> Result<(), ClientError> {
+    /// Reads our whole queue: decrypts and processes every entry (storing its events with the
+    /// state it changed), then acknowledges what was consumed.
+    async fn receive_into(&mut self) -> Result<(), ClientError> {
         if self.state.in_flight_rekey.is_some() {
             // A rekey whose answer we never saw may be in force at the QS: learn where.
             self.rekey_queue().await?;
@@ -159,7 +163,7 @@ impl Client {
                 if m.seq > ratchet.next_seq() {
                     self.skip_expired(&mut ratchet, m.seq)?;
                 }
-                self.consume(&mut ratchet, m, events).await?;
+                self.consume(&mut ratchet, m).await?;
             }
             if batch.remaining == 0 {
                 break;
@@ -183,14 +187,15 @@ impl Client {
         self.persist()
     }
 
-    /// Decrypts and processes the next queue entry, then saves the advanced ratchet. An entry
-    /// that cannot be processed becomes [`Event::Undecryptable`]; one that failed because the
-    /// hub went away stays unconsumed.
+    /// Decrypts and processes the next queue entry, then commits the advanced ratchet with the
+    /// entry's events and the state they changed, in one transaction, before anything is
+    /// acknowledged: a crash at any point either re-reads the entry or has its events stored.
+    /// An entry that cannot be processed becomes [`Event::Undecryptable`]; one that failed
+    /// because the hub went away stays unconsumed.
     async fn consume(
         &mut self,
         ratchet: &mut QueueRatchet,
         m: QueuedCiphertext,
-        events: &mut Vec<Event>,
     ) -> Result<(), ClientError> {
         let plain = match ratchet.decrypt_next(m.seq, m.ciphertext.as_slice()) {
             Ok(p) => p,
@@ -204,16 +209,16 @@ impl Client {
             Err(e) => Err(ClientError::State(e.to_string())),
         };
         match event {
-            Ok(evs) => events.extend(evs),
+            Ok(evs) => self.record(evs),
             // The hub went away while we handled this entry (e.g. fetching a Welcome's
             // tree): leave it queued and unconsumed, and try again next time.
             Err(e @ ClientError::Transport(_)) => return Err(e),
             Err(e) => {
                 tracing::warn!(seq = m.seq, error = %e, "skipping queue entry");
-                events.push(Event::Undecryptable {
+                self.record([Event::Undecryptable {
                     seq: m.seq,
                     reason: e.to_string(),
-                });
+                }]);
             }
         }
         self.apply_due_mixes(ratchet)?;

@@ -115,7 +115,7 @@ impl Client {
                     return Ok(epoch);
                 }
                 Err(e) => {
-                    self.provider = ClientProvider::from_snapshot(before);
+                    self.provider = ClientProvider::from_entries(before);
                     if e.code() != Some(ErrorCode::WrongEpoch) {
                         return Err(e);
                     }

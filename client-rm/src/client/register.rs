@@ -50,7 +50,12 @@ impl Client {
         ca_pem: Option<&[u8]>,
         mode: DsMode,
     ) -> Result<Self, ClientError> {
-        Self::register_inner(dir, hub_url, name, ca_pem, mode, None).await
+        let options = super::RegisterOptions {
+            ca_pem,
+            mode,
+            ..Default::default()
+        };
+        Self::register_with(dir, hub_url, name, &options).await
     }
 
     /// Like [`Client::register_with_ca`] at a provider that registers by invitation only
@@ -63,23 +68,30 @@ impl Client {
         ca_pem: Option<&[u8]>,
         invite: &str,
     ) -> Result<Self, ClientError> {
-        Self::register_inner(dir, hub_url, name, ca_pem, DsMode::Rm, Some(invite)).await
+        let options = super::RegisterOptions {
+            ca_pem,
+            invite: Some(invite),
+            ..Default::default()
+        };
+        Self::register_with(dir, hub_url, name, &options).await
     }
 
-    async fn register_inner(
+    /// Registers as [`Client::register`] does, with every option: a private CA, the hub's mode,
+    /// an invitation code, the store's passphrase. The directory must not hold a client yet; it
+    /// is checked before anything is registered.
+    pub async fn register_with(
         dir: &Path,
         hub_url: &str,
         name: &str,
-        ca_pem: Option<&[u8]>,
-        mode: DsMode,
-        invite: Option<&str>,
+        options: &super::RegisterOptions<'_>,
     ) -> Result<Self, ClientError> {
+        let (ca_pem, mode, invite) = (options.ca_pem, options.mode, options.invite);
+        let store = super::new_store(dir, &options.store)?;
         let mut transport = transport_for(hub_url, ca_pem)?;
         let domain = transport.domain().await?;
         let certified = certify(&transport, name, invite).await?;
         // From here on, rate-limited requests (the QS records first) are paid with tokens that
         // this credential authorises us to obtain.
-        std::fs::create_dir_all(dir).map_err(|e| ClientError::State(e.to_string()))?;
         transport.enable_tokens(crate::tokens::Wallet::new(
             domain.clone(),
             certified.credential.clone(),
@@ -89,7 +101,7 @@ impl Client {
         let qs_public = qs_encryption_key(&transport).await?;
         let qs_user = create_qs_user(&transport, &certified.identity.device).await?;
         let state = initial_state(name, mode, domain, &certified, qs_public, qs_user)?;
-        let mut client = Self::from_parts(transport, dir, state);
+        let mut client = Self::from_parts(transport, dir, state, store);
         client.publish_add_packages(ADD_PACKAGES).await?;
         client
             .publish_connection_packages(CONNECTION_PACKAGES)

@@ -213,7 +213,7 @@ impl Client {
         let info = self.external_commit_info(group, &ear_key).await?;
         let before = self.provider.snapshot();
         let built = self.build_external_join(group, &info, cwk, &signer, Vec::new());
-        self.provider = crate::provider::ClientProvider::from_snapshot(before);
+        self.provider = crate::provider::ClientProvider::from_entries(before);
         Ok(built?.1)
     }
 }

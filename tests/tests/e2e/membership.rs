@@ -418,12 +418,13 @@ async fn resync_after_losing_local_state_keeps_the_member() {
     let carol_id = carol.identity().unwrap();
     drop(carol);
 
-    // Carol's OpenMLS state is gone; her key file (credentials, group keys) survives.
-    let file = dir.path().join("carol").join("client.json");
-    let mut json: serde_json::Value =
-        serde_json::from_slice(&std::fs::read(&file).unwrap()).unwrap();
-    json["mls"] = serde_json::Value::Array(Vec::new());
-    std::fs::write(&file, serde_json::to_vec(&json).unwrap()).unwrap();
+    // Carol's OpenMLS state is gone; her keys (credentials, group keys) survive.
+    let db = rusqlite::Connection::open(dir.path().join("carol").join("client.db")).unwrap();
+    let gone = db
+        .execute("DELETE FROM rows WHERE substr(id, 1, 2) = CAST('m:' AS BLOB)", [])
+        .unwrap();
+    assert!(gone > 10, "the OpenMLS entries were rows of the store ({gone})");
+    drop(db);
     let mut carol = Client::load(&dir.path().join("carol"), &hub.url()).unwrap();
     assert!(carol.epoch(&g).is_err(), "the group state is really gone");
     assert_eq!(carol.recover_lost_groups().await.unwrap(), vec![g.clone()]);
