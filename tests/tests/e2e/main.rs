@@ -14,6 +14,7 @@ mod bad_commit;
 mod bad_input;
 mod baseline;
 mod cli;
+mod client_store;
 mod concurrency;
 mod connections;
 mod corruption;
