@@ -20,8 +20,7 @@ mod transport;
 pub use client::Tamper;
 pub use client::{
     Client, Event, GroupHandle, IncomingConnection, MAX_PAST_EPOCHS, MemberIdentity, PendingDevice,
-    RegisterOptions,
-    seal_offer,
+    RegisterOptions, seal_offer,
 };
 pub use contact::ContactCard;
 pub use error::ClientError;

@@ -314,7 +314,10 @@ async fn run(cli: Cli) -> CliResult {
     }
     let mut client = Client::load_with(&cli.dir, &cli.hub, None, &store_options(&cli)?)?;
     let client = &mut client;
-    let shows_events = matches!(cli.command, Command::Receive { .. } | Command::Listen { .. });
+    let shows_events = matches!(
+        cli.command,
+        Command::Receive { .. } | Command::Listen { .. }
+    );
     let result = dispatch(cli, client).await;
     // A command that read the queue on the way (a send catching up, an update) stored what it
     // found; say so, so nothing waits unseen.

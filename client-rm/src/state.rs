@@ -69,6 +69,10 @@ pub struct PendingKeyPackage {
     pub signer_public: String,
     /// Hex `SignatureEarKey` of the leaf credential.
     pub signature_ear_key: String,
+    /// The last-resort package: kept after a Welcome (the QS hands it out again while no
+    /// one-time package is left) until a fresh set replaces it.
+    #[serde(default)]
+    pub last_resort: bool,
 }
 
 /// Everything but the OpenMLS key store.

@@ -11,9 +11,13 @@ pub fn leaf_capabilities() -> openmls::prelude::Capabilities {
     openmls::prelude::Capabilities::new(
         None,
         None,
-        Some(&[openmls::prelude::ExtensionType::Unknown(
-            QUEUE_REF_EXTENSION_TYPE,
-        )]),
+        // The last-resort marker is a KeyPackage extension, and OpenMLS refuses to add a
+        // KeyPackage whose extensions its leaf does not list: without it, a contact whose
+        // one-time AddPackages are used up could not be added with the last-resort one.
+        Some(&[
+            openmls::prelude::ExtensionType::Unknown(QUEUE_REF_EXTENSION_TYPE),
+            openmls::prelude::ExtensionType::LastResort,
+        ]),
         None,
         None,
     )

@@ -134,14 +134,23 @@ impl Client {
                 joined_epoch: group.epoch().as_u64(),
             },
         );
-        self.state
-            .key_packages
-            .remove(&hex::encode(kp_ref.as_slice()));
+        if !pending.last_resort {
+            self.state
+                .key_packages
+                .remove(&hex::encode(kp_ref.as_slice()));
+        }
         let mut events = vec![Event::Joined {
             group: handle.clone(),
         }];
         events.extend(self.verify_all(&handle, &group, &wi.credentials)?);
         self.persist()?;
+        if pending.last_resort {
+            // The one-time packages are used up. Every further invitation would reuse this
+            // leaf key, which links our groups to whoever sees two of them: publish a fresh set.
+            if let Err(e) = self.publish_add_packages(super::ADD_PACKAGES).await {
+                tracing::warn!(error = %e, "could not replace our used-up AddPackages");
+            }
+        }
         Ok(events)
     }
 

@@ -164,7 +164,12 @@ fn new_store(dir: &Path, options: &StoreOptions) -> Result<ClientStore, ClientEr
 impl Client {
     /// A client over an already set-up transport, state and (empty) store, with an empty
     /// OpenMLS key store.
-    fn from_parts(transport: Transport, dir: &Path, state: ClientState, store: ClientStore) -> Self {
+    fn from_parts(
+        transport: Transport,
+        dir: &Path,
+        state: ClientState,
+        store: ClientStore,
+    ) -> Self {
         Self {
             transport,
             dir: dir.to_owned(),

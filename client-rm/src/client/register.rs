@@ -148,6 +148,7 @@ impl Client {
                     init_private: hex::encode(&**kpb.init_private_key()),
                     signer_public: hex::encode(signer.public()),
                     signature_ear_key: hex::encode(sek.as_bytes()),
+                    last_resort: is_last_resort,
                 },
             );
             let info = identity::wrap(&credential, &sek, &friend_ck, &friend_wk)?;

@@ -31,7 +31,9 @@ pub mod tls_hex {
         match v {
             None => s.serialize_none(),
             Some(v) => {
-                let bytes = v.tls_serialize_detached().map_err(serde::ser::Error::custom)?;
+                let bytes = v
+                    .tls_serialize_detached()
+                    .map_err(serde::ser::Error::custom)?;
                 s.serialize_some(&hex::encode(bytes))
             }
         }

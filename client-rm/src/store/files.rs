@@ -111,7 +111,11 @@ mod tests {
         fs::set_permissions(&f, fs::Permissions::from_mode(0o644)).unwrap();
         private_file(&f).unwrap();
         assert_eq!(mode(&f), FILE_MODE);
-        assert_eq!(fs::read(&f).unwrap(), b"old", "an existing file keeps its content");
+        assert_eq!(
+            fs::read(&f).unwrap(),
+            b"old",
+            "an existing file keeps its content"
+        );
 
         let g = dir.join("b.json");
         fs::write(g.with_extension("tmp"), b"stale").unwrap();

@@ -47,9 +47,8 @@ pub fn write(dir: &Path, state: &ClientState, mls: &MlsStore) -> Result<(), Clie
         state: state.clone(),
         mls: entries,
     };
-    let text = Zeroizing::new(
-        serde_json::to_vec(&disk).map_err(|e| ClientError::State(e.to_string()))?,
-    );
+    let text =
+        Zeroizing::new(serde_json::to_vec(&disk).map_err(|e| ClientError::State(e.to_string()))?);
     std::fs::create_dir_all(dir).map_err(|e| ClientError::State(e.to_string()))?;
     std::fs::write(dir.join(FILE), &*text).map_err(|e| ClientError::State(e.to_string()))
 }

@@ -71,7 +71,9 @@ impl StoreOptions {
         let line = text.split(|&b| b == b'\n').next().unwrap_or_default();
         let line = line.strip_suffix(b"\r").unwrap_or(line);
         if line.is_empty() {
-            return Err(ClientError::Passphrase("the passphrase file's first line is empty"));
+            return Err(ClientError::Passphrase(
+                "the passphrase file's first line is empty",
+            ));
         }
         Ok(Self {
             passphrase: Some(Zeroizing::new(line.to_vec())),
@@ -83,7 +85,10 @@ impl StoreOptions {
 impl std::fmt::Debug for StoreOptions {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("StoreOptions")
-            .field("passphrase", &self.passphrase.as_ref().map(|_| "[redacted]"))
+            .field(
+                "passphrase",
+                &self.passphrase.as_ref().map(|_| "[redacted]"),
+            )
             .field("kdf", &self.kdf)
             .finish()
     }
@@ -135,6 +140,9 @@ impl std::fmt::Debug for ClientStore {
     }
 }
 
+/// A row by logical key, with its (secret) bytes.
+type Row = (Vec<u8>, Zeroizing<Vec<u8>>);
+
 fn db(e: rusqlite::Error) -> ClientError {
     ClientError::Store(e.to_string())
 }
@@ -152,7 +160,9 @@ fn from_json<T: serde::de::DeserializeOwned>(what: &str, v: &[u8]) -> Result<T, 
 impl ClientStore {
     /// The connection, for `&self` readers.
     fn conn(&self) -> MutexGuard<'_, Connection> {
-        self.conn.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+        self.conn
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
     /// Opens (creating if need be) the store in `dir`, and what it holds: `None` for a store
@@ -354,9 +364,7 @@ impl ClientStore {
 
     /// The state's rows by logical key: core (without groups and KeyPackages), groups,
     /// KeyPackages.
-    fn state_rows(
-        state: &mut ClientState,
-    ) -> Result<Vec<(Vec<u8>, Zeroizing<Vec<u8>>)>, ClientError> {
+    fn state_rows(state: &mut ClientState) -> Result<Vec<Row>, ClientError> {
         let groups = std::mem::take(&mut state.groups);
         let key_packages = std::mem::take(&mut state.key_packages);
         let core = json(state);
@@ -387,7 +395,7 @@ impl ClientStore {
         events: &[Event],
     ) -> Result<Vec<u64>, ClientError> {
         let rows = Self::state_rows(state)?;
-        let changed_state: Vec<&(Vec<u8>, Zeroizing<Vec<u8>>)> = rows
+        let changed_state: Vec<&Row> = rows
             .iter()
             .filter(|(k, v)| self.written_state.get(k) != Some(v))
             .collect();
@@ -466,7 +474,6 @@ impl ClientStore {
                 key.extend_from_slice(k);
                 write(&key, v)?;
             }
-            drop(write);
             let mut gone = |key: &[u8]| -> Result<(), ClientError> {
                 del.execute([row_id(key)?]).map_err(db)?;
                 stats.rows_deleted += 1;

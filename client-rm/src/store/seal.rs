@@ -204,7 +204,9 @@ mod tests {
     fn no_plaintext_in_sealed_rows() {
         let (s, _) = Sealer::create(b"pw", FAST).unwrap();
         let id = s.row_id(b"group:abcdef").unwrap();
-        let sealed = s.seal_row(&id, b"group:abcdef", b"a very secret value").unwrap();
+        let sealed = s
+            .seal_row(&id, b"group:abcdef", b"a very secret value")
+            .unwrap();
         let find = |hay: &[u8], needle: &[u8]| hay.windows(needle.len()).any(|w| w == needle);
         assert!(!find(&sealed, b"secret") && !find(&sealed, b"abcdef") && !find(&id, b"abcdef"));
     }

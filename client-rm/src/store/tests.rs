@@ -84,10 +84,7 @@ fn what_is_committed_is_what_is_loaded() {
     same_state(&loaded.state, &st);
     assert_eq!(loaded.state.groups.len(), 3);
     assert_eq!(loaded.mls, m);
-    assert_eq!(
-        s.events().unwrap(),
-        vec![(1, message(1)), (2, message(2))]
-    );
+    assert_eq!(s.events().unwrap(), vec![(1, message(1)), (2, message(2))]);
 }
 
 #[test]
@@ -145,8 +142,12 @@ fn shown_events_go_and_their_numbers_are_never_reused() {
     let tmp = tempfile::tempdir().unwrap();
     let (mut s, _) = open(tmp.path(), &StoreOptions::default());
     let mut st = state(1);
-    s.commit(&mut st, &MlsStore::new(), &[message(1), message(2), message(3)])
-        .unwrap();
+    s.commit(
+        &mut st,
+        &MlsStore::new(),
+        &[message(1), message(2), message(3)],
+    )
+    .unwrap();
     s.events_shown(2).unwrap();
     assert_eq!(s.events().unwrap(), vec![(3, message(3))]);
     s.events_shown(3).unwrap();
@@ -166,7 +167,10 @@ fn an_old_client_json_directory_is_migrated_once() {
     let loaded = loaded.expect("migrated");
     same_state(&loaded.state, &st);
     assert_eq!(loaded.mls, m);
-    assert!(!tmp.path().join(legacy::FILE).exists(), "the old file is gone");
+    assert!(
+        !tmp.path().join(legacy::FILE).exists(),
+        "the old file is gone"
+    );
     let (_, again) = open(tmp.path(), &StoreOptions::default());
     same_state(&again.unwrap().state, &st);
 }
@@ -239,7 +243,11 @@ fn a_passphrase_store_opens_only_with_its_passphrase_and_shows_nothing() {
     let find = |needle: &[u8]| bytes.windows(needle.len()).any(|w| w == needle);
     assert!(!bytes.is_empty());
     for needle in needles() {
-        assert!(!find(&needle), "{:?} is readable", String::from_utf8_lossy(&needle));
+        assert!(
+            !find(&needle),
+            "{:?} is readable",
+            String::from_utf8_lossy(&needle)
+        );
     }
 }
 
@@ -253,7 +261,11 @@ fn the_same_scan_finds_everything_in_a_store_without_passphrase() {
     let bytes = std::fs::read(tmp.path().join(DB_FILE)).unwrap();
     let find = |needle: &[u8]| bytes.windows(needle.len()).any(|w| w == needle);
     for needle in needles() {
-        assert!(find(&needle), "{:?} not found", String::from_utf8_lossy(&needle));
+        assert!(
+            find(&needle),
+            "{:?} not found",
+            String::from_utf8_lossy(&needle)
+        );
     }
 }
 
@@ -291,7 +303,11 @@ fn files_are_private_and_a_second_process_is_refused() {
     // Another connection (as another process would open it) cannot take the store.
     let other = Connection::open(dir.join(DB_FILE)).unwrap();
     other.busy_timeout(std::time::Duration::ZERO).unwrap();
-    assert!(other.query_row("SELECT count(*) FROM rows", [], |r| r.get::<_, i64>(0)).is_err());
+    assert!(
+        other
+            .query_row("SELECT count(*) FROM rows", [], |r| r.get::<_, i64>(0))
+            .is_err()
+    );
 }
 
 #[test]

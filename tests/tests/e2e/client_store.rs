@@ -3,7 +3,7 @@
 //! random points loses and repeats nothing, an old `client.json` directory carries on after
 //! migration, and a passphrase store opens only with its passphrase and shows a thief nothing.
 
-use mimi_client_rm::{Client, RegisterOptions, StoreOptions};
+use mimi_client_rm::{Client, GroupHandle, RegisterOptions, StoreOptions};
 use mimi_rm_tests::HubProcess;
 use mimi_rm_tests::common::*;
 use std::collections::{BTreeMap, BTreeSet};
@@ -82,8 +82,16 @@ async fn what_a_command_reads_on_the_way_is_shown_by_the_next_receive() {
     for _ in 0..6 {
         cli(&url, &bob, &["update", "--group", &g]);
     }
-    cli(&url, &alice, &["send", "--group", &g, "--message", "case b"]);
-    let (_, stderr) = cli(&url, &carol, &["send", "--group", &g, "--message", "from carol"]);
+    cli(
+        &url,
+        &alice,
+        &["send", "--group", &g, "--message", "case b"],
+    );
+    let (_, stderr) = cli(
+        &url,
+        &carol,
+        &["send", "--group", &g, "--message", "from carol"],
+    );
     assert!(stderr.contains("new events waiting"), "{stderr}");
     let out = cli(&url, &carol, &["receive"]).0;
     assert_eq!(shown(&out, "case a"), 1, "{out}");
@@ -92,8 +100,16 @@ async fn what_a_command_reads_on_the_way_is_shown_by_the_next_receive() {
 
     // (c) After alice rotates the state key, carol's send hits WrongEarKey and catches up.
     cli(&url, &alice, &["rotate-key", "--group", &g]);
-    cli(&url, &alice, &["send", "--group", &g, "--message", "case c"]);
-    cli(&url, &carol, &["send", "--group", &g, "--message", "carol again"]);
+    cli(
+        &url,
+        &alice,
+        &["send", "--group", &g, "--message", "case c"],
+    );
+    cli(
+        &url,
+        &carol,
+        &["send", "--group", &g, "--message", "carol again"],
+    );
     let out = cli(&url, &carol, &["receive"]).0;
     assert_eq!(shown(&out, "case c"), 1, "{out}");
     assert!(!out.contains("could not process"), "{out}");
@@ -218,7 +234,10 @@ async fn a_client_killed_at_random_points_loses_and_repeats_nothing() {
         }
         for text in &sent {
             let got = ids.get(text).map_or(0, BTreeSet::len);
-            assert_eq!(got, 1, "acknowledged {text} shown under {got} event numbers");
+            assert_eq!(
+                got, 1,
+                "acknowledged {text} shown under {got} event numbers"
+            );
         }
         for (text, n) in &ids {
             assert!(n.len() == 1, "{text} is two events: {n:?}");
@@ -275,7 +294,11 @@ async fn a_client_json_directory_is_migrated_and_carries_on() {
     assert_eq!(shown(&out, "while away"), 1, "{out}");
     assert!(!old.join("client.json").exists(), "the old file is removed");
     assert_private(&old);
-    cli(&url, &old, &["send", "--group", &g.to_string(), "--message", "after"]);
+    cli(
+        &url,
+        &old,
+        &["send", "--group", &g.to_string(), "--message", "after"],
+    );
     let got = messages(&bob.receive().await.unwrap());
     assert!(got.contains(&b"after".to_vec()), "{got:?}");
 }
@@ -316,14 +339,30 @@ async fn a_passphrase_store_opens_only_with_it_and_shows_a_thief_nothing() {
         let stderr = String::from_utf8_lossy(&out.stderr);
         assert!(!out.status.success() && stderr.contains(why), "{stderr}");
     }
-    let out = cli(&url, &alice_dir, &["--passphrase-file", pass_arg, "receive"]).0;
+    let out = cli(
+        &url,
+        &alice_dir,
+        &["--passphrase-file", pass_arg, "receive"],
+    )
+    .0;
     assert_eq!(shown(&out, "secret words"), 1, "{out}");
     cli(
         &url,
         &alice_dir,
-        &["--passphrase-file", pass_arg, "send", "--group", &g.to_string(), "--message", "hi"],
+        &[
+            "--passphrase-file",
+            pass_arg,
+            "send",
+            "--group",
+            &g.to_string(),
+            "--message",
+            "hi",
+        ],
     );
-    assert_eq!(messages(&bob.receive().await.unwrap()), vec![b"hi".to_vec()]);
+    assert_eq!(
+        messages(&bob.receive().await.unwrap()),
+        vec![b"hi".to_vec()]
+    );
     // Fetched but not yet shown: waiting in the store when the device is taken.
     bob.send(&g, b"unread words").await.unwrap();
     let store = StoreOptions::passphrase_file(&pass).unwrap();
@@ -352,4 +391,55 @@ async fn a_passphrase_store_opens_only_with_it_and_shows_a_thief_nothing() {
     // Positive control: bob's store (no passphrase) shows the group id and alice's handle.
     let control = scan(&dir.path().join("bob"));
     assert!(control[0] > 0 && control[1] > 0, "{control:?}");
+}
+
+/// Bytes bob's store writes per received message in group `g` (over `n` messages).
+async fn bytes_per_message(alice: &mut Client, bob: &mut Client, g: &GroupHandle, n: u64) -> u64 {
+    bob.receive().await.unwrap();
+    let before = bob.store_stats();
+    for i in 0..n {
+        alice
+            .send(g, format!("message {i}").as_bytes())
+            .await
+            .unwrap();
+    }
+    assert_eq!(messages(&bob.receive().await.unwrap()).len() as u64, n);
+    let after = bob.store_stats();
+    (after.bytes_written - before.bytes_written) / n
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_received_message_writes_the_same_bytes_in_1_and_100_groups() {
+    let dir = tempfile::tempdir().unwrap();
+    let hub = hub(dir.path());
+    let mut alice = client(&hub, dir.path(), "alice").await;
+    let mut bob = client(&hub, dir.path(), "bob").await;
+    let g = group_of(&mut alice, &mut [&mut bob]).await;
+    let one = bytes_per_message(&mut alice, &mut bob, &g, 20).await;
+    for _ in 1..100 {
+        let other = alice.create_group().await.unwrap();
+        alice
+            .invite(&other, &bob.contact_card().unwrap())
+            .await
+            .unwrap();
+    }
+    bob.receive().await.unwrap();
+    assert_eq!(bob.groups().len(), 100);
+    let hundred = bytes_per_message(&mut alice, &mut bob, &g, 20).await;
+    // The old client rewrote its whole file per message: what that file is now.
+    let old = dir.path().join("bob-old");
+    bob.export_legacy(&old).unwrap();
+    let old_bytes = std::fs::metadata(old.join("client.json")).unwrap().len();
+    eprintln!(
+        "bytes written per received message: {one} in 1 group, {hundred} in 100 groups \
+         (the old client.json rewrite: {old_bytes})"
+    );
+    assert!(
+        hundred <= one + one / 4,
+        "{hundred} B per message in 100 groups against {one} B in 1"
+    );
+    assert!(
+        old_bytes > 20 * hundred,
+        "the control: the old file is large"
+    );
 }

@@ -421,9 +421,15 @@ async fn resync_after_losing_local_state_keeps_the_member() {
     // Carol's OpenMLS state is gone; her keys (credentials, group keys) survive.
     let db = rusqlite::Connection::open(dir.path().join("carol").join("client.db")).unwrap();
     let gone = db
-        .execute("DELETE FROM rows WHERE substr(id, 1, 2) = CAST('m:' AS BLOB)", [])
+        .execute(
+            "DELETE FROM rows WHERE substr(id, 1, 2) = CAST('m:' AS BLOB)",
+            [],
+        )
         .unwrap();
-    assert!(gone > 10, "the OpenMLS entries were rows of the store ({gone})");
+    assert!(
+        gone > 10,
+        "the OpenMLS entries were rows of the store ({gone})"
+    );
     drop(db);
     let mut carol = Client::load(&dir.path().join("carol"), &hub.url()).unwrap();
     assert!(carol.epoch(&g).is_err(), "the group state is really gone");
