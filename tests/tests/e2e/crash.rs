@@ -19,29 +19,65 @@ struct Log {
     unacked: Vec<Vec<u8>>,
     received: Vec<Vec<u8>>,
     commits: u64,
+    /// Queue entries the client could not process (a duplicate must never be one).
+    undecryptable: Vec<String>,
 }
 
 fn record(log: &mut Log, events: Vec<Event>) {
     for e in events {
-        if let Event::Message { plaintext, .. } = e {
-            log.received.push(plaintext);
+        match e {
+            Event::Message { plaintext, .. } => log.received.push(plaintext),
+            Event::Undecryptable { seq, reason } => {
+                log.undecryptable.push(format!("entry {seq}: {reason}"));
+            }
+            _ => {}
         }
     }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn acknowledged_messages_and_commits_survive_sigkill() {
+    crash_loop(&["alice", "bob", "carol"], Committers::Alice).await;
+}
+
+/// Four members who all commit (their updates race for epochs) while the hub is killed: what
+/// issue 19 asks beyond the test above, where only one member commits.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_member_commits_while_the_hub_is_killed() {
+    crash_loop(&["alice", "bob", "carol", "dave"], Committers::Everyone).await;
+}
+
+/// Who makes commits during a crash loop.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Committers {
+    /// Alice only: commits never race, what is tested is durability.
+    Alice,
+    /// Every member, so commits race and lose with `WrongEpoch` too.
+    Everyone,
+}
+
+/// Members of one group send, receive and commit while the hub is SIGKILLed and restarted
+/// `MIMI_CRASH_KILLS` (default 20) times; then every acknowledged message reached every other
+/// member exactly once, no entry failed to process, every acknowledged commit is in force and
+/// all agree on the epoch authenticator.
+async fn crash_loop(names: &[&str], committers: Committers) {
     let kills: usize = std::env::var("MIMI_CRASH_KILLS")
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(20);
     let dir = tempfile::tempdir().unwrap();
     let mut hub = hub(dir.path());
-    let mut alice = client(&hub, dir.path(), "alice").await;
-    let mut bob = client(&hub, dir.path(), "bob").await;
-    let mut carol = client(&hub, dir.path(), "carol").await;
-    let g = group_of(&mut alice, &mut [&mut bob, &mut carol]).await;
-    let start_epoch = alice.epoch(&g).unwrap();
+    let mut clients = Vec::new();
+    for name in names {
+        clients.push(client(&hub, dir.path(), name).await);
+    }
+    let (first, others) = clients.split_first_mut().unwrap();
+    let mut others: Vec<&mut Client> = others.iter_mut().collect();
+    let g = group_of(first, &mut others).await;
+    for c in clients.iter_mut() {
+        c.receive().await.unwrap();
+    }
+    let start_epoch = clients[0].epoch(&g).unwrap();
 
     let stop = Arc::new(AtomicBool::new(false));
     let killer = std::thread::spawn(move || {
@@ -52,8 +88,9 @@ async fn acknowledged_messages_and_commits_survive_sigkill() {
         hub
     });
     let mut tasks = tokio::task::JoinSet::new();
-    for (i, c) in [alice, bob, carol].into_iter().enumerate() {
+    for (i, c) in clients.into_iter().enumerate() {
         let (stop, g) = (stop.clone(), g.clone());
+        let commits = i == 0 || committers == Committers::Everyone;
         tasks.spawn(async move {
             let mut log = Log {
                 client: c,
@@ -61,6 +98,7 @@ async fn acknowledged_messages_and_commits_survive_sigkill() {
                 unacked: Vec::new(),
                 received: Vec::new(),
                 commits: 0,
+                undecryptable: Vec::new(),
             };
             let mut n = 0u64;
             while !stop.load(Ordering::Relaxed) {
@@ -70,8 +108,10 @@ async fn acknowledged_messages_and_commits_survive_sigkill() {
                     Ok(()) => log.acked.push(text),
                     Err(_) => log.unacked.push(text),
                 }
-                // Only alice commits, so commits never race; what is tested is durability.
-                if i == 0 && n.is_multiple_of(4) && log.client.update(&g).await.is_ok() {
+                if commits
+                    && (n + i as u64).is_multiple_of(4)
+                    && log.client.update(&g).await.is_ok()
+                {
                     log.commits += 1;
                 }
                 if n.is_multiple_of(3)
@@ -127,11 +167,23 @@ async fn acknowledged_messages_and_commits_survive_sigkill() {
             }
         }
     }
+    for l in &logs {
+        assert!(
+            l.undecryptable.is_empty(),
+            "{} could not process: {:?}",
+            l.client.name(),
+            l.undecryptable
+        );
+    }
     // Every acknowledged commit is in force, and nobody forked.
-    let alice = logs.iter().find(|l| l.client.name() == "alice").unwrap();
-    assert!(alice.commits >= 3, "commits ran: {}", alice.commits);
-    assert!(alice.client.epoch(&g).unwrap() >= start_epoch + alice.commits);
-    let auth = alice.client.epoch_authenticator(&g).unwrap();
+    let commits: u64 = logs.iter().map(|l| l.commits).sum();
+    let committing = logs.iter().filter(|l| l.commits > 0).count();
+    assert!(commits >= 3, "commits ran: {commits}");
+    if committers == Committers::Everyone {
+        assert_eq!(committing, logs.len(), "every member committed");
+    }
+    assert!(logs[0].client.epoch(&g).unwrap() >= start_epoch + commits);
+    let auth = logs[0].client.epoch_authenticator(&g).unwrap();
     for l in &logs {
         assert_eq!(
             l.client.epoch_authenticator(&g).unwrap(),
@@ -141,9 +193,9 @@ async fn acknowledged_messages_and_commits_survive_sigkill() {
         );
     }
     eprintln!(
-        "crash test: {kills} SIGKILLs, {total_acked} acknowledged messages, {} acknowledged commits, \
-         {} sends without acknowledgement",
-        alice.commits,
+        "crash test ({} members): {kills} SIGKILLs, {total_acked} acknowledged messages, \
+         {commits} acknowledged commits by {committing} members, {} sends without acknowledgement",
+        logs.len(),
         logs.iter().map(|l| l.unacked.len()).sum::<usize>()
     );
     drop(hub);
