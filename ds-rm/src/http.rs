@@ -57,6 +57,7 @@ fn router_inner(hub: Arc<Hub>, peers: Option<Arc<Peers>>) -> Router {
             post(external_commit_information),
         )
         .route(paths::QS, post(queue_service))
+        .route(paths::QS_LIVE, get(live))
         .route(paths::AS, post(auth_service))
         .route(paths::FEDERATION_FORWARD, post(federation_forward))
         .route(paths::DELIVER_MESSAGE, post(deliver_message))
@@ -130,6 +131,10 @@ async fn welcome_information(State(app): State<App>, token: Token, body: Body) -
 
 async fn external_commit_information(State(app): State<App>, token: Token, body: Body) -> Response {
     dispatch(app, TransactionType::ExternalCommitInformation, token, body).await
+}
+
+async fn live(State(app): State<App>, ws: axum::extract::ws::WebSocketUpgrade) -> Response {
+    crate::live::live(app.hub, ws)
 }
 
 async fn queue_service(State(app): State<App>, token: Token, body: Body) -> Response {
@@ -323,7 +328,9 @@ async fn metrics(State(app): State<App>) -> String {
          # TYPE mimi_tokens_issued counter\nmimi_tokens_issued {}\n\
          # TYPE mimi_tokens_spent counter\nmimi_tokens_spent {}\n\
          # TYPE mimi_queue_refs_opened counter\nmimi_queue_refs_opened {}\n\
-         # TYPE mimi_queue_refs_cached counter\nmimi_queue_refs_cached {}\n",
+         # TYPE mimi_queue_refs_cached counter\nmimi_queue_refs_cached {}\n\
+         # TYPE mimi_live_sockets gauge\nmimi_live_sockets {}\n\
+         # TYPE mimi_live_wakes counter\nmimi_live_wakes {}\n",
         m.ok.load(Relaxed),
         m.errors.load(Relaxed),
         m.enqueued.load(Relaxed),
@@ -335,6 +342,10 @@ async fn metrics(State(app): State<App>) -> String {
         m.tokens_spent.load(Relaxed),
         m.queue_refs_opened.load(Relaxed),
         m.queue_refs_cached.load(Relaxed),
+        m.live_opened
+            .load(Relaxed)
+            .saturating_sub(m.live_closed.load(Relaxed)),
+        m.live_wakes.load(Relaxed),
     )
 }
 

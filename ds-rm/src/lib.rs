@@ -15,6 +15,7 @@ pub mod expire;
 pub mod federation;
 pub mod http;
 pub mod listener;
+pub mod live;
 pub mod privacy_pass;
 pub mod scrub;
 pub mod store;

@@ -10,6 +10,9 @@
 //!   cannot take every slot. A connection over either limit is closed at once, with a log line
 //!   (at most one per second per limit).
 //!
+//! A connection upgraded to a WebSocket (live delivery) keeps its slot until the WebSocket
+//! closes.
+//!
 //! Graceful shutdown: stop accepting, let in-flight requests finish, then close.
 
 use crate::config::Config;
@@ -211,8 +214,62 @@ pub async fn serve(
     while connections.join_next().await.is_some() {}
 }
 
+/// A stream that holds its connection slot: the slot is freed when the stream is dropped, which
+/// for a connection upgraded to a WebSocket is when the WebSocket closes, not when HTTP ends.
+struct Slotted<IO> {
+    io: IO,
+    _slot: Slot,
+}
+
+impl<IO: AsyncRead + Unpin> AsyncRead for Slotted<IO> {
+    fn poll_read(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.get_mut().io).poll_read(cx, buf)
+    }
+}
+
+impl<IO: AsyncWrite + Unpin> AsyncWrite for Slotted<IO> {
+    fn poll_write(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        std::pin::Pin::new(&mut self.get_mut().io).poll_write(cx, buf)
+    }
+
+    fn poll_flush(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.get_mut().io).poll_flush(cx)
+    }
+
+    fn poll_shutdown(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.get_mut().io).poll_shutdown(cx)
+    }
+
+    fn poll_write_vectored(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        std::pin::Pin::new(&mut self.get_mut().io).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.io.is_write_vectored()
+    }
+}
+
 /// One connection: TLS handshake if configured, then HTTP/1.1 until the peer closes, a timeout
-/// fires or shutdown begins. The slot is held for the connection's whole life.
+/// fires or shutdown begins. The slot is held for the connection's whole life, a WebSocket's
+/// included.
 async fn connection(
     acceptor: Option<TlsAcceptor>,
     tcp: TcpStream,
@@ -220,10 +277,11 @@ async fn connection(
     router: axum::Router,
     header_read_timeout: Duration,
     mut stop: watch::Receiver<()>,
-    _slot: Slot,
+    slot: Slot,
 ) {
     let Some(acceptor) = acceptor else {
-        return http(tcp, peer, router, header_read_timeout, stop).await;
+        let io = Slotted { io: tcp, _slot: slot };
+        return http(io, peer, router, header_read_timeout, stop).await;
     };
     let tls = tokio::select! {
         handshake = tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)) => {
@@ -241,7 +299,8 @@ async fn connection(
         }
         _ = stop.changed() => return,
     };
-    http(tls, peer, router, header_read_timeout, stop).await;
+    let io = Slotted { io: tls, _slot: slot };
+    http(io, peer, router, header_read_timeout, stop).await;
 }
 
 /// HTTP/1.1 over one stream, with hyper's timer on so its header-read timeout fires.
@@ -255,7 +314,9 @@ async fn http(
     let conn = hyper::server::conn::http1::Builder::new()
         .timer(TokioTimer::new())
         .header_read_timeout(header_read_timeout)
-        .serve_connection(TokioIo::new(io), TowerToHyperService::new(router));
+        .serve_connection(TokioIo::new(io), TowerToHyperService::new(router))
+        // A live-delivery WebSocket takes the connection over (see `live.rs`).
+        .with_upgrades();
     tokio::pin!(conn);
     let result = tokio::select! {
         result = conn.as_mut() => result,

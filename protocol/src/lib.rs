@@ -14,6 +14,7 @@ pub mod ds;
 pub mod envelope;
 pub mod error;
 pub mod federation;
+pub mod live;
 pub mod mode;
 pub mod paths;
 pub mod qs;

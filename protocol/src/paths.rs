@@ -22,3 +22,6 @@ pub const FEDERATION_PROXY: &str = "/federation/proxy";
 pub const DS_DOMAIN: &str = "/.well-known/mimi/ds-domain";
 /// Media type of every body.
 pub const CONTENT_TYPE: &str = "application/octet-stream";
+/// Live delivery: a client's WebSocket to its QS (GET with `Upgrade: websocket`; see
+/// [`crate::live`]).
+pub const QS_LIVE: &str = "/qs/live";

@@ -18,6 +18,7 @@ pub mod limits;
 pub mod peering;
 pub mod qs;
 pub mod queue_cache;
+pub mod queue_signal;
 pub mod replay;
 pub mod request;
 #[cfg(test)]
@@ -108,6 +109,12 @@ pub struct Metrics {
     pub queue_refs_opened: std::sync::atomic::AtomicU64,
     /// Sealed queue refs resolved from the in-memory cache.
     pub queue_refs_cached: std::sync::atomic::AtomicU64,
+    /// Live-delivery WebSockets subscribed (their first frame accepted).
+    pub live_opened: std::sync::atomic::AtomicU64,
+    /// Live-delivery WebSockets closed after subscribing.
+    pub live_closed: std::sync::atomic::AtomicU64,
+    /// Wake-ups sent on live sockets.
+    pub live_wakes: std::sync::atomic::AtomicU64,
 }
 
 /// One hub: DS + QS + AS over one store.
@@ -123,6 +130,8 @@ pub struct Hub {
     outbox_seq: AtomicU64,
     /// Woken whenever a request put items into the outbox, so delivery starts at once.
     pub outbox_signal: tokio::sync::Notify,
+    /// Live listeners of queues (open WebSockets), signalled when their queue grows.
+    pub queue_signal: Arc<queue_signal::QueueSignal>,
     config: HubConfig,
     tokens: tokens::Tokens,
     queue_refs: queue_cache::QueueRefCache,
@@ -185,6 +194,11 @@ impl Hub {
         now_ms: u64,
         ids: Arc<dyn ids::IdSource>,
     ) -> Result<Self, HubError> {
+        let queue_signal = Arc::new(queue_signal::QueueSignal::default());
+        let store: Arc<dyn Store> = Arc::new(queue_signal::Signalling::new(
+            store,
+            queue_signal.clone(),
+        ));
         let upkeep = erasure::prepare(store.as_ref())?;
         if upkeep != erasure::Upkeep::default() {
             tracing::info!(
@@ -257,6 +271,7 @@ impl Hub {
             ds_sender,
             outbox_seq,
             outbox_signal: tokio::sync::Notify::new(),
+            queue_signal,
             config,
             invites: std::sync::Mutex::new(()),
             metrics: Metrics::default(),
