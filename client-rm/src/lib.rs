@@ -10,6 +10,7 @@ mod client;
 mod contact;
 mod error;
 mod identity;
+mod live;
 mod provider;
 mod state;
 mod store;
@@ -19,8 +20,8 @@ mod transport;
 #[cfg(feature = "adversary")]
 pub use client::Tamper;
 pub use client::{
-    Client, Event, GroupHandle, IncomingConnection, MAX_PAST_EPOCHS, MemberIdentity, PendingDevice,
-    RegisterOptions, seal_offer,
+    Client, Event, GroupHandle, IncomingConnection, ListenStats, Listening, MAX_PAST_EPOCHS,
+    MemberIdentity, PendingDevice, RegisterOptions, seal_offer,
 };
 pub use contact::ContactCard;
 pub use error::ClientError;

@@ -3,8 +3,8 @@
 
 use clap::{Parser, Subcommand};
 use mimi_client_rm::{
-    Client, ContactCard, Event, GroupHandle, MemberIdentity, PendingDevice, RegisterOptions,
-    StoreOptions,
+    Client, ContactCard, Event, GroupHandle, Listening, MemberIdentity, PendingDevice,
+    RegisterOptions, StoreOptions,
 };
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -89,11 +89,18 @@ enum Command {
         #[arg(long)]
         ids: bool,
     },
-    /// Keep receiving every few seconds until interrupted.
+    /// Show what arrives, as it arrives, until interrupted (live socket to the hub; polling
+    /// while it is down, or with --poll).
     Listen {
-        /// Poll interval in seconds.
-        #[arg(long, default_value_t = 2)]
+        /// Seconds between polls while the live socket is down (or always, with --poll).
+        #[arg(long, default_value_t = 5)]
         interval: u64,
+        /// Poll instead of keeping a live socket to the hub.
+        #[arg(long)]
+        poll: bool,
+        /// Prefix each event with its number (`#N`), as `receive --ids` does.
+        #[arg(long)]
+        ids: bool,
     },
     /// Refresh your keys in a group (and commit pending proposals).
     Update {
@@ -360,7 +367,11 @@ async fn dispatch(cli: Cli, client: &mut Client) -> CliResult {
         Command::Invite { group, contact } => invite(client, &group, &contact).await,
         Command::Send { group, message } => send(client, &group, &message).await,
         Command::Receive { ids } => receive(client, ids).await,
-        Command::Listen { interval } => listen(client, interval).await,
+        Command::Listen {
+            interval,
+            poll,
+            ids,
+        } => listen(client, interval, poll, ids).await,
         Command::Update { group } => update(client, &group).await,
         Command::Remove { group, leaf } => remove(client, &group, leaf).await,
         Command::Leave { group } => leave(client, &group).await,
@@ -606,17 +617,28 @@ fn show_stored(client: &mut Client, ids: bool) -> CliResult {
     Ok(())
 }
 
-/// `listen`: keeps receiving every `interval` seconds until interrupted.
-async fn listen(client: &mut Client, interval: u64) -> CliResult {
+/// `listen`: shows events as they arrive until interrupted: woken by the hub over a live
+/// socket (reconnecting with back-off, polling meanwhile), or by polling with `--poll`.
+async fn listen(client: &mut Client, interval: u64, poll: bool, ids: bool) -> CliResult {
+    let every = std::time::Duration::from_secs(interval.max(1));
+    client.set_listening(if poll {
+        Listening::Poll { every }
+    } else {
+        Listening::Live { fallback: every }
+    });
+    // Whatever waits already, first.
+    show_stored(client, ids)?;
     loop {
         tokio::select! {
-            r = client.fetch() => {
+            r = client.next_events() => {
                 r?;
-                show_stored(client, false)?;
+                show_stored(client, ids)?;
             }
-            _ = tokio::signal::ctrl_c() => return Ok(()),
+            _ = tokio::signal::ctrl_c() => {
+                client.close_live().await;
+                return Ok(());
+            }
         }
-        tokio::time::sleep(std::time::Duration::from_secs(interval)).await;
     }
 }
 

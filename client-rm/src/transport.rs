@@ -21,6 +21,8 @@ pub struct Transport {
     base: String,
     recorder: Option<Recorder>,
     wallet: Option<std::sync::Arc<Wallet>>,
+    /// Extra PEM roots trusted for the hub's certificate (for the live socket's own TLS).
+    root_ca: Option<Vec<u8>>,
 }
 
 /// How often discovery is retried after a connection failure.
@@ -34,6 +36,7 @@ impl Transport {
             base: base.into().trim_end_matches('/').to_owned(),
             recorder: None,
             wallet: None,
+            root_ca: None,
         }
     }
 
@@ -58,7 +61,13 @@ impl Transport {
             base: base.into().trim_end_matches('/').to_owned(),
             recorder: None,
             wallet: None,
+            root_ca: Some(pem.to_vec()),
         })
+    }
+
+    /// The extra PEM roots this transport trusts, if any.
+    pub fn root_ca_pem(&self) -> Option<&[u8]> {
+        self.root_ca.as_deref()
     }
 
     /// Records every request body posted from now on.

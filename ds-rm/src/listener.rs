@@ -280,7 +280,10 @@ async fn connection(
     slot: Slot,
 ) {
     let Some(acceptor) = acceptor else {
-        let io = Slotted { io: tcp, _slot: slot };
+        let io = Slotted {
+            io: tcp,
+            _slot: slot,
+        };
         return http(io, peer, router, header_read_timeout, stop).await;
     };
     let tls = tokio::select! {
@@ -299,7 +302,10 @@ async fn connection(
         }
         _ = stop.changed() => return,
     };
-    let io = Slotted { io: tls, _slot: slot };
+    let io = Slotted {
+        io: tls,
+        _slot: slot,
+    };
     http(io, peer, router, header_read_timeout, stop).await;
 }
 

@@ -24,6 +24,7 @@ mod groups;
 mod join;
 mod leaves;
 mod link;
+mod listen;
 mod membership;
 mod messaging;
 mod process;
@@ -37,6 +38,7 @@ mod verify;
 pub use connect::{IncomingConnection, seal_offer};
 pub use events::{Event, MemberIdentity};
 pub use link::PendingDevice;
+pub use listen::{ListenStats, Listening};
 #[cfg(feature = "adversary")]
 pub use tamper::Tamper;
 
@@ -105,6 +107,8 @@ pub struct Client {
     /// Events not yet committed: the next [`Client::persist`] writes them in the same
     /// transaction as the state change that produced them (kept here when ephemeral).
     unsaved: Vec<Event>,
+    /// The live socket and how [`Client::next_events`] waits.
+    live: listen::Live,
     /// When set, state changes stay in memory (see [`Client::set_ephemeral`]).
     ephemeral: bool,
     /// After this long without a signed request of ours in a group, `receive` updates in it.
@@ -177,6 +181,7 @@ impl Client {
             provider: ClientProvider::default(),
             store,
             unsaved: Vec::new(),
+            live: listen::Live::default(),
             ephemeral: false,
             keepalive_ms: DEFAULT_KEEPALIVE_MS,
         }
@@ -227,6 +232,7 @@ impl Client {
             provider: ClientProvider::from_entries(mls),
             store,
             unsaved: Vec::new(),
+            live: listen::Live::default(),
             ephemeral: false,
             keepalive_ms: DEFAULT_KEEPALIVE_MS,
         })

@@ -10,6 +10,7 @@ use super::membership::InviteMode;
 use super::{Client, GroupHandle};
 use crate::error::ClientError;
 use mimi_rm_protocol::ds::DsOperation;
+use mimi_rm_protocol::qs::QsOperation;
 use openmls::prelude::{SignContent, tls_codec::Serialize as _};
 use openmls_traits::OpenMlsProvider as _;
 use openmls_traits::crypto::OpenMlsCrypto;
@@ -95,6 +96,17 @@ impl Client {
 }
 
 impl Client {
+    /// Signs any QS operation as our client (queue), enveloped for `/qs/request` or a live
+    /// socket's first frame, so tests can replay, truncate or misuse it.
+    pub fn signed_client_request(&self, operation: QsOperation) -> Result<Vec<u8>, ClientError> {
+        let req = super::requests::signed_qs(
+            &self.client_auth()?,
+            mimi_rm_protocol::qs::QsSender::Client(self.client_id()?),
+            operation,
+        )?;
+        crate::transport::envelope(mimi_rm_protocol::TransactionType::QueueService, &req)
+    }
+
     /// Signs any DS operation as our current leaf in `group`, so tests can send requests an
     /// honest client never would (e.g. another member's resync under our name).
     pub fn signed_member_request(

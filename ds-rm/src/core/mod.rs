@@ -195,10 +195,8 @@ impl Hub {
         ids: Arc<dyn ids::IdSource>,
     ) -> Result<Self, HubError> {
         let queue_signal = Arc::new(queue_signal::QueueSignal::default());
-        let store: Arc<dyn Store> = Arc::new(queue_signal::Signalling::new(
-            store,
-            queue_signal.clone(),
-        ));
+        let store: Arc<dyn Store> =
+            Arc::new(queue_signal::Signalling::new(store, queue_signal.clone()));
         let upkeep = erasure::prepare(store.as_ref())?;
         if upkeep != erasure::Upkeep::default() {
             tracing::info!(

@@ -6,7 +6,7 @@
 //! signalled. Only queues somebody listens to are looked up; nothing is stored or logged.
 
 use super::qs::ClientId;
-use crate::store::{Batch, CfEntry, Cf, Entry, Op, ScrubReport, Store, StoreError};
+use crate::store::{Batch, Cf, CfEntry, Entry, Op, ScrubReport, Store, StoreError};
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use tokio::sync::watch;

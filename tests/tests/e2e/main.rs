@@ -26,6 +26,7 @@ mod files_at_rest;
 mod identity;
 mod lifecycle;
 mod limits;
+mod live;
 mod logs;
 mod mangled;
 mod membership;
