@@ -20,8 +20,8 @@ mod transport;
 #[cfg(feature = "adversary")]
 pub use client::Tamper;
 pub use client::{
-    Client, Event, GroupHandle, IncomingConnection, ListenStats, Listening, MAX_PAST_EPOCHS,
-    MemberIdentity, PendingDevice, RegisterOptions, seal_offer,
+    Client, Event, Events, GroupHandle, IncomingConnection, ListenStats, Listening,
+    MAX_PAST_EPOCHS, MemberIdentity, PendingDevice, RegisterOptions, seal_offer,
 };
 pub use contact::ContactCard;
 pub use error::ClientError;

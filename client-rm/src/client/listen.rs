@@ -175,3 +175,81 @@ impl Client {
         }
     }
 }
+
+/// A client's events as a stream, for applications that react to what arrives (a chat screen,
+/// a bot): each call of [`Events::next`] returns the next event; the one before is marked shown
+/// only then, so an event is handed out again after a crash unless the application had asked
+/// for the next one. The client stays usable in between ([`Events::client`]), e.g. to answer.
+#[derive(Debug)]
+pub struct Events {
+    client: Client,
+    buffer: std::collections::VecDeque<(u64, Event)>,
+    /// The number of the event handed out last, not yet marked shown.
+    handed_out: Option<u64>,
+}
+
+impl Client {
+    /// This client's events as an [`Events`] stream.
+    pub fn into_events(self) -> Events {
+        Events {
+            client: self,
+            buffer: std::collections::VecDeque::new(),
+            handed_out: None,
+        }
+    }
+}
+
+impl std::fmt::Debug for Client {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Client")
+            .field("name", &self.state.name)
+            .field("dir", &self.dir)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Events {
+    /// The next event and its number, waiting for one as [`Client::next_events`] does.
+    pub async fn next(&mut self) -> Result<(u64, Event), ClientError> {
+        if let Some(n) = self.handed_out.take() {
+            self.client.events_shown(n)?;
+        }
+        loop {
+            if let Some((n, e)) = self.buffer.pop_front() {
+                self.handed_out = Some(n);
+                return Ok((n, e));
+            }
+            let floor = self.handed_out.unwrap_or(0);
+            self.buffer = self
+                .client
+                .next_events()
+                .await?
+                .into_iter()
+                .filter(|(n, _)| *n > floor)
+                .collect();
+        }
+    }
+
+    /// The client, to act between events (send an answer, look at a group).
+    pub fn client(&mut self) -> &mut Client {
+        &mut self.client
+    }
+
+    /// The client back, with the last event handed out marked shown.
+    pub fn into_client(mut self) -> Result<Client, ClientError> {
+        if let Some(n) = self.handed_out.take() {
+            self.client.events_shown(n)?;
+        }
+        Ok(self.client)
+    }
+
+    /// The same as a [`futures_util::Stream`] of results.
+    pub fn into_stream(
+        self,
+    ) -> impl futures_util::Stream<Item = Result<(u64, Event), ClientError>> + Send {
+        futures_util::stream::unfold(self, |mut events| async move {
+            let item = events.next().await;
+            Some((item, events))
+        })
+    }
+}

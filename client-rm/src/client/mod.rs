@@ -38,7 +38,7 @@ mod verify;
 pub use connect::{IncomingConnection, seal_offer};
 pub use events::{Event, MemberIdentity};
 pub use link::PendingDevice;
-pub use listen::{ListenStats, Listening};
+pub use listen::{Events, ListenStats, Listening};
 #[cfg(feature = "adversary")]
 pub use tamper::Tamper;
 

@@ -21,6 +21,7 @@ mod corruption;
 mod crash;
 mod ds_core_arbitrary;
 mod ear_rotation;
+mod examples;
 mod federation;
 mod files_at_rest;
 mod identity;
