@@ -7,6 +7,7 @@
 //! (no coordinated omission). It writes a JSON report and an SVG plot.
 #![forbid(unsafe_code)]
 
+mod latency;
 mod plot;
 mod population;
 mod report;
@@ -29,6 +30,8 @@ struct Cli {
 enum Command {
     /// Build groups on a running hub and drive them at a constant arrival rate.
     Run(run::RunArgs),
+    /// Time from a sender's acknowledgement to the recipient's event: live socket, then polling.
+    Latency(latency::LatencyArgs),
     /// Draw the latency distributions of several JSON reports into one SVG.
     Compare {
         /// Reports written by `run`.
@@ -74,6 +77,11 @@ fn main() -> ExitCode {
             .build()
             .map_err(|e| LoadError::Setup(e.to_string()))
             .and_then(|rt| rt.block_on(run::run(args))),
+        Command::Latency(args) => tokio::runtime::Builder::new_multi_thread()
+            .enable_all()
+            .build()
+            .map_err(|e| LoadError::Setup(e.to_string()))
+            .and_then(|rt| rt.block_on(latency::run(args))),
         Command::Compare { reports, svg } => report::load_all(&reports)
             .and_then(|all| plot::compare(&all, &svg))
             .map(|()| println!("wrote {}", svg.display())),

@@ -139,7 +139,7 @@ fn ms(d: Duration) -> f64 {
 }
 
 /// The `q`-quantile (0..=1) of sorted values.
-fn quantile(sorted: &[f64], q: f64) -> f64 {
+pub(crate) fn quantile(sorted: &[f64], q: f64) -> f64 {
     if sorted.is_empty() {
         return 0.0;
     }
