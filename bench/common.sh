@@ -7,3 +7,14 @@ wait_for_hub() {
     echo "hub on port $1 did not start" >&2
     return 1
 }
+
+# Waits until something listens on port $1 (up to 10 s): for processes without the hub's
+# discovery endpoint, such as a relay.
+wait_for_port() {
+    for _ in $(seq 100); do
+        (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null && return 0
+        sleep 0.1
+    done
+    echo "nothing listens on port $1" >&2
+    return 1
+}

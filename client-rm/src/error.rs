@@ -39,6 +39,12 @@ pub enum ClientError {
     /// The hub answered something that does not fit the request.
     #[error("unexpected response: {0}")]
     Unexpected(&'static str),
+    /// An argument the caller gave is not acceptable (what is wrong with it is said).
+    #[error("invalid input: {0}")]
+    InvalidInput(String),
+    /// The operation does not exist in this client's DS mode.
+    #[error("not supported: {0}")]
+    Unsupported(&'static str),
     /// Unknown group handle.
     #[error("unknown group")]
     UnknownGroup,

@@ -7,6 +7,7 @@
 #![deny(missing_docs)]
 
 mod client;
+pub mod connections;
 mod contact;
 mod error;
 mod identity;
@@ -23,9 +24,10 @@ pub use client::{
     Client, Event, Events, GroupHandle, IncomingConnection, ListenStats, Listening,
     MAX_PAST_EPOCHS, MemberIdentity, PendingDevice, RegisterOptions, seal_offer,
 };
+pub use connections::{ConnectionOptions, ConnectionPolicy, Scope};
 pub use contact::ContactCard;
 pub use error::ClientError;
 pub use store::seal::KdfParams;
 pub use store::{StoreOptions, WriteStats};
 pub use tokens::Wallet;
-pub use transport::{Recorder, Transport, envelope};
+pub use transport::{Recorder, Transport, TransportOptions, envelope};

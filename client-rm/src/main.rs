@@ -25,8 +25,34 @@ struct Cli {
     /// (or `device complete`) to create a protected store, and with every command after.
     #[arg(long, value_name = "FILE")]
     passphrase_file: Option<PathBuf>,
+    /// Send every request over one connection pool. Cheaper (fewer TLS handshakes), but the hub
+    /// can then link your handle to your groups and queue by the connection they share. By
+    /// default identity requests, your queue and each group use separate connections.
+    #[arg(long)]
+    shared_connections: bool,
+    /// Send pseudonymous requests (your queue, your groups, lookups) through this Oblivious
+    /// HTTP relay (e.g. `https://relay.example.net/`, run by someone other than your hub's
+    /// operator): your hub then never sees your address on them. Requests that carry your
+    /// identity still go direct.
+    #[arg(long, value_name = "URL")]
+    ohttp_relay: Option<String>,
     #[command(subcommand)]
     command: Command,
+}
+
+impl Cli {
+    /// The connection options the flags ask for.
+    fn connections(&self) -> mimi_client_rm::ConnectionOptions {
+        mimi_client_rm::ConnectionOptions {
+            policy: if self.shared_connections {
+                mimi_client_rm::ConnectionPolicy::Shared
+            } else {
+                mimi_client_rm::ConnectionPolicy::Scoped
+            },
+            local_address: None,
+            ohttp_relay: self.ohttp_relay.clone(),
+        }
+    }
 }
 
 #[derive(Subcommand)]
@@ -176,6 +202,10 @@ enum Command {
     /// Manage your devices (clients of your user).
     #[command(subcommand)]
     Device(DeviceCommand),
+    /// Wake this device by Web Push while it is offline (RFC 8030/8291/8292): the hub stores
+    /// the subscription sealed and learns its key only while it delivers to you.
+    #[command(subcommand)]
+    Push(PushCommand),
     /// Show a group's users: their devices and roles.
     Users {
         /// Group id (hex).
@@ -202,6 +232,28 @@ enum Command {
     },
     /// Re-enter every group whose local MLS state was lost (the key file survived).
     Recover,
+}
+
+#[derive(Subcommand)]
+enum PushCommand {
+    /// Print the hub's VAPID key (base64url): subscribe to your push service with it as the
+    /// application server key.
+    ServerKey,
+    /// Register this device's push subscription (the values your push service or UnifiedPush
+    /// distributor gave you; keys in base64url as browsers give them).
+    Set {
+        /// The subscription's endpoint URL.
+        #[arg(long)]
+        endpoint: String,
+        /// The receiving side's P-256 public key (65 bytes, uncompressed).
+        #[arg(long)]
+        p256dh: String,
+        /// The 16-byte authentication secret.
+        #[arg(long)]
+        auth: String,
+    },
+    /// Remove this device's push subscription.
+    Clear,
 }
 
 #[derive(Subcommand)]
@@ -320,6 +372,9 @@ async fn run(cli: Cli) -> CliResult {
         _ => {}
     }
     let mut client = Client::load_with(&cli.dir, &cli.hub, None, &store_options(&cli)?)?;
+    if cli.shared_connections || cli.ohttp_relay.is_some() {
+        client.set_connections(cli.connections())?;
+    }
     let client = &mut client;
     let shows_events = matches!(
         cli.command,
@@ -380,7 +435,39 @@ async fn dispatch(cli: Cli, client: &mut Client) -> CliResult {
         Command::RotateKey { group } => rotate_key(client, &group).await,
         Command::Reports { group } => reports(client, &group).await,
         Command::Groups => groups(client),
+        Command::Push(cmd) => push(client, cmd).await,
     }
+}
+
+/// `push …`: the device's Web Push subscription.
+async fn push(client: &mut Client, cmd: PushCommand) -> CliResult {
+    use base64::Engine as _;
+    let b64 = base64::engine::general_purpose::URL_SAFE_NO_PAD;
+    let decode = |what: &str, v: &str| {
+        b64.decode(v.trim_end_matches('='))
+            .map_err(|e| format!("--{what} is not base64url: {e}"))
+    };
+    match cmd {
+        PushCommand::ServerKey => println!("{}", b64.encode(client.push_server_key().await?)),
+        PushCommand::Set {
+            endpoint,
+            p256dh,
+            auth,
+        } => {
+            let subscription = mimi_rm_protocol::push::PushSubscription {
+                endpoint: endpoint.into_bytes().into(),
+                p256dh: decode("p256dh", &p256dh)?.into(),
+                auth: decode("auth", &auth)?.into(),
+            };
+            client.set_push_subscription(&subscription).await?;
+            println!("push subscription registered");
+        }
+        PushCommand::Clear => {
+            client.clear_push_subscription().await?;
+            println!("push subscription removed");
+        }
+    }
+    Ok(())
 }
 
 /// `register`: creates the client directory with a newly registered handle.
@@ -394,6 +481,7 @@ async fn register(
         mode,
         invite,
         store: store_options(cli)?,
+        connections: cli.connections(),
         ..Default::default()
     };
     let client = Client::register_with(&cli.dir, &cli.hub, name, &options).await?;
@@ -413,7 +501,8 @@ fn device_request(cli: &Cli, name: &str) -> CliResult {
 
 /// `device complete`: finishes linking this (new) device with the grant.
 async fn device_complete(cli: &Cli, grant: &str) -> CliResult {
-    let pending = PendingDevice::load(&cli.dir, &cli.hub, None)?;
+    let mut pending = PendingDevice::load(&cli.dir, &cli.hub, None)?;
+    pending.set_connections(cli.connections());
     let client = pending.complete_with(grant, &store_options(cli)?).await?;
     println!(
         "linked device {} of {}; in {} groups",

@@ -147,6 +147,11 @@ pub struct ClientState {
     /// the device tag its QS client carries, so a sibling can have that client removed.
     #[serde(default)]
     pub device_tag_key: String,
+    /// Hex `PushTokenEarKey`: seals this device's push subscription at the QS, and travels
+    /// only inside our sealed queue refs (empty for a client from before push tokens until it
+    /// is next loaded).
+    #[serde(default)]
+    pub push_key: String,
     /// Generation of `user_secret` (bumped whenever a device is removed).
     #[serde(default)]
     pub user_secret_generation: u32,
@@ -248,6 +253,7 @@ impl Drop for ClientState {
             &mut self.queue_ratchet,
             &mut self.user_secret,
             &mut self.device_tag_key,
+            &mut self.push_key,
             &mut self.link_private,
         ] {
             wipe(s);

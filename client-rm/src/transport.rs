@@ -1,12 +1,14 @@
 //! HTTP transport to a hub: envelope, POST, decode the answer or the error.
 
+use crate::connections::Pools;
+pub use crate::connections::{ConnectionOptions, ConnectionPolicy, Scope};
 use crate::error::ClientError;
 use crate::tokens::Wallet;
 use mimi_rm_protocol::ds::{DsRequest, DsResponse};
 use mimi_rm_protocol::qs::{QsRequest, QsResponse};
 use mimi_rm_protocol::tokens::{PresentedToken, RateClass};
 use mimi_rm_protocol::{
-    Envelope, ErrorCode, ErrorResponse, TransactionType, decode_exact, encode, paths,
+    Envelope, ErrorCode, ErrorResponse, TransactionType, decode_exact, encode, oblivious, paths,
 };
 
 const MAX_RESPONSE: usize = 64 << 20;
@@ -14,54 +16,102 @@ const MAX_RESPONSE: usize = 64 << 20;
 /// Every request body sent, by path: a wire log for debugging and for tests that replay traffic.
 pub type Recorder = std::sync::Arc<std::sync::Mutex<Vec<(String, Vec<u8>)>>>;
 
-/// A hub's base URL plus a connection pool.
+/// A hub's base URL plus its connection pools, one per [`Scope`] (see
+/// [`crate::connections`]).
 #[derive(Clone)]
 pub struct Transport {
-    http: reqwest::Client,
+    pools: std::sync::Arc<Pools>,
     base: String,
     recorder: Option<Recorder>,
     wallet: Option<std::sync::Arc<Wallet>>,
     /// Extra PEM roots trusted for the hub's certificate (for the live socket's own TLS).
     root_ca: Option<Vec<u8>>,
+    /// The OHTTP relay pseudonymous requests go through, and the gateway's key configuration
+    /// once fetched.
+    oblivious: Option<std::sync::Arc<Oblivious>>,
+}
+
+/// Where pseudonymous requests go when they go through a relay.
+struct Oblivious {
+    relay: String,
+    keys: tokio::sync::Mutex<Option<Vec<u8>>>,
+}
+
+/// How a [`Transport`] connects.
+#[derive(Debug, Clone, Default)]
+pub struct TransportOptions {
+    /// Extra PEM root certificate(s) trusted for the hub, for hubs whose certificate comes from
+    /// a private CA (tests, intranets); the public web roots stay trusted as well.
+    pub root_ca: Option<Vec<u8>>,
+    /// Connection policy and local address.
+    pub connections: ConnectionOptions,
 }
 
 /// How often discovery is retried after a connection failure.
 const DISCOVERY_RETRIES: u64 = 5;
 
 impl Transport {
-    /// A transport to the hub at `base` (e.g. `http://127.0.0.1:8080`).
-    pub fn new(base: impl Into<String>) -> Self {
-        Self {
-            http: reqwest::Client::new(),
-            base: base.into().trim_end_matches('/').to_owned(),
-            recorder: None,
-            wallet: None,
-            root_ca: None,
-        }
+    /// A transport to the hub at `base` (e.g. `http://127.0.0.1:8080`), with scoped
+    /// connections.
+    pub fn new(base: impl Into<String>) -> Result<Self, ClientError> {
+        Self::with_options(base, TransportOptions::default())
     }
 
     /// A transport to the hub at `base` that also trusts the PEM root certificate(s) in `pem`,
     /// for hubs whose certificate comes from a private CA (tests, intranets) rather than a
     /// public one. The public web roots stay trusted as well.
     pub fn with_root_ca(base: impl Into<String>, pem: &[u8]) -> Result<Self, ClientError> {
-        let certs = reqwest::Certificate::from_pem_bundle(pem)
-            .map_err(|e| ClientError::Transport(format!("root CA certificate: {e}")))?;
-        if certs.is_empty() {
-            return Err(ClientError::Transport(
-                "root CA certificate: no PEM certificate found".into(),
-            ));
-        }
-        let http = certs
-            .into_iter()
-            .fold(reqwest::Client::builder(), |b, c| b.add_root_certificate(c))
-            .build()
-            .map_err(|e| ClientError::Transport(format!("building the HTTP client: {e}")))?;
+        Self::with_options(
+            base,
+            TransportOptions {
+                root_ca: Some(pem.to_vec()),
+                ..TransportOptions::default()
+            },
+        )
+    }
+
+    /// A transport to the hub at `base` connecting as `options` say.
+    pub fn with_options(
+        base: impl Into<String>,
+        options: TransportOptions,
+    ) -> Result<Self, ClientError> {
+        let pools = Pools::new(
+            options.connections.policy,
+            options.root_ca.clone(),
+            options.connections.local_address,
+        )?;
         Ok(Self {
-            http,
+            pools: std::sync::Arc::new(pools),
             base: base.into().trim_end_matches('/').to_owned(),
             recorder: None,
             wallet: None,
-            root_ca: Some(pem.to_vec()),
+            root_ca: options.root_ca,
+            oblivious: oblivious_for(&options.connections),
+        })
+    }
+
+    /// Which requests share connections.
+    pub fn policy(&self) -> ConnectionPolicy {
+        self.pools.policy()
+    }
+
+    /// The OHTTP relay pseudonymous requests go through, if any.
+    pub fn ohttp_relay(&self) -> Option<&str> {
+        self.oblivious.as_deref().map(|o| o.relay.as_str())
+    }
+
+    /// This transport with new connection pools built as `connections` says; the hub, the
+    /// trusted roots, the wallet and the recorder stay.
+    pub fn reconnected(&self, connections: &ConnectionOptions) -> Result<Self, ClientError> {
+        let pools = Pools::new(
+            connections.policy,
+            self.root_ca.clone(),
+            connections.local_address,
+        )?;
+        Ok(Self {
+            pools: std::sync::Arc::new(pools),
+            oblivious: oblivious_for(connections),
+            ..self.clone()
         })
     }
 
@@ -90,15 +140,29 @@ impl Transport {
         self.wallet.as_deref()
     }
 
-    /// The HTTP client (connection pool) this transport uses.
-    pub fn http(&self) -> &reqwest::Client {
-        &self.http
+    /// The connection pool for requests that carry our identity (token issuance, signed AS
+    /// requests). Falls back to a fresh connection per request if the pool cannot be built.
+    pub fn http(&self) -> reqwest::Client {
+        self.http_for(&Scope::Identity)
     }
 
-    /// Posts raw bytes to a path; returns the body of a 200 or the decoded error. With a wallet,
-    /// a 401 token challenge is answered with a token and the request sent again.
+    /// The connection pool for requests of `scope`.
+    pub fn http_for(&self, scope: &Scope) -> reqwest::Client {
+        match self.pools.client(scope) {
+            Ok(c) => c,
+            Err(e) => {
+                // Built like the pools made at start, which succeeded; never share instead.
+                tracing::warn!(error = %e, "connection pool unavailable; using a fresh connection");
+                self.pools.fresh()
+            }
+        }
+    }
+
+    /// Posts raw bytes to a path on a fresh connection; returns the body of a 200 or the
+    /// decoded error. With a wallet, a 401 token challenge is answered with a token and the
+    /// request sent again.
     pub async fn post_raw(&self, path: &str, body: Vec<u8>) -> Result<Vec<u8>, ClientError> {
-        self.post_classed(path, body, None).await
+        self.post_classed(path, body, None, Scope::Fresh).await
     }
 
     /// Posts a request of rate class `class`: with a token up front when the hub is known to
@@ -109,19 +173,21 @@ impl Transport {
         path: &str,
         body: Vec<u8>,
         class: Option<RateClass>,
+        scope: Scope,
     ) -> Result<Vec<u8>, ClientError> {
         let Some(wallet) = &self.wallet else {
-            return self.send(path, body, None).await;
+            return self.send(&scope, path, body, None).await;
         };
+        // Issuance carries our credential: it goes on the identity connection, never on the
+        // request's own.
+        let issuer = self.http_for(&Scope::Identity);
         let mut token = match class {
-            Some(c) if wallet.is_limited(c).await => {
-                Some(wallet.take(&self.http, &self.base).await?)
-            }
+            Some(c) if wallet.is_limited(c).await => Some(wallet.take(&issuer, &self.base).await?),
             _ => None,
         };
         let mut attempt = 0;
         loop {
-            let result = self.send(path, body.clone(), token.as_ref()).await;
+            let result = self.send(&scope, path, body.clone(), token.as_ref()).await;
             let Err(ClientError::Hub {
                 status: 401,
                 response,
@@ -140,17 +206,18 @@ impl Transport {
                     }
                 }
                 ErrorCode::TokenExpiredKey | ErrorCode::TokenUnknownKey => {
-                    wallet.drop_stale(&self.http, &self.base).await?;
+                    wallet.drop_stale(&issuer, &self.base).await?;
                 }
                 ErrorCode::TokenSpent | ErrorCode::TokenInvalid | ErrorCode::TokenMalformed => {}
                 _ => return result,
             }
-            token = Some(wallet.take(&self.http, &self.base).await?);
+            token = Some(wallet.take(&issuer, &self.base).await?);
         }
     }
 
     async fn send(
         &self,
+        scope: &Scope,
         path: &str,
         body: Vec<u8>,
         token: Option<&PresentedToken>,
@@ -160,8 +227,13 @@ impl Transport {
                 .unwrap_or_else(|p| p.into_inner())
                 .push((path.to_owned(), body.clone()));
         }
-        let resp = self
-            .http
+        let http = self.http_for(scope);
+        if let Some(ob) = &self.oblivious
+            && *scope != Scope::Identity
+        {
+            return self.send_oblivious(ob, &http, path, body, token).await;
+        }
+        let resp = http
             .post(format!("{}{}", self.base, path))
             .header("content-type", paths::CONTENT_TYPE);
         let resp = match token {
@@ -169,6 +241,103 @@ impl Transport {
             None => resp,
         };
         exchange(resp.body(body)).await
+    }
+
+    /// Sends a request encapsulated for the hub's gateway through the relay (on `http`, the
+    /// request's own scope, so the relay cannot join scopes either).
+    async fn send_oblivious(
+        &self,
+        ob: &Oblivious,
+        http: &reqwest::Client,
+        path: &str,
+        body: Vec<u8>,
+        token: Option<&PresentedToken>,
+    ) -> Result<Vec<u8>, ClientError> {
+        let mut headers = vec![(
+            "content-type".to_owned(),
+            paths::CONTENT_TYPE.as_bytes().to_vec(),
+        )];
+        if let Some(t) = token {
+            headers.push((
+                "authorization".to_owned(),
+                t.to_authorization().into_bytes(),
+            ));
+        }
+        let inner = oblivious::InnerRequest {
+            path: path.to_owned(),
+            headers,
+            body,
+        };
+        let inner = oblivious::encode_request(authority(&self.base), &inner)
+            .map_err(|e| ClientError::Transport(e.to_string()))?;
+        // A gateway that changed its key answers 400 to the old one: fetch it again, once.
+        for attempt in 0..2 {
+            let keys = self.gateway_keys(ob, attempt > 0).await?;
+            let request = ohttp::ClientRequest::from_encoded_config_list(&keys)
+                .map_err(|e| ClientError::Transport(format!("OHTTP key configuration: {e}")))?;
+            let (sealed, opener) = request
+                .encapsulate(&inner)
+                .map_err(|e| ClientError::Transport(format!("OHTTP: {e}")))?;
+            let resp = http
+                .post(&ob.relay)
+                .header("content-type", oblivious::REQUEST_TYPE)
+                .body(sealed)
+                .send()
+                .await
+                .map_err(|e| ClientError::Transport(format!("OHTTP relay: {e}")))?;
+            let status = resp.status().as_u16();
+            let bytes = resp
+                .bytes()
+                .await
+                .map_err(|e| ClientError::Transport(format!("OHTTP relay: {e}")))?;
+            if status == 400 && attempt == 0 {
+                continue;
+            }
+            if status != 200 {
+                return Err(ClientError::Transport(format!(
+                    "OHTTP relay or gateway refused: status {status}"
+                )));
+            }
+            let plain = opener
+                .decapsulate(&bytes)
+                .map_err(|e| ClientError::Transport(format!("OHTTP response: {e}")))?;
+            let answer = oblivious::decode_response(&plain)
+                .map_err(|e| ClientError::Transport(e.to_string()))?;
+            return interpret(answer.status, &answer.body);
+        }
+        Err(ClientError::Transport(
+            "OHTTP gateway refused the current key".into(),
+        ))
+    }
+
+    /// The gateway's key configuration list, fetched from the hub once (again with `refresh`)
+    /// on a fresh connection that names nobody.
+    async fn gateway_keys(&self, ob: &Oblivious, refresh: bool) -> Result<Vec<u8>, ClientError> {
+        let mut keys = ob.keys.lock().await;
+        if let Some(k) = keys.as_ref()
+            && !refresh
+        {
+            return Ok(k.clone());
+        }
+        let resp = self
+            .http_for(&Scope::Fresh)
+            .get(format!("{}{}", self.base, oblivious::KEYS_PATH))
+            .send()
+            .await
+            .map_err(|e| ClientError::Transport(format!("OHTTP keys: {e}")))?;
+        if !resp.status().is_success() {
+            return Err(ClientError::Transport(format!(
+                "OHTTP keys: status {}",
+                resp.status()
+            )));
+        }
+        let fetched = resp
+            .bytes()
+            .await
+            .map_err(|e| ClientError::Transport(format!("OHTTP keys: {e}")))?
+            .to_vec();
+        *keys = Some(fetched.clone());
+        Ok(fetched)
     }
 
     /// Sends a DS request to the endpoint its operation belongs to.
@@ -187,7 +356,7 @@ impl Transport {
         };
         let body = envelope(tt, req)?;
         let class = RateClass::of_ds(&req.tbs.operation);
-        let bytes = self.post_classed(path, body, class).await?;
+        let bytes = self.post_classed(path, body, class, ds_scope(req)).await?;
         decode_exact(&bytes, MAX_RESPONSE).map_err(|e| ClientError::Transport(e.to_string()))
     }
 
@@ -195,7 +364,9 @@ impl Transport {
     pub async fn qs(&self, req: &QsRequest) -> Result<QsResponse, ClientError> {
         let body = envelope(TransactionType::QueueService, req)?;
         let class = RateClass::of_qs(&req.tbs.operation);
-        let bytes = self.post_classed(paths::QS, body, class).await?;
+        let bytes = self
+            .post_classed(paths::QS, body, class, qs_scope(req))
+            .await?;
         decode_exact(&bytes, MAX_RESPONSE).map_err(|e| ClientError::Transport(e.to_string()))
     }
 }
@@ -208,7 +379,9 @@ impl Transport {
     ) -> Result<mimi_rm_protocol::auth::AsResponse, ClientError> {
         let body = envelope(TransactionType::AuthService, req)?;
         let class = RateClass::of_as(&req.tbs.operation);
-        let bytes = self.post_classed(paths::AS, body, class).await?;
+        let bytes = self
+            .post_classed(paths::AS, body, class, as_scope(req))
+            .await?;
         decode_exact(&bytes, MAX_RESPONSE).map_err(|e| ClientError::Transport(e.to_string()))
     }
 }
@@ -244,7 +417,8 @@ impl Transport {
             },
         };
         let body = envelope(TransactionType::Proxy, &req)?;
-        self.post_classed(paths::FEDERATION_PROXY, body, class)
+        // What we ask of another provider names someone there, never us: a fresh connection.
+        self.post_classed(paths::FEDERATION_PROXY, body, class, Scope::Fresh)
             .await
     }
 
@@ -285,6 +459,54 @@ impl Transport {
     }
 }
 
+/// The OHTTP state for `connections`, if it names a relay.
+fn oblivious_for(connections: &ConnectionOptions) -> Option<std::sync::Arc<Oblivious>> {
+    connections.ohttp_relay.as_ref().map(|relay| {
+        std::sync::Arc::new(Oblivious {
+            relay: relay.clone(),
+            keys: tokio::sync::Mutex::new(None),
+        })
+    })
+}
+
+/// The authority (host and port) of a base URL, for the inner request.
+fn authority(base: &str) -> &str {
+    let rest = base.split_once("://").map_or(base, |(_, r)| r);
+    rest.split('/').next().unwrap_or(rest)
+}
+
+/// The connection scope of a DS request: its group (our leaf there), or a fresh connection
+/// for the one request that names no group (`RequestGroupId`).
+pub fn ds_scope(req: &DsRequest) -> Scope {
+    if req.tbs.group_id.as_slice().is_empty() {
+        Scope::Fresh
+    } else {
+        Scope::Group(req.tbs.group_id.as_slice().to_vec())
+    }
+}
+
+/// The connection scope of a QS request: our queue for what our client (or our user creating
+/// one of its clients) signs; a fresh connection for anonymous requests, which name another
+/// user (AddPackage fetches by friendship token) or nobody (key fetches).
+pub fn qs_scope(req: &QsRequest) -> Scope {
+    use mimi_rm_protocol::qs::QsSender;
+    match req.tbs.sender {
+        QsSender::Anonymous => Scope::Fresh,
+        _ => Scope::Queue,
+    }
+}
+
+/// The connection scope of an AS request: our identity for what carries it (signed requests,
+/// registration); a fresh connection for anonymous lookups of others.
+pub fn as_scope(req: &mimi_rm_protocol::auth::AsRequest) -> Scope {
+    use mimi_rm_protocol::auth::{AsOperation, AsSender};
+    match (&req.tbs.sender, &req.tbs.operation) {
+        (AsSender::Client(_), _) => Scope::Identity,
+        (_, AsOperation::RegisterUser(_) | AsOperation::RegisterInvited(_)) => Scope::Identity,
+        _ => Scope::Fresh,
+    }
+}
+
 /// Sends a prepared request: the body of a 200, or the hub's decoded error.
 pub(crate) async fn exchange(req: reqwest::RequestBuilder) -> Result<Vec<u8>, ClientError> {
     let resp = req
@@ -296,10 +518,15 @@ pub(crate) async fn exchange(req: reqwest::RequestBuilder) -> Result<Vec<u8>, Cl
         .bytes()
         .await
         .map_err(|e| ClientError::Transport(e.to_string()))?;
+    interpret(status, &bytes)
+}
+
+/// A hub's answer: the body of a 200, or its decoded error.
+fn interpret(status: u16, bytes: &[u8]) -> Result<Vec<u8>, ClientError> {
     if status == 200 {
         return Ok(bytes.to_vec());
     }
-    let response: ErrorResponse = decode_exact(&bytes, MAX_RESPONSE)
+    let response: ErrorResponse = decode_exact(bytes, MAX_RESPONSE)
         .map_err(|e| ClientError::Transport(format!("status {status}, undecodable error: {e}")))?;
     if response.code == ErrorCode::PeerUnavailable {
         return Err(ClientError::PeerUnavailable(
@@ -338,7 +565,7 @@ impl Transport {
 
     async fn domain_once(&self) -> Result<String, ClientError> {
         let resp = self
-            .http
+            .http_for(&Scope::Fresh)
             .get(format!("{}{}", self.base, paths::DS_DOMAIN))
             .send()
             .await

@@ -82,6 +82,17 @@ pub enum Command {
         /// RocksDB data directory (the hub must be stopped).
         data: PathBuf,
     },
+    /// Run an Oblivious HTTP relay (RFC 9458) for a hub's gateway. Run it as a different
+    /// operator from the hub: the relay sees client addresses, the hub sees requests, and only
+    /// the two together could link them.
+    Relay {
+        /// Address to listen on, e.g. 127.0.0.1:8090.
+        #[arg(long)]
+        listen: std::net::SocketAddr,
+        /// The hub's gateway URL, e.g. https://chat.example.org/ohttp.
+        #[arg(long)]
+        gateway: String,
+    },
 }
 
 /// Entry point shared by every binary that embeds the hub CLI.
@@ -177,6 +188,7 @@ fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
             println!("{report}");
             Ok(())
         }
+        Command::Relay { listen, gateway } => relay(listen, &gateway),
     }
 }
 
@@ -207,6 +219,9 @@ fn serve(cfg: Config) -> Result<(), Box<dyn std::error::Error>> {
         // Fan-out for other providers' members leaves the durable outbox from here.
         tokio::spawn(crate::federation::run_outbox(hub.clone(), peers.clone()));
         tokio::spawn(crate::privacy_pass::run_rotation(hub.clone()));
+        if cfg.push.enabled && cfg.mode == mimi_rm_protocol::DsMode::Rm {
+            tokio::spawn(crate::push::run(hub.clone(), cfg.push.clone()));
+        }
         if scrub_every > 0 {
             let store: Arc<dyn crate::store::Store> = hub.store().clone();
             tokio::spawn(crate::scrub::run(
@@ -229,6 +244,25 @@ fn serve(cfg: Config) -> Result<(), Box<dyn std::error::Error>> {
     crate::scrub::at_shutdown(store.as_ref());
     tracing::info!("ds-rm hub stopped");
     served
+}
+
+fn relay(listen: std::net::SocketAddr, gateway: &str) -> Result<(), Box<dyn std::error::Error>> {
+    let relay = crate::relay::Relay::new(gateway)?;
+    let rt = tokio::runtime::Runtime::new()?;
+    rt.block_on(async move {
+        let listener = tokio::net::TcpListener::bind(listen).await?;
+        tracing::info!(
+            "OHTTP relay listening on http://{} for {gateway}",
+            listener.local_addr()?
+        );
+        // The hub's connection hygiene (timeouts, connection limits) with its defaults.
+        let limits =
+            crate::listener::Limits::new(&Config::default(), crate::listener::open_file_limit());
+        crate::listener::serve(listener, None, relay.router(), limits, shutdown_signal()).await;
+        Ok::<(), Box<dyn std::error::Error>>(())
+    })?;
+    tracing::info!("OHTTP relay stopped");
+    Ok(())
 }
 
 async fn shutdown_signal() {

@@ -69,6 +69,8 @@ pub struct Config {
     pub open_federation: bool,
     /// Privacy Pass rate limiting (the `[privacy_pass]` table).
     pub privacy_pass: PrivacyPassConfig,
+    /// Web Push wake-ups for offline clients (the `[push]` table).
+    pub push: PushConfig,
     /// `rm` (reduced metadata, the default) or `baseline`: a conventional full-metadata DS
     /// (plaintext group state, real credentials in leaves, plain queue ids, rate limits by
     /// identity) for comparing both on the same scenario. Baseline mode ignores `[privacy_pass]`.
@@ -112,6 +114,38 @@ pub struct PrivacyPassConfig {
     pub allowance_per_epoch: u32,
 }
 
+/// `[push]`: Web Push (RFC 8030/8291/8292) wake-ups for clients with a push subscription and
+/// no open live socket.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct PushConfig {
+    /// Send pushes at all. Off, subscriptions are still stored (sealed) but nobody is woken.
+    pub enabled: bool,
+    /// The VAPID `sub` claim: how a push service reaches the operator (`mailto:` or `https:`).
+    /// Default `mailto:postmaster@<domain>`.
+    pub vapid_subject: Option<String>,
+    /// Seconds a push service keeps an undelivered wake-up (the `TTL` header).
+    pub ttl_secs: u64,
+    /// Hosts (or parent domains) a push endpoint may name; empty: any. Endpoints are chosen by
+    /// clients, so this bounds which servers the hub can be made to call.
+    pub endpoint_hosts: Vec<String>,
+    /// Accept `http://` endpoints and IP-literal hosts in private or loopback ranges. For tests
+    /// and development only: with it on, a client can make the hub call internal addresses.
+    pub allow_insecure_endpoints: bool,
+}
+
+impl Default for PushConfig {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            vapid_subject: None,
+            ttl_secs: 24 * 60 * 60,
+            endpoint_hosts: Vec::new(),
+            allow_insecure_endpoints: false,
+        }
+    }
+}
+
 impl Default for PrivacyPassConfig {
     fn default() -> Self {
         let policy = crate::core::tokens::TokenPolicy::default();
@@ -150,6 +184,7 @@ impl Default for Config {
             max_connections: 4096,
             max_connections_per_address: 256,
             privacy_pass: PrivacyPassConfig::default(),
+            push: PushConfig::default(),
             mode: mimi_rm_protocol::DsMode::Rm,
             baseline_requests_per_minute: 6_000,
             queue_ref_cache_entries: 100_000,

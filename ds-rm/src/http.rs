@@ -39,6 +39,19 @@ struct App {
 }
 
 fn router_inner(hub: Arc<Hub>, peers: Option<Arc<Peers>>) -> Router {
+    let direct = direct_router(hub.clone(), peers);
+    // The OHTTP gateway dispatches into the direct routes (never into itself).
+    match crate::ohttp::Gateway::new(hub.clone(), direct.clone()) {
+        Ok(gateway) => direct.merge(gateway.routes()),
+        Err(e) => {
+            tracing::error!(error = %e, "OHTTP gateway unavailable");
+            direct
+        }
+    }
+}
+
+/// Every route but the OHTTP gateway's.
+fn direct_router(hub: Arc<Hub>, peers: Option<Arc<Peers>>) -> Router {
     let issuer = Router::new()
         .route(
             mimi_rm_protocol::tokens::ISSUER_REQUEST_PATH,
@@ -58,6 +71,7 @@ fn router_inner(hub: Arc<Hub>, peers: Option<Arc<Peers>>) -> Router {
         )
         .route(paths::QS, post(queue_service))
         .route(paths::QS_LIVE, get(live))
+        .route(paths::QS_PUSH_KEY, get(push_key))
         .route(paths::AS, post(auth_service))
         .route(paths::FEDERATION_FORWARD, post(federation_forward))
         .route(paths::DELIVER_MESSAGE, post(deliver_message))
@@ -150,6 +164,11 @@ async fn verification_key(State(app): State<App>) -> Response {
         Ok(body) => ok(body),
         Err(e) => error_response(&HubError::Bug(e.to_string())),
     }
+}
+
+/// The hub's VAPID public key: clients subscribe to their push service with it.
+async fn push_key(State(app): State<App>) -> Response {
+    ok(app.hub.vapid_public())
 }
 
 /// A peer forwards its client's request to us (we host the group).
@@ -282,8 +301,18 @@ fn ok(body: Vec<u8>) -> Response {
 /// upload can hold a connection: 413 past the limit, 408 past the timeout, 400 for broken
 /// framing (bad chunk sizes, a body shorter than declared).
 pub(crate) async fn read_body(hub: &Hub, body: Body) -> Result<Bytes, Response> {
+    read_body_limited(hub, body, hub.config().max_body).await
+}
+
+/// [`read_body`] with a limit of `max` bytes (the OHTTP gateway's, which adds room for the
+/// encapsulation).
+pub(crate) async fn read_body_limited(
+    hub: &Hub,
+    body: Body,
+    max: usize,
+) -> Result<Bytes, Response> {
     let timeout = std::time::Duration::from_millis(hub.config().request_timeout_ms);
-    let result = match tokio::time::timeout(timeout, collect(body, hub.config().max_body)).await {
+    let result = match tokio::time::timeout(timeout, collect(body, max)).await {
         Ok(read) => read,
         Err(_) => Err(HubError::Request(RequestError::Timeout)),
     };
@@ -330,7 +359,12 @@ async fn metrics(State(app): State<App>) -> String {
          # TYPE mimi_queue_refs_opened counter\nmimi_queue_refs_opened {}\n\
          # TYPE mimi_queue_refs_cached counter\nmimi_queue_refs_cached {}\n\
          # TYPE mimi_live_sockets gauge\nmimi_live_sockets {}\n\
-         # TYPE mimi_live_wakes counter\nmimi_live_wakes {}\n",
+         # TYPE mimi_live_wakes counter\nmimi_live_wakes {}\n\
+         # TYPE mimi_pushes_sent counter\nmimi_pushes_sent {}\n\
+         # TYPE mimi_pushes_dropped counter\nmimi_pushes_dropped {}\n\
+         # TYPE mimi_push_subscriptions_expired counter\nmimi_push_subscriptions_expired {}\n\
+         # TYPE mimi_ohttp_requests counter\nmimi_ohttp_requests {}\n\
+         # TYPE mimi_ohttp_refused counter\nmimi_ohttp_refused {}\n",
         m.ok.load(Relaxed),
         m.errors.load(Relaxed),
         m.enqueued.load(Relaxed),
@@ -346,6 +380,11 @@ async fn metrics(State(app): State<App>) -> String {
             .load(Relaxed)
             .saturating_sub(m.live_closed.load(Relaxed)),
         m.live_wakes.load(Relaxed),
+        m.pushes_sent.load(Relaxed),
+        m.pushes_dropped.load(Relaxed),
+        m.push_subscriptions_expired.load(Relaxed),
+        m.ohttp_requests.load(Relaxed),
+        m.ohttp_refused.load(Relaxed),
     )
 }
 

@@ -2,7 +2,7 @@
 //! authentication service).
 //!
 //! Layout: [`core`] holds all request logic (sans-I/O over [`store::Txn`]), [`store`] the RocksDB
-//! implementation, [`http`] the axum shell, [`privacy_pass`] token redemption and issuance over HTTP, [`tls`] HTTPS serving, [`config`] the operator
+//! implementation, [`http`] the axum shell, [`privacy_pass`] token redemption and issuance over HTTP, [`push`] Web Push wake-ups, [`tls`] HTTPS serving, [`config`] the operator
 //! settings and [`audit`] the "what does a seized disk show" view.
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]
@@ -16,7 +16,10 @@ pub mod federation;
 pub mod http;
 pub mod listener;
 pub mod live;
+pub mod ohttp;
 pub mod privacy_pass;
+pub mod push;
+pub mod relay;
 pub mod scrub;
 pub mod store;
 pub mod tls;

@@ -8,6 +8,7 @@
 #![forbid(unsafe_code)]
 
 mod latency;
+mod oblivious;
 mod plot;
 mod population;
 mod report;
@@ -32,6 +33,8 @@ enum Command {
     Run(run::RunArgs),
     /// Time from a sender's acknowledgement to the recipient's event: live socket, then polling.
     Latency(latency::LatencyArgs),
+    /// A send's round trip and the hub's CPU per send, direct and through an OHTTP relay.
+    Oblivious(oblivious::ObliviousArgs),
     /// Draw the latency distributions of several JSON reports into one SVG.
     Compare {
         /// Reports written by `run`.
@@ -82,6 +85,11 @@ fn main() -> ExitCode {
             .build()
             .map_err(|e| LoadError::Setup(e.to_string()))
             .and_then(|rt| rt.block_on(latency::run(args))),
+        Command::Oblivious(args) => tokio::runtime::Builder::new_multi_thread()
+            .enable_all()
+            .build()
+            .map_err(|e| LoadError::Setup(e.to_string()))
+            .and_then(|rt| rt.block_on(oblivious::run(args))),
         Command::Compare { reports, svg } => report::load_all(&reports)
             .and_then(|all| plot::compare(&all, &svg))
             .map(|()| println!("wrote {}", svg.display())),

@@ -48,7 +48,17 @@ pub async fn register(
             let (url, dir) = (url.to_owned(), dir.to_owned());
             let name = format!("{prefix}{next}-{}", hex::encode(rand::random::<[u8; 3]>()));
             pending.spawn(async move {
-                let mut c = Client::register_in_mode(&dir.join(&name), &url, &name, None, mode)
+                // The generator measures the hub: one pool per client, as before connection
+                // scopes (scoped, 200 clients would hold ~3 connections each).
+                let options = mimi_client_rm::RegisterOptions {
+                    mode,
+                    connections: mimi_client_rm::ConnectionOptions {
+                        policy: mimi_client_rm::ConnectionPolicy::Shared,
+                        ..Default::default()
+                    },
+                    ..Default::default()
+                };
+                let mut c = Client::register_with(&dir.join(&name), &url, &name, &options)
                     .await
                     .map_err(setup)?;
                 c.set_ephemeral();

@@ -25,3 +25,6 @@ pub const CONTENT_TYPE: &str = "application/octet-stream";
 /// Live delivery: a client's WebSocket to its QS (GET with `Upgrade: websocket`; see
 /// [`crate::live`]).
 pub const QS_LIVE: &str = "/qs/live";
+/// GET: the hub's VAPID public key (RFC 8292; uncompressed P-256 point), which a client hands
+/// its push service as the application server key when it subscribes.
+pub const QS_PUSH_KEY: &str = "/qs/push_key";

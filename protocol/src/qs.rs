@@ -108,6 +108,11 @@ pub enum QsOperation {
     /// Delete a client of the signing user by its device tag, and rotate the user auth key.
     #[tls_codec(discriminant = 8)]
     RemoveUserClient(RemoveUserClient),
+    /// Sets (or, empty, removes) this client's push subscription: a [`crate::push`]
+    /// `PushSubscription` EAR-sealed under the client's `PushTokenEarKey`, which the QS never
+    /// holds at rest — it learns it only from the sealed queue refs it opens during fan-out.
+    #[tls_codec(discriminant = 9)]
+    SetPushToken(VLBytes),
 }
 
 /// Who signs a QS request.

@@ -84,6 +84,9 @@ pub enum QueueAddress {
 pub struct QueueRefPlain {
     /// The pseudonymous client (queue) id.
     pub client_id: [u8; 16],
+    /// The client's `PushTokenEarKey` (32 bytes), or empty: with it the QS opens the client's
+    /// stored push subscription while it enqueues for this address, and at no other time.
+    pub push_key: VLBytes,
 }
 
 /// What the hub tells a Welcome joiner, sealed to its KeyPackage init key.

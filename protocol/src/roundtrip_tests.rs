@@ -155,9 +155,20 @@ fn queue_types_round_trip() {
     });
     check(QueueRef {
         domain: b(b"hub.example"),
-        address: QueueAddress::Plain(QueueRefPlain { client_id: [5; 16] }),
+        address: QueueAddress::Plain(QueueRefPlain {
+            client_id: [5; 16],
+            push_key: b(&[]),
+        }),
     });
-    check(QueueRefPlain { client_id: [3; 16] });
+    check(QueueRefPlain {
+        client_id: [3; 16],
+        push_key: b(&[6; 32]),
+    });
+    check(crate::push::PushSubscription {
+        endpoint: b(b"https://push.example/sub/1"),
+        p256dh: b(&[4; 65]),
+        auth: b(&[5; 16]),
+    });
     check(JoinerInfo {
         group_id: b(b"gid"),
         ear_key: b(&[4; 32]),

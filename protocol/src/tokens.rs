@@ -149,7 +149,8 @@ impl RateClass {
             | Dequeue(_)
             | RekeyQueue(_)
             | DeleteClient
-            | RemoveUserClient(_) => None,
+            | RemoveUserClient(_)
+            | SetPushToken(_) => None,
         }
     }
 }

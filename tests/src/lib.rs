@@ -2,6 +2,7 @@
 #![forbid(unsafe_code)]
 
 pub mod common;
+pub mod observer;
 pub mod scenario;
 pub mod tls;
 
@@ -366,6 +367,53 @@ impl HubProcess {
 impl Drop for HubProcess {
     fn drop(&mut self) {
         self.crash();
+    }
+}
+
+/// A `ds-rm relay` process (an Oblivious HTTP relay), killed on drop.
+pub struct RelayProcess {
+    child: Child,
+    /// Where it listens.
+    pub addr: SocketAddr,
+}
+
+impl RelayProcess {
+    /// Starts a relay for the gateway at `gateway_url` and waits until it listens.
+    pub fn start(gateway_url: &str) -> Self {
+        let addr = free_port();
+        let child = Command::new(common::hub_binary())
+            .args([
+                "relay",
+                "--listen",
+                &addr.to_string(),
+                "--gateway",
+                gateway_url,
+            ])
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::null())
+            .spawn()
+            .expect("start relay");
+        let started = std::time::Instant::now();
+        while std::net::TcpStream::connect(addr).is_err() {
+            assert!(
+                started.elapsed() < Duration::from_secs(30),
+                "the relay did not start"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Self { child, addr }
+    }
+
+    /// The URL clients send encapsulated requests to.
+    pub fn url(&self) -> String {
+        format!("http://{}/", self.addr)
+    }
+}
+
+impl Drop for RelayProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
     }
 }
 

@@ -2,7 +2,7 @@
 //! mutual contacts, overlapping groups, messages (some left queued), an update, a removal and a
 //! leave. Returns everything a seized-disk search must NOT find on the hub.
 
-use mimi_client_rm::{Client, GroupHandle, Recorder};
+use mimi_client_rm::{Client, ConnectionOptions, GroupHandle, Recorder, RegisterOptions};
 use mimi_rm_protocol::credentials::PseudonymousCredential;
 use mimi_rm_protocol::{DsMode, decode_exact, encode};
 use std::path::Path;
@@ -39,6 +39,19 @@ pub async fn run_in_mode(
     users: usize,
     mode: DsMode,
 ) -> Result<Scenario, String> {
+    run_with(url, dir, users, mode, &|_| ConnectionOptions::default()).await
+}
+
+/// [`run_in_mode`] with device `i` (the linked second device is number `users`) connecting as
+/// `connections(i)` says: its connection policy and its own local address, as separate devices
+/// have.
+pub async fn run_with(
+    url: &str,
+    dir: &Path,
+    users: usize,
+    mode: DsMode,
+    connections: &dyn Fn(usize) -> ConnectionOptions,
+) -> Result<Scenario, String> {
     if users < 5 {
         return Err("the scenario needs at least 5 users".into());
     }
@@ -47,7 +60,12 @@ pub async fn run_in_mode(
     for i in 0..users {
         // Random suffixes make the handles searchable without false positives.
         let handle = format!("user{i}-{}", hex::encode(rand::random::<[u8; 4]>()));
-        let mut c = Client::register_in_mode(&dir.join(&handle), url, &handle, None, mode)
+        let options = RegisterOptions {
+            mode,
+            connections: connections(i),
+            ..Default::default()
+        };
+        let mut c = Client::register_with(&dir.join(&handle), url, &handle, &options)
             .await
             .map_err(err)?;
         c.set_recorder(wire.clone());
@@ -125,13 +143,14 @@ pub async fn run_in_mode(
     }
     groups.push(conn);
     // User 0 links a second device, which joins all of user 0's groups by external commit.
-    let (pending, request) = mimi_client_rm::PendingDevice::request(
+    let (mut pending, request) = mimi_client_rm::PendingDevice::request(
         &dir.join(format!("{}-2", clients[0].name())),
         url,
         clients[0].name(),
         None,
     )
     .map_err(err)?;
+    pending.set_connections(connections(users));
     let grant = clients[0].approve_link(&request).await.map_err(err)?;
     let mut second = pending.complete(&grant).await.map_err(err)?;
     second.set_recorder(wire.clone());

@@ -33,8 +33,14 @@ impl Client {
     /// A fresh `QueueRef` for one leaf: our client id sealed to our QS (fresh randomness each
     /// time, so two leaves of ours cannot be linked by it). Baseline clients send it plain.
     pub(super) fn sealed_queue_ref(&self) -> Result<Extension, ClientError> {
+        // The push key rides only in sealed refs: a baseline (plain) ref would show it.
+        let push_key = match self.state.mode {
+            DsMode::Rm => unhex(&self.state.push_key)?,
+            DsMode::Baseline => Vec::new(),
+        };
         let plain = QueueRefPlain {
             client_id: self.client_id()?,
+            push_key: push_key.into(),
         };
         let address = match self.state.mode {
             DsMode::Baseline => QueueAddress::Plain(plain),

@@ -96,6 +96,8 @@ pub struct PendingDevice {
     client_key: SigningKey,
     link: HpkeKeyPair,
     identity: ClientIdentity,
+    /// How the new device connects while it completes (not saved: given again after a load).
+    connections: crate::connections::ConnectionOptions,
 }
 
 fn from_text<T: tls_codec::Deserialize>(text: &str, prefix: &str) -> Result<T, ClientError> {
@@ -137,9 +139,16 @@ impl PendingDevice {
                 client_key,
                 link,
                 identity,
+                connections: Default::default(),
             },
             text,
         ))
+    }
+
+    /// Connects as `connections` says while completing (connection policy, local address,
+    /// OHTTP relay); the completed client keeps them.
+    pub fn set_connections(&mut self, connections: crate::connections::ConnectionOptions) {
+        self.connections = connections;
     }
 
     /// Keeps the request's keys in the device directory until the grant arrives (for the CLI,
@@ -182,6 +191,7 @@ impl PendingDevice {
                     .try_into()
                     .map_err(|_| ClientError::State("device id".into()))?,
             },
+            connections: Default::default(),
         })
     }
 
@@ -257,7 +267,8 @@ impl PendingDevice {
         &self,
         credential: &ClientCredential,
     ) -> Result<(Transport, String, Vec<u8>), ClientError> {
-        let mut transport = transport_for(&self.hub_url, self.ca_pem.as_deref())?;
+        let mut transport =
+            transport_for(&self.hub_url, self.ca_pem.as_deref())?.reconnected(&self.connections)?;
         let domain = transport.domain().await?;
         std::fs::create_dir_all(&self.dir).map_err(|e| ClientError::State(e.to_string()))?;
         transport.enable_tokens(crate::tokens::Wallet::new(
@@ -332,6 +343,7 @@ impl PendingDevice {
             key_packages: BTreeMap::new(),
             user_secret: hex::encode(grant.user_secret),
             device_tag_key: hex::encode(grant.device_tag_key.as_slice()),
+            push_key: hex::encode(mimi_rm_crypto::ids::random_bytes::<32>()),
             user_secret_generation: grant.user_secret_generation,
             link_private: hex::encode(self.link.private.as_bytes()),
             devices,

@@ -91,7 +91,15 @@ impl Client {
             if !events.is_empty() {
                 return Ok(events);
             }
-            let fallback = match self.live.mode {
+            let mode = match self.live.mode {
+                // A socket would show the hub our address next to our queue: with an OHTTP
+                // relay we poll through it instead.
+                Listening::Live { fallback } if self.transport.ohttp_relay().is_some() => {
+                    Listening::Poll { every: fallback }
+                }
+                mode => mode,
+            };
+            let fallback = match mode {
                 Listening::Poll { every } => {
                     tokio::time::sleep(every).await;
                     self.live.stats.polls += 1;

@@ -28,6 +28,7 @@ mod listen;
 mod membership;
 mod messaging;
 mod process;
+mod push;
 mod queue;
 mod recovery;
 mod register;
@@ -123,11 +124,12 @@ fn now_ms() -> u64 {
         .unwrap_or(0)
 }
 
-/// The transport to `hub_url`, trusting `ca_pem` as an extra root when given.
+/// The transport to `hub_url`, trusting `ca_pem` as an extra root when given, with scoped
+/// connections.
 fn transport_for(hub_url: &str, ca_pem: Option<&[u8]>) -> Result<Transport, ClientError> {
     match ca_pem {
         Some(pem) => Transport::with_root_ca(hub_url, pem),
-        None => Ok(Transport::new(hub_url)),
+        None => Transport::new(hub_url),
     }
 }
 
@@ -151,6 +153,8 @@ pub struct RegisterOptions<'a> {
     pub invite: Option<&'a str>,
     /// How the new client's store is created (its passphrase).
     pub store: StoreOptions,
+    /// How it connects (connection scopes, local address).
+    pub connections: crate::connections::ConnectionOptions,
 }
 
 /// Opens the store of a client about to be created in `dir`: refuses a directory that already
@@ -215,7 +219,13 @@ impl Client {
         let loaded = loaded.ok_or_else(|| {
             ClientError::State(format!("no client in {}: register first", dir.display()))
         })?;
-        let (state, mls) = (loaded.state, loaded.mls);
+        let (mut state, mls) = (loaded.state, loaded.mls);
+        // A client from before push tokens gets its key now (saved below, before any leaf of
+        // ours can carry it): its next leaves carry the key.
+        let new_push_key = state.push_key.is_empty();
+        if new_push_key {
+            state.push_key = hex::encode(mimi_rm_crypto::ids::random_bytes::<32>());
+        }
         let credential: ClientCredential =
             decode_exact(&unhex(&state.client_credential)?, 64 * 1024)
                 .map_err(|e| ClientError::State(e.to_string()))?;
@@ -225,7 +235,7 @@ impl Client {
             SigningKey::from_bytes(&unhex(&state.client_key)?)?,
             Some(dir.join(WALLET_FILE)),
         )?);
-        Ok(Self {
+        let mut client = Self {
             transport,
             dir: dir.to_owned(),
             state,
@@ -235,7 +245,21 @@ impl Client {
             live: listen::Live::default(),
             ephemeral: false,
             keepalive_ms: DEFAULT_KEEPALIVE_MS,
-        })
+        };
+        if new_push_key {
+            client.persist()?;
+        }
+        Ok(client)
+    }
+
+    /// Connects as `connections` says from now on (connection policy, local address): new
+    /// connection pools; nothing else changes.
+    pub fn set_connections(
+        &mut self,
+        connections: crate::connections::ConnectionOptions,
+    ) -> Result<(), ClientError> {
+        self.transport = self.transport.reconnected(&connections)?;
+        Ok(())
     }
 
     /// Takes one Privacy Pass token from this client's wallet (refilling it when low), for
@@ -248,7 +272,7 @@ impl Client {
             .wallet()
             .ok_or(ClientError::Unexpected("no token wallet"))?;
         wallet
-            .take(self.transport.http(), self.transport.base())
+            .take(&self.transport.http(), self.transport.base())
             .await
     }
 
@@ -340,7 +364,7 @@ impl Client {
             .wallet()
             .ok_or(ClientError::Unexpected("no token wallet"))?;
         wallet
-            .prefill(self.transport.http(), self.transport.base(), n)
+            .prefill(&self.transport.http(), self.transport.base(), n)
             .await
     }
 

@@ -87,7 +87,7 @@ impl Client {
     ) -> Result<Self, ClientError> {
         let (ca_pem, mode, invite) = (options.ca_pem, options.mode, options.invite);
         let store = super::new_store(dir, &options.store)?;
-        let mut transport = transport_for(hub_url, ca_pem)?;
+        let mut transport = transport_for(hub_url, ca_pem)?.reconnected(&options.connections)?;
         let domain = transport.domain().await?;
         let certified = certify(&transport, name, invite).await?;
         // From here on, rate-limited requests (the QS records first) are paid with tokens that
@@ -341,6 +341,7 @@ fn initial_state(
         key_packages: BTreeMap::new(),
         user_secret: hex::encode(user_secret),
         device_tag_key: hex::encode(device_tag_key),
+        push_key: hex::encode(mimi_rm_crypto::ids::random_bytes::<32>()),
         user_secret_generation: 0,
         link_private: hex::encode(link.private.as_bytes()),
         devices: BTreeMap::from([(

@@ -40,6 +40,10 @@ pub fn reveals(cf: Cf, baseline: bool) -> &'static str {
              ratchet key the hub erased when it enqueued it"
         }
         Cf::QsAddPackages => "unused AddPackage counts per queue (contents encrypted)",
+        Cf::QsPush => {
+            "which queues have a push subscription and its padded size (sealed under a key the \
+             hub does not store: no endpoint, no push service, no keys)"
+        }
         Cf::ServerKeys => {
             "QS HPKE private key (opens sealed queue refs), federation and DS external-sender keys"
         }

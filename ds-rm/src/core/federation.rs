@@ -96,11 +96,11 @@ pub struct Accepted {
 /// Resolves each item's queue ref with `open` (before any lock is taken, so the caller can lock
 /// the queues). Every item must be for this provider; an item whose queue cannot be resolved
 /// maps to `None` and is counted undeliverable.
-pub fn resolve(
+pub fn resolve<T>(
     own_domain: &str,
     items: &[DeliveryItem],
-    open: impl Fn(&QueueRef) -> Result<qs::ClientId, HubError>,
-) -> Result<Vec<Option<qs::ClientId>>, HubError> {
+    open: impl Fn(&QueueRef) -> Result<T, HubError>,
+) -> Result<Vec<Option<T>>, HubError> {
     items
         .iter()
         .map(|item| {

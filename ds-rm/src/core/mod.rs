@@ -16,6 +16,7 @@ pub mod identity_limit;
 pub mod ids;
 pub mod limits;
 pub mod peering;
+pub mod push;
 pub mod qs;
 pub mod queue_cache;
 pub mod queue_signal;
@@ -38,7 +39,7 @@ use mimi_rm_crypto::sign::{SigningKey, VerifyingKey};
 use mimi_rm_protocol::auth::{AsOperation, AsRequest};
 use mimi_rm_protocol::ds::DsRequest;
 use mimi_rm_protocol::federation::*;
-use mimi_rm_protocol::qs::QsRequest;
+use mimi_rm_protocol::qs::{QsOperation, QsRequest, QsSender};
 use mimi_rm_protocol::queue::{QueueAddress, QueueMessage, QueueRef};
 use mimi_rm_protocol::{DsMode, Envelope, TransactionType, decode_exact, encode};
 use qs::QsKeys;
@@ -115,6 +116,16 @@ pub struct Metrics {
     pub live_closed: std::sync::atomic::AtomicU64,
     /// Wake-ups sent on live sockets.
     pub live_wakes: std::sync::atomic::AtomicU64,
+    /// Web Push wake-ups the push service accepted.
+    pub pushes_sent: std::sync::atomic::AtomicU64,
+    /// Web Push wake-ups that failed (or were dropped: no worker, full queue, no subscription).
+    pub pushes_dropped: std::sync::atomic::AtomicU64,
+    /// Subscriptions dropped because the push service said they are gone (404/410).
+    pub push_subscriptions_expired: std::sync::atomic::AtomicU64,
+    /// Requests answered through the OHTTP gateway.
+    pub ohttp_requests: std::sync::atomic::AtomicU64,
+    /// Encapsulated requests refused before anything inside ran (undecryptable, wrong type).
+    pub ohttp_refused: std::sync::atomic::AtomicU64,
 }
 
 /// One hub: DS + QS + AS over one store.
@@ -132,6 +143,9 @@ pub struct Hub {
     pub outbox_signal: tokio::sync::Notify,
     /// Live listeners of queues (open WebSockets), signalled when their queue grows.
     pub queue_signal: Arc<queue_signal::QueueSignal>,
+    /// Wake-ups owed to offline clients with a push subscription (see `crate::push`).
+    pub push: push::PushQueue,
+    vapid: p256::SecretKey,
     config: HubConfig,
     tokens: tokens::Tokens,
     queue_refs: queue_cache::QueueRefCache,
@@ -228,6 +242,7 @@ impl Hub {
         let as_keys = AsKeys::load_or_create(store.as_ref(), &config.domain, now_ms / 1000)?;
         let s2s_key = server_signing_key(store.as_ref(), S2S_SIGNING_KEY)?;
         let ds_key = server_signing_key(store.as_ref(), DS_SENDER_KEY)?;
+        let vapid = push::vapid_key(store.as_ref())?;
         let ds_sender = openmls_basic_credential::SignatureKeyPair::from_raw(
             openmls::prelude::SignatureScheme::ED25519,
             ds_key.to_bytes().to_vec(),
@@ -270,10 +285,29 @@ impl Hub {
             outbox_seq,
             outbox_signal: tokio::sync::Notify::new(),
             queue_signal,
+            push: push::PushQueue::default(),
+            vapid,
             config,
             invites: std::sync::Mutex::new(()),
             metrics: Metrics::default(),
         })
+    }
+
+    /// A 32-byte secret stored under `name` in `server_keys`, created on first use (seeds of
+    /// keys the shells derive, such as the OHTTP gateway's).
+    pub fn server_seed(&self, name: &[u8]) -> Result<zeroize::Zeroizing<[u8; 32]>, HubError> {
+        if let Some(bytes) = self.store.get(Cf::ServerKeys, name)? {
+            let seed: [u8; 32] = bytes
+                .as_slice()
+                .try_into()
+                .map_err(|_| HubError::corrupt("server_keys", "seed length"))?;
+            return Ok(zeroize::Zeroizing::new(seed));
+        }
+        let seed = zeroize::Zeroizing::new(mimi_rm_crypto::ids::random_bytes::<32>());
+        let mut txn = Txn::new(self.store.as_ref());
+        txn.put(Cf::ServerKeys, name.to_vec(), seed.to_vec());
+        txn.commit()?;
+        Ok(seed)
     }
 
     /// The hub's configuration.
@@ -509,19 +543,26 @@ impl Hub {
                 continue;
             }
             match self.resolve_queue(&item.queue_ref) {
-                Ok(client) => targets.push((client, item)),
+                Ok(resolved) => targets.push((resolved, item)),
                 Err(e) => {
                     tracing::warn!(op, error = %e, "fan-out item not deliverable locally");
                     self.metrics.undeliverable.fetch_add(1, Ordering::Relaxed);
                 }
             }
         }
-        let clients: Vec<qs::ClientId> = targets.iter().map(|(c, _)| *c).collect();
+        let clients: Vec<qs::ClientId> = targets.iter().map(|(r, _)| r.client).collect();
         self.locks.lock_queues(locks, &clients);
         let mut delivered = 0u64;
-        for (client, item) in targets {
+        for (resolved, item) in targets {
+            let client = resolved.client;
             match qs::enqueue(txn, &client, &item.message, self.config.max_queue_length)? {
-                qs::Enqueued::Delivered => delivered += 1,
+                qs::Enqueued::Delivered => {
+                    delivered += 1;
+                    // Owed before the batch is durable, but the client's fetch waits for this
+                    // queue's lock, so it finds the message; a batch that then fails costs the
+                    // client one empty fetch.
+                    self.push_if_offline(&resolved, now_ms);
+                }
                 qs::Enqueued::QueueFull => {
                     self.metrics.undeliverable.fetch_add(1, Ordering::Relaxed);
                 }
@@ -565,6 +606,14 @@ impl Hub {
             limits,
         )?;
         txn.commit()?;
+        if let (QsOperation::Dequeue(_) | QsOperation::SetPushToken(_), QsSender::Client(client)) =
+            (&req.tbs.operation, &req.tbs.sender)
+        {
+            // The client is fetching (or has a new subscription): the next message that finds
+            // it offline may push again. Cleared under the queue lock, so a message enqueued
+            // after this fetch cannot find the old mark and go unannounced.
+            self.push.fetched(client);
+        }
         drop(locks);
         encode(&resp).map_err(|e| HubError::Bug(e.to_string()))
     }
@@ -601,9 +650,19 @@ impl Hub {
         encode(&resp).map_err(|e| HubError::Bug(e.to_string()))
     }
 
+    /// Owes `resolved` a push if its ref carried a push key and no live socket listens.
+    pub(crate) fn push_if_offline(&self, resolved: &qs::Resolved, now_ms: u64) {
+        if let Some(key) = resolved.push_key
+            && !self.queue_signal.is_listened(&resolved.client)
+            && self.push.wanted(resolved.client, key, now_ms) == push::Wanted::Dropped
+        {
+            self.metrics.pushes_dropped.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
     /// The local queue a fan-out address names. RM hubs take only sealed addresses (opened once,
     /// then served from the in-memory cache); baseline hubs take only plain ones.
-    fn resolve_queue(&self, qr: &QueueRef) -> Result<qs::ClientId, HubError> {
+    fn resolve_queue(&self, qr: &QueueRef) -> Result<qs::Resolved, HubError> {
         if qr.domain.as_slice() != self.config.domain.as_bytes() {
             return Err(HubError::Request(RequestError::Invalid(
                 "queue ref for another domain",
@@ -627,7 +686,11 @@ impl Hub {
                 counter.fetch_add(1, Ordering::Relaxed);
                 Ok(id)
             }
-            QueueAddress::Plain(plain) => Ok(plain.client_id),
+            // A plain ref is the baseline's: no push key travels in the clear.
+            QueueAddress::Plain(plain) => Ok(qs::Resolved {
+                client: plain.client_id,
+                push_key: None,
+            }),
         }
     }
 }

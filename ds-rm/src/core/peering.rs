@@ -100,7 +100,10 @@ impl Hub {
         dropped: u64,
         now_ms: u64,
     ) -> Result<Vec<u8>, HubError> {
-        let clients = federation::resolve(&self.config.domain, items, |qr| self.resolve_queue(qr))?;
+        let resolved =
+            federation::resolve(&self.config.domain, items, |qr| self.resolve_queue(qr))?;
+        let clients: Vec<Option<qs::ClientId>> =
+            resolved.iter().map(|r| r.map(|r| r.client)).collect();
         let ids: Vec<qs::ClientId> = clients.iter().flatten().copied().collect();
         let mut locks = crate::store::LockSet::default();
         self.locks.lock_queues(&mut locks, &ids);
@@ -115,6 +118,9 @@ impl Hub {
         )?;
         txn.commit()?;
         drop(locks);
+        for r in resolved.iter().flatten() {
+            self.push_if_offline(r, now_ms);
+        }
         accepted.undeliverable += dropped;
         self.metrics
             .received_from_peers

@@ -13,6 +13,7 @@ use crate::store::{Cf, Record, Txn};
 use mimi_rm_crypto::hpke_seal::{self, HpkeKeyPair};
 use mimi_rm_crypto::ratchet::{QueueRatchet, RatchetSecret};
 use mimi_rm_crypto::sign::VerifyingKey;
+use mimi_rm_protocol::push::PUSH_KEY_LEN;
 use mimi_rm_protocol::qs::*;
 use mimi_rm_protocol::queue::{
     HpkeCiphertextWire, QUEUE_REF_HPKE_LABEL, QueueAddress, QueueMessage, QueueRefPlain,
@@ -168,12 +169,31 @@ pub fn check_address_mode(address: &QueueAddress, mode: DsMode) -> Result<(), Hu
     }
 }
 
-/// Opens a sealed `QueueRef` address for this QS's domain; returns the client id it names.
+/// A local queue as a queue ref names it: the client, and the push key the ref carried (a
+/// plain ref never carries one).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Resolved {
+    /// The client (queue).
+    pub client: ClientId,
+    /// The client's `PushTokenEarKey`, if its ref carried one.
+    pub push_key: Option<[u8; PUSH_KEY_LEN]>,
+}
+
+impl From<&QueueRefPlain> for Resolved {
+    fn from(p: &QueueRefPlain) -> Self {
+        Self {
+            client: p.client_id,
+            push_key: p.push_key.as_slice().try_into().ok(),
+        }
+    }
+}
+
+/// Opens a sealed `QueueRef` address for this QS's domain; returns what it names.
 pub fn open_sealed_queue_ref(
     keys: &QsKeys,
     domain: &str,
     sealed: &HpkeCiphertextWire,
-) -> Result<ClientId, HubError> {
+) -> Result<Resolved, HubError> {
     let ct = sealed.to_ciphertext();
     let plain = hpke_seal::open(
         &keys.hpke.private,
@@ -184,7 +204,7 @@ pub fn open_sealed_queue_ref(
     .map_err(|_| HubError::Request(RequestError::Invalid("queue ref does not open")))?;
     let plain: QueueRefPlain =
         decode_exact(&plain, 1024).map_err(|e| HubError::malformed("queue ref", e))?;
-    Ok(plain.client_id)
+    Ok(Resolved::from(&plain))
 }
 
 /// Appends a message to a client's queue under the next ratchet key. The caller holds the
@@ -311,6 +331,7 @@ pub fn process(
                 QsOperation::PublishAddPackages(p) => publish(txn, id, p),
                 QsOperation::DeleteClient => delete_client(txn, id, &record),
                 QsOperation::RekeyQueue(fresh) => rekey(txn, id, fresh.as_slice()),
+                QsOperation::SetPushToken(sealed) => set_push(txn, id, sealed.as_slice()),
                 QsOperation::Dequeue(d) => {
                     let month = month_of(now_ms);
                     if record.activity_month != month {
@@ -431,6 +452,43 @@ fn create_client(
     Ok(QsResponse::ClientCreated(client_id))
 }
 
+/// A client's push subscription, sealed by the client under its `PushTokenEarKey`: opaque here
+/// and at rest; opened only in memory, with the key from a queue ref being served.
+#[derive(Debug, Clone, PartialEq, Eq, TlsSerialize, TlsDeserialize, TlsSize)]
+pub struct PushRecord {
+    /// The sealed `PushSubscription`.
+    pub sealed: VLBytes,
+}
+
+impl Record for PushRecord {
+    const CF: Cf = Cf::QsPush;
+    const MAX_BYTES: usize = 4 + MAX_SEALED_PUSH;
+    type Key = ClientId;
+}
+
+/// Largest sealed push subscription accepted (an endpoint of 2 KiB, its keys, EAR overhead and
+/// padding).
+pub const MAX_SEALED_PUSH: usize = 4096;
+
+/// Sets or (empty) removes a client's sealed push subscription.
+fn set_push(txn: &mut Txn<'_>, id: &ClientId, sealed: &[u8]) -> Result<QsResponse, HubError> {
+    if sealed.is_empty() {
+        txn.delete_record::<PushRecord>(id);
+    } else if sealed.len() > MAX_SEALED_PUSH {
+        return Err(HubError::Request(RequestError::Invalid(
+            "sealed push subscription too long",
+        )));
+    } else {
+        txn.put_record(
+            id,
+            &PushRecord {
+                sealed: sealed.to_vec().into(),
+            },
+        )?;
+    }
+    Ok(QsResponse::Ok)
+}
+
 /// Deletes a client's queue, AddPackages and record, and drops it from its user (the user
 /// record goes with its last client). Fan-out to it afterwards finds no queue and leaves the
 /// group a tombstone.
@@ -444,6 +502,7 @@ fn delete_client(
             txn.delete(cf, k);
         }
     }
+    txn.delete_record::<PushRecord>(id);
     txn.delete_record::<ClientRecord>(id);
     txn.delete_record::<RatchetRecord>(id);
     if let Some(mut user) = txn.get_record::<UserRecord>(&record.user_id)? {
@@ -636,7 +695,10 @@ mod address_mode_tests {
             kem_output: vec![1; 32].into(),
             ciphertext: vec![2; 32].into(),
         });
-        let plain = QueueAddress::Plain(QueueRefPlain { client_id: [3; 16] });
+        let plain = QueueAddress::Plain(QueueRefPlain {
+            client_id: [3; 16],
+            push_key: Vec::new().into(),
+        });
         assert!(check_address_mode(&sealed, DsMode::Rm).is_ok());
         assert!(check_address_mode(&plain, DsMode::Baseline).is_ok());
         assert!(matches!(

@@ -74,11 +74,14 @@ pub enum Cf {
     /// Privacy Pass: key epoch ‖ token type ‖ nonce → nothing; spent tokens, pruned with their
     /// key epoch.
     PpSpent,
+    /// pseudonymous client id → the client's push subscription, sealed under its
+    /// `PushTokenEarKey`, which is never stored here (it arrives in sealed queue refs).
+    QsPush,
 }
 
 impl Cf {
     /// All column families, in a fixed order.
-    pub const ALL: [Cf; 21] = [
+    pub const ALL: [Cf; 22] = [
         Cf::DsGroups,
         Cf::DsRouting,
         Cf::DsReservations,
@@ -100,6 +103,8 @@ impl Cf {
         Cf::FedSeen,
         Cf::PpKeys,
         Cf::PpSpent,
+        // New families go last: a family's index is part of the slot file's keys.
+        Cf::QsPush,
     ];
 
     /// The RocksDB column-family name.
@@ -126,6 +131,7 @@ impl Cf {
             Cf::FedSeen => "fed_seen",
             Cf::PpKeys => "pp_keys",
             Cf::PpSpent => "pp_spent",
+            Cf::QsPush => "qs_push",
         }
     }
 }

@@ -462,7 +462,10 @@ impl DsHub {
 
     /// The fan-out address of `client`, sealed to this hub's QS.
     pub(super) fn sealed_queue_ref(&self, client: &ClientId) -> QueueRef {
-        let plain = QueueRefPlain { client_id: *client };
+        let plain = QueueRefPlain {
+            client_id: *client,
+            push_key: Vec::new().into(),
+        };
         let ct = hpke_seal::seal(
             &self.qs_key,
             QUEUE_REF_HPKE_LABEL,
