@@ -25,7 +25,7 @@ HUB=$!
 RUST_LOG=warn "$BIN/ds-rm" relay --listen "127.0.0.1:$RELAY_PORT" \
     --gateway "http://127.0.0.1:$PORT/ohttp" > "$DATA/relay.log" 2>&1 &
 RELAY=$!
-trap 'kill $HUB $RELAY 2>/dev/null || true; rm -rf "$DATA"' EXIT
+trap 'kill $HUB $RELAY 2>/dev/null || true; wait $HUB $RELAY 2>/dev/null || true; rm -rf "$DATA"' EXIT
 wait_for_hub "$PORT"
 wait_for_port "$RELAY_PORT"
 "$BIN/mimi-rm-load" oblivious --url "http://127.0.0.1:$PORT" \
