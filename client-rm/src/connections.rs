@@ -57,6 +57,8 @@ pub enum Scope {
     Identity,
     /// Requests of our QS client (queue): dequeue, rekey, AddPackages, push subscription.
     Queue,
+    /// Requests our pseudonymous QS user signs (creating a client, removing a device's).
+    User,
     /// Requests of our leaf in one group (the group id): DS operations and fetches.
     Group(Vec<u8>),
     /// Requests that name nobody of ours, or someone else: a new connection each time.
@@ -69,7 +71,6 @@ pub struct Pools {
     root_ca: Option<Vec<u8>>,
     local_address: Option<IpAddr>,
     shared: reqwest::Client,
-    fresh: reqwest::Client,
     scoped: Mutex<HashMap<Scope, reqwest::Client>>,
 }
 
@@ -91,13 +92,11 @@ impl Pools {
         local_address: Option<IpAddr>,
     ) -> Result<Self, ClientError> {
         let shared = build(root_ca.as_deref(), local_address, true)?;
-        let fresh = build(root_ca.as_deref(), local_address, false)?;
         Ok(Self {
             policy,
             root_ca,
             local_address,
             shared,
-            fresh,
             scoped: Mutex::new(HashMap::new()),
         })
     }
@@ -107,9 +106,11 @@ impl Pools {
         self.policy
     }
 
-    /// A client that keeps no connection: each request opens its own.
-    pub fn fresh(&self) -> reqwest::Client {
-        self.fresh.clone()
+    /// A client of its own, keeping no connection: a fresh request shares neither a connection
+    /// nor a TLS session cache (whose tickets would chain one fresh connection to the next)
+    /// with any other.
+    pub fn fresh(&self) -> Result<reqwest::Client, ClientError> {
+        build(self.root_ca.as_deref(), self.local_address, false)
     }
 
     /// The client (pool) for requests of `scope`.
@@ -118,7 +119,7 @@ impl Pools {
             return Ok(self.shared.clone());
         }
         if *scope == Scope::Fresh {
-            return Ok(self.fresh.clone());
+            return self.fresh();
         }
         let mut scoped = self.scoped.lock().unwrap_or_else(|p| p.into_inner());
         if let Some(c) = scoped.get(scope) {

@@ -141,21 +141,14 @@ impl Transport {
     }
 
     /// The connection pool for requests that carry our identity (token issuance, signed AS
-    /// requests). Falls back to a fresh connection per request if the pool cannot be built.
-    pub fn http(&self) -> reqwest::Client {
+    /// requests).
+    pub fn http(&self) -> Result<reqwest::Client, ClientError> {
         self.http_for(&Scope::Identity)
     }
 
-    /// The connection pool for requests of `scope`.
-    pub fn http_for(&self, scope: &Scope) -> reqwest::Client {
-        match self.pools.client(scope) {
-            Ok(c) => c,
-            Err(e) => {
-                // Built like the pools made at start, which succeeded; never share instead.
-                tracing::warn!(error = %e, "connection pool unavailable; using a fresh connection");
-                self.pools.fresh()
-            }
-        }
+    /// The connection pool for requests of `scope` (a client of its own for a fresh one).
+    pub fn http_for(&self, scope: &Scope) -> Result<reqwest::Client, ClientError> {
+        self.pools.client(scope)
     }
 
     /// Posts raw bytes to a path on a fresh connection; returns the body of a 200 or the
@@ -180,7 +173,7 @@ impl Transport {
         };
         // Issuance carries our credential: it goes on the identity connection, never on the
         // request's own.
-        let issuer = self.http_for(&Scope::Identity);
+        let issuer = self.http_for(&Scope::Identity)?;
         let mut token = match class {
             Some(c) if wallet.is_limited(c).await => Some(wallet.take(&issuer, &self.base).await?),
             _ => None,
@@ -227,7 +220,7 @@ impl Transport {
                 .unwrap_or_else(|p| p.into_inner())
                 .push((path.to_owned(), body.clone()));
         }
-        let http = self.http_for(scope);
+        let http = self.http_for(scope)?;
         if let Some(ob) = &self.oblivious
             && *scope != Scope::Identity
         {
@@ -310,8 +303,9 @@ impl Transport {
         ))
     }
 
-    /// The gateway's key configuration list, fetched from the hub once (again with `refresh`)
-    /// on a fresh connection that names nobody.
+    /// The gateway's key configuration list, fetched once (again with `refresh`) through the
+    /// relay, which serves every client the same one: asking the hub directly would show it
+    /// our address just before our relayed requests.
     async fn gateway_keys(&self, ob: &Oblivious, refresh: bool) -> Result<Vec<u8>, ClientError> {
         let mut keys = ob.keys.lock().await;
         if let Some(k) = keys.as_ref()
@@ -320,8 +314,12 @@ impl Transport {
             return Ok(k.clone());
         }
         let resp = self
-            .http_for(&Scope::Fresh)
-            .get(format!("{}{}", self.base, oblivious::KEYS_PATH))
+            .http_for(&Scope::Fresh)?
+            .get(format!(
+                "{}{}",
+                ob.relay.trim_end_matches('/'),
+                oblivious::KEYS_PATH
+            ))
             .send()
             .await
             .map_err(|e| ClientError::Transport(format!("OHTTP keys: {e}")))?;
@@ -485,14 +483,15 @@ pub fn ds_scope(req: &DsRequest) -> Scope {
     }
 }
 
-/// The connection scope of a QS request: our queue for what our client (or our user creating
-/// one of its clients) signs; a fresh connection for anonymous requests, which name another
-/// user (AddPackage fetches by friendship token) or nobody (key fetches).
+/// The connection scope of a QS request: our queue for what our client signs, our QS user for
+/// what the user signs (creating or removing a client); a fresh connection for anonymous
+/// requests, which name another user (AddPackage fetches by friendship token) or nobody.
 pub fn qs_scope(req: &QsRequest) -> Scope {
     use mimi_rm_protocol::qs::QsSender;
     match req.tbs.sender {
         QsSender::Anonymous => Scope::Fresh,
-        _ => Scope::Queue,
+        QsSender::Client(_) => Scope::Queue,
+        _ => Scope::User,
     }
 }
 
@@ -565,7 +564,7 @@ impl Transport {
 
     async fn domain_once(&self) -> Result<String, ClientError> {
         let resp = self
-            .http_for(&Scope::Fresh)
+            .http_for(&Scope::Fresh)?
             .get(format!("{}{}", self.base, paths::DS_DOMAIN))
             .send()
             .await

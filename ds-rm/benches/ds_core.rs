@@ -75,7 +75,6 @@ impl Fixture {
     fn queue_ref(&self) -> Extension {
         let plain = QueueRefPlain {
             client_id: rand::random(),
-            push_key: Vec::new().into(),
         };
         let address = match self.mode {
             DsMode::Baseline => QueueAddress::Plain(plain),

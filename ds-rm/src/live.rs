@@ -110,8 +110,7 @@ async fn serve(hub: Arc<Hub>, mut socket: WebSocket) {
                 Some(Ok(Message::Close(_))) | None | Some(Err(_)) => break,
                 Some(Ok(_)) => {
                     close(socket, close_code::POLICY, "only the first frame is read").await;
-                    hub.metrics.live_closed.fetch_add(1, Relaxed);
-                    return;
+                    break;
                 }
             },
             _ = ping.tick() => {
@@ -124,4 +123,8 @@ async fn serve(hub: Arc<Hub>, mut socket: WebSocket) {
     }
     hub.metrics.live_closed.fetch_add(1, Relaxed);
     tracing::debug!("live socket closed");
+    // A message that came while the socket was open (perhaps already dead) and that the client
+    // did not fetch is owed a push now that nobody listens.
+    drop(listening);
+    hub.push_after_socket_closed(&client, crate::now_ms());
 }

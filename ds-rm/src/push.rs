@@ -20,8 +20,9 @@ use std::time::Duration;
 
 /// Pushes in flight at once; further jobs wait for a slot.
 const MAX_IN_FLIGHT: usize = 64;
-/// How long one push request may take.
-const PUSH_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long one push request may take (short: a stalling endpoint holds one of the worker's
+/// slots this long).
+const PUSH_TIMEOUT: Duration = Duration::from_secs(5);
 /// Lifetime of a VAPID token (RFC 8292 §2: at most 24 hours).
 const VAPID_LIFETIME_SECS: u64 = 12 * 60 * 60;
 
@@ -39,29 +40,36 @@ pub enum PushError {
     Encrypt(String),
 }
 
-/// Checks a client-chosen endpoint against the operator's rules, before the hub calls it.
-pub fn check_endpoint(endpoint: &[u8], cfg: &PushConfig) -> Result<http::Uri, PushError> {
+/// Checks a client-chosen endpoint against the operator's rules, before the hub calls it. The
+/// URL is parsed as the HTTP client will parse it (WHATWG rules: `127.1` and `0x7f.0.0.1` are
+/// 127.0.0.1), so what is checked is what gets called; host names are checked again when they
+/// resolve ([`PublicOnly`]).
+pub fn check_endpoint(endpoint: &[u8], cfg: &PushConfig) -> Result<reqwest::Url, PushError> {
     let text = std::str::from_utf8(endpoint).map_err(|_| PushError::Endpoint("not UTF-8"))?;
-    let uri: http::Uri = text.parse().map_err(|_| PushError::Endpoint("not a URL"))?;
-    match uri.scheme_str() {
-        Some("https") => {}
-        Some("http") if cfg.allow_insecure_endpoints => {}
+    let url = reqwest::Url::parse(text).map_err(|_| PushError::Endpoint("not a URL"))?;
+    match url.scheme() {
+        "https" => {}
+        "http" if cfg.allow_insecure_endpoints => {}
         _ => return Err(PushError::Endpoint("not https")),
     }
-    let host = uri
-        .host()
+    if !url.username().is_empty() || url.password().is_some() {
+        return Err(PushError::Endpoint("credentials in the URL"));
+    }
+    let host = url
+        .host_str()
         .ok_or(PushError::Endpoint("no host"))?
         .trim_start_matches('[')
         .trim_end_matches(']')
         .to_ascii_lowercase();
-    if let Ok(ip) = host.parse::<IpAddr>()
-        && !cfg.allow_insecure_endpoints
-        && !is_public(ip)
-    {
-        return Err(PushError::Endpoint("private address"));
-    }
-    if host == "localhost" && !cfg.allow_insecure_endpoints {
-        return Err(PushError::Endpoint("private address"));
+    if !cfg.allow_insecure_endpoints {
+        if let Ok(ip) = host.parse::<IpAddr>()
+            && !is_public(ip)
+        {
+            return Err(PushError::Endpoint("private address"));
+        }
+        if host == "localhost" || host.ends_with(".localhost") {
+            return Err(PushError::Endpoint("private address"));
+        }
     }
     if !cfg.endpoint_hosts.is_empty()
         && !cfg.endpoint_hosts.iter().any(|allowed| {
@@ -71,7 +79,26 @@ pub fn check_endpoint(endpoint: &[u8], cfg: &PushConfig) -> Result<http::Uri, Pu
     {
         return Err(PushError::Endpoint("host not allowed"));
     }
-    Ok(uri)
+    Ok(url)
+}
+
+/// A resolver that returns only public addresses: a push endpoint's host name that resolves
+/// to a loopback, private or link-local address is not called.
+#[derive(Debug, Clone, Copy)]
+pub struct PublicOnly;
+
+impl reqwest::dns::Resolve for PublicOnly {
+    fn resolve(&self, name: reqwest::dns::Name) -> reqwest::dns::Resolving {
+        Box::pin(async move {
+            let found = tokio::net::lookup_host((name.as_str(), 0)).await?;
+            let public: Vec<std::net::SocketAddr> = found.filter(|a| is_public(a.ip())).collect();
+            if public.is_empty() {
+                return Err("the push endpoint resolves to no public address".into());
+            }
+            let addrs: reqwest::dns::Addrs = Box::new(public.into_iter());
+            Ok(addrs)
+        })
+    }
 }
 
 /// Addresses a push endpoint may name without `allow_insecure_endpoints`.
@@ -84,12 +111,15 @@ fn is_public(ip: IpAddr) -> bool {
                 || v4.is_unspecified()
                 || v4.is_broadcast()
                 || v4.is_documentation()
+                || v4.is_multicast()
+                || v4.octets()[0] == 0
                 || v4.octets()[0] == 100 && (v4.octets()[1] & 0xc0) == 64)
         }
         IpAddr::V6(v6) => {
             let first = v6.segments()[0];
             !(v6.is_loopback()
                 || v6.is_unspecified()
+                || v6.is_multicast()
                 || (first & 0xfe00) == 0xfc00
                 || (first & 0xffc0) == 0xfe80
                 || v6
@@ -99,17 +129,15 @@ fn is_public(ip: IpAddr) -> bool {
     }
 }
 
-/// A VAPID `Authorization` header value (RFC 8292 §3) for `endpoint`, valid from `now_s`.
+/// A VAPID `Authorization` header value (RFC 8292 §3) for `endpoint`, valid from `now_s`; its
+/// audience is the endpoint's origin.
 pub fn vapid_authorization(
     key: &p256::SecretKey,
-    endpoint: &http::Uri,
+    endpoint: &reqwest::Url,
     subject: &str,
     now_s: u64,
 ) -> String {
-    let audience = match (endpoint.scheme_str(), endpoint.authority()) {
-        (Some(scheme), Some(authority)) => format!("{scheme}://{authority}"),
-        _ => String::new(),
-    };
+    let audience = endpoint.origin().ascii_serialization();
     let header = B64.encode(br#"{"typ":"JWT","alg":"ES256"}"#);
     let claims = serde_json::json!({
         "aud": audience,
@@ -139,6 +167,10 @@ pub fn build_request(
 ) -> Result<http::Request<Vec<u8>>, PushError> {
     let sub = &opened.subscription;
     let endpoint = check_endpoint(sub.endpoint.as_slice(), cfg)?;
+    let uri: http::Uri = endpoint
+        .as_str()
+        .parse()
+        .map_err(|_| PushError::Endpoint("not a URL"))?;
     let ua_public =
         p256::PublicKey::from_sec1_bytes(sub.p256dh.as_slice()).map_err(|_| PushError::Keys)?;
     let auth: [u8; 16] = sub
@@ -147,7 +179,7 @@ pub fn build_request(
         .try_into()
         .map_err(|_| PushError::Keys)?;
     let auth = web_push_native::Auth::clone_from_slice(&auth);
-    let mut request = web_push_native::WebPushBuilder::new(endpoint.clone(), ua_public, auth)
+    let mut request = web_push_native::WebPushBuilder::new(uri, ua_public, auth)
         .with_valid_duration(Duration::from_secs(cfg.ttl_secs))
         .build(mimi_rm_protocol::push::wake_payload())
         .map_err(|e| PushError::Encrypt(e.to_string()))?;
@@ -157,10 +189,15 @@ pub fn build_request(
         http::HeaderValue::from_str(&authorization)
             .map_err(|_| PushError::Encrypt("VAPID header".into()))?,
     );
-    // RFC 8030 §5.3: a wake-up is worth delivering promptly, but it is only a hint.
+    // RFC 8030 §5.3: a wake-up is worth delivering promptly, but it is only a hint; §5.4: one
+    // topic, so a push service holding an undelivered wake-up replaces it instead of queueing
+    // another.
     request
         .headers_mut()
         .insert("urgency", http::HeaderValue::from_static("normal"));
+    request
+        .headers_mut()
+        .insert("topic", http::HeaderValue::from_static("mimiwake"));
     Ok(request)
 }
 
@@ -170,13 +207,15 @@ pub async fn run(hub: Arc<Hub>, cfg: PushConfig) {
         .vapid_subject
         .clone()
         .unwrap_or_else(|| format!("mailto:postmaster@{}", hub.config().domain));
-    let http = match reqwest::Client::builder()
+    let mut builder = reqwest::Client::builder()
         .timeout(PUSH_TIMEOUT)
-        .connect_timeout(Duration::from_secs(5))
+        .connect_timeout(Duration::from_secs(3))
         // A push service answers; it never sends the hub elsewhere.
-        .redirect(reqwest::redirect::Policy::none())
-        .build()
-    {
+        .redirect(reqwest::redirect::Policy::none());
+    if !cfg.allow_insecure_endpoints {
+        builder = builder.dns_resolver(Arc::new(PublicOnly));
+    }
+    let http = match builder.build() {
         Ok(c) => c,
         Err(e) => {
             tracing::error!(error = %e, "push worker not started: HTTP client");
@@ -276,10 +315,15 @@ impl Worker {
             Ok(resp) => {
                 tracing::debug!(status = resp.status().as_u16(), "push service refused");
                 dropped();
+                if resp.status().is_server_error() || resp.status().as_u16() == 429 {
+                    self.hub.push.retry_soon(&client, crate::now_ms());
+                }
             }
             Err(e) => {
-                tracing::debug!(error = %e, "push service unreachable");
+                // Without the URL: the endpoint is the client's secret, even in debug logs.
+                tracing::debug!(error = %e.without_url(), "push service unreachable");
                 dropped();
+                self.hub.push.retry_soon(&client, crate::now_ms());
             }
         }
     }
@@ -309,6 +353,12 @@ mod tests {
             b"https://[fd00::1]/s",
             b"https://169.254.169.254/latest",
             b"https://localhost/s",
+            b"https://127.1/s",
+            b"https://2130706433/s",
+            b"https://0x7f.0.0.1/s",
+            b"https://[::ffff:127.0.0.1]/s",
+            b"https://0.0.0.0/s",
+            b"https://user:pw@push.example.net/s",
             b"ftp://push.example.net/",
             b"not a url",
             b"\xff\xfe",
@@ -330,7 +380,7 @@ mod tests {
     fn vapid_token_verifies_under_the_published_key() {
         use p256::ecdsa::signature::Verifier as _;
         let key = p256::SecretKey::random(&mut p256::elliptic_curve::rand_core::OsRng);
-        let uri: http::Uri = "https://push.example.net/s/1".parse().unwrap();
+        let uri = reqwest::Url::parse("https://push.example.net:443/s/1").unwrap();
         let value = vapid_authorization(&key, &uri, "mailto:ops@example.org", 1_000);
         let rest = value.strip_prefix("vapid t=").unwrap();
         let (jwt, k) = rest.split_once(", k=").unwrap();

@@ -123,7 +123,12 @@ pub async fn run(args: ObliviousArgs) -> Result<(), LoadError> {
         let l = &mut latencies[i];
         l.sort_by(f64::total_cmp);
         let cpu = hub_cpu[i]
-            .map(|t| format!(", hub CPU {:.0} µs per send", t * 1e6 / args.messages as f64))
+            .map(|t| {
+                format!(
+                    ", hub CPU {:.0} µs per send",
+                    t * 1e6 / args.messages as f64
+                )
+            })
             .unwrap_or_default();
         println!(
             "{name}: {} sends, round trip p50 {:.2} ms, p99 {:.2} ms{cpu}",

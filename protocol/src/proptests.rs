@@ -392,12 +392,7 @@ fn hpke_ciphertext() -> impl Strategy<Value = HpkeCiphertextWire> {
 fn queue_ref() -> impl Strategy<Value = QueueRef> {
     let address = prop_oneof![
         hpke_ciphertext().prop_map(QueueAddress::Sealed),
-        (any::<[u8; 16]>(), bytes()).prop_map(|(client_id, push_key)| QueueAddress::Plain(
-            QueueRefPlain {
-                client_id,
-                push_key
-            }
-        )),
+        any::<[u8; 16]>().prop_map(|client_id| QueueAddress::Plain(QueueRefPlain { client_id })),
     ];
     (bytes(), address).prop_map(|(domain, address)| QueueRef { domain, address })
 }

@@ -79,9 +79,18 @@ pub enum QueueAddress {
     Plain(QueueRefPlain),
 }
 
-/// What the QS finds inside a sealed [`QueueRef`].
+/// A queue id: inside a sealed [`QueueRef`] from before push tokens, and in the clear in a
+/// baseline ref.
 #[derive(Debug, Clone, PartialEq, Eq, TlsSerialize, TlsDeserialize, TlsSize)]
 pub struct QueueRefPlain {
+    /// The pseudonymous client (queue) id.
+    pub client_id: [u8; 16],
+}
+
+/// What the QS finds inside a sealed [`QueueRef`] now: the queue id and the client's
+/// `PushTokenEarKey`. A sealed ref of exactly 16 bytes is the older [`QueueRefPlain`] (no key).
+#[derive(Debug, Clone, PartialEq, Eq, TlsSerialize, TlsDeserialize, TlsSize)]
+pub struct SealedQueueRef {
     /// The pseudonymous client (queue) id.
     pub client_id: [u8; 16],
     /// The client's `PushTokenEarKey` (32 bytes), or empty: with it the QS opens the client's

@@ -227,6 +227,8 @@ pub enum Name {
     Group(Vec<u8>),
     /// A QS client (queue), by client id.
     Queue([u8; 16]),
+    /// A pseudonymous QS user, by user id.
+    QsUser([u8; 16]),
 }
 
 impl Name {
@@ -237,7 +239,9 @@ impl Name {
 }
 
 /// The identity or pseudonym `o` names, if any. Requests that name only others (lookups of a
-/// contact's handle or AddPackages, discovery, key directories) name nothing of the sender's.
+/// contact's handle or AddPackages, discovery, key directories) name nothing of the sender's;
+/// neither does a new client's creation (`NewClient`: its id is in the body, under a key). Not
+/// seen at all: frames on a live socket after its upgrade, and timing.
 pub fn names(o: &Observed) -> Option<Name> {
     let payload = || -> Option<Vec<u8>> {
         let env: Envelope = decode_exact(&o.body, 16 << 20).ok()?;
@@ -255,6 +259,7 @@ pub fn names(o: &Observed) -> Option<Name> {
             let req: QsRequest = decode_exact(&payload()?, 16 << 20).ok()?;
             match req.tbs.sender {
                 QsSender::Client(id) => Some(Name::Queue(id)),
+                QsSender::User(id) => Some(Name::QsUser(id)),
                 _ => None,
             }
         }

@@ -33,20 +33,18 @@ impl Client {
     /// A fresh `QueueRef` for one leaf: our client id sealed to our QS (fresh randomness each
     /// time, so two leaves of ours cannot be linked by it). Baseline clients send it plain.
     pub(super) fn sealed_queue_ref(&self) -> Result<Extension, ClientError> {
-        // The push key rides only in sealed refs: a baseline (plain) ref would show it.
-        let push_key = match self.state.mode {
-            DsMode::Rm => unhex(&self.state.push_key)?,
-            DsMode::Baseline => Vec::new(),
-        };
-        let plain = QueueRefPlain {
-            client_id: self.client_id()?,
-            push_key: push_key.into(),
-        };
         let address = match self.state.mode {
-            DsMode::Baseline => QueueAddress::Plain(plain),
+            DsMode::Baseline => QueueAddress::Plain(QueueRefPlain {
+                client_id: self.client_id()?,
+            }),
             DsMode::Rm => {
+                // The push key rides only in sealed refs: a plain ref would show it.
+                let inside = SealedQueueRef {
+                    client_id: self.client_id()?,
+                    push_key: unhex(&self.state.push_key)?.into(),
+                };
                 let pk = HpkePublicKey::from_bytes(&unhex(&self.state.qs_public_key)?)?;
-                let plain = encode(&plain).map_err(|e| ClientError::State(e.to_string()))?;
+                let plain = encode(&inside).map_err(|e| ClientError::State(e.to_string()))?;
                 let sealed = hpke_seal::seal(
                     &pk,
                     QUEUE_REF_HPKE_LABEL,

@@ -56,7 +56,7 @@ pub struct ListenStats {
 /// The live-socket side of a client.
 #[derive(Debug, Default)]
 pub(super) struct Live {
-    socket: Option<LiveSocket>,
+    pub(super) socket: Option<LiveSocket>,
     failures: u32,
     pub(super) mode: Listening,
     pub(super) stats: ListenStats,

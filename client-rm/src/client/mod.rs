@@ -259,6 +259,9 @@ impl Client {
         connections: crate::connections::ConnectionOptions,
     ) -> Result<(), ClientError> {
         self.transport = self.transport.reconnected(&connections)?;
+        // An open live socket is a connection of the old kind (and, with a relay, one that
+        // shows our address next to our queue): it goes.
+        self.live.socket = None;
         Ok(())
     }
 
@@ -272,7 +275,7 @@ impl Client {
             .wallet()
             .ok_or(ClientError::Unexpected("no token wallet"))?;
         wallet
-            .take(&self.transport.http(), self.transport.base())
+            .take(&self.transport.http()?, self.transport.base())
             .await
     }
 
@@ -364,7 +367,7 @@ impl Client {
             .wallet()
             .ok_or(ClientError::Unexpected("no token wallet"))?;
         wallet
-            .prefill(&self.transport.http(), self.transport.base(), n)
+            .prefill(&self.transport.http()?, self.transport.base(), n)
             .await
     }
 

@@ -57,7 +57,7 @@ impl Client {
         let url = format!("{}{}", self.transport.base(), paths::QS_PUSH_KEY);
         let resp = self
             .transport
-            .http_for(&crate::connections::Scope::Fresh)
+            .http_for(&crate::connections::Scope::Fresh)?
             .get(url)
             .send()
             .await

@@ -91,16 +91,18 @@ pub struct Accepted {
     pub duplicates: u64,
     /// Items for queues that no longer exist.
     pub undeliverable: u64,
+    /// Positions of the items enqueued now (their clients may be owed a push).
+    pub delivered: Vec<usize>,
 }
 
 /// Resolves each item's queue ref with `open` (before any lock is taken, so the caller can lock
 /// the queues). Every item must be for this provider; an item whose queue cannot be resolved
 /// maps to `None` and is counted undeliverable.
-pub fn resolve<T>(
+pub fn resolve(
     own_domain: &str,
     items: &[DeliveryItem],
-    open: impl Fn(&QueueRef) -> Result<T, HubError>,
-) -> Result<Vec<Option<T>>, HubError> {
+    open: impl Fn(&QueueRef) -> Result<qs::ClientId, HubError>,
+) -> Result<Vec<Option<qs::ClientId>>, HubError> {
     items
         .iter()
         .map(|item| {
@@ -124,7 +126,7 @@ pub fn accept_delivery(
     max_queue: u64,
 ) -> Result<Accepted, HubError> {
     let mut out = Accepted::default();
-    for (item, client) in items.iter().zip(clients) {
+    for (i, (item, client)) in items.iter().zip(clients).enumerate() {
         let key = seen_key(sender, item);
         if txn.get(Cf::FedSeen, &key)?.is_some() {
             out.duplicates += 1;
@@ -137,7 +139,8 @@ pub fn accept_delivery(
             Some(c)
                 if qs::enqueue(txn, c, &item.message, max_queue)? == qs::Enqueued::Delivered =>
             {
-                out.enqueued += 1
+                out.enqueued += 1;
+                out.delivered.push(i);
             }
             _ => out.undeliverable += 1,
         }

@@ -243,6 +243,14 @@ impl Hub {
         let s2s_key = server_signing_key(store.as_ref(), S2S_SIGNING_KEY)?;
         let ds_key = server_signing_key(store.as_ref(), DS_SENDER_KEY)?;
         let vapid = push::vapid_key(store.as_ref())?;
+        let push = push::PushQueue::default();
+        // Which clients have a subscription (their ids, keys of `qs_push`; the sealed values
+        // stay on disk).
+        for (client, _) in store.scan_prefix(Cf::QsPush, b"", usize::MAX)? {
+            if let Ok(id) = <[u8; 16]>::try_from(client.as_slice()) {
+                push.set_subscribed(id, true);
+            }
+        }
         let ds_sender = openmls_basic_credential::SignatureKeyPair::from_raw(
             openmls::prelude::SignatureScheme::ED25519,
             ds_key.to_bytes().to_vec(),
@@ -285,7 +293,7 @@ impl Hub {
             outbox_seq,
             outbox_signal: tokio::sync::Notify::new(),
             queue_signal,
-            push: push::PushQueue::default(),
+            push,
             vapid,
             config,
             invites: std::sync::Mutex::new(()),
@@ -543,25 +551,24 @@ impl Hub {
                 continue;
             }
             match self.resolve_queue(&item.queue_ref) {
-                Ok(resolved) => targets.push((resolved, item)),
+                Ok(client) => targets.push((client, item)),
                 Err(e) => {
                     tracing::warn!(op, error = %e, "fan-out item not deliverable locally");
                     self.metrics.undeliverable.fetch_add(1, Ordering::Relaxed);
                 }
             }
         }
-        let clients: Vec<qs::ClientId> = targets.iter().map(|(r, _)| r.client).collect();
+        let clients: Vec<qs::ClientId> = targets.iter().map(|(c, _)| *c).collect();
         self.locks.lock_queues(locks, &clients);
         let mut delivered = 0u64;
-        for (resolved, item) in targets {
-            let client = resolved.client;
+        for (client, item) in targets {
             match qs::enqueue(txn, &client, &item.message, self.config.max_queue_length)? {
                 qs::Enqueued::Delivered => {
                     delivered += 1;
                     // Owed before the batch is durable, but the client's fetch waits for this
                     // queue's lock, so it finds the message; a batch that then fails costs the
                     // client one empty fetch.
-                    self.push_if_offline(&resolved, now_ms);
+                    self.push_if_offline(&client, &item.queue_ref, now_ms);
                 }
                 qs::Enqueued::QueueFull => {
                     self.metrics.undeliverable.fetch_add(1, Ordering::Relaxed);
@@ -606,13 +613,20 @@ impl Hub {
             limits,
         )?;
         txn.commit()?;
-        if let (QsOperation::Dequeue(_) | QsOperation::SetPushToken(_), QsSender::Client(client)) =
-            (&req.tbs.operation, &req.tbs.sender)
-        {
-            // The client is fetching (or has a new subscription): the next message that finds
-            // it offline may push again. Cleared under the queue lock, so a message enqueued
-            // after this fetch cannot find the old mark and go unannounced.
-            self.push.fetched(client);
+        if let QsSender::Client(client) = &req.tbs.sender {
+            match &req.tbs.operation {
+                // The client is fetching (or has a new subscription): the next message that
+                // finds it offline may push again. Cleared under the queue lock, so a message
+                // enqueued after this fetch cannot find the old mark and go unannounced.
+                QsOperation::Dequeue(_) => self.push.fetched(client),
+                QsOperation::SetPushToken(sealed) => {
+                    self.push
+                        .set_subscribed(*client, !sealed.as_slice().is_empty());
+                    self.push.fetched(client);
+                }
+                QsOperation::DeleteClient => self.push.set_subscribed(*client, false),
+                _ => {}
+            }
         }
         drop(locks);
         encode(&resp).map_err(|e| HubError::Bug(e.to_string()))
@@ -650,19 +664,9 @@ impl Hub {
         encode(&resp).map_err(|e| HubError::Bug(e.to_string()))
     }
 
-    /// Owes `resolved` a push if its ref carried a push key and no live socket listens.
-    pub(crate) fn push_if_offline(&self, resolved: &qs::Resolved, now_ms: u64) {
-        if let Some(key) = resolved.push_key
-            && !self.queue_signal.is_listened(&resolved.client)
-            && self.push.wanted(resolved.client, key, now_ms) == push::Wanted::Dropped
-        {
-            self.metrics.pushes_dropped.fetch_add(1, Ordering::Relaxed);
-        }
-    }
-
     /// The local queue a fan-out address names. RM hubs take only sealed addresses (opened once,
     /// then served from the in-memory cache); baseline hubs take only plain ones.
-    fn resolve_queue(&self, qr: &QueueRef) -> Result<qs::Resolved, HubError> {
+    fn resolve_queue(&self, qr: &QueueRef) -> Result<qs::ClientId, HubError> {
         if qr.domain.as_slice() != self.config.domain.as_bytes() {
             return Err(HubError::Request(RequestError::Invalid(
                 "queue ref for another domain",
@@ -674,9 +678,12 @@ impl Hub {
                 let mut key = sealed.kem_output.as_slice().to_vec();
                 key.extend_from_slice(sealed.ciphertext.as_slice());
                 let mut opened = false;
+                // Only the client id is cached: a push key is taken from the ref again when a
+                // push is owed, so keys do not sit in the cache.
                 let id = self.queue_refs.get_or_open(&key, || {
                     opened = true;
                     qs::open_sealed_queue_ref(&self.qs_keys, &self.config.domain, sealed)
+                        .map(|r| r.client)
                 })?;
                 let counter = if opened {
                     &self.metrics.queue_refs_opened
@@ -686,11 +693,7 @@ impl Hub {
                 counter.fetch_add(1, Ordering::Relaxed);
                 Ok(id)
             }
-            // A plain ref is the baseline's: no push key travels in the clear.
-            QueueAddress::Plain(plain) => Ok(qs::Resolved {
-                client: plain.client_id,
-                push_key: None,
-            }),
+            QueueAddress::Plain(plain) => Ok(plain.client_id),
         }
     }
 }

@@ -100,10 +100,7 @@ impl Hub {
         dropped: u64,
         now_ms: u64,
     ) -> Result<Vec<u8>, HubError> {
-        let resolved =
-            federation::resolve(&self.config.domain, items, |qr| self.resolve_queue(qr))?;
-        let clients: Vec<Option<qs::ClientId>> =
-            resolved.iter().map(|r| r.map(|r| r.client)).collect();
+        let clients = federation::resolve(&self.config.domain, items, |qr| self.resolve_queue(qr))?;
         let ids: Vec<qs::ClientId> = clients.iter().flatten().copied().collect();
         let mut locks = crate::store::LockSet::default();
         self.locks.lock_queues(&mut locks, &ids);
@@ -117,10 +114,13 @@ impl Hub {
             self.config.max_queue_length,
         )?;
         txn.commit()?;
-        drop(locks);
-        for r in resolved.iter().flatten() {
-            self.push_if_offline(r, now_ms);
+        // Under the queue locks, as for local fan-out: a fetch cannot slip in between.
+        for &i in &accepted.delivered {
+            if let (Some(item), Some(Some(client))) = (items.get(i), clients.get(i)) {
+                self.push_if_offline(client, &item.queue_ref, now_ms);
+            }
         }
+        drop(locks);
         accepted.undeliverable += dropped;
         self.metrics
             .received_from_peers

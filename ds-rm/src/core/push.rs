@@ -1,9 +1,13 @@
 //! Which clients are owed a push, and the queue to the push worker (`crate::push`).
 //!
-//! A wake-up is owed when a message is enqueued for a client whose queue ref carried its push
-//! key and that has no live socket open. One wake-up per burst: once pushed, a client is not
-//! pushed again until it dequeues (or [`REPUSH_AFTER_MS`] passed, in case the first push was
-//! dismissed unseen). All of this is in memory; the key travels with the job and is gone after.
+//! A wake-up is owed when a message is enqueued for a client that has a push subscription, has
+//! not been pushed since it last fetched, and has no live socket open. One per burst: once
+//! pushed, a client is not pushed again until it dequeues (or [`REPUSH_AFTER_MS`] passed, in
+//! case the first push was dismissed unseen). The client's `PushTokenEarKey` is taken from the
+//! message's sealed queue ref only when a push is owed, travels with the job and is gone after.
+//! A message for a client whose socket is open is remembered by its queue ref (not its key)
+//! until the client fetches, so a socket that dies before the client fetched still leads to a
+//! push. All of this is in memory.
 
 use super::qs::{ClientId, PushRecord};
 use super::{Hub, HubError};
@@ -11,9 +15,10 @@ use crate::store::{Cf, Store, Txn};
 use mimi_rm_crypto::ear::{self, EarKey};
 use mimi_rm_protocol::decode_exact;
 use mimi_rm_protocol::push::{PUSH_KEY_LEN, PUSH_TOKEN_DOMAIN, PushSubscription};
-use std::collections::HashMap;
-use std::sync::Mutex;
+use mimi_rm_protocol::queue::{QueueAddress, QueueRef};
+use std::collections::{HashMap, HashSet};
 use std::sync::atomic::Ordering;
+use std::sync::{Mutex, MutexGuard, PoisonError};
 use tokio::sync::mpsc;
 
 /// `server_keys` entry of the hub's VAPID (RFC 8292) signing key.
@@ -21,6 +26,9 @@ const VAPID_KEY: &[u8] = b"vapid p256";
 
 /// A client not fetching after its push is pushed again after this long, if more arrives.
 pub const REPUSH_AFTER_MS: u64 = 10 * 60 * 1000;
+/// After a push that failed for a passing reason (timeout, 5xx, 429), the next message may
+/// push again after this long.
+pub const RETRY_AFTER_MS: u64 = 60 * 1000;
 /// Jobs waiting for the worker at most; beyond, wake-ups are dropped (and counted).
 pub const QUEUE_DEPTH: usize = 10_000;
 
@@ -41,8 +49,13 @@ impl std::fmt::Debug for PushJob {
 /// Push bookkeeping of a hub.
 #[derive(Default)]
 pub struct PushQueue {
-    /// Clients pushed and not fetched since, with when.
+    /// Clients pushed and not fetched since, with when (or when a retry is allowed).
     pushed: Mutex<HashMap<ClientId, u64>>,
+    /// Clients with a stored subscription (their ids are on disk anyway, in `qs_push`).
+    subscribed: Mutex<HashSet<ClientId>>,
+    /// Subscribed clients with an open socket that got a message since they last fetched: the
+    /// latest message's queue ref, to push if the socket closes first.
+    held: Mutex<HashMap<ClientId, QueueRef>>,
     /// The worker's queue, once a worker is attached.
     tx: Mutex<Option<mpsc::Sender<PushJob>>>,
 }
@@ -53,7 +66,7 @@ impl std::fmt::Debug for PushQueue {
     }
 }
 
-/// What [`PushQueue::wanted`] did.
+/// What [`PushQueue::queue`] did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Wanted {
     /// This hub sends no pushes (no worker attached).
@@ -62,39 +75,48 @@ pub enum Wanted {
     Queued,
     /// Already pushed and not fetched since: coalesced.
     Coalesced,
-    /// No worker, or its queue is full.
+    /// The worker's queue is full.
     Dropped,
 }
 
-impl PushQueue {
-    fn pushed(&self) -> std::sync::MutexGuard<'_, HashMap<ClientId, u64>> {
-        self.pushed
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-    }
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(PoisonError::into_inner)
+}
 
+impl PushQueue {
     /// Attaches the worker: from now on wake-ups go to the returned receiver.
     pub fn attach(&self) -> mpsc::Receiver<PushJob> {
         let (tx, rx) = mpsc::channel(QUEUE_DEPTH);
-        *self
-            .tx
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(tx);
+        *lock(&self.tx) = Some(tx);
         rx
     }
 
-    /// A message was enqueued for `client` (offline, with push key `key`).
-    pub fn wanted(&self, client: ClientId, key: [u8; PUSH_KEY_LEN], now_ms: u64) -> Wanted {
-        let tx = self
-            .tx
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .clone();
-        let Some(tx) = tx else {
+    /// Records whether `client` has a stored subscription.
+    pub fn set_subscribed(&self, client: ClientId, subscribed: bool) {
+        if subscribed {
+            lock(&self.subscribed).insert(client);
+        } else {
+            lock(&self.subscribed).remove(&client);
+            lock(&self.held).remove(&client);
+        }
+    }
+
+    /// Whether a message for `client` now would owe it a push (before looking at its socket).
+    pub fn owed(&self, client: &ClientId, now_ms: u64) -> bool {
+        lock(&self.tx).is_some()
+            && lock(&self.subscribed).contains(client)
+            && lock(&self.pushed)
+                .get(client)
+                .is_none_or(|at| now_ms.saturating_sub(*at) >= REPUSH_AFTER_MS)
+    }
+
+    /// Hands a push for `client` (opened with `key`) to the worker and marks the client.
+    pub fn queue(&self, client: ClientId, key: [u8; PUSH_KEY_LEN], now_ms: u64) -> Wanted {
+        let Some(tx) = lock(&self.tx).clone() else {
             return Wanted::Off;
         };
         {
-            let mut pushed = self.pushed();
+            let mut pushed = lock(&self.pushed);
             if pushed
                 .get(&client)
                 .is_some_and(|at| now_ms.saturating_sub(*at) < REPUSH_AFTER_MS)
@@ -103,6 +125,7 @@ impl PushQueue {
             }
             pushed.insert(client, now_ms);
         }
+        lock(&self.held).remove(&client);
         let job = PushJob {
             client,
             key: zeroize::Zeroizing::new(key),
@@ -110,15 +133,35 @@ impl PushQueue {
         match tx.try_send(job) {
             Ok(()) => Wanted::Queued,
             Err(_) => {
-                self.pushed().remove(&client);
+                lock(&self.pushed).remove(&client);
                 Wanted::Dropped
             }
         }
     }
 
-    /// `client` dequeued: the next message may push again.
+    /// Remembers the latest message's ref for a subscribed client whose socket is open.
+    pub fn hold(&self, client: ClientId, queue_ref: &QueueRef) {
+        lock(&self.held).insert(client, queue_ref.clone());
+    }
+
+    /// The ref held for `client`, if a message came since it last fetched.
+    pub fn take_held(&self, client: &ClientId) -> Option<QueueRef> {
+        lock(&self.held).remove(client)
+    }
+
+    /// `client` fetched (or set a subscription): the next message may push again.
     pub fn fetched(&self, client: &ClientId) {
-        self.pushed().remove(client);
+        lock(&self.pushed).remove(client);
+        lock(&self.held).remove(client);
+    }
+
+    /// A push to `client` failed for a passing reason: allow the next one sooner.
+    pub fn retry_soon(&self, client: &ClientId, now_ms: u64) {
+        if let Some(at) = lock(&self.pushed).get_mut(client) {
+            *at = now_ms
+                .saturating_sub(REPUSH_AFTER_MS)
+                .saturating_add(RETRY_AFTER_MS);
+        }
     }
 }
 
@@ -159,6 +202,50 @@ fn unopenable(e: impl std::fmt::Display) -> HubError {
 }
 
 impl Hub {
+    /// A message for `client`, addressed by `queue_ref`, was stored (the caller still holds the
+    /// client's queue lock): owes a push if the client is subscribed, unmarked and offline.
+    pub(crate) fn push_if_offline(&self, client: &ClientId, queue_ref: &QueueRef, now_ms: u64) {
+        if !self.push.owed(client, now_ms) {
+            return;
+        }
+        if self.queue_signal.is_listened(client) {
+            self.push.hold(*client, queue_ref);
+            return;
+        }
+        self.push_with_ref(client, queue_ref, now_ms);
+    }
+
+    /// The last live socket of `client` closed: a message it got while the socket was open
+    /// and did not fetch is pushed now.
+    pub fn push_after_socket_closed(&self, client: &ClientId, now_ms: u64) {
+        let Some(queue_ref) = self.push.take_held(client) else {
+            return;
+        };
+        if !self.queue_signal.is_listened(client) && self.push.owed(client, now_ms) {
+            self.push_with_ref(client, &queue_ref, now_ms);
+        }
+    }
+
+    /// Takes the push key out of `queue_ref` (a second HPKE open, only when a push is owed)
+    /// and queues the push.
+    fn push_with_ref(&self, client: &ClientId, queue_ref: &QueueRef, now_ms: u64) {
+        let QueueAddress::Sealed(sealed) = &queue_ref.address else {
+            return;
+        };
+        let Ok(opened) =
+            super::qs::open_sealed_queue_ref(&self.qs_keys, &self.config.domain, sealed)
+        else {
+            return;
+        };
+        let Some(key) = opened.push_key else {
+            // A leaf from before push keys: nothing opens the subscription.
+            return;
+        };
+        if self.push.queue(*client, key, now_ms) == Wanted::Dropped {
+            self.metrics.pushes_dropped.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
     /// Opens the subscription a push job is for. `None` when the client has none (removed, or
     /// never set). A subscription that does not open under the job's key is reported, not
     /// sent: the client sealed it under another key than its queue refs carry.
@@ -195,6 +282,7 @@ impl Hub {
         }
         txn.delete_record::<PushRecord>(client);
         txn.commit()?;
+        self.push.set_subscribed(*client, false);
         self.metrics
             .push_subscriptions_expired
             .fetch_add(1, Ordering::Relaxed);
@@ -223,30 +311,57 @@ mod tests {
     use super::*;
 
     #[test]
-    fn one_push_per_burst_until_the_client_fetches() {
+    fn one_push_per_burst_for_subscribed_clients_until_they_fetch() {
         let q = PushQueue::default();
-        assert_eq!(q.wanted([1; 16], [9; 32], 0), Wanted::Off, "no worker yet");
+        let (a, b) = ([1; 16], [2; 16]);
+        q.set_subscribed(a, true);
+        q.set_subscribed(b, true);
+        assert!(!q.owed(&a, 0), "no worker yet");
+        assert_eq!(q.queue(a, [9; 32], 0), Wanted::Off);
         let mut rx = q.attach();
-        assert_eq!(q.wanted([1; 16], [9; 32], 10), Wanted::Queued);
+        assert!(q.owed(&a, 10));
+        assert!(!q.owed(&[3; 16], 10), "not subscribed");
+        assert_eq!(q.queue(a, [9; 32], 10), Wanted::Queued);
         for t in 11..20 {
-            assert_eq!(q.wanted([1; 16], [9; 32], t), Wanted::Coalesced);
+            assert!(!q.owed(&a, t));
+            assert_eq!(q.queue(a, [9; 32], t), Wanted::Coalesced);
         }
-        assert_eq!(
-            q.wanted([2; 16], [8; 32], 20),
-            Wanted::Queued,
-            "another client"
-        );
-        q.fetched(&[1; 16]);
-        assert_eq!(q.wanted([1; 16], [9; 32], 30), Wanted::Queued);
-        assert_eq!(
-            q.wanted([1; 16], [9; 32], 30 + REPUSH_AFTER_MS),
-            Wanted::Queued,
+        assert_eq!(q.queue(b, [8; 32], 20), Wanted::Queued, "another client");
+        q.fetched(&a);
+        assert_eq!(q.queue(a, [9; 32], 30), Wanted::Queued);
+        assert!(
+            q.owed(&a, 30 + REPUSH_AFTER_MS),
             "a push not followed by a fetch is repeated after a while"
         );
+        q.retry_soon(&b, 1_000);
+        assert!(!q.owed(&b, 1_000));
+        assert!(
+            q.owed(&b, 1_000 + RETRY_AFTER_MS),
+            "a failed push is retried sooner"
+        );
+        q.set_subscribed(a, false);
+        assert!(!q.owed(&a, 30 + REPUSH_AFTER_MS), "unsubscribed");
         let mut got = Vec::new();
         while let Ok(job) = rx.try_recv() {
             got.push(job.client);
         }
-        assert_eq!(got, vec![[1; 16], [2; 16], [1; 16], [1; 16]]);
+        assert_eq!(got, vec![a, b, a]);
+    }
+
+    #[test]
+    fn a_held_ref_is_taken_once_and_cleared_by_a_fetch() {
+        let q = PushQueue::default();
+        let r = QueueRef {
+            domain: b"d".to_vec().into(),
+            address: QueueAddress::Plain(mimi_rm_protocol::queue::QueueRefPlain {
+                client_id: [1; 16],
+            }),
+        };
+        q.hold([1; 16], &r);
+        assert_eq!(q.take_held(&[1; 16]), Some(r.clone()));
+        assert_eq!(q.take_held(&[1; 16]), None);
+        q.hold([1; 16], &r);
+        q.fetched(&[1; 16]);
+        assert_eq!(q.take_held(&[1; 16]), None);
     }
 }

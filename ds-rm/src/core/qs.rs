@@ -16,7 +16,7 @@ use mimi_rm_crypto::sign::VerifyingKey;
 use mimi_rm_protocol::push::PUSH_KEY_LEN;
 use mimi_rm_protocol::qs::*;
 use mimi_rm_protocol::queue::{
-    HpkeCiphertextWire, QUEUE_REF_HPKE_LABEL, QueueAddress, QueueMessage, QueueRefPlain,
+    HpkeCiphertextWire, QUEUE_REF_HPKE_LABEL, QueueAddress, QueueMessage, SealedQueueRef,
 };
 use mimi_rm_protocol::{DsMode, decode_exact, encode};
 use sha2::{Digest, Sha256};
@@ -179,15 +179,6 @@ pub struct Resolved {
     pub push_key: Option<[u8; PUSH_KEY_LEN]>,
 }
 
-impl From<&QueueRefPlain> for Resolved {
-    fn from(p: &QueueRefPlain) -> Self {
-        Self {
-            client: p.client_id,
-            push_key: p.push_key.as_slice().try_into().ok(),
-        }
-    }
-}
-
 /// Opens a sealed `QueueRef` address for this QS's domain; returns what it names.
 pub fn open_sealed_queue_ref(
     keys: &QsKeys,
@@ -202,9 +193,19 @@ pub fn open_sealed_queue_ref(
         &ct,
     )
     .map_err(|_| HubError::Request(RequestError::Invalid("queue ref does not open")))?;
-    let plain: QueueRefPlain =
+    // Sixteen bytes: a ref sealed before push keys (the queue id alone).
+    if let Ok(old) = <[u8; 16]>::try_from(plain.as_slice()) {
+        return Ok(Resolved {
+            client: old,
+            push_key: None,
+        });
+    }
+    let inside: SealedQueueRef =
         decode_exact(&plain, 1024).map_err(|e| HubError::malformed("queue ref", e))?;
-    Ok(Resolved::from(&plain))
+    Ok(Resolved {
+        client: inside.client_id,
+        push_key: inside.push_key.as_slice().try_into().ok(),
+    })
 }
 
 /// Appends a message to a client's queue under the next ratchet key. The caller holds the
@@ -695,10 +696,8 @@ mod address_mode_tests {
             kem_output: vec![1; 32].into(),
             ciphertext: vec![2; 32].into(),
         });
-        let plain = QueueAddress::Plain(QueueRefPlain {
-            client_id: [3; 16],
-            push_key: Vec::new().into(),
-        });
+        let plain =
+            QueueAddress::Plain(mimi_rm_protocol::queue::QueueRefPlain { client_id: [3; 16] });
         assert!(check_address_mode(&sealed, DsMode::Rm).is_ok());
         assert!(check_address_mode(&plain, DsMode::Baseline).is_ok());
         assert!(matches!(

@@ -7,12 +7,11 @@
 //! disk (a seized disk learns nothing from it), and it is bounded: two generations of at most
 //! `capacity` entries, the older dropped whole when the newer fills up.
 
-use crate::core::qs::Resolved as ClientId;
+use crate::core::qs::ClientId;
 use std::collections::HashMap;
 use std::sync::Mutex;
 
-/// Sealed address bytes → what they name (client id and push key), for recently seen
-/// addresses.
+/// Sealed address bytes → client id, for recently seen addresses.
 pub struct QueueRefCache {
     capacity: usize,
     inner: Mutex<Generations>,
@@ -81,13 +80,6 @@ impl QueueRefCache {
 mod tests {
     use super::*;
 
-    fn r(b: u8) -> ClientId {
-        ClientId {
-            client: [b; 16],
-            push_key: None,
-        }
-    }
-
     #[test]
     fn opens_once_and_stays_bounded() {
         let cache = QueueRefCache::new(2);
@@ -96,17 +88,21 @@ mod tests {
             cache
                 .get_or_open::<()>(k, || {
                     opens += 1;
-                    Ok(r(id))
+                    Ok([id; 16])
                 })
                 .unwrap()
         };
-        assert_eq!(get(b"a", 1), r(1));
-        assert_eq!(get(b"a", 9), r(1), "a cached address is not opened again");
+        assert_eq!(get(b"a", 1), [1; 16]);
+        assert_eq!(
+            get(b"a", 9),
+            [1; 16],
+            "a cached address is not opened again"
+        );
         get(b"b", 2);
         get(b"c", 3); // young was full: {a, b} become old
         get(b"d", 4);
         get(b"e", 5); // {c, d} become old, {a, b} are dropped
-        assert_eq!(get(b"a", 7), r(7), "evicted addresses are opened again");
+        assert_eq!(get(b"a", 7), [7; 16], "evicted addresses are opened again");
         assert_eq!(opens, 6);
         assert!(cache.len() <= 4);
     }
@@ -115,6 +111,6 @@ mod tests {
     fn failures_are_not_cached() {
         let cache = QueueRefCache::new(4);
         assert!(cache.get_or_open(b"x", || Err("bad")).is_err());
-        assert_eq!(cache.get_or_open::<()>(b"x", || Ok(r(1))), Ok(r(1)));
+        assert_eq!(cache.get_or_open::<()>(b"x", || Ok([1; 16])), Ok([1; 16]));
     }
 }

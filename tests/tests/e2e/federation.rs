@@ -365,7 +365,6 @@ async fn forged_and_misaddressed_server_messages_are_refused() {
     };
     let plain = encode(&QueueRefPlain {
         client_id: bob.client_id_bytes().unwrap(),
-        push_key: Vec::new().into(),
     })
     .unwrap();
     let sealed = hpke_seal::seal(&qs_key, QUEUE_REF_HPKE_LABEL, b"b.test", &plain).unwrap();

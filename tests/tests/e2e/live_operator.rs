@@ -148,7 +148,7 @@ async fn through_an_ohttp_relay_no_pseudonymous_request_shows_a_device_address()
         mimi_rm_protocol::oblivious::GATEWAY_PATH
     ));
     let users = 5;
-    scenario::run_with(&proxy.url(), dir.path(), users, DsMode::Rm, &|i| {
+    let seen = scenario::run_with(&proxy.url(), dir.path(), users, DsMode::Rm, &|i| {
         ConnectionOptions {
             policy: ConnectionPolicy::Scoped,
             local_address: Some(address(i)),
@@ -179,20 +179,46 @@ async fn through_an_ohttp_relay_no_pseudonymous_request_shows_a_device_address()
             );
         }
     }
-    // What arrives from a device's own address names only that device's identity: no address
-    // joins it to a pseudonym, nor two pseudonyms.
+    // So what arrives from a device's own address names only its identity: no address joins
+    // it to a pseudonym, nor two pseudonyms (the loop above is the check; the counts below are
+    // for the record).
     let direct: Vec<_> = records
         .iter()
         .filter(|o| devices.contains(&o.peer))
         .cloned()
         .collect();
-    assert_eq!(observer::links(&direct, |o| o.peer), Links::default());
-    assert_eq!(observer::links(&direct, |o| o.conn), Links::default());
     eprintln!(
         "live operator, OHTTP: {} requests, {relayed} through the relay; device-address links {:?}",
         records.len(),
         observer::links(&direct, |o| o.peer)
     );
+
+    // Waiting for events through a relay polls through it: no live socket shows the hub the
+    // device's address next to its queue.
+    let mut clients = seen.clients;
+    let mut bob = clients.remove(1);
+    let g = seen.groups[1].clone();
+    bob.set_listening(mimi_client_rm::Listening::Live {
+        fallback: std::time::Duration::from_millis(200),
+    });
+    let sender = clients
+        .iter_mut()
+        .find(|c| c.groups().contains(&g))
+        .unwrap();
+    sender.send(&g, b"through the relay").await.unwrap();
+    let events = tokio::time::timeout(std::time::Duration::from_secs(30), bob.next_events())
+        .await
+        .expect("an event arrives by polling through the relay")
+        .unwrap();
+    assert!(!events.is_empty());
+    assert!(
+        !proxy
+            .records()
+            .iter()
+            .any(|o| o.path == mimi_rm_protocol::paths::QS_LIVE),
+        "no live socket was opened"
+    );
+    assert_eq!(bob.listen_stats().connects, 0);
 }
 
 /// A request encapsulated for the hub's gateway, as a client builds it.

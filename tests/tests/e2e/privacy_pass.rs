@@ -123,7 +123,7 @@ async fn challenges_name_our_keys_and_clients_pay_transparently() {
     assert_eq!(status, 200);
     let wallet = alice.wallet().unwrap();
     let t2 = wallet
-        .fetch_public(&alice.transport().http(), &hub.url())
+        .fetch_public(&alice.transport().http().unwrap(), &hub.url())
         .await
         .unwrap();
     assert_eq!(t2.token_type, TYPE_PUBLIC);
@@ -363,7 +363,7 @@ async fn issuance_is_authenticated_and_limited_per_epoch() {
     );
     let alice = client(&hub, dir.path(), "alice").await;
     let wallet = alice.wallet().unwrap();
-    let http = &alice.transport().http();
+    let http = &alice.transport().http().unwrap();
     // Start early in an epoch so the first batches land in the same one.
     wait_for_second(6, 0).await;
     assert_eq!(
@@ -460,7 +460,7 @@ async fn issuance_is_authenticated_and_limited_per_epoch() {
     match carol
         .wallet()
         .unwrap()
-        .fetch_batch(&carol.transport().http(), &hub.url())
+        .fetch_batch(&carol.transport().http().unwrap(), &hub.url())
         .await
     {
         Err(mimi_client_rm::ClientError::Hub { status, response }) => {
@@ -497,7 +497,7 @@ async fn keys_rotate_with_an_overlap_and_expired_tokens_are_refused() {
     let fresh = alice
         .wallet()
         .unwrap()
-        .fetch_batch(&alice.transport().http(), &hub.url())
+        .fetch_batch(&alice.transport().http().unwrap(), &hub.url())
         .await
         .unwrap();
     let (late, spare) = (fresh[0].clone(), fresh[1].clone());

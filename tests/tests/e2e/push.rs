@@ -13,7 +13,7 @@ use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64;
 use mimi_client_rm::Event;
 use mimi_ds_rm::store::Cf;
-use mimi_rm_protocol::push::{PushSubscription, WAKE_LEN, wake_payload};
+use mimi_rm_protocol::push::{PushSubscription, wake_payload};
 use mimi_rm_protocol::qs::QsOperation;
 use mimi_rm_protocol::{ErrorCode, paths};
 use mimi_rm_tests::common::*;
@@ -274,7 +274,7 @@ async fn an_offline_client_is_woken_once_per_burst_and_a_connected_one_never() {
     assert_eq!(svc.wakes("bob"), 1, "one wake-up for a burst of 20");
     let wake = &svc.seen.lock().unwrap().wakes["bob"][0].clone();
     assert_eq!(wake, &wake_payload(), "a fixed wake-up, no content");
-    assert_eq!(wake.len(), WAKE_LEN);
+    assert_eq!(wake.len(), 64, "one size for every push");
 
     // Woken, bob fetches: the next burst wakes it once more.
     assert_eq!(messages(&bob.receive().await.unwrap()).len(), 20);
@@ -517,4 +517,50 @@ async fn the_cli_registers_a_subscription_and_prints_the_server_key() {
     assert!(cli(&["receive"]).contains("wake"), "the woken client reads");
     cli(&["push", "clear"]);
     assert!(!hub.dump().iter().any(|(cf, _, _)| *cf == Cf::QsPush));
+}
+
+/// A socket that dies before its client fetched what it was woken for: the hub pushes once
+/// the socket is gone, from the queue ref it kept (not the key).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_message_left_unfetched_on_a_dead_socket_is_pushed_when_it_closes() {
+    use futures_util::{SinkExt as _, StreamExt as _};
+    use mimi_rm_protocol::qs::Dequeue;
+    use tokio_tungstenite::tungstenite::Message;
+    let dir = tempfile::tempdir().unwrap();
+    let (hub, vapid) = push_hub(dir.path()).await;
+    let svc = PushService::start(vapid).await;
+    let mut alice = client(&hub, dir.path(), "alice").await;
+    let mut carol = client(&hub, dir.path(), "carol").await;
+    let g = group_of(&mut alice, &mut [&mut carol]).await;
+    carol
+        .set_push_subscription(&svc.subscribe("carol", 201))
+        .await
+        .unwrap();
+    // A live socket of carol's, which will never fetch.
+    let url = hub.url().replacen("http://", "ws://", 1) + paths::QS_LIVE;
+    let (mut ws, _) = tokio_tungstenite::connect_async(url).await.unwrap();
+    let first = carol
+        .signed_client_request(QsOperation::Dequeue(Dequeue {
+            ack_below: 0,
+            max: 1,
+        }))
+        .unwrap();
+    ws.send(Message::Binary(first.into())).await.unwrap();
+    let ready = ws.next().await.unwrap().unwrap();
+    assert!(matches!(ready, Message::Binary(_)), "subscribed");
+    alice.send(&g, b"while connected").await.unwrap();
+    // The hub wakes the socket, not the push service.
+    let wake = tokio::time::timeout(Duration::from_secs(10), ws.next())
+        .await
+        .expect("a wake-up on the socket");
+    assert!(matches!(wake, Some(Ok(Message::Binary(_)))));
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(svc.requests("carol"), 0, "connected: no push");
+    drop(ws);
+    svc.wait_for("carol", 1).await;
+    assert_eq!(svc.wakes("carol"), 1, "pushed once the socket was gone");
+    assert_eq!(
+        messages(&carol.receive().await.unwrap()),
+        vec![b"while connected".to_vec()]
+    );
 }

@@ -43,7 +43,6 @@ fn plain_queue_ref(d: &Device) -> QueueRef {
         domain: DOMAIN.as_bytes().to_vec().into(),
         address: QueueAddress::Plain(QueueRefPlain {
             client_id: d.queue.client_id,
-            push_key: Vec::new().into(),
         }),
     }
 }

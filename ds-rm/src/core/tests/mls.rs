@@ -462,10 +462,7 @@ impl DsHub {
 
     /// The fan-out address of `client`, sealed to this hub's QS.
     pub(super) fn sealed_queue_ref(&self, client: &ClientId) -> QueueRef {
-        let plain = QueueRefPlain {
-            client_id: *client,
-            push_key: Vec::new().into(),
-        };
+        let plain = QueueRefPlain { client_id: *client };
         let ct = hpke_seal::seal(
             &self.qs_key,
             QUEUE_REF_HPKE_LABEL,
