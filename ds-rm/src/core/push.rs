@@ -49,7 +49,7 @@ impl std::fmt::Debug for PushJob {
 /// Push bookkeeping of a hub.
 #[derive(Default)]
 pub struct PushQueue {
-    /// Clients pushed and not fetched since, with when (or when a retry is allowed).
+    /// Clients pushed and not fetched since, with the time from which they may be pushed again.
     pushed: Mutex<HashMap<ClientId, u64>>,
     /// Clients with a stored subscription (their ids are on disk anyway, in `qs_push`).
     subscribed: Mutex<HashSet<ClientId>>,
@@ -107,7 +107,7 @@ impl PushQueue {
             && lock(&self.subscribed).contains(client)
             && lock(&self.pushed)
                 .get(client)
-                .is_none_or(|at| now_ms.saturating_sub(*at) >= REPUSH_AFTER_MS)
+                .is_none_or(|until| now_ms >= *until)
     }
 
     /// Hands a push for `client` (opened with `key`) to the worker and marks the client.
@@ -117,13 +117,10 @@ impl PushQueue {
         };
         {
             let mut pushed = lock(&self.pushed);
-            if pushed
-                .get(&client)
-                .is_some_and(|at| now_ms.saturating_sub(*at) < REPUSH_AFTER_MS)
-            {
+            if pushed.get(&client).is_some_and(|until| now_ms < *until) {
                 return Wanted::Coalesced;
             }
-            pushed.insert(client, now_ms);
+            pushed.insert(client, now_ms.saturating_add(REPUSH_AFTER_MS));
         }
         lock(&self.held).remove(&client);
         let job = PushJob {
@@ -157,10 +154,8 @@ impl PushQueue {
 
     /// A push to `client` failed for a passing reason: allow the next one sooner.
     pub fn retry_soon(&self, client: &ClientId, now_ms: u64) {
-        if let Some(at) = lock(&self.pushed).get_mut(client) {
-            *at = now_ms
-                .saturating_sub(REPUSH_AFTER_MS)
-                .saturating_add(RETRY_AFTER_MS);
+        if let Some(until) = lock(&self.pushed).get_mut(client) {
+            *until = now_ms.saturating_add(RETRY_AFTER_MS);
         }
     }
 }
