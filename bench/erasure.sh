@@ -8,7 +8,7 @@
 #   bench/erasure.sh [RATES] [DURATION] [GROUPS] [GROUP_SIZE]
 #   e.g. OLD_HUB=/tmp/ds-rm-old bench/erasure.sh 200,400 10 20 10
 #
-# Expects target/debug/ds-rm and target/debug/mimi-rm-load (built by `make bench`). Results go
+# Expects target/release/ds-rm and target/release/mimi-rm-load (built by `make bench`). Results go
 # to bench/results/erasure-*.json.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -18,7 +18,8 @@ RATES=${1:-200,400}
 DURATION=${2:-10}
 NGROUPS=${3:-20}
 SIZE=${4:-10}
-BIN=${CARGO_TARGET_DIR:-target}/debug
+# The release build `make bench` makes; BIN_PROFILE=debug runs the dev build instead.
+BIN=${CARGO_TARGET_DIR:-target}/${BIN_PROFILE:-release}
 OUT=bench/results
 mkdir -p "$OUT"
 VARIANTS=("slots-scrub-60s|$BIN/ds-rm|scrub_interval_secs = 60"

@@ -6,7 +6,7 @@
 #
 #   bench/flood.sh [RATE] [DURATION] [CONNECTIONS]
 #
-# Expects target/debug/ds-rm and target/debug/mimi-rm-load (built by `make bench`).
+# Expects target/release/ds-rm and target/release/mimi-rm-load (built by `make bench`).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 # shellcheck source=bench/common.sh
@@ -14,7 +14,8 @@ source bench/common.sh
 RATE=${1:-50}
 DURATION=${2:-20}
 CONNS=${3:-300}
-BIN=${CARGO_TARGET_DIR:-target}/debug
+# The release build `make bench` makes; BIN_PROFILE=debug runs the dev build instead.
+BIN=${CARGO_TARGET_DIR:-target}/${BIN_PROFILE:-release}
 OUT=bench/results
 mkdir -p "$OUT"
 for FLOOD in 0 "$CONNS"; do

@@ -5,7 +5,7 @@
 #
 #   bench/live.sh [MESSAGES] [POLL_MS] [GAP_MS]
 #
-# Expects target/debug/ds-rm and target/debug/mimi-rm-load (built by `make bench`).
+# Expects target/release/ds-rm and target/release/mimi-rm-load (built by `make bench`).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 # shellcheck source=bench/common.sh
@@ -13,7 +13,8 @@ source bench/common.sh
 MESSAGES=${1:-1000}
 POLL_MS=${2:-1000}
 GAP_MS=${3:-10}
-BIN=${CARGO_TARGET_DIR:-target}/debug
+# The release build `make bench` makes; BIN_PROFILE=debug runs the dev build instead.
+BIN=${CARGO_TARGET_DIR:-target}/${BIN_PROFILE:-release}
 DATA=$(mktemp -d)
 PORT=$((20000 + RANDOM % 1000))
 cat > "$DATA/hub.toml" <<TOML

@@ -6,7 +6,7 @@
 #   bench/load.sh [RATES] [DURATION] [GROUPS] [GROUP_SIZE] [MIX]
 #   e.g. bench/load.sh 250,500,750,1000 10 20 10 send=100
 #
-# Expects target/debug/ds-rm and target/debug/mimi-rm-load (built by `make bench`). Results go
+# Expects target/release/ds-rm and target/release/mimi-rm-load (built by `make bench`). Results go
 # to bench/results/. Each hub gets a fresh data directory and syncs every batch (the default).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -17,7 +17,8 @@ DURATION=${2:-10}
 NGROUPS=${3:-20}
 SIZE=${4:-10}
 MIX=${5:-send=100}
-BIN=${CARGO_TARGET_DIR:-target}/debug
+# The release build `make bench` makes; BIN_PROFILE=debug runs the dev build instead.
+BIN=${CARGO_TARGET_DIR:-target}/${BIN_PROFILE:-release}
 OUT=bench/results
 mkdir -p "$OUT"
 TAG="g${NGROUPS}x${SIZE}-$(echo "$MIX" | tr ',=' '_-')"
@@ -31,9 +32,13 @@ data_dir = "$DATA/db"
 mode = "$MODE"
 max_queue_length = 1000000
 baseline_requests_per_minute = 0
+# Every generated client connects from 127.0.0.1: the per-address limit must not bind.
+max_connections_per_address = 100000
 [privacy_pass]
 allowance_per_epoch = 1000000
 TOML
+    # Hundreds of clients hold a connection each: room for them under the hub's fd-fitted limit.
+    ulimit -n 65536 2>/dev/null || true
     RUST_LOG=warn "$BIN/ds-rm" serve --config "$DATA/hub.toml" > "$DATA/hub.log" 2>&1 &
     HUB=$!
     trap 'kill $HUB 2>/dev/null || true' EXIT

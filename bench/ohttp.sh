@@ -5,13 +5,14 @@
 #
 #   bench/ohttp.sh [MESSAGES]
 #
-# Expects target/debug/ds-rm and target/debug/mimi-rm-load (built by `make bench`).
+# Expects target/release/ds-rm and target/release/mimi-rm-load (built by `make bench`).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 # shellcheck source=bench/common.sh
 source bench/common.sh
 MESSAGES=${1:-500}
-BIN=${CARGO_TARGET_DIR:-target}/debug
+# The release build `make bench` makes; BIN_PROFILE=debug runs the dev build instead.
+BIN=${CARGO_TARGET_DIR:-target}/${BIN_PROFILE:-release}
 DATA=$(mktemp -d)
 PORT=$((20000 + RANDOM % 1000))
 RELAY_PORT=$((PORT + 1000))
