@@ -18,3 +18,16 @@ wait_for_port() {
     echo "nothing listens on port $1" >&2
     return 1
 }
+
+# Starts a release (or $BIN_PROFILE) hub with a minimal config in directory $1 on port $2, logging
+# to $1/hub.log; sets HUB to its pid and waits until it answers.
+start_hub() {
+    cat > "$1/hub.toml" <<TOML
+domain = "load.test"
+listen = "127.0.0.1:$2"
+data_dir = "$1/db"
+TOML
+    RUST_LOG=warn "$BIN/ds-rm" serve --config "$1/hub.toml" > "$1/hub.log" 2>&1 &
+    HUB=$!
+    wait_for_hub "$2"
+}

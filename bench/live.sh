@@ -17,14 +17,7 @@ GAP_MS=${3:-10}
 BIN=${CARGO_TARGET_DIR:-target}/${BIN_PROFILE:-release}
 DATA=$(mktemp -d)
 PORT=$((20000 + RANDOM % 1000))
-cat > "$DATA/hub.toml" <<TOML
-domain = "load.test"
-listen = "127.0.0.1:$PORT"
-data_dir = "$DATA/db"
-TOML
-RUST_LOG=warn "$BIN/ds-rm" serve --config "$DATA/hub.toml" > "$DATA/hub.log" 2>&1 &
-HUB=$!
+start_hub "$DATA" "$PORT"
 trap 'kill $HUB 2>/dev/null || true; rm -rf "$DATA"' EXIT
-wait_for_hub "$PORT"
 "$BIN/mimi-rm-load" latency --url "http://127.0.0.1:$PORT" --messages "$MESSAGES" \
     --poll-ms "$POLL_MS" --gap-ms "$GAP_MS" --data-dir "$DATA/clients"

@@ -16,18 +16,11 @@ BIN=${CARGO_TARGET_DIR:-target}/${BIN_PROFILE:-release}
 DATA=$(mktemp -d)
 PORT=$((20000 + RANDOM % 1000))
 RELAY_PORT=$((PORT + 1000))
-cat > "$DATA/hub.toml" <<TOML
-domain = "load.test"
-listen = "127.0.0.1:$PORT"
-data_dir = "$DATA/db"
-TOML
-RUST_LOG=warn "$BIN/ds-rm" serve --config "$DATA/hub.toml" > "$DATA/hub.log" 2>&1 &
-HUB=$!
+start_hub "$DATA" "$PORT"
 RUST_LOG=warn "$BIN/ds-rm" relay --listen "127.0.0.1:$RELAY_PORT" \
     --gateway "http://127.0.0.1:$PORT/ohttp" > "$DATA/relay.log" 2>&1 &
 RELAY=$!
 trap 'kill $HUB $RELAY 2>/dev/null || true; wait $HUB $RELAY 2>/dev/null || true; rm -rf "$DATA"' EXIT
-wait_for_hub "$PORT"
 wait_for_port "$RELAY_PORT"
 "$BIN/mimi-rm-load" oblivious --url "http://127.0.0.1:$PORT" \
     --relay "http://127.0.0.1:$RELAY_PORT/" --messages "$MESSAGES" --hub-pid "$HUB" \

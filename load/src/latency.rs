@@ -9,7 +9,7 @@
 
 use crate::LoadError;
 use indicatif::{ProgressBar, ProgressStyle};
-use mimi_client_rm::{Client, Event, Listening};
+use mimi_client_rm::{Event, Listening};
 use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
@@ -85,21 +85,8 @@ async fn measure(
     dir: &std::path::Path,
     mode: Listening,
 ) -> Result<Latencies, LoadError> {
-    let tag: u32 = rand::random();
-    let mut alice = Client::register(&dir.join("a"), &args.url, &format!("lat-a-{tag:08x}"))
-        .await
-        .map_err(setup)?;
-    let mut bob = Client::register(&dir.join("b"), &args.url, &format!("lat-b-{tag:08x}"))
-        .await
-        .map_err(setup)?;
-    bob.add_contact(&alice.contact_card().map_err(setup)?)
-        .map_err(setup)?;
-    let group = alice.create_group().await.map_err(setup)?;
-    alice
-        .invite(&group, &bob.contact_card().map_err(setup)?)
-        .await
-        .map_err(setup)?;
-    bob.receive().await.map_err(setup)?;
+    let (mut alice, mut bob, group) =
+        crate::population::pair_in_group(dir, &args.url, "lat").await?;
     alice
         .prefill_tokens(args.messages + 10)
         .await

@@ -36,6 +36,16 @@ fn setup(e: impl std::fmt::Display) -> LoadError {
     LoadError::Setup(e.to_string())
 }
 
+/// Scoped connections, direct or through `relay`.
+fn connect_via(client: &mut Client, relay: &Option<String>) -> Result<(), LoadError> {
+    client
+        .set_connections(ConnectionOptions {
+            ohttp_relay: relay.clone(),
+            ..Default::default()
+        })
+        .map_err(setup)
+}
+
 /// Sorted latencies' quantile, in milliseconds.
 fn quantile(sorted: &[f64], q: f64) -> f64 {
     if sorted.is_empty() {
@@ -52,21 +62,8 @@ pub async fn run(args: ObliviousArgs) -> Result<(), LoadError> {
         .data_dir
         .clone()
         .unwrap_or_else(|| tmp.path().to_owned());
-    let tag: u32 = rand::random();
-    let mut alice = Client::register(&dir.join("a"), &args.url, &format!("ohttp-a-{tag:08x}"))
-        .await
-        .map_err(setup)?;
-    let mut bob = Client::register(&dir.join("b"), &args.url, &format!("ohttp-b-{tag:08x}"))
-        .await
-        .map_err(setup)?;
-    bob.add_contact(&alice.contact_card().map_err(setup)?)
-        .map_err(setup)?;
-    let group = alice.create_group().await.map_err(setup)?;
-    alice
-        .invite(&group, &bob.contact_card().map_err(setup)?)
-        .await
-        .map_err(setup)?;
-    bob.receive().await.map_err(setup)?;
+    let (mut alice, mut bob, group) =
+        crate::population::pair_in_group(&dir, &args.url, "ohttp").await?;
     alice
         .prefill_tokens(2 * args.messages + 40)
         .await
@@ -77,12 +74,7 @@ pub async fn run(args: ObliviousArgs) -> Result<(), LoadError> {
     let mut latencies: [Vec<f64>; 2] = [Vec::new(), Vec::new()];
     let mut hub_cpu: [Option<f64>; 2] = [Some(0.0), Some(0.0)];
     for (i, (_, relay)) in modes.iter().enumerate() {
-        alice
-            .set_connections(ConnectionOptions {
-                ohttp_relay: relay.clone(),
-                ..Default::default()
-            })
-            .map_err(setup)?;
+        connect_via(&mut alice, relay)?;
         // Unmeasured sends first: they warm the pools (and, through the relay, fetch the
         // gateway's keys), the hub and the stores.
         for _ in 0..10 {
@@ -95,12 +87,7 @@ pub async fn run(args: ObliviousArgs) -> Result<(), LoadError> {
     while sent < args.messages {
         let n = block.min(args.messages - sent);
         for (i, (_, relay)) in modes.iter().enumerate() {
-            alice
-                .set_connections(ConnectionOptions {
-                    ohttp_relay: relay.clone(),
-                    ..Default::default()
-                })
-                .map_err(setup)?;
+            connect_via(&mut alice, relay)?;
             let before = cpu_seconds(args.hub_pid);
             for k in 0..n {
                 let started = Instant::now();

@@ -139,3 +139,30 @@ pub async fn prefill(groups: &[LoadGroup], per_client: usize) -> Result<(), Load
     pb.finish();
     Ok(())
 }
+
+/// Two freshly registered clients (`<prefix>-a-…`, `<prefix>-b-…`) in one group: alice created
+/// it and invited bob, who has joined. For the measurements that need one sender and one
+/// recipient.
+pub async fn pair_in_group(
+    dir: &Path,
+    url: &str,
+    prefix: &str,
+) -> Result<(Client, Client, GroupHandle), LoadError> {
+    let setup = |e: mimi_client_rm::ClientError| LoadError::Setup(e.to_string());
+    let tag: u32 = rand::random();
+    let mut alice = Client::register(&dir.join("a"), url, &format!("{prefix}-a-{tag:08x}"))
+        .await
+        .map_err(setup)?;
+    let mut bob = Client::register(&dir.join("b"), url, &format!("{prefix}-b-{tag:08x}"))
+        .await
+        .map_err(setup)?;
+    bob.add_contact(&alice.contact_card().map_err(setup)?)
+        .map_err(setup)?;
+    let group = alice.create_group().await.map_err(setup)?;
+    alice
+        .invite(&group, &bob.contact_card().map_err(setup)?)
+        .await
+        .map_err(setup)?;
+    bob.receive().await.map_err(setup)?;
+    Ok((alice, bob, group))
+}

@@ -274,8 +274,14 @@ pub fn group_row(dump: &[(Cf, Vec<u8>, Vec<u8>)], g: &GroupHandle) -> Option<Vec
 
 /// The value of counter `name` on the hub's `/metrics` page.
 pub async fn metric(hub: &HubProcess, name: &str) -> u64 {
-    let text = crate::http_client(hub.ca_pem())
-        .get(format!("{}/metrics", hub.url()))
+    metric_at(&hub.url(), hub.ca_pem(), name).await
+}
+
+/// The value of counter `name` on the `/metrics` page of the server at `base` (a hub or a
+/// relay).
+pub async fn metric_at(base: &str, ca_pem: Option<&[u8]>, name: &str) -> u64 {
+    let text = crate::http_client(ca_pem)
+        .get(format!("{base}/metrics"))
         .send()
         .await
         .unwrap()
@@ -286,6 +292,26 @@ pub async fn metric(hub: &HubProcess, name: &str) -> u64 {
         .find_map(|l| l.strip_prefix(&format!("{name} ")))
         .and_then(|v| v.trim().parse().ok())
         .unwrap_or_else(|| panic!("no metric {name} in {text}"))
+}
+
+/// Runs `mimi-rm --dir <dir> --hub <url> <args…>`; returns stdout, failing on a non-zero exit.
+pub fn run_cli(hub_url: &str, dir: &Path, args: &[&str]) -> String {
+    let out = std::process::Command::new(cli_binary())
+        .arg("--dir")
+        .arg(dir)
+        .arg("--hub")
+        .arg(hub_url)
+        .args(args)
+        .output()
+        .expect("run mimi-rm");
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success(),
+        "mimi-rm {args:?} failed: {}{}",
+        stdout,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    stdout
 }
 
 /// How far into the hub a refused request got, told by its error code.

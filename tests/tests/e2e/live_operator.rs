@@ -361,32 +361,13 @@ async fn the_gateway_and_relay_refuse_what_they_must_and_change_nothing() {
 
     // The CLI sends through the relay when told to.
     drop(bob);
-    let forwarded = || async {
-        let text = mimi_rm_tests::http_client(None)
-            .get(format!("http://{}/metrics", relay.addr))
-            .send()
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap();
-        text.lines()
-            .find_map(|l| l.strip_prefix("mimi_relay_forwarded "))
-            .and_then(|v| v.trim().parse::<u64>().ok())
-            .unwrap()
-    };
+    let relay_base = format!("http://{}", relay.addr);
+    let forwarded = || metric_at(&relay_base, None, "mimi_relay_forwarded");
     let relayed_before = forwarded().await;
-    let out = std::process::Command::new(cli_binary())
-        .args(["--dir", dir.path().join("bob").to_str().unwrap()])
-        .args(["--hub", &hub.url()])
-        .args(["--ohttp-relay", &relay.url()])
-        .arg("receive")
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+    run_cli(
+        &hub.url(),
+        &dir.path().join("bob"),
+        &["--ohttp-relay", &relay.url(), "receive"],
     );
     assert!(
         forwarded().await > relayed_before,

@@ -485,20 +485,8 @@ async fn the_cli_registers_a_subscription_and_prints_the_server_key() {
     let mut bob = client(&hub, dir.path(), "bob").await;
     let g = group_of(&mut alice, &mut [&mut bob]).await;
     drop(bob);
-    let cli = |args: &[&str]| {
-        let out = std::process::Command::new(cli_binary())
-            .args(["--dir", dir.path().join("bob").to_str().unwrap()])
-            .args(["--hub", &hub.url()])
-            .args(args)
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8(out.stdout).unwrap()
-    };
+    let bob_dir = dir.path().join("bob");
+    let cli = |args: &[&str]| run_cli(&hub.url(), &bob_dir, args);
     assert_eq!(cli(&["push", "server-key"]).trim(), B64.encode(&vapid));
     let sub = svc.subscribe("bob", 201);
     cli(&[
