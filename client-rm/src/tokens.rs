@@ -325,21 +325,8 @@ pub async fn fetch_directory(
     http: &reqwest::Client,
     base: &str,
 ) -> Result<IssuerDirectory, ClientError> {
-    let resp = http
-        .get(format!("{base}{ISSUER_DIRECTORY_PATH}"))
-        .send()
-        .await
-        .map_err(|e| ClientError::Transport(e.to_string()))?;
-    if !resp.status().is_success() {
-        return Err(ClientError::Transport(format!(
-            "issuer directory: status {}",
-            resp.status()
-        )));
-    }
-    let bytes = resp
-        .bytes()
-        .await
-        .map_err(|e| ClientError::Transport(format!("issuer directory: {e}")))?;
+    let url = format!("{base}{ISSUER_DIRECTORY_PATH}");
+    let bytes = crate::transport::get_bytes(http, &url, "issuer directory").await?;
     serde_json::from_slice(&bytes)
         .map_err(|e| ClientError::Transport(format!("issuer directory: {e}")))
 }

@@ -313,27 +313,8 @@ impl Transport {
         {
             return Ok(k.clone());
         }
-        let resp = self
-            .http_for(&Scope::Fresh)?
-            .get(format!(
-                "{}{}",
-                ob.relay.trim_end_matches('/'),
-                oblivious::KEYS_PATH
-            ))
-            .send()
-            .await
-            .map_err(|e| ClientError::Transport(format!("OHTTP keys: {e}")))?;
-        if !resp.status().is_success() {
-            return Err(ClientError::Transport(format!(
-                "OHTTP keys: status {}",
-                resp.status()
-            )));
-        }
-        let fetched = resp
-            .bytes()
-            .await
-            .map_err(|e| ClientError::Transport(format!("OHTTP keys: {e}")))?
-            .to_vec();
+        let url = format!("{}{}", ob.relay.trim_end_matches('/'), oblivious::KEYS_PATH);
+        let fetched = get_bytes(&self.http_for(&Scope::Fresh)?, &url, "OHTTP keys").await?;
         *keys = Some(fetched.clone());
         Ok(fetched)
     }
@@ -504,6 +485,30 @@ pub fn as_scope(req: &mimi_rm_protocol::auth::AsRequest) -> Scope {
         (_, AsOperation::RegisterUser(_) | AsOperation::RegisterInvited(_)) => Scope::Identity,
         _ => Scope::Fresh,
     }
+}
+
+/// GETs `url` on `http`: the body of a success, or a transport error naming `what`.
+pub(crate) async fn get_bytes(
+    http: &reqwest::Client,
+    url: &str,
+    what: &str,
+) -> Result<Vec<u8>, ClientError> {
+    let resp = http
+        .get(url)
+        .send()
+        .await
+        .map_err(|e| ClientError::Transport(format!("{what}: {e}")))?;
+    if !resp.status().is_success() {
+        return Err(ClientError::Transport(format!(
+            "{what}: status {}",
+            resp.status()
+        )));
+    }
+    Ok(resp
+        .bytes()
+        .await
+        .map_err(|e| ClientError::Transport(format!("{what}: {e}")))?
+        .to_vec())
 }
 
 /// Sends a prepared request: the body of a 200, or the hub's decoded error.

@@ -294,16 +294,21 @@ pub async fn metric_at(base: &str, ca_pem: Option<&[u8]>, name: &str) -> u64 {
         .unwrap_or_else(|| panic!("no metric {name} in {text}"))
 }
 
-/// Runs `mimi-rm --dir <dir> --hub <url> <args…>`; returns stdout, failing on a non-zero exit.
-pub fn run_cli(hub_url: &str, dir: &Path, args: &[&str]) -> String {
-    let out = std::process::Command::new(cli_binary())
+/// Runs `mimi-rm --dir <dir> --hub <url> <args…>` to completion.
+pub fn cli_output(hub_url: &str, dir: &Path, args: &[&str]) -> std::process::Output {
+    std::process::Command::new(cli_binary())
         .arg("--dir")
         .arg(dir)
         .arg("--hub")
         .arg(hub_url)
         .args(args)
         .output()
-        .expect("run mimi-rm");
+        .expect("run mimi-rm")
+}
+
+/// [`cli_output`]; returns stdout, failing on a non-zero exit.
+pub fn run_cli(hub_url: &str, dir: &Path, args: &[&str]) -> String {
+    let out = cli_output(hub_url, dir, args);
     let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
     assert!(
         out.status.success(),

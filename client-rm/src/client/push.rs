@@ -55,29 +55,14 @@ impl Client {
     /// subscribe to a push service with, so that only our hub can push to the subscription.
     pub async fn push_server_key(&self) -> Result<Vec<u8>, ClientError> {
         let url = format!("{}{}", self.transport.base(), paths::QS_PUSH_KEY);
-        let resp = self
-            .transport
-            .http_for(&crate::connections::Scope::Fresh)?
-            .get(url)
-            .send()
-            .await
-            .map_err(|e| ClientError::Transport(e.to_string()))?;
-        if !resp.status().is_success() {
-            return Err(ClientError::Transport(format!(
-                "push key: status {}",
-                resp.status()
-            )));
-        }
-        let key = resp
-            .bytes()
-            .await
-            .map_err(|e| ClientError::Transport(e.to_string()))?;
+        let http = self.transport.http_for(&crate::connections::Scope::Fresh)?;
+        let key = crate::transport::get_bytes(&http, &url, "push key").await?;
         if key.len() != 65 || key[0] != 4 {
             return Err(ClientError::Unexpected(
                 "push key is not an uncompressed P-256 point",
             ));
         }
-        Ok(key.to_vec())
+        Ok(key)
     }
 }
 

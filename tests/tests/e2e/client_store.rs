@@ -14,14 +14,7 @@ use std::time::Duration;
 
 /// Runs `mimi-rm --dir <dir> --hub <url> <args…>` to completion.
 fn run(hub_url: &str, dir: &Path, args: &[&str]) -> Output {
-    Command::new(cli_binary())
-        .arg("--dir")
-        .arg(dir)
-        .arg("--hub")
-        .arg(hub_url)
-        .args(args)
-        .output()
-        .expect("run mimi-rm")
+    cli_output(hub_url, dir, args)
 }
 
 /// [`run`], failing on a non-zero exit; returns (stdout, stderr).
