@@ -172,10 +172,13 @@ pub fn verify_plain_leaf(
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
-    fn anchors_and_credential(now: u64) -> (AsCredentials, SigningKey, ClientCredential) {
+    /// AS anchors and a client credential issued under them, valid from `now` (for tests).
+    pub(crate) fn anchors_and_credential(
+        now: u64,
+    ) -> (AsCredentials, SigningKey, ClientCredential) {
         let root_key = SigningKey::generate();
         let root =
             AsCredential::issue(&root_key, "a.test", ExpirationData::starting(now, 1000)).unwrap();

@@ -7,6 +7,7 @@
 //! from the hub's 401 answers, so an operator's policy needs no client configuration.
 
 use crate::error::ClientError;
+use crate::store::tokens::TokenStore;
 use mimi_rm_crypto::sign::SigningKey;
 use mimi_rm_protocol::credentials::ClientCredential;
 use mimi_rm_protocol::encode;
@@ -29,7 +30,7 @@ pub const DEFAULT_BATCH: u16 = 32;
 /// Refill when this many or fewer tokens are left.
 pub const LOW_WATER: usize = 4;
 
-/// What the wallet persists (JSON next to the client state).
+/// What older clients kept in `tokens.json` next to their state (read once, into the store).
 #[derive(Debug, Default, Serialize, Deserialize)]
 struct Saved {
     /// Unspent tokens, hex of their TLS encoding.
@@ -40,8 +41,11 @@ struct Saved {
 
 #[derive(Default)]
 struct State {
-    tokens: VecDeque<PresentedToken>,
+    /// Unspent tokens with their row numbers in the store, oldest first.
+    tokens: VecDeque<(i64, PresentedToken)>,
     limited: BTreeSet<RateClass>,
+    /// Row number of the next token stored.
+    next_id: i64,
 }
 
 /// A device's tokens for its home hub.
@@ -49,8 +53,8 @@ pub struct Wallet {
     domain: String,
     credential: ClientCredential,
     key: SigningKey,
-    path: Option<PathBuf>,
-    /// Whether `path` is written (off for ephemeral load-generator clients).
+    store: Option<TokenStore>,
+    /// Whether `store` is written (off for ephemeral load-generator clients).
     persist: std::sync::atomic::AtomicBool,
     batch: u16,
     state: tokio::sync::Mutex<State>,
@@ -63,39 +67,70 @@ fn now_ms() -> u64 {
         .unwrap_or(0)
 }
 
+/// Moves the tokens of an older client's `tokens.json` into the store, then removes the file.
+fn migrate(
+    store: &TokenStore,
+    path: &std::path::Path,
+    state: &mut State,
+) -> Result<(), ClientError> {
+    let text = std::fs::read_to_string(path).map_err(|e| state_err("wallet file", e))?;
+    let saved: Saved = serde_json::from_str(&text).map_err(|e| state_err("wallet file", e))?;
+    let mut rows = Vec::new();
+    for t in saved.tokens {
+        let bytes = hex::decode(&t).map_err(|e| state_err("wallet token", e))?;
+        let token = PresentedToken::decode(&bytes).map_err(|e| state_err("wallet token", e))?;
+        rows.push((state.next_id, bytes));
+        state.tokens.push_back((state.next_id, token));
+        state.next_id += 1;
+    }
+    store.add(&rows)?;
+    state.limited.extend(saved.limited);
+    let json = serde_json::to_vec(&state.limited).map_err(|e| state_err("wallet", e))?;
+    store.set_limited(&json)?;
+    crate::store::files::remove_synced(path)
+}
+
 fn state_err(what: &str, e: impl std::fmt::Display) -> ClientError {
     ClientError::State(format!("privacy pass {what}: {e}"))
 }
 
 impl Wallet {
-    /// A wallet for the device holding `credential` / `key` at the hub of `domain`, persisted at
-    /// `path` (in memory only when `None`).
-    pub fn new(
+    /// A wallet for the device holding `credential` / `key` at the hub of `domain`, kept in
+    /// `store` (in memory only when `None`). Tokens an older client left in the JSON file
+    /// `legacy` are moved into the store, and the file removed.
+    pub(crate) fn new(
         domain: String,
         credential: ClientCredential,
         key: SigningKey,
-        path: Option<PathBuf>,
+        store: Option<TokenStore>,
+        legacy: Option<PathBuf>,
     ) -> Result<Self, ClientError> {
-        let mut state = State::default();
-        if let Some(p) = &path
-            && p.exists()
-        {
-            let text = std::fs::read_to_string(p).map_err(|e| state_err("wallet file", e))?;
-            let saved: Saved =
-                serde_json::from_str(&text).map_err(|e| state_err("wallet file", e))?;
-            for t in saved.tokens {
-                let bytes = hex::decode(&t).map_err(|e| state_err("wallet token", e))?;
-                state.tokens.push_back(
+        let mut state = State {
+            next_id: 1,
+            ..State::default()
+        };
+        if let Some(store) = &store {
+            let stored = store.load()?;
+            for (id, bytes) in stored.tokens {
+                state.tokens.push_back((
+                    id,
                     PresentedToken::decode(&bytes).map_err(|e| state_err("wallet token", e))?,
-                );
+                ));
+                state.next_id = state.next_id.max(id + 1);
             }
-            state.limited = saved.limited;
+            if let Some(json) = stored.limited {
+                state.limited =
+                    serde_json::from_slice(&json).map_err(|e| state_err("wallet classes", e))?;
+            }
+            if let Some(path) = legacy.filter(|p| p.exists()) {
+                migrate(store, &path, &mut state)?;
+            }
         }
         Ok(Self {
             domain,
             credential,
             key,
-            path,
+            store,
             persist: std::sync::atomic::AtomicBool::new(true),
             batch: DEFAULT_BATCH,
             state: tokio::sync::Mutex::new(state),
@@ -126,13 +161,42 @@ impl Wallet {
     /// Remembers that the hub wants tokens on `class`.
     pub async fn mark_limited(&self, class: RateClass) -> Result<(), ClientError> {
         let mut s = self.state.lock().await;
-        if s.limited.insert(class) {
-            self.save(&s)?;
+        if s.limited.insert(class)
+            && let Some(store) = self.writing()
+        {
+            let json = serde_json::to_vec(&s.limited).map_err(|e| state_err("wallet", e))?;
+            store.set_limited(&json)?;
         }
         Ok(())
     }
 
-    /// Stops writing the wallet file (see `Client::set_ephemeral`): tokens then live only in
+    /// The store, if this wallet writes it.
+    fn writing(&self) -> Option<&TokenStore> {
+        self.store
+            .as_ref()
+            .filter(|_| self.persist.load(std::sync::atomic::Ordering::Relaxed))
+    }
+
+    /// Adds fresh tokens: stored (one transaction), then held.
+    fn stash(&self, s: &mut State, fresh: Vec<PresentedToken>) -> Result<(), ClientError> {
+        let numbered: Vec<(i64, PresentedToken)> = fresh
+            .into_iter()
+            .map(|t| {
+                let id = s.next_id;
+                s.next_id += 1;
+                (id, t)
+            })
+            .collect();
+        if let Some(store) = self.writing() {
+            let rows: Vec<(i64, Vec<u8>)> =
+                numbered.iter().map(|(id, t)| (*id, t.encode())).collect();
+            store.add(&rows)?;
+        }
+        s.tokens.extend(numbered);
+        Ok(())
+    }
+
+    /// Stops writing the store (see `Client::set_ephemeral`): tokens then live only in
     /// memory and are lost with the process.
     pub fn set_ephemeral(&self) {
         self.persist
@@ -152,30 +216,9 @@ impl Wallet {
             if fresh.is_empty() {
                 return Err(ClientError::Unexpected("the issuer returned no tokens"));
             }
-            s.tokens.extend(fresh);
+            self.stash(&mut s, fresh)?;
         }
-        self.save(&s)
-    }
-
-    fn save(&self, s: &State) -> Result<(), ClientError> {
-        let Some(path) = &self.path else {
-            return Ok(());
-        };
-        if !self.persist.load(std::sync::atomic::Ordering::Relaxed) {
-            return Ok(());
-        }
-        let saved = Saved {
-            tokens: s.tokens.iter().map(|t| hex::encode(t.encode())).collect(),
-            limited: s.limited.clone(),
-        };
-        let text = serde_json::to_string(&saved).map_err(|e| state_err("wallet file", e))?;
-        // Losing the newest state costs a refill (a spent token shown again is refused and
-        // replaced), so this is not synced on every token.
-        crate::store::files::write_private(
-            path,
-            text.as_bytes(),
-            crate::store::files::Durability::Atomic,
-        )
+        Ok(())
     }
 
     /// Takes one token, refilling first when the wallet runs low. A token handed out counts as
@@ -188,7 +231,7 @@ impl Wallet {
         let mut s = self.state.lock().await;
         if s.tokens.len() <= LOW_WATER {
             match self.fetch_batch(http, base).await {
-                Ok(fresh) => s.tokens.extend(fresh),
+                Ok(fresh) => self.stash(&mut s, fresh)?,
                 // Spend what is left rather than fail; the next request tries again.
                 Err(e) if !s.tokens.is_empty() => {
                     tracing::warn!(error = %e, "privacy pass refill failed")
@@ -196,11 +239,14 @@ impl Wallet {
                 Err(e) => return Err(e),
             }
         }
-        let token = s
+        let (id, token) = s
             .tokens
             .pop_front()
             .ok_or(ClientError::Unexpected("the issuer returned no tokens"))?;
-        self.save(&s)?;
+        // Deleted before it is handed out: a token shown once never comes back after a crash.
+        if let Some(store) = self.writing() {
+            store.remove(&[id])?;
+        }
         Ok(token)
     }
 
@@ -218,10 +264,17 @@ impl Wallet {
             .map(|k| Sha256::digest(&k).into())
             .collect();
         let mut s = self.state.lock().await;
-        let before = s.tokens.len();
-        s.tokens.retain(|t| live.contains(&t.token_key_id));
-        self.save(&s)?;
-        Ok(before - s.tokens.len())
+        let stale: Vec<i64> = s
+            .tokens
+            .iter()
+            .filter(|(_, t)| !live.contains(&t.token_key_id))
+            .map(|(id, _)| *id)
+            .collect();
+        if let Some(store) = self.writing() {
+            store.remove(&stale)?;
+        }
+        s.tokens.retain(|(_, t)| live.contains(&t.token_key_id));
+        Ok(stale.len())
     }
 
     /// Signs the issuance authentication for `body` (the value of the `mimi-issuance-auth`
@@ -340,4 +393,63 @@ fn issuing_key(dir: &IssuerDirectory, token_type: u16) -> Result<Vec<u8>, Client
         .ok_or(ClientError::Unexpected(
             "the issuer publishes no key of this type",
         ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn token(n: u8) -> PresentedToken {
+        PresentedToken {
+            token_type: TYPE_AMORTIZED,
+            nonce: [n; 32],
+            challenge_digest: [n; 32],
+            token_key_id: [n; 32],
+            authenticator: vec![n; 64],
+        }
+    }
+
+    fn wallet(store: &crate::store::ClientStore, legacy: &std::path::Path) -> Wallet {
+        let (_, key, credential) = crate::identity::tests::anchors_and_credential(1_800_000_000);
+        Wallet::new(
+            "a.test".into(),
+            credential,
+            key,
+            Some(store.token_store()),
+            Some(legacy.to_owned()),
+        )
+        .unwrap()
+    }
+
+    #[tokio::test]
+    async fn tokens_live_in_the_store_one_row_each_and_an_old_wallet_file_moves_in() {
+        let tmp = tempfile::tempdir().unwrap();
+        let legacy = tmp.path().join("tokens.json");
+        let saved = Saved {
+            tokens: (1..=3).map(|n| hex::encode(token(n).encode())).collect(),
+            limited: [RateClass::ApplicationMessage].into(),
+        };
+        std::fs::write(&legacy, serde_json::to_vec(&saved).unwrap()).unwrap();
+        let (store, _) =
+            crate::store::ClientStore::open(tmp.path(), &crate::store::StoreOptions::default())
+                .unwrap();
+        let w = wallet(&store, &legacy);
+        assert!(
+            !legacy.exists(),
+            "the old file is gone once its tokens are stored"
+        );
+        assert_eq!(w.len().await, 3);
+        assert!(w.is_limited(RateClass::ApplicationMessage).await);
+        // Low, so it tries a refill first; the issuer is unreachable, so it spends what it has.
+        let http = reqwest::Client::new();
+        let unreachable = "http://127.0.0.1:9";
+        assert_eq!(w.take(&http, unreachable).await.unwrap(), token(1));
+        drop(w);
+        // Reopened: the spent token is gone, the others keep their order and the classes stay.
+        let w = wallet(&store, &legacy);
+        assert_eq!(w.len().await, 2);
+        assert!(w.is_limited(RateClass::ApplicationMessage).await);
+        assert_eq!(w.take(&http, unreachable).await.unwrap(), token(2));
+        assert_eq!(store.token_store().load().unwrap().tokens.len(), 1);
+    }
 }

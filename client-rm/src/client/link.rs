@@ -163,11 +163,7 @@ impl PendingDevice {
         };
         let text = serde_json::to_vec(&saved).map_err(|e| ClientError::State(e.to_string()))?;
         crate::store::files::private_dir(&self.dir)?;
-        crate::store::files::write_private(
-            &self.dir.join(PENDING_FILE),
-            &text,
-            crate::store::files::Durability::Synced,
-        )
+        crate::store::files::write_private(&self.dir.join(PENDING_FILE), &text)
     }
 
     /// Loads what [`PendingDevice::save`] kept.
@@ -217,7 +213,9 @@ impl PendingDevice {
         let store = super::new_store(&self.dir, options)?;
         let grant = self.open_grant(grant_text)?;
         let card = ContactCard::from_text(&String::from_utf8_lossy(grant.card.as_slice()))?;
-        let (transport, domain, qs_public) = self.connect_hub(&grant.credential).await?;
+        let (transport, domain, qs_public) = self
+            .connect_hub(&grant.credential, store.token_store())
+            .await?;
         let queue = create_queue(&transport, &grant, &self.identity.device).await?;
         let state = self.linked_state(&grant, &card, domain, qs_public, queue)?;
         let mut client = Client::from_parts(transport, &self.dir, state, store);
@@ -266,6 +264,7 @@ impl PendingDevice {
     async fn connect_hub(
         &self,
         credential: &ClientCredential,
+        tokens: crate::store::tokens::TokenStore,
     ) -> Result<(Transport, String, Vec<u8>), ClientError> {
         let mut transport =
             transport_for(&self.hub_url, self.ca_pem.as_deref())?.reconnected(&self.connections)?;
@@ -275,6 +274,7 @@ impl PendingDevice {
             domain.clone(),
             credential.clone(),
             SigningKey::from_bytes(&self.client_key.to_bytes())?,
+            Some(tokens),
             Some(self.dir.join(WALLET_FILE)),
         )?);
         let qs_public = qs_encryption_key(&transport).await?;

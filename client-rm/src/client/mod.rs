@@ -133,7 +133,7 @@ fn transport_for(hub_url: &str, ca_pem: Option<&[u8]>) -> Result<Transport, Clie
     }
 }
 
-/// The token wallet's file in the client directory.
+/// The token wallet's file in the client directory of older clients (moved into the store).
 const WALLET_FILE: &str = "tokens.json";
 
 /// `v` as a 32-byte array (a key or token), or a state error.
@@ -233,6 +233,7 @@ impl Client {
             state.domain.clone(),
             credential,
             SigningKey::from_bytes(&unhex(&state.client_key)?)?,
+            Some(store.token_store()),
             Some(dir.join(WALLET_FILE)),
         )?);
         let mut client = Self {

@@ -96,6 +96,7 @@ impl Client {
             domain.clone(),
             certified.credential.clone(),
             SigningKey::from_bytes(&certified.client_key.to_bytes())?,
+            Some(store.token_store()),
             Some(dir.join(WALLET_FILE)),
         )?);
         let qs_public = qs_encryption_key(&transport).await?;

@@ -14,16 +14,6 @@ pub const DIR_MODE: u32 = 0o700;
 /// Mode of every file in it.
 pub const FILE_MODE: u32 = 0o600;
 
-/// Whether a write must survive power loss before the call returns.
-#[derive(Clone, Copy, PartialEq, Eq, Debug)]
-pub enum Durability {
-    /// `fsync` the file and its directory: for keys whose loss loses data.
-    Synced,
-    /// Rename only: for caches whose loss costs a refill (the token wallet), written too often
-    /// to sync each time.
-    Atomic,
-}
-
 fn io<'a>(what: &'static str, path: &'a Path) -> impl FnOnce(std::io::Error) -> ClientError + 'a {
     move |e| ClientError::State(format!("{what} {}: {e}", path.display()))
 }
@@ -50,8 +40,9 @@ pub fn private_file(path: &Path) -> Result<(), ClientError> {
     fs::set_permissions(path, fs::Permissions::from_mode(FILE_MODE)).map_err(io("securing", path))
 }
 
-/// Writes `bytes` to `path` atomically (temp file, rename), mode 0600.
-pub fn write_private(path: &Path, bytes: &[u8], durability: Durability) -> Result<(), ClientError> {
+/// Writes `bytes` to `path` atomically (temp file, rename), mode 0600, and syncs the file and
+/// its directory before returning: it survives power loss.
+pub fn write_private(path: &Path, bytes: &[u8]) -> Result<(), ClientError> {
     let tmp = path.with_extension("tmp");
     let mut f = OpenOptions::new()
         .write(true)
@@ -64,15 +55,10 @@ pub fn write_private(path: &Path, bytes: &[u8], durability: Durability) -> Resul
     f.set_permissions(fs::Permissions::from_mode(FILE_MODE))
         .map_err(io("securing", &tmp))?;
     f.write_all(bytes).map_err(io("writing", &tmp))?;
-    if durability == Durability::Synced {
-        f.sync_all().map_err(io("syncing", &tmp))?;
-    }
+    f.sync_all().map_err(io("syncing", &tmp))?;
     drop(f);
     fs::rename(&tmp, path).map_err(io("renaming", &tmp))?;
-    if durability == Durability::Synced {
-        sync_parent(path)?;
-    }
-    Ok(())
+    sync_parent(path)
 }
 
 /// Removes `path` and syncs its directory, so the removal is durable before what depends on it.
@@ -120,7 +106,7 @@ mod tests {
         let g = dir.join("b.json");
         fs::write(g.with_extension("tmp"), b"stale").unwrap();
         fs::set_permissions(g.with_extension("tmp"), fs::Permissions::from_mode(0o666)).unwrap();
-        write_private(&g, b"new", Durability::Synced).unwrap();
+        write_private(&g, b"new").unwrap();
         assert_eq!(fs::read(&g).unwrap(), b"new");
         assert_eq!(mode(&g), FILE_MODE);
         assert!(!g.with_extension("tmp").exists());

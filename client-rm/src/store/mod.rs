@@ -22,6 +22,7 @@ pub mod files;
 #[doc(hidden)]
 pub mod legacy;
 pub mod seal;
+pub mod tokens;
 
 use crate::client::Event;
 use crate::error::ClientError;
@@ -31,7 +32,7 @@ use rusqlite::{Connection, OptionalExtension as _, params};
 use seal::{KdfParams, KdfRecord, Sealer};
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::{Path, PathBuf};
-use std::sync::{Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard};
 use zeroize::Zeroizing;
 
 /// The database's file name in the client directory.
@@ -119,9 +120,9 @@ pub struct Loaded {
 pub struct ClientStore {
     /// Behind a mutex only so that a `Client` is `Sync` (its futures hold `&Client` across
     /// awaits); one client uses it from one task at a time.
-    conn: Mutex<Connection>,
+    conn: Arc<Mutex<Connection>>,
     path: PathBuf,
-    sealer: Option<Sealer>,
+    sealer: Option<Arc<Sealer>>,
     /// State rows (logical key → bytes) as last committed: a commit writes what differs.
     written_state: HashMap<Vec<u8>, Zeroizing<Vec<u8>>>,
     /// OpenMLS entries (entry key → value) as last committed.
@@ -159,6 +160,12 @@ fn from_json<T: serde::de::DeserializeOwned>(what: &str, v: &[u8]) -> Result<T, 
 
 impl ClientStore {
     /// The connection, for `&self` readers.
+    /// The handle the token wallet keeps its tokens through: the same database and, with a
+    /// passphrase, the same keys.
+    pub fn token_store(&self) -> tokens::TokenStore {
+        tokens::TokenStore::new(self.conn.clone(), self.sealer.clone())
+    }
+
     fn conn(&self) -> MutexGuard<'_, Connection> {
         self.conn
             .lock()
@@ -189,6 +196,7 @@ impl ClientStore {
              CREATE TABLE IF NOT EXISTS meta (name TEXT PRIMARY KEY, value BLOB NOT NULL);
              CREATE TABLE IF NOT EXISTS rows (id BLOB PRIMARY KEY, value BLOB NOT NULL) WITHOUT ROWID;
              CREATE TABLE IF NOT EXISTS events (id INTEGER PRIMARY KEY, value BLOB NOT NULL);
+             CREATE TABLE IF NOT EXISTS tokens (id INTEGER PRIMARY KEY, value BLOB NOT NULL);
              COMMIT;",
         )
         .map_err(|e| match e.sqlite_error_code() {
@@ -201,7 +209,7 @@ impl ClientStore {
             _ => db(e),
         })?;
         let mut store = Self {
-            conn: Mutex::new(conn),
+            conn: Arc::new(Mutex::new(conn)),
             path,
             sealer: None,
             written_state: HashMap::new(),
@@ -210,7 +218,7 @@ impl ClientStore {
             stats: WriteStats::default(),
         };
         store.check_schema()?;
-        store.sealer = store.unlock(options)?;
+        store.sealer = store.unlock(options)?.map(Arc::new);
         store.next_event = store.meta_i64("next_event")?.unwrap_or(1);
         let loaded = match store.load()? {
             Some(l) => {
@@ -436,9 +444,9 @@ impl ClientStore {
         }
 
         let mut stats = self.stats;
-        let conn = self
+        let mut conn = self
             .conn
-            .get_mut()
+            .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
         let tx = conn.transaction().map_err(db)?;
         let sealer = self.sealer.as_ref();

@@ -53,6 +53,8 @@ const CHECK_PLAINTEXT: &[u8] = b"mimi-rm client store";
 const ROW_DOMAIN: &str = "client store row";
 /// EAR domain of stored events.
 const EVENT_DOMAIN: &str = "client store event";
+/// EAR domain of a sealed Privacy Pass token.
+const TOKEN_DOMAIN: &str = "client store token";
 
 /// Keys derived from the passphrase. Never printed: no `Debug`.
 pub struct Sealer {
@@ -151,6 +153,22 @@ impl Sealer {
             &id.to_be_bytes(),
             value,
         )?)
+    }
+
+    /// A Privacy Pass token sealed to its row number.
+    pub fn seal_token(&self, id: i64, value: &[u8]) -> Result<Vec<u8>, ClientError> {
+        Ok(ear::seal(
+            &self.value_key,
+            TOKEN_DOMAIN,
+            &id.to_be_bytes(),
+            value,
+        )?)
+    }
+
+    /// Opens what [`Sealer::seal_token`] wrote.
+    pub fn open_token(&self, id: i64, sealed: &[u8]) -> Result<Vec<u8>, ClientError> {
+        ear::open(&self.value_key, TOKEN_DOMAIN, &id.to_be_bytes(), sealed)
+            .map_err(|_| ClientError::State("a stored token does not open: damaged".into()))
     }
 
     /// Opens what [`Sealer::seal_event`] wrote.

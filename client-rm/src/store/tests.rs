@@ -329,3 +329,40 @@ fn a_damaged_row_is_an_error_not_a_panic() {
         other => panic!("{:?}", other.map(|_| ())),
     }
 }
+
+#[test]
+fn sealed_tokens_show_nothing_on_disk_and_open_only_in_their_row() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (s, _) = open(tmp.path(), &protected("pw"));
+    let tokens = s.token_store();
+    let secret = vec![0x5a; 100];
+    tokens
+        .add(&[(1, secret.clone()), (2, vec![0x6b; 100])])
+        .unwrap();
+    tokens.remove(&[1]).unwrap();
+    let loaded = tokens.load().unwrap().tokens;
+    assert_eq!(loaded, vec![(2, vec![0x6b; 100])]);
+    for entry in std::fs::read_dir(tmp.path()).unwrap() {
+        let bytes = std::fs::read(entry.unwrap().path()).unwrap();
+        assert!(
+            !bytes.windows(8).any(|w| w == [0x6b; 8]),
+            "a token readable on disk"
+        );
+    }
+    // A sealed token moved to another row does not open.
+    s.conn()
+        .execute("UPDATE tokens SET id = 7 WHERE id = 2", [])
+        .unwrap();
+    assert!(tokens.load().is_err());
+    // Positive control: without a passphrase the same bytes are on disk.
+    let plain_dir = tempfile::tempdir().unwrap();
+    let (p, _) = open(plain_dir.path(), &StoreOptions::default());
+    p.token_store().add(&[(1, vec![0x6b; 100])]).unwrap();
+    let found = std::fs::read_dir(plain_dir.path()).unwrap().any(|e| {
+        std::fs::read(e.unwrap().path())
+            .unwrap()
+            .windows(8)
+            .any(|w| w == [0x6b; 8])
+    });
+    assert!(found, "the scan finds an unsealed token");
+}
