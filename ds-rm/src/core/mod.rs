@@ -14,7 +14,9 @@ pub mod error;
 pub mod federation;
 pub mod identity_limit;
 pub mod ids;
+pub mod keys;
 pub mod limits;
+pub mod metrics;
 pub mod peering;
 pub mod push;
 pub mod qs;
@@ -29,12 +31,13 @@ pub mod tokens;
 pub use error::{
     FederationError, GroupError, HubError, IdentityError, QueueError, RequestError, TokenError,
 };
+pub use metrics::Metrics;
 pub use peering::{OutboxBatch, ProxyTarget};
 pub use request::{ClientRequest, Route};
 
 use crate::store::{Cf, KeyLocks, Store, Txn};
 use auth::AsKeys;
-use mimi_rm_crypto::hpke_seal::{HpkeKeyPair, HpkePrivateKey, HpkePublicKey};
+use mimi_rm_crypto::hpke_seal::HpkePublicKey;
 use mimi_rm_crypto::sign::{SigningKey, VerifyingKey};
 use mimi_rm_protocol::auth::{AsOperation, AsRequest};
 use mimi_rm_protocol::ds::DsRequest;
@@ -85,49 +88,6 @@ pub struct HubConfig {
     pub activity_period_ms: u64,
 }
 
-/// Counters for `/metrics`.
-#[derive(Debug, Default)]
-pub struct Metrics {
-    /// Requests answered with 2xx.
-    pub ok: std::sync::atomic::AtomicU64,
-    /// Requests answered with an error.
-    pub errors: std::sync::atomic::AtomicU64,
-    /// Messages enqueued.
-    pub enqueued: std::sync::atomic::AtomicU64,
-    /// Fan-out items that could not be delivered (unknown or foreign queue).
-    pub undeliverable: std::sync::atomic::AtomicU64,
-    /// Fan-out items queued for other providers.
-    pub outboxed: std::sync::atomic::AtomicU64,
-    /// Items delivered to other providers.
-    pub delivered_to_peers: std::sync::atomic::AtomicU64,
-    /// Items other providers delivered here (enqueued, not counting duplicates).
-    pub received_from_peers: std::sync::atomic::AtomicU64,
-    /// Privacy Pass tokens issued.
-    pub tokens_issued: std::sync::atomic::AtomicU64,
-    /// Privacy Pass tokens spent (by accepted or refused requests).
-    pub tokens_spent: std::sync::atomic::AtomicU64,
-    /// Sealed queue refs opened with HPKE (cache misses).
-    pub queue_refs_opened: std::sync::atomic::AtomicU64,
-    /// Sealed queue refs resolved from the in-memory cache.
-    pub queue_refs_cached: std::sync::atomic::AtomicU64,
-    /// Live-delivery WebSockets subscribed (their first frame accepted).
-    pub live_opened: std::sync::atomic::AtomicU64,
-    /// Live-delivery WebSockets closed after subscribing.
-    pub live_closed: std::sync::atomic::AtomicU64,
-    /// Wake-ups sent on live sockets.
-    pub live_wakes: std::sync::atomic::AtomicU64,
-    /// Web Push wake-ups the push service accepted.
-    pub pushes_sent: std::sync::atomic::AtomicU64,
-    /// Web Push wake-ups that failed (or were dropped: no worker, full queue, no subscription).
-    pub pushes_dropped: std::sync::atomic::AtomicU64,
-    /// Subscriptions dropped because the push service said they are gone (404/410).
-    pub push_subscriptions_expired: std::sync::atomic::AtomicU64,
-    /// Requests answered through the OHTTP gateway.
-    pub ohttp_requests: std::sync::atomic::AtomicU64,
-    /// Encapsulated requests refused before anything inside ran (undecryptable, wrong type).
-    pub ohttp_refused: std::sync::atomic::AtomicU64,
-}
-
 /// One hub: DS + QS + AS over one store.
 pub struct Hub {
     store: Arc<dyn Store>,
@@ -161,10 +121,6 @@ pub struct Hub {
     pub metrics: Metrics,
 }
 
-const QS_HPKE_KEY: &[u8] = b"qs_hpke_v1";
-const S2S_SIGNING_KEY: &[u8] = b"s2s_signing_v1";
-const DS_SENDER_KEY: &[u8] = b"ds_external_sender_v1";
-
 /// The peer QS keys stored in `fed_peer_keys`.
 fn load_peer_keys(
     store: &dyn Store,
@@ -177,21 +133,6 @@ fn load_peer_keys(
         keys.insert(String::from_utf8_lossy(&domain).into_owned(), key);
     }
     Ok(keys)
-}
-
-/// Loads the Ed25519 key stored under `name`, creating it on first start.
-fn server_signing_key(store: &dyn Store, name: &[u8]) -> Result<SigningKey, HubError> {
-    match store.get(Cf::ServerKeys, name)? {
-        Some(bytes) => SigningKey::from_bytes(&bytes)
-            .map_err(|_| HubError::corrupt("server_keys", "signing key")),
-        None => {
-            let key = SigningKey::generate();
-            let mut txn = Txn::new(store);
-            txn.put(Cf::ServerKeys, name.to_vec(), key.to_bytes().to_vec());
-            txn.commit()?;
-            Ok(key)
-        }
-    }
 }
 
 impl Hub {
@@ -219,29 +160,10 @@ impl Hub {
                 "queue ratchets moved to the erasable slot file"
             );
         }
-        let qs_keys = match store.get(Cf::ServerKeys, QS_HPKE_KEY)? {
-            Some(bytes) if bytes.len() == 64 => QsKeys {
-                hpke: HpkeKeyPair {
-                    private: HpkePrivateKey::from_bytes(&bytes[..32])
-                        .map_err(|e| HubError::corrupt("server_keys", e))?,
-                    public: HpkePublicKey::from_bytes(&bytes[32..])
-                        .map_err(|e| HubError::corrupt("server_keys", e))?,
-                },
-            },
-            Some(_) => return Err(HubError::corrupt("server_keys", "QS key length")),
-            None => {
-                let kp = HpkeKeyPair::generate();
-                let mut bytes = kp.private.as_bytes().to_vec();
-                bytes.extend_from_slice(kp.public.as_bytes());
-                let mut txn = Txn::new(store.as_ref());
-                txn.put(Cf::ServerKeys, QS_HPKE_KEY.to_vec(), bytes);
-                txn.commit()?;
-                QsKeys { hpke: kp }
-            }
-        };
+        let qs_keys = keys::qs_keys(store.as_ref())?;
         let as_keys = AsKeys::load_or_create(store.as_ref(), &config.domain, now_ms / 1000)?;
-        let s2s_key = server_signing_key(store.as_ref(), S2S_SIGNING_KEY)?;
-        let ds_key = server_signing_key(store.as_ref(), DS_SENDER_KEY)?;
+        let s2s_key = keys::signing_key(store.as_ref(), keys::S2S_SIGNING_KEY)?;
+        let ds_key = keys::signing_key(store.as_ref(), keys::DS_SENDER_KEY)?;
         let vapid = push::vapid_key(store.as_ref())?;
         let push = push::PushQueue::default();
         // Which clients have a subscription (their ids, keys of `qs_push`; the sealed values
@@ -299,23 +221,6 @@ impl Hub {
             invites: std::sync::Mutex::new(()),
             metrics: Metrics::default(),
         })
-    }
-
-    /// A 32-byte secret stored under `name` in `server_keys`, created on first use (seeds of
-    /// keys the shells derive, such as the OHTTP gateway's).
-    pub fn server_seed(&self, name: &[u8]) -> Result<zeroize::Zeroizing<[u8; 32]>, HubError> {
-        if let Some(bytes) = self.store.get(Cf::ServerKeys, name)? {
-            let seed: [u8; 32] = bytes
-                .as_slice()
-                .try_into()
-                .map_err(|_| HubError::corrupt("server_keys", "seed length"))?;
-            return Ok(zeroize::Zeroizing::new(seed));
-        }
-        let seed = zeroize::Zeroizing::new(mimi_rm_crypto::ids::random_bytes::<32>());
-        let mut txn = Txn::new(self.store.as_ref());
-        txn.put(Cf::ServerKeys, name.to_vec(), seed.to_vec());
-        txn.commit()?;
-        Ok(seed)
     }
 
     /// The hub's configuration.
