@@ -45,7 +45,8 @@ pub fn reveals(cf: Cf, baseline: bool) -> &'static str {
              hub does not store: no endpoint, no push service, no keys)"
         }
         Cf::ServerKeys => {
-            "QS HPKE private key (opens sealed queue refs), federation and DS external-sender keys"
+            "QS HPKE private key (opens sealed queue refs), federation and DS external-sender \
+             keys, the VAPID push key, the OHTTP gateway key seed"
         }
         Cf::AsUsers => "AS identities by design: every handle and its client credentials",
         Cf::AsKeys => "AS root and intermediate private keys (can forge client credentials)",
