@@ -109,7 +109,7 @@ impl Pools {
     /// A client of its own, keeping no connection: a fresh request shares neither a connection
     /// nor a TLS session cache (whose tickets would chain one fresh connection to the next)
     /// with any other.
-    pub fn fresh(&self) -> Result<reqwest::Client, ClientError> {
+    fn fresh(&self) -> Result<reqwest::Client, ClientError> {
         build(self.root_ca.as_deref(), self.local_address, false)
     }
 

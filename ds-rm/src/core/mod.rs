@@ -164,7 +164,7 @@ impl Hub {
         let as_keys = AsKeys::load_or_create(store.as_ref(), &config.domain, now_ms / 1000)?;
         let s2s_key = keys::signing_key(store.as_ref(), keys::S2S_SIGNING_KEY)?;
         let ds_key = keys::signing_key(store.as_ref(), keys::DS_SENDER_KEY)?;
-        let vapid = push::vapid_key(store.as_ref())?;
+        let vapid = keys::vapid_key(store.as_ref())?;
         let push = push::PushQueue::default();
         // Which clients have a subscription (their ids, keys of `qs_push`; the sealed values
         // stay on disk).

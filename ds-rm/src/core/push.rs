@@ -11,7 +11,7 @@
 
 use super::qs::{ClientId, PushRecord};
 use super::{Hub, HubError};
-use crate::store::{Cf, Store, Txn};
+use crate::store::Txn;
 use mimi_rm_crypto::ear::{self, EarKey};
 use mimi_rm_protocol::decode_exact;
 use mimi_rm_protocol::push::{PUSH_KEY_LEN, PUSH_TOKEN_DOMAIN, PushSubscription};
@@ -20,9 +20,6 @@ use std::collections::{HashMap, HashSet};
 use std::sync::atomic::Ordering;
 use std::sync::{Mutex, MutexGuard, PoisonError};
 use tokio::sync::mpsc;
-
-/// `server_keys` entry of the hub's VAPID (RFC 8292) signing key.
-const VAPID_KEY: &[u8] = b"vapid p256";
 
 /// A client not fetching after its push is pushed again after this long, if more arrives.
 pub const REPUSH_AFTER_MS: u64 = 10 * 60 * 1000;
@@ -172,22 +169,6 @@ pub struct OpenedPush {
 impl std::fmt::Debug for OpenedPush {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str("OpenedPush")
-    }
-}
-
-/// Loads the hub's VAPID key, creating it on first start. One key per hub: push services tie a
-/// subscription to the application server key it was made for.
-pub fn vapid_key(store: &dyn Store) -> Result<p256::SecretKey, HubError> {
-    match store.get(Cf::ServerKeys, VAPID_KEY)? {
-        Some(bytes) => p256::SecretKey::from_slice(&bytes)
-            .map_err(|_| HubError::corrupt("server_keys", "VAPID key")),
-        None => {
-            let key = p256::SecretKey::random(&mut p256::elliptic_curve::rand_core::OsRng);
-            let mut txn = Txn::new(store);
-            txn.put(Cf::ServerKeys, VAPID_KEY.to_vec(), key.to_bytes().to_vec());
-            txn.commit()?;
-            Ok(key)
-        }
     }
 }
 
