@@ -26,6 +26,9 @@ start_hub() {
 domain = "load.test"
 listen = "127.0.0.1:$2"
 data_dir = "$1/db"
+[privacy_pass]
+# Every generated client registers from 127.0.0.1.
+registrations_per_address_per_epoch = 1000000
 TOML
     RUST_LOG=warn "$BIN/ds-rm" serve --config "$1/hub.toml" > "$1/hub.log" 2>&1 &
     HUB=$!

@@ -41,6 +41,7 @@ max_queue_length = 1000000
 $EXTRA
 [privacy_pass]
 allowance_per_epoch = 1000000
+registrations_per_address_per_epoch = 1000000
 TOML
     RUST_LOG=warn,mimi_ds_rm::scrub=debug "$HUB_BIN" serve --config "$DATA/hub.toml" > "$DATA/hub.log" 2>&1 &
     HUB=$!

@@ -28,6 +28,7 @@ data_dir = "$DATA/db"
 max_queue_length = 1000000
 [privacy_pass]
 allowance_per_epoch = 1000000
+registrations_per_address_per_epoch = 1000000
 TOML
     (ulimit -n 256; RUST_LOG=warn exec "$BIN/ds-rm" serve --config "$DATA/hub.toml") > "$DATA/hub.log" 2>&1 &
     HUB=$!

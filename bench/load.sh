@@ -36,6 +36,8 @@ baseline_requests_per_minute = 0
 max_connections_per_address = 100000
 [privacy_pass]
 allowance_per_epoch = 1000000
+# ... and registers from there too.
+registrations_per_address_per_epoch = 1000000
 TOML
     # Hundreds of clients hold a connection each: room for them under the hub's fd-fitted limit.
     ulimit -n 65536 2>/dev/null || true

@@ -101,6 +101,11 @@ impl Pools {
         })
     }
 
+    /// The local address every connection binds to, when one was chosen.
+    pub fn local_address(&self) -> Option<IpAddr> {
+        self.local_address
+    }
+
     /// The policy these pools follow.
     pub fn policy(&self) -> ConnectionPolicy {
         self.policy

@@ -21,8 +21,8 @@ mod transport;
 #[cfg(feature = "adversary")]
 pub use client::Tamper;
 pub use client::{
-    Client, Event, Events, GroupHandle, IncomingConnection, ListenStats, Listening,
-    MAX_PAST_EPOCHS, MemberIdentity, PendingDevice, RegisterOptions, seal_offer,
+    ADD_PACKAGE_DOMAIN, Client, Event, Events, GroupHandle, IncomingConnection, ListenStats,
+    Listening, MAX_PAST_EPOCHS, MemberIdentity, PendingDevice, RegisterOptions, seal_offer,
 };
 pub use connections::{ConnectionOptions, ConnectionPolicy, Scope};
 pub use contact::ContactCard;

@@ -12,6 +12,7 @@ use mimi_rm_protocol::live::{ERROR, MAX_FRAME, READY, WAKE};
 use mimi_rm_protocol::{ErrorResponse, decode_exact, paths};
 use rustls_pki_types::pem::PemObject as _;
 use rustls_pki_types::{CertificateDer, ServerName};
+use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncWrite};
@@ -133,9 +134,7 @@ impl LiveSocket {
         let port = base
             .port_or_known_default()
             .ok_or_else(|| transport_err("hub URL has no port"))?;
-        let tcp = TcpStream::connect((host.as_str(), port))
-            .await
-            .map_err(|e| failed("connecting", e))?;
+        let tcp = connect(&host, port, transport.local_address()).await?;
         tcp.set_nodelay(true).map_err(|e| failed("connecting", e))?;
         let (stream, scheme) = match base.scheme() {
             "https" => {
@@ -211,4 +210,31 @@ impl LiveSocket {
 
 fn transport_err(e: impl std::fmt::Display) -> ClientError {
     ClientError::Transport(format!("live socket: {e}"))
+}
+
+/// A TCP connection to `host:port`, from `local` when the transport binds to a local address
+/// (as its HTTP connections do), to an address of the same family.
+async fn connect(host: &str, port: u16, local: Option<IpAddr>) -> Result<TcpStream, ClientError> {
+    let Some(local) = local else {
+        return TcpStream::connect((host, port))
+            .await
+            .map_err(|e| failed("connecting", e));
+    };
+    let remote = tokio::net::lookup_host((host, port))
+        .await
+        .map_err(|e| failed("resolving", e))?
+        .find(|a| a.is_ipv4() == local.is_ipv4())
+        .ok_or_else(|| failed("resolving", "no address of the local address's family"))?;
+    let socket = match local {
+        IpAddr::V4(_) => tokio::net::TcpSocket::new_v4(),
+        IpAddr::V6(_) => tokio::net::TcpSocket::new_v6(),
+    }
+    .map_err(|e| failed("connecting", e))?;
+    socket
+        .bind(std::net::SocketAddr::new(local, 0))
+        .map_err(|e| failed("binding the local address", e))?;
+    socket
+        .connect(remote)
+        .await
+        .map_err(|e| failed("connecting", e))
 }

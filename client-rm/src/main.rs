@@ -70,9 +70,17 @@ enum Command {
         mode: mimi_rm_protocol::DsMode,
         /// An invitation code, for a provider that registers by invitation only (its operator
         /// makes codes with `ds-rm invite`).
-        #[arg(long)]
+        #[arg(long, conflicts_with = "registration_token")]
         invite: Option<String>,
+        /// A registration token someone registered vouched with (`mimi-rm vouch`), instead of
+        /// an invitation code.
+        #[arg(long)]
+        registration_token: Option<String>,
     },
+    /// Print a registration token to hand to someone you vouch for (`register
+    /// --registration-token`). Your device gets few per key epoch; the hub cannot tell which
+    /// registration spends it.
+    Vouch,
     /// Print the contact card others need to add you to groups.
     Contact,
     /// Accept someone's contact card: you may add them, and you accept their invitations.
@@ -81,6 +89,16 @@ enum Command {
         #[arg(long)]
         card: String,
     },
+    /// Stop accepting a contact and rotate the friendship token and keys its card held (one
+    /// commit per group); the other contacts receive your new card.
+    RemoveContact {
+        /// The contact's handle.
+        #[arg(long)]
+        handle: String,
+    },
+    /// Fetch every provider's signed revocation list now and mark removed devices in all
+    /// groups (receive also does this, at most once a minute).
+    CheckRevocations,
     /// Show each member of a group with its verified handle (or why it did not verify).
     Members {
         /// Group id (hex).
@@ -332,6 +350,9 @@ fn print_events(events: &[Event]) {
             Event::ReInitialised { group, new_group } => {
                 println!("[{group}] was re-initialised; it continues in {new_group}")
             }
+            Event::ContactUpdated { handle } => {
+                println!("{handle} rotated its contact card; the new one replaced the old")
+            }
             Event::ConnectionAccepted { group, handle } => {
                 println!("{handle} accepted your connection request (group {group})")
             }
@@ -362,8 +383,14 @@ type CliResult = Result<(), Box<dyn std::error::Error>>;
 async fn run(cli: Cli) -> CliResult {
     // Commands that create the client directory rather than load it.
     match &cli.command {
-        Command::Register { name, mode, invite } => {
-            return register(&cli, name, *mode, invite.as_deref()).await;
+        Command::Register {
+            name,
+            mode,
+            invite,
+            registration_token,
+        } => {
+            let paid = (invite.as_deref(), registration_token.as_deref());
+            return register(&cli, name, *mode, paid).await;
         }
         Command::Device(DeviceCommand::Request { name }) => return device_request(&cli, name),
         Command::Device(DeviceCommand::Complete { grant }) => {
@@ -417,6 +444,20 @@ async fn dispatch(cli: Cli, client: &mut Client) -> CliResult {
         Command::Recover => recover(client).await,
         Command::Contact => contact(client),
         Command::AddContact { card } => add_contact(client, &card),
+        Command::RemoveContact { handle } => {
+            client.remove_contact(&handle).await?;
+            println!("{handle} is no longer a contact; your friendship keys were rotated");
+            Ok(())
+        }
+        Command::Vouch => {
+            println!("{}", client.vouch().await?);
+            Ok(())
+        }
+        Command::CheckRevocations => {
+            let marked = client.refresh_revocations().await?;
+            println!("{} members marked as revoked", marked.len());
+            Ok(())
+        }
         Command::Members { group } => members(client, &group),
         Command::CreateGroup => create_group(client).await,
         Command::Invite { group, contact } => invite(client, &group, &contact).await,
@@ -475,11 +516,12 @@ async fn register(
     cli: &Cli,
     name: &str,
     mode: mimi_rm_protocol::DsMode,
-    invite: Option<&str>,
+    (invite, registration_token): (Option<&str>, Option<&str>),
 ) -> CliResult {
     let options = RegisterOptions {
         mode,
         invite,
+        registration_token,
         store: store_options(cli)?,
         connections: cli.connections(),
         ..Default::default()

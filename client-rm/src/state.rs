@@ -100,6 +100,17 @@ pub struct ClientState {
     /// provider) the first time a contact there needed verifying.
     #[serde(default)]
     pub peer_anchors: BTreeMap<String, String>,
+    /// Hex TLS-encoded newest signed revocation list of each provider we verify members of,
+    /// by domain (public data; kept so an older list replayed later is refused).
+    #[serde(default)]
+    pub revocation_lists: BTreeMap<String, String>,
+    /// This device's AddPackages are still under friendship keys that were rotated away (a
+    /// rotation by us or a sibling device): republished after the next receive.
+    #[serde(default)]
+    pub republish_pending: bool,
+    /// Our rotated contact card has not yet reached every contact it can reach.
+    #[serde(default)]
+    pub cards_pending: bool,
     /// Hex randomness of a queue rekey sent but not yet confirmed (re-sent until it is; the QS
     /// answers a repeat with the same sequence number).
     #[serde(default)]

@@ -12,10 +12,10 @@ use mimi_rm_crypto::sign::SigningKey;
 use mimi_rm_protocol::credentials::ClientCredential;
 use mimi_rm_protocol::encode;
 use mimi_rm_protocol::tokens::{
-    BATCH_REQUEST_CONTENT_TYPE, ISSUANCE_AUTH_HEADER, ISSUANCE_AUTH_LABEL, ISSUER_DIRECTORY_PATH,
-    ISSUER_REQUEST_PATH, IssuanceAuth, IssuerDirectory, PresentedToken, RateClass,
-    TOKEN_REQUEST_CONTENT_TYPE, TYPE_AMORTIZED, TYPE_PUBLIC, challenge, decode_b64url,
-    encode_b64url,
+    BATCH_REQUEST_CONTENT_TYPE, INVITE_HEADER, ISSUANCE_AUTH_HEADER, ISSUANCE_AUTH_LABEL,
+    ISSUER_DIRECTORY_PATH, ISSUER_REQUEST_PATH, IssuanceAuth, IssuerDirectory, PresentedToken,
+    REGISTRATION_DIRECTORY_PATH, REGISTRATION_REQUEST_PATH, RateClass, TOKEN_REQUEST_CONTENT_TYPE,
+    TYPE_AMORTIZED, TYPE_PUBLIC, challenge, decode_b64url, encode_b64url, registration_challenge,
 };
 use privacypass::amortized_tokens::{AmortizedBatchTokenRequest, AmortizedBatchTokenResponse};
 use privacypass::public_tokens::{PublicKey as RsaPublicKey, TokenRequest, TokenResponse};
@@ -349,18 +349,96 @@ impl Wallet {
         http: &reqwest::Client,
         base: &str,
     ) -> Result<PresentedToken, ClientError> {
-        let dir = fetch_directory(http, base).await?;
+        let ch = challenge(&self.domain, TYPE_PUBLIC).map_err(|e| state_err("challenge", e))?;
+        let issuer = PublicIssuer {
+            directory: ISSUER_DIRECTORY_PATH,
+            request: ISSUER_REQUEST_PATH,
+        };
+        issuer
+            .token(http, base, &ch, |body| {
+                Ok(Some((ISSUANCE_AUTH_HEADER, self.auth_header(body)?)))
+            })
+            .await
+    }
+
+    /// Obtains a registration token from this device's registration allowance, for someone it
+    /// vouches for (a friend's registration, or a new account): the hub learns that this
+    /// device vouched, never for which handle the token is spent.
+    pub async fn fetch_vouch(
+        &self,
+        http: &reqwest::Client,
+        base: &str,
+    ) -> Result<PresentedToken, ClientError> {
+        fetch_registration_token(http, base, &self.domain, RegistrationPayment::Vouch(self)).await
+    }
+}
+
+/// How a registration token is paid for (see the hub's registration issuer).
+pub enum RegistrationPayment<'a> {
+    /// A single-use invitation code from the operator (`ds-rm invite`).
+    Invite(&'a str),
+    /// A current device's vouch, from its registration allowance.
+    Vouch(&'a Wallet),
+    /// Nothing: an open provider hands a few per client address and key epoch.
+    Open,
+}
+
+/// Obtains a registration token from `domain`'s hub at `base`, paid as `payment` says.
+pub async fn fetch_registration_token(
+    http: &reqwest::Client,
+    base: &str,
+    domain: &str,
+    payment: RegistrationPayment<'_>,
+) -> Result<PresentedToken, ClientError> {
+    let issuer = PublicIssuer {
+        directory: REGISTRATION_DIRECTORY_PATH,
+        request: REGISTRATION_REQUEST_PATH,
+    };
+    let ch = registration_challenge(domain);
+    issuer
+        .token(http, base, &ch, |body| match &payment {
+            RegistrationPayment::Invite(code) => Ok(Some((INVITE_HEADER, code.trim().to_owned()))),
+            RegistrationPayment::Vouch(wallet) => {
+                Ok(Some((ISSUANCE_AUTH_HEADER, wallet.auth_header(body)?)))
+            }
+            RegistrationPayment::Open => Ok(None),
+        })
+        .await
+}
+
+/// A type 2 issuer of the hub: where its directory and its request endpoint are.
+struct PublicIssuer {
+    directory: &'static str,
+    request: &'static str,
+}
+
+impl PublicIssuer {
+    /// One blind-RSA token for `ch`, the request carrying the header `payment` makes from the
+    /// request body (if any).
+    async fn token(
+        &self,
+        http: &reqwest::Client,
+        base: &str,
+        ch: &privacypass::auth::authenticate::TokenChallenge,
+        payment: impl FnOnce(&[u8]) -> Result<Option<(&'static str, String)>, ClientError>,
+    ) -> Result<PresentedToken, ClientError> {
+        let dir = read_directory(http, base, self.directory).await?;
         let spki = issuing_key(&dir, TYPE_PUBLIC)?;
         let public = RsaPublicKey::from_spki(&spki).map_err(|e| state_err("issuer key", e))?;
-        let ch = challenge(&self.domain, TYPE_PUBLIC).map_err(|e| state_err("challenge", e))?;
-        let mut rng = blind_rsa_signatures::reexports::rand::rng();
-        let (request, pending) =
-            TokenRequest::new(&mut rng, public, &ch).map_err(|e| state_err("token request", e))?;
+        // The thread-local RNG must not live across an await (the future stays `Send`).
+        let (request, pending) = {
+            let mut rng = blind_rsa_signatures::reexports::rand::rng();
+            TokenRequest::new(&mut rng, public, ch).map_err(|e| state_err("token request", e))?
+        };
         let body = privacypass::Serialize::tls_serialize_detached(&request)
             .map_err(|e| state_err("token request", e))?;
-        let answer = self
-            .issue(http, base, TOKEN_REQUEST_CONTENT_TYPE, body)
-            .await?;
+        let mut post = http
+            .post(format!("{base}{}", self.request))
+            .header("content-type", TOKEN_REQUEST_CONTENT_TYPE);
+        if let Some((name, value)) = payment(&body)? {
+            post = post.header(name, value);
+        }
+        let answer = crate::transport::exchange(post.body(body)).await?;
         let response: TokenResponse =
             <TokenResponse as privacypass::Deserialize>::tls_deserialize_exact(&answer)
                 .map_err(|e| state_err("token response", e))?;
@@ -378,7 +456,16 @@ pub async fn fetch_directory(
     http: &reqwest::Client,
     base: &str,
 ) -> Result<IssuerDirectory, ClientError> {
-    let url = format!("{base}{ISSUER_DIRECTORY_PATH}");
+    read_directory(http, base, ISSUER_DIRECTORY_PATH).await
+}
+
+/// Reads the issuer directory at `path`.
+async fn read_directory(
+    http: &reqwest::Client,
+    base: &str,
+    path: &str,
+) -> Result<IssuerDirectory, ClientError> {
+    let url = format!("{base}{path}");
     let bytes = crate::transport::get_bytes(http, &url, "issuer directory").await?;
     serde_json::from_slice(&bytes)
         .map_err(|e| ClientError::Transport(format!("issuer directory: {e}")))

@@ -115,6 +115,12 @@ impl Transport {
         })
     }
 
+    /// The local address this transport's connections bind to, if one was chosen (the live
+    /// socket binds to it too).
+    pub fn local_address(&self) -> Option<std::net::IpAddr> {
+        self.pools.local_address()
+    }
+
     /// The extra PEM roots this transport trusts, if any.
     pub fn root_ca_pem(&self) -> Option<&[u8]> {
         self.root_ca.as_deref()
@@ -351,6 +357,43 @@ impl Transport {
 }
 
 impl Transport {
+    /// Sends an AS request paying with `token` (a registration token), on the identity
+    /// connection: registration is the one anonymous AS request that carries our handle.
+    pub async fn auth_paid(
+        &self,
+        req: &mimi_rm_protocol::auth::AsRequest,
+        token: &PresentedToken,
+    ) -> Result<mimi_rm_protocol::auth::AsResponse, ClientError> {
+        let body = envelope(TransactionType::AuthService, req)?;
+        let bytes = self
+            .send(&as_scope(req), paths::AS, body, Some(token))
+            .await?;
+        decode_exact(&bytes, MAX_RESPONSE).map_err(|e| ClientError::Transport(e.to_string()))
+    }
+
+    /// A registration token from our hub (`domain`), paid as `payment` says; fetched on a
+    /// fresh connection, never the one the registration (our handle) travels on, so the hub
+    /// cannot join an invitation code to the handle it paid for by connection.
+    pub async fn registration_token(
+        &self,
+        domain: &str,
+        payment: crate::tokens::RegistrationPayment<'_>,
+    ) -> Result<PresentedToken, ClientError> {
+        let http = self.http_for(&Scope::Fresh)?;
+        crate::tokens::fetch_registration_token(&http, &self.base, domain, payment).await
+    }
+
+    /// A registration token from this device's registration allowance (see
+    /// [`crate::tokens::Wallet::fetch_vouch`]).
+    pub async fn vouch(&self) -> Result<PresentedToken, ClientError> {
+        let wallet = self
+            .wallet
+            .as_ref()
+            .ok_or(ClientError::Unexpected("no token wallet: register first"))?;
+        let http = self.http_for(&Scope::Identity)?;
+        wallet.fetch_vouch(&http, &self.base).await
+    }
+
     /// Sends an AS request.
     pub async fn auth(
         &self,

@@ -163,8 +163,9 @@ fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
             // What expired must not stay readable in the files until the hub's next scrub.
             crate::store::Store::scrub(&store)?;
             println!(
-                "expired {} groups and {} queued messages idle for {idle_months}+ months",
-                done.groups, done.queued_messages
+                "expired {} groups and {} queued messages idle for {idle_months}+ months, \
+                 and {} revocation entries of expired credentials",
+                done.groups, done.queued_messages, done.revocations
             );
             Ok(())
         }

@@ -103,7 +103,8 @@ pub enum Registration {
 #[serde(default, deny_unknown_fields)]
 pub struct PrivacyPassConfig {
     /// Request classes that need a token: any of `group_creation`, `group_operation`,
-    /// `application_message`, `add_package_fetch`, `qs_record_creation`. Default: all. Queue
+    /// `application_message`, `add_package_fetch`, `qs_record_creation`,
+    /// `connection_request`, `registration` (a registration token). Default: all. Queue
     /// reads, token issuance and AS lookups never need one.
     pub rate_limited: Vec<mimi_rm_protocol::tokens::RateClass>,
     /// Length of an issuer key epoch in seconds; keys and allowances roll over with it.
@@ -112,6 +113,12 @@ pub struct PrivacyPassConfig {
     pub key_overlap_secs: u64,
     /// Tokens one device may obtain per key epoch.
     pub allowance_per_epoch: u32,
+    /// Registration tokens one device may obtain per key epoch, to vouch for a new user
+    /// (`mimi-rm vouch`). 0: devices cannot vouch.
+    pub registration_allowance_per_epoch: u32,
+    /// Registration tokens one client address may obtain per key epoch without an invitation
+    /// or a vouch (`registration = "open"` only; counted in memory).
+    pub registrations_per_address_per_epoch: u32,
 }
 
 /// `[push]`: Web Push (RFC 8030/8291/8292) wake-ups for clients with a push subscription and
@@ -154,6 +161,8 @@ impl Default for PrivacyPassConfig {
             key_epoch_secs: policy.schedule.epoch_secs,
             key_overlap_secs: policy.schedule.overlap_secs,
             allowance_per_epoch: policy.allowance_per_epoch,
+            registration_allowance_per_epoch: policy.registration_allowance_per_epoch,
+            registrations_per_address_per_epoch: policy.registrations_per_address_per_epoch,
         }
     }
 }
@@ -259,6 +268,12 @@ impl Config {
                     overlap_secs: self.privacy_pass.key_overlap_secs,
                 },
                 allowance_per_epoch: self.privacy_pass.allowance_per_epoch,
+                registration_allowance_per_epoch: self
+                    .privacy_pass
+                    .registration_allowance_per_epoch,
+                registrations_per_address_per_epoch: self
+                    .privacy_pass
+                    .registrations_per_address_per_epoch,
             },
         }
     }

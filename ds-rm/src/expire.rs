@@ -16,6 +16,8 @@ pub struct Expired {
     pub groups: usize,
     /// Queued messages deleted (of clients that stopped fetching).
     pub queued_messages: usize,
+    /// Revocation-list entries dropped because every credential they covered has expired.
+    pub revocations: usize,
 }
 
 /// Deletes groups whose state has not changed, and queued messages of clients that have not
@@ -58,5 +60,6 @@ pub fn expire(store: &dyn Store, idle_months: u32, now_ms: u64) -> Result<Expire
         txn.put_record(&id, &record)?;
     }
     txn.commit()?;
+    out.revocations = crate::core::auth::prune_revocations(store, now_ms / 1000)?;
     Ok(out)
 }

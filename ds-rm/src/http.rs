@@ -61,6 +61,14 @@ fn direct_router(hub: Arc<Hub>, peers: Option<Arc<Peers>>) -> Router {
             mimi_rm_protocol::tokens::ISSUER_DIRECTORY_PATH,
             get(crate::privacy_pass::directory),
         )
+        .route(
+            mimi_rm_protocol::tokens::REGISTRATION_REQUEST_PATH,
+            post(crate::privacy_pass::issue_registration),
+        )
+        .route(
+            mimi_rm_protocol::tokens::REGISTRATION_DIRECTORY_PATH,
+            get(crate::privacy_pass::registration_directory),
+        )
         .with_state(hub.clone());
     Router::new()
         .route(paths::GROUP_OPERATION, post(group_operation))
@@ -355,6 +363,7 @@ async fn metrics(State(app): State<App>) -> String {
          # TYPE mimi_delivered_to_peers counter\nmimi_delivered_to_peers {}\n\
          # TYPE mimi_received_from_peers counter\nmimi_received_from_peers {}\n\
          # TYPE mimi_tokens_issued counter\nmimi_tokens_issued {}\n\
+         # TYPE mimi_registration_tokens_issued counter\nmimi_registration_tokens_issued {}\n\
          # TYPE mimi_tokens_spent counter\nmimi_tokens_spent {}\n\
          # TYPE mimi_queue_refs_opened counter\nmimi_queue_refs_opened {}\n\
          # TYPE mimi_queue_refs_cached counter\nmimi_queue_refs_cached {}\n\
@@ -373,6 +382,7 @@ async fn metrics(State(app): State<App>) -> String {
         m.delivered_to_peers.load(Relaxed),
         m.received_from_peers.load(Relaxed),
         m.tokens_issued.load(Relaxed),
+        m.registration_tokens_issued.load(Relaxed),
         m.tokens_spent.load(Relaxed),
         m.queue_refs_opened.load(Relaxed),
         m.queue_refs_cached.load(Relaxed),

@@ -317,6 +317,8 @@ async fn http(
     header_read_timeout: Duration,
     mut stop: watch::Receiver<()>,
 ) {
+    // The peer's address, for the one handler that counts by it (open registration tokens).
+    let router = router.layer(axum::Extension(axum::extract::ConnectInfo(peer)));
     let conn = hyper::server::conn::http1::Builder::new()
         .timer(TokioTimer::new())
         .header_read_timeout(header_read_timeout)

@@ -9,6 +9,7 @@
 //! (RFC 9578 §5.2, §6.2).
 
 use crate::core::TokenError as Refusal;
+use crate::core::tokens::issue::{Issued, Refused, RegistrationPayment};
 use crate::core::tokens::{Admission, VerifiedToken};
 use crate::core::{Hub, HubError};
 use axum::body::Body;
@@ -16,7 +17,9 @@ use axum::extract::{Request, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
-use mimi_rm_protocol::tokens::{ISSUANCE_AUTH_HEADER, PresentedToken, TokenError};
+use mimi_rm_protocol::tokens::{
+    INVITE_HEADER, ISSUANCE_AUTH_HEADER, IssuerDirectory, PresentedToken, TokenError,
+};
 use std::sync::Arc;
 
 /// The token a request presented, once verified (absent when it presented none).
@@ -101,6 +104,49 @@ pub async fn issue(State(hub): State<Arc<Hub>>, headers: HeaderMap, body: Body) 
         )
     })
     .await;
+    issued_response(result)
+}
+
+/// `POST` a registration token request (type 2), paid with an invitation code
+/// (`mimi-invite`), a device's vouch (`mimi-issuance-auth`), or — at an open provider — the
+/// client's address alone. The address is counted in memory only.
+pub async fn issue_registration(
+    State(hub): State<Arc<Hub>>,
+    peer: Option<axum::Extension<axum::extract::ConnectInfo<std::net::SocketAddr>>>,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
+    let bytes = match crate::http::read_body(&hub, body).await {
+        Ok(b) => b,
+        Err(r) => return r,
+    };
+    let text = |name: &str| {
+        headers
+            .get(name)
+            .and_then(|v: &HeaderValue| v.to_str().ok())
+            .map(str::to_owned)
+    };
+    let content_type = text(header::CONTENT_TYPE.as_str());
+    let invite = text(INVITE_HEADER);
+    let auth = text(ISSUANCE_AUTH_HEADER);
+    // Without a listener (an embedded router) there is no address: all such clients share one.
+    let address = peer.map_or(std::net::IpAddr::from([0, 0, 0, 0]), |p| p.0.0.ip());
+    let h = hub.clone();
+    let result = tokio::task::spawn_blocking(move || {
+        let payment = match (&invite, &auth) {
+            (Some(code), _) => RegistrationPayment::Invite(code),
+            (None, Some(auth)) => RegistrationPayment::Device(auth),
+            (None, None) => RegistrationPayment::Address(address),
+        };
+        h.issue_registration_token(payment, content_type.as_deref(), &bytes, crate::now_ms())
+    })
+    .await;
+    issued_response(result)
+}
+
+/// The HTTP answer of an issuance: the response body, or the refusal (422 when the token
+/// request itself is wrong, RFC 9578 §5.2, §6.2).
+fn issued_response(result: Result<Result<Issued, Refused>, tokio::task::JoinError>) -> Response {
     match result {
         Ok(Ok(issued)) => (
             StatusCode::OK,
@@ -119,6 +165,17 @@ pub async fn issue(State(hub): State<Arc<Hub>>, headers: HeaderMap, body: Body) 
     }
 }
 
+/// `GET` the registration issuer's directory (JSON, RFC 9578 §4).
+pub async fn registration_directory(State(hub): State<Arc<Hub>>) -> Response {
+    let h = hub.clone();
+    let result = tokio::task::spawn_blocking(move || {
+        h.tokens()
+            .registration_directory(h.store().as_ref(), crate::now_ms())
+    })
+    .await;
+    directory_response(result)
+}
+
 /// `GET` the issuer directory (JSON, RFC 9578 §4).
 pub async fn directory(State(hub): State<Arc<Hub>>) -> Response {
     let h = hub.clone();
@@ -126,6 +183,13 @@ pub async fn directory(State(hub): State<Arc<Hub>>) -> Response {
         h.tokens().directory(h.store().as_ref(), crate::now_ms())
     })
     .await;
+    directory_response(result)
+}
+
+/// The HTTP answer of a directory read.
+fn directory_response(
+    result: Result<Result<IssuerDirectory, HubError>, tokio::task::JoinError>,
+) -> Response {
     match result {
         Ok(Ok(dir)) => match serde_json::to_vec(&dir) {
             Ok(body) => (

@@ -312,6 +312,8 @@ async fn perform(
     spares: &Spares,
     bytes: usize,
 ) -> Result<(), String> {
+    // Adding users is for admins, and only the creator (member 0) is one.
+    let member = if op == Op::Add { 0 } else { member };
     let mut client = group.members[member].lock().await;
     if op == Op::Send {
         let text = vec![b'm'; bytes];

@@ -50,6 +50,11 @@ pub enum AsOperation {
     /// invitation only (`registration = "invite"`); anonymous.
     #[tls_codec(discriminant = 9)]
     RegisterInvited(InvitedRegistration),
+    /// The AS's signed list of revoked devices whose credentials have not expired
+    /// ([`crate::revocation`]); anonymous. Verifiers fetch the whole list, so the AS never
+    /// learns which credential they are checking.
+    #[tls_codec(discriminant = 10)]
+    RevocationList,
 }
 
 /// A registration with an invitation code the operator handed out (`ds-rm invite`).
@@ -130,4 +135,7 @@ pub enum AsResponse {
     /// Done.
     #[tls_codec(discriminant = 5)]
     Ok,
+    /// Answer to `RevocationList`.
+    #[tls_codec(discriminant = 6)]
+    RevocationList(crate::revocation::RevocationList),
 }

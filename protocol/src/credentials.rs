@@ -78,12 +78,15 @@ fn fingerprint_of<T: tls_codec::Serialize>(value: &T) -> Result<Fingerprint, Cre
     Ok(labelled_digest(FINGERPRINT_LABEL, &bytes))
 }
 
-fn tbs_bytes<T: tls_codec::Serialize>(tbs: &T) -> Result<Vec<u8>, CredentialError> {
+pub(crate) fn tbs_bytes<T: tls_codec::Serialize>(tbs: &T) -> Result<Vec<u8>, CredentialError> {
     tbs.tls_serialize_detached()
         .map_err(|_| CredentialError::Malformed("credential"))
 }
 
-fn verifying_key(bytes: &VLBytes, what: &'static str) -> Result<VerifyingKey, CredentialError> {
+pub(crate) fn verifying_key(
+    bytes: &VLBytes,
+    what: &'static str,
+) -> Result<VerifyingKey, CredentialError> {
     VerifyingKey::from_bytes(bytes.as_slice()).map_err(|_| CredentialError::Malformed(what))
 }
 
@@ -334,23 +337,13 @@ impl ClientCredential {
     /// Checks the whole chain: this credential → one of `intermediates` → one of `roots`.
     pub fn verify_chain(&self, anchors: &AsCredentials, now: u64) -> Result<(), CredentialError> {
         let intermediate = anchors
-            .intermediates
-            .iter()
-            .find(|i| {
-                i.fingerprint()
-                    .is_ok_and(|f| f == self.tbs.signer_fingerprint)
-            })
-            .ok_or(CredentialError::WrongIssuer("client credential"))?;
-        let root = anchors
-            .roots
-            .iter()
-            .find(|r| {
-                r.fingerprint()
-                    .is_ok_and(|f| f == intermediate.tbs.signer_fingerprint)
-            })
-            .ok_or(CredentialError::WrongIssuer("AS intermediate credential"))?;
-        root.verify(now)?;
-        intermediate.verify(root, now)?;
+            .verified_intermediate(&self.tbs.signer_fingerprint, now)
+            .map_err(|e| match e {
+                CredentialError::WrongIssuer("unknown intermediate") => {
+                    CredentialError::WrongIssuer("client credential")
+                }
+                other => other,
+            })?;
         self.verify_issued_by(intermediate, now)
     }
 
@@ -390,6 +383,34 @@ pub struct AsCredentials {
     pub roots: Vec<AsCredential>,
     /// Intermediates signed by those roots.
     pub intermediates: Vec<AsIntermediateCredential>,
+}
+
+impl AsCredentials {
+    /// The intermediate with `fingerprint`, once it and the root that signed it verify at
+    /// `now`: what everything an AS signs online (client credentials, revocation lists) chains
+    /// to.
+    pub fn verified_intermediate(
+        &self,
+        fingerprint: &Fingerprint,
+        now: u64,
+    ) -> Result<&AsIntermediateCredential, CredentialError> {
+        let intermediate = self
+            .intermediates
+            .iter()
+            .find(|i| i.fingerprint().is_ok_and(|f| f == *fingerprint))
+            .ok_or(CredentialError::WrongIssuer("unknown intermediate"))?;
+        let root = self
+            .roots
+            .iter()
+            .find(|r| {
+                r.fingerprint()
+                    .is_ok_and(|f| f == intermediate.tbs.signer_fingerprint)
+            })
+            .ok_or(CredentialError::WrongIssuer("AS intermediate credential"))?;
+        root.verify(now)?;
+        intermediate.verify(root, now)?;
+        Ok(intermediate)
+    }
 }
 
 /// The part of a leaf credential the client credential signs: a random pseudonym and the leaf's

@@ -21,6 +21,7 @@ pub mod paths;
 pub mod push;
 pub mod qs;
 pub mod queue;
+pub mod revocation;
 pub mod tokens;
 
 pub use codec::{DecodeError, decode_exact, encode};

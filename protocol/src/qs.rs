@@ -113,6 +113,20 @@ pub enum QsOperation {
     /// holds at rest — it learns it only from the sealed queue refs it opens during fan-out.
     #[tls_codec(discriminant = 9)]
     SetPushToken(VLBytes),
+    /// Replace the signing user's auth key and friendship token (signed with the current user
+    /// auth key): whoever held the old token — a removed contact, a removed device — fetches
+    /// no AddPackage of the user afterwards. Repeating it with the same values answers `Ok`.
+    #[tls_codec(discriminant = 10)]
+    RotateUser(RotateUser),
+}
+
+/// The user's next auth key and friendship token.
+#[derive(Debug, Clone, PartialEq, Eq, TlsSerialize, TlsDeserialize, TlsSize)]
+pub struct RotateUser {
+    /// The user's next auth key (Ed25519 public key).
+    pub new_user_auth_key: VLBytes,
+    /// The next friendship token (32 bytes); the QS keeps only its SHA-256.
+    pub new_friendship_token: VLBytes,
 }
 
 /// Who signs a QS request.

@@ -25,6 +25,14 @@ pub const TOKEN_RESPONSE_CONTENT_TYPE: &str = "application/private-token-respons
 pub const BATCH_REQUEST_CONTENT_TYPE: &str = "application/private-token-amortized-batch-request";
 /// Content type of an amortized batch token response.
 pub const BATCH_RESPONSE_CONTENT_TYPE: &str = "application/private-token-amortized-batch-response";
+/// Where clients obtain a registration token: type 2 only, from a key of its own, so a
+/// registration token never pays for a request nor a request token for a registration.
+pub const REGISTRATION_REQUEST_PATH: &str = "/privacy-pass/registration-token-request";
+/// The registration issuer's keys (an RFC 9578 directory naming the path above).
+pub const REGISTRATION_DIRECTORY_PATH: &str =
+    "/.well-known/private-token-issuer-directory/registration";
+/// Header carrying an invitation code that pays for one registration token.
+pub const INVITE_HEADER: &str = "mimi-invite";
 /// Header carrying the client's issuance authentication (base64url of [`IssuanceAuth`]).
 pub const ISSUANCE_AUTH_HEADER: &str = "mimi-issuance-auth";
 /// Most tokens one amortized batch request may ask for.
@@ -67,17 +75,21 @@ pub enum RateClass {
     /// request (both anonymous, so only tokens stop one client from flooding an inbox or
     /// draining a user's packages).
     ConnectionRequest,
+    /// Registering a handle (`RegisterUser`): paid with a *registration* token, from a separate
+    /// issuer key and a low allowance, so registering cannot multiply allowances.
+    Registration,
 }
 
 impl RateClass {
     /// Every class, in a fixed order (the default rate-limited set).
-    pub const ALL: [RateClass; 6] = [
+    pub const ALL: [RateClass; 7] = [
         RateClass::GroupCreation,
         RateClass::GroupOperation,
         RateClass::ApplicationMessage,
         RateClass::AddPackageFetch,
         RateClass::QsRecordCreation,
         RateClass::ConnectionRequest,
+        RateClass::Registration,
     ];
 
     /// The name used in config files.
@@ -89,6 +101,7 @@ impl RateClass {
             Self::AddPackageFetch => "add_package_fetch",
             Self::QsRecordCreation => "qs_record_creation",
             Self::ConnectionRequest => "connection_request",
+            Self::Registration => "registration",
         }
     }
 
@@ -127,14 +140,16 @@ impl RateClass {
         use crate::auth::AsOperation::*;
         match op {
             FetchConnectionPackage(_) | SendConnectionRequest(_) => Some(Self::ConnectionRequest),
-            RegisterUser(_)
-            | RegisterInvited(_)
+            RegisterUser(_) => Some(Self::Registration),
+            // The invitation code is the payment.
+            RegisterInvited(_)
             | AddClient(_)
             | AsCredentials
             | UserClients(_)
             | PublishConnectionPackages(_)
             | FetchConnectionRequests
-            | RevokeClient(_) => None,
+            | RevokeClient(_)
+            | RevocationList => None,
         }
     }
 
@@ -150,6 +165,7 @@ impl RateClass {
             | RekeyQueue(_)
             | DeleteClient
             | RemoveUserClient(_)
+            | RotateUser(_)
             | SetPushToken(_) => None,
         }
     }
@@ -165,6 +181,25 @@ pub fn challenge(domain: &str, token_type: u16) -> Result<TokenChallenge, TokenE
         other => return Err(TokenError::WrongType(other)),
     };
     Ok(TokenChallenge::new(tt, domain, None, &[domain.to_owned()]))
+}
+
+/// The challenge registration tokens are bound to: type 2, issuer the hub, origin
+/// `registration.<domain>`. Its digest tells the hub which of its two issuer keys to verify
+/// a token with.
+pub fn registration_challenge(domain: &str) -> TokenChallenge {
+    TokenChallenge::new(
+        TokenType::Public,
+        domain,
+        None,
+        &[format!("registration.{domain}")],
+    )
+}
+
+/// SHA-256 of [`registration_challenge`].
+pub fn registration_challenge_digest(domain: &str) -> Result<[u8; 32], TokenError> {
+    registration_challenge(domain)
+        .digest()
+        .map_err(|_| TokenError::Malformed("challenge does not encode"))
 }
 
 /// SHA-256 of the encoded challenge, as carried in each token.

@@ -220,6 +220,20 @@ pub fn as_anonymous(operation: AsOperation) -> Vec<u8> {
     as_request(AsSender::Anonymous, operation, None)
 }
 
+/// An anonymous AddPackage fetch with `friendship_token` (what a contact card allows).
+pub fn add_package_fetch(friendship_token: &[u8]) -> Vec<u8> {
+    let req = QsRequest {
+        tbs: QsRequestTbs {
+            timestamp_ms: mimi_ds_rm::now_ms(),
+            nonce: rand::random(),
+            sender: QsSender::Anonymous,
+            operation: QsOperation::FetchAddPackages(friendship_token.to_vec().into()),
+        },
+        signature: Vec::new().into(),
+    };
+    envelope(TransactionType::QueueService, &req).unwrap()
+}
+
 /// A QS request signed by `key` under [`QS_REQUEST_SIGNATURE_LABEL`].
 pub fn qs_signed(
     sender: QsSender,

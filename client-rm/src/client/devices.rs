@@ -150,13 +150,45 @@ impl Client {
     }
 
     /// Removes device `device` (hex id) of our user from every group and rotates the user
-    /// secret, so the removed device can no longer act for the user anywhere.
+    /// secret, so the removed device can no longer act for the user anywhere: its QS client,
+    /// queue and AddPackages go, our friendship token and keys rotate (it fetches none of our
+    /// AddPackages any more), and the AS revokes its credential (every verifier's revocation
+    /// list names it from then on).
     pub async fn remove_device(&mut self, device: &str) -> Result<(), ClientError> {
         if device == self.state.device {
             return Err(ClientError::Unexpected(
                 "a device cannot remove itself this way",
             ));
         }
+        let device_id: [u8; 16] = unhex(device)?
+            .try_into()
+            .map_err(|_| ClientError::Unexpected("a device id is 16 bytes"))?;
+        let new_secret = self.rotate_user_secret(Some(device)).await?;
+        // Then the QS (after the commits, which the removed device still receives): its queue
+        // and AddPackages go, and our QS user key moves to the one the new secret derives, so
+        // the removed device cannot create another client of our user.
+        self.remove_qs_client(device_id, &new_secret).await?;
+        self.rotate_friendship(&new_secret).await?;
+        // Last, at the AS: the device's credential is no longer current, so contacts refuse
+        // to add it again and it signs nothing there (a retry of an applied revocation is Ok).
+        let client_key = SigningKey::from_bytes(&unhex(&self.state.client_key)?)?;
+        let req = signed_as(
+            &client_key,
+            self.identity()?,
+            AsOperation::RevokeClient(device_id),
+        )?;
+        self.transport.auth(&req).await?;
+        Ok(())
+    }
+
+    /// Rotates our user secret in every group — removing the leaves of `removed` (a hex device
+    /// id of ours) where it has any, otherwise only moving the user auth key — and sends the
+    /// new secret, sealed to each remaining device we know, inside the groups. Returns the new
+    /// secret, which is ours from then on.
+    pub(super) async fn rotate_user_secret(
+        &mut self,
+        removed: Option<&str>,
+    ) -> Result<[u8; 32], ClientError> {
         let handle = self.state.name.clone();
         // The new secret is saved before any group sees a key derived from it: if this is
         // interrupted half-way, a retry continues with the same secret instead of stranding the
@@ -171,11 +203,10 @@ impl Client {
             }
         };
         self.catch_up().await?;
-        let device_id: [u8; 16] = unhex(device)?
-            .try_into()
-            .map_err(|_| ClientError::Unexpected("a device id is 16 bytes"))?;
         let mut secret_update = None;
-        self.state.devices.remove(device);
+        if let Some(device) = removed {
+            self.state.devices.remove(device);
+        }
         for group in self.groups() {
             self.ensure_user_key(&group).await?;
             let leaves: Vec<u32> = self
@@ -184,7 +215,7 @@ impl Client {
                 .iter()
                 .filter(|(_, r)| {
                     r.handle.as_deref() == Some(handle.as_str())
-                        && r.device.as_deref() == Some(device)
+                        && removed.is_some_and(|d| r.device.as_deref() == Some(d))
                 })
                 .map(|(l, _)| *l)
                 .collect();
@@ -209,20 +240,7 @@ impl Client {
         self.state.user_secret_generation += 1;
         self.state.pending_user_secret = None;
         self.persist()?;
-        // Then the QS (after the commits, which the removed device still receives): its queue
-        // and AddPackages go, and our QS user key moves to the one the new secret derives, so
-        // the removed device cannot create another client of our user.
-        self.remove_qs_client(device_id, &new_secret).await?;
-        // Last, at the AS: the device's credential is no longer current, so contacts refuse
-        // to add it again and it signs nothing there (a retry of an applied revocation is Ok).
-        let client_key = SigningKey::from_bytes(&unhex(&self.state.client_key)?)?;
-        let req = signed_as(
-            &client_key,
-            self.identity()?,
-            AsOperation::RevokeClient(device_id),
-        )?;
-        self.transport.auth(&req).await?;
-        Ok(())
+        Ok(new_secret)
     }
 
     /// Has the QS delete the removed device's client (named by its device tag) and rotate our
@@ -312,8 +330,10 @@ impl Client {
         let secret = b32(&secret)?;
         self.state.user_secret = hex::encode(secret);
         self.state.user_secret_generation = update.generation;
-        // The remover moved our QS user key to the one this secret derives.
+        // The remover moved our QS user key to the one this secret derives, and our user to
+        // the friendship token it derives; this device's AddPackages follow after the receive.
         self.state.user_auth_key = hex::encode(qs_user_key(&secret)?.to_bytes());
+        self.install_friendship(&secret)?;
         tracing::info!("our user secret was rotated by a sibling device");
         Ok(())
     }

@@ -79,6 +79,12 @@ pub enum Event {
         /// The responder's verified handle.
         handle: String,
     },
+    /// A contact rotated its friendship keys (it removed a contact or a device) and sent us
+    /// its new card, which replaced the old one.
+    ContactUpdated {
+        /// The contact's handle.
+        handle: String,
+    },
     /// An admin re-initialised the group: it takes no further messages; the conversation
     /// continues in `new_group` (its Welcome follows when we are invited).
     ReInitialised {

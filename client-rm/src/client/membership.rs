@@ -3,7 +3,7 @@
 
 use super::commit::Plan;
 use super::groups::group_keys;
-use super::requests::{anonymous_as, anonymous_qs};
+use super::requests::anonymous_qs;
 use super::verify::{check_leaf, verified_record};
 use super::{ADD_PACKAGE_DOMAIN, Client, GroupHandle, MAX_MESSAGE, encoded, now_ms};
 use crate::contact::ContactCard;
@@ -12,7 +12,6 @@ use crate::identity;
 use crate::state::{MemberRecord, unhex};
 use mimi_rm_crypto::ear::{self, EarKey};
 use mimi_rm_crypto::sign::SigningKey;
-use mimi_rm_protocol::auth::{AsOperation, AsResponse};
 use mimi_rm_protocol::credentials::*;
 use mimi_rm_protocol::ds::*;
 use mimi_rm_protocol::qs::*;
@@ -140,26 +139,36 @@ impl Client {
         else {
             return Err(ClientError::Unexpected("expected AddPackages"));
         };
-        let keys = self.invite_keys(group, contact)?;
-        // Which of the contact's devices its AS still lists: a device its user revoked keeps
-        // its AddPackages at its QS, but is never added again.
-        let current = match mode {
-            InviteMode::Checked => Some(self.current_devices_of(contact).await?),
+        // The contact's provider's newest revocation list: a device its user revoked may
+        // still have AddPackages published (a stolen device publishing under a new pseudonymous
+        // user), but is never added again.
+        let revocations = match mode {
+            InviteMode::Checked => {
+                self.fetch_revocations(&contact.domain_str()).await?;
+                self.persist()?;
+                Some(self.revocations()?)
+            }
             _ => None,
         };
+        let keys = self.invite_keys(group, contact)?;
         let (mut kps, mut added, mut records) = (Vec::new(), Vec::new(), Vec::new());
         let mut revoked = 0;
         for p in pkgs {
-            let opened = self.open_add_package(&keys, p.as_slice())?;
+            // A device of the contact that has not yet republished after a friendship rotation
+            // still offers a package under the old key: skipped, the others are added.
+            let opened = match self.open_add_package(&keys, p.as_slice()) {
+                Ok(opened) => opened,
+                Err(e) => {
+                    tracing::warn!(error = %e, "skipping an AddPackage that does not open");
+                    continue;
+                }
+            };
             if only_devices.is_some_and(|d| !d.contains(&opened.credential.tbs.identity.device)) {
                 continue;
             }
             // By device, not by credential: a renewed credential is the same device.
             let identity = &opened.credential.tbs.identity;
-            if current
-                .as_ref()
-                .is_some_and(|c| !c.iter().any(|x| x.tbs.identity == *identity))
-            {
+            if revocations.as_ref().is_some_and(|r| r.lists(identity)) {
                 tracing::warn!("skipping an AddPackage of a revoked device of the contact");
                 revoked += 1;
                 continue;
@@ -173,23 +182,6 @@ impl Client {
             return Err(ClientError::Revoked);
         }
         Ok((kps, added, records))
-    }
-
-    /// The current client credentials of `contact`'s user, from its provider's AS (through
-    /// ours, so the other provider never sees our address).
-    async fn current_devices_of(
-        &self,
-        contact: &ContactCard,
-    ) -> Result<Vec<ClientCredential>, ClientError> {
-        let op = AsOperation::UserClients(contact.handle.clone());
-        match self
-            .transport
-            .auth_at(&self.state.domain, &contact.domain_str(), &anonymous_as(op))
-            .await?
-        {
-            AsResponse::UserClients(list) => Ok(list),
-            _ => Err(ClientError::Unexpected("expected the contact's clients")),
-        }
     }
 
     /// The keys and context for preparing `contact`'s AddPackages for `group`.
@@ -296,6 +288,7 @@ impl Client {
                 &opened.friend_info,
                 (friend_ck, friend_wk),
                 anchors,
+                &self.revocations()?,
             )
         };
         Ok(record)

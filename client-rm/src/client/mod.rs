@@ -20,6 +20,7 @@ mod commit;
 mod connect;
 mod devices;
 mod events;
+mod friendship;
 mod groups;
 mod join;
 mod leaves;
@@ -33,6 +34,7 @@ mod queue;
 mod recovery;
 mod register;
 mod requests;
+mod revocation;
 #[cfg(feature = "adversary")]
 mod tamper;
 mod verify;
@@ -45,8 +47,9 @@ pub use tamper::Tamper;
 
 /// The one ciphersuite this client speaks (MLS MTI).
 pub const CIPHERSUITE: Ciphersuite = Ciphersuite::MLS_128_DHKEMX25519_AES128GCM_SHA256_Ed25519;
-/// EAR domain of AddPackages.
-const ADD_PACKAGE_DOMAIN: &str = "add package";
+/// EAR domain of AddPackages under a user's `AddPackageEarKey` (public so adversary tests can
+/// try old keys against stored packages).
+pub const ADD_PACKAGE_DOMAIN: &str = "add package";
 /// How many past epochs' secrets a member keeps, so an application message sent just before a
 /// commit (the hub accepts messages of earlier epochs) still decrypts after it.
 pub const MAX_PAST_EPOCHS: usize = 8;
@@ -114,6 +117,10 @@ pub struct Client {
     ephemeral: bool,
     /// After this long without a signed request of ours in a group, `receive` updates in it.
     keepalive_ms: u64,
+    /// How often `receive` refreshes the revocation lists (see [`revocation`]).
+    revocation_refresh: std::time::Duration,
+    /// When they were last refreshed in this process.
+    last_revocation_refresh: Option<std::time::Instant>,
 }
 
 /// Now, in milliseconds since the Unix epoch (0 if the clock is before it).
@@ -149,8 +156,11 @@ pub struct RegisterOptions<'a> {
     pub ca_pem: Option<&'a [u8]>,
     /// The hub's mode.
     pub mode: DsMode,
-    /// An invitation code, at a hub that registers by invitation only.
+    /// An invitation code, at a hub that registers by invitation only: it buys the
+    /// registration token.
     pub invite: Option<&'a str>,
+    /// A registration token someone vouched with ([`Client::vouch`]), instead of a code.
+    pub registration_token: Option<&'a str>,
     /// How the new client's store is created (its passphrase).
     pub store: StoreOptions,
     /// How it connects (connection scopes, local address).
@@ -188,6 +198,8 @@ impl Client {
             live: listen::Live::default(),
             ephemeral: false,
             keepalive_ms: DEFAULT_KEEPALIVE_MS,
+            revocation_refresh: revocation::DEFAULT_REFRESH,
+            last_revocation_refresh: None,
         }
     }
 
@@ -246,6 +258,8 @@ impl Client {
             live: listen::Live::default(),
             ephemeral: false,
             keepalive_ms: DEFAULT_KEEPALIVE_MS,
+            revocation_refresh: revocation::DEFAULT_REFRESH,
+            last_revocation_refresh: None,
         };
         if new_push_key {
             client.persist()?;

@@ -1,7 +1,9 @@
 //! Processing one queue entry: a Welcome, or an MLS message of a group we are in.
 
 use super::commit::{GroupKeys, decode_aad};
-use super::{CONTENT_CONTROL, CONTENT_USER, Client, Event, GroupHandle, devices, recovery};
+use super::{
+    CONTENT_CONTROL, CONTENT_USER, Client, Event, GroupHandle, devices, friendship, recovery,
+};
 use crate::error::ClientError;
 use mimi_rm_protocol::DsMode;
 use mimi_rm_protocol::ds::*;
@@ -144,6 +146,12 @@ impl Client {
                     .and_then(|r| r.handle.clone());
                 self.apply_user_secret(handle.as_deref(), rest)?;
                 return Ok(Vec::new());
+            }
+            Some((&friendship::CONTENT_CARD, rest)) => {
+                return Ok(self
+                    .apply_card_update(&group, sender, rest)?
+                    .into_iter()
+                    .collect());
             }
             _ => return Err(ClientError::Unexpected("unknown application content")),
         };

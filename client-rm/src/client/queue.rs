@@ -37,6 +37,8 @@ impl Client {
         if let Err(e) = self.ensure_contact_anchors().await {
             tracing::warn!(error = %e, "could not fetch a contact provider's AS credentials");
         }
+        // Members verified below are checked against lists at most one interval old.
+        self.refresh_revocations_if_due().await;
         match self.receive_into().await {
             Ok(()) => {
                 if self.state.received_since_rekey >= REKEY_EVERY
@@ -45,6 +47,9 @@ impl Client {
                     tracing::warn!(error = %e, "queue rekey failed; will retry");
                 }
                 self.keep_alive().await;
+                if let Err(e) = self.finish_friendship_rotation().await {
+                    tracing::warn!(error = %e, "could not finish a friendship rotation; will retry");
+                }
                 // Keepalive updates may have caught up inside.
                 self.persist()
             }

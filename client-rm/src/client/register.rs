@@ -8,6 +8,7 @@ use super::{
 use crate::error::ClientError;
 use crate::identity;
 use crate::state::{ClientState, PendingKeyPackage, unhex};
+use crate::tokens::RegistrationPayment;
 use crate::transport::Transport;
 use mimi_rm_crypto::ear::{self, EarKey};
 use mimi_rm_crypto::hpke_seal::HpkeKeyPair;
@@ -18,6 +19,7 @@ use mimi_rm_protocol::auth::*;
 use mimi_rm_protocol::credentials::*;
 use mimi_rm_protocol::qs::*;
 use mimi_rm_protocol::queue::*;
+use mimi_rm_protocol::tokens::PresentedToken;
 use openmls::prelude::{tls_codec::Serialize as _, *};
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -85,11 +87,16 @@ impl Client {
         name: &str,
         options: &super::RegisterOptions<'_>,
     ) -> Result<Self, ClientError> {
-        let (ca_pem, mode, invite) = (options.ca_pem, options.mode, options.invite);
+        let (ca_pem, mode) = (options.ca_pem, options.mode);
         let store = super::new_store(dir, &options.store)?;
         let mut transport = transport_for(hub_url, ca_pem)?.reconnected(&options.connections)?;
         let domain = transport.domain().await?;
-        let certified = certify(&transport, name, invite).await?;
+        let payment = match (options.invite, options.registration_token) {
+            (Some(code), _) => Payment::Invite(code),
+            (None, Some(text)) => Payment::Token(decode_registration_token(text)?),
+            (None, None) => Payment::IfAsked,
+        };
+        let certified = certify(&transport, &domain, name, payment).await?;
         // From here on, rate-limited requests (the QS records first) are paid with tokens that
         // this credential authorises us to obtain.
         transport.enable_tokens(crate::tokens::Wallet::new(
@@ -108,6 +115,14 @@ impl Client {
             .publish_connection_packages(CONNECTION_PACKAGES)
             .await?;
         Ok(client)
+    }
+
+    /// A registration token for someone this device vouches for, as text to hand over
+    /// (`register --registration-token`). Paid from this device's small registration
+    /// allowance; the hub cannot tell which registration spends it.
+    pub async fn vouch(&self) -> Result<String, ClientError> {
+        let token = self.transport.vouch().await?;
+        Ok(mimi_rm_protocol::tokens::encode_b64url(&token.encode()))
     }
 
     /// Our user's friendship credential key and wrapper key (in our contact card).
@@ -193,22 +208,41 @@ struct Certified {
 }
 
 /// The pseudonymous QS user created at registration, with the secrets only we hold.
-struct QsUser {
-    client_auth: SigningKey,
-    user_auth: SigningKey,
-    token: [u8; 32],
-    add_package_key: EarKey,
-    secret: RatchetSecret,
-    ids: UserCreated,
-    device_tag_key: [u8; 32],
+pub(super) struct QsUser {
+    pub(super) client_auth: SigningKey,
+    pub(super) user_auth: SigningKey,
+    pub(super) token: [u8; 32],
+    pub(super) add_package_key: EarKey,
+    pub(super) secret: RatchetSecret,
+    pub(super) ids: UserCreated,
+    pub(super) device_tag_key: [u8; 32],
+}
+
+/// How a registration is paid for.
+enum Payment<'a> {
+    /// With a registration token bought with an invitation code.
+    Invite(&'a str),
+    /// With a registration token someone vouched with.
+    Token(PresentedToken),
+    /// With a registration token of the open allowance, if the hub asks for one.
+    IfAsked,
+}
+
+/// A registration token as `mimi-rm vouch` prints it (base64url of the token).
+fn decode_registration_token(text: &str) -> Result<PresentedToken, ClientError> {
+    let bytes = mimi_rm_protocol::tokens::decode_b64url(text.trim())
+        .ok_or_else(|| ClientError::InvalidInput("a registration token is base64url".into()))?;
+    PresentedToken::decode(&bytes)
+        .map_err(|e| ClientError::InvalidInput(format!("registration token: {e}")))
 }
 
 /// Has the AS certify a fresh client key for the handle `name`, and checks that the credential
 /// verifies and is the one we asked for.
 async fn certify(
     transport: &Transport,
+    domain: &str,
     name: &str,
-    invite: Option<&str>,
+    payment: Payment<'_>,
 ) -> Result<Certified, ClientError> {
     // Identity at the AS: the only request that carries our handle.
     let client_key = SigningKey::generate();
@@ -218,14 +252,28 @@ async fn certify(
     };
     let csr = ClientCredentialCsr::new(&client_key, identity.clone())
         .map_err(|e| ClientError::State(e.to_string()))?;
-    let op = match invite {
-        None => AsOperation::RegisterUser(csr),
-        Some(code) => AsOperation::RegisterInvited(InvitedRegistration {
-            csr,
-            invite: code.trim().as_bytes().to_vec().into(),
-        }),
+    let req = anonymous_as(AsOperation::RegisterUser(csr));
+    // The hub sees the invitation code (or the vouching device) when it signs the token
+    // blindly, and the token only now: it cannot tell which code or device paid for this handle.
+    let answer = match payment {
+        Payment::Invite(code) => {
+            let token = transport
+                .registration_token(domain, RegistrationPayment::Invite(code))
+                .await?;
+            transport.auth_paid(&req, &token).await?
+        }
+        Payment::Token(token) => transport.auth_paid(&req, &token).await?,
+        Payment::IfAsked => match transport.auth(&req).await {
+            Err(e) if e.code() == Some(mimi_rm_protocol::ErrorCode::TokenRequired) => {
+                let token = transport
+                    .registration_token(domain, RegistrationPayment::Open)
+                    .await?;
+                transport.auth_paid(&req, &token).await?
+            }
+            other => other?,
+        },
     };
-    let AsResponse::ClientCredential(credential) = transport.auth(&anonymous_as(op)).await? else {
+    let AsResponse::ClientCredential(credential) = answer else {
         return Err(ClientError::Unexpected("expected a client credential"));
     };
     let AsResponse::AsCredentials(anchors) = transport
@@ -251,7 +299,10 @@ async fn certify(
 }
 
 /// Creates our pseudonymous user and its first client (our queue) at the QS.
-async fn create_qs_user(transport: &Transport, device: &[u8; 16]) -> Result<QsUser, ClientError> {
+pub(super) async fn create_qs_user(
+    transport: &Transport,
+    device: &[u8; 16],
+) -> Result<QsUser, ClientError> {
     let device_tag_key: [u8; 32] = mimi_rm_crypto::ids::random_bytes();
     let client_auth = SigningKey::generate();
     let user_auth = SigningKey::generate();
@@ -324,6 +375,9 @@ fn initial_state(
         wai_key: hex::encode(EarKey::random().as_bytes()),
         contacts: BTreeMap::new(),
         peer_anchors: BTreeMap::new(),
+        revocation_lists: BTreeMap::new(),
+        republish_pending: false,
+        cards_pending: false,
         in_flight_rekey: None,
         pending_mixes: Vec::new(),
         received_since_rekey: 0,

@@ -387,3 +387,28 @@ impl<C: OpenMlsCrypto> OpenMlsCrypto for CorruptingHpke<'_, C> {
         self.0.derive_hpke_keypair(config, ikm)
     }
 }
+
+impl Client {
+    /// What a removed (stolen) device can still do with the credential the AS revoked: create a
+    /// fresh pseudonymous QS user of its own (paid with tokens it kept), publish AddPackages
+    /// under that credential, and hand out a contact card for them. Returns the card. Honest
+    /// inviters must refuse it with `ClientError::Revoked`.
+    pub async fn republish_under_new_qs_user(&mut self) -> Result<crate::ContactCard, ClientError> {
+        let device: [u8; 16] = crate::state::unhex(&self.state.device)?
+            .try_into()
+            .map_err(|_| ClientError::State("device id".into()))?;
+        let fresh = super::register::create_qs_user(&self.transport, &device).await?;
+        let state = &mut self.state;
+        state.user_id = hex::encode(fresh.ids.user_id);
+        state.client_id = hex::encode(fresh.ids.client_id);
+        state.client_auth_key = hex::encode(fresh.client_auth.to_bytes());
+        state.user_auth_key = hex::encode(fresh.user_auth.to_bytes());
+        state.friendship_token = hex::encode(fresh.token);
+        state.add_package_key = hex::encode(fresh.add_package_key.as_bytes());
+        state.queue_ratchet =
+            hex::encode(mimi_rm_crypto::ratchet::QueueRatchet::new(fresh.secret).to_bytes());
+        state.key_packages.clear();
+        self.publish_add_packages(super::ADD_PACKAGES).await?;
+        self.contact_card()
+    }
+}

@@ -4,6 +4,7 @@
 use super::commit::decode_aad;
 use super::groups::group_keys;
 use super::requests::anonymous_as;
+use super::revocation::Revocations;
 use super::{Client, Event, GroupHandle, MemberIdentity, encoded, now_ms};
 use crate::contact::ContactCard;
 use crate::error::ClientError;
@@ -52,59 +53,14 @@ impl Client {
             .collect())
     }
 
-    /// Asks each verified member's AS whether that member's device is still current, and marks
-    /// the ones it no longer lists as `Unverified` ("revoked"): a device its user removed stays
-    /// in groups the remover was not in (e.g. a connection group), where only this check shows
-    /// it. One `UserClients` lookup per handle, through our own provider. Returns how many
-    /// members it marked.
+    /// Refreshes every provider's signed revocation list now (instead of waiting for the
+    /// refresh interval of `receive`) and marks each listed member, in every group, as
+    /// `Unverified` ("revoked"): a device its user removed stays in groups the remover was not
+    /// in (e.g. a connection group), where only the list shows it. Returns how many members of
+    /// `group` it newly marked.
     pub async fn check_revocations(&mut self, group: &GroupHandle) -> Result<usize, ClientError> {
-        let records = self.meta(group)?.members.clone();
-        let mut current: BTreeMap<String, Vec<[u8; 16]>> = BTreeMap::new();
-        for handle in records.values().filter_map(|r| r.handle.clone()) {
-            if current.contains_key(&handle) {
-                continue;
-            }
-            let domain = match self.state.contacts.get(&handle) {
-                Some(text) => crate::contact::ContactCard::from_text(text)?.domain_str(),
-                None => self.state.domain.clone(),
-            };
-            let op = AsOperation::UserClients(handle.as_bytes().to_vec().into());
-            let devices = match self
-                .transport
-                .auth_at(&self.state.domain, &domain, &anonymous_as(op))
-                .await
-            {
-                Ok(AsResponse::UserClients(list)) => {
-                    list.iter().map(|c| c.tbs.identity.device).collect()
-                }
-                // A handle the AS no longer knows has no current device.
-                Err(e) if e.code() == Some(mimi_rm_protocol::ErrorCode::UnknownUser) => Vec::new(),
-                Ok(_) => return Err(ClientError::Unexpected("expected the user's clients")),
-                Err(e) => return Err(e),
-            };
-            current.insert(handle, devices);
-        }
-        let meta = self.meta_mut(group)?;
-        let mut marked = 0;
-        for record in meta.members.values_mut() {
-            let (Some(handle), Some(device)) = (&record.handle, &record.device) else {
-                continue;
-            };
-            let listed = current
-                .get(handle)
-                .is_some_and(|ds| ds.iter().any(|d| hex::encode(d) == *device));
-            if !listed {
-                tracing::warn!(handle = %handle, "a member's device was revoked by its user");
-                record.problem = Some(format!(
-                    "revoked: {handle}'s AS no longer lists this device"
-                ));
-                record.handle = None;
-                record.device = None;
-                marked += 1;
-            }
-        }
-        self.persist()?;
-        Ok(marked)
+        let marked = self.refresh_revocations().await?;
+        Ok(marked.iter().filter(|(g, _)| g == group).count())
     }
 
     /// Every AS we can verify credentials against: our own (pinned at registration) and those
@@ -201,11 +157,14 @@ impl Client {
             .map(|m| (hex::encode(&m.signature_key), m.index.u32()))
             .collect();
         let anchors = self.anchors()?;
+        let revocations = self.revocations()?;
         let (ck, wk) = group_keys(self.meta(group)?)?;
         let aad = decode_aad(aad)?;
         let mut fresh = Vec::new();
         if let Some(joiner) = &aad.joiner {
-            fresh.extend(self.joiner_records(group, mls, adds, joiner, (&ck, &wk), &anchors)?);
+            let keys = (&ck, &wk);
+            let checks = (&anchors, &revocations);
+            fresh.extend(self.joiner_records(group, mls, adds, joiner, keys, checks)?);
         }
         for kp in adds {
             let kp_ref = kp
@@ -219,7 +178,8 @@ impl Client {
                 .added
                 .iter()
                 .find(|a| a.key_package_ref.as_slice() == kp_ref.as_slice());
-            let record = self.added_record(leaf, added, committer.as_deref(), (&ck, &wk), &anchors);
+            let checks = (&anchors, &revocations);
+            let record = self.added_record(leaf, added, committer.as_deref(), (&ck, &wk), checks);
             fresh.push((index, record));
         }
         let meta = self.meta_mut(group)?;
@@ -241,7 +201,7 @@ impl Client {
         adds: &[KeyPackage],
         joiner: &JoinData,
         (ck, wk): (&EarKey, &EarKey),
-        anchors: &AsCredentials,
+        (anchors, revocations): (&AsCredentials, &Revocations),
     ) -> Result<Vec<(u32, MemberRecord)>, ClientError> {
         let known: std::collections::BTreeSet<&str> = self
             .meta(group)?
@@ -266,6 +226,7 @@ impl Client {
                         &joiner.credential,
                         (ck, wk),
                         anchors,
+                        revocations,
                     ),
                 ));
             }
@@ -281,7 +242,7 @@ impl Client {
         added: Option<&AddedMember>,
         committer: Option<&str>,
         (ck, wk): (&EarKey, &EarKey),
-        anchors: &AsCredentials,
+        (anchors, revocations): (&AsCredentials, &Revocations),
     ) -> MemberRecord {
         match added {
             Some(a) => {
@@ -292,6 +253,7 @@ impl Client {
                     &a.credential,
                     (ck, wk),
                     anchors,
+                    revocations,
                 );
                 // A client added as the committer's own device must be the committer's.
                 if a.user == OWN_CLIENT
@@ -337,6 +299,7 @@ impl Client {
         entries: &[LeafCredentialEntry],
     ) -> Result<Vec<Event>, ClientError> {
         let anchors = self.anchors()?;
+        let revocations = self.revocations()?;
         let (ck, wk) = group_keys(self.meta(group)?)?;
         let fresh: Vec<(u32, MemberRecord)> = mls
             .members()
@@ -349,6 +312,7 @@ impl Client {
                         &e.info,
                         (&ck, &wk),
                         &anchors,
+                        &revocations,
                     ),
                     None => unverified_record(&m.signature_key, "the hub has no material for it"),
                 };
@@ -369,6 +333,7 @@ pub(super) fn check_leaf(
     info: &LeafCredentialInfo,
     (ck, wk): (&EarKey, &EarKey),
     anchors: &AsCredentials,
+    revocations: &Revocations,
 ) -> MemberRecord {
     let now = now_ms() / 1000;
     let verified = match mode {
@@ -378,6 +343,10 @@ pub(super) fn check_leaf(
         DsMode::Baseline => identity::verify_plain_leaf(leaf_identity, signature_key, anchors, now),
     };
     match verified {
+        Ok(credential) if revocations.lists(&credential.tbs.identity) => unverified_record(
+            signature_key,
+            &Revocations::problem(&credential.tbs.identity),
+        ),
         Ok(credential) => verified_record(signature_key, &credential),
         Err(e) => unverified_record(signature_key, &e.to_string()),
     }

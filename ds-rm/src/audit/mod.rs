@@ -49,6 +49,10 @@ pub fn reveals(cf: Cf, baseline: bool) -> &'static str {
              keys, the VAPID push key, the OHTTP gateway key seed"
         }
         Cf::AsUsers => "AS identities by design: every handle and its client credentials",
+        Cf::AsRevoked => {
+            "how many devices were revoked and until when their credentials ran (digests of \
+             handle and device: testable only by someone holding that device's credential)"
+        }
         Cf::AsKeys => "AS root and intermediate private keys (can forge client credentials)",
         Cf::AsInvites => "how many invitation codes are unused (hashes only; not who got them)",
         Cf::AsConnectionPackages => {

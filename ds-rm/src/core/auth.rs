@@ -25,6 +25,7 @@ use mimi_rm_protocol::credentials::{
     ClientIdentity, CredentialError, ExpirationData,
 };
 use mimi_rm_protocol::encode;
+use mimi_rm_protocol::revocation::{MAX_REVOKED, RevocationList, revoked_entry};
 use tls_codec::{TlsDeserialize, TlsSerialize, TlsSize};
 
 /// Validity of the root: long, because clients pin it per domain.
@@ -210,6 +211,12 @@ pub struct AsContext<'a> {
     pub ids: &'a dyn crate::core::ids::IdSource,
     /// Registration needs an invitation code.
     pub invite_only: bool,
+    /// The provider domain (named in signed revocation lists).
+    pub domain: &'a str,
+    /// The request spent a registration token (bought with an invitation code, a device's
+    /// vouch, or at an open provider): at an invitation-only provider that admits
+    /// `RegisterUser` without a code of its own.
+    pub paid_registration: bool,
 }
 
 impl AsContext<'_> {
@@ -317,9 +324,11 @@ pub fn process(
                 )));
             }
             match op {
-                AsOperation::RegisterUser(_) if ctx.invite_only => Err(HubError::Request(
-                    RequestError::NotAuthorized("this provider registers by invitation only"),
-                )),
+                AsOperation::RegisterUser(_) if ctx.invite_only && !ctx.paid_registration => {
+                    Err(HubError::Request(RequestError::NotAuthorized(
+                        "this provider registers by invitation only",
+                    )))
+                }
                 AsOperation::RegisterUser(csr) => register_user(ctx, txn, csr),
                 AsOperation::RegisterInvited(r) => {
                     if ctx.invite_only {
@@ -328,6 +337,7 @@ pub fn process(
                     register_user(ctx, txn, &r.csr)
                 }
                 AsOperation::AsCredentials => Ok(AsResponse::AsCredentials(ctx.keys.credentials())),
+                AsOperation::RevocationList => revocation_list(ctx, txn),
                 AsOperation::UserClients(handle) => user_clients(ctx, txn, handle.as_slice()),
                 AsOperation::FetchConnectionPackage(handle) => {
                     validate_handle(handle.as_slice())?;
@@ -413,7 +423,7 @@ pub fn invite_hash(code: &[u8]) -> [u8; 32] {
 }
 
 /// Consumes an unused invitation code, in the registration's own batch.
-fn use_invite(txn: &mut Txn<'_>, code: &[u8]) -> Result<(), HubError> {
+pub(crate) fn use_invite(txn: &mut Txn<'_>, code: &[u8]) -> Result<(), HubError> {
     let key = invite_hash(code).to_vec();
     if txn.get(Cf::AsInvites, &key)?.is_none() {
         return Err(HubError::Request(RequestError::NotAuthorized(
@@ -504,11 +514,13 @@ fn revoke_client(
     let handle = sender.handle.as_slice();
     let mut record =
         load_user(txn, handle)?.ok_or(HubError::Identity(IdentityError::UnknownUser))?;
-    let before = record.clients.len();
-    record.clients.retain(|c| c.tbs.identity.device != device);
-    if record.clients.len() == before {
+    let (revoked, kept): (Vec<_>, Vec<_>) = std::mem::take(&mut record.clients)
+        .into_iter()
+        .partition(|c| c.tbs.identity.device == device);
+    record.clients = kept;
+    let Some(valid_until) = revoked.iter().map(|c| c.tbs.expiration.not_after).max() else {
         return Ok(AsResponse::Ok);
-    }
+    };
     if record.clients.is_empty() {
         return Err(HubError::Request(RequestError::Invalid(
             "a user's last device cannot be revoked",
@@ -516,7 +528,61 @@ fn revoke_client(
     }
     store_user(txn, handle, &record)?;
     connections::forget_device(txn, handle, device)?;
+    let identity = ClientIdentity {
+        handle: handle.to_vec().into(),
+        device,
+    };
+    txn.put(
+        Cf::AsRevoked,
+        revoked_entry(&identity).map_err(internal)?.to_vec(),
+        valid_until.to_be_bytes().to_vec(),
+    );
     Ok(AsResponse::Ok)
+}
+
+/// The signed list of revoked devices whose credentials have not all expired.
+fn revocation_list(ctx: &AsContext<'_>, txn: &Txn<'_>) -> Result<AsResponse, HubError> {
+    let now = ctx.now_s();
+    let mut revoked = Vec::new();
+    for (entry, until) in txn.scan_prefix(Cf::AsRevoked, b"", MAX_REVOKED)? {
+        if revoked_until(&until)? >= now
+            && let Ok(e) = <[u8; 32]>::try_from(entry.as_slice())
+        {
+            revoked.push(e);
+        }
+    }
+    let list = RevocationList::sign(
+        &ctx.keys.intermediate_key,
+        &ctx.keys.intermediate,
+        &ctx.domain,
+        now,
+        revoked,
+    )
+    .map_err(internal)?;
+    Ok(AsResponse::RevocationList(list))
+}
+
+/// The last second of validity an `as_revoked` value records.
+fn revoked_until(value: &[u8]) -> Result<u64, HubError> {
+    value
+        .try_into()
+        .map(u64::from_be_bytes)
+        .map_err(|_| HubError::corrupt("as_revoked", "expiry is not 8 bytes"))
+}
+
+/// Deletes the revocation entries whose credentials have all expired (they verify nowhere any
+/// more, so the list no longer needs to name them). Returns how many went.
+pub fn prune_revocations(store: &dyn Store, now_s: u64) -> Result<usize, HubError> {
+    let mut txn = Txn::new(store);
+    let mut pruned = 0;
+    for (entry, until) in store.scan_prefix(Cf::AsRevoked, b"", usize::MAX)? {
+        if revoked_until(&until)? < now_s {
+            txn.delete(Cf::AsRevoked, entry);
+            pruned += 1;
+        }
+    }
+    txn.commit()?;
+    Ok(pruned)
 }
 
 fn user_clients(ctx: &AsContext<'_>, txn: &Txn<'_>, handle: &[u8]) -> Result<AsResponse, HubError> {
@@ -586,6 +652,8 @@ mod tests {
             client_lifetime_secs: 100,
             ids: &crate::core::ids::OsIds,
             invite_only: false,
+            domain: "a.test",
+            paid_registration: false,
         };
         let mut txn = Txn::new(store);
         let out = process(&ctx, &mut txn, req)?;

@@ -21,6 +21,8 @@ pub struct Metrics {
     pub received_from_peers: AtomicU64,
     /// Privacy Pass tokens issued.
     pub tokens_issued: AtomicU64,
+    /// Registration tokens issued (for invitation codes, vouching devices, open registration).
+    pub registration_tokens_issued: AtomicU64,
     /// Privacy Pass tokens spent (by accepted or refused requests).
     pub tokens_spent: AtomicU64,
     /// Sealed queue refs opened with HPKE (cache misses).

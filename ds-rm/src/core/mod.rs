@@ -275,6 +275,40 @@ impl Hub {
         result
     }
 
+    /// Answers a registration token request (see [`tokens::Tokens::issue_registration`]).
+    /// Invitation codes are used under the same lock as `RegisterInvited`, so one code buys one
+    /// token even when presented twice at once.
+    pub fn issue_registration_token(
+        &self,
+        payment: tokens::issue::RegistrationPayment<'_>,
+        content_type: Option<&str>,
+        body: &[u8],
+        now_ms: u64,
+    ) -> Result<tokens::issue::Issued, tokens::issue::Refused> {
+        let anchors = self.as_keys.credentials();
+        let ctx = tokens::issue::IssueContext {
+            store: self.store.as_ref(),
+            anchors: &anchors,
+            replay: &self.replay,
+            now_ms,
+        };
+        let _invite_lock = matches!(payment, tokens::issue::RegistrationPayment::Invite(_))
+            .then(|| self.invites.lock().unwrap_or_else(|p| p.into_inner()));
+        let result = self.tokens.issue_registration(
+            &ctx,
+            payment,
+            self.config.invite_only,
+            content_type,
+            body,
+        );
+        let counter = match &result {
+            Ok(_) => &self.metrics.registration_tokens_issued,
+            Err(_) => &self.metrics.errors,
+        };
+        counter.fetch_add(1, Ordering::Relaxed);
+        result
+    }
+
     /// Decodes a client's request body posted to `endpoint` (once: everything later uses the
     /// decoded value). A body that does not decode counts as a failed request.
     pub fn decode_request(
@@ -560,6 +594,8 @@ impl Hub {
             client_lifetime_secs: self.config.client_credential_lifetime_secs,
             ids: self.ids.as_ref(),
             invite_only: self.config.invite_only,
+            domain: &self.config.domain,
+            paid_registration: spend.is_some_and(|t| t.purpose == tokens::Purpose::Registration),
         };
         let resp = auth::process(&ctx, &mut txn, req)?;
         txn.commit()?;

@@ -322,6 +322,14 @@ pub fn process(
             replay.check_and_record(req.signature.as_slice(), req.tbs.timestamp_ms, now_ms)?;
             remove_user_client(txn, uid, &user, r)
         }
+        (QsSender::User(uid), QsOperation::RotateUser(r)) => {
+            let user = txn
+                .get_record::<UserRecord>(uid)?
+                .ok_or(HubError::Identity(IdentityError::UnknownUser))?;
+            verify(user.user_auth_key.as_slice(), &tbs, &req.signature)?;
+            replay.check_and_record(req.signature.as_slice(), req.tbs.timestamp_ms, now_ms)?;
+            rotate_user(txn, uid, user, r)
+        }
         (QsSender::Client(id), op) => {
             let mut record = txn
                 .get_record::<ClientRecord>(id)?
@@ -554,6 +562,37 @@ fn remove_user_client(
         after.user_auth_key = r.new_user_auth_key.clone();
         txn.put_record(user_id, &after)?;
     }
+    Ok(QsResponse::Ok)
+}
+
+/// Moves the user to a new auth key and friendship token: the old token's index entry goes in
+/// the same batch, so a fetch with it finds no user from then on.
+fn rotate_user(
+    txn: &mut Txn<'_>,
+    user_id: &[u8; 16],
+    mut user: UserRecord,
+    r: &RotateUser,
+) -> Result<QsResponse, HubError> {
+    VerifyingKey::from_bytes(r.new_user_auth_key.as_slice())
+        .map_err(|_| HubError::Request(RequestError::Invalid("bad user auth key")))?;
+    if r.new_friendship_token.as_slice().len() != 32 {
+        return Err(HubError::Request(RequestError::Invalid(
+            "friendship token must be 32 bytes",
+        )));
+    }
+    let hash: [u8; 32] = Sha256::digest(r.new_friendship_token.as_slice()).into();
+    if hash != user.friendship_hash {
+        if txn.get(Cf::QsFriendship, &hash)?.is_some() {
+            return Err(HubError::Request(RequestError::Invalid(
+                "friendship token already in use",
+            )));
+        }
+        txn.delete(Cf::QsFriendship, user.friendship_hash.to_vec());
+        txn.put(Cf::QsFriendship, hash.to_vec(), user_id.to_vec());
+        user.friendship_hash = hash;
+    }
+    user.user_auth_key = r.new_user_auth_key.clone();
+    txn.put_record(user_id, &user)?;
     Ok(QsResponse::Ok)
 }
 

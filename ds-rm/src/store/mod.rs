@@ -77,11 +77,15 @@ pub enum Cf {
     /// pseudonymous client id → the client's push subscription, sealed under its
     /// `PushTokenEarKey`, which is never stored here (it arrives in sealed queue refs).
     QsPush,
+    /// AS: labelled digest of a revoked device's identity → the last second its credentials
+    /// were valid (8 bytes, big-endian); the signed revocation list is read from here and an
+    /// entry goes when no credential it covers can verify any more.
+    AsRevoked,
 }
 
 impl Cf {
     /// All column families, in a fixed order.
-    pub const ALL: [Cf; 22] = [
+    pub const ALL: [Cf; 23] = [
         Cf::DsGroups,
         Cf::DsRouting,
         Cf::DsReservations,
@@ -105,6 +109,7 @@ impl Cf {
         Cf::PpSpent,
         // New families go last: a family's index is part of the slot file's keys.
         Cf::QsPush,
+        Cf::AsRevoked,
     ];
 
     /// The RocksDB column-family name.
@@ -132,6 +137,7 @@ impl Cf {
             Cf::PpKeys => "pp_keys",
             Cf::PpSpent => "pp_spent",
             Cf::QsPush => "qs_push",
+            Cf::AsRevoked => "as_revoked",
         }
     }
 }

@@ -39,6 +39,9 @@ fn show(who: &str, events: &[Event]) {
             Event::ConnectionAccepted { handle, .. } => {
                 println!("  {who:<6} is now connected with {handle}")
             }
+            Event::ContactUpdated { handle } => {
+                println!("  {who:<6} received {handle}'s rotated contact card")
+            }
             Event::InviteRejected { inviter, reason } => println!(
                 "  {who:<6} refused an invitation from {}: {reason}",
                 inviter.as_deref().unwrap_or("an unknown sender")

@@ -94,6 +94,55 @@ async fn scoped_connections_join_no_identity_to_a_pseudonym_and_no_two_pseudonym
     assert!(seen.by_address.pseudonym_pseudonym > 0);
 }
 
+/// The live socket leaves from the device's chosen local address, as its HTTP requests do:
+/// the operator sees the socket's upgrade request come from that address, not from another
+/// one of the machine (here 127.0.0.1, which the positive control shows the proxy records).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_live_socket_binds_the_device_address() {
+    let dir = tempfile::tempdir().unwrap();
+    let hub = hub(dir.path());
+    let proxy = Observer::start(hub.addr).await;
+    let chosen = address(9);
+    let options = mimi_client_rm::RegisterOptions {
+        connections: ConnectionOptions {
+            local_address: Some(chosen),
+            ..Default::default()
+        },
+        ..Default::default()
+    };
+    let mut bob = mimi_client_rm::Client::register_with(
+        &dir.path().join("bob"),
+        &proxy.url(),
+        "bob",
+        &options,
+    )
+    .await
+    .unwrap();
+    let mut alice =
+        mimi_client_rm::Client::register(&dir.path().join("alice"), &proxy.url(), "alice")
+            .await
+            .unwrap();
+    let g = group_of(&mut alice, &mut [&mut bob]).await;
+    alice.send(&g, b"over the socket").await.unwrap();
+    let events = bob.next_events().await.unwrap();
+    assert!(!events.is_empty());
+    assert_eq!(bob.listen_stats().connects, 1, "the live socket opened");
+    let live: Vec<IpAddr> = proxy
+        .records()
+        .iter()
+        .filter(|o| o.path == mimi_rm_protocol::paths::QS_LIVE)
+        .map(|o| o.peer)
+        .collect();
+    assert_eq!(live, vec![chosen]);
+    // Control: alice, with no local address, came from the default one.
+    assert!(
+        proxy
+            .records()
+            .iter()
+            .any(|o| o.peer == IpAddr::from([127, 0, 0, 1]))
+    );
+}
+
 /// Positive control: the same harness finds the links one shared pool makes.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_shared_pool_lets_the_operator_link_by_connection() {

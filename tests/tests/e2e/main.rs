@@ -35,6 +35,8 @@ mod membership;
 mod privacy_pass;
 mod push;
 mod queue_pcs;
+mod registration;
+mod removed_contact;
 mod removed_member;
 mod resend;
 mod seized_disk;

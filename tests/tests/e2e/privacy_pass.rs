@@ -11,7 +11,7 @@ use mimi_rm_protocol::tokens::{
     parse_www_authenticate,
 };
 use mimi_rm_protocol::{ErrorCode, TransactionType, paths};
-use mimi_rm_tests::common::{DOMAIN, client, group_of, hub_with_config, metric};
+use mimi_rm_tests::common::{DOMAIN, add_package_fetch, client, group_of, hub_with_config, metric};
 use mimi_rm_tests::{HubProcess, error_of, post_paid, post_with_headers};
 use std::path::Path;
 use std::time::Duration;
@@ -19,16 +19,7 @@ use std::time::Duration;
 /// An anonymous AddPackage fetch for `friendship_token`: rate-limited, with a visible effect
 /// (one AddPackage handed out), so "accepted once" is observable.
 fn fetch_body(friendship_token: &[u8]) -> Vec<u8> {
-    let req = QsRequest {
-        tbs: QsRequestTbs {
-            timestamp_ms: mimi_ds_rm::now_ms(),
-            nonce: rand::random(),
-            sender: QsSender::Anonymous,
-            operation: QsOperation::FetchAddPackages(friendship_token.to_vec().into()),
-        },
-        signature: Vec::new().into(),
-    };
-    mimi_client_rm::envelope(TransactionType::QueueService, &req).unwrap()
+    add_package_fetch(friendship_token)
 }
 
 fn user_rows(hub: &HubProcess) -> Vec<(Cf, Vec<u8>, Vec<u8>)> {
@@ -187,11 +178,20 @@ async fn group_scenario_runs_with_tokens_enforced_on_every_class() {
     let linked = scenario.clients.last().unwrap();
     let unrecorded = 1 + 2 * linked.groups().len();
     assert!(classes.contains(&RateClass::ConnectionRequest));
-    assert_eq!(spent_count(&hub), limited.len() + 5 + unrecorded);
+    // Each registration also spent a registration token (the open allowance per address).
+    let registrations = 5;
+    assert_eq!(
+        spent_count(&hub),
+        limited.len() + 5 + registrations + unrecorded
+    );
     // The counters agree with the store.
     let spent = spent_count(&hub) as u64;
     assert_eq!(metric(&hub, "mimi_tokens_spent").await, spent);
-    assert!(metric(&hub, "mimi_tokens_issued").await >= spent);
+    assert_eq!(
+        metric(&hub, "mimi_registration_tokens_issued").await,
+        registrations as u64
+    );
+    assert!(metric(&hub, "mimi_tokens_issued").await + registrations as u64 >= spent);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

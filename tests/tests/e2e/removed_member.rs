@@ -10,7 +10,7 @@
 //! Positive controls: a current member's keys open all of those, and before the removal the
 //! removed member's own keys did.
 
-use mimi_client_rm::{Client, Event, GroupHandle, MemberIdentity};
+use mimi_client_rm::{Client, ClientError, Event, GroupHandle, MemberIdentity};
 use mimi_ds_rm::core::ds::routing::{ROUTING_DOMAIN, RoutingRow};
 use mimi_ds_rm::core::ds::state::{AtRest, DsGroupState, GroupRow};
 use mimi_ds_rm::store::Cf;
@@ -366,6 +366,51 @@ async fn a_removed_member_or_device_keeps_its_keys_and_reads_nothing_new() {
         vec![dave.identity().unwrap().device],
         "dave2 is revoked"
     );
+    // ... and on the AS's signed revocation list, which every verifier checks.
+    let (status, resp) = post(
+        &hub.url(),
+        paths::AS,
+        as_anonymous(AsOperation::RevocationList),
+    )
+    .await;
+    assert_eq!(status, 200);
+    let AsResponse::RevocationList(list) = decode_exact::<AsResponse>(&resp, 1 << 20).unwrap()
+    else {
+        panic!("expected a revocation list")
+    };
+    let AsResponse::AsCredentials(anchors) = decode_exact::<AsResponse>(
+        &post(
+            &hub.url(),
+            paths::AS,
+            as_anonymous(AsOperation::AsCredentials),
+        )
+        .await
+        .1,
+        1 << 20,
+    )
+    .unwrap() else {
+        panic!("expected AS credentials")
+    };
+    list.verify(
+        &anchors,
+        &dave.contact_card().unwrap().domain_str(),
+        now_s(),
+    )
+    .unwrap();
+    assert!(list.lists(&kept_dave2.ghost.identity().unwrap()));
+    assert!(!list.lists(&dave.identity().unwrap()), "control");
+    // Dave's friendship token rotated with the removal: the one the removed device holds
+    // fetches none of dave's AddPackages and changes nothing.
+    let held = kept_dave2.ghost.contact_card().unwrap().friendship_token;
+    assert_ne!(held, dave.contact_card().unwrap().friendship_token);
+    rejected(
+        &hub,
+        paths::QS,
+        add_package_fetch(&held),
+        404,
+        ErrorCode::UnknownToken,
+    )
+    .await;
     let g2 = alice.create_group().await.unwrap();
     alice
         .invite(&g2, &dave.contact_card().unwrap())
@@ -433,11 +478,14 @@ async fn a_member_removed_for_inactivity_keeps_its_keys_and_reads_nothing_new() 
 }
 
 /// A removed device lingers where its remover is not a member — a connection group it made
-/// on its own. There, a member's revocation check (one AS lookup per handle) shows it as
-/// unverified ("revoked"), while the other members stay verified. Control: the same check
-/// before the removal marks nobody.
+/// on its own. There, a member's next receive refreshes the AS's signed revocation list and
+/// marks it unverified ("revoked"), while the other members stay verified. The removed device
+/// then tries to come back as a stolen device would: it publishes AddPackages under its revoked
+/// credential for a fresh pseudonymous QS user of its own and hands out a card for them. A
+/// contact's invitation refuses it (`Revoked`); the unchecked invitation of a colluding member
+/// shows the packages were there to add (the positive control).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_revoked_device_shows_unverified_where_it_lingers() {
+async fn a_revoked_device_shows_unverified_where_it_lingers_and_cannot_be_added_again() {
     let dir = tempfile::tempdir().unwrap();
     let hub = hub(dir.path());
     let mut dave = client(&hub, dir.path(), "dave").await;
@@ -463,7 +511,15 @@ async fn a_revoked_device_shows_unverified_where_it_lingers() {
     dave.receive().await.unwrap();
     let dave2_id = hex::encode(dave2.identity().unwrap().device);
     dave.remove_device(&dave2_id).await.unwrap();
-    assert_eq!(bob.check_revocations(&conn).await.unwrap(), 1);
+    // Bob does not ask: his next receive refreshes the lists (every time, here) and marks it.
+    bob.set_revocation_refresh(std::time::Duration::ZERO);
+    let events = bob.receive().await.unwrap();
+    assert!(
+        events.iter().any(|e| matches!(e,
+            Event::UnverifiedMember { group, reason, .. }
+                if *group == conn && reason.starts_with("revoked"))),
+        "{events:?}"
+    );
     let ids = bob.member_identities(&conn).unwrap();
     let revoked: Vec<&MemberIdentity> = ids
         .values()
@@ -473,6 +529,31 @@ async fn a_revoked_device_shows_unverified_where_it_lingers() {
         .collect();
     assert_eq!(revoked.len(), 1, "{ids:?}");
     assert_eq!(verified(&bob), 1, "bob himself stays verified");
+    assert_eq!(
+        bob.check_revocations(&conn).await.unwrap(),
+        0,
+        "marked once"
+    );
+
+    // The stolen device comes back under a pseudonymous user of its own.
+    let card = dave2.republish_under_new_qs_user().await.unwrap();
+    bob.add_contact(&card).unwrap();
+    let g = bob.create_group().await.unwrap();
+    let before = hub.dump();
+    let err = bob.invite(&g, &card).await.unwrap_err();
+    assert!(matches!(err, ClientError::Revoked), "{err}");
+    assert_eq!(bob.members(&g).unwrap().len(), 1, "nobody was added");
+    // Only the fetch consumed a one-time AddPackage; no group record changed.
+    let groups = |d: &[(Cf, Vec<u8>, Vec<u8>)]| {
+        d.iter()
+            .filter(|(cf, _, _)| matches!(cf, Cf::DsGroups | Cf::DsRouting))
+            .cloned()
+            .collect::<Vec<_>>()
+    };
+    assert!(groups(&before) == groups(&hub.dump()));
+    // Positive control: without the revocation check the same card adds it.
+    bob.invite_unchecked(&g, &card).await.unwrap();
+    assert_eq!(bob.members(&g).unwrap().len(), 2);
 }
 
 /// An invitation while a removal is pending (bob left; alice has not committed it): alice's

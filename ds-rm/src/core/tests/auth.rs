@@ -245,6 +245,51 @@ fn revoking_a_device_removes_it_everywhere_at_the_as() {
     assert_eq!(user_clients(&hub, "alice", NOW).len(), 1);
 }
 
+/// The AS's signed revocation list at `now` (ms), verified against its anchors.
+fn revocation_list(hub: &TestHub, now: u64) -> mimi_rm_protocol::revocation::RevocationList {
+    let AsResponse::RevocationList(list) = hub.ok_at(&as_anon_at(Op::RevocationList, now), now)
+    else {
+        panic!("expected a revocation list")
+    };
+    list.verify(&anchors(hub), DOMAIN, now / 1000).unwrap();
+    list
+}
+
+/// A revocation puts the device on the signed list (and only it, by handle and device), where
+/// it stays while its credential could verify; offline expiry then drops the entry. The list
+/// names no handle: its entries are digests.
+#[test]
+fn a_revoked_device_is_on_the_signed_list_until_its_credential_expires() {
+    let hub = TestHub::with(|c| c.client_credential_lifetime_secs = 100);
+    let alice = register(&hub, "alice");
+    let second = add_device(&hub, &alice, 2);
+    assert!(revocation_list(&hub, NOW).tbs.revoked.is_empty(), "control");
+    hub.ok(&alice.request(Op::RevokeClient([2; 16])));
+    let list = revocation_list(&hub, NOW);
+    assert_eq!(list.tbs.revoked.len(), 1);
+    assert!(list.lists(&second.identity));
+    assert!(!list.lists(&alice.identity));
+    assert!(!list.lists(&identity("bob", 2)));
+    let rows = hub.rows(Cf::AsRevoked);
+    assert_eq!(rows.len(), 1);
+    assert!(
+        !rows
+            .iter()
+            .any(|(k, v)| contains(k, b"alice") || contains(v, b"alice"))
+    );
+    // Through the credential's last second, then gone from the list; expiry deletes the row.
+    assert!(revocation_list(&hub, NOW + 100_000).lists(&second.identity));
+    assert!(revocation_list(&hub, NOW + 101_000).tbs.revoked.is_empty());
+    let done = crate::expire::expire(hub.store.as_ref(), 1, NOW + 50_000).unwrap();
+    assert_eq!((done.revocations, hub.rows(Cf::AsRevoked).len()), (0, 1));
+    let done = crate::expire::expire(hub.store.as_ref(), 1, NOW + 101_000).unwrap();
+    assert_eq!((done.revocations, hub.rows(Cf::AsRevoked).len()), (1, 0));
+}
+
+fn contains(haystack: &[u8], needle: &[u8]) -> bool {
+    haystack.windows(needle.len()).any(|w| w == needle)
+}
+
 /// The operations added for revocation and invitations refuse broken framing and forged
 /// signatures with their codes and change nothing (each framing check ends by accepting the
 /// untouched request: the positive control).

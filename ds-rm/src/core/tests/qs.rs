@@ -788,3 +788,89 @@ fn remove_user_client_deletes_the_tagged_client_and_rotates_the_user_key() {
         ErrorCode::InvalidSignature,
     );
 }
+
+/// Rotating the user moves its AddPackages to a new friendship token in one batch: the old
+/// token (which a removed contact or device holds) finds nothing, the new one finds every
+/// client's packages, the old user key authorises nothing, and a repeat signed with the new key
+/// changes nothing. Bad tokens and keys are refused with their codes and change nothing.
+#[test]
+fn rotate_user_moves_the_friendship_token_and_the_user_key() {
+    use mimi_rm_protocol::qs::RotateUser;
+    let hub = TestHub::new();
+    let alice = QsClient::register(&hub);
+    hub.ok(&alice.request(publish_op(&[b"pkg"], b"last")));
+    let bob = QsClient::register(&hub);
+    let fetched = |token: &[u8]| match hub.ok(&qs_anon(fetch_op(token))) {
+        QsResponse::AddPackages(p) => p.len(),
+        other => panic!("expected AddPackages, got {other:?}"),
+    };
+    assert_eq!(fetched(&alice.friendship_token), 1, "control");
+
+    let next = SigningKey::generate();
+    let token = [0x5e; 32];
+    let rotate = |signer: &SigningKey, token: &[u8], key: &[u8]| {
+        qs_signed(
+            signer,
+            QsSender::User(alice.user_id),
+            Op::RotateUser(RotateUser {
+                new_user_auth_key: key.to_vec().into(),
+                new_friendship_token: token.to_vec().into(),
+            }),
+        )
+    };
+    let next_pk = next.verifying_key().as_bytes().to_vec();
+    // Refusals first: each changes nothing.
+    let before = hub.dump();
+    for (req, code) in [
+        (
+            rotate(&alice.user_key, &token[..31], &next_pk),
+            ErrorCode::InvalidRequest,
+        ),
+        (
+            rotate(&alice.user_key, &token, &[1; 5]),
+            ErrorCode::InvalidRequest,
+        ),
+        // Another user's token cannot be taken over.
+        (
+            rotate(&alice.user_key, &bob.friendship_token, &next_pk),
+            ErrorCode::InvalidRequest,
+        ),
+        (
+            rotate(&SigningKey::generate(), &token, &next_pk),
+            ErrorCode::InvalidSignature,
+        ),
+    ] {
+        hub.assert_refused(&req, code);
+    }
+    assert!(before == hub.dump());
+    assert_framing_refusals(&hub, &rotate(&alice.user_key, &token, &next_pk));
+
+    let first = rotate(&alice.user_key, &token, &next_pk);
+    assert_eq!(hub.ok(&first), QsResponse::Ok);
+    hub.assert_refused(&first, ErrorCode::InvalidSignature);
+    hub.assert_refused(
+        &qs_anon(fetch_op(&alice.friendship_token)),
+        ErrorCode::UnknownToken,
+    );
+    assert_eq!(fetched(&token), 1);
+    let user = alice.user(&hub).unwrap();
+    assert_eq!(user.user_auth_key.as_slice(), next_pk.as_slice());
+    assert_eq!(
+        hub.rows(Cf::QsFriendship).len(),
+        2,
+        "alice's new entry and bob's"
+    );
+    // The old key creates nothing any more; a repeat under the new key changes nothing.
+    let again = NewUser::new();
+    hub.assert_refused(
+        &qs_signed(
+            &alice.user_key,
+            QsSender::User(alice.user_id),
+            create_client_op(&again.client_key, &again.ratchet_secret),
+        ),
+        ErrorCode::InvalidSignature,
+    );
+    let before = hub.dump();
+    assert_eq!(hub.ok(&rotate(&next, &token, &next_pk)), QsResponse::Ok);
+    assert!(before == hub.dump());
+}

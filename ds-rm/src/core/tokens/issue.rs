@@ -243,19 +243,143 @@ impl Tokens {
     /// A request must name the issuing key; an older one that still redeems is "expired" (the
     /// client should refresh the directory), anything else unknown.
     fn check_issuing_key(&self, requested: u8, issuing: u8, now_ms: u64) -> Result<(), HubError> {
-        if requested == issuing {
-            return Ok(());
-        }
-        let older = self.keys.redeeming(now_ms / 1000).iter().any(|k| {
-            truncated(&k.rsa_key_id) == requested || truncated(&k.voprf_key_id) == requested
-        });
-        Err(if older {
-            HubError::Token(TokenError::ExpiredKey)
-        } else {
-            HubError::Token(TokenError::UnknownKey)
-        })
+        check_issuing_key(&self.keys, requested, issuing, now_ms)
     }
 
+    /// Answers a registration token request (type 2, one token, from the registration key),
+    /// paid as `payment` says. An invitation code is used up in the same batch that the
+    /// signature is released with; the hub sees the code here and the unblinded token only at
+    /// registration, and cannot link the two.
+    pub fn issue_registration(
+        &self,
+        ctx: &IssueContext<'_>,
+        payment: RegistrationPayment<'_>,
+        invite_only: bool,
+        content_type: Option<&str>,
+        body: &[u8],
+    ) -> Result<Issued, Refused> {
+        let unprocessable = |error: HubError| Refused {
+            error,
+            unprocessable: true,
+        };
+        let refused = |error: HubError| Refused {
+            error,
+            unprocessable: false,
+        };
+        let tt = body
+            .get(..2)
+            .map(|b| u16::from_be_bytes([b[0], b[1]]))
+            .ok_or_else(|| unprocessable(HubError::malformed("token request", "truncated")))?;
+        if tt != TYPE_PUBLIC {
+            return Err(unprocessable(HubError::Token(TokenError::WrongType(tt))));
+        }
+        if content_type.map(str::trim) != Some(TOKEN_REQUEST_CONTENT_TYPE) {
+            return Err(unprocessable(HubError::Request(RequestError::Invalid(
+                "wrong content type for this token type",
+            ))));
+        }
+        if body.len() != PUBLIC_REQUEST_LEN {
+            return Err(unprocessable(HubError::malformed(
+                "token request",
+                "wrong length",
+            )));
+        }
+        let keys = self
+            .registration
+            .current(ctx.store, ctx.now_ms / 1000)
+            .map_err(refused)?;
+        check_issuing_key(
+            &self.registration,
+            body[2],
+            truncated(&keys.rsa_key_id),
+            ctx.now_ms,
+        )
+        .map_err(unprocessable)?;
+        // The payment: checked (and counted) before signing, released if signing fails.
+        let mut invite = None;
+        let mut charged = None;
+        match payment {
+            RegistrationPayment::Invite(code) => {
+                let mut txn = crate::store::Txn::new(ctx.store);
+                crate::core::auth::use_invite(&mut txn, code.trim().as_bytes()).map_err(refused)?;
+                invite = Some(txn);
+            }
+            RegistrationPayment::Device(auth) => {
+                let device = self.authenticate(ctx, Some(auth), body).map_err(refused)?;
+                let limit = self.policy.registration_allowance_per_epoch;
+                self.registration_allowance
+                    .take(keys.epoch, device, 1, limit)
+                    .map_err(refused)?;
+                charged = Some((&self.registration_allowance, device));
+            }
+            RegistrationPayment::Address(_) if invite_only => {
+                return Err(refused(HubError::Request(RequestError::NotAuthorized(
+                    "this provider registers by invitation only",
+                ))));
+            }
+            RegistrationPayment::Address(ip) => {
+                let key: [u8; 32] = Sha256::digest(ip.to_string().as_bytes()).into();
+                let limit = self.policy.registrations_per_address_per_epoch;
+                self.address_allowance
+                    .take(keys.epoch, key, 1, limit)
+                    .map_err(refused)?;
+                charged = Some((&self.address_allowance, key));
+            }
+        }
+        let signed = match keys.rsa.sk.blind_sign(&body[3..]) {
+            Ok(signed) => signed,
+            Err(e) => {
+                if let Some((allowance, key)) = charged {
+                    allowance.give_back(keys.epoch, key, 1);
+                }
+                return Err(unprocessable(HubError::malformed("blinded message", e)));
+            }
+        };
+        if let Some(txn) = invite {
+            txn.commit().map_err(|e| refused(e.into()))?;
+        }
+        Ok(Issued {
+            body: signed.0,
+            content_type: TOKEN_RESPONSE_CONTENT_TYPE,
+            count: 1,
+        })
+    }
+}
+
+/// How a registration token is paid for.
+#[derive(Debug, Clone, Copy)]
+pub enum RegistrationPayment<'a> {
+    /// A single-use invitation code from `ds-rm invite` (the `mimi-invite` header).
+    Invite(&'a str),
+    /// A current device's issuance authentication (the `mimi-issuance-auth` header): it vouches
+    /// for someone, from its registration allowance.
+    Device(&'a str),
+    /// Nothing but the client's address (open registration): a few per address per epoch.
+    Address(std::net::IpAddr),
+}
+
+/// [`Tokens::check_issuing_key`] against the keys of `issuer`.
+fn check_issuing_key(
+    issuer: &super::keys::IssuerKeys,
+    requested: u8,
+    issuing: u8,
+    now_ms: u64,
+) -> Result<(), HubError> {
+    if requested == issuing {
+        return Ok(());
+    }
+    let older = issuer
+        .redeeming(now_ms / 1000)
+        .iter()
+        .any(|k| truncated(&k.rsa_key_id) == requested || truncated(&k.voprf_key_id) == requested);
+    Err(if older {
+        HubError::Token(TokenError::ExpiredKey)
+    } else {
+        HubError::Token(TokenError::UnknownKey)
+    })
+}
+
+impl Tokens {
     /// Verifies the issuance signature and that its credential is a current device of this
     /// provider; returns the in-memory allowance key for the device.
     fn authenticate(

@@ -95,8 +95,40 @@ struct KeyState {
     retired: BTreeMap<u64, [[u8; 32]; 2]>,
 }
 
+/// Which of the hub's two issuers a key set belongs to: the record tags that keep their rows
+/// apart in `pp_keys`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct KeyTags {
+    secret: u8,
+    retired: u8,
+    /// For log lines.
+    pub name: &'static str,
+}
+
+impl KeyTags {
+    /// The issuer of request tokens (types 2 and 5).
+    pub const REQUESTS: KeyTags = KeyTags {
+        secret: b'k',
+        retired: b'r',
+        name: "request",
+    };
+    /// The issuer of registration tokens (type 2 only is issued; the VOPRF half is unused).
+    pub const REGISTRATION: KeyTags = KeyTags {
+        secret: b'g',
+        retired: b'h',
+        name: "registration",
+    };
+
+    fn key(tag: u8, epoch: u64) -> Vec<u8> {
+        let mut k = vec![tag];
+        k.extend_from_slice(&epoch.to_be_bytes());
+        k
+    }
+}
+
 /// The issuer's key set over a store.
 pub struct IssuerKeys {
+    tags: KeyTags,
     schedule: KeySchedule,
     state: RwLock<KeyState>,
     /// Serialises rotations (key generation takes up to half a second).
@@ -107,16 +139,15 @@ fn internal(e: impl std::fmt::Display) -> HubError {
     HubError::Bug(format!("privacy pass keys: {e}"))
 }
 
+/// The row of the request issuer's secret keys of `epoch` (test vectors store keys there).
+#[cfg(test)]
 pub(super) fn secret_key(epoch: u64) -> Vec<u8> {
-    let mut k = vec![b'k'];
-    k.extend_from_slice(&epoch.to_be_bytes());
-    k
+    KeyTags::key(KeyTags::REQUESTS.secret, epoch)
 }
 
+#[cfg(test)]
 fn retired_key(epoch: u64) -> Vec<u8> {
-    let mut k = vec![b'r'];
-    k.extend_from_slice(&epoch.to_be_bytes());
-    k
+    KeyTags::key(KeyTags::REQUESTS.retired, epoch)
 }
 
 /// Stored secret record: `u32 der_len ‖ rsa pkcs#8 der ‖ voprf seed (32)`.
@@ -189,20 +220,27 @@ impl EpochKeys {
 
 impl IssuerKeys {
     /// Loads every stored key and brings the set up to date for `now_s`.
-    pub fn open(store: &dyn Store, schedule: KeySchedule, now_s: u64) -> Result<Self, HubError> {
+    pub fn open(
+        store: &dyn Store,
+        tags: KeyTags,
+        schedule: KeySchedule,
+        now_s: u64,
+    ) -> Result<Self, HubError> {
         let mut state = KeyState::default();
-        for (k, v) in store.scan_prefix(Cf::PpKeys, b"", usize::MAX)? {
+        let mut rows = store.scan_prefix(Cf::PpKeys, &[tags.secret], usize::MAX)?;
+        rows.extend(store.scan_prefix(Cf::PpKeys, &[tags.retired], usize::MAX)?);
+        for (k, v) in rows {
             let Some((&tag, epoch)) = k.split_first() else {
                 continue;
             };
             let epoch = u64::from_be_bytes(epoch.try_into().map_err(internal)?);
             match tag {
-                b'k' => {
+                t if t == tags.secret => {
                     state
                         .active
                         .insert(epoch, Arc::new(EpochKeys::load(epoch, &v)?));
                 }
-                b'r' => {
+                t if t == tags.retired => {
                     let ids: [u8; 64] = v.as_slice().try_into().map_err(internal)?;
                     let mut a = [0u8; 32];
                     let mut b = [0u8; 32];
@@ -214,6 +252,7 @@ impl IssuerKeys {
             }
         }
         let keys = Self {
+            tags,
             schedule,
             state: RwLock::new(state),
             rotating: Mutex::new(()),
@@ -305,8 +344,12 @@ impl IssuerKeys {
         let mut txn = Txn::new(store);
         let created = if missing {
             let (keys, record) = EpochKeys::generate(epoch)?;
-            txn.put(Cf::PpKeys, secret_key(epoch), record);
-            tracing::info!(epoch, "privacy pass: new issuer keys");
+            txn.put(Cf::PpKeys, KeyTags::key(self.tags.secret, epoch), record);
+            tracing::info!(
+                epoch,
+                issuer = self.tags.name,
+                "privacy pass: new issuer keys"
+            );
             Some(Arc::new(keys))
         } else {
             None
@@ -319,17 +362,25 @@ impl IssuerKeys {
                 .get(e)
                 .map(|k| [k.rsa_key_id, k.voprf_key_id]);
             if let Some(ids) = ids {
-                txn.delete(Cf::PpKeys, secret_key(*e));
-                txn.put(Cf::PpKeys, retired_key(*e), ids.concat());
+                txn.delete(Cf::PpKeys, KeyTags::key(self.tags.secret, *e));
+                txn.put(
+                    Cf::PpKeys,
+                    KeyTags::key(self.tags.retired, *e),
+                    ids.concat(),
+                );
                 retired.push((*e, ids));
             }
             for (k, _) in store.scan_prefix(Cf::PpSpent, &e.to_be_bytes(), usize::MAX)? {
                 txn.delete(Cf::PpSpent, k);
             }
-            tracing::info!(epoch = e, "privacy pass: issuer keys expired");
+            tracing::info!(
+                epoch = e,
+                issuer = self.tags.name,
+                "privacy pass: issuer keys expired"
+            );
         }
         for e in &forgotten {
-            txn.delete(Cf::PpKeys, retired_key(*e));
+            txn.delete(Cf::PpKeys, KeyTags::key(self.tags.retired, *e));
         }
         txn.commit()?;
         let mut s = self.state.write().unwrap_or_else(|p| p.into_inner());
@@ -373,13 +424,13 @@ mod tests {
             epoch_secs: 4,
             overlap_secs: 1,
         };
-        IssuerKeys::open(&store, short, now).unwrap();
+        IssuerKeys::open(&store, KeyTags::REQUESTS, short, now).unwrap();
         // Restarted with a longer epoch: the old key's epoch number lies "in the future".
         let long = KeySchedule {
             epoch_secs: 86_400,
             overlap_secs: 3_600,
         };
-        let keys = IssuerKeys::open(&store, long, now).unwrap();
+        let keys = IssuerKeys::open(&store, KeyTags::REQUESTS, long, now).unwrap();
         let rows: Vec<Vec<u8>> = store
             .dump()
             .unwrap()
@@ -395,6 +446,46 @@ mod tests {
             ]
         );
         assert_eq!(keys.redeeming(now).len(), 1);
+    }
+
+    /// The request and registration issuers share `pp_keys` but never a row or a key: each
+    /// loads only its own tags, so a registration key can never verify a request token.
+    #[test]
+    fn two_issuers_keep_their_keys_apart() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = crate::store::RocksStore::open(dir.path(), false).unwrap();
+        let now = 1_800_000_000;
+        let schedule = KeySchedule {
+            epoch_secs: 86_400,
+            overlap_secs: 3_600,
+        };
+        let requests = IssuerKeys::open(&store, KeyTags::REQUESTS, schedule, now).unwrap();
+        let registration = IssuerKeys::open(&store, KeyTags::REGISTRATION, schedule, now).unwrap();
+        let (a, b) = (
+            requests.current(&store, now).unwrap(),
+            registration.current(&store, now).unwrap(),
+        );
+        assert_ne!(a.rsa_key_id, b.rsa_key_id);
+        assert!(matches!(
+            requests.lookup(&b.rsa_key_id, now),
+            KeyLookup::Unknown
+        ));
+        assert!(matches!(
+            registration.lookup(&a.rsa_key_id, now),
+            KeyLookup::Unknown
+        ));
+        let mut tags: Vec<u8> = store
+            .dump()
+            .unwrap()
+            .into_iter()
+            .filter(|(cf, _, _)| *cf == Cf::PpKeys)
+            .map(|(_, k, _)| k[0])
+            .collect();
+        tags.sort();
+        assert_eq!(tags, vec![b'g', b'k']);
+        // Reopened, each finds its own key again.
+        let again = IssuerKeys::open(&store, KeyTags::REGISTRATION, schedule, now).unwrap();
+        assert_eq!(again.current(&store, now).unwrap().rsa_key_id, b.rsa_key_id);
     }
 
     #[test]

@@ -16,11 +16,11 @@ mod vectors;
 use crate::core::HubError;
 use crate::core::TokenError;
 use crate::store::{Cf, Store, Txn};
-use keys::{IssuerKeys, KeyLookup, KeySchedule};
+use keys::{IssuerKeys, KeyLookup, KeySchedule, KeyTags};
 use mimi_rm_protocol::tokens::{
-    DirectoryKey, GREASE_TYPES, ISSUER_REQUEST_PATH, IssuerDirectory, PresentedToken, RateClass,
-    TYPE_AMORTIZED, TYPE_PUBLIC, challenge, challenge_digest, encode_b64url,
-    grease_www_authenticate, www_authenticate,
+    DirectoryKey, GREASE_TYPES, ISSUER_REQUEST_PATH, IssuerDirectory, PresentedToken,
+    REGISTRATION_REQUEST_PATH, RateClass, TYPE_AMORTIZED, TYPE_PUBLIC, challenge, challenge_digest,
+    encode_b64url, grease_www_authenticate, registration_challenge_digest, www_authenticate,
 };
 use std::collections::BTreeSet;
 use subtle::ConstantTimeEq as _;
@@ -34,6 +34,12 @@ pub struct TokenPolicy {
     pub schedule: KeySchedule,
     /// Tokens one device may obtain per key epoch.
     pub allowance_per_epoch: u32,
+    /// Registration tokens one device may obtain per key epoch, to hand to someone it vouches
+    /// for (a friend, a new account of its own).
+    pub registration_allowance_per_epoch: u32,
+    /// Registration tokens obtainable per client address per key epoch without an invitation
+    /// or a device (open registration only; counted in memory, never stored).
+    pub registrations_per_address_per_epoch: u32,
 }
 
 impl Default for TokenPolicy {
@@ -45,6 +51,8 @@ impl Default for TokenPolicy {
                 overlap_secs: 60 * 60,
             },
             allowance_per_epoch: 10_000,
+            registration_allowance_per_epoch: 1,
+            registrations_per_address_per_epoch: 5,
         }
     }
 }
@@ -59,6 +67,17 @@ pub struct VerifiedToken {
     pub token_type: u16,
     /// Its nonce.
     pub nonce: [u8; 32],
+    /// What it pays for: the issuer key that verified it decides.
+    pub purpose: Purpose,
+}
+
+/// What a token pays for: its issuer key, told apart by the challenge it is bound to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Purpose {
+    /// A rate-limited request.
+    Request,
+    /// One registration (`RegisterUser`).
+    Registration,
 }
 
 impl VerifiedToken {
@@ -88,6 +107,12 @@ pub struct Tokens {
     keys: IssuerKeys,
     digests: [[u8; 32]; 2],
     allowance: issue::Allowance,
+    /// The registration issuer: its own keys and challenge.
+    registration: IssuerKeys,
+    registration_digest: [u8; 32],
+    /// Registration tokens per vouching device, and per address (open registration).
+    registration_allowance: issue::Allowance,
+    address_allowance: issue::Allowance,
 }
 
 fn secs(now_ms: u64) -> u64 {
@@ -102,14 +127,21 @@ impl Tokens {
         policy: TokenPolicy,
         now_ms: u64,
     ) -> Result<Self, HubError> {
-        let keys = IssuerKeys::open(store, policy.schedule, secs(now_ms))?;
+        let keys = IssuerKeys::open(store, KeyTags::REQUESTS, policy.schedule, secs(now_ms))?;
+        let registration =
+            IssuerKeys::open(store, KeyTags::REGISTRATION, policy.schedule, secs(now_ms))?;
         let digest = |t| challenge_digest(domain, t).map_err(|e| HubError::Bug(e.to_string()));
         Ok(Self {
             domain: domain.to_owned(),
             digests: [digest(TYPE_PUBLIC)?, digest(TYPE_AMORTIZED)?],
+            registration_digest: registration_challenge_digest(domain)
+                .map_err(|e| HubError::Bug(e.to_string()))?,
             policy,
             keys,
             allowance: issue::Allowance::default(),
+            registration,
+            registration_allowance: issue::Allowance::default(),
+            address_allowance: issue::Allowance::default(),
         })
     }
 
@@ -120,12 +152,16 @@ impl Tokens {
 
     /// Brings keys up to date (called periodically and before issuing).
     pub fn rotate(&self, store: &dyn Store, now_ms: u64) -> Result<(), HubError> {
-        self.keys.rotate(store, secs(now_ms))
+        self.keys.rotate(store, secs(now_ms))?;
+        self.registration.rotate(store, secs(now_ms))
     }
 
     /// Checks a presented token's challenge, key and signature. Cheap enough (one RSA verify or
     /// one VOPRF evaluation) to run before anything else about the request.
     pub fn verify(&self, token: &PresentedToken, now_ms: u64) -> Result<VerifiedToken, HubError> {
+        if token.token_type == TYPE_PUBLIC && token.challenge_digest == self.registration_digest {
+            return self.check_authenticator(token, now_ms, Purpose::Registration);
+        }
         let expected = match token.token_type {
             TYPE_PUBLIC => &self.digests[0],
             TYPE_AMORTIZED => &self.digests[1],
@@ -136,16 +172,21 @@ impl Tokens {
                 "bound to another challenge",
             )));
         }
-        self.check_authenticator(token, now_ms)
+        self.check_authenticator(token, now_ms, Purpose::Request)
     }
 
-    /// The key and signature part of [`Tokens::verify`], for any challenge.
+    /// The key and signature part of [`Tokens::verify`], against the keys of `purpose`.
     fn check_authenticator(
         &self,
         token: &PresentedToken,
         now_ms: u64,
+        purpose: Purpose,
     ) -> Result<VerifiedToken, HubError> {
-        let keys = match self.keys.lookup(&token.token_key_id, secs(now_ms)) {
+        let issuer = match purpose {
+            Purpose::Request => &self.keys,
+            Purpose::Registration => &self.registration,
+        };
+        let keys = match issuer.lookup(&token.token_key_id, secs(now_ms)) {
             KeyLookup::Active(k) => k,
             KeyLookup::Expired => return Err(HubError::Token(TokenError::ExpiredKey)),
             KeyLookup::Unknown => return Err(HubError::Token(TokenError::UnknownKey)),
@@ -181,6 +222,7 @@ impl Tokens {
             epoch: keys.epoch,
             token_type: token.token_type,
             nonce: token.nonce,
+            purpose,
         })
     }
 
@@ -191,11 +233,23 @@ impl Tokens {
         admission: &Admission,
     ) -> Result<Option<VerifiedToken>, HubError> {
         let required = class.is_some_and(|c| self.policy.rate_limited.contains(&c));
+        let registration = class == Some(RateClass::Registration);
         match admission {
             Admission::Peer => Ok(None),
+            // A registration that presents a registration token spends it even where
+            // registration is free: at an invitation-only provider that is its admission.
+            Admission::Client(Some(t)) if registration || required => {
+                if (t.purpose == Purpose::Registration) != registration {
+                    return Err(HubError::Token(TokenError::Invalid(if registration {
+                        "a registration needs a registration token"
+                    } else {
+                        "a registration token pays for a registration only"
+                    })));
+                }
+                Ok(Some(t.clone()))
+            }
             Admission::Client(_) if !required => Ok(None),
-            Admission::Client(None) => Err(HubError::Token(TokenError::Required)),
-            Admission::Client(Some(t)) => Ok(Some(t.clone())),
+            Admission::Client(_) => Err(HubError::Token(TokenError::Required)),
         }
     }
 
@@ -241,6 +295,30 @@ impl Tokens {
         let grease = GREASE_TYPES[usize::from(random[0]) % GREASE_TYPES.len()];
         out.push(grease_www_authenticate(grease, &random));
         out
+    }
+
+    /// The registration issuer's directory: its type 2 keys that redeem now, newest first.
+    pub fn registration_directory(
+        &self,
+        store: &dyn Store,
+        now_ms: u64,
+    ) -> Result<IssuerDirectory, HubError> {
+        self.registration.current(store, secs(now_ms))?;
+        let schedule = self.registration.schedule();
+        let token_keys = self
+            .registration
+            .redeeming(secs(now_ms))
+            .into_iter()
+            .map(|k| DirectoryKey {
+                token_type: TYPE_PUBLIC,
+                token_key: encode_b64url(&k.rsa_spki),
+                not_before: schedule.start_of(k.epoch),
+            })
+            .collect();
+        Ok(IssuerDirectory {
+            issuer_request_uri: REGISTRATION_REQUEST_PATH.to_owned(),
+            token_keys,
+        })
     }
 
     /// The issuer directory: every key that redeems now, newest (the issuing one) first.

@@ -4,7 +4,7 @@
 //! bit flipped).
 
 use super::keys::{encode_secret, secret_key};
-use super::{TokenPolicy, Tokens};
+use super::{Purpose, TokenPolicy, Tokens};
 use crate::core::HubError;
 use crate::core::TokenError;
 use crate::store::{Cf, RocksStore, Txn};
@@ -76,12 +76,14 @@ fn rfc9578_type2_vectors_through_our_issuer_and_verifier() {
             <[u8; 32]>::from(Sha256::digest(field(&v, "pkS")))
         );
         assert_eq!(token.encode(), field(&v, "token"));
-        let verified = tokens.check_authenticator(&token, now).unwrap();
+        let verified = tokens
+            .check_authenticator(&token, now, Purpose::Request)
+            .unwrap();
         assert_eq!(verified.nonce, token.nonce);
         let mut bad = token.clone();
         bad.authenticator[17] ^= 0x40;
         assert!(matches!(
-            tokens.check_authenticator(&bad, now),
+            tokens.check_authenticator(&bad, now, Purpose::Request),
             Err(HubError::Token(TokenError::Invalid(_)))
         ));
         // Its challenge (issuer.example with a redemption context) is not the one this hub
