@@ -373,10 +373,21 @@ impl HubProcess {
 
     /// Every stored key and value, read through a read-only handle (works while running).
     pub fn dump(&self) -> Vec<(Cf, Vec<u8>, Vec<u8>)> {
-        RocksStore::open_read_only(&self.data)
-            .expect("open read-only")
-            .dump()
-            .expect("dump")
+        // Right after start the hub may be switching its MANIFEST (start-up compaction), and
+        // a read-only open can then miss `CURRENT` for a moment: retry briefly.
+        let mut attempt = 0;
+        let store = loop {
+            match RocksStore::open_read_only(&self.data) {
+                Ok(store) => break store,
+                Err(e) if attempt < 40 => {
+                    attempt += 1;
+                    eprintln!("read-only open failed ({e}); retrying");
+                    std::thread::sleep(Duration::from_millis(50));
+                }
+                Err(e) => panic!("open read-only: {e}"),
+            }
+        };
+        store.dump().expect("dump")
     }
 }
 

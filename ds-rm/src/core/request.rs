@@ -148,7 +148,7 @@ impl ClientRequest {
     /// Whether a peer may hand this request to us, or a client may have us proxy it: only
     /// requests the hub would serve to an anonymous client anyway, or that the client signed
     /// itself — DS requests for groups hosted at `local_domain`, the anonymous QS/AS lookups
-    /// (AddPackage fetch, QS key, AS credentials, a user's clients) and the anonymous
+    /// (AddPackage fetch, QS key, AS credentials, a user's clients, the revocation list) and the anonymous
     /// connection-request steps (fetch a connection package, leave a sealed request).
     pub fn check_forwardable(&self, local_domain: &str) -> Result<(), HubError> {
         match self {
@@ -167,6 +167,7 @@ impl ClientRequest {
             Self::As(r) => match r.tbs.operation {
                 AsOperation::AsCredentials
                 | AsOperation::UserClients(_)
+                | AsOperation::RevocationList
                 | AsOperation::FetchConnectionPackage(_)
                 | AsOperation::SendConnectionRequest(_) => Ok(()),
                 _ => Err(HubError::Request(RequestError::NotAuthorized(

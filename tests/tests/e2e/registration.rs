@@ -155,7 +155,7 @@ async fn registration_token_requests_are_checked_like_any_issuance() {
             "truncated",
             vec![0x00],
             vec![ct()],
-            (422, ErrorCode::InvalidRequest),
+            (422, ErrorCode::Malformed),
         ),
         (
             "type 5",
@@ -167,7 +167,7 @@ async fn registration_token_requests_are_checked_like_any_issuance() {
             "wrong length",
             good[..100].to_vec(),
             vec![ct()],
-            (422, ErrorCode::InvalidRequest),
+            (422, ErrorCode::Malformed),
         ),
         (
             "wrong content type",

@@ -850,6 +850,19 @@ fn with_the_token_gate_on_connection_requests_need_tokens_but_lookups_do_not() {
     let gated = TestHub::with(|c| c.tokens = tokens::TokenPolicy::default());
     gated.assert_refused(&fetch_package("alice"), ErrorCode::TokenRequired);
     gated.assert_refused(&send_request("alice", 1, 1), ErrorCode::TokenRequired);
-    register(&gated, "alice");
-    assert_eq!(user_clients(&gated, "alice", NOW).len(), 1);
+    // Registering costs a (registration) token as well; `registration.rs` pays for one.
+    let key = SigningKey::generate();
+    gated.assert_refused(
+        &as_anon(Op::RegisterUser(csr(&key, "alice", 1))),
+        ErrorCode::TokenRequired,
+    );
+    // Lookups reach the AS without one.
+    gated.ok(&as_anon(Op::AsCredentials));
+    gated.assert_refused(
+        &as_anon(Op::UserClients(b"alice".to_vec().into())),
+        ErrorCode::UnknownUser,
+    );
+    let AsResponse::RevocationList(_) = gated.ok(&as_anon(Op::RevocationList)) else {
+        panic!("expected a revocation list")
+    };
 }
