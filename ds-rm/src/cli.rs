@@ -201,6 +201,11 @@ fn serve(cfg: Config) -> Result<(), Box<dyn std::error::Error>> {
     let rt = tokio::runtime::Runtime::new()?;
     let scrub_every = cfg.scrub_interval_secs;
     let served = rt.block_on(async move {
+        // Everything that writes at start-up (the OHTTP gateway's key seed, via the router) is
+        // done before the port opens: a client, or a test reading the store, never sees a
+        // half-started hub.
+        let peers = Arc::new(crate::federation::Peers::new(&cfg)?);
+        let router = crate::http::router_with_peers(hub.clone(), peers.clone());
         let listener = tokio::net::TcpListener::bind(cfg.listen).await?;
         let scheme = if tls.is_some() { "https" } else { "http" };
         if cfg.mode == mimi_rm_protocol::DsMode::Baseline {
@@ -216,7 +221,6 @@ fn serve(cfg: Config) -> Result<(), Box<dyn std::error::Error>> {
             "ds-rm hub listening on {scheme}://{}",
             listener.local_addr()?
         );
-        let peers = Arc::new(crate::federation::Peers::new(&cfg)?);
         // Fan-out for other providers' members leaves the durable outbox from here.
         tokio::spawn(crate::federation::run_outbox(hub.clone(), peers.clone()));
         tokio::spawn(crate::privacy_pass::run_rotation(hub.clone()));
@@ -235,7 +239,6 @@ fn serve(cfg: Config) -> Result<(), Box<dyn std::error::Error>> {
                  directory's files until RocksDB happens to compact them"
             );
         }
-        let router = crate::http::router_with_peers(hub, peers);
         let limits = crate::listener::Limits::new(&cfg, crate::listener::open_file_limit());
         crate::listener::serve(listener, tls, router, limits, shutdown_signal()).await;
         Ok::<(), Box<dyn std::error::Error>>(())
