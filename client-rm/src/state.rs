@@ -111,6 +111,10 @@ pub struct ClientState {
     /// Our rotated contact card has not yet reached every contact it can reach.
     #[serde(default)]
     pub cards_pending: bool,
+    /// Our QS user has not yet moved to the friendship token (and user key) of our current
+    /// user secret.
+    #[serde(default)]
+    pub qs_rotation_pending: bool,
     /// Hex randomness of a queue rekey sent but not yet confirmed (re-sent until it is; the QS
     /// answers a repeat with the same sequence number).
     #[serde(default)]

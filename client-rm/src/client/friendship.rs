@@ -63,15 +63,24 @@ impl Client {
         Ok(())
     }
 
-    /// After our user secret rotated to `secret` (our QS user key is already the one it
-    /// derives): installs its friendship keys, moves our QS user to its friendship token, and
-    /// then republishes and announces the new card. Idempotent, so an interrupted removal can
-    /// simply run again.
+    /// After our user secret rotated to `secret` (already ours in the state): installs its
+    /// friendship keys and notes the three steps that follow — moving our QS user to its
+    /// friendship token, republishing our AddPackages, announcing the new card — then runs
+    /// them. Each step is recorded when done, and whatever an interruption leaves is retried
+    /// after the next receive, so a removal never ends half-rotated.
     pub(super) async fn rotate_friendship(&mut self, secret: &[u8; 32]) -> Result<(), ClientError> {
         self.install_friendship(secret)?;
+        self.state.qs_rotation_pending = true;
         self.state.cards_pending = true;
         self.persist()?;
-        let new_key = super::devices::qs_user_key(secret)?;
+        self.finish_friendship_rotation().await
+    }
+
+    /// Moves our QS user to the current friendship token and to the QS user key of our user
+    /// secret (`RotateUser`). Idempotent: a retry after the QS applied it is signed with the
+    /// key it moved to.
+    async fn rotate_qs_user(&mut self) -> Result<(), ClientError> {
+        let new_key = super::devices::qs_user_key(&self.user_secret()?)?;
         let user_id: [u8; 16] = unhex(&self.state.user_id)?
             .try_into()
             .map_err(|_| ClientError::State("user id".into()))?;
@@ -94,14 +103,18 @@ impl Client {
             Err(e) => return Err(e),
         }
         self.state.user_auth_key = hex::encode(new_key.to_bytes());
-        self.persist()?;
-        self.finish_friendship_rotation().await
+        Ok(())
     }
 
-    /// What a friendship rotation leaves to do, when anything: republish our AddPackages under
-    /// the new key (every device), and send the new card to each contact (the device that
-    /// rotated). Runs after each receive until it succeeds.
+    /// What a friendship rotation leaves to do, when anything: move our QS user (the device
+    /// that rotated), republish our AddPackages under the new key (every device), send the new
+    /// card to each contact (the device that rotated). Runs after each receive until done.
     pub(super) async fn finish_friendship_rotation(&mut self) -> Result<(), ClientError> {
+        if self.state.qs_rotation_pending {
+            self.rotate_qs_user().await?;
+            self.state.qs_rotation_pending = false;
+            self.persist()?;
+        }
         if self.state.republish_pending {
             self.state.key_packages.clear();
             self.publish_add_packages(ADD_PACKAGES).await?;

@@ -378,6 +378,7 @@ fn initial_state(
         revocation_lists: BTreeMap::new(),
         republish_pending: false,
         cards_pending: false,
+        qs_rotation_pending: false,
         in_flight_rekey: None,
         pending_mixes: Vec::new(),
         received_since_rekey: 0,

@@ -105,14 +105,23 @@ impl Client {
 
     /// Refreshes every provider's list, then marks each listed member of every group as
     /// unverified ("revoked"). Returns the members newly marked, by group.
+    /// A provider that cannot be reached does not hold up the others: the sweep runs with
+    /// every list obtained, and the first failure is returned after it.
     pub async fn refresh_revocations(&mut self) -> Result<Vec<(GroupHandle, u32)>, ClientError> {
-        for domain in self.member_domains()? {
-            self.fetch_revocations(&domain).await?;
-        }
         self.last_revocation_refresh = Some(std::time::Instant::now());
+        let mut failed = None;
+        for domain in self.member_domains()? {
+            if let Err(e) = self.fetch_revocations(&domain).await {
+                tracing::warn!(domain = %domain, error = %e, "no revocation list from this provider");
+                failed.get_or_insert(e);
+            }
+        }
         let marked = self.sweep_revoked()?;
         self.persist()?;
-        Ok(marked)
+        match failed {
+            Some(e) => Err(e),
+            None => Ok(marked),
+        }
     }
 
     /// [`Client::refresh_revocations`] when the refresh interval has passed; a provider that

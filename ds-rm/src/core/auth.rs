@@ -554,7 +554,7 @@ fn revocation_list(ctx: &AsContext<'_>, txn: &Txn<'_>) -> Result<AsResponse, Hub
     let list = RevocationList::sign(
         &ctx.keys.intermediate_key,
         &ctx.keys.intermediate,
-        &ctx.domain,
+        ctx.domain,
         now,
         revoked,
     )
