@@ -224,6 +224,14 @@ fn serve(cfg: Config) -> Result<(), Box<dyn std::error::Error>> {
         // Fan-out for other providers' members leaves the durable outbox from here.
         tokio::spawn(crate::federation::run_outbox(hub.clone(), peers.clone()));
         tokio::spawn(crate::privacy_pass::run_rotation(hub.clone()));
+        // Latency samples are folded into their histograms every few seconds, scraped or not.
+        let upkeep = hub.clone();
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(std::time::Duration::from_secs(5)).await;
+                upkeep.metrics.upkeep();
+            }
+        });
         if cfg.push.enabled && cfg.mode == mimi_rm_protocol::DsMode::Rm {
             tokio::spawn(crate::push::run(hub.clone(), cfg.push.clone()));
         }

@@ -2,10 +2,12 @@
 //! exact TLS decoding, no cryptography) to route it, run the core on a blocking thread, map
 //! errors to statuses.
 
+use crate::core::metrics::GaugeValue;
 use crate::core::{ClientRequest, Hub, HubError, Route};
 use crate::core::{FederationError, RequestError};
 use crate::federation::Peers;
 use crate::privacy_pass::{PresentedVerified, admission};
+use crate::store::Cf;
 use axum::Extension;
 use axum::Router;
 use axum::body::{Body, Bytes};
@@ -41,13 +43,38 @@ struct App {
 fn router_inner(hub: Arc<Hub>, peers: Option<Arc<Peers>>) -> Router {
     let direct = direct_router(hub.clone(), peers);
     // The OHTTP gateway dispatches into the direct routes (never into itself).
-    match crate::ohttp::Gateway::new(hub.clone(), direct.clone()) {
+    let all = match crate::ohttp::Gateway::new(hub.clone(), direct.clone()) {
         Ok(gateway) => direct.merge(gateway.routes()),
         Err(e) => {
             tracing::error!(error = %e, "OHTTP gateway unavailable");
             direct
         }
+    };
+    // Latency per route as the client sees it (a relayed request once, as `/ohttp`).
+    all.route_layer(axum::middleware::from_fn_with_state(hub, timed))
+}
+
+/// Records each answered request's latency under its route template and status.
+async fn timed(
+    State(hub): State<Arc<Hub>>,
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    let route = request
+        .extensions()
+        .get::<axum::extract::MatchedPath>()
+        .map(|p| p.as_str().to_owned());
+    let started = std::time::Instant::now();
+    let response = next.run(request).await;
+    // A live socket's answer is its upgrade; what follows is not a request's latency.
+    if let Some(route) = route.filter(|r| r != paths::QS_LIVE && r != "/metrics") {
+        hub.metrics.observe_request(
+            &route,
+            response.status().as_u16(),
+            started.elapsed().as_secs_f64(),
+        );
     }
+    response
 }
 
 /// Every route but the OHTTP gateway's.
@@ -352,50 +379,63 @@ async fn ds_domain(State(app): State<App>) -> String {
     app.hub.config().domain.clone()
 }
 
-async fn metrics(State(app): State<App>) -> String {
-    let m = &app.hub.metrics;
-    format!(
-        "# TYPE mimi_requests_ok counter\nmimi_requests_ok {}\n\
-         # TYPE mimi_requests_error counter\nmimi_requests_error {}\n\
-         # TYPE mimi_messages_enqueued counter\nmimi_messages_enqueued {}\n\
-         # TYPE mimi_fanout_undeliverable counter\nmimi_fanout_undeliverable {}\n\
-         # TYPE mimi_fanout_outboxed counter\nmimi_fanout_outboxed {}\n\
-         # TYPE mimi_delivered_to_peers counter\nmimi_delivered_to_peers {}\n\
-         # TYPE mimi_received_from_peers counter\nmimi_received_from_peers {}\n\
-         # TYPE mimi_tokens_issued counter\nmimi_tokens_issued {}\n\
-         # TYPE mimi_registration_tokens_issued counter\nmimi_registration_tokens_issued {}\n\
-         # TYPE mimi_tokens_spent counter\nmimi_tokens_spent {}\n\
-         # TYPE mimi_queue_refs_opened counter\nmimi_queue_refs_opened {}\n\
-         # TYPE mimi_queue_refs_cached counter\nmimi_queue_refs_cached {}\n\
-         # TYPE mimi_live_sockets gauge\nmimi_live_sockets {}\n\
-         # TYPE mimi_live_wakes counter\nmimi_live_wakes {}\n\
-         # TYPE mimi_pushes_sent counter\nmimi_pushes_sent {}\n\
-         # TYPE mimi_pushes_dropped counter\nmimi_pushes_dropped {}\n\
-         # TYPE mimi_push_subscriptions_expired counter\nmimi_push_subscriptions_expired {}\n\
-         # TYPE mimi_ohttp_requests counter\nmimi_ohttp_requests {}\n\
-         # TYPE mimi_ohttp_refused counter\nmimi_ohttp_refused {}\n",
-        m.ok.load(Relaxed),
-        m.errors.load(Relaxed),
-        m.enqueued.load(Relaxed),
-        m.undeliverable.load(Relaxed),
-        m.outboxed.load(Relaxed),
-        m.delivered_to_peers.load(Relaxed),
-        m.received_from_peers.load(Relaxed),
-        m.tokens_issued.load(Relaxed),
-        m.registration_tokens_issued.load(Relaxed),
-        m.tokens_spent.load(Relaxed),
-        m.queue_refs_opened.load(Relaxed),
-        m.queue_refs_cached.load(Relaxed),
-        m.live_opened
-            .load(Relaxed)
-            .saturating_sub(m.live_closed.load(Relaxed)),
-        m.live_wakes.load(Relaxed),
-        m.pushes_sent.load(Relaxed),
-        m.pushes_dropped.load(Relaxed),
-        m.push_subscriptions_expired.load(Relaxed),
-        m.ohttp_requests.load(Relaxed),
-        m.ohttp_refused.load(Relaxed),
-    )
+/// `GET /metrics`: every total, the latency histograms, and the store's figures as gauges
+/// (including the queue depths: undelivered messages, outbox items), in Prometheus text.
+async fn metrics(State(app): State<App>) -> Response {
+    let hub = app.hub.clone();
+    let rendered = tokio::task::spawn_blocking(move || {
+        let gauges = store_gauges(hub.store().statistics());
+        hub.metrics.render(&gauges)
+    })
+    .await;
+    match rendered {
+        Ok(text) => (
+            StatusCode::OK,
+            [(
+                axum::http::header::CONTENT_TYPE,
+                "text/plain; version=0.0.4; charset=utf-8",
+            )],
+            text,
+        )
+            .into_response(),
+        Err(join) => error_response(&HubError::Bug(join.to_string())),
+    }
+}
+
+/// The store's figures as gauges: each as `mimi_store_<name>{cf}`, and the two queue depths
+/// operators watch under their own names.
+fn store_gauges(statistics: Vec<crate::store::Statistic>) -> Vec<GaugeValue> {
+    let mut out = Vec::with_capacity(statistics.len() + 2);
+    for s in statistics {
+        let value = s.value as f64;
+        if s.name == "keys" {
+            match s.cf {
+                Cf::QsQueues => out.push(GaugeValue {
+                    name: "mimi_queued_messages",
+                    labels: Vec::new(),
+                    value,
+                }),
+                Cf::FedOutbox => out.push(GaugeValue {
+                    name: "mimi_outbox_items",
+                    labels: Vec::new(),
+                    value,
+                }),
+                _ => {}
+            }
+        }
+        let name = match s.name {
+            "keys" => "mimi_store_keys",
+            "sst_bytes" => "mimi_store_sst_bytes",
+            "memtable_bytes" => "mimi_store_memtable_bytes",
+            _ => "mimi_store_pending_compaction_bytes",
+        };
+        out.push(GaugeValue {
+            name,
+            labels: vec![("cf", s.cf.name())],
+            value,
+        });
+    }
+    out
 }
 
 async fn dispatch(app: App, endpoint: TransactionType, token: Token, body: Body) -> Response {

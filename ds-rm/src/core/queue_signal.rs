@@ -157,6 +157,10 @@ impl Store for Signalling {
     fn scrub(&self) -> Result<ScrubReport, StoreError> {
         self.inner.scrub()
     }
+
+    fn statistics(&self) -> Vec<crate::store::Statistic> {
+        self.inner.statistics()
+    }
 }
 
 #[cfg(test)]

@@ -2,7 +2,7 @@
 //! runs in unit tests and benchmarks in-process, and a test can compare whole snapshots before
 //! and after a refused request.
 
-use super::{Batch, Cf, CfEntry, Entry, Op, Store, StoreError};
+use super::{Batch, Cf, CfEntry, Entry, Op, Statistic, Store, StoreError};
 use std::collections::BTreeMap;
 use std::sync::{Mutex, MutexGuard};
 
@@ -40,6 +40,18 @@ impl MemStore {
 }
 
 impl Store for MemStore {
+    fn statistics(&self) -> Vec<Statistic> {
+        let rows = self.rows();
+        Cf::ALL
+            .into_iter()
+            .map(|cf| Statistic {
+                name: "keys",
+                cf,
+                value: rows.keys().filter(|(c, _)| *c == cf).count() as u64,
+            })
+            .collect()
+    }
+
     fn get(&self, cf: Cf, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
         Ok(self.rows().get(&(cf, key.to_vec())).cloned())
     }

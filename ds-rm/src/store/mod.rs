@@ -246,6 +246,23 @@ pub trait Store: Send + Sync + 'static {
     fn scrub(&self) -> Result<ScrubReport, StoreError> {
         Ok(ScrubReport::default())
     }
+    /// The store's own figures for operators, per column family where they are kept so: how
+    /// many keys (an estimate where the engine only estimates), bytes on disk, bytes in memory.
+    /// Totals only: nothing here names a record.
+    fn statistics(&self) -> Vec<Statistic> {
+        Vec::new()
+    }
+}
+
+/// One store figure ([`Store::statistics`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Statistic {
+    /// What is counted: `keys`, `sst_bytes`, `memtable_bytes`, `pending_compaction_bytes`.
+    pub name: &'static str,
+    /// The column family it is for.
+    pub cf: Cf,
+    /// The figure.
+    pub value: u64,
 }
 
 /// Read-your-writes view over a store for the duration of one request.

@@ -8,7 +8,7 @@
 //! any key afterwards (bound and costs in `spec-notes/metadata.md`).
 
 use super::slots::SlotFile;
-use super::{Batch, Cf, CfEntry, Entry, Op, ScrubReport, Store, StoreError};
+use super::{Batch, Cf, CfEntry, Entry, Op, ScrubReport, Statistic, Store, StoreError};
 use rocksdb::{
     BottommostLevelCompaction, ColumnFamilyDescriptor, CompactOptions, DB, DBRecoveryMode,
     FlushOptions, IteratorMode, Options, WriteBatch, WriteOptions,
@@ -446,6 +446,40 @@ impl Store for RocksStore {
             families: families.len(),
             sequence,
         })
+    }
+
+    /// RocksDB's own figures per family (`rocksdb.estimate-num-keys` and friends; the key count
+    /// is an estimate that counts deletions until compaction), and the slot count of the
+    /// erasable family.
+    fn statistics(&self) -> Vec<Statistic> {
+        const PROPERTIES: [(&str, &str); 4] = [
+            ("keys", "rocksdb.estimate-num-keys"),
+            ("sst_bytes", "rocksdb.total-sst-files-size"),
+            ("memtable_bytes", "rocksdb.cur-size-all-mem-tables"),
+            (
+                "pending_compaction_bytes",
+                "rocksdb.estimate-pending-compaction-bytes",
+            ),
+        ];
+        let mut out = Vec::new();
+        for cf in lsm_families() {
+            let Some(handle) = self.handle_if_present(cf) else {
+                continue;
+            };
+            for (name, property) in PROPERTIES {
+                if let Ok(Some(value)) = self.db.property_int_value_cf(handle, property) {
+                    out.push(Statistic { name, cf, value });
+                }
+            }
+        }
+        for cf in Cf::ALL.into_iter().filter(|cf| cf.is_erasable()) {
+            out.push(Statistic {
+                name: "keys",
+                cf,
+                value: self.slots.len() as u64,
+            });
+        }
+        out
     }
 }
 

@@ -32,6 +32,7 @@ mod live_operator;
 mod logs;
 mod mangled;
 mod membership;
+mod operator_metrics;
 mod privacy_pass;
 mod push;
 mod queue_pcs;
