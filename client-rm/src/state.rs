@@ -19,6 +19,9 @@ pub struct MemberRecord {
     pub device: Option<String>,
     /// Why verification failed, if it did.
     pub problem: Option<String>,
+    /// The provider whose AS issued the verified credential (whose revocation list applies).
+    #[serde(default)]
+    pub domain: Option<String>,
 }
 
 /// Per-group secrets the hub never keeps.

@@ -64,6 +64,10 @@ pub struct Config {
     /// Most undelivered messages one queue holds; messages for a full queue are dropped and
     /// counted, so a client that stopped fetching cannot fill the disk.
     pub max_queue_length: u64,
+    /// Serve `/metrics` to any address. Off by default: only loopback clients (a local
+    /// Prometheus, an SSH tunnel) get it, since counts and their changes over time are
+    /// themselves metadata for whoever can poll them.
+    pub metrics_public: bool,
     /// Also federate with domains not in `peers`, at `https://<domain>`. Off by default: with
     /// it on, any client can make this server connect to a host it names.
     pub open_federation: bool,
@@ -114,8 +118,9 @@ pub struct PrivacyPassConfig {
     /// Tokens one device may obtain per key epoch.
     pub allowance_per_epoch: u32,
     /// Registration tokens one device may obtain per key epoch, to vouch for a new user
-    /// (`mimi-rm vouch`). 0: devices cannot vouch.
-    pub registration_allowance_per_epoch: u32,
+    /// (`mimi-rm vouch`). 0: devices cannot vouch. Default 1 at an open provider and 0 at an
+    /// invitation-only one, where vouching would let users multiply beyond the codes handed out.
+    pub registration_allowance_per_epoch: Option<u32>,
     /// Registration tokens one client address may obtain per key epoch without an invitation
     /// or a vouch (`registration = "open"` only; counted in memory).
     pub registrations_per_address_per_epoch: u32,
@@ -161,7 +166,7 @@ impl Default for PrivacyPassConfig {
             key_epoch_secs: policy.schedule.epoch_secs,
             key_overlap_secs: policy.schedule.overlap_secs,
             allowance_per_epoch: policy.allowance_per_epoch,
-            registration_allowance_per_epoch: policy.registration_allowance_per_epoch,
+            registration_allowance_per_epoch: None,
             registrations_per_address_per_epoch: policy.registrations_per_address_per_epoch,
         }
     }
@@ -192,6 +197,7 @@ impl Default for Config {
             header_read_timeout_secs: 10,
             max_connections: 4096,
             max_connections_per_address: 256,
+            metrics_public: false,
             privacy_pass: PrivacyPassConfig::default(),
             push: PushConfig::default(),
             mode: mimi_rm_protocol::DsMode::Rm,
@@ -252,6 +258,7 @@ impl Config {
             mode: self.mode,
             identity_requests_per_minute: self.baseline_requests_per_minute,
             invite_only: self.registration == Registration::Invite,
+            metrics_public: self.metrics_public,
             queue_ref_cache: self.queue_ref_cache_entries,
             inactive_client_limit_ms: self.inactive_client_limit_secs.saturating_mul(1000),
             activity_period_ms: self.activity_period_secs.max(1).saturating_mul(1000),
@@ -270,7 +277,11 @@ impl Config {
                 allowance_per_epoch: self.privacy_pass.allowance_per_epoch,
                 registration_allowance_per_epoch: self
                     .privacy_pass
-                    .registration_allowance_per_epoch,
+                    .registration_allowance_per_epoch
+                    .unwrap_or(match self.registration {
+                        Registration::Open => 1,
+                        Registration::Invite => 0,
+                    }),
                 registrations_per_address_per_epoch: self
                     .privacy_pass
                     .registrations_per_address_per_epoch,

@@ -381,7 +381,17 @@ async fn ds_domain(State(app): State<App>) -> String {
 
 /// `GET /metrics`: every total, the latency histograms, and the store's figures as gauges
 /// (including the queue depths: undelivered messages, outbox items), in Prometheus text.
-async fn metrics(State(app): State<App>) -> Response {
+async fn metrics(
+    State(app): State<App>,
+    peer: Option<Extension<axum::extract::ConnectInfo<std::net::SocketAddr>>>,
+) -> Response {
+    // No address: an embedded router without a listener, i.e. in-process.
+    let local = peer.is_none_or(|p| p.0.0.ip().is_loopback());
+    if !local && !app.hub.config().metrics_public {
+        return error_response(&HubError::Request(RequestError::NotAuthorized(
+            "metrics are served to loopback clients (metrics_public = false)",
+        )));
+    }
     let hub = app.hub.clone();
     let rendered = tokio::task::spawn_blocking(move || {
         let gauges = store_gauges(hub.store().statistics());

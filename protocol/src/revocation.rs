@@ -36,8 +36,9 @@ pub fn revoked_entry(identity: &ClientIdentity) -> Result<[u8; 32], CredentialEr
 pub struct RevocationListTbs {
     /// The provider whose AS speaks.
     pub domain: VLBytes,
-    /// When the AS signed it (seconds since the Unix epoch); verifiers refuse an older list
-    /// than one they hold, so a relaying hub cannot hide a revocation by replaying.
+    /// When the AS signed it (seconds since the Unix epoch). Verifiers refuse a list older than
+    /// one they hold or older than an hour, so a relaying hub can hide a revocation by replaying
+    /// for an hour at most.
     pub issued_at: u64,
     /// Fingerprint of the intermediate that signed it.
     pub signer_fingerprint: Fingerprint,

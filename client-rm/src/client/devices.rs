@@ -168,9 +168,10 @@ impl Client {
         // and AddPackages go, and our QS user key moves to the one the new secret derives, so
         // the removed device cannot create another client of our user.
         self.remove_qs_client(device_id, &new_secret).await?;
-        self.rotate_friendship(&new_secret).await?;
-        // Last, at the AS: the device's credential is no longer current, so contacts refuse
-        // to add it again and it signs nothing there (a retry of an applied revocation is Ok).
+        // At the AS: the device's credential is no longer current, so it signs nothing there
+        // and gets no tokens, and it enters the signed revocation list (a retry of an applied
+        // revocation is Ok). Before the friendship steps, whose failure must not leave it
+        // current.
         let client_key = SigningKey::from_bytes(&unhex(&self.state.client_key)?)?;
         let req = signed_as(
             &client_key,
@@ -178,7 +179,8 @@ impl Client {
             AsOperation::RevokeClient(device_id),
         )?;
         self.transport.auth(&req).await?;
-        Ok(())
+        // Last, the friendship keys it knew (retried after each receive if interrupted).
+        self.rotate_friendship(&new_secret).await
     }
 
     /// Rotates our user secret in every group — removing the leaves of `removed` (a hex device

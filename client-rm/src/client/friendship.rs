@@ -116,7 +116,8 @@ impl Client {
             self.persist()?;
         }
         if self.state.republish_pending {
-            self.state.key_packages.clear();
+            // The old packages' private keys stay: a Welcome for a package fetched before the
+            // rotation may still arrive.
             self.publish_add_packages(ADD_PACKAGES).await?;
             self.state.republish_pending = false;
             self.persist()?;
@@ -153,21 +154,27 @@ impl Client {
     /// A group whose members are all verified, include `contact`, and are otherwise ours.
     fn group_of_two(&self, contact: &str) -> Result<Option<GroupHandle>, ClientError> {
         for group in self.groups() {
-            let members = &self.meta(&group)?.members;
-            let mut has_contact = false;
-            let only_us = members.values().all(|r| match r.handle.as_deref() {
-                Some(h) if h == contact => {
-                    has_contact = true;
-                    true
-                }
-                Some(h) => h == self.state.name,
-                None => false,
-            });
-            if only_us && has_contact {
+            if self.is_group_of_two(&group, contact)? {
                 return Ok(Some(group));
             }
         }
         Ok(None)
+    }
+
+    /// Whether every member of `group` is verified and is `contact` or us (and `contact` is
+    /// among them).
+    fn is_group_of_two(&self, group: &GroupHandle, contact: &str) -> Result<bool, ClientError> {
+        let members = &self.meta(group)?.members;
+        let mut has_contact = false;
+        let only_us = members.values().all(|r| match r.handle.as_deref() {
+            Some(h) if h == contact => {
+                has_contact = true;
+                true
+            }
+            Some(h) => h == self.state.name,
+            None => false,
+        });
+        Ok(only_us && has_contact)
     }
 
     /// A contact's new card, sent by that contact (its verified handle) in `group`. Anything
@@ -188,6 +195,13 @@ impl Client {
             tracing::warn!(group = %group, "a card update from an unverified member: ignored");
             return Ok(None);
         };
+        // Only where nobody but the contact and we are members (its connection group): a
+        // card arriving anywhere else could come from a device of the contact's that its user
+        // already removed, or from a same-named user elsewhere.
+        if !self.is_group_of_two(group, &handle)? {
+            tracing::warn!(contact = %handle, "a card update outside a group of two: ignored");
+            return Ok(None);
+        }
         let Some(old) = self.state.contacts.get(&handle) else {
             return Ok(None);
         };
@@ -214,9 +228,10 @@ impl Client {
             )));
         }
         let secret = self.rotate_user_secret(None).await?;
-        // Gone before the new card is announced, so it is never sent to the former contact.
+        // Gone in the same write that records the rotation's remaining steps: an interruption
+        // before it leaves the contact in place for a retry; after it, the steps resume after
+        // the next receive. Never announced to the former contact.
         self.state.contacts.remove(handle);
-        self.persist()?;
         self.rotate_friendship(&secret).await
     }
 }

@@ -147,7 +147,10 @@ impl Client {
                 signer_private: leaf_key_backup(&signer)?,
                 leaf_credential: hex::encode(encoded_credential(&group)?),
                 user_key_set: true,
-                members: BTreeMap::from([(0, verified_record(signer.public(), &credential))]),
+                members: BTreeMap::from([(
+                    0,
+                    verified_record(signer.public(), &credential, &self.state.domain),
+                )]),
                 last_request_ms: now_ms(),
                 joined_epoch: 0,
             },

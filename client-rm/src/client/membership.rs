@@ -168,7 +168,10 @@ impl Client {
             }
             // By device, not by credential: a renewed credential is the same device.
             let identity = &opened.credential.tbs.identity;
-            if revocations.as_ref().is_some_and(|r| r.lists(identity)) {
+            if revocations
+                .as_ref()
+                .is_some_and(|r| r.lists(&contact.domain_str(), identity))
+            {
                 tracing::warn!("skipping an AddPackage of a revoked device of the contact");
                 revoked += 1;
                 continue;
@@ -279,7 +282,11 @@ impl Client {
                     "an AddPackage belongs to someone other than the contact",
                 ));
             }
-            verified_record(leaf.signature_key().as_slice(), &opened.credential)
+            verified_record(
+                leaf.signature_key().as_slice(),
+                &opened.credential,
+                &contact.domain_str(),
+            )
         } else {
             check_leaf(
                 self.state.mode,

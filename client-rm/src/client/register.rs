@@ -253,6 +253,20 @@ async fn certify(
     let csr = ClientCredentialCsr::new(&client_key, identity.clone())
         .map_err(|e| ClientError::State(e.to_string()))?;
     let req = anonymous_as(AsOperation::RegisterUser(csr));
+    // An invitation code or a vouched token is used up even when the registration is then
+    // refused: make sure the handle is free before spending one.
+    if !matches!(payment, Payment::IfAsked) {
+        let lookup = anonymous_as(AsOperation::UserClients(name.as_bytes().to_vec().into()));
+        match transport.auth(&lookup).await {
+            Err(e) if e.code() == Some(mimi_rm_protocol::ErrorCode::UnknownUser) => {}
+            Ok(_) => {
+                return Err(ClientError::InvalidInput(format!(
+                    "the handle {name} is taken; nothing was spent"
+                )));
+            }
+            Err(e) => return Err(e),
+        }
+    }
     // The hub sees the invitation code (or the vouching device) when it signs the token
     // blindly, and the token only now: it cannot tell which code or device paid for this handle.
     let answer = match payment {

@@ -14,12 +14,34 @@ use super::{Client, Event, GroupHandle, encoded, now_ms};
 use crate::error::ClientError;
 use crate::state::unhex;
 use mimi_rm_protocol::auth::{AsOperation, AsResponse};
-use mimi_rm_protocol::credentials::ClientIdentity;
+use mimi_rm_protocol::credentials::{AsCredentials, ClientCredential, ClientIdentity};
 use mimi_rm_protocol::decode_exact;
 use mimi_rm_protocol::revocation::RevocationList;
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
+/// The provider whose AS issued `credential`: the domain its chain's root names, among
+/// `anchors`.
+pub(crate) fn issuer_domain(
+    credential: &ClientCredential,
+    anchors: &AsCredentials,
+) -> Option<String> {
+    let intermediate = anchors.intermediates.iter().find(|i| {
+        i.fingerprint()
+            .is_ok_and(|f| f == credential.tbs.signer_fingerprint)
+    })?;
+    anchors
+        .roots
+        .iter()
+        .find(|r| {
+            r.fingerprint()
+                .is_ok_and(|f| f == intermediate.tbs.signer_fingerprint)
+        })
+        .map(|r| String::from_utf8_lossy(r.tbs.as_domain.as_slice()).into_owned())
+}
+
+/// A list older than this is refused: the hub that relays it must not freeze it.
+const MAX_LIST_AGE_SECS: u64 = 60 * 60;
 /// How often `receive` refreshes the lists by default.
 pub(super) const DEFAULT_REFRESH: Duration = Duration::from_secs(60);
 /// Largest encoded list accepted.
@@ -30,9 +52,10 @@ const MAX_LIST_BYTES: usize = 4 << 20;
 pub(crate) struct Revocations(BTreeMap<String, RevocationList>);
 
 impl Revocations {
-    /// Whether any provider's list names the device `identity`.
-    pub(crate) fn lists(&self, identity: &ClientIdentity) -> bool {
-        self.0.values().any(|l| l.lists(identity))
+    /// Whether `domain`'s list names the device `identity` (a device of `domain`'s AS: no
+    /// other provider's list can revoke it).
+    pub(crate) fn lists(&self, domain: &str, identity: &ClientIdentity) -> bool {
+        self.0.get(domain).is_some_and(|l| l.lists(identity))
     }
 
     /// The problem recorded for a listed member.
@@ -88,8 +111,12 @@ impl Client {
         else {
             return Err(ClientError::Unexpected("expected a revocation list"));
         };
-        list.verify(&anchors, domain, now_ms() / 1000)
+        let now = now_ms() / 1000;
+        list.verify(&anchors, domain, now)
             .map_err(crate::identity::IdentityError::Chain)?;
+        if list.tbs.issued_at.saturating_add(MAX_LIST_AGE_SECS) < now {
+            return Err(ClientError::Unexpected("a stale revocation list"));
+        }
         if let Some(held) = self.revocations()?.0.get(domain)
             && held.tbs.issued_at > list.tbs.issued_at
         {
@@ -142,10 +169,13 @@ impl Client {
     /// also reported as an [`Event::UnverifiedMember`].
     fn sweep_revoked(&mut self) -> Result<Vec<(GroupHandle, u32)>, ClientError> {
         let revocations = self.revocations()?;
+        let own = self.state.domain.clone();
         let mut marked = Vec::new();
         for group in self.groups() {
             let meta = self.meta_mut(&group)?;
             for (leaf, record) in meta.members.iter_mut() {
+                // Records from before domains were kept: ours (the common case).
+                let domain = record.domain.clone().unwrap_or_else(|| own.clone());
                 let (Some(handle), Some(device)) = (&record.handle, &record.device) else {
                     continue;
                 };
@@ -159,7 +189,7 @@ impl Client {
                     handle: handle.as_bytes().to_vec().into(),
                     device,
                 };
-                if revocations.lists(&identity) {
+                if revocations.lists(&domain, &identity) {
                     let problem = Revocations::problem(&identity);
                     tracing::warn!(group = %group, leaf, "a member's device was revoked");
                     record.problem = Some(problem);

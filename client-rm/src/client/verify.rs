@@ -4,7 +4,7 @@
 use super::commit::decode_aad;
 use super::groups::group_keys;
 use super::requests::anonymous_as;
-use super::revocation::Revocations;
+use super::revocation::{Revocations, issuer_domain};
 use super::{Client, Event, GroupHandle, MemberIdentity, encoded, now_ms};
 use crate::contact::ContactCard;
 use crate::error::ClientError;
@@ -286,7 +286,7 @@ impl Client {
             .signature_key()
             .as_slice()
             .to_vec();
-        let record = verified_record(&key, &self.client_credential()?);
+        let record = verified_record(&key, &self.client_credential()?, &self.state.domain);
         self.meta_mut(group)?.members.insert(leaf, record);
         Ok(())
     }
@@ -343,11 +343,18 @@ pub(super) fn check_leaf(
         DsMode::Baseline => identity::verify_plain_leaf(leaf_identity, signature_key, anchors, now),
     };
     match verified {
-        Ok(credential) if revocations.lists(&credential.tbs.identity) => unverified_record(
-            signature_key,
-            &Revocations::problem(&credential.tbs.identity),
-        ),
-        Ok(credential) => verified_record(signature_key, &credential),
+        Ok(credential) => {
+            // The issuer's list only: another provider cannot revoke this one's users.
+            let domain = issuer_domain(&credential, anchors).unwrap_or_default();
+            if revocations.lists(&domain, &credential.tbs.identity) {
+                unverified_record(
+                    signature_key,
+                    &Revocations::problem(&credential.tbs.identity),
+                )
+            } else {
+                verified_record(signature_key, &credential, &domain)
+            }
+        }
         Err(e) => unverified_record(signature_key, &e.to_string()),
     }
 }
@@ -355,6 +362,7 @@ pub(super) fn check_leaf(
 /// A member record for a leaf that did not verify, with the reason.
 fn unverified_record(signature_key: &[u8], problem: &str) -> MemberRecord {
     MemberRecord {
+        domain: None,
         signature_key: hex::encode(signature_key),
         handle: None,
         device: None,
@@ -384,8 +392,13 @@ fn insert_records(
 }
 
 /// A member record for a verified credential.
-pub(super) fn verified_record(signature_key: &[u8], credential: &ClientCredential) -> MemberRecord {
+pub(super) fn verified_record(
+    signature_key: &[u8],
+    credential: &ClientCredential,
+    domain: &str,
+) -> MemberRecord {
     MemberRecord {
+        domain: Some(domain.to_owned()),
         signature_key: hex::encode(signature_key),
         handle: Some(credential.tbs.identity.handle_str()),
         device: Some(hex::encode(credential.tbs.identity.device)),

@@ -330,10 +330,10 @@ pub fn process(
                     )))
                 }
                 AsOperation::RegisterUser(csr) => register_user(ctx, txn, csr),
+                // The code is the payment, at any provider: an open one that gates registration
+                // with tokens must not register for an unknown code.
                 AsOperation::RegisterInvited(r) => {
-                    if ctx.invite_only {
-                        use_invite(txn, r.invite.as_slice())?;
-                    }
+                    use_invite(txn, r.invite.as_slice())?;
                     register_user(ctx, txn, &r.csr)
                 }
                 AsOperation::AsCredentials => Ok(AsResponse::AsCredentials(ctx.keys.credentials())),
@@ -540,16 +540,24 @@ fn revoke_client(
     Ok(AsResponse::Ok)
 }
 
-/// The signed list of revoked devices whose credentials have not all expired.
-fn revocation_list(ctx: &AsContext<'_>, txn: &Txn<'_>) -> Result<AsResponse, HubError> {
+/// The signed list of revoked devices whose credentials have not all expired; entries that
+/// have are deleted on the way (in this request's batch). A list too long to serve is refused
+/// rather than cut short: a verifier must never get a list with a revoked device left out.
+fn revocation_list(ctx: &AsContext<'_>, txn: &mut Txn<'_>) -> Result<AsResponse, HubError> {
     let now = ctx.now_s();
     let mut revoked = Vec::new();
-    for (entry, until) in txn.scan_prefix(Cf::AsRevoked, b"", MAX_REVOKED)? {
-        if revoked_until(&until)? >= now
-            && let Ok(e) = <[u8; 32]>::try_from(entry.as_slice())
-        {
+    for (entry, until) in txn.scan_prefix(Cf::AsRevoked, b"", usize::MAX)? {
+        if revoked_until(&until)? < now {
+            txn.delete(Cf::AsRevoked, entry);
+        } else if let Ok(e) = <[u8; 32]>::try_from(entry.as_slice()) {
             revoked.push(e);
         }
+    }
+    if revoked.len() > MAX_REVOKED {
+        return Err(HubError::Bug(format!(
+            "{} revoked devices exceed the list limit of {MAX_REVOKED}",
+            revoked.len()
+        )));
     }
     let list = RevocationList::sign(
         &ctx.keys.intermediate_key,

@@ -55,6 +55,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 pub struct HubConfig {
     /// The domain this hub serves.
     pub domain: String,
+    /// Serve `/metrics` beyond loopback clients.
+    pub metrics_public: bool,
     /// Largest accepted request body.
     pub max_body: usize,
     /// Accepted clock skew / request age, in milliseconds.

@@ -86,6 +86,32 @@ async fn metrics_show_latency_queue_depth_and_store_figures_and_name_nobody() {
     // Totals are still there.
     assert!(metric(&hub, "mimi_messages_enqueued").await >= 3);
 
+    // Every series the shipped Grafana dashboard plots exists.
+    let dashboard = std::fs::read_to_string(
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/grafana-dashboard.json"),
+    )
+    .unwrap();
+    let mut plotted: Vec<&str> = dashboard
+        .match_indices("mimi_")
+        .map(|(i, _)| {
+            let rest = &dashboard[i..];
+            let end = rest
+                .find(|c: char| !(c.is_ascii_lowercase() || c == '_'))
+                .unwrap_or(rest.len());
+            &rest[..end]
+        })
+        .filter(|name| *name != "mimi_ds_rm_hub" && !name.starts_with("mimi_ds_rm"))
+        .collect();
+    plotted.sort_unstable();
+    plotted.dedup();
+    assert!(plotted.len() >= 10, "{plotted:?}");
+    for name in plotted {
+        assert!(
+            text.lines().any(|l| l.starts_with(name)),
+            "the dashboard plots {name}, which /metrics does not have"
+        );
+    }
+
     // Nobody is named: not a handle, the group, bob's queue. Positive control: the same needles
     // are in the store (the AS holds the handles), so the scan would find them if leaked.
     let needles = [

@@ -277,13 +277,19 @@ fn a_revoked_device_is_on_the_signed_list_until_its_credential_expires() {
             .iter()
             .any(|(k, v)| contains(k, b"alice") || contains(v, b"alice"))
     );
-    // Through the credential's last second, then gone from the list; expiry deletes the row.
+    // Listed through the credential's last second; offline expiry keeps it until then.
     assert!(revocation_list(&hub, NOW + 100_000).lists(&second.identity));
-    assert!(revocation_list(&hub, NOW + 101_000).tbs.revoked.is_empty());
     let done = crate::expire::expire(hub.store.as_ref(), 1, NOW + 50_000).unwrap();
     assert_eq!((done.revocations, hub.rows(Cf::AsRevoked).len()), (0, 1));
     let done = crate::expire::expire(hub.store.as_ref(), 1, NOW + 101_000).unwrap();
     assert_eq!((done.revocations, hub.rows(Cf::AsRevoked).len()), (1, 0));
+    // A read after the expiry drops the entry too.
+    let third = add_device(&hub, &alice, 3);
+    hub.ok(&alice.request(Op::RevokeClient([3; 16])));
+    assert!(revocation_list(&hub, NOW).lists(&third.identity));
+    assert_eq!(hub.rows(Cf::AsRevoked).len(), 1);
+    assert!(revocation_list(&hub, NOW + 101_000).tbs.revoked.is_empty());
+    assert!(hub.rows(Cf::AsRevoked).is_empty());
 }
 
 fn contains(haystack: &[u8], needle: &[u8]) -> bool {
@@ -330,7 +336,8 @@ fn revocation_and_invited_registration_refuse_bad_input() {
 }
 
 /// Invitation-only registration: no code, an unknown code and a used code are refused and
-/// change nothing; each code registers exactly one user. An open provider ignores the code.
+/// change nothing; each code registers exactly one user. An open provider takes real codes
+/// only.
 #[test]
 fn invite_only_registration_takes_each_code_once() {
     use mimi_rm_protocol::auth::InvitedRegistration;
@@ -362,8 +369,17 @@ fn invite_only_registration_takes_each_code_once() {
     assert!(hub.rows(Cf::AsInvites).is_empty());
     assert_eq!(user_clients(&hub, "bob", NOW).len(), 1);
 
+    // An open provider takes a code as payment too, but only a real one: an unknown code
+    // registers nobody (it would bypass the registration-token gate), a real one registers.
     let open = TestHub::new();
-    issued(open.ok(&invited(&key, "carol", "anything")));
+    let before = open.dump();
+    open.assert_refused(
+        &invited(&key, "carol", "anything"),
+        ErrorCode::NotAuthorized,
+    );
+    assert!(before == open.dump());
+    let code = crate::core::auth::make_invites(open.store.as_ref(), 1).unwrap();
+    issued(open.ok(&invited(&key, "carol", &code[0])));
 }
 
 #[test]

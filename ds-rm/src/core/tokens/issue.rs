@@ -318,7 +318,7 @@ impl Tokens {
                 ))));
             }
             RegistrationPayment::Address(ip) => {
-                let key: [u8; 32] = Sha256::digest(ip.to_string().as_bytes()).into();
+                let key: [u8; 32] = Sha256::digest(address_prefix(ip)).into();
                 let limit = self.policy.registrations_per_address_per_epoch;
                 self.address_allowance
                     .take(keys.epoch, key, 1, limit)
@@ -356,6 +356,18 @@ pub enum RegistrationPayment<'a> {
     Device(&'a str),
     /// Nothing but the client's address (open registration): a few per address per epoch.
     Address(std::net::IpAddr),
+}
+
+/// What the open-registration allowance counts by: an IPv4 address, or the /64 an IPv6
+/// address is in (one subscriber gets a whole /64, so counting addresses would not bind).
+fn address_prefix(ip: std::net::IpAddr) -> Vec<u8> {
+    match ip {
+        std::net::IpAddr::V4(v4) => v4.octets().to_vec(),
+        std::net::IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+            Some(v4) => v4.octets().to_vec(),
+            None => v6.octets()[..8].to_vec(),
+        },
+    }
 }
 
 /// [`Tokens::check_issuing_key`] against the keys of `issuer`.
@@ -426,6 +438,18 @@ impl Tokens {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn open_registration_counts_ipv6_by_64_and_mapped_ipv4_as_ipv4() {
+        let a: std::net::IpAddr = "2001:db8:1:2::1".parse().unwrap();
+        let b: std::net::IpAddr = "2001:db8:1:2:ffff::9".parse().unwrap();
+        let c: std::net::IpAddr = "2001:db8:1:3::1".parse().unwrap();
+        assert_eq!(address_prefix(a), address_prefix(b));
+        assert_ne!(address_prefix(a), address_prefix(c));
+        let v4: std::net::IpAddr = "192.0.2.7".parse().unwrap();
+        let mapped: std::net::IpAddr = "::ffff:192.0.2.7".parse().unwrap();
+        assert_eq!(address_prefix(v4), address_prefix(mapped));
+    }
 
     #[test]
     fn allowance_counts_per_device_and_resets_per_epoch() {
