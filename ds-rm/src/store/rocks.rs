@@ -123,6 +123,34 @@ fn db_options() -> Options {
     opts
 }
 
+/// Fails if the MANIFEST that `CURRENT` names is older or shorter than the one the slot file
+/// witnessed at the last scrub.
+fn check_manifest(path: &Path, slots: &SlotFile) -> Result<(), StoreError> {
+    let refuse = |what: String| StoreError::Corrupt {
+        record: "data directory",
+        reason: format!(
+            "{what} (witnessed in {}); restore the directory from a backup",
+            slots.path().display()
+        ),
+    };
+    let (number, len) = slots.witness().manifest;
+    if number == 0 {
+        return Ok(());
+    }
+    match manifest_position(path) {
+        Some((n, l)) if n > number || (n == number && l >= len) => Ok(()),
+        Some((n, l)) => Err(refuse(format!(
+            "{} is MANIFEST-{n:06} of {l} bytes, but the last scrub saw MANIFEST-{number:06} \
+             at {len} bytes: it was cut or replaced",
+            path.display()
+        ))),
+        None => Err(refuse(format!(
+            "{} has no readable MANIFEST named by CURRENT",
+            path.display()
+        ))),
+    }
+}
+
 impl RocksStore {
     /// Opens (creating if needed) the database at `path`. With `sync`, every batch is fsynced
     /// before `write` returns, so an acknowledged request survives power loss.
@@ -133,7 +161,10 @@ impl RocksStore {
         verify_logs(path)?;
         if path.join("CURRENT").exists() {
             // Check before a writable open: that open deletes every SST file a (possibly cut)
-            // MANIFEST does not list, destroying what a restore could still have used.
+            // MANIFEST does not list, destroying what a restore could still have used. The
+            // MANIFEST first, on its own: RocksDB may refuse a cut one with an error about
+            // whatever it then misses (a log), without naming the MANIFEST.
+            check_manifest(path, &SlotFile::open_read_only(path)?)?;
             Self::open_read_only(path)?.check_witness()?;
         }
         let mut opts = db_options();
@@ -216,26 +247,7 @@ impl RocksStore {
                 self.path.display()
             )));
         }
-        let (number, len) = witness.manifest;
-        if number > 0 {
-            match manifest_position(&self.path) {
-                Some((n, l)) if n > number || (n == number && l >= len) => {}
-                Some((n, l)) => {
-                    return Err(refuse(format!(
-                        "{} is MANIFEST-{n:06} of {l} bytes, but the last scrub saw \
-                         MANIFEST-{number:06} at {len} bytes: it was cut or replaced",
-                        self.path.display()
-                    )));
-                }
-                None => {
-                    return Err(refuse(format!(
-                        "{} has no readable MANIFEST named by CURRENT",
-                        self.path.display()
-                    )));
-                }
-            }
-        }
-        Ok(())
+        check_manifest(&self.path, &self.slots)
     }
 
     /// The latest sequence number (writes applied so far).
