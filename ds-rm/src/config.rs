@@ -64,6 +64,10 @@ pub struct Config {
     /// Most undelivered messages one queue holds; messages for a full queue are dropped and
     /// counted, so a client that stopped fetching cannot fill the disk.
     pub max_queue_length: u64,
+    /// Length of an OHTTP gateway key epoch in seconds (default a day): the gateway takes a
+    /// new key each epoch, still opens the previous one, and deletes older seeds, so a seized
+    /// disk opens no relayed request recorded two epochs before.
+    pub ohttp_key_epoch_secs: u64,
     /// Serve `/metrics` to any address. Off by default: only loopback clients (a local
     /// Prometheus, an SSH tunnel) get it, since counts and their changes over time are
     /// themselves metadata for whoever can poll them.
@@ -198,6 +202,7 @@ impl Default for Config {
             max_connections: 4096,
             max_connections_per_address: 256,
             metrics_public: false,
+            ohttp_key_epoch_secs: 24 * 60 * 60,
             privacy_pass: PrivacyPassConfig::default(),
             push: PushConfig::default(),
             mode: mimi_rm_protocol::DsMode::Rm,
@@ -259,6 +264,7 @@ impl Config {
             identity_requests_per_minute: self.baseline_requests_per_minute,
             invite_only: self.registration == Registration::Invite,
             metrics_public: self.metrics_public,
+            ohttp_key_epoch_secs: self.ohttp_key_epoch_secs,
             queue_ref_cache: self.queue_ref_cache_entries,
             inactive_client_limit_ms: self.inactive_client_limit_secs.saturating_mul(1000),
             activity_period_ms: self.activity_period_secs.max(1).saturating_mul(1000),

@@ -58,11 +58,11 @@ impl Observer {
     }
 
     /// [`Observer::start`] for an operator who also runs the hub's OHTTP gateway: requests
-    /// to the gateway are opened with its key (the seed the hub stores) and recorded as the
-    /// requests inside.
-    pub async fn start_with_gateway(upstream: SocketAddr, gateway_seed: Option<&[u8]>) -> Self {
-        let gateway = gateway_seed.map(|seed| {
-            let config = mimi_ds_rm::ohttp::key_config(seed).expect("gateway key");
+    /// to the gateway are opened with its key (the key id and seed the hub stores) and recorded
+    /// as the requests inside.
+    pub async fn start_with_gateway(upstream: SocketAddr, gateway: Option<(u8, &[u8])>) -> Self {
+        let gateway = gateway.map(|(key_id, seed)| {
+            let config = mimi_ds_rm::ohttp::key_config(key_id, seed).expect("gateway key");
             Arc::new(ohttp::Server::new(config).expect("gateway"))
         });
         let listener = TcpListener::bind(crate::free_port()).await.expect("bind");

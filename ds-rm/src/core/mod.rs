@@ -57,6 +57,8 @@ pub struct HubConfig {
     pub domain: String,
     /// Serve `/metrics` beyond loopback clients.
     pub metrics_public: bool,
+    /// Length of an OHTTP gateway key epoch in seconds.
+    pub ohttp_key_epoch_secs: u64,
     /// Largest accepted request body.
     pub max_body: usize,
     /// Accepted clock skew / request age, in milliseconds.

@@ -175,14 +175,15 @@ async fn a_conventional_ds_and_client_link_by_connection() {
     );
 }
 
-/// The gateway seed the hub stored: what the operator running the gateway holds.
-fn gateway_seed(hub: &mimi_rm_tests::HubProcess) -> Vec<u8> {
+/// The gateway key the hub stored for the current epoch (its key id and seed): what the
+/// operator running the gateway holds.
+fn gateway_key(hub: &mimi_rm_tests::HubProcess) -> (u8, Vec<u8>) {
     hub.dump()
         .into_iter()
-        .find(|(cf, k, _)| {
-            *cf == mimi_ds_rm::store::Cf::ServerKeys && k == mimi_ds_rm::ohttp::GATEWAY_SEED
-        })
-        .map(|(_, _, v)| v)
+        .filter(|(cf, _, _)| *cf == mimi_ds_rm::store::Cf::ServerKeys)
+        .filter_map(|(_, k, v)| mimi_ds_rm::ohttp::seed_epoch(&k).map(|e| (e, v)))
+        .max_by_key(|(e, _)| *e)
+        .map(|(e, v)| (mimi_ds_rm::ohttp::key_id(e), v))
         .expect("the hub made its gateway key")
 }
 
@@ -190,7 +191,8 @@ fn gateway_seed(hub: &mimi_rm_tests::HubProcess) -> Vec<u8> {
 async fn through_an_ohttp_relay_no_pseudonymous_request_shows_a_device_address() {
     let dir = tempfile::tempdir().unwrap();
     let hub = hub(dir.path());
-    let proxy = Observer::start_with_gateway(hub.addr, Some(&gateway_seed(&hub))).await;
+    let (key_id, seed) = gateway_key(&hub);
+    let proxy = Observer::start_with_gateway(hub.addr, Some((key_id, &seed))).await;
     let relay = mimi_rm_tests::RelayProcess::start(&format!(
         "{}{}",
         proxy.url(),
@@ -422,4 +424,90 @@ async fn the_gateway_and_relay_refuse_what_they_must_and_change_nothing() {
         forwarded().await > relayed_before,
         "the CLI's receive went through the relay"
     );
+}
+
+/// The gateway's key rotates every epoch (2 s here): it still opens the previous epoch's key,
+/// refuses (400, outside the encapsulation) one two epochs old, and has deleted that key's
+/// seed, so a disk seized later opens no relayed request recorded back then. A client through
+/// the relay goes on working across rotations (it fetches the keys again after a 400).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_gateway_key_rotates_and_old_seeds_are_deleted() {
+    use mimi_rm_protocol::oblivious::{self, REQUEST_TYPE};
+    use mimi_rm_protocol::qs::QsOperation;
+    let dir = tempfile::tempdir().unwrap();
+    let hub = hub_with_config(dir.path(), "ohttp_key_epoch_secs = 2\n");
+    let lookup = || {
+        let req = mimi_rm_protocol::qs::QsRequest {
+            tbs: mimi_rm_protocol::qs::QsRequestTbs {
+                timestamp_ms: mimi_ds_rm::now_ms(),
+                nonce: rand::random(),
+                sender: mimi_rm_protocol::qs::QsSender::Anonymous,
+                operation: QsOperation::EncryptionKey,
+            },
+            signature: Vec::new().into(),
+        };
+        mimi_client_rm::envelope(mimi_rm_protocol::TransactionType::QueueService, &req).unwrap()
+    };
+    let post = |body: Vec<u8>| {
+        let url = format!("{}{}", hub.url(), oblivious::GATEWAY_PATH);
+        async move {
+            let resp = mimi_rm_tests::http_client(None)
+                .post(url)
+                .header("content-type", REQUEST_TYPE)
+                .body(body)
+                .send()
+                .await
+                .unwrap();
+            resp.status().as_u16()
+        }
+    };
+    let seeds = || -> Vec<u64> {
+        hub.dump()
+            .into_iter()
+            .filter(|(cf, _, _)| *cf == mimi_ds_rm::store::Cf::ServerKeys)
+            .filter_map(|(_, k, _)| mimi_ds_rm::ohttp::seed_epoch(&k))
+            .collect()
+    };
+    // Sealed to the key of the epoch the hub is in now; it opens (control).
+    let (old, _) = encapsulate(&hub, mimi_rm_protocol::paths::QS, lookup()).await;
+    let first = seeds();
+    assert_eq!(first.len(), 1, "{first:?}");
+    assert_eq!(post(old.clone()).await, 200);
+    // The next key, as soon as the epoch rolls over (polled, so the test never lands two
+    // epochs on by accident).
+    let (hub_ref, lookup_ref) = (&hub, &lookup);
+    let next_key = move |after: u8| async move {
+        loop {
+            let (sealed, _) = encapsulate(hub_ref, mimi_rm_protocol::paths::QS, lookup_ref()).await;
+            if sealed[0] != after {
+                return sealed;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
+    };
+    // Right after the rollover the previous key still opens, beside the new one.
+    let fresh = next_key(old[0]).await;
+    assert_eq!(
+        post(old.clone()).await,
+        200,
+        "the previous epoch's key still opens"
+    );
+    assert_eq!(post(fresh.clone()).await, 200);
+    // One more rollover: the old key is two epochs behind, refused, and its seed is gone.
+    next_key(fresh[0]).await;
+    assert_eq!(post(old).await, 400);
+    let later = seeds();
+    assert!(!later.contains(&first[0]), "{first:?} {later:?}");
+    assert!(later.len() <= 2, "{later:?}");
+    // A client through a relay works after the rotations.
+    let relay =
+        mimi_rm_tests::RelayProcess::start(&format!("{}{}", hub.url(), oblivious::GATEWAY_PATH));
+    let mut bob = client(&hub, dir.path(), "bob").await;
+    bob.set_connections(ConnectionOptions {
+        ohttp_relay: Some(relay.url()),
+        ..Default::default()
+    })
+    .unwrap();
+    bob.receive().await.unwrap();
+    assert!(metric(&hub, "mimi_ohttp_requests").await >= 4);
 }
