@@ -80,6 +80,9 @@ async fn crash_loop(names: &[&str], committers: Committers) {
     let start_epoch = clients[0].epoch(&g).unwrap();
 
     let stop = Arc::new(AtomicBool::new(false));
+    // Members that have committed at least once: on a loaded machine the kill loop can end
+    // before a slow member's first commit, so the loop runs on until each committer has one.
+    let committed = Arc::new(std::sync::atomic::AtomicUsize::new(0));
     let killer = std::thread::spawn(move || {
         for _ in 0..kills {
             std::thread::sleep(Duration::from_millis(50 + rand::random::<u64>() % 200));
@@ -89,7 +92,7 @@ async fn crash_loop(names: &[&str], committers: Committers) {
     });
     let mut tasks = tokio::task::JoinSet::new();
     for (i, c) in clients.into_iter().enumerate() {
-        let (stop, g) = (stop.clone(), g.clone());
+        let (stop, g, committed) = (stop.clone(), g.clone(), committed.clone());
         let commits = i == 0 || committers == Committers::Everyone;
         tasks.spawn(async move {
             let mut log = Log {
@@ -112,6 +115,9 @@ async fn crash_loop(names: &[&str], committers: Committers) {
                     && (n + i as u64).is_multiple_of(4)
                     && log.client.update(&g).await.is_ok()
                 {
+                    if log.commits == 0 {
+                        committed.fetch_add(1, Ordering::Relaxed);
+                    }
                     log.commits += 1;
                 }
                 if n.is_multiple_of(3)
@@ -126,6 +132,16 @@ async fn crash_loop(names: &[&str], committers: Committers) {
     let hub = tokio::task::spawn_blocking(move || killer.join().expect("killer"))
         .await
         .unwrap();
+    let committers_count = match committers {
+        Committers::Everyone => names.len(),
+        Committers::Alice => 1,
+    };
+    for _ in 0..600 {
+        if committed.load(Ordering::Relaxed) >= committers_count {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
     stop.store(true, Ordering::Relaxed);
     let mut logs = Vec::new();
     while let Some(done) = tasks.join_next().await {
