@@ -258,12 +258,7 @@ impl Hub {
             });
         }
         let anchors = self.as_keys.credentials();
-        let ctx = tokens::issue::IssueContext {
-            store: self.store.as_ref(),
-            anchors: &anchors,
-            replay: &self.replay,
-            now_ms,
-        };
+        let ctx = self.issue_context(&anchors, now_ms);
         let result = self.tokens.issue(&ctx, content_type, auth_header, body);
         match &result {
             Ok(issued) => {
@@ -290,12 +285,7 @@ impl Hub {
         now_ms: u64,
     ) -> Result<tokens::issue::Issued, tokens::issue::Refused> {
         let anchors = self.as_keys.credentials();
-        let ctx = tokens::issue::IssueContext {
-            store: self.store.as_ref(),
-            anchors: &anchors,
-            replay: &self.replay,
-            now_ms,
-        };
+        let ctx = self.issue_context(&anchors, now_ms);
         let _invite_lock = matches!(payment, tokens::issue::RegistrationPayment::Invite(_))
             .then(|| self.invites.lock().unwrap_or_else(|p| p.into_inner()));
         let result = self.tokens.issue_registration(
@@ -305,12 +295,29 @@ impl Hub {
             content_type,
             body,
         );
-        let counter = match &result {
-            Ok(_) => &self.metrics.registration_tokens_issued,
-            Err(_) => &self.metrics.errors,
-        };
-        counter.fetch_add(1, Ordering::Relaxed);
+        if result.is_ok() {
+            self.metrics.ok.fetch_add(1, Ordering::Relaxed);
+            self.metrics
+                .registration_tokens_issued
+                .fetch_add(1, Ordering::Relaxed);
+        } else {
+            self.metrics.errors.fetch_add(1, Ordering::Relaxed);
+        }
         result
+    }
+
+    /// What issuing needs from the hub: its store, its AS anchors, its replay guard.
+    fn issue_context<'a>(
+        &'a self,
+        anchors: &'a mimi_rm_protocol::credentials::AsCredentials,
+        now_ms: u64,
+    ) -> tokens::issue::IssueContext<'a> {
+        tokens::issue::IssueContext {
+            store: self.store.as_ref(),
+            anchors,
+            replay: &self.replay,
+            now_ms,
+        }
     }
 
     /// Decodes a client's request body posted to `endpoint` (once: everything later uses the

@@ -189,3 +189,48 @@ async fn registration_token_requests_are_checked_like_any_issuance() {
     assert_eq!(err.code(), Some(ErrorCode::NotAuthorized), "{err}");
     assert!(before == hub.dump(), "a refused issuance changed the store");
 }
+
+/// One invitation code buys one registration token, even when four clients present it at
+/// once; the token then registers one handle, and a registration with the code itself
+/// (`RegisterInvited`) finds it used. Vouching is off at an invitation-only provider by
+/// default, so registered users cannot multiply beyond the codes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_invitation_code_buys_one_registration_token_even_at_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut hub = hub_with_config(dir.path(), "registration = \"invite\"\n");
+    hub.stop();
+    let out = std::process::Command::new(hub_binary())
+        .args(["invite", "--count", "1"])
+        .arg(&hub.data)
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let code = String::from_utf8(out.stdout).unwrap().trim().to_owned();
+    hub.restart();
+
+    let attempts = (0..4).map(|_| registration_token(&hub, RegistrationPayment::Invite(&code)));
+    let results = futures_util::future::join_all(attempts).await;
+    let bought: Vec<PresentedToken> = results
+        .iter()
+        .filter_map(|r| r.as_ref().ok())
+        .cloned()
+        .collect();
+    assert_eq!(bought.len(), 1, "{results:?}");
+    for r in results.iter().filter_map(|r| r.as_ref().err()) {
+        assert_eq!(r.code(), Some(ErrorCode::NotAuthorized), "{r}");
+    }
+    assert!(hub.dump().iter().all(|(cf, _, _)| *cf != Cf::AsInvites));
+    let token = mimi_rm_protocol::tokens::encode_b64url(&bought[0].encode());
+    let options = RegisterOptions {
+        registration_token: Some(&token),
+        ..Default::default()
+    };
+    let alice = register(&hub, dir.path(), "alice", &options).await.unwrap();
+    let err = Client::register_invited(&dir.path().join("bob"), &hub.url(), "bob", None, &code)
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Some(ErrorCode::NotAuthorized), "{err}");
+    assert_eq!(users(&hub), 1);
+    let err = alice.vouch().await.unwrap_err();
+    assert_eq!(err.code(), Some(ErrorCode::AllowanceExhausted), "{err}");
+}

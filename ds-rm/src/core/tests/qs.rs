@@ -55,6 +55,19 @@ fn add_client(hub: &TestHub, user: &QsClient) -> QsClient {
     added
 }
 
+/// `user`'s user key (the one it held) no longer authorises a `CreateClient`.
+fn assert_user_key_retired(hub: &TestHub, user: &QsClient) {
+    let again = NewUser::new();
+    hub.assert_refused(
+        &qs_signed(
+            &user.user_key,
+            QsSender::User(user.user_id),
+            create_client_op(&again.client_key, &again.ratchet_secret),
+        ),
+        ErrorCode::InvalidSignature,
+    );
+}
+
 fn client_rows(hub: &TestHub, cf: Cf, client: &ClientId) -> Vec<Vec<u8>> {
     hub.rows(cf)
         .into_iter()
@@ -756,15 +769,7 @@ fn remove_user_client_deletes_the_tagged_client_and_rotates_the_user_key() {
         next.verifying_key().as_bytes()
     );
     // The old user key (the removed device has it) creates nothing any more.
-    let again = NewUser::new();
-    hub.assert_refused(
-        &qs_signed(
-            &alice.user_key,
-            QsSender::User(alice.user_id),
-            create_client_op(&again.client_key, &again.ratchet_secret),
-        ),
-        ErrorCode::InvalidSignature,
-    );
+    assert_user_key_retired(&hub, &alice);
     hub.assert_refused(&second.dequeue(10), ErrorCode::UnknownClient);
     // A retry under the new key finds nothing to delete and changes nothing; replaying that
     // retry is refused as a replay.
@@ -858,15 +863,7 @@ fn rotate_user_moves_the_friendship_token_and_the_user_key() {
         "alice's new entry and bob's"
     );
     // The old key creates nothing any more; a repeat under the new key changes nothing.
-    let again = NewUser::new();
-    hub.assert_refused(
-        &qs_signed(
-            &alice.user_key,
-            QsSender::User(alice.user_id),
-            create_client_op(&again.client_key, &again.ratchet_secret),
-        ),
-        ErrorCode::InvalidSignature,
-    );
+    assert_user_key_retired(&hub, &alice);
     let before = hub.dump();
     let repeat = rotate(&next, &token, &next_pk);
     assert_eq!(hub.ok(&repeat), QsResponse::Ok);
