@@ -250,6 +250,14 @@ pub enum Enqueued {
 pub fn clients_touched(txn: &Txn<'_>, req: &QsRequest) -> Result<Vec<ClientId>, HubError> {
     Ok(match (&req.tbs.sender, &req.tbs.operation) {
         (QsSender::Client(c), _) => vec![*c],
+        // A user-level request rewrites the user record: it takes the locks of all the user's
+        // clients, so two such requests (or one and a client's own deletion, which also
+        // rewrites the record) never interleave. The set read here may change before the locks
+        // are held, but a user always has a client, so any two such sets share one.
+        (QsSender::User(uid), _) => txn
+            .get_record::<UserRecord>(uid)?
+            .map(|u| u.clients)
+            .unwrap_or_default(),
         (_, QsOperation::FetchAddPackages(token)) => match user_of_token(txn, token.as_slice())? {
             Some((_, user)) => user.clients,
             None => Vec::new(),
