@@ -92,6 +92,9 @@ pub struct HubConfig {
     pub activity_period_ms: u64,
 }
 
+/// How long a signed revocation list is served again (see `Hub::handle_as`).
+const REVOCATION_LIST_CACHE_SECS: u64 = 10;
+
 /// One hub: DS + QS + AS over one store.
 pub struct Hub {
     store: Arc<dyn Store>,
@@ -121,6 +124,10 @@ pub struct Hub {
     wanted_peer_keys: std::sync::Mutex<std::collections::BTreeSet<String>>,
     /// Serialises invited registrations (see `handle_as`).
     invites: std::sync::Mutex<()>,
+    /// The last signed revocation list answer and the second it was made: served again for
+    /// [`REVOCATION_LIST_CACHE_SECS`] (until a revocation), so anonymous readers cannot make
+    /// the AS scan and sign at their rate.
+    revocation_list: std::sync::Mutex<Option<(u64, Vec<u8>)>>,
     /// Request counters.
     pub metrics: Metrics,
 }
@@ -223,6 +230,7 @@ impl Hub {
             vapid,
             config,
             invites: std::sync::Mutex::new(()),
+            revocation_list: std::sync::Mutex::new(None),
             metrics: Metrics::default(),
         })
     }
@@ -588,6 +596,16 @@ impl Hub {
         now_ms: u64,
         spend: Option<&tokens::VerifiedToken>,
     ) -> Result<Vec<u8>, HubError> {
+        let list_read = matches!(req.tbs.operation, AsOperation::RevocationList);
+        if list_read
+            && let Some((at, answer)) = &*self
+                .revocation_list
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+            && now_ms / 1000 < at.saturating_add(REVOCATION_LIST_CACHE_SECS)
+        {
+            return Ok(answer.clone());
+        }
         let token_lock = self.locks.lock_token(spend.map(|t| &t.nonce));
         // Invited registrations one at a time: one code, one user, even when two registrations
         // for different handles present it at once.
@@ -613,7 +631,18 @@ impl Hub {
         drop(handle_lock);
         drop(invite_lock);
         drop(token_lock);
-        encode(&resp).map_err(|e| HubError::Bug(e.to_string()))
+        let answer = encode(&resp).map_err(|e| HubError::Bug(e.to_string()))?;
+        let mut cached = self
+            .revocation_list
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        if list_read {
+            *cached = Some((now_ms / 1000, answer.clone()));
+        } else if matches!(req.tbs.operation, AsOperation::RevokeClient(_)) {
+            // The next reader gets a list with this revocation.
+            *cached = None;
+        }
+        Ok(answer)
     }
 
     /// The local queue a fan-out address names. RM hubs take only sealed addresses (opened once,
