@@ -2,12 +2,10 @@
 //! exact TLS decoding, no cryptography) to route it, run the core on a blocking thread, map
 //! errors to statuses.
 
-use crate::core::metrics::GaugeValue;
 use crate::core::{ClientRequest, Hub, HubError, Route};
 use crate::core::{FederationError, RequestError};
 use crate::federation::Peers;
 use crate::privacy_pass::{PresentedVerified, admission};
-use crate::store::Cf;
 use axum::Extension;
 use axum::Router;
 use axum::body::{Body, Bytes};
@@ -393,11 +391,9 @@ async fn metrics(
         )));
     }
     let hub = app.hub.clone();
-    let rendered = tokio::task::spawn_blocking(move || {
-        let gauges = store_gauges(hub.store().statistics());
-        hub.metrics.render(&gauges)
-    })
-    .await;
+    let rendered =
+        tokio::task::spawn_blocking(move || hub.metrics.render_with(hub.store().statistics()))
+            .await;
     match rendered {
         Ok(text) => (
             StatusCode::OK,
@@ -410,42 +406,6 @@ async fn metrics(
             .into_response(),
         Err(join) => error_response(&HubError::Bug(join.to_string())),
     }
-}
-
-/// The store's figures as gauges: each as `mimi_store_<name>{cf}`, and the two queue depths
-/// operators watch under their own names.
-fn store_gauges(statistics: Vec<crate::store::Statistic>) -> Vec<GaugeValue> {
-    let mut out = Vec::with_capacity(statistics.len() + 2);
-    for s in statistics {
-        let value = s.value as f64;
-        if s.name == "keys" {
-            match s.cf {
-                Cf::QsQueues => out.push(GaugeValue {
-                    name: "mimi_queued_messages",
-                    labels: Vec::new(),
-                    value,
-                }),
-                Cf::FedOutbox => out.push(GaugeValue {
-                    name: "mimi_outbox_items",
-                    labels: Vec::new(),
-                    value,
-                }),
-                _ => {}
-            }
-        }
-        let name = match s.name {
-            "keys" => "mimi_store_keys",
-            "sst_bytes" => "mimi_store_sst_bytes",
-            "memtable_bytes" => "mimi_store_memtable_bytes",
-            _ => "mimi_store_pending_compaction_bytes",
-        };
-        out.push(GaugeValue {
-            name,
-            labels: vec![("cf", s.cf.name())],
-            value,
-        });
-    }
-    out
 }
 
 async fn dispatch(app: App, endpoint: TransactionType, token: Token, body: Body) -> Response {

@@ -395,21 +395,30 @@ impl AsCredentials {
         now: u64,
     ) -> Result<&AsIntermediateCredential, CredentialError> {
         let intermediate = self
-            .intermediates
-            .iter()
-            .find(|i| i.fingerprint().is_ok_and(|f| f == *fingerprint))
+            .intermediate(fingerprint)
             .ok_or(CredentialError::WrongIssuer("unknown intermediate"))?;
         let root = self
-            .roots
-            .iter()
-            .find(|r| {
-                r.fingerprint()
-                    .is_ok_and(|f| f == intermediate.tbs.signer_fingerprint)
-            })
+            .root_of(intermediate)
             .ok_or(CredentialError::WrongIssuer("AS intermediate credential"))?;
         root.verify(now)?;
         intermediate.verify(root, now)?;
         Ok(intermediate)
+    }
+
+    /// The intermediate with `fingerprint`, if it is among these (not verified).
+    pub fn intermediate(&self, fingerprint: &Fingerprint) -> Option<&AsIntermediateCredential> {
+        self.intermediates
+            .iter()
+            .find(|i| i.fingerprint().is_ok_and(|f| f == *fingerprint))
+    }
+
+    /// The root that `intermediate` names as its signer, if it is among these (not verified):
+    /// its `as_domain` is the provider the intermediate speaks for.
+    pub fn root_of(&self, intermediate: &AsIntermediateCredential) -> Option<&AsCredential> {
+        self.roots.iter().find(|r| {
+            r.fingerprint()
+                .is_ok_and(|f| f == intermediate.tbs.signer_fingerprint)
+        })
     }
 }
 

@@ -91,11 +91,9 @@ impl RevocationList {
             ));
         }
         let intermediate = anchors.verified_intermediate(&self.tbs.signer_fingerprint, now)?;
-        let root_names_domain = anchors.roots.iter().any(|r| {
-            r.tbs.as_domain.as_slice() == domain.as_bytes()
-                && r.fingerprint()
-                    .is_ok_and(|f| f == intermediate.tbs.signer_fingerprint)
-        });
+        let root_names_domain = anchors
+            .root_of(intermediate)
+            .is_some_and(|r| r.tbs.as_domain.as_slice() == domain.as_bytes());
         if !root_names_domain {
             return Err(CredentialError::WrongIssuer("revocation list"));
         }

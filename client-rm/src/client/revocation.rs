@@ -26,17 +26,9 @@ pub(crate) fn issuer_domain(
     credential: &ClientCredential,
     anchors: &AsCredentials,
 ) -> Option<String> {
-    let intermediate = anchors.intermediates.iter().find(|i| {
-        i.fingerprint()
-            .is_ok_and(|f| f == credential.tbs.signer_fingerprint)
-    })?;
+    let intermediate = anchors.intermediate(&credential.tbs.signer_fingerprint)?;
     anchors
-        .roots
-        .iter()
-        .find(|r| {
-            r.fingerprint()
-                .is_ok_and(|f| f == intermediate.tbs.signer_fingerprint)
-        })
+        .root_of(intermediate)
         .map(|r| String::from_utf8_lossy(r.tbs.as_domain.as_slice()).into_owned())
 }
 

@@ -7,6 +7,7 @@
 //! routes carry none (every identifier travels in request bodies), and gauges are totals over
 //! the whole store.
 
+use crate::store::{Cf, Statistic};
 use metrics::{Key, Label, Level, Metadata, Recorder, Unit};
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusRecorder};
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
@@ -128,8 +129,13 @@ impl Metrics {
         self.exporter.recorder.handle().run_upkeep();
     }
 
+    /// The Prometheus text of every total, the histograms and the store's `statistics`.
+    pub fn render_with(&self, statistics: Vec<Statistic>) -> String {
+        self.render(&store_gauges(statistics))
+    }
+
     /// The Prometheus text of every total, the histograms and `gauges`.
-    pub fn render(&self, gauges: &[GaugeValue]) -> String {
+    fn render(&self, gauges: &[GaugeValue]) -> String {
         let r = &self.exporter.recorder;
         for (name, help, value) in self.totals() {
             r.describe_counter(name.into(), None, help.into());
@@ -246,4 +252,40 @@ impl Metrics {
             ),
         ]
     }
+}
+
+/// The store's figures as gauges: each as `mimi_store_<name>{cf}`, and the two queue depths
+/// operators watch under their own names.
+fn store_gauges(statistics: Vec<Statistic>) -> Vec<GaugeValue> {
+    let mut out = Vec::with_capacity(statistics.len() + 2);
+    for s in statistics {
+        let value = s.value as f64;
+        if s.name == "keys" {
+            match s.cf {
+                Cf::QsQueues => out.push(GaugeValue {
+                    name: "mimi_queued_messages",
+                    labels: Vec::new(),
+                    value,
+                }),
+                Cf::FedOutbox => out.push(GaugeValue {
+                    name: "mimi_outbox_items",
+                    labels: Vec::new(),
+                    value,
+                }),
+                _ => {}
+            }
+        }
+        let name = match s.name {
+            "keys" => "mimi_store_keys",
+            "sst_bytes" => "mimi_store_sst_bytes",
+            "memtable_bytes" => "mimi_store_memtable_bytes",
+            _ => "mimi_store_pending_compaction_bytes",
+        };
+        out.push(GaugeValue {
+            name,
+            labels: vec![("cf", s.cf.name())],
+            value,
+        });
+    }
+    out
 }
