@@ -206,6 +206,18 @@ fn serve(cfg: Config) -> Result<(), Box<dyn std::error::Error>> {
         // half-started hub.
         let peers = Arc::new(crate::federation::Peers::new(&cfg)?);
         let router = crate::http::router_with_peers(hub.clone(), peers.clone());
+        // Start-up writes (new issuer keys, the gateway seed) are scrubbed before the port
+        // opens, so no flush or compaction of them runs under the first requests.
+        if scrub_every > 0 {
+            let first: Arc<dyn crate::store::Store> = hub.store().clone();
+            match tokio::task::spawn_blocking(move || first.scrub()).await {
+                Ok(Ok(_)) => {}
+                Ok(Err(e)) => {
+                    tracing::warn!(error = %e, "start-up scrub failed; retrying on schedule")
+                }
+                Err(e) => tracing::error!(error = %e, "start-up scrub task panicked"),
+            }
+        }
         let listener = tokio::net::TcpListener::bind(cfg.listen).await?;
         let scheme = if tls.is_some() { "https" } else { "http" };
         if cfg.mode == mimi_rm_protocol::DsMode::Baseline {

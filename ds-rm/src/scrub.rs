@@ -5,10 +5,11 @@ use crate::store::Store;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-/// Scrubs `store` every `every`, forever. Each scrub runs on a blocking thread (it flushes and
+/// Scrubs `store` every `every`, forever, the first time one period after the call (the hub
+/// scrubs once before it opens its port). Each scrub runs on a blocking thread (it flushes and
 /// compacts); a failed one is logged and retried at the next tick, its families still marked.
 pub async fn run(store: Arc<dyn Store>, every: Duration) {
-    let mut tick = tokio::time::interval(every);
+    let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tick.tick().await;

@@ -268,10 +268,31 @@ pub async fn rejected_case(
     let (s, resp) = post_with_ca(hub.ca_pem(), &hub.url(), path, body).await;
     let got = error_of(&resp);
     assert_eq!((s, got.code), (status, code), "{case}: {got}");
+    let after = hub.dump();
     assert!(
-        before == hub.dump(),
-        "{case}: stored data changed after a rejected request ({code:?})"
+        before == after,
+        "{case}: stored data changed after a rejected request ({code:?}) in {:?}",
+        changed_families(&before, &after)
     );
+}
+
+/// The column families whose entries differ between two dumps (for failure messages).
+pub fn changed_families(
+    before: &[(Cf, Vec<u8>, Vec<u8>)],
+    after: &[(Cf, Vec<u8>, Vec<u8>)],
+) -> Vec<Cf> {
+    Cf::ALL
+        .into_iter()
+        .filter(|cf| {
+            let rows = |d: &[(Cf, Vec<u8>, Vec<u8>)]| {
+                d.iter()
+                    .filter(|(c, _, _)| c == cf)
+                    .cloned()
+                    .collect::<Vec<_>>()
+            };
+            rows(before) != rows(after)
+        })
+        .collect()
 }
 
 /// [`rejected_case`] for a request named by its expected code.

@@ -387,7 +387,23 @@ impl HubProcess {
                 Err(e) => panic!("open read-only: {e}"),
             }
         };
-        store.dump().expect("dump")
+        let mut last = store.dump().expect("dump");
+        drop(store);
+        // A read-only open under a running flush or compaction can see a moment between two
+        // versions of the files: read until two reads agree, so a comparison sees what the
+        // hub holds, not how its files were being rewritten.
+        for _ in 0..10 {
+            let again = RocksStore::open_read_only(&self.data)
+                .expect("open read-only")
+                .dump()
+                .expect("dump");
+            if again == last {
+                break;
+            }
+            eprintln!("two reads of the store differ; reading again");
+            last = again;
+        }
+        last
     }
 }
 
