@@ -37,6 +37,16 @@ pub enum Command {
         /// RocksDB data directory.
         #[arg(long)]
         data: Option<PathBuf>,
+        /// `rocksdb` (embedded, one process; the default) or `postgres` (shared by several
+        /// processes; needs --postgres-url or `postgres_url`).
+        #[arg(long)]
+        storage: Option<crate::config::Storage>,
+        /// PostgreSQL connection URL, e.g. postgres://ds@localhost/mimi.
+        #[arg(long)]
+        postgres_url: Option<String>,
+        /// How many hub processes share the database (each grants 1/N of every allowance).
+        #[arg(long)]
+        instances: Option<u32>,
         /// PEM certificate chain to serve HTTPS with (needs --tls-key or `tls_key`).
         #[arg(long)]
         tls_cert: Option<PathBuf>,
@@ -124,6 +134,9 @@ fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
             domain,
             listen,
             data,
+            storage,
+            postgres_url,
+            instances,
             tls_cert,
             tls_key,
             mode,
@@ -140,6 +153,15 @@ fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
             }
             if let Some(d) = data {
                 cfg.data_dir = d;
+            }
+            if let Some(s) = storage {
+                cfg.storage = s;
+            }
+            if let Some(u) = postgres_url {
+                cfg.postgres_url = Some(u);
+            }
+            if let Some(n) = instances {
+                cfg.instances = n;
             }
             if let Some(c) = tls_cert {
                 cfg.tls_cert = Some(c);
@@ -196,7 +218,18 @@ fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
 fn serve(cfg: Config) -> Result<(), Box<dyn std::error::Error>> {
     // Before opening the store: a half-configured or unreadable TLS setup must not start a hub.
     let tls = crate::tls::server_config(&cfg)?;
-    let store = Arc::new(RocksStore::open(&cfg.data_dir, cfg.sync_writes)?);
+    let store: Arc<dyn crate::store::Store> = match cfg.storage {
+        crate::config::Storage::Rocksdb => {
+            Arc::new(RocksStore::open(&cfg.data_dir, cfg.sync_writes)?)
+        }
+        crate::config::Storage::Postgres => {
+            let url = cfg
+                .postgres_url
+                .as_deref()
+                .ok_or("storage = \"postgres\" needs postgres_url (or --postgres-url)")?;
+            Arc::new(crate::store::PgStore::connect(url, cfg.postgres_pool_size)?)
+        }
+    };
     let hub = Arc::new(Hub::new(store.clone(), cfg.hub_config(), crate::now_ms())?);
     let rt = tokio::runtime::Runtime::new()?;
     let scrub_every = cfg.scrub_interval_secs;
@@ -229,6 +262,7 @@ fn serve(cfg: Config) -> Result<(), Box<dyn std::error::Error>> {
         tracing::info!(
             domain = %cfg.domain,
             mode = %cfg.mode,
+            storage = ?cfg.storage,
             data = %cfg.data_dir.display(),
             "ds-rm hub listening on {scheme}://{}",
             listener.local_addr()?

@@ -12,8 +12,23 @@ pub struct Config {
     pub domain: String,
     /// Address to listen on.
     pub listen: SocketAddr,
-    /// RocksDB data directory.
+    /// `rocksdb` (the default: an embedded database in `data_dir`, one hub process) or
+    /// `postgres` (the database at `postgres_url`, which several hub processes may share).
+    pub storage: Storage,
+    /// RocksDB data directory (`storage = "rocksdb"`).
     pub data_dir: PathBuf,
+    /// PostgreSQL connection URL (`storage = "postgres"`), e.g.
+    /// `postgres://ds@db.internal/mimi`. The password may also come from `PGPASSWORD`-style
+    /// key-value syntax (`host=… user=… password=…`). Only PostgreSQL is tested.
+    pub postgres_url: Option<String>,
+    /// Connections per pool (`storage = "postgres"`): one pool serves reads and writes, one
+    /// holds each in-flight request's row locks, so this also bounds concurrent requests.
+    pub postgres_pool_size: usize,
+    /// How many hub processes share the database. Token allowances are counted in each
+    /// process's memory (never stored per device), so each process grants 1/`instances` of
+    /// every allowance (rounded up): a device that visits every process gets at most
+    /// `instances` × that share.
+    pub instances: u32,
     /// Largest request body in bytes; larger bodies get 413 before decoding.
     pub max_body_bytes: usize,
     /// Accepted request age / clock skew in seconds.
@@ -94,6 +109,16 @@ pub struct Config {
     /// Granularity of the per-client activity the hub keeps inside each group's encrypted state,
     /// in seconds: coarse on purpose (one day by default).
     pub activity_period_secs: u64,
+}
+
+/// Where the hub keeps its records.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum Storage {
+    /// Embedded RocksDB in `data_dir`: one process.
+    Rocksdb,
+    /// PostgreSQL at `postgres_url`: any number of processes.
+    Postgres,
 }
 
 /// Who may register a handle.
@@ -181,7 +206,11 @@ impl Default for Config {
         Self {
             domain: "localhost".into(),
             listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
+            storage: Storage::Rocksdb,
             data_dir: PathBuf::from("./ds-rm-data"),
+            postgres_url: None,
+            postgres_pool_size: 16,
+            instances: 1,
             max_body_bytes: 1 << 20,
             freshness_window_secs: 60,
             sync_writes: true,
@@ -248,6 +277,12 @@ impl Config {
         })
     }
 
+    /// This process's share of an allowance of `total` per epoch when `instances` processes
+    /// count it apart (rounded up, so a share is never 0 where the total is not).
+    pub fn share(&self, total: u32) -> u32 {
+        total.div_ceil(self.instances.max(1))
+    }
+
     /// The core's view of the config.
     pub fn hub_config(&self) -> crate::core::HubConfig {
         crate::core::HubConfig {
@@ -280,17 +315,17 @@ impl Config {
                     epoch_secs: self.privacy_pass.key_epoch_secs.max(1),
                     overlap_secs: self.privacy_pass.key_overlap_secs,
                 },
-                allowance_per_epoch: self.privacy_pass.allowance_per_epoch,
-                registration_allowance_per_epoch: self
-                    .privacy_pass
-                    .registration_allowance_per_epoch
-                    .unwrap_or(match self.registration {
-                        Registration::Open => 1,
-                        Registration::Invite => 0,
-                    }),
+                allowance_per_epoch: self.share(self.privacy_pass.allowance_per_epoch),
+                registration_allowance_per_epoch: self.share(
+                    self.privacy_pass
+                        .registration_allowance_per_epoch
+                        .unwrap_or(match self.registration {
+                            Registration::Open => 1,
+                            Registration::Invite => 0,
+                        }),
+                ),
                 registrations_per_address_per_epoch: self
-                    .privacy_pass
-                    .registrations_per_address_per_epoch,
+                    .share(self.privacy_pass.registrations_per_address_per_epoch),
             },
         }
     }

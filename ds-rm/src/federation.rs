@@ -303,13 +303,19 @@ async fn deliver_batch(hub: &Arc<Hub>, peers: &Peers, domain: &str) -> Result<us
     let h = hub.clone();
     let d = domain.to_owned();
     let batch = tokio::task::spawn_blocking(move || {
+        // Held until the delivered items are deleted: no other process sends them meanwhile.
+        let Some(claim) = h.claim_outbox(&d)? else {
+            return Ok(None);
+        };
         let batch = h.outbox_batch(&d, crate::core::federation::DELIVERY_BATCH)?;
         let body = h.delivery_envelope(&batch, crate::now_ms())?;
-        Ok::<_, HubError>((batch, body))
+        Ok::<_, HubError>(Some((claim, batch, body)))
     })
     .await
     .map_err(|e| HubError::Bug(e.to_string()))?;
-    let (batch, body) = batch?;
+    let Some((claim, batch, body)) = batch? else {
+        return Ok(0);
+    };
     if batch.items.is_empty() {
         return Ok(0);
     }
@@ -327,6 +333,7 @@ async fn deliver_batch(hub: &Arc<Hub>, peers: &Peers, domain: &str) -> Result<us
     tokio::task::spawn_blocking(move || h.outbox_delivered(&batch))
         .await
         .map_err(|e| HubError::Bug(e.to_string()))??;
+    drop(claim);
     tracing::debug!(peer = %domain, items = n, "delivered to peer");
     Ok(n)
 }

@@ -3,6 +3,7 @@
 
 pub mod common;
 pub mod observer;
+pub mod postgres;
 pub mod scenario;
 pub mod tls;
 
@@ -17,8 +18,10 @@ pub struct HubProcess {
     child: Option<Child>,
     /// Where it listens.
     pub addr: SocketAddr,
-    /// Its RocksDB directory.
+    /// Its RocksDB directory (unused when it runs on PostgreSQL).
     pub data: PathBuf,
+    /// Its PostgreSQL database, when it runs on one (see [`postgres`]).
+    pub postgres: Option<String>,
     /// Its domain.
     pub domain: String,
     binary: PathBuf,
@@ -162,19 +165,47 @@ impl HubProcess {
         extra_config: &str,
         ca_pem: Option<Vec<u8>>,
     ) -> Self {
+        let database = postgres::default_backend_is_postgres().then(postgres::fresh_database);
+        Self::prepare_on(
+            binary,
+            dir,
+            domain,
+            max_body,
+            extra_config,
+            ca_pem,
+            database,
+        )
+    }
+
+    /// [`HubProcess::prepare`] on the PostgreSQL database `database` (RocksDB when `None`).
+    fn prepare_on(
+        binary: &Path,
+        dir: &Path,
+        domain: &str,
+        max_body: usize,
+        extra_config: &str,
+        ca_pem: Option<Vec<u8>>,
+        database: Option<String>,
+    ) -> Self {
         let data = dir.join("hub-data");
         let config = dir.join("hub.toml");
         let extra_config = many_registrations_per_address(extra_config);
+        // Top-level keys before any table of `extra_config`.
+        let storage = match &database {
+            Some(url) => format!("storage = \"postgres\"\npostgres_url = {url:?}\n"),
+            None => String::new(),
+        };
         std::fs::write(
             &config,
             format!(
-                "domain = \"{domain}\"\nmax_body_bytes = {max_body}\nfreshness_window_secs = 60\n{extra_config}\n"
+                "domain = \"{domain}\"\nmax_body_bytes = {max_body}\nfreshness_window_secs = 60\n{storage}{extra_config}\n"
             ),
         )
         .expect("write config");
         Self {
             child: None,
             addr: free_port(),
+            postgres: database,
             data,
             domain: domain.to_owned(),
             binary: binary.to_owned(),
@@ -182,6 +213,28 @@ impl HubProcess {
             ca_pem,
             log: None,
         }
+    }
+
+    /// Starts one of several hub processes sharing the PostgreSQL database `database` (each
+    /// in its own `dir`), with `extra_config`.
+    pub fn start_shared(
+        binary: &Path,
+        dir: &Path,
+        domain: &str,
+        database: &str,
+        extra_config: &str,
+    ) -> Self {
+        let mut hub = Self::prepare_on(
+            binary,
+            dir,
+            domain,
+            1 << 20,
+            extra_config,
+            None,
+            Some(database.to_owned()),
+        );
+        hub.spawn();
+        hub
     }
 
     /// Starts a hub serving HTTPS with a fresh throwaway CA (written to `dir/tls`) that
@@ -373,6 +426,13 @@ impl HubProcess {
 
     /// Every stored key and value, read through a read-only handle (works while running).
     pub fn dump(&self) -> Vec<(Cf, Vec<u8>, Vec<u8>)> {
+        if let Some(url) = &self.postgres {
+            // One transaction-consistent read per family; the hub is idle when tests compare.
+            return mimi_ds_rm::store::PgStore::connect(url, 1)
+                .expect("connect to the hub's database")
+                .dump()
+                .expect("dump");
+        }
         // Right after start the hub may be switching its MANIFEST (start-up compaction), and
         // a read-only open can then miss `CURRENT` for a moment: retry briefly.
         let mut attempt = 0;

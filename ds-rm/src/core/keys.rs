@@ -2,7 +2,7 @@
 
 use super::qs::QsKeys;
 use super::{Hub, HubError};
-use crate::store::{Cf, Store, Txn};
+use crate::store::{Cf, LockKind, Store, Txn};
 use mimi_rm_crypto::hpke_seal::{HpkeKeyPair, HpkePrivateKey, HpkePublicKey};
 use mimi_rm_crypto::sign::SigningKey;
 
@@ -23,6 +23,12 @@ fn load_or_create(
     name: &[u8],
     create: impl FnOnce() -> Vec<u8>,
 ) -> Result<zeroize::Zeroizing<Vec<u8>>, HubError> {
+    if let Some(bytes) = store.get(Cf::ServerKeys, name)? {
+        return Ok(zeroize::Zeroizing::new(bytes));
+    }
+    // Processes sharing the store create it once: the first under this lock, the others find
+    // it when they get the lock.
+    let _creating = crate::store::hold_global(store.coordinator().as_deref(), LockKind::Keys)?;
     if let Some(bytes) = store.get(Cf::ServerKeys, name)? {
         return Ok(zeroize::Zeroizing::new(bytes));
     }

@@ -100,6 +100,8 @@ pub struct Hub {
     store: Arc<dyn Store>,
     locks: KeyLocks,
     replay: ReplayGuard,
+    /// Set when other hub processes share the store (see `crate::store::shared`).
+    shared: Option<Arc<dyn crate::store::Coordinator>>,
     qs_keys: QsKeys,
     as_keys: AsKeys,
     s2s_key: SigningKey,
@@ -122,8 +124,6 @@ pub struct Hub {
     peer_keys: std::sync::RwLock<std::collections::HashMap<String, HpkePublicKey>>,
     /// Peers whose key a request needed but this hub does not have (fetched by the worker).
     wanted_peer_keys: std::sync::Mutex<std::collections::BTreeSet<String>>,
-    /// Serialises invited registrations (see `handle_as`).
-    invites: std::sync::Mutex<()>,
     /// The last signed revocation list answer and the second it was made: served again for
     /// [`REVOCATION_LIST_CACHE_SECS`] (until a revocation), so anonymous readers cannot make
     /// the AS scan and sign at their rate.
@@ -163,6 +163,7 @@ impl Hub {
         let queue_signal = Arc::new(queue_signal::QueueSignal::default());
         let store: Arc<dyn Store> =
             Arc::new(queue_signal::Signalling::new(store, queue_signal.clone()));
+        let shared = store.coordinator();
         let upkeep = erasure::prepare(store.as_ref())?;
         if upkeep != erasure::Upkeep::default() {
             tracing::info!(
@@ -172,7 +173,11 @@ impl Hub {
             );
         }
         let qs_keys = keys::qs_keys(store.as_ref())?;
+        // Processes starting together on one database create the AS keys once: the first
+        // under this lock, the others find them.
+        let creating = crate::store::hold_global(shared.as_deref(), crate::store::LockKind::Keys)?;
         let as_keys = AsKeys::load_or_create(store.as_ref(), &config.domain, now_ms / 1000)?;
+        drop(creating);
         let s2s_key = keys::signing_key(store.as_ref(), keys::S2S_SIGNING_KEY)?;
         let ds_key = keys::signing_key(store.as_ref(), keys::DS_SENDER_KEY)?;
         let vapid = keys::vapid_key(store.as_ref())?;
@@ -217,8 +222,13 @@ impl Hub {
             wanted_peer_keys: std::sync::Mutex::new(std::collections::BTreeSet::new()),
             store,
             ids,
-            locks: KeyLocks::default(),
-            replay: ReplayGuard::new(config.freshness_window_ms, now_ms.saturating_sub(1)),
+            locks: KeyLocks::new(shared.clone()),
+            replay: ReplayGuard::shared(
+                config.freshness_window_ms,
+                now_ms.saturating_sub(1),
+                shared.clone(),
+            ),
+            shared,
             qs_keys,
             as_keys,
             s2s_key,
@@ -229,7 +239,6 @@ impl Hub {
             push,
             vapid,
             config,
-            invites: std::sync::Mutex::new(()),
             revocation_list: std::sync::Mutex::new(None),
             metrics: Metrics::default(),
         })
@@ -238,6 +247,23 @@ impl Hub {
     /// The hub's configuration.
     pub fn config(&self) -> &HubConfig {
         &self.config
+    }
+
+    /// Whether other hub processes share this hub's store (their enqueues then signal no
+    /// listener here, see [`Hub::queue_head`]).
+    pub fn is_shared(&self) -> bool {
+        self.shared.is_some()
+    }
+
+    /// The key of the oldest message in `client`'s queue, if any: what a live socket polls
+    /// when another process may have filled the queue.
+    pub fn queue_head(&self, client: &qs::ClientId) -> Result<Option<Vec<u8>>, HubError> {
+        Ok(self
+            .store
+            .scan_prefix(Cf::QsQueues, client, 1)?
+            .into_iter()
+            .next()
+            .map(|(k, _)| k))
     }
 
     /// The store (for audit).
@@ -294,8 +320,15 @@ impl Hub {
     ) -> Result<tokens::issue::Issued, tokens::issue::Refused> {
         let anchors = self.as_keys.credentials();
         let ctx = self.issue_context(&anchors, now_ms);
-        let _invite_lock = matches!(payment, tokens::issue::RegistrationPayment::Invite(_))
-            .then(|| self.invites.lock().unwrap_or_else(|p| p.into_inner()));
+        let mut invite_lock = crate::store::LockSet::default();
+        if matches!(payment, tokens::issue::RegistrationPayment::Invite(_)) {
+            self.locks
+                .add_invites(&mut invite_lock)
+                .map_err(|e| tokens::issue::Refused {
+                    error: e.into(),
+                    unprocessable: false,
+                })?;
+        }
         let result = self.tokens.issue_registration(
             &ctx,
             payment,
@@ -429,7 +462,7 @@ impl Hub {
         let Some(token) = self.tokens.admit(request.rate_class(), admission)? else {
             return Ok(());
         };
-        let _lock = self.locks.lock_token(Some(&token.nonce));
+        let _lock = self.locks.lock_token(Some(&token.nonce))?;
         let mut txn = Txn::new(self.store.as_ref());
         tokens::Tokens::spend(&mut txn, &token)?;
         txn.commit()?;
@@ -444,9 +477,9 @@ impl Hub {
         spend: Option<&tokens::VerifiedToken>,
     ) -> Result<Vec<u8>, HubError> {
         let op = req.tbs.operation.name();
-        let mut locks = self.locks.lock_token(spend.map(|t| &t.nonce));
+        let mut locks = self.locks.lock_token(spend.map(|t| &t.nonce))?;
         self.locks
-            .add_group(&mut locks, req.tbs.group_id.as_slice());
+            .add_group(&mut locks, req.tbs.group_id.as_slice())?;
         let mut txn = Txn::new(self.store.as_ref());
         if let Some(token) = spend {
             tokens::Tokens::spend(&mut txn, token)?;
@@ -517,7 +550,7 @@ impl Hub {
             }
         }
         let clients: Vec<qs::ClientId> = targets.iter().map(|(c, _)| *c).collect();
-        self.locks.lock_queues(locks, &clients);
+        self.locks.lock_queues(locks, &clients)?;
         let mut delivered = 0u64;
         for (client, item) in targets {
             match qs::enqueue(txn, &client, &item.message, self.config.max_queue_length)? {
@@ -548,11 +581,11 @@ impl Hub {
         now_ms: u64,
         spend: Option<&tokens::VerifiedToken>,
     ) -> Result<Vec<u8>, HubError> {
-        let mut locks = self.locks.lock_token(spend.map(|t| &t.nonce));
+        let mut locks = self.locks.lock_token(spend.map(|t| &t.nonce))?;
         let probe = Txn::new(self.store.as_ref());
         let clients = qs::clients_touched(&probe, req)?;
         drop(probe);
-        self.locks.lock_queues(&mut locks, &clients);
+        self.locks.lock_queues(&mut locks, &clients)?;
         let mut txn = Txn::new(self.store.as_ref());
         if let Some(token) = spend {
             tokens::Tokens::spend(&mut txn, token)?;
@@ -606,12 +639,15 @@ impl Hub {
         {
             return Ok(answer.clone());
         }
-        let token_lock = self.locks.lock_token(spend.map(|t| &t.nonce));
+        let mut locks = self.locks.lock_token(spend.map(|t| &t.nonce))?;
         // Invited registrations one at a time: one code, one user, even when two registrations
         // for different handles present it at once.
-        let invite_lock = matches!(req.tbs.operation, AsOperation::RegisterInvited(_))
-            .then(|| self.invites.lock().unwrap_or_else(|p| p.into_inner()));
-        let handle_lock = auth::handle_written(req).map(|h| self.locks.lock_handle(h));
+        if matches!(req.tbs.operation, AsOperation::RegisterInvited(_)) {
+            self.locks.add_invites(&mut locks)?;
+        }
+        if let Some(handle) = auth::handle_written(req) {
+            self.locks.add_handle(&mut locks, handle)?;
+        }
         let mut txn = Txn::new(self.store.as_ref());
         if let Some(token) = spend {
             tokens::Tokens::spend(&mut txn, token)?;
@@ -628,9 +664,7 @@ impl Hub {
         };
         let resp = auth::process(&ctx, &mut txn, req)?;
         txn.commit()?;
-        drop(handle_lock);
-        drop(invite_lock);
-        drop(token_lock);
+        drop(locks);
         let answer = encode(&resp).map_err(|e| HubError::Bug(e.to_string()))?;
         let mut cached = self
             .revocation_list

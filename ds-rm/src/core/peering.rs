@@ -19,7 +19,10 @@ impl Hub {
     ) -> Result<(), HubError> {
         let peer = queue_ref.domain.as_slice();
         let domain = String::from_utf8_lossy(peer).into_owned();
-        let Some(peer_key) = self.peer_key(&domain) else {
+        let Some(peer_key) = self
+            .peer_key(&domain)
+            .or_else(|| self.stored_peer_key(&domain))
+        else {
             self.want_peer_key(&domain);
             return Err(HubError::Federation(FederationError::PeerUnavailable(
                 format!("{domain}: its encryption key is not known yet; try again shortly"),
@@ -32,7 +35,12 @@ impl Hub {
             message: message.clone(),
         };
         let sealed = federation::seal_item(&self.config.domain, peer, &peer_key, &item)?;
-        let seq = self.outbox_seq.fetch_add(1, Ordering::Relaxed);
+        // Numbers from one sequence for all processes on a shared store, so a peer's items
+        // keep their order whichever process queued them.
+        let seq = match &self.shared {
+            Some(shared) => shared.next_outbox_seq()?,
+            None => self.outbox_seq.fetch_add(1, Ordering::Relaxed),
+        };
         federation::queue_for_peer(txn, seq, peer, &sealed)
     }
 
@@ -43,6 +51,19 @@ impl Hub {
             .unwrap_or_else(|p| p.into_inner())
             .get(domain)
             .cloned()
+    }
+
+    /// `domain`'s QS key as another process sharing the store recorded it, remembered here.
+    fn stored_peer_key(&self, domain: &str) -> Option<HpkePublicKey> {
+        self.shared.as_ref()?;
+        let value = self.store.get(Cf::FedPeerKeys, domain.as_bytes()).ok()??;
+        let record: federation::PeerKeyRecord = crate::store::record::decode(&value).ok()?;
+        let key = HpkePublicKey::from_bytes(record.key.as_slice()).ok()?;
+        self.peer_keys
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(domain.to_owned(), key.clone());
+        Some(key)
     }
 
     /// Records `domain`'s QS public key (fetched by the delivery worker over TLS from the
@@ -103,7 +124,7 @@ impl Hub {
         let clients = federation::resolve(&self.config.domain, items, |qr| self.resolve_queue(qr))?;
         let ids: Vec<qs::ClientId> = clients.iter().flatten().copied().collect();
         let mut locks = crate::store::LockSet::default();
-        self.locks.lock_queues(&mut locks, &ids);
+        self.locks.lock_queues(&mut locks, &ids)?;
         let mut txn = Txn::new(self.store.as_ref());
         let mut accepted = federation::accept_delivery(
             &mut txn,
@@ -302,6 +323,19 @@ impl Hub {
         Ok(out)
     }
 
+    /// The right to deliver `domain`'s outbox now: always granted to a hub alone on its
+    /// store; among processes sharing one, to one at a time (`None`: another one delivers).
+    pub fn claim_outbox(&self, domain: &str) -> Result<Option<OutboxClaim>, HubError> {
+        let Some(shared) = &self.shared else {
+            return Ok(Some(OutboxClaim { _held: None }));
+        };
+        let mut held = shared.hold()?;
+        let stripe = crate::store::shared::stripe(domain.as_bytes());
+        Ok(held
+            .try_take(crate::store::LockKind::Outbox, stripe)?
+            .then_some(OutboxClaim { _held: Some(held) }))
+    }
+
     /// Up to `max` pending outbox items for `domain`, oldest first, with their keys.
     pub fn outbox_batch(&self, domain: &str, max: usize) -> Result<OutboxBatch, HubError> {
         let mut prefix = domain.as_bytes().to_vec();
@@ -364,4 +398,10 @@ pub struct OutboxBatch {
     pub keys: Vec<Vec<u8>>,
     /// The items, sealed to the peer's QS key.
     pub items: Vec<HpkeCiphertextWire>,
+}
+
+/// A claim on one peer's outbox (see [`Hub::claim_outbox`]); dropping it lets another process
+/// deliver.
+pub struct OutboxClaim {
+    _held: Option<Box<dyn crate::store::HeldLocks>>,
 }

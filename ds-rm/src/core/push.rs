@@ -250,7 +250,7 @@ impl Hub {
     pub fn drop_push(&self, client: &ClientId, seen: &[u8]) -> Result<bool, HubError> {
         let mut locks = crate::store::LockSet::default();
         self.locks
-            .lock_queues(&mut locks, std::slice::from_ref(client));
+            .lock_queues(&mut locks, std::slice::from_ref(client))?;
         let mut txn = Txn::new(self.store.as_ref());
         let current = txn.get_record::<PushRecord>(client)?;
         if current.is_none_or(|r| r.sealed.as_slice() != seen) {

@@ -161,6 +161,10 @@ impl Store for Signalling {
     fn statistics(&self) -> Vec<crate::store::Statistic> {
         self.inner.statistics()
     }
+
+    fn coordinator(&self) -> Option<Arc<dyn crate::store::Coordinator>> {
+        self.inner.coordinator()
+    }
 }
 
 #[cfg(test)]

@@ -2,20 +2,26 @@
 //!
 //! A request is fresh if its timestamp lies within `window` of the hub's clock and not before the
 //! process started. Signatures of verified requests are remembered (hashed) until their timestamp
-//! leaves the window, so an exact replay is refused. The cache lives only in memory: requests
-//! signed before a restart are stale afterwards, so nothing about request history touches disk.
+//! leaves the window, so an exact replay is refused. For one process the cache lives only in
+//! memory: requests signed before a restart are stale afterwards, so nothing about request
+//! history touches disk. Processes sharing a database record the digests there instead (an
+//! unlogged table, pruned as they expire), so a request replayed to another process is refused
+//! too.
 
 use crate::core::HubError;
 use crate::core::RequestError;
+use crate::store::Coordinator;
 use sha2::{Digest, Sha256};
 use std::collections::{BTreeSet, HashSet};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
 /// Freshness window and the set of recently seen signatures.
 pub struct ReplayGuard {
     window_ms: u64,
     not_before_ms: u64,
     seen: Mutex<Seen>,
+    /// Set when other processes share the store: digests are recorded there.
+    shared: Option<Arc<dyn Coordinator>>,
 }
 
 /// Signature digests still inside the window, findable by digest and by expiry, so that
@@ -46,6 +52,16 @@ impl ReplayGuard {
             window_ms,
             not_before_ms: started_ms,
             seen: Mutex::new(Seen::default()),
+            shared: None,
+        }
+    }
+
+    /// A guard that records digests through `shared` (processes on one database), or in
+    /// memory when `None`.
+    pub fn shared(window_ms: u64, started_ms: u64, shared: Option<Arc<dyn Coordinator>>) -> Self {
+        Self {
+            shared,
+            ..Self::new(window_ms, started_ms)
         }
     }
 
@@ -68,12 +84,19 @@ impl ReplayGuard {
     ) -> Result<(), HubError> {
         self.check_fresh(timestamp_ms, now_ms)?;
         let digest: [u8; 32] = Sha256::digest(signature).into();
+        let expiry = timestamp_ms.saturating_add(self.window_ms);
+        if let Some(shared) = &self.shared {
+            return if shared.first_seen(&digest, expiry)? {
+                Ok(())
+            } else {
+                Err(HubError::Request(RequestError::Replayed))
+            };
+        }
         let mut seen = self.seen.lock().unwrap_or_else(|p| p.into_inner());
         seen.forget_expired(now_ms);
         if !seen.digests.insert(digest) {
             return Err(HubError::Request(RequestError::Replayed));
         }
-        let expiry = timestamp_ms.saturating_add(self.window_ms);
         seen.by_expiry.insert((expiry, digest));
         Ok(())
     }

@@ -6,17 +6,21 @@
 
 mod locks;
 pub mod mem;
+pub mod postgres;
 pub mod record;
 #[cfg(test)]
 mod record_decoding_tests;
 mod rocks;
+pub mod shared;
 pub mod slots;
 pub mod wal;
 
-pub use locks::{KeyLocks, LockSet};
+pub use locks::{KeyLocks, LockSet, hold_global};
 pub use mem::MemStore;
+pub use postgres::PgStore;
 pub use record::Record;
 pub use rocks::{LiveSst, RocksStore, verify_logs as rocks_verify_logs};
+pub use shared::{Coordinator, HeldLocks, LockKind};
 
 use std::collections::HashMap;
 
@@ -251,6 +255,11 @@ pub trait Store: Send + Sync + 'static {
     /// Totals only: nothing here names a record.
     fn statistics(&self) -> Vec<Statistic> {
         Vec::new()
+    }
+    /// Cross-process coordination, for a store that other hub processes share; `None` (the
+    /// default) for a store only this process opens, whose in-memory locks then suffice.
+    fn coordinator(&self) -> Option<std::sync::Arc<dyn Coordinator>> {
+        None
     }
 }
 

@@ -3,7 +3,7 @@
 //! precise error) while the secret material and the epoch's spent nonces are deleted.
 
 use crate::core::HubError;
-use crate::store::{Cf, Store, Txn};
+use crate::store::{Cf, LockKind, Store, Txn};
 use blind_rsa_signatures::{Deterministic, KeyPair, PSS, SecretKey, Sha384};
 use privacypass::VoprfServer;
 use sha2::{Digest, Sha256};
@@ -341,8 +341,19 @@ impl IssuerKeys {
         if !missing && expired.is_empty() && forgotten.is_empty() {
             return Ok(());
         }
+        // Processes sharing the store rotate one at a time, and the first to reach a new epoch
+        // makes its keys: the others load them, so every process issues and redeems alike.
+        let _rotating_everywhere =
+            crate::store::hold_global(store.coordinator().as_deref(), LockKind::Keys)?;
+        let stored = if missing {
+            store.get(Cf::PpKeys, &KeyTags::key(self.tags.secret, epoch))?
+        } else {
+            None
+        };
         let mut txn = Txn::new(store);
-        let created = if missing {
+        let created = if let Some(record) = stored {
+            Some(Arc::new(EpochKeys::load(epoch, &record)?))
+        } else if missing {
             let (keys, record) = EpochKeys::generate(epoch)?;
             txn.put(Cf::PpKeys, KeyTags::key(self.tags.secret, epoch), record);
             tracing::info!(

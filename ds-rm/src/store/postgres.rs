@@ -1,0 +1,548 @@
+//! The PostgreSQL store: the same key-value interface over one table per record kind, shared
+//! by any number of hub processes.
+//!
+//! The core is synchronous and runs on blocking threads; the database client is asynchronous.
+//! The store owns a small runtime of its own, runs every query there and waits for the answer
+//! on the calling thread, so it can be called from anywhere — a blocking thread, start-up code
+//! or an async handler — without nesting runtimes.
+//!
+//! Two connection pools: requests hold a *lock* connection (an open transaction with their
+//! row locks, [`Coordinator::hold`]) for their whole duration and borrow a *data* connection
+//! per read or write. A holder never waits for another lock connection, and data connections
+//! are never held while waiting for anything, so the pools cannot deadlock each other.
+//!
+//! Writes are plain `READ COMMITTED` transactions: every read-modify-write of the core runs
+//! under the same stripes it takes in one process, now as rows of `hub_locks`, and a write
+//! commits before its locks are released, so a later holder reads it (`spec-notes/scaling.md`).
+
+use super::shared::{Coordinator, HeldLocks, LockKind};
+use super::{Batch, Cf, CfEntry, Entry, Op, Store, StoreError};
+use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod, Runtime};
+use std::collections::BTreeMap;
+use std::future::Future;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+use tokio_postgres::NoTls;
+use tokio_postgres::error::SqlState;
+
+/// The schema's migrations, applied in order at start-up by refinery.
+const MIGRATIONS: [(&str, &str); 1] = [(
+    "V1__initial",
+    include_str!("../../migrations/V1__initial.sql"),
+)];
+
+/// How long a request waits for a row lock or a pooled connection before it fails (a stuck
+/// holder must not stall the whole hub).
+const WAIT: Duration = Duration::from_secs(10);
+
+/// Replay digests are pruned after this many insertions (by the process that makes the
+/// last one), so the table holds about one freshness window of requests.
+const PRUNE_EVERY: u64 = 1024;
+
+/// Failures of the PostgreSQL backend, kept behind [`StoreError::Backend`].
+#[derive(Debug, thiserror::Error)]
+pub enum PgError {
+    /// The database answered with an error.
+    #[error("postgres: {0}")]
+    Db(#[from] tokio_postgres::Error),
+    /// No pooled connection came in time, or the pool is misconfigured.
+    #[error("postgres pool: {0}")]
+    Pool(String),
+    /// A migration failed.
+    #[error("postgres migration: {0}")]
+    Migration(String),
+    /// The store's own runtime stopped answering (the store is being dropped).
+    #[error("postgres store runtime stopped")]
+    Stopped,
+    /// The lock table lacks rows the request needs (a schema not made by our migrations).
+    #[error("lock table has {found} of {wanted} stripes of kind {kind}")]
+    LockRows {
+        /// The lock kind.
+        kind: i16,
+        /// Stripes asked for.
+        wanted: usize,
+        /// Stripes found.
+        found: usize,
+    },
+}
+
+impl From<PgError> for StoreError {
+    fn from(e: PgError) -> Self {
+        StoreError::backend(e)
+    }
+}
+
+/// Whether `e` is a transient conflict worth one more try (deadlock, serialization failure).
+fn retryable(e: &tokio_postgres::Error) -> bool {
+    matches!(
+        e.code(),
+        Some(c) if *c == SqlState::T_R_DEADLOCK_DETECTED || *c == SqlState::T_R_SERIALIZATION_FAILURE
+    )
+}
+
+struct Inner {
+    /// Dropped with `shutdown_background`, so dropping the store inside async code is fine.
+    rt: Option<tokio::runtime::Runtime>,
+    data: Pool,
+    locks: Pool,
+    inserted: AtomicU64,
+}
+
+impl Drop for Inner {
+    fn drop(&mut self) {
+        if let Some(rt) = self.rt.take() {
+            rt.shutdown_background();
+        }
+    }
+}
+
+/// A store on a PostgreSQL database (see the module docs).
+#[derive(Clone)]
+pub struct PgStore {
+    inner: Arc<Inner>,
+}
+
+fn pool(config: &tokio_postgres::Config, size: usize) -> Result<Pool, PgError> {
+    let manager = Manager::from_config(
+        config.clone(),
+        NoTls,
+        ManagerConfig {
+            recycling_method: RecyclingMethod::Fast,
+        },
+    );
+    Pool::builder(manager)
+        .max_size(size.max(1))
+        .runtime(Runtime::Tokio1)
+        .wait_timeout(Some(WAIT))
+        .create_timeout(Some(WAIT))
+        .build()
+        .map_err(|e| PgError::Pool(e.to_string()))
+}
+
+/// `SELECT`'s upper bound for keys starting with `prefix`: the next prefix of the same length
+/// (`None` when every key from `prefix` on qualifies).
+fn prefix_end(prefix: &[u8]) -> Option<Vec<u8>> {
+    let mut end = prefix.to_vec();
+    while let Some(last) = end.pop() {
+        if last < 0xff {
+            end.push(last + 1);
+            return Some(end);
+        }
+    }
+    None
+}
+
+impl PgStore {
+    /// Connects to `url` (a `postgres://` URL or key-value string), applies any pending
+    /// migration, and keeps up to `pool_size` connections for data and as many for locks.
+    pub fn connect(url: &str, pool_size: usize) -> Result<Self, StoreError> {
+        let config: tokio_postgres::Config = url.parse().map_err(PgError::Db)?;
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .thread_name("postgres")
+            .enable_all()
+            .build()
+            .map_err(StoreError::backend)?;
+        let (data, locks) = {
+            let _entered = rt.enter();
+            (pool(&config, pool_size)?, pool(&config, pool_size)?)
+        };
+        let store = Self {
+            inner: Arc::new(Inner {
+                rt: Some(rt),
+                data,
+                locks,
+                inserted: AtomicU64::new(0),
+            }),
+        };
+        store.run(migrate(config))?;
+        Ok(store)
+    }
+
+    /// Runs `f` on the store's runtime and waits for it on this thread.
+    fn run<T: Send + 'static>(
+        &self,
+        f: impl Future<Output = Result<T, PgError>> + Send + 'static,
+    ) -> Result<T, StoreError> {
+        let rt = self.inner.rt.as_ref().ok_or(PgError::Stopped)?;
+        let (tx, rx) = std::sync::mpsc::sync_channel(1);
+        rt.spawn(async move {
+            let _ = tx.send(f.await);
+        });
+        Ok(rx.recv().map_err(|_| PgError::Stopped)??)
+    }
+
+    fn data(&self) -> Pool {
+        self.inner.data.clone()
+    }
+}
+
+/// Applies the pending migrations. Several processes may start at once: the migrations run
+/// in one transaction, so a loser of that race rolls back and finds them applied on retry.
+async fn migrate(config: tokio_postgres::Config) -> Result<(), PgError> {
+    let migrations = MIGRATIONS
+        .iter()
+        .map(|(name, sql)| refinery_core::Migration::unapplied(name, sql))
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| PgError::Migration(e.to_string()))?;
+    let runner = refinery_core::Runner::new(&migrations).set_grouped(true);
+    let mut last = String::new();
+    for attempt in 0..5u64 {
+        let (mut client, connection) = config.connect(NoTls).await?;
+        let driver = tokio::spawn(connection);
+        let outcome = runner.run_async(&mut client).await;
+        drop(client);
+        let _ = driver.await;
+        match outcome {
+            Ok(report) => {
+                for m in report.applied_migrations() {
+                    tracing::info!(migration = %m, "postgres schema migrated");
+                }
+                return Ok(());
+            }
+            Err(e) => {
+                last = e.to_string();
+                tracing::warn!(attempt, error = %last, "postgres migration failed; retrying");
+                tokio::time::sleep(Duration::from_millis(200 * (attempt + 1))).await;
+            }
+        }
+    }
+    Err(PgError::Migration(last))
+}
+
+async fn get_one(pool: Pool, cf: Cf, key: Vec<u8>) -> Result<Option<Vec<u8>>, PgError> {
+    let client = pool.get().await.map_err(|e| PgError::Pool(e.to_string()))?;
+    let stmt = client
+        .prepare_cached(&format!("SELECT v FROM {} WHERE k = $1", cf.name()))
+        .await?;
+    let row = client.query_opt(&stmt, &[&key]).await?;
+    Ok(row.map(|r| r.get(0)))
+}
+
+async fn scan(pool: Pool, cf: Cf, prefix: Vec<u8>, limit: usize) -> Result<Vec<Entry>, PgError> {
+    let client = pool.get().await.map_err(|e| PgError::Pool(e.to_string()))?;
+    let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+    let t = cf.name();
+    let rows = match prefix_end(&prefix) {
+        Some(end) => {
+            let stmt = client
+                .prepare_cached(&format!(
+                    "SELECT k, v FROM {t} WHERE k >= $1 AND k < $2 ORDER BY k LIMIT $3"
+                ))
+                .await?;
+            client.query(&stmt, &[&prefix, &end, &limit]).await?
+        }
+        None => {
+            let stmt = client
+                .prepare_cached(&format!(
+                    "SELECT k, v FROM {t} WHERE k >= $1 ORDER BY k LIMIT $2"
+                ))
+                .await?;
+            client.query(&stmt, &[&prefix, &limit]).await?
+        }
+    };
+    Ok(rows.into_iter().map(|r| (r.get(0), r.get(1))).collect())
+}
+
+/// A batch reduced to its effect: the last write of each key, grouped by family (a batch may
+/// write one key twice; applied in order, only the last write counts).
+fn reduce(batch: Batch) -> BTreeMap<Cf, BTreeMap<Vec<u8>, Option<Vec<u8>>>> {
+    let mut out: BTreeMap<Cf, BTreeMap<Vec<u8>, Option<Vec<u8>>>> = BTreeMap::new();
+    for op in batch.ops {
+        match op {
+            Op::Put(cf, k, v) => out.entry(cf).or_default().insert(k, Some(v)),
+            Op::Delete(cf, k) => out.entry(cf).or_default().insert(k, None),
+        };
+    }
+    out
+}
+
+async fn write_batch(
+    pool: Pool,
+    effect: BTreeMap<Cf, BTreeMap<Vec<u8>, Option<Vec<u8>>>>,
+) -> Result<(), PgError> {
+    let mut client = pool.get().await.map_err(|e| PgError::Pool(e.to_string()))?;
+    let mut attempt = 0;
+    loop {
+        match write_once(&mut client, &effect).await {
+            Err(PgError::Db(e)) if retryable(&e) && attempt < 3 => attempt += 1,
+            other => return other,
+        }
+    }
+}
+
+async fn write_once(
+    client: &mut deadpool_postgres::Object,
+    effect: &BTreeMap<Cf, BTreeMap<Vec<u8>, Option<Vec<u8>>>>,
+) -> Result<(), PgError> {
+    let tx = client.transaction().await?;
+    // Families and keys in a fixed order, so two batches never lock rows in opposite orders.
+    for (cf, writes) in effect {
+        let t = cf.name();
+        let (mut keys, mut values, mut gone) = (Vec::new(), Vec::new(), Vec::new());
+        for (k, v) in writes {
+            match v {
+                Some(v) => {
+                    keys.push(k.as_slice());
+                    values.push(v.as_slice());
+                }
+                None => gone.push(k.as_slice()),
+            }
+        }
+        if !gone.is_empty() {
+            let stmt = tx
+                .prepare_cached(&format!("DELETE FROM {t} WHERE k = ANY($1)"))
+                .await?;
+            tx.execute(&stmt, &[&gone]).await?;
+        }
+        if !keys.is_empty() {
+            let stmt = tx
+                .prepare_cached(&format!(
+                    "INSERT INTO {t} (k, v) SELECT * FROM unnest($1::bytea[], $2::bytea[]) \
+                     ON CONFLICT (k) DO UPDATE SET v = excluded.v"
+                ))
+                .await?;
+            tx.execute(&stmt, &[&keys, &values]).await?;
+        }
+    }
+    tx.commit().await?;
+    Ok(())
+}
+
+impl Store for PgStore {
+    fn get(&self, cf: Cf, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
+        self.run(get_one(self.data(), cf, key.to_vec()))
+    }
+
+    fn scan_prefix(&self, cf: Cf, prefix: &[u8], limit: usize) -> Result<Vec<Entry>, StoreError> {
+        self.run(scan(self.data(), cf, prefix.to_vec(), limit))
+    }
+
+    fn write(&self, batch: Batch) -> Result<(), StoreError> {
+        if batch.ops.is_empty() {
+            return Ok(());
+        }
+        self.run(write_batch(self.data(), reduce(batch)))
+    }
+
+    fn dump(&self) -> Result<Vec<CfEntry>, StoreError> {
+        let mut out = Vec::new();
+        for cf in Cf::ALL {
+            for (k, v) in self.scan_prefix(cf, b"", usize::MAX)? {
+                out.push((cf, k, v));
+            }
+        }
+        Ok(out)
+    }
+
+    fn coordinator(&self) -> Option<Arc<dyn Coordinator>> {
+        Some(Arc::new(self.clone()))
+    }
+}
+
+impl Coordinator for PgStore {
+    fn hold(&self) -> Result<Box<dyn HeldLocks>, StoreError> {
+        let rt = self.inner.rt.as_ref().ok_or(PgError::Stopped)?;
+        let (commands, mut inbox) = tokio::sync::mpsc::unbounded_channel::<Take>();
+        let pool = self.inner.locks.clone();
+        rt.spawn(async move {
+            // The first command's answer carries any failure to connect or begin.
+            let mut client = match pool.get().await {
+                Ok(c) => c,
+                Err(e) => {
+                    while let Some(cmd) = inbox.recv().await {
+                        let _ = cmd.reply.send(Err(PgError::Pool(e.to_string())));
+                    }
+                    return;
+                }
+            };
+            let tx = match begin(&mut client).await {
+                Ok(tx) => tx,
+                Err(e) => {
+                    let text = e.to_string();
+                    while let Some(cmd) = inbox.recv().await {
+                        let _ = cmd.reply.send(Err(PgError::Pool(text.clone())));
+                    }
+                    return;
+                }
+            };
+            while let Some(cmd) = inbox.recv().await {
+                let outcome = take_rows(&tx, cmd.kind, &cmd.stripes, cmd.skip_locked).await;
+                let _ = cmd.reply.send(outcome);
+            }
+            // Dropped: the request is done (its writes committed on a data connection), so
+            // ending this transaction releases its locks.
+            let _ = tx.rollback().await;
+        });
+        Ok(Box::new(PgHeld { commands }))
+    }
+
+    fn first_seen(&self, digest: &[u8; 32], expires_ms: u64) -> Result<bool, StoreError> {
+        let pool = self.data();
+        let digest = digest.to_vec();
+        let expires = i64::try_from(expires_ms).unwrap_or(i64::MAX);
+        let prune = self.inner.inserted.fetch_add(1, Ordering::Relaxed) % PRUNE_EVERY == 0;
+        self.run(async move {
+            let client = pool.get().await.map_err(|e| PgError::Pool(e.to_string()))?;
+            if prune {
+                let now = i64::try_from(crate::now_ms()).unwrap_or(i64::MAX);
+                let stmt = client
+                    .prepare_cached("DELETE FROM replay_seen WHERE expires_ms < $1")
+                    .await?;
+                client.execute(&stmt, &[&now]).await?;
+            }
+            let stmt = client
+                .prepare_cached(
+                    "INSERT INTO replay_seen (digest, expires_ms) VALUES ($1, $2) \
+                     ON CONFLICT (digest) DO NOTHING",
+                )
+                .await?;
+            Ok(client.execute(&stmt, &[&digest, &expires]).await? == 1)
+        })
+    }
+
+    fn next_outbox_seq(&self) -> Result<u64, StoreError> {
+        let pool = self.data();
+        self.run(async move {
+            let client = pool.get().await.map_err(|e| PgError::Pool(e.to_string()))?;
+            let stmt = client
+                .prepare_cached("SELECT nextval('fed_outbox_seq')")
+                .await?;
+            let n: i64 = client.query_one(&stmt, &[]).await?.get(0);
+            Ok(u64::try_from(n).unwrap_or(0))
+        })
+    }
+}
+
+async fn begin(
+    client: &mut deadpool_postgres::Object,
+) -> Result<deadpool_postgres::Transaction<'_>, PgError> {
+    let tx = client.transaction().await?;
+    tx.batch_execute(&format!(
+        "SET LOCAL lock_timeout = '{}ms'",
+        WAIT.as_millis()
+    ))
+    .await?;
+    Ok(tx)
+}
+
+async fn take_rows(
+    tx: &deadpool_postgres::Transaction<'_>,
+    kind: LockKind,
+    stripes: &[u32],
+    skip_locked: bool,
+) -> Result<bool, PgError> {
+    let wait = if skip_locked { " SKIP LOCKED" } else { "" };
+    let stmt = tx
+        .prepare_cached(&format!(
+            "SELECT stripe FROM hub_locks WHERE kind = $1 AND stripe = ANY($2) \
+             ORDER BY stripe FOR UPDATE{wait}"
+        ))
+        .await?;
+    let kind = kind as i16;
+    let wanted: Vec<i32> = stripes.iter().map(|s| *s as i32).collect();
+    let rows = tx.query(&stmt, &[&kind, &wanted]).await?;
+    if rows.len() == wanted.len() {
+        return Ok(true);
+    }
+    if skip_locked {
+        return Ok(false);
+    }
+    Err(PgError::LockRows {
+        kind,
+        wanted: wanted.len(),
+        found: rows.len(),
+    })
+}
+
+/// One lock request to a holder's task.
+struct Take {
+    kind: LockKind,
+    stripes: Vec<u32>,
+    skip_locked: bool,
+    reply: std::sync::mpsc::SyncSender<Result<bool, PgError>>,
+}
+
+/// The request's side of a lock transaction: dropping it ends the transaction.
+struct PgHeld {
+    commands: tokio::sync::mpsc::UnboundedSender<Take>,
+}
+
+impl PgHeld {
+    fn ask(
+        &mut self,
+        kind: LockKind,
+        stripes: &[u32],
+        skip_locked: bool,
+    ) -> Result<bool, StoreError> {
+        let (reply, answer) = std::sync::mpsc::sync_channel(1);
+        self.commands
+            .send(Take {
+                kind,
+                stripes: stripes.to_vec(),
+                skip_locked,
+                reply,
+            })
+            .map_err(|_| PgError::Stopped)?;
+        Ok(answer.recv().map_err(|_| PgError::Stopped)??)
+    }
+}
+
+impl HeldLocks for PgHeld {
+    fn take(&mut self, kind: LockKind, stripes: &[u32]) -> Result<(), StoreError> {
+        self.ask(kind, stripes, false).map(|_| ())
+    }
+
+    fn try_take(&mut self, kind: LockKind, stripe: u32) -> Result<bool, StoreError> {
+        self.ask(kind, &[stripe], true)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn prefix_bounds() {
+        assert_eq!(prefix_end(b""), None);
+        assert_eq!(prefix_end(&[1, 2]), Some(vec![1, 3]));
+        assert_eq!(prefix_end(&[1, 0xff]), Some(vec![2]));
+        assert_eq!(prefix_end(&[0xff, 0xff]), None);
+    }
+
+    #[test]
+    fn a_batch_reduces_to_the_last_write_of_each_key() {
+        let batch = Batch {
+            ops: vec![
+                Op::Put(Cf::QsQueues, b"a".to_vec(), b"1".to_vec()),
+                Op::Delete(Cf::QsQueues, b"a".to_vec()),
+                Op::Put(Cf::QsQueues, b"b".to_vec(), b"2".to_vec()),
+                Op::Delete(Cf::QsQueues, b"b".to_vec()),
+                Op::Put(Cf::QsQueues, b"b".to_vec(), b"3".to_vec()),
+            ],
+        };
+        let effect = reduce(batch);
+        let q = &effect[&Cf::QsQueues];
+        assert_eq!(q[&b"a".to_vec()], None);
+        assert_eq!(q[&b"b".to_vec()], Some(b"3".to_vec()));
+    }
+
+    #[test]
+    fn the_first_schema_has_a_table_for_every_family_and_every_lock_kind() {
+        let sql = MIGRATIONS[0].1;
+        for cf in Cf::ALL {
+            assert!(
+                sql.contains(&format!("CREATE TABLE {} (", cf.name())),
+                "no table for {}",
+                cf.name()
+            );
+        }
+        let kinds = LockKind::ALL.len() - 1;
+        assert!(sql.contains(&format!("generate_series(0, {kinds})")));
+        assert!(sql.contains(&format!(
+            "generate_series(0, {})",
+            super::super::shared::STRIPES - 1
+        )));
+    }
+}
