@@ -80,8 +80,12 @@ pub enum Command {
     /// Make single-use invitation codes for a provider with `registration = "invite"` (run on
     /// a stopped hub's data directory); prints one code per line. Only their hashes are stored.
     Invite {
-        /// RocksDB data directory (the hub must be stopped).
-        data: PathBuf,
+        /// RocksDB data directory (the hub must be stopped); not with --postgres-url.
+        #[arg(required_unless_present = "postgres_url")]
+        data: Option<PathBuf>,
+        /// The hub's PostgreSQL database instead (its hubs may keep running).
+        #[arg(long, conflicts_with = "data")]
+        postgres_url: Option<String>,
         /// How many codes.
         #[arg(long, default_value_t = 1)]
         count: usize,
@@ -198,12 +202,20 @@ fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
             print!("{}", crate::audit::files::audit(&data)?.text);
             Ok(())
         }
-        Command::Invite { data, count } => {
-            let store = RocksStore::open(&data, true)?;
-            for code in crate::core::auth::make_invites(&store, count.min(10_000))? {
+        Command::Invite {
+            data,
+            postgres_url,
+            count,
+        } => {
+            let store: Box<dyn crate::store::Store> = match (postgres_url, data) {
+                (Some(url), _) => Box::new(crate::store::PgStore::connect(&url, 1)?),
+                (None, Some(data)) => Box::new(RocksStore::open(&data, true)?),
+                (None, None) => return Err("name a data directory or --postgres-url".into()),
+            };
+            for code in crate::core::auth::make_invites(store.as_ref(), count.min(10_000))? {
                 println!("{code}");
             }
-            crate::store::Store::scrub(&store)?;
+            store.scrub()?;
             Ok(())
         }
         Command::Check { data } => {

@@ -424,6 +424,15 @@ impl HubProcess {
         self.spawn();
     }
 
+    /// How `ds-rm`'s operator commands (`invite`) name this hub's store: its data directory,
+    /// or `--postgres-url` and its database.
+    pub fn store_args(&self) -> Vec<std::ffi::OsString> {
+        match &self.postgres {
+            Some(url) => vec!["--postgres-url".into(), url.into()],
+            None => vec![self.data.clone().into_os_string()],
+        }
+    }
+
     /// Every stored key and value, read through a read-only handle (works while running).
     pub fn dump(&self) -> Vec<(Cf, Vec<u8>, Vec<u8>)> {
         if let Some(url) = &self.postgres {

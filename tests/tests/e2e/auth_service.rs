@@ -423,7 +423,7 @@ async fn invitation_only_registration_takes_each_code_once() {
     hub.stop();
     let out = std::process::Command::new(hub_binary())
         .args(["invite", "--count", "2"])
-        .arg(&hub.data)
+        .args(hub.store_args())
         .output()
         .unwrap();
     assert!(

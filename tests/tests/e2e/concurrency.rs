@@ -8,6 +8,7 @@
 
 use mimi_client_rm::{Client, Event, GroupHandle};
 use mimi_rm_protocol::ErrorCode;
+use mimi_rm_tests::HubProcess;
 use mimi_rm_tests::common::*;
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -37,17 +38,51 @@ fn record(log: &mut Log, events: Vec<Event>) {
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn concurrent_commits_never_fork_and_lose_nothing() {
-    let total: usize = std::env::var("MIMI_CONCURRENCY_OPS")
+/// How many sends and commits a race runs (`MIMI_CONCURRENCY_OPS`, default 2000).
+fn race_ops() -> usize {
+    std::env::var("MIMI_CONCURRENCY_OPS")
         .ok()
         .and_then(|v| v.parse().ok())
-        .unwrap_or(2000);
+        .unwrap_or(2000)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_commits_never_fork_and_lose_nothing() {
     let dir = tempfile::tempdir().unwrap();
     let hub = hub(dir.path());
+    race(&[&hub], dir.path(), race_ops()).await;
+}
+
+/// Three hub processes on one PostgreSQL database, each client on one of them at random: the
+/// database's row locks must serialise each group across processes as the in-memory stripes
+/// do within one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_processes_on_one_database_never_fork_and_lose_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let database = mimi_rm_tests::postgres::fresh_database();
+    let hubs: Vec<HubProcess> = (0..3)
+        .map(|i| {
+            let d = dir.path().join(format!("hub{i}"));
+            std::fs::create_dir_all(&d).unwrap();
+            HubProcess::start_shared(&hub_binary(), &d, "example.org", &database, "")
+        })
+        .collect();
+    race(&hubs.iter().collect::<Vec<_>>(), dir.path(), race_ops()).await;
+    // Positive control of the spread: every process served requests.
+    for h in &hubs {
+        assert!(metric(h, "mimi_requests_ok").await > 0, "{} served nothing", h.url());
+    }
+}
+
+/// Six clients, spread over `hubs` (at a random offset), in two overlapping groups, race
+/// `total` sends and commits; then checks no fork and no loss.
+async fn race(hubs: &[&HubProcess], dir: &std::path::Path, total: usize) {
     let mut c: Vec<Client> = Vec::new();
+    // Every hub gets clients; which clients (and so which groups' members) is random.
+    let offset = rand::random::<usize>();
     for i in 0..6 {
-        c.push(client(&hub, dir.path(), &format!("c{i}")).await);
+        let hub = hubs[(i + offset) % hubs.len()];
+        c.push(client(hub, dir, &format!("c{i}")).await);
     }
     let (g1, g2) = {
         let (left, right) = c.split_at_mut(4);

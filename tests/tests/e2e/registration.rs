@@ -201,7 +201,7 @@ async fn one_invitation_code_buys_one_registration_token_even_at_once() {
     hub.stop();
     let out = std::process::Command::new(hub_binary())
         .args(["invite", "--count", "1"])
-        .arg(&hub.data)
+        .args(hub.store_args())
         .output()
         .unwrap();
     assert!(out.status.success());
