@@ -30,9 +30,9 @@ INSERT INTO hub_locks (kind, stripe)
     SELECT k, s FROM generate_series(0, 6) AS k, generate_series(0, 1023) AS s;
 
 -- Digests of recently verified request signatures, until their freshness window ends: a
--- request replayed to another process is refused. Unlogged: never in the write-ahead log or
--- a replica, emptied by a crash (requests signed before it are stale by the time it matters).
-CREATE UNLOGGED TABLE replay_seen (digest BYTEA PRIMARY KEY, expires_ms BIGINT NOT NULL);
+-- request replayed to another process, or to a restarted one, is refused. Logged like every
+-- table, so a crash of the database or a failover to its replica forgets none.
+CREATE TABLE replay_seen (digest BYTEA PRIMARY KEY, expires_ms BIGINT NOT NULL);
 
 -- Outbox item numbers, increasing across processes, so a peer's items keep their order.
 CREATE SEQUENCE fed_outbox_seq;

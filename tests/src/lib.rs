@@ -1,6 +1,7 @@
 //! End-to-end test harness: real hub processes on 127.0.0.1 with temporary RocksDB directories.
 #![forbid(unsafe_code)]
 
+pub mod balancer;
 pub mod common;
 pub mod observer;
 pub mod postgres;
@@ -233,6 +234,32 @@ impl HubProcess {
             None,
             Some(database.to_owned()),
         );
+        hub.spawn();
+        hub
+    }
+
+    /// [`HubProcess::start_shared`] serving HTTPS with `ca`'s leaf for `domain` on `addr` (so
+    /// a federation peer can be configured with its URL before it starts).
+    pub fn start_shared_tls_at(
+        binary: &Path,
+        dir: &Path,
+        domain: &str,
+        database: &str,
+        ca: &tls::TestCa,
+        addr: SocketAddr,
+        extra_config: &str,
+    ) -> Self {
+        let tls_config = tls_config(ca, domain, extra_config);
+        let mut hub = Self::prepare_on(
+            binary,
+            dir,
+            domain,
+            1 << 20,
+            &tls_config,
+            Some(ca.ca_pem.clone()),
+            Some(database.to_owned()),
+        );
+        hub.addr = addr;
         hub.spawn();
         hub
     }

@@ -4,9 +4,8 @@
 //! process started. Signatures of verified requests are remembered (hashed) until their timestamp
 //! leaves the window, so an exact replay is refused. For one process the cache lives only in
 //! memory: requests signed before a restart are stale afterwards, so nothing about request
-//! history touches disk. Processes sharing a database record the digests there instead (an
-//! unlogged table, pruned as they expire), so a request replayed to another process is refused
-//! too.
+//! history touches disk. Processes sharing a database record the digests there instead (a
+//! table pruned as they expire), so a request replayed to another process is refused too.
 
 use crate::core::HubError;
 use crate::core::RequestError;
@@ -58,10 +57,13 @@ impl ReplayGuard {
 
     /// A guard that records digests through `shared` (processes on one database), or in
     /// memory when `None`.
+    /// Shared digests outlive a process, so a restarted process accepts requests signed
+    /// before it started (a client failing over to it mid-request) and still refuses replays.
     pub fn shared(window_ms: u64, started_ms: u64, shared: Option<Arc<dyn Coordinator>>) -> Self {
+        let not_before = if shared.is_some() { 0 } else { started_ms };
         Self {
             shared,
-            ..Self::new(window_ms, started_ms)
+            ..Self::new(window_ms, not_before)
         }
     }
 

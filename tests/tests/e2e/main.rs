@@ -31,6 +31,7 @@ mod live;
 mod live_operator;
 mod logs;
 mod mangled;
+mod multi_process;
 mod membership;
 mod operator_metrics;
 mod privacy_pass;
