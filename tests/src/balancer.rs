@@ -18,9 +18,16 @@ pub struct Balancer {
 impl Balancer {
     /// Balances connections to `backends` (must be called inside a tokio runtime).
     pub async fn start(backends: Vec<SocketAddr>) -> Self {
-        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind balancer");
+        let listener = TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind balancer");
         let addr = listener.local_addr().expect("balancer addr");
-        let per_backend = Arc::new(backends.iter().map(|_| AtomicU64::new(0)).collect::<Vec<_>>());
+        let per_backend = Arc::new(
+            backends
+                .iter()
+                .map(|_| AtomicU64::new(0))
+                .collect::<Vec<_>>(),
+        );
         let counts = per_backend.clone();
         let task = tokio::spawn(async move {
             while let Ok((mut inbound, _)) = listener.accept().await {
@@ -32,7 +39,8 @@ impl Balancer {
                         let which = (first + i) % backends.len();
                         if let Ok(mut outbound) = TcpStream::connect(backends[which]).await {
                             counts[which].fetch_add(1, Ordering::Relaxed);
-                            let _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
+                            let _ =
+                                tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
                             return;
                         }
                     }

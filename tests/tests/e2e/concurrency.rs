@@ -70,7 +70,11 @@ async fn three_processes_on_one_database_never_fork_and_lose_nothing() {
     race(&hubs.iter().collect::<Vec<_>>(), dir.path(), race_ops()).await;
     // Positive control of the spread: every process served requests.
     for h in &hubs {
-        assert!(metric(h, "mimi_requests_ok").await > 0, "{} served nothing", h.url());
+        assert!(
+            metric(h, "mimi_requests_ok").await > 0,
+            "{} served nothing",
+            h.url()
+        );
     }
 }
 

@@ -95,4 +95,73 @@ async fn raw_dump_links_no_identity_to_any_group_or_pseudonym() {
             .any(|(cf, k, v)| is_as(cf) && (contains(k, handle) || contains(v, handle))),
         "the AS stores the handle, so the search works"
     );
+    if let Some(url) = &hub.postgres {
+        pg_dump_shows_nothing_more(url, &dump, &identities, &pseudonyms, &secrets);
+    }
+}
+
+/// On PostgreSQL, the database as `pg_dump` writes it (a backup, or a seized copy): every
+/// record table holds exactly the records searched above, and the tables that are not records
+/// (locks, replay digests, the migration history) hold none of the needles, raw or hex.
+fn pg_dump_shows_nothing_more(
+    url: &str,
+    dump: &[(Cf, Vec<u8>, Vec<u8>)],
+    identities: &[(String, Vec<u8>)],
+    pseudonyms: &[(String, Vec<u8>)],
+    secrets: &[(String, Vec<u8>)],
+) {
+    use mimi_rm_tests::postgres::{bytea, dumped_tables, pg_dump};
+    let text = pg_dump(url);
+    let tables = dumped_tables(&text);
+    let mut records = 0;
+    for cf in Cf::ALL {
+        let rows = tables.get(cf.name()).cloned().unwrap_or_default();
+        let mut dumped: Vec<(Vec<u8>, Vec<u8>)> = rows
+            .iter()
+            .map(|r| {
+                (
+                    bytea(&r[0]).expect("bytea key"),
+                    bytea(&r[1]).expect("bytea value"),
+                )
+            })
+            .collect();
+        dumped.sort();
+        let expected: Vec<(Vec<u8>, Vec<u8>)> = dump
+            .iter()
+            .filter(|(c, _, _)| *c == cf)
+            .map(|(_, k, v)| (k.clone(), v.clone()))
+            .collect();
+        assert_eq!(
+            dumped,
+            expected,
+            "pg_dump's {} differs from the store",
+            cf.name()
+        );
+        records += dumped.len();
+    }
+    assert_eq!(records, dump.len());
+    let others: Vec<&String> = tables
+        .keys()
+        .filter(|t| Cf::ALL.iter().all(|cf| cf.name() != t.as_str()))
+        .collect();
+    assert!(
+        others.iter().any(|t| t.as_str() == "replay_seen"),
+        "the dump has the other tables: {others:?}"
+    );
+    let mut findings = Vec::new();
+    for table in others {
+        let rows = tables[table]
+            .iter()
+            .flatten()
+            .cloned()
+            .collect::<Vec<_>>()
+            .join("\t");
+        for (what, needle) in identities.iter().chain(pseudonyms).chain(secrets) {
+            if contains(rows.as_bytes(), needle) || rows.contains(&hex::encode(needle)) {
+                findings.push(format!("{what} in {table}"));
+            }
+        }
+    }
+    assert!(findings.is_empty(), "pg_dump reveals: {findings:#?}");
+    eprintln!("pg_dump: {records} records as in the store, nothing in the other tables");
 }
