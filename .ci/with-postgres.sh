@@ -2,7 +2,8 @@
 # Runs a command with a throw-away PostgreSQL cluster: created in a temporary directory,
 # listening on a free loopback port (and a socket in that directory), owned by a non-root user,
 # stopped and deleted when the command ends. The tests find it through MIMI_TEST_PG_*.
-# fsync is off: the cluster's data is thrown away, and no test crashes PostgreSQL itself.
+# fsync is off (tests throw the data away and never crash PostgreSQL itself) unless
+# MIMI_PG_FSYNC=on, which benchmarks set so the database syncs like the RocksDB hub does.
 set -euo pipefail
 bin=$(ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -V | tail -n 1 || true)
 if [ -z "$bin" ] || [ ! -x "$bin/initdb" ]; then
@@ -24,7 +25,7 @@ stop() {
 trap stop EXIT
 "${as_owner[@]}" "$bin/initdb" -D "$dir/data" -U postgres --auth=trust -E UTF8 >/dev/null
 "${as_owner[@]}" "$bin/pg_ctl" -D "$dir/data" -l "$dir/server.log" -w \
-    -o "-c listen_addresses=127.0.0.1 -p $port -k $dir -c max_connections=500 -c fsync=off -c shared_buffers=128MB" \
+    -o "-c listen_addresses=127.0.0.1 -p $port -k $dir -c max_connections=500 -c fsync=${MIMI_PG_FSYNC:-off} -c shared_buffers=128MB" \
     start >/dev/null
 echo "test PostgreSQL $("$bin/postgres" --version | awk '{print $3}') on 127.0.0.1:$port ($dir)"
 export MIMI_TEST_PG_HOST=127.0.0.1 MIMI_TEST_PG_PORT="$port" MIMI_TEST_PG_USER=postgres MIMI_TEST_PG_BIN="$bin"

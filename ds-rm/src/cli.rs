@@ -61,8 +61,13 @@ pub enum Command {
     /// Delete groups and queued messages unused for `--idle-months` whole months (run on a
     /// stopped hub's data directory, e.g. monthly).
     Expire {
-        /// RocksDB data directory (the hub must be stopped).
-        data: PathBuf,
+        /// RocksDB data directory (the hub must be stopped); not with --postgres-url.
+        #[arg(required_unless_present = "postgres_url")]
+        data: Option<PathBuf>,
+        /// The hubs' PostgreSQL database instead (stop every hub process first, as with
+        /// RocksDB: expiry is one batch over the whole store, not taken under request locks).
+        #[arg(long, conflicts_with = "data")]
+        postgres_url: Option<String>,
         /// Months without activity after which a group or a client's queued messages go.
         #[arg(long)]
         idle_months: u32,
@@ -180,14 +185,18 @@ fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
         }
         Command::Expire {
             data,
+            postgres_url,
             idle_months,
             now_ms,
         } => {
-            let store = RocksStore::open(&data, true)?;
-            let done =
-                crate::expire::expire(&store, idle_months, now_ms.unwrap_or_else(crate::now_ms))?;
+            let store = operator_store(data, postgres_url)?;
+            let done = crate::expire::expire(
+                store.as_ref(),
+                idle_months,
+                now_ms.unwrap_or_else(crate::now_ms),
+            )?;
             // What expired must not stay readable in the files until the hub's next scrub.
-            crate::store::Store::scrub(&store)?;
+            store.scrub()?;
             println!(
                 "expired {} groups and {} queued messages idle for {idle_months}+ months, \
                  and {} revocation entries of expired credentials",
@@ -207,11 +216,7 @@ fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
             postgres_url,
             count,
         } => {
-            let store: Box<dyn crate::store::Store> = match (postgres_url, data) {
-                (Some(url), _) => Box::new(crate::store::PgStore::connect(&url, 1)?),
-                (None, Some(data)) => Box::new(RocksStore::open(&data, true)?),
-                (None, None) => return Err("name a data directory or --postgres-url".into()),
-            };
+            let store = operator_store(data, postgres_url)?;
             for code in crate::core::auth::make_invites(store.as_ref(), count.min(10_000))? {
                 println!("{code}");
             }
@@ -225,6 +230,18 @@ fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
         }
         Command::Relay { listen, gateway } => relay(listen, &gateway),
     }
+}
+
+/// The store an operator command works on: a RocksDB data directory, or a PostgreSQL database.
+fn operator_store(
+    data: Option<PathBuf>,
+    postgres_url: Option<String>,
+) -> Result<Box<dyn crate::store::Store>, Box<dyn std::error::Error>> {
+    Ok(match (postgres_url, data) {
+        (Some(url), _) => Box::new(crate::store::PgStore::connect(&url, 1)?),
+        (None, Some(data)) => Box::new(RocksStore::open(&data, true)?),
+        (None, None) => return Err("name a data directory or --postgres-url".into()),
+    })
 }
 
 fn serve(cfg: Config) -> Result<(), Box<dyn std::error::Error>> {

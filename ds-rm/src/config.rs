@@ -330,3 +330,35 @@ impl Config {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn allowances_are_shared_between_instances_rounding_up() {
+        let cfg: Config = toml::from_str(
+            "storage = \"postgres\"\npostgres_url = \"postgres://x@h/db\"\ninstances = 3\n\
+             [privacy_pass]\nallowance_per_epoch = 10\nregistrations_per_address_per_epoch = 5\n",
+        )
+        .unwrap();
+        assert_eq!(cfg.storage, Storage::Postgres);
+        let tokens = cfg.hub_config().tokens;
+        assert_eq!(tokens.allowance_per_epoch, 4, "⌈10 / 3⌉");
+        assert_eq!(tokens.registrations_per_address_per_epoch, 2, "⌈5 / 3⌉");
+        assert_eq!(
+            tokens.registration_allowance_per_epoch, 1,
+            "⌈1 / 3⌉: never 0 from 1"
+        );
+        // One process, or a nonsensical 0, keeps the whole allowance.
+        for n in [0, 1] {
+            let one = Config {
+                instances: n,
+                ..cfg.clone()
+            };
+            assert_eq!(one.hub_config().tokens.allowance_per_epoch, 10);
+        }
+        assert!(toml::from_str::<Config>("storage = \"sqlite\"\n").is_err());
+        assert_eq!(Config::default().storage, Storage::Rocksdb);
+    }
+}

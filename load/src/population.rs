@@ -45,7 +45,9 @@ pub async fn register(
     let mut next = 0usize;
     while out.len() < count {
         while next < count && pending.len() < 8 {
-            let (url, dir) = (url.to_owned(), dir.to_owned());
+            // Several URLs (hub processes on one database): clients in turn on each.
+            let urls: Vec<&str> = url.split(',').collect();
+            let (url, dir) = (urls[next % urls.len()].to_owned(), dir.to_owned());
             let name = format!("{prefix}{next}-{}", hex::encode(rand::random::<[u8; 3]>()));
             pending.spawn(async move {
                 // The generator measures the hub: one pool per client, as before connection

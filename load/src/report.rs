@@ -128,6 +128,10 @@ pub struct Report {
     /// compactions alike.
     #[serde(default)]
     pub hub_write_bytes_per_op: Option<f64>,
+    /// CPU time of the database server (a PostgreSQL postmaster and all its backends, if its
+    /// pid was given) per operation started, warm-up included, in microseconds.
+    #[serde(default)]
+    pub db_cpu_us_per_op: Option<f64>,
     /// Per operation kind.
     pub ops: BTreeMap<Op, OpStats>,
     /// Half-second windows.
@@ -193,6 +197,33 @@ pub fn cpu_seconds(pid: Option<u32>) -> Option<f64> {
     Some(ticks / 100.0)
 }
 
+/// CPU seconds used so far by process `pid` and its children now running (a PostgreSQL
+/// postmaster and its backends); `None` where `/proc` is not available.
+pub fn tree_cpu_seconds(pid: u32) -> Option<f64> {
+    let mut total = cpu_seconds(Some(pid))?;
+    for entry in std::fs::read_dir("/proc").ok()?.flatten() {
+        let Some(child) = entry
+            .file_name()
+            .to_str()
+            .and_then(|n| n.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        let Ok(text) = std::fs::read_to_string(format!("/proc/{child}/stat")) else {
+            continue;
+        };
+        // The parent pid is the second field after the command name.
+        let parent = text
+            .rsplit_once(')')
+            .and_then(|(_, rest)| rest.split_whitespace().nth(1))
+            .and_then(|p| p.parse::<u32>().ok());
+        if parent == Some(pid) {
+            total += cpu_seconds(Some(child)).unwrap_or(0.0);
+        }
+    }
+    Some(total)
+}
+
 /// Bytes process `pid` has caused to be written to storage (`write_bytes` of `/proc/<pid>/io`);
 /// `None` where that is not readable.
 pub fn write_bytes(pid: u32) -> Option<u64> {
@@ -200,6 +231,16 @@ pub fn write_bytes(pid: u32) -> Option<u64> {
     text.lines()
         .find_map(|l| l.strip_prefix("write_bytes:"))
         .and_then(|v| v.trim().parse().ok())
+}
+
+/// The `mimi_messages_enqueued` counters of every hub in the comma-separated `urls`, summed
+/// (None if any is unavailable).
+pub async fn scrape_all(http: &reqwest::Client, urls: &str) -> Option<u64> {
+    let mut sum = 0;
+    for url in urls.split(',') {
+        sum += scrape(http, url).await?;
+    }
+    Some(sum)
 }
 
 /// Reads the hub's `mimi_messages_enqueued` counter (None if unavailable).
@@ -281,6 +322,7 @@ impl Report {
             hub_cpu_per_s: None,
             hub_cpu_us_per_op: None,
             hub_write_bytes_per_op: None,
+            db_cpu_us_per_op: None,
             ops,
             timeline,
         }
@@ -314,8 +356,21 @@ impl Report {
             .map(|d| d / ops * 1e6);
     }
 
+    /// Records the database server's CPU seconds before and after the run (see
+    /// [`Report::db_cpu_us_per_op`]).
+    pub fn set_db_cpu(&mut self, before: Option<f64>, after: Option<f64>, warmup_s: u64) {
+        let ops = self.target_rate * (self.duration_s + warmup_s) as f64;
+        self.db_cpu_us_per_op = before
+            .zip(after)
+            .filter(|_| ops > 0.0)
+            .map(|(b, a)| (a - b).max(0.0) / ops * 1e6);
+    }
+
     /// A human-readable summary on stdout.
     pub fn print(&self) {
+        if let Some(d) = self.db_cpu_us_per_op {
+            println!("  database: {d:.0} us CPU per op");
+        }
         if let Some(b) = self.hub_write_bytes_per_op {
             println!("  storage: hub wrote {b:.0} bytes per op");
         }

@@ -16,7 +16,8 @@ use tokio::sync::Mutex;
 /// `mimi-rm-load run` options.
 #[derive(Args, Debug, Clone)]
 pub struct RunArgs {
-    /// Base URL of the hub, e.g. http://127.0.0.1:8080.
+    /// Base URL of the hub, e.g. http://127.0.0.1:8080; several, comma-separated, for hub
+    /// processes sharing one database (clients are spread over them in turn).
     #[arg(long)]
     pub url: String,
     /// The hub's mode: `rm` or `baseline` (clients must match it).
@@ -51,9 +52,14 @@ pub struct RunArgs {
     /// Most operations in flight; arrivals beyond it are counted as dropped.
     #[arg(long, default_value_t = 4096)]
     pub max_in_flight: usize,
-    /// Process id of a hub on this machine, to report the CPU time it spent per operation.
+    /// Process ids of the hub (or of every hub process behind `--url`) on this machine, to
+    /// report the CPU time they spent per operation; comma-separated.
+    #[arg(long, value_delimiter = ',')]
+    pub hub_pid: Vec<u32>,
+    /// Process id of the database server (a PostgreSQL postmaster), to report the CPU time
+    /// it and its backends spent per operation.
     #[arg(long)]
-    pub hub_pid: Option<u32>,
+    pub db_pid: Option<u32>,
     /// Where client state lives during the run (a temporary directory if absent).
     #[arg(long)]
     pub data_dir: Option<PathBuf>,
@@ -178,25 +184,29 @@ async fn measure(
     groups: Arc<Vec<LoadGroup>>,
     spares: Spares,
 ) -> Result<Report, LoadError> {
-    let before = report::scrape(http, &args.url).await;
+    let before = report::scrape_all(http, &args.url).await;
     let cpu = || {
         (
             report::cpu_seconds(None),
-            args.hub_pid.and_then(|p| report::cpu_seconds(Some(p))),
+            sum_over(&args.hub_pid, |p| report::cpu_seconds(Some(p))),
         )
     };
-    let io = || args.hub_pid.and_then(report::write_bytes);
+    let io = || sum_over(&args.hub_pid, report::write_bytes);
     let wall = Instant::now();
+    let db = || args.db_pid.and_then(report::tree_cpu_seconds);
     let cpu_before = cpu();
     let io_before = io();
+    let db_before = db();
     let samples = drive(args, rate, mix, groups, spares).await;
     let cpu_after = cpu();
     let io_after = io();
+    let db_after = db();
     let wall = wall.elapsed();
-    let after = report::scrape(http, &args.url).await;
+    let after = report::scrape_all(http, &args.url).await;
     let mut report = Report::build(args, rate, samples, before, after);
     report.set_cpu(cpu_before, cpu_after, args.warmup, wall);
     report.set_io(io_before, io_after, args.warmup);
+    report.set_db_cpu(db_before, db_after, args.warmup);
     report.print();
     let stem = if !args.sweep.is_empty() {
         let mut s = args.out.as_os_str().to_owned();
@@ -213,6 +223,14 @@ async fn measure(
         stem.with_extension("svg").display()
     );
     Ok(report)
+}
+
+/// The sum of `f` over `pids`; `None` if there are none or any is unreadable.
+fn sum_over<T: std::iter::Sum<T>>(pids: &[u32], f: impl Fn(u32) -> Option<T>) -> Option<T> {
+    if pids.is_empty() {
+        return None;
+    }
+    pids.iter().map(|p| f(*p)).sum()
 }
 
 fn tempfile_dir(args: &RunArgs) -> Result<tempfile::TempDir, LoadError> {

@@ -551,6 +551,9 @@ impl Hub {
         }
         let clients: Vec<qs::ClientId> = targets.iter().map(|(c, _)| *c).collect();
         self.locks.lock_queues(locks, &clients)?;
+        let keys: Vec<Vec<u8>> = clients.iter().map(|c| c.to_vec()).collect();
+        txn.prefetch(Cf::QsClients, &keys)?;
+        txn.prefetch(Cf::QsRatchets, &keys)?;
         let mut delivered = 0u64;
         for (client, item) in targets {
             match qs::enqueue(txn, &client, &item.message, self.config.max_queue_length)? {

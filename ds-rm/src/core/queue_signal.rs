@@ -162,6 +162,10 @@ impl Store for Signalling {
         self.inner.statistics()
     }
 
+    fn get_many(&self, cf: Cf, keys: &[Vec<u8>]) -> Result<Vec<Option<Vec<u8>>>, StoreError> {
+        self.inner.get_many(cf, keys)
+    }
+
     fn coordinator(&self) -> Option<Arc<dyn crate::store::Coordinator>> {
         self.inner.coordinator()
     }

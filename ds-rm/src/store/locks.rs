@@ -86,7 +86,10 @@ impl KeyLocks {
                 LockKind::Group => &self.groups[*s as usize],
                 LockKind::Queue => &self.queues[*s as usize],
                 LockKind::Handle => &self.handles[*s as usize],
-                LockKind::Invite | LockKind::Keys | LockKind::Outbox => &self.invites,
+                LockKind::Invite => &self.invites,
+                // Only processes sharing a store take these (`hold_global`, the outbox
+                // claim); alone, a process's own mutexes serialise the same work.
+                LockKind::Keys | LockKind::Outbox => continue,
             };
             set.guards.push(lock(m));
         }

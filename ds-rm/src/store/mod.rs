@@ -239,6 +239,11 @@ pub trait Store: Send + Sync + 'static {
     fn get(&self, cf: Cf, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError>;
     /// All entries whose key starts with `prefix`, in key order, at most `limit`.
     fn scan_prefix(&self, cf: Cf, prefix: &[u8], limit: usize) -> Result<Vec<Entry>, StoreError>;
+    /// Reads several values of one family at once (in `keys`' order). One lookup each by
+    /// default; a networked store answers them in one round trip.
+    fn get_many(&self, cf: Cf, keys: &[Vec<u8>]) -> Result<Vec<Option<Vec<u8>>>, StoreError> {
+        keys.iter().map(|k| self.get(cf, k)).collect()
+    }
     /// Applies a batch atomically; returns only once it is durable under the sync policy.
     fn write(&self, batch: Batch) -> Result<(), StoreError>;
     /// Every entry of every column family (audit and tests).
@@ -279,6 +284,8 @@ pub struct Txn<'s> {
     store: &'s dyn Store,
     batch: Batch,
     overlay: HashMap<(Cf, Vec<u8>), Option<Vec<u8>>>,
+    /// Committed values read ahead by [`Txn::prefetch`], under the locks the request holds.
+    read_ahead: HashMap<(Cf, Vec<u8>), Option<Vec<u8>>>,
 }
 
 impl<'s> Txn<'s> {
@@ -288,15 +295,40 @@ impl<'s> Txn<'s> {
             store,
             batch: Batch::default(),
             overlay: HashMap::new(),
+            read_ahead: HashMap::new(),
         }
     }
 
     /// Reads a value, seeing this transaction's own writes.
     pub fn get(&self, cf: Cf, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
-        match self.overlay.get(&(cf, key.to_vec())) {
-            Some(v) => Ok(v.clone()),
-            None => self.store.get(cf, key),
+        let k = (cf, key.to_vec());
+        if let Some(v) = self.overlay.get(&k).or_else(|| self.read_ahead.get(&k)) {
+            return Ok(v.clone());
         }
+        self.store.get(cf, key)
+    }
+
+    /// Reads `keys` of `cf` ahead, in one call to the store, for the `get`s that follow (a
+    /// fan-out reads every recipient's record: one round trip instead of one per recipient on
+    /// a networked store). Call only under the locks that keep those keys unchanged until the
+    /// request commits, as for any read.
+    pub fn prefetch(&mut self, cf: Cf, keys: &[Vec<u8>]) -> Result<(), StoreError> {
+        let wanted: Vec<Vec<u8>> = keys
+            .iter()
+            .filter(|k| {
+                let k = (cf, k.to_vec());
+                !self.overlay.contains_key(&k) && !self.read_ahead.contains_key(&k)
+            })
+            .cloned()
+            .collect();
+        if wanted.is_empty() {
+            return Ok(());
+        }
+        let values = self.store.get_many(cf, &wanted)?;
+        for (k, v) in wanted.into_iter().zip(values) {
+            self.read_ahead.insert((cf, k), v);
+        }
+        Ok(())
     }
 
     /// Prefix scan of committed data merged with this transaction's writes.

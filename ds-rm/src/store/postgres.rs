@@ -220,6 +220,24 @@ async fn get_one(pool: Pool, cf: Cf, key: Vec<u8>) -> Result<Option<Vec<u8>>, Pg
     Ok(row.map(|r| r.get(0)))
 }
 
+async fn get_several(
+    pool: Pool,
+    cf: Cf,
+    keys: Vec<Vec<u8>>,
+) -> Result<Vec<Option<Vec<u8>>>, PgError> {
+    let client = pool.get().await.map_err(|e| PgError::Pool(e.to_string()))?;
+    let stmt = client
+        .prepare_cached(&format!("SELECT k, v FROM {} WHERE k = ANY($1)", cf.name()))
+        .await?;
+    let mut found: std::collections::HashMap<Vec<u8>, Vec<u8>> = client
+        .query(&stmt, &[&keys])
+        .await?
+        .into_iter()
+        .map(|r| (r.get(0), r.get(1)))
+        .collect();
+    Ok(keys.iter().map(|k| found.remove(k)).collect())
+}
+
 async fn scan(pool: Pool, cf: Cf, prefix: Vec<u8>, limit: usize) -> Result<Vec<Entry>, PgError> {
     let client = pool.get().await.map_err(|e| PgError::Pool(e.to_string()))?;
     let limit = i64::try_from(limit).unwrap_or(i64::MAX);
@@ -277,7 +295,11 @@ async fn write_once(
     effect: &BTreeMap<Cf, BTreeMap<Vec<u8>, Option<Vec<u8>>>>,
 ) -> Result<(), PgError> {
     let tx = client.transaction().await?;
-    // Families and keys in a fixed order, so two batches never lock rows in opposite orders.
+    // Statements are prepared first, then sent back to back (the client pipelines them) and
+    // awaited together: one round trip for the batch's writes, not one per family. Each key
+    // is written by exactly one statement, so their order does not matter; within a
+    // statement keys are sorted, so two batches take row locks in the same order.
+    let mut statements = Vec::new();
     for (cf, writes) in effect {
         let t = cf.name();
         let (mut keys, mut values, mut gone) = (Vec::new(), Vec::new(), Vec::new());
@@ -294,7 +316,7 @@ async fn write_once(
             let stmt = tx
                 .prepare_cached(&format!("DELETE FROM {t} WHERE k = ANY($1)"))
                 .await?;
-            tx.execute(&stmt, &[&gone]).await?;
+            statements.push((stmt, vec![gone]));
         }
         if !keys.is_empty() {
             let stmt = tx
@@ -303,9 +325,19 @@ async fn write_once(
                      ON CONFLICT (k) DO UPDATE SET v = excluded.v"
                 ))
                 .await?;
-            tx.execute(&stmt, &[&keys, &values]).await?;
+            statements.push((stmt, vec![keys, values]));
         }
     }
+    type Param<'a> = &'a (dyn tokio_postgres::types::ToSql + Sync);
+    let params: Vec<Vec<Param<'_>>> = statements
+        .iter()
+        .map(|(_, columns)| columns.iter().map(|c| c as Param<'_>).collect())
+        .collect();
+    let sent = statements
+        .iter()
+        .zip(&params)
+        .map(|((stmt, _), p)| tx.execute(stmt, p.as_slice()));
+    futures_util::future::try_join_all(sent).await?;
     tx.commit().await?;
     Ok(())
 }
@@ -317,6 +349,10 @@ impl Store for PgStore {
 
     fn scan_prefix(&self, cf: Cf, prefix: &[u8], limit: usize) -> Result<Vec<Entry>, StoreError> {
         self.run(scan(self.data(), cf, prefix.to_vec(), limit))
+    }
+
+    fn get_many(&self, cf: Cf, keys: &[Vec<u8>]) -> Result<Vec<Option<Vec<u8>>>, StoreError> {
+        self.run(get_several(self.data(), cf, keys.to_vec()))
     }
 
     fn write(&self, batch: Batch) -> Result<(), StoreError> {
@@ -348,7 +384,7 @@ impl Coordinator for PgStore {
         let pool = self.inner.locks.clone();
         rt.spawn(async move {
             // The first command's answer carries any failure to connect or begin.
-            let mut client = match pool.get().await {
+            let client = match pool.get().await {
                 Ok(c) => c,
                 Err(e) => {
                     while let Some(cmd) = inbox.recv().await {
@@ -357,23 +393,26 @@ impl Coordinator for PgStore {
                     return;
                 }
             };
-            let tx = match begin(&mut client).await {
-                Ok(tx) => tx,
-                Err(e) => {
-                    let text = e.to_string();
-                    while let Some(cmd) = inbox.recv().await {
-                        let _ = cmd.reply.send(Err(PgError::Pool(text.clone())));
-                    }
-                    return;
+            // One round trip: the transaction and its lock wait limit.
+            let begin = format!("BEGIN; SET LOCAL lock_timeout = '{}ms'", WAIT.as_millis());
+            if let Err(e) = client.batch_execute(&begin).await {
+                let text = e.to_string();
+                drop(deadpool_postgres::Object::take(client));
+                while let Some(cmd) = inbox.recv().await {
+                    let _ = cmd.reply.send(Err(PgError::Pool(text.clone())));
                 }
-            };
+                return;
+            }
             while let Some(cmd) = inbox.recv().await {
-                let outcome = take_rows(&tx, cmd.kind, &cmd.stripes, cmd.skip_locked).await;
+                let outcome = take_rows(&client, cmd.kind, &cmd.stripes, cmd.skip_locked).await;
                 let _ = cmd.reply.send(outcome);
             }
             // Dropped: the request is done (its writes committed on a data connection), so
-            // ending this transaction releases its locks.
-            let _ = tx.rollback().await;
+            // ending this transaction releases its locks. A connection that cannot end it is
+            // not returned to the pool.
+            if client.batch_execute("ROLLBACK").await.is_err() {
+                drop(deadpool_postgres::Object::take(client));
+            }
         });
         Ok(Box::new(PgHeld { commands }))
     }
@@ -415,20 +454,8 @@ impl Coordinator for PgStore {
     }
 }
 
-async fn begin(
-    client: &mut deadpool_postgres::Object,
-) -> Result<deadpool_postgres::Transaction<'_>, PgError> {
-    let tx = client.transaction().await?;
-    tx.batch_execute(&format!(
-        "SET LOCAL lock_timeout = '{}ms'",
-        WAIT.as_millis()
-    ))
-    .await?;
-    Ok(tx)
-}
-
 async fn take_rows(
-    tx: &deadpool_postgres::Transaction<'_>,
+    tx: &deadpool_postgres::Object,
     kind: LockKind,
     stripes: &[u32],
     skip_locked: bool,
