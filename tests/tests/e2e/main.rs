@@ -34,6 +34,7 @@ mod mangled;
 mod membership;
 mod multi_process;
 mod operator_metrics;
+mod postgres_store;
 mod privacy_pass;
 mod push;
 mod queue_pcs;
