@@ -421,7 +421,11 @@ impl Coordinator for PgStore {
         let pool = self.data();
         let digest = digest.to_vec();
         let expires = i64::try_from(expires_ms).unwrap_or(i64::MAX);
-        let prune = self.inner.inserted.fetch_add(1, Ordering::Relaxed) % PRUNE_EVERY == 0;
+        let prune = self
+            .inner
+            .inserted
+            .fetch_add(1, Ordering::Relaxed)
+            .is_multiple_of(PRUNE_EVERY);
         self.run(async move {
             let client = pool.get().await.map_err(|e| PgError::Pool(e.to_string()))?;
             if prune {

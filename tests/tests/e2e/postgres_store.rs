@@ -4,7 +4,7 @@
 //! start with a clear message.
 
 use mimi_ds_rm::store::{
-    Batch, Cf, Coordinator, HeldLocks, LockKind, MemStore, Op, PgStore, RocksStore, Store,
+    Batch, Cf, Coordinator, LockKind, MemStore, Op, PgStore, RocksStore, Store,
 };
 use mimi_rm_tests::common::hub_binary;
 use mimi_rm_tests::postgres::fresh_database;
