@@ -509,3 +509,16 @@ pub fn dir_files(dir: &Path) -> Vec<(String, Vec<u8>)> {
     files.sort();
     files
 }
+
+/// The body of the last request to `path` a client recorded (`Client::set_recorder`): an
+/// accepted request, for tests that replay it.
+pub fn last_recorded(recorder: &std::sync::Mutex<Vec<(String, Vec<u8>)>>, path: &str) -> Vec<u8> {
+    recorder
+        .lock()
+        .expect("recorder")
+        .iter()
+        .rev()
+        .find(|(p, _)| p == path)
+        .map(|(_, body)| body.clone())
+        .expect("a recorded request to that path")
+}

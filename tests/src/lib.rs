@@ -111,14 +111,29 @@ impl HubProcess {
         addr: SocketAddr,
         extra_config: &str,
     ) -> Self {
+        let database = postgres::default_backend_is_postgres().then(postgres::fresh_database);
+        Self::start_tls_on(binary, dir, domain, ca, addr, extra_config, database)
+    }
+
+    /// A hub serving HTTPS with `ca`'s leaf on `addr`, on `database` (RocksDB when `None`).
+    fn start_tls_on(
+        binary: &Path,
+        dir: &Path,
+        domain: &str,
+        ca: &tls::TestCa,
+        addr: SocketAddr,
+        extra_config: &str,
+        database: Option<String>,
+    ) -> Self {
         let tls_config = tls_config(ca, domain, extra_config);
-        let mut hub = Self::prepare(
+        let mut hub = Self::prepare_on(
             binary,
             dir,
             domain,
             1 << 20,
             &tls_config,
             Some(ca.ca_pem.clone()),
+            database,
         );
         hub.addr = addr;
         hub.spawn();
@@ -249,19 +264,8 @@ impl HubProcess {
         addr: SocketAddr,
         extra_config: &str,
     ) -> Self {
-        let tls_config = tls_config(ca, domain, extra_config);
-        let mut hub = Self::prepare_on(
-            binary,
-            dir,
-            domain,
-            1 << 20,
-            &tls_config,
-            Some(ca.ca_pem.clone()),
-            Some(database.to_owned()),
-        );
-        hub.addr = addr;
-        hub.spawn();
-        hub
+        let database = Some(database.to_owned());
+        Self::start_tls_on(binary, dir, domain, ca, addr, extra_config, database)
     }
 
     /// Starts a hub serving HTTPS with a fresh throwaway CA (written to `dir/tls`) that

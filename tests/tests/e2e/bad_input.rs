@@ -64,15 +64,7 @@ async fn bad_requests_get_their_code_and_change_nothing() {
     // Bob reads his queue, so there is an accepted dequeue to replay.
     let events = bob.receive().await.unwrap();
     assert_eq!(messages(&events), vec![b"queued for bob".to_vec()]);
-    let dequeue = recorder
-        .lock()
-        .unwrap()
-        .iter()
-        .rev()
-        .find(|(p, _)| p == paths::QS)
-        .cloned()
-        .unwrap()
-        .1;
+    let dequeue = last_recorded(&recorder, paths::QS);
 
     // Building blocks of the table.
     let stranger = SigningKey::from_bytes(&rand::random());

@@ -74,17 +74,10 @@ async fn a_token_or_a_request_used_at_one_process_is_refused_at_every_other() {
     let recorder = Arc::new(Mutex::new(Vec::new()));
     bob.set_recorder(recorder.clone());
     bob.receive().await.unwrap();
-    let (path, dequeue) = recorder
-        .lock()
-        .unwrap()
-        .iter()
-        .rev()
-        .find(|(p, _)| p == paths::QS)
-        .cloned()
-        .unwrap();
+    let dequeue = last_recorded(&recorder, paths::QS);
     for other in [&hubs[0], &hubs[2], &hubs[1]] {
         let before = other.dump();
-        let (status, body) = post_with_ca(None, &other.url(), &path, dequeue.clone()).await;
+        let (status, body) = post_with_ca(None, &other.url(), paths::QS, dequeue.clone()).await;
         assert_eq!((status, error_of(&body).code), (403, ErrorCode::Replayed));
         assert!(before == other.dump(), "a refused replay changed the store");
     }
