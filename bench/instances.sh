@@ -28,10 +28,12 @@ ulimit -n 65536 2>/dev/null || true
 run() {
     local name=$1 storage=$2 n=$3 data urls="" pids="" db_arg=() url=""
     data=$(mktemp -d)
+    # Whatever fails from here on, no hub is left running.
+    trap 'kill ${pids//,/ } 2>/dev/null || true' EXIT
     if [ "$storage" = postgres ]; then
         local db="bench_$RANDOM$RANDOM"
         "${PSQL[@]}" -d postgres -c "CREATE DATABASE $db"
-        url="postgres://$MIMI_TEST_PG_USER@$MIMI_TEST_PG_HOST:$MIMI_TEST_PG_PORT/$db"
+        url="host=$MIMI_TEST_PG_HOST port=$MIMI_TEST_PG_PORT user=$MIMI_TEST_PG_USER dbname=$db"
         db_arg=(--db-pid "$POSTMASTER")
     fi
     for i in $(seq "$n"); do
@@ -55,7 +57,6 @@ TOML
         urls="${urls:+$urls,}http://127.0.0.1:$port"
         wait_for_hub "$port"
     done
-    trap 'kill ${pids//,/ } 2>/dev/null || true' EXIT
     "$BIN/mimi-rm-load" run --url "$urls" --sweep "$RATES" --hub-pid "$pids" "${db_arg[@]}" \
         --duration "$DURATION" --groups "$NGROUPS" --group-size "$SIZE" --mix send=100 \
         --data-dir "$data/clients" --out "$OUT/instances-$name"

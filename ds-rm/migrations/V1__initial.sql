@@ -33,6 +33,7 @@ INSERT INTO hub_locks (kind, stripe)
 -- request replayed to another process, or to a restarted one, is refused. Logged like every
 -- table, so a crash of the database or a failover to its replica forgets none.
 CREATE TABLE replay_seen (digest BYTEA PRIMARY KEY, expires_ms BIGINT NOT NULL);
+CREATE INDEX replay_seen_expiry ON replay_seen (expires_ms);
 
 -- Outbox item numbers, increasing across processes, so a peer's items keep their order.
 CREATE SEQUENCE fed_outbox_seq;

@@ -108,8 +108,18 @@ async fn serve(hub: Arc<Hub>, mut socket: WebSocket) {
         tokio::select! {
             _ = poll.tick(), if shared => {
                 let h = hub.clone();
-                let head = tokio::task::spawn_blocking(move || h.queue_head(&client)).await;
-                if let Ok(Ok(Some(head))) = head
+                let head = match tokio::task::spawn_blocking(move || h.queue_head(&client)).await {
+                    Ok(Ok(head)) => head,
+                    Ok(Err(e)) => {
+                        tracing::warn!(error = %e, "live socket: polling the queue failed");
+                        None
+                    }
+                    Err(e) => {
+                        tracing::error!(error = %e, "live socket: queue poll task failed");
+                        None
+                    }
+                };
+                if let Some(head) = head
                     && woken_for.as_ref() != Some(&head)
                 {
                     if socket.send(Message::Binary(vec![WAKE].into())).await.is_err() {

@@ -119,9 +119,20 @@ impl Gateway {
         if held.epoch == epoch {
             return Ok(held);
         }
+        // Loading reads (and on a new epoch writes) the store: outside the lock, and off the
+        // async worker (called from handlers), so other requests go on meanwhile. Two
+        // handlers that load at once load the same seed.
+        let load = || Keys::load(&self.hub, epoch);
+        let multi_thread = tokio::runtime::Handle::try_current()
+            .is_ok_and(|h| h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread);
+        let loaded = Arc::new(if multi_thread {
+            tokio::task::block_in_place(load)
+        } else {
+            load()
+        }?);
         let mut slot = self.keys.write().unwrap_or_else(|p| p.into_inner());
         if slot.epoch != epoch {
-            *slot = Arc::new(Keys::load(&self.hub, epoch)?);
+            *slot = loaded;
             tracing::info!(epoch, "OHTTP gateway: new key");
         }
         Ok(slot.clone())

@@ -52,7 +52,15 @@ fn verify_header(hub: &Hub, headers: &HeaderMap) -> Result<Option<VerifiedToken>
 
 /// Middleware: verify a presented token; add challenges to 401 answers.
 pub async fn redeem(State(hub): State<Arc<Hub>>, mut req: Request, next: Next) -> Response {
-    match verify_header(&hub, req.headers()) {
+    let mut verified = verify_header(&hub, req.headers());
+    if hub.is_shared()
+        && matches!(verified, Err(HubError::Token(Refusal::UnknownKey)))
+        && reload_keys(&hub).await
+    {
+        // Another process may have made this epoch's keys a moment ago: load them, once.
+        verified = verify_header(&hub, req.headers());
+    }
+    match verified {
         Ok(Some(t)) => {
             req.extensions_mut().insert(PresentedVerified(t));
         }
@@ -66,6 +74,16 @@ pub async fn redeem(State(hub): State<Arc<Hub>>, mut req: Request, next: Next) -
     }
     let resp = next.run(req).await;
     with_challenges(&hub, resp)
+}
+
+/// Brings the issuer keys up to date from the store (a no-op unless an epoch began since the
+/// last rotation); whether that succeeded.
+async fn reload_keys(hub: &Arc<Hub>) -> bool {
+    let h = hub.clone();
+    let done =
+        tokio::task::spawn_blocking(move || h.tokens().rotate(h.store().as_ref(), crate::now_ms()))
+            .await;
+    matches!(done, Ok(Ok(())))
 }
 
 fn with_challenges(hub: &Hub, mut resp: Response) -> Response {
@@ -227,6 +245,10 @@ pub async fn run_rotation(hub: Arc<Hub>) {
             Ok(Err(e)) => tracing::error!(error = %e, "privacy pass key rotation failed"),
             Err(e) => tracing::error!(error = %e, "privacy pass key rotation task failed"),
         }
-        tokio::time::sleep(period).await;
+        // Also wake just after each epoch begins, so processes sharing a store load the new
+        // keys together rather up to a period apart.
+        let epoch_ms = hub.config().tokens.schedule.epoch_secs.max(1) * 1000;
+        let to_next = epoch_ms - crate::now_ms() % epoch_ms + 50;
+        tokio::time::sleep(period.min(std::time::Duration::from_millis(to_next))).await;
     }
 }

@@ -208,7 +208,10 @@ impl HubProcess {
         let extra_config = many_registrations_per_address(extra_config);
         // Top-level keys before any table of `extra_config`.
         let storage = match &database {
-            Some(url) => format!("storage = \"postgres\"\npostgres_url = {url:?}\n"),
+            // Small pools: many hubs of parallel tests share the cluster's connections.
+            Some(url) => {
+                format!("storage = \"postgres\"\npostgres_url = {url:?}\npostgres_pool_size = 8\n")
+            }
             None => String::new(),
         };
         std::fs::write(
@@ -251,6 +254,38 @@ impl HubProcess {
         );
         hub.spawn();
         hub
+    }
+
+    /// Starts one process per directory of `dirs`, all on `database` and all at once (none
+    /// waits for another to be ready), as an operator's service manager starts them.
+    pub fn start_shared_together(
+        binary: &Path,
+        dirs: &[PathBuf],
+        domain: &str,
+        database: &str,
+        extra_config: &str,
+    ) -> Vec<Self> {
+        let mut hubs: Vec<Self> = dirs
+            .iter()
+            .map(|d| {
+                Self::prepare_on(
+                    binary,
+                    d,
+                    domain,
+                    1 << 20,
+                    extra_config,
+                    None,
+                    Some(database.to_owned()),
+                )
+            })
+            .collect();
+        for h in &mut hubs {
+            h.launch();
+        }
+        for h in &mut hubs {
+            h.wait_ready();
+        }
+        hubs
     }
 
     /// [`HubProcess::start_shared`] serving HTTPS with `ca`'s leaf for `domain` on `addr` (so
@@ -304,7 +339,8 @@ impl HubProcess {
         self.ca_pem.as_deref()
     }
 
-    fn spawn(&mut self) {
+    /// Starts the process without waiting for it.
+    fn launch(&mut self) {
         let (level, stderr) = match &self.log {
             Some((path, level)) => {
                 let file = std::fs::OpenOptions::new()
@@ -329,9 +365,17 @@ impl HubProcess {
             .spawn()
             .expect("start hub");
         self.child = Some(child);
-        // Wait until it accepts connections (TLS setup happens before the hub binds, so an
-        // open port means the HTTPS endpoint is ready too), then, for HTTPS hubs, until a
-        // client trusting the CA completes a request.
+    }
+
+    fn spawn(&mut self) {
+        self.launch();
+        self.wait_ready();
+    }
+
+    /// Waits until the launched process accepts connections (TLS setup happens before the
+    /// hub binds, so an open port means the HTTPS endpoint is ready too), then, for HTTPS
+    /// hubs, until a client trusting the CA completes a request.
+    fn wait_ready(&mut self) {
         for _ in 0..200 {
             if let Some(Ok(Some(status))) = self.child.as_mut().map(Child::try_wait) {
                 panic!("hub exited during startup: {status}");

@@ -10,7 +10,7 @@ use std::process::Command;
 /// Set to `postgres` to run every hub the harness starts on PostgreSQL (`make test` runs the
 /// lifecycle, bad-input, Privacy Pass and seized-disk suites once more so).
 pub const STORAGE_ENV: &str = "MIMI_TEST_STORAGE";
-/// Host, port and user of the test cluster (set by `.ci/with-postgres.sh`).
+/// Socket directory, port and user of the test cluster (set by `.ci/with-postgres.sh`).
 const HOST_ENV: &str = "MIMI_TEST_PG_HOST";
 const PORT_ENV: &str = "MIMI_TEST_PG_PORT";
 const USER_ENV: &str = "MIMI_TEST_PG_USER";
@@ -31,13 +31,14 @@ fn env(name: &str) -> String {
     })
 }
 
-/// The URL of database `db` in the test cluster.
+/// The connection string of database `db` in the test cluster (key-value form: the host is
+/// the directory of the cluster's socket).
 pub fn url_of(db: &str) -> String {
     format!(
-        "postgres://{}@{}:{}/{db}",
-        env(USER_ENV),
+        "host={} port={} user={} dbname={db}",
         env(HOST_ENV),
-        env(PORT_ENV)
+        env(PORT_ENV),
+        env(USER_ENV)
     )
 }
 
@@ -68,6 +69,37 @@ pub fn fresh_database() -> String {
     .join()
     .expect("create database thread");
     url_of(&name)
+}
+
+/// Ends, as an administrator would, every connection to database `url` that sits idle in a
+/// transaction (a hub request's lock transaction); returns how many.
+pub fn terminate_idle_transactions(url: &str) -> i64 {
+    let url = url.to_owned();
+    std::thread::spawn(move || {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("runtime");
+        rt.block_on(async {
+            let (client, connection) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
+                .await
+                .expect("connect to the test database");
+            let driver = tokio::spawn(connection);
+            let row = client
+                .query_one(
+                    "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity \
+                     WHERE datname = current_database() AND state = 'idle in transaction'",
+                    &[],
+                )
+                .await
+                .expect("terminate backends");
+            drop(client);
+            let _ = driver.await;
+            row.get::<_, i64>(0)
+        })
+    })
+    .join()
+    .expect("terminate thread")
 }
 
 /// `pg_dump`'s plain-text dump of the database at `url`: what an operator's backup, or a

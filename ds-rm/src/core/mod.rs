@@ -320,14 +320,20 @@ impl Hub {
     ) -> Result<tokens::issue::Issued, tokens::issue::Refused> {
         let anchors = self.as_keys.credentials();
         let ctx = self.issue_context(&anchors, now_ms);
+        let refused = |error: HubError| tokens::issue::Refused {
+            error,
+            unprocessable: false,
+        };
+        // Keys first (a no-op unless an epoch began): a rotation needs the key lock, which must
+        // not be waited for while holding the invitation lock.
+        self.tokens
+            .rotate(self.store.as_ref(), now_ms)
+            .map_err(refused)?;
         let mut invite_lock = crate::store::LockSet::default();
         if matches!(payment, tokens::issue::RegistrationPayment::Invite(_)) {
             self.locks
                 .add_invites(&mut invite_lock)
-                .map_err(|e| tokens::issue::Refused {
-                    error: e.into(),
-                    unprocessable: false,
-                })?;
+                .map_err(|e| refused(e.into()))?;
         }
         let result = self.tokens.issue_registration(
             &ctx,
@@ -462,10 +468,10 @@ impl Hub {
         let Some(token) = self.tokens.admit(request.rate_class(), admission)? else {
             return Ok(());
         };
-        let _lock = self.locks.lock_token(Some(&token.nonce))?;
+        let mut lock = self.locks.lock_token(Some(&token.nonce))?;
         let mut txn = Txn::new(self.store.as_ref());
         tokens::Tokens::spend(&mut txn, &token)?;
-        txn.commit()?;
+        txn.commit_under(&mut lock)?;
         self.metrics.tokens_spent.fetch_add(1, Ordering::Relaxed);
         Ok(())
     }
@@ -489,7 +495,7 @@ impl Hub {
         let outcome = ds::process(&ctx, &mut txn, req)?;
         let (delivered, outboxed) =
             self.fan_out(&mut txn, &mut locks, &group_id, &outcome.fanout, now_ms, op)?;
-        txn.commit()?;
+        txn.commit_under(&mut locks)?;
         self.metrics
             .enqueued
             .fetch_add(delivered, Ordering::Relaxed);
@@ -554,6 +560,15 @@ impl Hub {
         let keys: Vec<Vec<u8>> = clients.iter().map(|c| c.to_vec()).collect();
         txn.prefetch(Cf::QsClients, &keys)?;
         txn.prefetch(Cf::QsRatchets, &keys)?;
+        if self.shared.is_some() {
+            // Another process may have stored (or dropped) a recipient's push subscription:
+            // the stored row, not this process's memory, says whether it is pushed.
+            txn.prefetch(Cf::QsPush, &keys)?;
+            for (client, key) in clients.iter().zip(&keys) {
+                let subscribed = txn.get(Cf::QsPush, key)?.is_some();
+                self.push.set_subscribed(*client, subscribed);
+            }
+        }
         let mut delivered = 0u64;
         for (client, item) in targets {
             match qs::enqueue(txn, &client, &item.message, self.config.max_queue_length)? {
@@ -606,7 +621,7 @@ impl Hub {
             req,
             limits,
         )?;
-        txn.commit()?;
+        txn.commit_under(&mut locks)?;
         if let QsSender::Client(client) = &req.tbs.sender {
             match &req.tbs.operation {
                 // The client is fetching (or has a new subscription): the next message that
@@ -666,7 +681,7 @@ impl Hub {
             paid_registration: spend.is_some_and(|t| t.purpose == tokens::Purpose::Registration),
         };
         let resp = auth::process(&ctx, &mut txn, req)?;
-        txn.commit()?;
+        txn.commit_under(&mut locks)?;
         drop(locks);
         let answer = encode(&resp).map_err(|e| HubError::Bug(e.to_string()))?;
         let mut cached = self

@@ -134,7 +134,7 @@ impl Hub {
             now_ms,
             self.config.max_queue_length,
         )?;
-        txn.commit()?;
+        txn.commit_under(&mut locks)?;
         // Under the queue locks, as for local fan-out: a fetch cannot slip in between.
         for &i in &accepted.delivered {
             if let (Some(item), Some(Some(client))) = (items.get(i), clients.get(i)) {

@@ -257,7 +257,7 @@ impl Hub {
             return Ok(false);
         }
         txn.delete_record::<PushRecord>(client);
-        txn.commit()?;
+        txn.commit_under(&mut locks)?;
         self.push.set_subscribed(*client, false);
         self.metrics
             .push_subscriptions_expired

@@ -150,6 +150,17 @@ impl Store for Signalling {
         Ok(())
     }
 
+    fn write_held(
+        &self,
+        batch: Batch,
+        held: &mut dyn crate::store::HeldLocks,
+    ) -> Result<(), StoreError> {
+        let touched = self.signal.touched(&batch);
+        self.inner.write_held(batch, held)?;
+        self.signal.grew(&touched);
+        Ok(())
+    }
+
     fn dump(&self) -> Result<Vec<CfEntry>, StoreError> {
         self.inner.dump()
     }

@@ -34,6 +34,16 @@ pub struct LockSet<'a> {
     held: Option<Box<dyn HeldLocks>>,
 }
 
+impl LockSet<'_> {
+    /// The database lock transaction, when the locks are held in a shared store.
+    pub fn held(&mut self) -> Option<&mut dyn HeldLocks> {
+        match &mut self.held {
+            Some(h) => Some(h.as_mut()),
+            None => None,
+        }
+    }
+}
+
 fn lock(m: &Mutex<()>) -> MutexGuard<'_, ()> {
     // A poisoned stripe only means another request panicked while holding it; the data it
     // protects lives in the database, which that request never committed to.

@@ -266,6 +266,11 @@ pub trait Store: Send + Sync + 'static {
     fn coordinator(&self) -> Option<std::sync::Arc<dyn Coordinator>> {
         None
     }
+    /// Applies a batch through the lock transaction `held` of a shared store (see
+    /// [`HeldLocks::commit`]); wrappers that act on durable batches see these too.
+    fn write_held(&self, batch: Batch, held: &mut dyn HeldLocks) -> Result<(), StoreError> {
+        held.commit(batch)
+    }
 }
 
 /// One store figure ([`Store::statistics`]).
@@ -313,7 +318,7 @@ impl<'s> Txn<'s> {
     /// a networked store). Call only under the locks that keep those keys unchanged until the
     /// request commits, as for any read.
     pub fn prefetch(&mut self, cf: Cf, keys: &[Vec<u8>]) -> Result<(), StoreError> {
-        let wanted: Vec<Vec<u8>> = keys
+        let mut wanted: Vec<Vec<u8>> = keys
             .iter()
             .filter(|k| {
                 let k = (cf, k.to_vec());
@@ -321,6 +326,9 @@ impl<'s> Txn<'s> {
             })
             .cloned()
             .collect();
+        // Two recipients may name one queue (a member can copy another's sealed ref): ask once.
+        wanted.sort_unstable();
+        wanted.dedup();
         if wanted.is_empty() {
             return Ok(());
         }
@@ -385,5 +393,18 @@ impl<'s> Txn<'s> {
             return Ok(());
         }
         self.store.write(self.batch)
+    }
+
+    /// Commits all buffered writes atomically while `locks` are held: on a shared store in the
+    /// same database transaction as the locks (a batch never outlives them), otherwise as
+    /// [`Txn::commit`].
+    pub fn commit_under(self, locks: &mut LockSet<'_>) -> Result<(), StoreError> {
+        if self.batch.ops.is_empty() {
+            return Ok(());
+        }
+        match locks.held() {
+            Some(held) => self.store.write_held(self.batch, held),
+            None => self.store.write(self.batch),
+        }
     }
 }

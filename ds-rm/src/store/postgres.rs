@@ -36,6 +36,13 @@ const MIGRATIONS: [(&str, &str); 1] = [(
 /// holder must not stall the whole hub).
 const WAIT: Duration = Duration::from_secs(10);
 
+/// The longest any call waits for the database's answer; lock and pool waits end earlier.
+const ANSWER: Duration = Duration::from_secs(60);
+
+/// How long past its expiry a replay digest is kept: the clock skew between hub processes
+/// this tolerates.
+const PRUNE_MARGIN_MS: u64 = 5 * 60 * 1000;
+
 /// Replay digests are pruned after this many insertions (by the process that makes the
 /// last one), so the table holds about one freshness window of requests.
 const PRUNE_EVERY: u64 = 1024;
@@ -55,6 +62,12 @@ pub enum PgError {
     /// The store's own runtime stopped answering (the store is being dropped).
     #[error("postgres store runtime stopped")]
     Stopped,
+    /// No answer in time from the database (a stalled connection, a failover).
+    #[error("postgres: no answer within {} s", ANSWER.as_secs())]
+    NoAnswer,
+    /// A lock transaction was asked for more after it committed or failed.
+    #[error("postgres: the request's lock transaction has ended")]
+    Finished,
     /// The lock table lacks rows the request needs (a schema not made by our migrations).
     #[error("lock table has {found} of {wanted} stripes of kind {kind}")]
     LockRows {
@@ -137,7 +150,15 @@ impl PgStore {
     /// Connects to `url` (a `postgres://` URL or key-value string), applies any pending
     /// migration, and keeps up to `pool_size` connections for data and as many for locks.
     pub fn connect(url: &str, pool_size: usize) -> Result<Self, StoreError> {
-        let config: tokio_postgres::Config = url.parse().map_err(PgError::Db)?;
+        let mut config: tokio_postgres::Config = url.parse().map_err(PgError::Db)?;
+        // A hub host that vanishes (a partition, a hung machine) must not keep its row locks
+        // until the operating system's default two-hour keepalive notices: the database
+        // drops the connection, and the locks with it, within about half a minute.
+        config
+            .keepalives(true)
+            .keepalives_idle(Duration::from_secs(10))
+            .keepalives_interval(Duration::from_secs(5))
+            .keepalives_retries(3);
         let rt = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(2)
             .thread_name("postgres")
@@ -170,7 +191,7 @@ impl PgStore {
         rt.spawn(async move {
             let _ = tx.send(f.await);
         });
-        Ok(rx.recv().map_err(|_| PgError::Stopped)??)
+        Ok(rx.recv_timeout(ANSWER).map_err(|_| PgError::NoAnswer)??)
     }
 
     fn data(&self) -> Pool {
@@ -229,13 +250,14 @@ async fn get_several(
     let stmt = client
         .prepare_cached(&format!("SELECT k, v FROM {} WHERE k = ANY($1)", cf.name()))
         .await?;
-    let mut found: std::collections::HashMap<Vec<u8>, Vec<u8>> = client
+    let found: std::collections::HashMap<Vec<u8>, Vec<u8>> = client
         .query(&stmt, &[&keys])
         .await?
         .into_iter()
         .map(|r| (r.get(0), r.get(1)))
         .collect();
-    Ok(keys.iter().map(|k| found.remove(k)).collect())
+    // A key asked for twice gets its value twice.
+    Ok(keys.iter().map(|k| found.get(k).cloned()).collect())
 }
 
 async fn scan(pool: Pool, cf: Cf, prefix: Vec<u8>, limit: usize) -> Result<Vec<Entry>, PgError> {
@@ -265,8 +287,8 @@ async fn scan(pool: Pool, cf: Cf, prefix: Vec<u8>, limit: usize) -> Result<Vec<E
 
 /// A batch reduced to its effect: the last write of each key, grouped by family (a batch may
 /// write one key twice; applied in order, only the last write counts).
-fn reduce(batch: Batch) -> BTreeMap<Cf, BTreeMap<Vec<u8>, Option<Vec<u8>>>> {
-    let mut out: BTreeMap<Cf, BTreeMap<Vec<u8>, Option<Vec<u8>>>> = BTreeMap::new();
+fn reduce(batch: Batch) -> Effect {
+    let mut out: Effect = BTreeMap::new();
     for op in batch.ops {
         match op {
             Op::Put(cf, k, v) => out.entry(cf).or_default().insert(k, Some(v)),
@@ -276,25 +298,35 @@ fn reduce(batch: Batch) -> BTreeMap<Cf, BTreeMap<Vec<u8>, Option<Vec<u8>>>> {
     out
 }
 
-async fn write_batch(
-    pool: Pool,
-    effect: BTreeMap<Cf, BTreeMap<Vec<u8>, Option<Vec<u8>>>>,
-) -> Result<(), PgError> {
-    let mut client = pool.get().await.map_err(|e| PgError::Pool(e.to_string()))?;
+/// A batch reduced to the last write of each key, by family (see [`reduce`]).
+type Effect = BTreeMap<Cf, BTreeMap<Vec<u8>, Option<Vec<u8>>>>;
+
+async fn write_batch(pool: Pool, effect: Effect) -> Result<(), PgError> {
+    let client = pool.get().await.map_err(|e| PgError::Pool(e.to_string()))?;
     let mut attempt = 0;
     loop {
-        match write_once(&mut client, &effect).await {
-            Err(PgError::Db(e)) if retryable(&e) && attempt < 3 => attempt += 1,
-            other => return other,
+        client.batch_execute("BEGIN").await?;
+        let outcome = match apply(&client, &effect).await {
+            Ok(()) => client.batch_execute("COMMIT").await.map_err(PgError::from),
+            Err(e) => Err(e),
+        };
+        let Err(e) = outcome else {
+            return Ok(());
+        };
+        if client.batch_execute("ROLLBACK").await.is_err() {
+            // Not returned to the pool in an unknown state.
+            drop(deadpool_postgres::Object::take(client));
+            return Err(e);
+        }
+        match &e {
+            PgError::Db(db) if retryable(db) && attempt < 3 => attempt += 1,
+            _ => return Err(e),
         }
     }
 }
 
-async fn write_once(
-    client: &mut deadpool_postgres::Object,
-    effect: &BTreeMap<Cf, BTreeMap<Vec<u8>, Option<Vec<u8>>>>,
-) -> Result<(), PgError> {
-    let tx = client.transaction().await?;
+/// Writes `effect` on `client`, inside a transaction the caller began and ends.
+async fn apply(client: &deadpool_postgres::Object, effect: &Effect) -> Result<(), PgError> {
     // Statements are prepared first, then sent back to back (the client pipelines them) and
     // awaited together: one round trip for the batch's writes, not one per family. Each key
     // is written by exactly one statement, so their order does not matter; within a
@@ -313,13 +345,13 @@ async fn write_once(
             }
         }
         if !gone.is_empty() {
-            let stmt = tx
+            let stmt = client
                 .prepare_cached(&format!("DELETE FROM {t} WHERE k = ANY($1)"))
                 .await?;
             statements.push((stmt, vec![gone]));
         }
         if !keys.is_empty() {
-            let stmt = tx
+            let stmt = client
                 .prepare_cached(&format!(
                     "INSERT INTO {t} (k, v) SELECT * FROM unnest($1::bytea[], $2::bytea[]) \
                      ON CONFLICT (k) DO UPDATE SET v = excluded.v"
@@ -336,9 +368,8 @@ async fn write_once(
     let sent = statements
         .iter()
         .zip(&params)
-        .map(|((stmt, _), p)| tx.execute(stmt, p.as_slice()));
+        .map(|((stmt, _), p)| client.execute(stmt, p.as_slice()));
     futures_util::future::try_join_all(sent).await?;
-    tx.commit().await?;
     Ok(())
 }
 
@@ -380,40 +411,8 @@ impl Store for PgStore {
 impl Coordinator for PgStore {
     fn hold(&self) -> Result<Box<dyn HeldLocks>, StoreError> {
         let rt = self.inner.rt.as_ref().ok_or(PgError::Stopped)?;
-        let (commands, mut inbox) = tokio::sync::mpsc::unbounded_channel::<Take>();
-        let pool = self.inner.locks.clone();
-        rt.spawn(async move {
-            // The first command's answer carries any failure to connect or begin.
-            let client = match pool.get().await {
-                Ok(c) => c,
-                Err(e) => {
-                    while let Some(cmd) = inbox.recv().await {
-                        let _ = cmd.reply.send(Err(PgError::Pool(e.to_string())));
-                    }
-                    return;
-                }
-            };
-            // One round trip: the transaction and its lock wait limit.
-            let begin = format!("BEGIN; SET LOCAL lock_timeout = '{}ms'", WAIT.as_millis());
-            if let Err(e) = client.batch_execute(&begin).await {
-                let text = e.to_string();
-                drop(deadpool_postgres::Object::take(client));
-                while let Some(cmd) = inbox.recv().await {
-                    let _ = cmd.reply.send(Err(PgError::Pool(text.clone())));
-                }
-                return;
-            }
-            while let Some(cmd) = inbox.recv().await {
-                let outcome = take_rows(&client, cmd.kind, &cmd.stripes, cmd.skip_locked).await;
-                let _ = cmd.reply.send(outcome);
-            }
-            // Dropped: the request is done (its writes committed on a data connection), so
-            // ending this transaction releases its locks. A connection that cannot end it is
-            // not returned to the pool.
-            if client.batch_execute("ROLLBACK").await.is_err() {
-                drop(deadpool_postgres::Object::take(client));
-            }
-        });
+        let (commands, inbox) = tokio::sync::mpsc::unbounded_channel::<Command>();
+        rt.spawn(holder(self.inner.locks.clone(), inbox));
         Ok(Box::new(PgHeld { commands }))
     }
 
@@ -429,7 +428,10 @@ impl Coordinator for PgStore {
         self.run(async move {
             let client = pool.get().await.map_err(|e| PgError::Pool(e.to_string()))?;
             if prune {
-                let now = i64::try_from(crate::now_ms()).unwrap_or(i64::MAX);
+                // Kept a margin past their expiry: a process whose clock lags the pruner's
+                // still finds a digest whose timestamp it would accept as fresh.
+                let now = i64::try_from(crate::now_ms().saturating_sub(PRUNE_MARGIN_MS))
+                    .unwrap_or(i64::MAX);
                 let stmt = client
                     .prepare_cached("DELETE FROM replay_seen WHERE expires_ms < $1")
                     .await?;
@@ -487,46 +489,139 @@ async fn take_rows(
     })
 }
 
-/// One lock request to a holder's task.
-struct Take {
-    kind: LockKind,
-    stripes: Vec<u32>,
-    skip_locked: bool,
-    reply: std::sync::mpsc::SyncSender<Result<bool, PgError>>,
+/// What a request asks of its lock transaction.
+enum Command {
+    /// Lock `stripes` of `kind` (only if free, with `skip_locked`); answers whether it did.
+    Take {
+        kind: LockKind,
+        stripes: Vec<u32>,
+        skip_locked: bool,
+        reply: std::sync::mpsc::SyncSender<Result<bool, PgError>>,
+    },
+    /// Write the batch in the lock transaction and commit it.
+    Commit {
+        effect: Effect,
+        reply: std::sync::mpsc::SyncSender<Result<(), PgError>>,
+    },
+}
+
+impl Command {
+    fn refuse(self, e: PgError) {
+        match self {
+            Command::Take { reply, .. } => drop(reply.send(Err(e))),
+            Command::Commit { reply, .. } => drop(reply.send(Err(e))),
+        }
+    }
+}
+
+/// The task behind one [`PgHeld`]: a pooled connection in a transaction that holds the
+/// request's row locks until the request commits through it or drops it.
+async fn holder(pool: Pool, mut inbox: tokio::sync::mpsc::UnboundedReceiver<Command>) {
+    // The first command's answer carries any failure to connect or begin.
+    let client = match pool.get().await {
+        Ok(c) => c,
+        Err(e) => {
+            while let Some(cmd) = inbox.recv().await {
+                cmd.refuse(PgError::Pool(e.to_string()));
+            }
+            return;
+        }
+    };
+    // One round trip: the transaction and its lock wait limit.
+    let begin = format!("BEGIN; SET LOCAL lock_timeout = '{}ms'", WAIT.as_millis());
+    if let Err(e) = client.batch_execute(&begin).await {
+        let text = e.to_string();
+        drop(deadpool_postgres::Object::take(client));
+        while let Some(cmd) = inbox.recv().await {
+            cmd.refuse(PgError::Pool(text.clone()));
+        }
+        return;
+    }
+    let mut open = true;
+    while let Some(cmd) = inbox.recv().await {
+        match cmd {
+            Command::Take {
+                kind,
+                stripes,
+                skip_locked,
+                reply,
+            } => drop(reply.send(take_rows(&client, kind, &stripes, skip_locked).await)),
+            Command::Commit { effect, reply } => {
+                let outcome = match apply(&client, &effect).await {
+                    Ok(()) => client.batch_execute("COMMIT").await.map_err(PgError::from),
+                    Err(e) => Err(e),
+                };
+                // Committed: the locks ended with the transaction, and the connection goes
+                // back to the pool at once. Failed: the transaction is aborted and still
+                // open; it is rolled back below.
+                open = outcome.is_err();
+                drop(reply.send(outcome));
+                if !open {
+                    drop(client);
+                    while let Some(cmd) = inbox.recv().await {
+                        cmd.refuse(PgError::Finished);
+                    }
+                    return;
+                }
+                break;
+            }
+        }
+    }
+    // Ended without a commit (a request that wrote nothing, or failed): roll back, which
+    // releases the locks. A connection that cannot is not returned to the pool.
+    if open && client.batch_execute("ROLLBACK").await.is_err() {
+        drop(deadpool_postgres::Object::take(client));
+    }
+    while let Some(cmd) = inbox.recv().await {
+        cmd.refuse(PgError::Finished);
+    }
 }
 
 /// The request's side of a lock transaction: dropping it ends the transaction.
 struct PgHeld {
-    commands: tokio::sync::mpsc::UnboundedSender<Take>,
+    commands: tokio::sync::mpsc::UnboundedSender<Command>,
 }
 
 impl PgHeld {
-    fn ask(
+    /// Sends a command and waits for its answer.
+    fn ask<T>(
         &mut self,
-        kind: LockKind,
-        stripes: &[u32],
-        skip_locked: bool,
-    ) -> Result<bool, StoreError> {
+        command: impl FnOnce(std::sync::mpsc::SyncSender<Result<T, PgError>>) -> Command,
+    ) -> Result<T, StoreError> {
         let (reply, answer) = std::sync::mpsc::sync_channel(1);
         self.commands
-            .send(Take {
-                kind,
-                stripes: stripes.to_vec(),
-                skip_locked,
-                reply,
-            })
+            .send(command(reply))
             .map_err(|_| PgError::Stopped)?;
-        Ok(answer.recv().map_err(|_| PgError::Stopped)??)
+        Ok(answer
+            .recv_timeout(ANSWER)
+            .map_err(|_| PgError::NoAnswer)??)
     }
 }
 
 impl HeldLocks for PgHeld {
     fn take(&mut self, kind: LockKind, stripes: &[u32]) -> Result<(), StoreError> {
-        self.ask(kind, stripes, false).map(|_| ())
+        let stripes = stripes.to_vec();
+        self.ask(|reply| Command::Take {
+            kind,
+            stripes,
+            skip_locked: false,
+            reply,
+        })
+        .map(|_| ())
     }
 
     fn try_take(&mut self, kind: LockKind, stripe: u32) -> Result<bool, StoreError> {
-        self.ask(kind, &[stripe], true)
+        self.ask(|reply| Command::Take {
+            kind,
+            stripes: vec![stripe],
+            skip_locked: true,
+            reply,
+        })
+    }
+
+    fn commit(&mut self, batch: Batch) -> Result<(), StoreError> {
+        let effect = reduce(batch);
+        self.ask(|reply| Command::Commit { effect, reply })
     }
 }
 

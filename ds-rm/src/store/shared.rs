@@ -7,7 +7,7 @@
 //! all provide (row locks, inserts that report a conflict, sequences), see
 //! `spec-notes/scaling.md`.
 
-use super::StoreError;
+use super::{Batch, StoreError};
 
 /// What a lock serialises; each kind has its own stripes, and requests take kinds in the
 /// order listed (token, then invitation, then handle or group, then queues), so no two
@@ -78,6 +78,11 @@ pub trait HeldLocks: Send {
     fn take(&mut self, kind: LockKind, stripes: &[u32]) -> Result<(), StoreError>;
     /// Takes one stripe only if nobody holds it; false if somebody does.
     fn try_take(&mut self, kind: LockKind, stripe: u32) -> Result<bool, StoreError>;
+    /// Applies `batch` in the transaction that holds the locks and commits both at once, so a
+    /// batch can only become durable while its locks are still held: if the database ended the
+    /// lock transaction (a dropped connection, an administrator), the batch fails instead of
+    /// racing the next holder. The holder takes nothing more afterwards.
+    fn commit(&mut self, batch: Batch) -> Result<(), StoreError>;
 }
 
 #[cfg(test)]

@@ -7,7 +7,7 @@ use mimi_ds_rm::store::{
     Batch, Cf, Coordinator, LockKind, MemStore, Op, PgStore, RocksStore, Store,
 };
 use mimi_rm_tests::common::hub_binary;
-use mimi_rm_tests::postgres::fresh_database;
+use mimi_rm_tests::postgres::{fresh_database, terminate_idle_transactions};
 
 /// Keys chosen for the edges of prefix scans: empty-adjacent, 0xff runs, shared prefixes.
 fn keys() -> Vec<Vec<u8>> {
@@ -80,6 +80,9 @@ fn transcript(store: &dyn Store) -> Vec<String> {
     let mut wanted = keys();
     wanted.push(b"missing".to_vec());
     wanted.reverse();
+    // A key asked for twice (a fan-out to two leaves that name one queue) is found twice.
+    wanted.push(vec![1]);
+    wanted.push(b"missing".to_vec());
     out.push(format!(
         "get_many: {:?}",
         store.get_many(Cf::QsQueues, &wanted).unwrap()
@@ -122,25 +125,74 @@ fn postgres_answers_every_store_operation_as_rocksdb_and_memory_do() {
 }
 
 #[test]
-fn the_schema_is_made_once_and_reopening_keeps_the_data() {
+fn the_schema_is_made_once_by_processes_starting_together_and_reopening_keeps_the_data() {
     let url = fresh_database();
-    let first = PgStore::connect(&url, 2).unwrap();
-    apply(
-        &first,
-        vec![Op::Put(Cf::AsUsers, b"alice".to_vec(), vec![1])],
-    );
-    // Several processes starting at once: every one connects, none fails on the migration.
+    // Several processes starting at once on an empty database: every one connects, none fails
+    // on the migration (the losers of its race roll back and find it applied).
+    let barrier = std::sync::Arc::new(std::sync::Barrier::new(4));
     let handles: Vec<_> = (0..4)
         .map(|_| {
-            let url = url.clone();
-            std::thread::spawn(move || PgStore::connect(&url, 1).map(|_| ()))
+            let (url, barrier) = (url.clone(), barrier.clone());
+            std::thread::spawn(move || {
+                barrier.wait();
+                PgStore::connect(&url, 1)
+            })
         })
         .collect();
-    for h in handles {
-        h.join().unwrap().unwrap();
-    }
+    let stores: Vec<PgStore> = handles
+        .into_iter()
+        .map(|h| h.join().unwrap().unwrap())
+        .collect();
+    apply(
+        &stores[0],
+        vec![Op::Put(Cf::AsUsers, b"alice".to_vec(), vec![1])],
+    );
+    assert_eq!(stores[3].get(Cf::AsUsers, b"alice").unwrap(), Some(vec![1]));
+    drop(stores);
     let again = PgStore::connect(&url, 2).unwrap();
     assert_eq!(again.get(Cf::AsUsers, b"alice").unwrap(), Some(vec![1]));
+}
+
+#[test]
+fn a_batch_commits_only_while_its_locks_are_held() {
+    let url = fresh_database();
+    let a = PgStore::connect(&url, 2).unwrap();
+    let mut held = a.hold().unwrap();
+    held.take(LockKind::Group, &[1]).unwrap();
+    let write = |k: &[u8]| Batch {
+        ops: vec![Op::Put(Cf::DsGroups, k.to_vec(), vec![1])],
+    };
+    held.commit(write(b"under the lock")).unwrap();
+    assert_eq!(
+        a.get(Cf::DsGroups, b"under the lock").unwrap(),
+        Some(vec![1])
+    );
+    // The commit ended the locks: another holder takes the stripe at once.
+    let mut next = a.hold().unwrap();
+    assert!(next.try_take(LockKind::Group, 1).unwrap());
+    drop(next);
+    // A lock transaction the database ended (an administrator here; a dropped connection or
+    // an idle-transaction timeout alike) commits nothing: the batch is refused, not written
+    // after its locks were gone.
+    let mut lost = a.hold().unwrap();
+    lost.take(LockKind::Queue, &[2]).unwrap();
+    assert_eq!(
+        terminate_idle_transactions(&url),
+        1,
+        "the lock transaction was found"
+    );
+    assert!(lost.commit(write(b"after the locks were lost")).is_err());
+    assert_eq!(
+        a.get(Cf::DsGroups, b"after the locks were lost").unwrap(),
+        None
+    );
+    // A stripe outside the table is an error, not a silent no-lock.
+    let mut bad = a.hold().unwrap();
+    assert!(bad.take(LockKind::Group, &[99_999]).is_err());
+    assert!(
+        held.take(LockKind::Group, &[3]).is_err(),
+        "nothing after a commit"
+    );
 }
 
 #[test]
@@ -223,11 +275,21 @@ fn a_hub_without_a_database_or_with_an_unreachable_one_refuses_to_start() {
     ] {
         let path = dir.path().join("hub.toml");
         std::fs::write(&path, format!("listen = \"127.0.0.1:0\"\n{config}")).unwrap();
-        let out = std::process::Command::new(hub_binary())
+        let mut child = std::process::Command::new(hub_binary())
             .args(["serve", "--config"])
             .arg(&path)
-            .output()
+            .stderr(std::process::Stdio::piped())
+            .spawn()
             .unwrap();
+        let started = std::time::Instant::now();
+        while child.try_wait().unwrap().is_none() {
+            if started.elapsed() > std::time::Duration::from_secs(30) {
+                let _ = child.kill();
+                panic!("{config}: the hub started (or hung) instead of refusing");
+            }
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+        let out = child.wait_with_output().unwrap();
         assert!(!out.status.success(), "{config} started a hub");
         let stderr = String::from_utf8_lossy(&out.stderr);
         assert!(stderr.contains(expected), "{config}: {stderr}");
