@@ -2,18 +2,21 @@
 //! by any number of hub processes.
 //!
 //! The core is synchronous and runs on blocking threads; the database client is asynchronous.
-//! The store owns a small runtime of its own, runs every query there and waits for the answer
-//! on the calling thread, so it can be called from anywhere — a blocking thread, start-up code
-//! or an async handler — without nesting runtimes.
+//! The store owns a small runtime of its own, runs every query there and waits (at most
+//! [`ANSWER`]) for the answer on the calling thread, so it never nests runtimes. Callers on an
+//! async worker must move off it first (`spawn_blocking`, `block_in_place`): the wait blocks.
 //!
-//! Two connection pools: requests hold a *lock* connection (an open transaction with their
-//! row locks, [`Coordinator::hold`]) for their whole duration and borrow a *data* connection
-//! per read or write. A holder never waits for another lock connection, and data connections
-//! are never held while waiting for anything, so the pools cannot deadlock each other.
+//! Two connection pools: a request holds a *lock* connection (an open transaction with its row
+//! locks, [`Coordinator::hold`]) from its first lock to its commit, and borrows a *data*
+//! connection per read. A request takes its lock connection before any lock and one only, and
+//! data connections are never held while waiting for anything, so the pools cannot starve
+//! each other.
 //!
-//! Writes are plain `READ COMMITTED` transactions: every read-modify-write of the core runs
-//! under the same stripes it takes in one process, now as rows of `hub_locks`, and a write
-//! commits before its locks are released, so a later holder reads it (`spec-notes/scaling.md`).
+//! Reads are `READ COMMITTED` statements made after the request's locks are held, so they see
+//! every batch a previous holder committed. The request's batch is written **in its lock
+//! transaction** and committed with it ([`HeldLocks::commit`]): if the database ended that
+//! transaction (a dropped connection, an administrator, a timeout), the batch fails instead of
+//! landing after the locks were gone (`spec-notes/scaling.md`).
 
 use super::shared::{Coordinator, HeldLocks, LockKind};
 use super::{Batch, Cf, CfEntry, Entry, Op, Store, StoreError};
