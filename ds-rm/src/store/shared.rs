@@ -3,9 +3,8 @@
 //! One process serialises requests with in-memory lock stripes, remembers request signatures
 //! in memory and numbers outbox items with an atomic counter. Processes sharing a database
 //! cannot: a backend that can be shared implements [`Coordinator`], and the hub uses it in
-//! place of each of those. The shapes stay within what PostgreSQL, CockroachDB and YugabyteDB
-//! all provide (row locks, inserts that report a conflict, sequences), see
-//! `spec-notes/scaling.md`.
+//! place of each of those: row locks held in a transaction that also commits the request's
+//! batch, inserts that report a conflict, a sequence (`spec-notes/scaling.md`).
 
 use super::{Batch, StoreError};
 
