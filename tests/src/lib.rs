@@ -632,6 +632,19 @@ pub async fn post_with_ca(
     (status, resp.bytes().await.expect("body").to_vec())
 }
 
+/// The body of a `GET` of `url` (any status), trusting `ca_pem` as an extra root.
+pub async fn get_bytes(ca_pem: Option<&[u8]>, url: &str) -> Vec<u8> {
+    http_client(ca_pem)
+        .get(url)
+        .send()
+        .await
+        .expect("GET")
+        .bytes()
+        .await
+        .expect("GET body")
+        .to_vec()
+}
+
 /// A reqwest client that also trusts `ca_pem` when given (a throwaway test CA).
 pub fn http_client(ca_pem: Option<&[u8]>) -> reqwest::Client {
     let mut builder = reqwest::Client::builder();

@@ -42,39 +42,11 @@ pub fn url_of(db: &str) -> String {
     )
 }
 
-/// Creates an empty database in the test cluster and returns its URL.
-pub fn fresh_database() -> String {
-    let name = format!("hub_{}", hex::encode(rand::random::<[u8; 8]>()));
-    let admin = url_of("postgres");
-    let statement = format!("CREATE DATABASE {name}");
-    // A thread of its own: callers may be inside a tokio runtime.
-    std::thread::spawn(move || {
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .expect("runtime");
-        rt.block_on(async {
-            let (client, connection) = tokio_postgres::connect(&admin, tokio_postgres::NoTls)
-                .await
-                .expect("connect to the test cluster");
-            let driver = tokio::spawn(connection);
-            client
-                .batch_execute(&statement)
-                .await
-                .expect("create a test database");
-            drop(client);
-            let _ = driver.await;
-        });
-    })
-    .join()
-    .expect("create database thread");
-    url_of(&name)
-}
-
-/// Ends, as an administrator would, every connection to database `url` that sits idle in a
-/// transaction (a hub request's lock transaction); returns how many.
-pub fn terminate_idle_transactions(url: &str) -> i64 {
-    let url = url.to_owned();
+/// Runs one SQL statement on database `url` over a connection of its own (on a thread of its
+/// own: callers may be inside a tokio runtime) and returns the first column of its first row,
+/// if it has one, as text.
+fn run_sql(url: &str, sql: &str) -> Option<String> {
+    let (url, sql) = (url.to_owned(), sql.to_owned());
     std::thread::spawn(move || {
         let rt = tokio::runtime::Builder::new_current_thread()
             .enable_all()
@@ -83,23 +55,41 @@ pub fn terminate_idle_transactions(url: &str) -> i64 {
         rt.block_on(async {
             let (client, connection) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
                 .await
-                .expect("connect to the test database");
+                .expect("connect to the test cluster");
             let driver = tokio::spawn(connection);
-            let row = client
-                .query_one(
-                    "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity \
-                     WHERE datname = current_database() AND state = 'idle in transaction'",
-                    &[],
-                )
+            let answer = client
+                .simple_query(&sql)
                 .await
-                .expect("terminate backends");
+                .expect("run SQL on the test cluster");
             drop(client);
             let _ = driver.await;
-            row.get::<_, i64>(0)
+            answer.into_iter().find_map(|m| match m {
+                tokio_postgres::SimpleQueryMessage::Row(row) => row.get(0).map(str::to_owned),
+                _ => None,
+            })
         })
     })
     .join()
-    .expect("terminate thread")
+    .expect("SQL thread")
+}
+
+/// Creates an empty database in the test cluster and returns its URL.
+pub fn fresh_database() -> String {
+    let name = format!("hub_{}", hex::encode(rand::random::<[u8; 8]>()));
+    run_sql(&url_of("postgres"), &format!("CREATE DATABASE {name}"));
+    url_of(&name)
+}
+
+/// Ends, as an administrator would, every connection to database `url` that sits idle in a
+/// transaction (a hub request's lock transaction); returns how many.
+pub fn terminate_idle_transactions(url: &str) -> i64 {
+    run_sql(
+        url,
+        "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity \
+         WHERE datname = current_database() AND state = 'idle in transaction'",
+    )
+    .and_then(|n| n.parse().ok())
+    .expect("a count")
 }
 
 /// `pg_dump`'s plain-text dump of the database at `url`: what an operator's backup, or a

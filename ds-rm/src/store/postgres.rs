@@ -540,7 +540,6 @@ async fn holder(pool: Pool, mut inbox: tokio::sync::mpsc::UnboundedReceiver<Comm
         }
         return;
     }
-    let mut open = true;
     while let Some(cmd) = inbox.recv().await {
         match cmd {
             Command::Take {
@@ -550,16 +549,18 @@ async fn holder(pool: Pool, mut inbox: tokio::sync::mpsc::UnboundedReceiver<Comm
                 reply,
             } => drop(reply.send(take_rows(&client, kind, &stripes, skip_locked).await)),
             Command::Commit { effect, reply } => {
+                // Any earlier failure (a lock wait that timed out, a terminated connection)
+                // already failed the request; a statement here that fails aborts the whole
+                // transaction, so nothing of the batch lands.
                 let outcome = match apply(&client, &effect).await {
                     Ok(()) => client.batch_execute("COMMIT").await.map_err(PgError::from),
                     Err(e) => Err(e),
                 };
-                // Committed: the locks ended with the transaction, and the connection goes
-                // back to the pool at once. Failed: the transaction is aborted and still
-                // open; it is rolled back below.
-                open = outcome.is_err();
+                let committed = outcome.is_ok();
                 drop(reply.send(outcome));
-                if !open {
+                if committed {
+                    // The locks ended with the transaction; the connection goes back to the
+                    // pool at once, while the request finishes.
                     drop(client);
                     while let Some(cmd) = inbox.recv().await {
                         cmd.refuse(PgError::Finished);
@@ -572,7 +573,7 @@ async fn holder(pool: Pool, mut inbox: tokio::sync::mpsc::UnboundedReceiver<Comm
     }
     // Ended without a commit (a request that wrote nothing, or failed): roll back, which
     // releases the locks. A connection that cannot is not returned to the pool.
-    if open && client.batch_execute("ROLLBACK").await.is_err() {
+    if client.batch_execute("ROLLBACK").await.is_err() {
         drop(deadpool_postgres::Object::take(client));
     }
     while let Some(cmd) = inbox.recv().await {

@@ -11,7 +11,7 @@ use mimi_rm_tests::balancer::Balancer;
 use mimi_rm_tests::common::*;
 use mimi_rm_tests::postgres::fresh_database;
 use mimi_rm_tests::tls::generate_test_ca;
-use mimi_rm_tests::{HubProcess, error_of, free_port, post_paid, post_with_ca};
+use mimi_rm_tests::{HubProcess, error_of, free_port, get_bytes, post_paid, post_with_ca};
 use std::collections::BTreeMap;
 use std::path::Path;
 use std::sync::{Arc, Mutex};
@@ -141,18 +141,7 @@ async fn processes_starting_together_on_an_empty_database_share_one_set_of_keys(
 /// What a hub serves of its keys: AS anchors, token issuer directory, OHTTP key
 /// configuration, federation verification key, VAPID key.
 async fn served_keys(h: &HubProcess) -> Vec<Vec<u8>> {
-    let http = reqwest::Client::new();
-    let get = async |path: &str| {
-        let url = format!("{}{path}", h.url());
-        http.get(url)
-            .send()
-            .await
-            .unwrap()
-            .bytes()
-            .await
-            .unwrap()
-            .to_vec()
-    };
+    let get = async |path: &str| get_bytes(None, &format!("{}{path}", h.url())).await;
     let (_, anchors) = post_with_ca(
         None,
         &h.url(),

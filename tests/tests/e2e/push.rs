@@ -215,15 +215,7 @@ fn check_push(
 /// A hub with pushes to loopback allowed, and its VAPID key as served.
 async fn push_hub(dir: &std::path::Path) -> (HubProcess, Vec<u8>) {
     let hub = hub_with_config(dir, PUSH_CONFIG);
-    let key = mimi_rm_tests::http_client(None)
-        .get(format!("{}{}", hub.url(), paths::QS_PUSH_KEY))
-        .send()
-        .await
-        .unwrap()
-        .bytes()
-        .await
-        .unwrap()
-        .to_vec();
+    let key = mimi_rm_tests::get_bytes(None, &format!("{}{}", hub.url(), paths::QS_PUSH_KEY)).await;
     assert_eq!((key.len(), key[0]), (65, 4), "an uncompressed P-256 point");
     (hub, key)
 }
