@@ -51,6 +51,8 @@ fmt:
 # share one release build of every dependency.
 # Arrival rates (application messages per second) of the load sweep; groups x members.
 LOAD_RATES ?= 200,400,600,800,1000,1500,2000
+# The same sweep with every message built before its run (the generator only sends), and beyond.
+PREBUILT_RATES ?= 400,800,1200,1600,2000,2500,3000
 LOAD_GROUPS ?= 20
 LOAD_SIZE ?= 10
 
@@ -61,6 +63,7 @@ bench: deps
 	$(CARGO) build -j$(JOBS) --release --workspace --bins
 	$(CARGO) bench -j$(JOBS) --workspace --profile release --bench ds_core --bench privacy_pass
 	bench/load.sh $(LOAD_RATES) 10 $(LOAD_GROUPS) $(LOAD_SIZE) send=100
+	PREBUILT=1 bench/load.sh $(PREBUILT_RATES) 10 $(LOAD_GROUPS) $(LOAD_SIZE) send=100
 	bench/load.sh 50,100 10 $(LOAD_GROUPS) $(LOAD_SIZE) send=90,update=5,add=5
 	bench/ohttp.sh 500
 	MIMI_PG_FSYNC=on .ci/with-postgres.sh bench/instances.sh 150,300,450 10 $(LOAD_GROUPS) $(LOAD_SIZE)

@@ -26,7 +26,9 @@ COMMANDS = {
     "test -p mimi-ds-rm": ["test", "-p", "mimi-ds-rm"],
     "build -p mimi-rm-load": ["build", "-p", "mimi-rm-load"],
 }
-BINARIES = ["ds-rm", "mimi-rm", "mimi-rm-demo", "mimi-rm-load", "hub-under-test"]
+BINARIES = [
+    "ds-rm", "mimi-rm", "mimi-rm-demo", "mimi-rm-load", "hub-under-test", "load-under-test",
+]
 
 
 def unit_graph(args):

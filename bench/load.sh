@@ -6,6 +6,9 @@
 #   bench/load.sh [RATES] [DURATION] [GROUPS] [GROUP_SIZE] [MIX]
 #   e.g. bench/load.sh 250,500,750,1000 10 20 10 send=100
 #
+# PREBUILT=1 builds every message before each measured run (`mimi-rm-load run --prebuilt`), so
+# the generator only sends while the hub is measured; it needs a send-only MIX.
+#
 # Expects target/release/ds-rm and target/release/mimi-rm-load (built by `make bench`). Results go
 # to bench/results/. Each hub gets a fresh data directory and syncs every batch (the default).
 set -euo pipefail
@@ -22,6 +25,11 @@ BIN=${CARGO_TARGET_DIR:-target}/${BIN_PROFILE:-release}
 OUT=bench/results
 mkdir -p "$OUT"
 TAG="g${NGROUPS}x${SIZE}-$(echo "$MIX" | tr ',=' '_-')"
+GENERATOR_FLAGS=()
+if [ "${PREBUILT:-0}" = 1 ]; then
+    GENERATOR_FLAGS+=(--prebuilt)
+    TAG="$TAG-prebuilt"
+fi
 for MODE in rm baseline; do
     DATA=$(mktemp -d)
     PORT=$((18000 + RANDOM % 1000))
@@ -47,7 +55,7 @@ TOML
     wait_for_hub "$PORT"
     "$BIN/mimi-rm-load" run --url "http://127.0.0.1:$PORT" --mode "$MODE" --sweep "$RATES" --hub-pid "$HUB" \
         --duration "$DURATION" --groups "$NGROUPS" --group-size "$SIZE" --mix "$MIX" \
-        --data-dir "$DATA/clients" --out "$OUT/load-$MODE-$TAG"
+        --data-dir "$DATA/clients" --out "$OUT/load-$MODE-$TAG" "${GENERATOR_FLAGS[@]}"
     kill $HUB; wait $HUB 2>/dev/null || true
     trap - EXIT
     du -sb "$DATA/db" | awk -v m="$MODE" '{print "  " m " hub data directory: " $1 " bytes"}'

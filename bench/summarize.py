@@ -94,7 +94,8 @@ if reports:
         with open(path) as f:
             r = json.load(f)
         s = r["ops"].get("send", {})
-        rows.append((r["mode"], r["mix"], r["target_rate"], r, s))
+        mix = r["mix"] + (", prebuilt" if r.get("prebuilt_in_s") is not None else "")
+        rows.append((r["mode"], mix, r["target_rate"], r, s))
     for mode, mix, rate, r, s in sorted(rows, key=lambda x: (x[1], x[0], x[2])):
         def num(v, digits=0):
             return "–" if v is None else f"{v:.{digits}f}"

@@ -12,6 +12,7 @@ mod contact;
 mod error;
 mod identity;
 mod live;
+mod prepared;
 mod provider;
 mod state;
 mod store;
@@ -27,6 +28,7 @@ pub use client::{
 pub use connections::{ConnectionOptions, ConnectionPolicy, Scope};
 pub use contact::ContactCard;
 pub use error::ClientError;
+pub use prepared::PreparedRequest;
 pub use store::seal::KdfParams;
 pub use store::{StoreOptions, WriteStats};
 pub use tokens::Wallet;

@@ -250,6 +250,30 @@ impl Wallet {
         Ok(token)
     }
 
+    /// Takes `n` tokens at once, refilling as often as needed, and deletes them from the store
+    /// in one transaction: paying for a burst of requests built ahead of time costs one write,
+    /// not one per token. As with [`Wallet::take`], a token handed out counts as spent.
+    pub async fn take_many(
+        &self,
+        http: &reqwest::Client,
+        base: &str,
+        n: usize,
+    ) -> Result<Vec<PresentedToken>, ClientError> {
+        let mut s = self.state.lock().await;
+        while s.tokens.len() < n {
+            let fresh = self.fetch_batch(http, base).await?;
+            if fresh.is_empty() {
+                return Err(ClientError::Unexpected("the issuer returned no tokens"));
+            }
+            self.stash(&mut s, fresh)?;
+        }
+        let (ids, tokens): (Vec<i64>, Vec<PresentedToken>) = s.tokens.drain(..n).unzip();
+        if let Some(store) = self.writing() {
+            store.remove(&ids)?;
+        }
+        Ok(tokens)
+    }
+
     /// Drops tokens whose key the hub no longer lists (after an expired/unknown-key answer).
     pub async fn drop_stale(
         &self,

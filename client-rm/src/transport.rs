@@ -11,7 +11,7 @@ use mimi_rm_protocol::{
     Envelope, ErrorCode, ErrorResponse, TransactionType, decode_exact, encode, oblivious, paths,
 };
 
-const MAX_RESPONSE: usize = 64 << 20;
+pub(crate) const MAX_RESPONSE: usize = 64 << 20;
 
 /// Every request body sent, by path: a wire log for debugging and for tests that replay traffic.
 pub type Recorder = std::sync::Arc<std::sync::Mutex<Vec<(String, Vec<u8>)>>>;
@@ -214,7 +214,7 @@ impl Transport {
         }
     }
 
-    async fn send(
+    pub(crate) async fn send(
         &self,
         scope: &Scope,
         path: &str,
@@ -327,21 +327,9 @@ impl Transport {
 
     /// Sends a DS request to the endpoint its operation belongs to.
     pub async fn ds(&self, req: &DsRequest) -> Result<DsResponse, ClientError> {
-        use mimi_rm_protocol::ds::DsOperation::*;
-        let (tt, path) = match req.tbs.operation {
-            WelcomeInfo(_) => (
-                TransactionType::WelcomeInformation,
-                paths::WELCOME_INFORMATION,
-            ),
-            ExternalCommitInfo => (
-                TransactionType::ExternalCommitInformation,
-                paths::EXTERNAL_COMMIT_INFORMATION,
-            ),
-            _ => (TransactionType::GroupOperation, paths::GROUP_OPERATION),
-        };
-        let body = envelope(tt, req)?;
-        let class = RateClass::of_ds(&req.tbs.operation);
-        let bytes = self.post_classed(path, body, class, ds_scope(req)).await?;
+        let (path, class, scope) = ds_route(req);
+        let body = envelope(ds_transaction(req), req)?;
+        let bytes = self.post_classed(path, body, class, scope).await?;
         decode_exact(&bytes, MAX_RESPONSE).map_err(|e| ClientError::Transport(e.to_string()))
     }
 
@@ -504,6 +492,27 @@ pub fn ds_scope(req: &DsRequest) -> Scope {
         Scope::Fresh
     } else {
         Scope::Group(req.tbs.group_id.as_slice().to_vec())
+    }
+}
+
+/// The endpoint, rate class and connection scope of a DS request.
+pub(crate) fn ds_route(req: &DsRequest) -> (&'static str, Option<RateClass>, Scope) {
+    use mimi_rm_protocol::ds::DsOperation::*;
+    let path = match req.tbs.operation {
+        WelcomeInfo(_) => paths::WELCOME_INFORMATION,
+        ExternalCommitInfo => paths::EXTERNAL_COMMIT_INFORMATION,
+        _ => paths::GROUP_OPERATION,
+    };
+    (path, RateClass::of_ds(&req.tbs.operation), ds_scope(req))
+}
+
+/// The envelope's transaction type for a DS request.
+pub(crate) fn ds_transaction(req: &DsRequest) -> TransactionType {
+    use mimi_rm_protocol::ds::DsOperation::*;
+    match req.tbs.operation {
+        WelcomeInfo(_) => TransactionType::WelcomeInformation,
+        ExternalCommitInfo => TransactionType::ExternalCommitInformation,
+        _ => TransactionType::GroupOperation,
     }
 }
 

@@ -11,6 +11,7 @@ mod latency;
 mod oblivious;
 mod plot;
 mod population;
+mod prebuilt;
 mod report;
 mod run;
 

@@ -132,6 +132,10 @@ pub struct Report {
     /// pid was given) per operation started, warm-up included, in microseconds.
     #[serde(default)]
     pub db_cpu_us_per_op: Option<f64>,
+    /// With `--prebuilt`: seconds spent building the run's messages before it started (not in
+    /// the generator's CPU figure, which covers sending only).
+    #[serde(default)]
+    pub prebuilt_in_s: Option<f64>,
     /// Per operation kind.
     pub ops: BTreeMap<Op, OpStats>,
     /// Half-second windows.
@@ -303,8 +307,12 @@ impl Report {
             .collect();
         Self {
             label: format!(
-                "{} mode, {} x {} members, {} ops/s",
-                args.mode, args.groups, args.group_size, rate
+                "{} mode, {} x {} members, {} ops/s{}",
+                args.mode,
+                args.groups,
+                args.group_size,
+                rate,
+                if args.prebuilt { ", prebuilt" } else { "" }
             ),
             mode: args.mode.to_string(),
             url: args.url.clone(),
@@ -323,6 +331,7 @@ impl Report {
             hub_cpu_us_per_op: None,
             hub_write_bytes_per_op: None,
             db_cpu_us_per_op: None,
+            prebuilt_in_s: None,
             ops,
             timeline,
         }
@@ -368,6 +377,9 @@ impl Report {
 
     /// A human-readable summary on stdout.
     pub fn print(&self) {
+        if let Some(b) = self.prebuilt_in_s {
+            println!("  prebuilt: messages built in {b:.1} s before the run");
+        }
         if let Some(d) = self.db_cpu_us_per_op {
             println!("  database: {d:.0} us CPU per op");
         }

@@ -1,6 +1,7 @@
 //! The measured phase: operations fired at a constant arrival rate (open model).
 
 use crate::population::{self, LoadGroup};
+use crate::prebuilt::{self, Arrival};
 use crate::report::{self, Op, Report, Sample};
 use crate::{LoadError, plot};
 use clap::Args;
@@ -60,6 +61,15 @@ pub struct RunArgs {
     /// it and its backends spent per operation.
     #[arg(long)]
     pub db_pid: Option<u32>,
+    /// Build every application message (MLS-encrypt, sign, pay) before each measured run and
+    /// only send during it, so the generator's own CPU stays small beside the hub's. Needs a
+    /// send-only mix; the whole run (build, warm-up, measurement) must fit in the hub's
+    /// freshness window (`--freshness-secs`).
+    #[arg(long)]
+    pub prebuilt: bool,
+    /// The hub's `freshness_window_secs`: how old a request may be when the hub reads it.
+    #[arg(long, default_value_t = 60)]
+    pub freshness_secs: u64,
     /// Where client state lives during the run (a temporary directory if absent).
     #[arg(long)]
     pub data_dir: Option<PathBuf>,
@@ -125,6 +135,13 @@ pub async fn run(args: RunArgs) -> Result<(), LoadError> {
     } else {
         args.sweep.clone()
     };
+    if args.prebuilt && (mix.update > 0 || mix.add > 0) {
+        return Err(LoadError::Setup(
+            "--prebuilt builds application messages ahead: use a send-only mix (commits \
+             depend on the epoch at the moment they are made)"
+                .into(),
+        ));
+    }
     if args.groups == 0
         || args.group_size < 2
         || rates.iter().any(|r| !r.is_finite() || *r <= 0.0)
@@ -157,6 +174,9 @@ pub async fn run(args: RunArgs) -> Result<(), LoadError> {
         let per_client = (total / (args.groups * args.group_size) as f64 * 2.0) as usize + 8;
         population::prefill(&groups, per_client).await?;
     }
+    if args.prebuilt {
+        prebuilt::prime(&groups, args.message_bytes).await?;
+    }
     let spares: Spares = Arc::new(Mutex::new(spares));
     let http = reqwest::Client::new();
     let mut reports = Vec::new();
@@ -184,6 +204,29 @@ async fn measure(
     groups: Arc<Vec<LoadGroup>>,
     spares: Spares,
 ) -> Result<Report, LoadError> {
+    let schedule = Schedule::new(args, rate);
+    let plan = if args.prebuilt {
+        let run_for = schedule.end;
+        let freshness = Duration::from_secs(args.freshness_secs);
+        let plan = prebuilt::build(
+            &groups,
+            schedule.count(),
+            args.message_bytes,
+            run_for,
+            freshness,
+        )
+        .await?;
+        println!(
+            "built {} messages in {:.1?} ({:.0} µs each)",
+            plan.arrivals.len(),
+            plan.built_in,
+            plan.built_in.as_secs_f64() * 1e6 / plan.arrivals.len().max(1) as f64
+        );
+        Some(plan)
+    } else {
+        None
+    };
+    let built_in = plan.as_ref().map(|p| p.built_in);
     let before = report::scrape_all(http, &args.url).await;
     let cpu = || {
         (
@@ -197,7 +240,8 @@ async fn measure(
     let cpu_before = cpu();
     let io_before = io();
     let db_before = db();
-    let samples = drive(args, rate, mix, groups, spares).await;
+    let arrivals = plan.map(|p| p.arrivals.into_iter());
+    let samples = drive(args, &schedule, mix, groups, spares, arrivals).await;
     let cpu_after = cpu();
     let io_after = io();
     let db_after = db();
@@ -207,6 +251,7 @@ async fn measure(
     report.set_cpu(cpu_before, cpu_after, args.warmup, wall);
     report.set_io(io_before, io_after, args.warmup);
     report.set_db_cpu(db_before, db_after, args.warmup);
+    report.prebuilt_in_s = built_in.map(|d| d.as_secs_f64());
     report.print();
     let stem = if !args.sweep.is_empty() {
         let mut s = args.out.as_os_str().to_owned();
@@ -250,17 +295,49 @@ fn tempfile_dir(args: &RunArgs) -> Result<tempfile::TempDir, LoadError> {
     })
 }
 
-/// Fires operations at their due times and collects one sample per measured operation.
+/// When the arrivals of one run are due: every `interval` from the start, warm-up first.
+struct Schedule {
+    rate: f64,
+    interval: Duration,
+    warmup: Duration,
+    end: Duration,
+}
+
+impl Schedule {
+    fn new(args: &RunArgs, rate: f64) -> Self {
+        let warmup = Duration::from_secs(args.warmup);
+        Self {
+            rate,
+            interval: Duration::from_secs_f64(1.0 / rate.max(0.001)),
+            warmup,
+            end: warmup + Duration::from_secs(args.duration),
+        }
+    }
+
+    /// The `n`-th arrival's due time, if it falls within the run.
+    fn due(&self, n: u64) -> Option<Duration> {
+        let due = self.interval.mul_f64(n as f64);
+        (due < self.end).then_some(due)
+    }
+
+    /// How many arrivals the run has.
+    fn count(&self) -> usize {
+        (0..).take_while(|n| self.due(*n).is_some()).count()
+    }
+}
+
+/// Fires operations at their due times and collects one sample per measured operation. With
+/// `prebuilt` arrivals, the `n`-th arrival sends the `n`-th prepared message instead of
+/// building an operation from the mix.
 async fn drive(
     args: &RunArgs,
-    rate: f64,
+    schedule: &Schedule,
     mix: &Mix,
     groups: Arc<Vec<LoadGroup>>,
     spares: Spares,
+    mut prebuilt: Option<std::vec::IntoIter<Arrival>>,
 ) -> Vec<Sample> {
-    let interval = Duration::from_secs_f64(1.0 / rate.max(0.001));
-    let warmup = Duration::from_secs(args.warmup);
-    let end = warmup + Duration::from_secs(args.duration);
+    let (rate, warmup, end) = (schedule.rate, schedule.warmup, schedule.end);
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<Sample>();
     let in_flight = Arc::new(tokio::sync::Semaphore::new(args.max_in_flight));
     let pb = ProgressBar::new(end.as_secs());
@@ -274,16 +351,17 @@ async fn drive(
     let mut rng = rand::thread_rng();
     let mut dropped = 0u64;
     let mut n = 0u64;
-    loop {
-        let due = interval.mul_f64(n as f64);
-        if due >= end {
-            break;
-        }
+    while let Some(due) = schedule.due(n) {
         n += 1;
         tokio::time::sleep_until((start + due).into()).await;
         pb.set_position(start.elapsed().as_secs().min(end.as_secs()));
         let measured = due >= warmup;
-        let op = mix.pick(rng.r#gen());
+        let arrival = prebuilt.as_mut().and_then(Iterator::next);
+        let op = if prebuilt.is_some() {
+            Op::Send
+        } else {
+            mix.pick(rng.r#gen())
+        };
         let g = rng.gen_range(0..groups.len());
         let Ok(permit) = in_flight.clone().try_acquire_owned() else {
             if measured {
@@ -292,6 +370,34 @@ async fn drive(
             }
             continue;
         };
+        if let Some(Arrival { transport, request }) = arrival {
+            let tx = tx.clone();
+            tokio::spawn(async move {
+                let result = transport
+                    .send_prepared(request)
+                    .await
+                    .map(|_| ())
+                    .map_err(|e| e.to_string());
+                let latency = start.elapsed().saturating_sub(due);
+                drop(permit);
+                if measured {
+                    let _ = tx.send(Sample::done(op, due - warmup, latency, result));
+                }
+            });
+            continue;
+        }
+        if prebuilt.is_some() {
+            // Fewer prepared messages than arrivals: counted, never sent unpaid or unsigned.
+            if measured {
+                let _ = tx.send(Sample::done(
+                    op,
+                    due - warmup,
+                    Duration::ZERO,
+                    Err("no prepared message left".into()),
+                ));
+            }
+            continue;
+        }
         let member = rng.gen_range(0..groups[g].members.len());
         let (groups, spares, tx) = (groups.clone(), spares.clone(), tx.clone());
         let bytes = args.message_bytes;

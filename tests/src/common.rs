@@ -63,6 +63,11 @@ pub fn cli_binary() -> PathBuf {
     package_binary("mimi-rm-under-test")
 }
 
+/// The `load-under-test` executable (the `mimi-rm-load` generator).
+pub fn load_binary() -> PathBuf {
+    package_binary("load-under-test")
+}
+
 /// Starts a real hub process in `dir`.
 pub fn hub(dir: &Path) -> HubProcess {
     hub_with_config(dir, "")

@@ -214,10 +214,16 @@ impl HubProcess {
             }
             None => String::new(),
         };
+        // A test that sets its own freshness window (a top-level key) replaces this one.
+        let freshness = if extra_config.contains("freshness_window_secs") {
+            ""
+        } else {
+            "freshness_window_secs = 60\n"
+        };
         std::fs::write(
             &config,
             format!(
-                "domain = \"{domain}\"\nmax_body_bytes = {max_body}\nfreshness_window_secs = 60\n{storage}{extra_config}\n"
+                "domain = \"{domain}\"\nmax_body_bytes = {max_body}\n{freshness}{storage}{extra_config}\n"
             ),
         )
         .expect("write config");

@@ -113,6 +113,12 @@ impl Client {
         if !pending {
             return Ok(plan);
         }
+        if self.state.mode == DsMode::Baseline {
+            // No group credential keys, and the joiners' leaves carry their credentials in the
+            // clear: nothing to re-wrap.
+            self.commit_once(group, Plan::Update).await?;
+            return Ok(plan);
+        }
         let (old_ck, old_wk) = group_keys(self.meta(group)?)?;
         self.commit_once(group, Plan::Update).await?;
         let (new_ck, new_wk) = group_keys(self.meta(group)?)?;

@@ -19,6 +19,39 @@ impl Client {
         self.send_framed(group, &framed).await
     }
 
+    /// Encrypts, signs and (where the hub wants tokens) pays for one application message per
+    /// entry of `plaintexts`, to be sent later with [`crate::Transport::send_prepared`], in order
+    /// and within the hub's freshness window. The message keys are used up here: the state is
+    /// persisted once for the whole batch, before any of them can reach the hub. For load
+    /// generation and batch senders; an app sends with [`Client::send`], which retries and
+    /// catches up.
+    pub async fn prepare_messages<'a>(
+        &mut self,
+        group: &GroupHandle,
+        plaintexts: impl IntoIterator<Item = &'a [u8]>,
+    ) -> Result<Vec<crate::PreparedRequest>, ClientError> {
+        let (signer, mut mls, ear_key) = self.member(group)?;
+        let mut requests = Vec::new();
+        for plaintext in plaintexts {
+            let mut framed = Vec::with_capacity(plaintext.len() + 1);
+            framed.push(CONTENT_USER);
+            framed.extend_from_slice(plaintext);
+            let msg = mls
+                .create_message(&self.provider, &signer, &framed)
+                .map_err(ClientError::mls)?
+                .to_bytes()
+                .map_err(ClientError::mls)?;
+            requests.push(self.member_request(
+                &mls,
+                &ear_key,
+                &signer,
+                DsOperation::SendMessage(msg.into()),
+            )?);
+        }
+        self.persist()?;
+        self.transport.prepare_ds(requests).await
+    }
+
     /// Sends an already framed application message, catching up when the group moved on (a
     /// newer epoch, or a rotated EAR key announced in our queue).
     pub(super) async fn send_framed(

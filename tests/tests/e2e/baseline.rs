@@ -160,3 +160,54 @@ async fn baseline_limits_requests_per_client_identity() {
         assert!(sent >= 4, "{sent} requests accepted");
     }
 }
+
+/// An add while a removal is pending first commits the removal, then the add. In RM mode the
+/// joiner's credential material is re-wrapped under the keys that commit rotated; a baseline
+/// group has no such keys or material, and the add must go through all the same.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_add_behind_a_pending_removal_goes_through_in_baseline_mode() {
+    let dir = tempfile::tempdir().unwrap();
+    let hub = baseline_hub(dir.path(), "");
+    let mut clients = Vec::new();
+    for name in ["alice", "bob", "carol", "dave"] {
+        clients.push(
+            Client::register_in_mode(
+                &dir.path().join(name),
+                &hub.url(),
+                name,
+                None,
+                DsMode::Baseline,
+            )
+            .await
+            .unwrap(),
+        );
+    }
+    let [mut alice, mut bob, mut carol, mut dave] = <[Client; 4]>::try_from(clients).ok().unwrap();
+    let g = group_of(&mut alice, &mut [&mut bob, &mut carol]).await;
+    bob.receive().await.unwrap();
+
+    // Carol's queue goes; the hub proposes her removal on the next request after the fan-out.
+    carol.delete_queue().await.unwrap();
+    alice.send(&g, b"one").await.unwrap();
+    alice.send(&g, b"two").await.unwrap();
+    assert!(
+        bob.receive()
+            .await
+            .unwrap()
+            .contains(&Event::Proposal { group: g.clone() }),
+        "the hub proposed carol's removal"
+    );
+
+    dave.add_contact(&alice.contact_card().unwrap()).unwrap();
+    alice
+        .invite(&g, &dave.contact_card().unwrap())
+        .await
+        .unwrap();
+    assert_eq!(alice.members(&g).unwrap().len(), 3, "carol out, dave in");
+    dave.receive().await.unwrap();
+    assert_eq!(dave.members(&g).unwrap().len(), 3);
+    bob.receive().await.unwrap();
+    assert_eq!(bob.members(&g).unwrap().len(), 3);
+    alice.send(&g, b"welcome dave").await.unwrap();
+    assert!(messages(&dave.receive().await.unwrap()).contains(&b"welcome dave".to_vec()));
+}

@@ -29,6 +29,7 @@ mod lifecycle;
 mod limits;
 mod live;
 mod live_operator;
+mod load_generator;
 mod logs;
 mod mangled;
 mod membership;
@@ -51,7 +52,7 @@ mod tls;
 /// `CARGO_BIN_EXE_*` variables.
 #[test]
 fn the_library_runs_the_binaries_cargo_built() {
-    use mimi_rm_tests::common::{beside_test_executable, cli_binary, hub_binary};
+    use mimi_rm_tests::common::{beside_test_executable, cli_binary, hub_binary, load_binary};
     use std::path::Path;
     for (name, found, built) in [
         (
@@ -63,6 +64,11 @@ fn the_library_runs_the_binaries_cargo_built() {
             "mimi-rm-under-test",
             cli_binary(),
             Path::new(env!("CARGO_BIN_EXE_mimi-rm-under-test")),
+        ),
+        (
+            "load-under-test",
+            load_binary(),
+            Path::new(env!("CARGO_BIN_EXE_load-under-test")),
         ),
     ] {
         assert_eq!(found, built);
