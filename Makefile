@@ -66,7 +66,7 @@ bench: deps
 	PREBUILT=1 bench/load.sh $(PREBUILT_RATES) 10 $(LOAD_GROUPS) $(LOAD_SIZE) send=100
 	bench/load.sh 50,100 10 $(LOAD_GROUPS) $(LOAD_SIZE) send=90,update=5,add=5
 	bench/ohttp.sh 500
-	MIMI_PG_FSYNC=on .ci/with-postgres.sh bench/instances.sh 150,300,450 10 $(LOAD_GROUPS) $(LOAD_SIZE)
+	MIMI_PG_FSYNC=on PREBUILT=1 .ci/with-postgres.sh bench/instances.sh 150,300,450,600 10 $(LOAD_GROUPS) $(LOAD_SIZE)
 	python3 bench/summarize.py
 
 # Seconds per fuzz target; `make fuzz FUZZ_SECONDS=600` for a longer run. Not part of CI (time).

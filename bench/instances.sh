@@ -6,6 +6,9 @@
 #
 #   bench/instances.sh [RATES] [DURATION] [GROUPS] [GROUP_SIZE]
 #
+# PREBUILT=1 builds every message before each measured run (`mimi-rm-load run --prebuilt`), so
+# the generator only sends while the hubs are measured (reports: instances-prebuilt-*).
+#
 # Reports go to bench/results/instances-*.json: hub CPU per message (all processes together),
 # database CPU per message (the postmaster and its backends), throughput and latency.
 set -euo pipefail
@@ -23,6 +26,12 @@ mkdir -p "$OUT"
 PSQL=("$MIMI_TEST_PG_BIN/psql" -h "$MIMI_TEST_PG_HOST" -p "$MIMI_TEST_PG_PORT" -U "$MIMI_TEST_PG_USER" -qAt)
 POSTMASTER=$(head -n 1 "$("${PSQL[@]}" -d postgres -c 'SHOW data_directory')/postmaster.pid")
 ulimit -n 65536 2>/dev/null || true
+GENERATOR_FLAGS=()
+PREFIX=instances
+if [ "${PREBUILT:-0}" = 1 ]; then
+    GENERATOR_FLAGS+=(--prebuilt)
+    PREFIX=instances-prebuilt
+fi
 
 # run NAME STORAGE INSTANCES
 run() {
@@ -59,7 +68,7 @@ TOML
     done
     "$BIN/mimi-rm-load" run --url "$urls" --sweep "$RATES" --hub-pid "$pids" "${db_arg[@]}" \
         --duration "$DURATION" --groups "$NGROUPS" --group-size "$SIZE" --mix send=100 \
-        --data-dir "$data/clients" --out "$OUT/instances-$name"
+        --data-dir "$data/clients" --out "$OUT/$PREFIX-$name" "${GENERATOR_FLAGS[@]}"
     kill ${pids//,/ } 2>/dev/null || true
     wait 2>/dev/null || true
     trap - EXIT
