@@ -211,12 +211,23 @@ impl Wallet {
         n: usize,
     ) -> Result<(), ClientError> {
         let mut s = self.state.lock().await;
+        self.fill_to(&mut s, http, base, n).await
+    }
+
+    /// Fetches batches into `s` until it holds at least `n` tokens.
+    async fn fill_to(
+        &self,
+        s: &mut State,
+        http: &reqwest::Client,
+        base: &str,
+        n: usize,
+    ) -> Result<(), ClientError> {
         while s.tokens.len() < n {
             let fresh = self.fetch_batch(http, base).await?;
             if fresh.is_empty() {
                 return Err(ClientError::Unexpected("the issuer returned no tokens"));
             }
-            self.stash(&mut s, fresh)?;
+            self.stash(s, fresh)?;
         }
         Ok(())
     }
@@ -260,13 +271,7 @@ impl Wallet {
         n: usize,
     ) -> Result<Vec<PresentedToken>, ClientError> {
         let mut s = self.state.lock().await;
-        while s.tokens.len() < n {
-            let fresh = self.fetch_batch(http, base).await?;
-            if fresh.is_empty() {
-                return Err(ClientError::Unexpected("the issuer returned no tokens"));
-            }
-            self.stash(&mut s, fresh)?;
-        }
+        self.fill_to(&mut s, http, base, n).await?;
         let (ids, tokens): (Vec<i64>, Vec<PresentedToken>) = s.tokens.drain(..n).unzip();
         if let Some(store) = self.writing() {
             store.remove(&ids)?;

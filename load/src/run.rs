@@ -67,6 +67,10 @@ pub struct RunArgs {
     /// freshness window (`--freshness-secs`).
     #[arg(long)]
     pub prebuilt: bool,
+    /// Seconds an operation may take before it counts as failed ("timed out"): a connection
+    /// the hub never answers must not hold the run's end forever.
+    #[arg(long, default_value_t = 30)]
+    pub op_timeout_secs: u64,
     /// The hub's `freshness_window_secs`: how old a request may be when the hub reads it.
     #[arg(long, default_value_t = 60)]
     pub freshness_secs: u64,
@@ -178,7 +182,12 @@ pub async fn run(args: RunArgs) -> Result<(), LoadError> {
         prebuilt::prime(&groups, args.message_bytes).await?;
     }
     let spares: Spares = Arc::new(Mutex::new(spares));
-    let http = reqwest::Client::new();
+    // For the hub's /metrics: a hub that stopped answering leaves its counters out of the
+    // report instead of holding the run forever.
+    let http = reqwest::Client::builder()
+        .timeout(Duration::from_secs(args.op_timeout_secs.max(1)))
+        .build()
+        .map_err(|e| LoadError::Setup(e.to_string()))?;
     let mut reports = Vec::new();
     for &rate in &rates {
         let report = measure(&args, &http, rate, &mix, groups.clone(), spares.clone()).await?;
@@ -338,6 +347,7 @@ async fn drive(
     mut prebuilt: Option<std::vec::IntoIter<Arrival>>,
 ) -> Vec<Sample> {
     let (rate, warmup, end) = (schedule.rate, schedule.warmup, schedule.end);
+    let limit = Duration::from_secs(args.op_timeout_secs.max(1));
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<Sample>();
     let in_flight = Arc::new(tokio::sync::Semaphore::new(args.max_in_flight));
     let pb = ProgressBar::new(end.as_secs());
@@ -373,11 +383,14 @@ async fn drive(
         if let Some(Arrival { transport, request }) = arrival {
             let tx = tx.clone();
             tokio::spawn(async move {
-                let result = transport
-                    .send_prepared(request)
-                    .await
-                    .map(|_| ())
-                    .map_err(|e| e.to_string());
+                let send = async {
+                    transport
+                        .send_prepared(request)
+                        .await
+                        .map(|_| ())
+                        .map_err(|e| e.to_string())
+                };
+                let result = bounded(limit, send).await;
                 let latency = start.elapsed().saturating_sub(due);
                 drop(permit);
                 if measured {
@@ -402,7 +415,7 @@ async fn drive(
         let (groups, spares, tx) = (groups.clone(), spares.clone(), tx.clone());
         let bytes = args.message_bytes;
         tokio::spawn(async move {
-            let result = perform(op, &groups[g], member, &spares, bytes).await;
+            let result = bounded(limit, perform(op, &groups[g], member, &spares, bytes)).await;
             let latency = start.elapsed().saturating_sub(due);
             drop(permit);
             if measured {
@@ -421,6 +434,16 @@ async fn drive(
         eprintln!("{dropped} arrivals dropped: more than --max-in-flight operations were pending");
     }
     samples
+}
+
+/// `op`'s result, or an error once it has run for `limit`.
+async fn bounded(
+    limit: Duration,
+    op: impl std::future::Future<Output = Result<(), String>>,
+) -> Result<(), String> {
+    tokio::time::timeout(limit, op)
+        .await
+        .unwrap_or_else(|_| Err(format!("timed out after {limit:?}")))
 }
 
 /// How often a commit is retried after losing the race for its epoch.

@@ -422,6 +422,11 @@ impl HubProcess {
         .unwrap_or(false)
     }
 
+    /// The running hub's process id (to pause it with SIGSTOP, as a hub that stops answering).
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(std::process::Child::id)
+    }
+
     /// Base URL: `https://…` when the hub serves TLS, `http://…` otherwise.
     pub fn url(&self) -> String {
         let scheme = if self.ca_pem.is_some() {

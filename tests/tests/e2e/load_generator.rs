@@ -8,8 +8,9 @@ use mimi_rm_tests::common::*;
 use std::path::Path;
 use std::process::Output;
 
-/// Runs `mimi-rm-load run` against `url` with a small population and `extra` arguments.
-fn run_load(url: &str, dir: &Path, extra: &[&str]) -> Output {
+/// Runs `mimi-rm-load run` against `url` with a small population and `extra` arguments
+/// (separated by spaces).
+fn run_load(url: &str, dir: &Path, extra: &str) -> Output {
     std::fs::create_dir_all(dir).unwrap();
     std::process::Command::new(load_binary())
         .args(["run", "--url", url, "--groups", "2", "--group-size", "3"])
@@ -17,7 +18,7 @@ fn run_load(url: &str, dir: &Path, extra: &[&str]) -> Output {
         .arg(dir.join("clients"))
         .arg("--out")
         .arg(dir.join("load"))
-        .args(extra)
+        .args(extra.split_whitespace())
         .output()
         .expect("run mimi-rm-load")
 }
@@ -114,19 +115,7 @@ async fn the_generator_sends_prebuilt_messages_and_counts_what_the_hub_refuses()
 
     // 2 groups x 3 members, 1 s of warm-up and 2 s measured at 20/s: 60 messages built ahead.
     let run = dir.path().join("run");
-    let out = run_load(
-        &url,
-        &run,
-        &[
-            "--rate",
-            "20",
-            "--warmup",
-            "1",
-            "--duration",
-            "2",
-            "--prebuilt",
-        ],
-    );
+    let out = run_load(&url, &run, "--rate 20 --warmup 1 --duration 2 --prebuilt");
     assert!(out.status.success(), "{}", text(&out));
     assert!(text(&out).contains("built 60 messages"), "{}", text(&out));
     let r = report(&run);
@@ -146,7 +135,7 @@ async fn the_generator_sends_prebuilt_messages_and_counts_what_the_hub_refuses()
     let out = run_load(
         &url,
         &dir.path().join("mixed"),
-        &["--prebuilt", "--mix", "send=90,update=10"],
+        "--prebuilt --mix send=90,update=10",
     );
     assert!(!out.status.success());
     assert!(text(&out).contains("send-only mix"), "{}", text(&out));
@@ -165,17 +154,7 @@ async fn a_run_longer_than_the_freshness_window_is_refused_or_counted_as_errors(
     let out = run_load(
         &url,
         &told,
-        &[
-            "--rate",
-            "10",
-            "--warmup",
-            "1",
-            "--duration",
-            "4",
-            "--prebuilt",
-            "--freshness-secs",
-            "3",
-        ],
+        "--rate 10 --warmup 1 --duration 4 --prebuilt --freshness-secs 3",
     );
     let out_text = text(&out);
     assert!(!out.status.success(), "{out_text}");
@@ -187,21 +166,86 @@ async fn a_run_longer_than_the_freshness_window_is_refused_or_counted_as_errors(
     let out = run_load(
         &url,
         &misinformed,
-        &[
-            "--rate",
-            "10",
-            "--warmup",
-            "1",
-            "--duration",
-            "5",
-            "--prebuilt",
-            "--freshness-secs",
-            "60",
-        ],
+        "--rate 10 --warmup 1 --duration 5 --prebuilt --freshness-secs 60",
     );
     assert!(out.status.success(), "{}", text(&out));
     let r = report(&misinformed);
     let errors = r["ops"]["send"]["errors"].as_u64().unwrap();
     assert!(errors >= 10, "the last seconds' messages were stale: {r}");
     assert!(errors < 50, "the first seconds' messages were fresh: {r}");
+}
+
+/// A hub that stops answering mid-run (SIGSTOP after the messages are built) must not hold the
+/// generator forever: every operation fails as timed out and the run still reports.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn operations_the_hub_never_answers_time_out_and_the_run_still_reports() {
+    use std::io::BufRead as _;
+    let dir = tempfile::tempdir().unwrap();
+    let hub_dir = dir.path().join("hub");
+    std::fs::create_dir_all(&hub_dir).unwrap();
+    let hub = hub(&hub_dir);
+    let pid = hub.pid().expect("the hub runs").to_string();
+    let run = dir.path().join("run");
+    std::fs::create_dir_all(&run).unwrap();
+    let mut child = std::process::Command::new(load_binary())
+        .args([
+            "run",
+            "--url",
+            &hub.url(),
+            "--groups",
+            "2",
+            "--group-size",
+            "3",
+        ])
+        .args("--rate 10 --warmup 1 --duration 2 --prebuilt --op-timeout-secs 2".split(' '))
+        .arg("--data-dir")
+        .arg(run.join("clients"))
+        .arg("--out")
+        .arg(run.join("load"))
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stdout = std::io::BufReader::new(child.stdout.take().unwrap());
+    let mut lines = stdout.lines();
+    // Built: the population exists and nothing more needs the hub's setup paths.
+    assert!(
+        lines
+            .by_ref()
+            .map_while(Result::ok)
+            .any(|l| l.starts_with("built ")),
+        "the generator built its messages"
+    );
+    let signal = |sig: &str| {
+        std::process::Command::new("kill")
+            .args([sig, &pid])
+            .status()
+            .unwrap()
+    };
+    assert!(signal("-STOP").success());
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break Some(status);
+        }
+        if std::time::Instant::now() > deadline {
+            let _ = child.kill();
+            break None;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    };
+    assert!(signal("-CONT").success());
+    let status = status.expect("the generator finished instead of waiting forever");
+    assert!(status.success());
+    let r = report(&run);
+    let send = &r["ops"]["send"];
+    assert_eq!(send["count"], 20, "{r}");
+    assert_eq!(send["errors"], 20, "no answer, no success: {r}");
+    assert!(
+        send["error_kinds"]
+            .as_object()
+            .unwrap()
+            .keys()
+            .any(|k| k.contains("timed out")),
+        "{r}"
+    );
 }

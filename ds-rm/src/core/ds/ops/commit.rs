@@ -346,7 +346,10 @@ impl LoadedGroup {
         }
         // Joiners' leaves are known only after the merge: count them here, check them there.
         expected.sort_unstable();
-        let (old, new): (Vec<u32>, Vec<u32>) = given.iter().partition(|l| expected.contains(l));
+        // Both sorted: a binary search per leaf, not a scan (10,000 members made this 10^8).
+        let (old, new): (Vec<u32>, Vec<u32>) = given
+            .iter()
+            .partition(|l| expected.binary_search(l).is_ok());
         if old != expected || new.len() != c.adds.len() {
             return Err(HubError::Group(GroupError::RotationRequired(
                 "re-wrapped credentials must cover exactly the leaves after the commit",
