@@ -29,8 +29,8 @@ impl PreparedRequest {
         self.timestamp_ms
     }
 
-    /// Whether a token was attached (the hub asked this client's tokens for the request's
-    /// rate class before).
+    /// Whether a token was attached: the wallet has seen the hub ask for tokens for the
+    /// request's rate class (a prepared request is never retried with one).
     pub fn is_paid(&self) -> bool {
         self.token.is_some()
     }
