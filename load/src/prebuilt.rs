@@ -56,7 +56,8 @@ pub async fn prime(groups: &[LoadGroup], bytes: usize) -> Result<(), LoadError> 
 
 /// Picks a random member for each of `count` arrivals and builds its message. Each member
 /// builds its share in one batch (one state write, one wallet write), members in parallel.
-/// Fails when building plus `run_for` would not fit in `freshness`.
+/// Fails when building plus `run_for` (the run and the longest a send may wait) would not fit
+/// in `freshness`.
 pub async fn build(
     groups: &[LoadGroup],
     count: usize,

@@ -67,8 +67,10 @@ pub struct RunArgs {
     /// freshness window (`--freshness-secs`).
     #[arg(long)]
     pub prebuilt: bool,
-    /// Seconds an operation may take before it counts as failed ("timed out"): a connection
-    /// the hub never answers must not hold the run's end forever.
+    /// Seconds a prebuilt send (and a read of the hub's /metrics) may take before it counts as
+    /// failed ("timed out"): a connection the hub never answers must not hold the run's end
+    /// forever. Live operations are not cut short (a commit cancelled while it waits would
+    /// leave its pending commit behind).
     #[arg(long, default_value_t = 30)]
     pub op_timeout_secs: u64,
     /// The hub's `freshness_window_secs`: how old a request may be when the hub reads it.
@@ -215,7 +217,8 @@ async fn measure(
 ) -> Result<Report, LoadError> {
     let schedule = Schedule::new(args, rate);
     let plan = if args.prebuilt {
-        let run_for = schedule.end;
+        // The last send may wait up to the timeout before the hub reads it.
+        let run_for = schedule.end + Duration::from_secs(args.op_timeout_secs.max(1));
         let freshness = Duration::from_secs(args.freshness_secs);
         let plan = prebuilt::build(
             &groups,
@@ -415,7 +418,9 @@ async fn drive(
         let (groups, spares, tx) = (groups.clone(), spares.clone(), tx.clone());
         let bytes = args.message_bytes;
         tokio::spawn(async move {
-            let result = bounded(limit, perform(op, &groups[g], member, &spares, bytes)).await;
+            // Unbounded: cancelling a commit while it waits for the hub would leave the member's
+            // pending commit behind; the client's own retries end a live operation.
+            let result = perform(op, &groups[g], member, &spares, bytes).await;
             let latency = start.elapsed().saturating_sub(due);
             drop(permit);
             if measured {

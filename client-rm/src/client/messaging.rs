@@ -20,8 +20,8 @@ impl Client {
     }
 
     /// Encrypts, signs and (where the hub wants tokens) pays for one application message per
-    /// entry of `plaintexts`, to be sent later with [`crate::Transport::send_prepared`], in order
-    /// and within the hub's freshness window. The message keys are used up here: the state is
+    /// entry of `plaintexts`, to be sent later with [`crate::Transport::send_prepared`] within
+    /// the hub's freshness window (in any order: recipients decrypt out of order). The message keys are used up here: the state is
     /// persisted once for the whole batch, before any of them can reach the hub. For load
     /// generation and batch senders; an app sends with [`Client::send`], which retries and
     /// catches up.
