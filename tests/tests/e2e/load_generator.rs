@@ -4,23 +4,37 @@
 //! window, and the generator counts such refusals instead of hiding them.
 
 use mimi_rm_protocol::ErrorCode;
+use mimi_rm_tests::HubProcess;
 use mimi_rm_tests::common::*;
 use std::path::Path;
-use std::process::Output;
+use std::process::{Command, Output};
 
-/// Runs `mimi-rm-load run` against `url` with a small population and `extra` arguments
-/// (separated by spaces).
-fn run_load(url: &str, dir: &Path, extra: &str) -> Output {
+/// `mimi-rm-load run` against `url` with a small population, its clients and report under
+/// `dir`, and `extra` arguments (separated by spaces).
+fn load_command(url: &str, dir: &Path, extra: &str) -> Command {
     std::fs::create_dir_all(dir).unwrap();
-    std::process::Command::new(load_binary())
-        .args(["run", "--url", url, "--groups", "2", "--group-size", "3"])
+    let mut cmd = Command::new(load_binary());
+    cmd.args(["run", "--url", url, "--groups", "2", "--group-size", "3"])
         .arg("--data-dir")
         .arg(dir.join("clients"))
         .arg("--out")
         .arg(dir.join("load"))
-        .args(extra.split_whitespace())
+        .args(extra.split_whitespace());
+    cmd
+}
+
+/// Runs [`load_command`] to completion.
+fn run_load(url: &str, dir: &Path, extra: &str) -> Output {
+    load_command(url, dir, extra)
         .output()
         .expect("run mimi-rm-load")
+}
+
+/// A hub in `dir/hub` with `extra_config`, beside the generator's directories.
+fn hub_in(dir: &Path, extra_config: &str) -> HubProcess {
+    let hub_dir = dir.join("hub");
+    std::fs::create_dir_all(&hub_dir).unwrap();
+    hub_with_config(&hub_dir, extra_config)
 }
 
 /// The report `run_load` wrote.
@@ -107,9 +121,7 @@ async fn prepared_messages_are_paid_delivered_once_in_order_and_refused_when_sta
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_generator_sends_prebuilt_messages_and_counts_what_the_hub_refuses() {
     let dir = tempfile::tempdir().unwrap();
-    let hub_dir = dir.path().join("hub");
-    std::fs::create_dir_all(&hub_dir).unwrap();
-    let hub = hub(&hub_dir);
+    let hub = hub_in(dir.path(), "");
     let url = hub.url();
     let enqueued = metric(&hub, "mimi_messages_enqueued").await;
 
@@ -144,9 +156,7 @@ async fn the_generator_sends_prebuilt_messages_and_counts_what_the_hub_refuses()
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_run_longer_than_the_freshness_window_is_refused_or_counted_as_errors() {
     let dir = tempfile::tempdir().unwrap();
-    let hub_dir = dir.path().join("hub");
-    std::fs::create_dir_all(&hub_dir).unwrap();
-    let hub = hub_with_config(&hub_dir, "freshness_window_secs = 5\n");
+    let hub = hub_in(dir.path(), "freshness_window_secs = 5\n");
     let url = hub.url();
 
     // Told the window, the generator refuses a run that cannot fit in it.
@@ -182,30 +192,17 @@ async fn a_run_longer_than_the_freshness_window_is_refused_or_counted_as_errors(
 async fn operations_the_hub_never_answers_time_out_and_the_run_still_reports() {
     use std::io::BufRead as _;
     let dir = tempfile::tempdir().unwrap();
-    let hub_dir = dir.path().join("hub");
-    std::fs::create_dir_all(&hub_dir).unwrap();
-    let hub = hub(&hub_dir);
+    let hub = hub_in(dir.path(), "");
     let pid = hub.pid().expect("the hub runs").to_string();
     let run = dir.path().join("run");
-    std::fs::create_dir_all(&run).unwrap();
-    let mut child = std::process::Command::new(load_binary())
-        .args([
-            "run",
-            "--url",
-            &hub.url(),
-            "--groups",
-            "2",
-            "--group-size",
-            "3",
-        ])
-        .args("--rate 10 --warmup 3 --duration 2 --prebuilt --op-timeout-secs 2".split(' '))
-        .arg("--data-dir")
-        .arg(run.join("clients"))
-        .arg("--out")
-        .arg(run.join("load"))
-        .stdout(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
+    let mut child = load_command(
+        &hub.url(),
+        &run,
+        "--rate 10 --warmup 3 --duration 2 --prebuilt --op-timeout-secs 2",
+    )
+    .stdout(std::process::Stdio::piped())
+    .spawn()
+    .unwrap();
     let stdout = std::io::BufReader::new(child.stdout.take().unwrap());
     let mut lines = stdout.lines();
     // Built: the population exists and nothing more needs the hub's setup paths.
