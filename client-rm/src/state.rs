@@ -128,6 +128,10 @@ pub struct ClientState {
     /// Messages received since the last queue rekey.
     #[serde(default)]
     pub received_since_rekey: u64,
+    /// Hex `id ‖ ticket` of stored messages whose queue entries we consumed, released with our
+    /// next dequeue (kept until one was answered, so a crash releases them later).
+    #[serde(default)]
+    pub pending_releases: Vec<String>,
     /// Whether one of our commits moved us to a new epoch since we last read our whole queue
     /// (then the next commit reads the queue first).
     #[serde(default)]

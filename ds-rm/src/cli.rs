@@ -199,8 +199,9 @@ fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
             store.scrub()?;
             println!(
                 "expired {} groups and {} queued messages idle for {idle_months}+ months, \
-                 and {} revocation entries of expired credentials",
-                done.groups, done.queued_messages, done.revocations
+                 {} stored messages older than that, and {} revocation entries of expired \
+                 credentials",
+                done.groups, done.queued_messages, done.stored_messages, done.revocations
             );
             Ok(())
         }

@@ -79,6 +79,10 @@ pub struct Config {
     /// Most undelivered messages one queue holds; messages for a full queue are dropped and
     /// counted, so a client that stopped fetching cannot fill the disk.
     pub max_queue_length: u64,
+    /// Messages at least this long (encoded) fanned out to two or more local queues — large
+    /// commits — are stored once, each queue getting a small reference, so a commit to N
+    /// members writes O(N) bytes rather than O(N²). 0 stores every shared message once.
+    pub store_once_min_bytes: usize,
     /// Length of an OHTTP gateway key epoch in seconds (default a day): the gateway takes a
     /// new key each epoch, still opens the previous one, and deletes older seeds, so a seized
     /// disk opens no relayed request recorded two epochs before.
@@ -226,6 +230,7 @@ impl Default for Config {
             welcome_tree_ttl_secs: 14 * 24 * 60 * 60,
             max_messages_per_fetch: 500,
             max_queue_length: 10_000,
+            store_once_min_bytes: 1024,
             request_timeout_secs: 30,
             header_read_timeout_secs: 10,
             max_connections: 4096,
@@ -295,6 +300,9 @@ impl Config {
             request_timeout_ms: self.request_timeout_secs.saturating_mul(1000),
             max_messages_per_fetch: self.max_messages_per_fetch,
             max_queue_length: self.max_queue_length,
+            store_once: crate::core::stored::StoreOncePolicy {
+                min_bytes: self.store_once_min_bytes,
+            },
             mode: self.mode,
             identity_requests_per_minute: self.baseline_requests_per_minute,
             invite_only: self.registration == Registration::Invite,

@@ -18,6 +18,9 @@ pub struct Expired {
     pub queued_messages: usize,
     /// Revocation-list entries dropped because every credential they covered has expired.
     pub revocations: usize,
+    /// Messages stored once whose tickets never all came back (their recipients stopped
+    /// fetching or deleted their queues).
+    pub stored_messages: usize,
 }
 
 /// Deletes groups whose state has not changed, and queued messages of clients that have not
@@ -59,6 +62,7 @@ pub fn expire(store: &dyn Store, idle_months: u32, now_ms: u64) -> Result<Expire
             .next_seq();
         txn.put_record(&id, &record)?;
     }
+    out.stored_messages = crate::core::stored::expire(store, &mut txn, cutoff)?;
     txn.commit()?;
     out.revocations = crate::core::auth::prune_revocations(store, now_ms / 1000)?;
     Ok(out)

@@ -348,8 +348,20 @@ fn qs_operation() -> impl Strategy<Value = QsOperation> {
             })
         }),
         bytes().prop_map(QsOperation::FetchAddPackages),
-        (any::<u64>(), any::<u32>())
-            .prop_map(|(ack_below, max)| QsOperation::Dequeue(Dequeue { ack_below, max })),
+        (
+            any::<u64>(),
+            any::<u32>(),
+            vec(any::<([u8; 16], [u8; 16])>(), 0..3)
+        )
+            .prop_map(|(ack_below, max, r)| QsOperation::Dequeue(Dequeue {
+                ack_below,
+                max,
+                release: r
+                    .into_iter()
+                    .map(|(id, ticket)| StoredTicket { id, ticket })
+                    .collect(),
+            })),
+        vec(any::<[u8; 16]>(), 0..3).prop_map(QsOperation::FetchStored),
     ]
 }
 
@@ -407,6 +419,8 @@ fn queue_message() -> impl Strategy<Value = QueueMessage> {
                 attribution,
             })
         }),
+        any::<([u8; 16], [u8; 32], [u8; 16])>()
+            .prop_map(|(id, key, ticket)| QueueMessage::Stored(StoredRef { id, key, ticket })),
     ]
 }
 

@@ -73,6 +73,28 @@ pub struct Dequeue {
     pub ack_below: u64,
     /// At most this many messages (capped by the server).
     pub max: u32,
+    /// Tickets of stored messages whose queue entries this request acknowledges, released in
+    /// the same transaction as the acknowledgement. Releasing an unknown or already released
+    /// ticket does nothing, so a repeated request is harmless.
+    pub release: Vec<StoredTicket>,
+}
+
+/// A recipient's release of a stored message (see `QueueMessage::Stored`).
+#[derive(Debug, Clone, PartialEq, Eq, TlsSerialize, TlsDeserialize, TlsSize)]
+pub struct StoredTicket {
+    /// The stored message.
+    pub id: [u8; crate::queue::STORED_ID_LEN],
+    /// The ticket from the recipient's `StoredRef`.
+    pub ticket: [u8; crate::queue::STORED_TICKET_LEN],
+}
+
+/// One stored message, as `FetchStored` answers it.
+#[derive(Debug, Clone, PartialEq, Eq, TlsSerialize, TlsDeserialize, TlsSize)]
+pub struct StoredMessage {
+    /// Its id.
+    pub id: [u8; crate::queue::STORED_ID_LEN],
+    /// The EAR ciphertext of a `QueueMessage` under the `StoredRef` key.
+    pub ciphertext: VLBytes,
 }
 
 /// One QS operation.
@@ -118,6 +140,10 @@ pub enum QsOperation {
     /// no AddPackage of the user afterwards. Repeating it with the same values answers `Ok`.
     #[tls_codec(discriminant = 10)]
     RotateUser(RotateUser),
+    /// Read stored messages by id (sender `Client`); ids the QS does not hold (released,
+    /// expired, never stored) are left out of the answer.
+    #[tls_codec(discriminant = 11)]
+    FetchStored(Vec<[u8; crate::queue::STORED_ID_LEN]>),
 }
 
 /// The user's next auth key and friendship token.
@@ -221,4 +247,7 @@ pub enum QsResponse {
     /// Answer to `CreateClient`: the new client id.
     #[tls_codec(discriminant = 6)]
     ClientCreated([u8; 16]),
+    /// Answer to `FetchStored`: the stored messages found, in the order asked.
+    #[tls_codec(discriminant = 7)]
+    Stored(Vec<StoredMessage>),
 }

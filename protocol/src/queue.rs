@@ -133,4 +133,31 @@ pub enum QueueMessage {
     /// A Welcome for this client.
     #[tls_codec(discriminant = 2)]
     Welcome(WelcomeBundle),
+    /// A message the QS stored once for all its local recipients (a large commit): where it
+    /// is and the key it is under. Fetch it with `FetchStored`, release the ticket with the
+    /// `Dequeue` that acknowledges this entry.
+    #[tls_codec(discriminant = 3)]
+    Stored(StoredRef),
+}
+
+/// Length of a stored message's id.
+pub const STORED_ID_LEN: usize = 16;
+/// The EAR use label a stored message is sealed under (its id is the associated data).
+pub const STORED_EAR_DOMAIN: &str = "mimi-rm stored message";
+/// Length of a release ticket.
+pub const STORED_TICKET_LEN: usize = 16;
+/// Length of a stored message's key.
+pub const STORED_KEY_LEN: usize = 32;
+
+/// One recipient's reference to a message stored once (inside its ratchet-encrypted queue
+/// entry, so a seized disk cannot tell which queues share a stored message).
+#[derive(Debug, Clone, PartialEq, Eq, TlsSerialize, TlsDeserialize, TlsSize)]
+pub struct StoredRef {
+    /// Random id of the stored message.
+    pub id: [u8; STORED_ID_LEN],
+    /// The fresh key it is EAR-sealed under (held only inside queue entries).
+    pub key: [u8; STORED_KEY_LEN],
+    /// This recipient's release ticket: the QS deletes the stored message once every
+    /// recipient has released its ticket.
+    pub ticket: [u8; STORED_TICKET_LEN],
 }

@@ -174,6 +174,11 @@ fn queue_types_round_trip() {
         hub_domain: b(b"hub.example"),
     });
     check(QueueMessage::Mls(b(b"mls")));
+    check(QueueMessage::Stored(StoredRef {
+        id: [1; 16],
+        key: [2; 32],
+        ticket: [3; 16],
+    }));
     check(QueueMessage::Welcome(WelcomeBundle {
         welcome: b(b"w"),
         joiner_info: ct,
@@ -230,7 +235,12 @@ fn qs_types_round_trip() {
         QsOperation::Dequeue(Dequeue {
             ack_below: 4,
             max: 10,
+            release: vec![StoredTicket {
+                id: [5; 16],
+                ticket: [6; 16],
+            }],
         }),
+        QsOperation::FetchStored(vec![[7; 16], [8; 16]]),
     ];
     for (i, operation) in ops.into_iter().enumerate() {
         check(QsRequest {
@@ -262,6 +272,10 @@ fn qs_types_round_trip() {
             }],
             remaining: 0,
         }),
+        QsResponse::Stored(vec![StoredMessage {
+            id: [9; 16],
+            ciphertext: b(b"sealed"),
+        }]),
     ] {
         check(r);
     }

@@ -166,7 +166,8 @@ impl RateClass {
             | DeleteClient
             | RemoveUserClient(_)
             | RotateUser(_)
-            | SetPushToken(_) => None,
+            | SetPushToken(_)
+            | FetchStored(_) => None,
         }
     }
 }

@@ -328,6 +328,7 @@ impl PendingDevice {
             in_flight_rekey: None,
             pending_mixes: Vec::new(),
             received_since_rekey: 0,
+            pending_releases: Vec::new(),
             committed_since_receive: false,
             mode: if grant.baseline == 1 {
                 DsMode::Baseline

@@ -167,6 +167,7 @@ impl Client {
             QsOperation::Dequeue(Dequeue {
                 ack_below: ratchet.next_seq(),
                 max: 0,
+                release: Vec::new(),
             }),
         )?;
         LiveSocket::open(

@@ -35,6 +35,7 @@ mod recovery;
 mod register;
 mod requests;
 mod revocation;
+mod stored;
 #[cfg(feature = "adversary")]
 mod tamper;
 mod verify;

@@ -31,6 +31,8 @@ impl Client {
                 Processed::Rejected(group, report) => self.recover(group, Some(report)).await,
                 Processed::Behind(group) => self.recover(group, None).await,
             },
+            // The queue reader opens stored messages before handing them here.
+            QueueMessage::Stored(_) => Err(ClientError::Unexpected("an unopened stored message")),
         }
     }
 

@@ -148,9 +148,12 @@ impl Client {
         let id = self.client_id()?;
         loop {
             let mut ratchet = QueueRatchet::from_bytes(&unhex(&self.state.queue_ratchet)?)?;
+            let release = self.releases_due()?;
+            let released = release.len();
             let op = QsOperation::Dequeue(Dequeue {
                 ack_below: ratchet.next_seq(),
                 max: 100,
+                release,
             });
             let QsResponse::Messages(batch) = self
                 .transport
@@ -159,6 +162,7 @@ impl Client {
             else {
                 return Err(ClientError::Unexpected("expected Messages"));
             };
+            self.released(released)?;
             if batch.messages.is_empty() {
                 break;
             }
@@ -209,7 +213,16 @@ impl Client {
                 return Err(ClientError::Crypto(e));
             }
         };
+        let mut stored = None;
         let event = match decode_exact::<QueueMessage>(&plain, MAX_MESSAGE) {
+            Ok(QueueMessage::Stored(r)) => {
+                let opened = self.open_stored(&r).await;
+                stored = Some(r);
+                match opened {
+                    Ok(msg) => self.handle(msg).await,
+                    Err(e) => Err(e),
+                }
+            }
             Ok(msg) => self.handle(msg).await,
             Err(e) => Err(ClientError::State(e.to_string())),
         };
@@ -226,6 +239,10 @@ impl Client {
                 }]);
             }
         }
+        // Consumed, whatever became of it: the stored message it referred to is released.
+        if let Some(r) = &stored {
+            self.owe_release(r);
+        }
         self.apply_due_mixes(ratchet)?;
         self.state.queue_ratchet = hex::encode(ratchet.to_bytes());
         self.state.received_since_rekey += 1;
@@ -235,13 +252,17 @@ impl Client {
     /// Acknowledges everything consumed so the QS deletes it.
     async fn acknowledge(&mut self, auth: &SigningKey, id: [u8; 16]) -> Result<(), ClientError> {
         let ratchet = QueueRatchet::from_bytes(&unhex(&self.state.queue_ratchet)?)?;
+        let release = self.releases_due()?;
+        let released = release.len();
         let op = QsOperation::Dequeue(Dequeue {
             ack_below: ratchet.next_seq(),
             max: 0,
+            release,
         });
         self.transport
             .qs(&signed_qs(auth, QsSender::Client(id), op)?)
             .await?;
+        self.released(released)?;
         // Everything queued before our commits so far is read.
         if self.state.committed_since_receive {
             self.state.committed_since_receive = false;

@@ -396,6 +396,7 @@ fn initial_state(
         in_flight_rekey: None,
         pending_mixes: Vec::new(),
         received_since_rekey: 0,
+        pending_releases: Vec::new(),
         committed_since_receive: false,
         mode,
         user_id: hex::encode(ids.user_id),

@@ -53,6 +53,14 @@ pub fn reveals(cf: Cf, baseline: bool) -> &'static str {
             "how many devices were revoked and until when their credentials ran (digests of \
              handle and device: testable only by someone holding that device's credential)"
         }
+        Cf::QsStored => {
+            "large messages (commits) stored once: random id, month, padded size; sealed under \
+             keys held only inside queue entries, not linked to any queue or group"
+        }
+        Cf::QsStoredTickets => {
+            "per stored message, how many recipients have not released it yet (ticket digests \
+             only: not which queues)"
+        }
         Cf::AsKeys => "AS root and intermediate private keys (can forge client credentials)",
         Cf::AsInvites => "how many invitation codes are unused (hashes only; not who got them)",
         Cf::AsConnectionPackages => {

@@ -74,6 +74,8 @@ pub struct Metrics {
     pub undeliverable: AtomicU64,
     /// Fan-out items queued for other providers.
     pub outboxed: AtomicU64,
+    /// Messages stored once for several local queues (each queue got a reference).
+    pub stored_once: AtomicU64,
     /// Items delivered to other providers.
     pub delivered_to_peers: AtomicU64,
     /// Items other providers delivered here (enqueued, not counting duplicates).
@@ -157,7 +159,7 @@ impl Metrics {
     }
 
     /// Every total: name, help text, value.
-    fn totals(&self) -> [(&'static str, &'static str, u64); 18] {
+    fn totals(&self) -> [(&'static str, &'static str, u64); 19] {
         let v = |a: &AtomicU64| a.load(Relaxed);
         [
             (
@@ -184,6 +186,11 @@ impl Metrics {
                 "mimi_fanout_outboxed",
                 "Fan-out items queued for peers",
                 v(&self.outboxed),
+            ),
+            (
+                "mimi_messages_stored_once",
+                "Messages stored once for several local queues",
+                v(&self.stored_once),
             ),
             (
                 "mimi_delivered_to_peers",

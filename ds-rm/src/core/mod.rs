@@ -24,6 +24,7 @@ pub mod queue_cache;
 pub mod queue_signal;
 pub mod replay;
 pub mod request;
+pub mod stored;
 #[cfg(test)]
 mod tests;
 pub mod tokens;
@@ -76,6 +77,8 @@ pub struct HubConfig {
     pub max_messages_per_fetch: u32,
     /// Most undelivered messages one queue holds.
     pub max_queue_length: u64,
+    /// Which fanned-out messages are stored once rather than copied into every queue.
+    pub store_once: stored::StoreOncePolicy,
     /// Privacy Pass: which requests need tokens, key epochs, allowance.
     pub tokens: tokens::TokenPolicy,
     /// Reduced-metadata hub, or the full-metadata baseline kept for comparison.
@@ -570,8 +573,8 @@ impl Hub {
             }
         }
         let mut delivered = 0u64;
-        for (client, item) in targets {
-            match qs::enqueue(txn, &client, &item.message, self.config.max_queue_length)? {
+        for (client, item, outcome) in self.enqueue_runs(txn, &targets, now_ms)? {
+            match outcome {
                 qs::Enqueued::Delivered => {
                     delivered += 1;
                     // Owed before the batch is durable, but the client's fetch waits for this
@@ -591,6 +594,41 @@ impl Hub {
             }
         }
         Ok((delivered, outboxed))
+    }
+
+    /// Enqueues local fan-out items run by run: a run of items sharing one message (one
+    /// `Arc`, as the DS core fans them out) that the store-once policy covers is stored once
+    /// with a reference per queue; anything else is copied into each queue. Runs keep their
+    /// order, so each queue receives its items in fan-out order.
+    fn enqueue_runs<'f>(
+        &self,
+        txn: &mut Txn<'_>,
+        targets: &[(qs::ClientId, &'f ds::Fanout)],
+        now_ms: u64,
+    ) -> Result<Vec<(qs::ClientId, &'f ds::Fanout, qs::Enqueued)>, HubError> {
+        let max_queue = self.config.max_queue_length;
+        let mut out = Vec::with_capacity(targets.len());
+        for run in targets.chunk_by(|(_, a), (_, b)| Arc::ptr_eq(&a.message, &b.message)) {
+            let Some((_, first)) = run.first() else {
+                continue;
+            };
+            let message = first.message.as_ref();
+            let len = tls_codec::Size::tls_serialized_len(message);
+            if self.config.store_once.applies(message, len, run.len()) {
+                let clients: Vec<qs::ClientId> = run.iter().map(|(c, _)| *c).collect();
+                let outcomes = stored::enqueue_once(txn, message, &clients, max_queue, now_ms)?;
+                self.metrics
+                    .stored_once
+                    .fetch_add(1, Ordering::Relaxed);
+                out.extend(run.iter().zip(outcomes).map(|((c, i), o)| (*c, *i, o)));
+            } else {
+                for (client, item) in run {
+                    let outcome = qs::enqueue(txn, client, &item.message, max_queue)?;
+                    out.push((*client, *item, outcome));
+                }
+            }
+        }
+        Ok(out)
     }
 
     fn handle_qs(

@@ -249,6 +249,13 @@ pub enum Enqueued {
 /// Looks up which client ids a request will touch, so the caller can lock them first.
 pub fn clients_touched(txn: &Txn<'_>, req: &QsRequest) -> Result<Vec<ClientId>, HubError> {
     Ok(match (&req.tbs.sender, &req.tbs.operation) {
+        // Released stored messages are locked on queue stripes of their ids, with the client,
+        // so two recipients' last releases cannot both leave the message behind.
+        (QsSender::Client(c), QsOperation::Dequeue(d)) => {
+            let mut locked = vec![*c];
+            locked.extend(crate::core::stored::ids_released(&d.release)?);
+            locked
+        }
         (QsSender::Client(c), _) => vec![*c],
         // A user-level request rewrites the user record: it takes the locks of all the user's
         // clients, so two such requests (or one and a client's own deletion, which also
@@ -349,7 +356,9 @@ pub fn process(
                 QsOperation::DeleteClient => delete_client(txn, id, &record),
                 QsOperation::RekeyQueue(fresh) => rekey(txn, id, fresh.as_slice()),
                 QsOperation::SetPushToken(sealed) => set_push(txn, id, sealed.as_slice()),
+                QsOperation::FetchStored(ids) => crate::core::stored::fetch(txn, ids),
                 QsOperation::Dequeue(d) => {
+                    crate::core::stored::release(txn, &d.release)?;
                     let month = month_of(now_ms);
                     if record.activity_month != month {
                         record.activity_month = month;

@@ -85,11 +85,17 @@ pub enum Cf {
     /// were valid (8 bytes, big-endian); the signed revocation list is read from here and an
     /// entry goes when no credential it covers can verify any more.
     AsRevoked,
+    /// random id → a message stored once for all its local recipients (month, EAR ciphertext
+    /// under a key held only inside their queue entries).
+    QsStored,
+    /// stored id ‖ digest of a release ticket → nothing: one row per recipient that has not
+    /// yet released the stored message.
+    QsStoredTickets,
 }
 
 impl Cf {
     /// All column families, in a fixed order.
-    pub const ALL: [Cf; 23] = [
+    pub const ALL: [Cf; 25] = [
         Cf::DsGroups,
         Cf::DsRouting,
         Cf::DsReservations,
@@ -114,6 +120,8 @@ impl Cf {
         // New families go last: a family's index is part of the slot file's keys.
         Cf::QsPush,
         Cf::AsRevoked,
+        Cf::QsStored,
+        Cf::QsStoredTickets,
     ];
 
     /// The RocksDB column-family name.
@@ -142,6 +150,8 @@ impl Cf {
             Cf::PpSpent => "pp_spent",
             Cf::QsPush => "qs_push",
             Cf::AsRevoked => "as_revoked",
+            Cf::QsStored => "qs_stored",
+            Cf::QsStoredTickets => "qs_stored_tickets",
         }
     }
 }

@@ -90,6 +90,7 @@ async fn bad_requests_get_their_code_and_change_nothing() {
         operation: QsOperation::Dequeue(Dequeue {
             ack_below: 100,
             max: 10,
+            release: Vec::new(),
         }),
     };
     let qs_key = mimi_rm_crypto::sign::SigningKey::generate();

@@ -665,6 +665,7 @@ async fn malformed_server_and_proxy_bodies_are_refused() {
             operation: QsOperation::Dequeue(mimi_rm_protocol::qs::Dequeue {
                 ack_below: 0,
                 max: 1,
+                release: Vec::new(),
             }),
             ..qs.tbs.clone()
         },

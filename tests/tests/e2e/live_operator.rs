@@ -336,6 +336,7 @@ async fn the_gateway_and_relay_refuse_what_they_must_and_change_nothing() {
         QsOperation::Dequeue(Dequeue {
             ack_below: 0,
             max: 10,
+            release: Vec::new(),
         })
     };
     let qs = mimi_rm_protocol::paths::QS;

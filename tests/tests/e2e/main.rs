@@ -45,6 +45,7 @@ mod removed_member;
 mod resend;
 mod seized_disk;
 mod smoke;
+mod stored_once;
 mod tls;
 
 /// The library finds the binaries at run time (it cannot see these compile-time paths): it

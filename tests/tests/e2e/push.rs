@@ -523,6 +523,7 @@ async fn a_message_left_unfetched_on_a_dead_socket_is_pushed_when_it_closes() {
         .signed_client_request(QsOperation::Dequeue(Dequeue {
             ack_below: 0,
             max: 1,
+            release: Vec::new(),
         }))
         .unwrap();
     ws.send(Message::Binary(first.into())).await.unwrap();

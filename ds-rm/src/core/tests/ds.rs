@@ -75,7 +75,7 @@ fn mls_messages(read: &[QueueMessage]) -> Vec<Vec<u8>> {
     read.iter()
         .filter_map(|m| match m {
             QueueMessage::Mls(b) => Some(b.as_slice().to_vec()),
-            QueueMessage::Welcome(_) => None,
+            QueueMessage::Welcome(_) | QueueMessage::Stored(_) => None,
         })
         .collect()
 }

@@ -625,7 +625,7 @@ impl DsHub {
             .into_iter()
             .find_map(|m| match m {
                 QueueMessage::Welcome(w) => Some(w),
-                QueueMessage::Mls(_) => None,
+                QueueMessage::Mls(_) | QueueMessage::Stored(_) => None,
             })
             .expect("a Welcome in the joiner's queue");
         let kp_ref = kp.key_package().hash_ref(joiner.provider.crypto()).unwrap();

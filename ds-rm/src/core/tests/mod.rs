@@ -26,7 +26,7 @@ use mimi_rm_protocol::credentials::ClientIdentity;
 use mimi_rm_protocol::ds::{DsOperation, DsRequest, DsResponse};
 use mimi_rm_protocol::qs::{
     CreateUser, Dequeue, QS_REQUEST_SIGNATURE_LABEL, QsOperation, QsRequest, QsRequestTbs,
-    QsResponse, QsSender,
+    QsResponse, QsSender, StoredTicket,
 };
 use mimi_rm_protocol::queue::QueueMessage;
 use mimi_rm_protocol::{
@@ -504,6 +504,8 @@ pub(super) struct QsClient {
     pub(super) friendship_token: [u8; 32],
     /// The reader's side of the queue ratchet.
     ratchet: QueueRatchet,
+    /// Tickets of stored messages read, released with the next dequeue.
+    to_release: Vec<StoredTicket>,
 }
 
 /// The parts of a fresh `CreateUser`: the operation and the secrets behind it.
@@ -563,6 +565,7 @@ impl QsClient {
             client_key: new.client_key,
             friendship_token: new.friendship_token,
             ratchet: QueueRatchet::new(RatchetSecret::from_bytes(&new.ratchet_secret).unwrap()),
+            to_release: Vec::new(),
         }
     }
 
@@ -580,6 +583,7 @@ impl QsClient {
         self.request(QsOperation::Dequeue(Dequeue {
             ack_below: self.ratchet.next_seq(),
             max,
+            release: self.to_release.clone(),
         }))
     }
 
@@ -594,7 +598,9 @@ impl QsClient {
         let QsResponse::Messages(m) = hub.ok(&self.dequeue(max)) else {
             panic!("expected Messages")
         };
-        m.messages
+        self.to_release.clear();
+        let read: Vec<QueueMessage> = m
+            .messages
             .iter()
             .map(|q| {
                 let plain = self
@@ -603,7 +609,36 @@ impl QsClient {
                     .expect("queue entry decrypts with the client's ratchet");
                 decode_exact(&plain, usize::MAX).unwrap()
             })
-            .collect()
+            .collect();
+        read.into_iter().map(|m| self.resolve(hub, m)).collect()
+    }
+
+    /// A stored message's contents in place of its reference, as clients read it; the ticket
+    /// is released with the next dequeue.
+    fn resolve(&mut self, hub: &TestHub, m: QueueMessage) -> QueueMessage {
+        let QueueMessage::Stored(r) = m else {
+            return m;
+        };
+        let QsResponse::Stored(found) = hub.ok(&self.request(QsOperation::FetchStored(vec![r.id])))
+        else {
+            panic!("expected Stored")
+        };
+        let [stored] = found.as_slice() else {
+            panic!("stored message {} not found", hex::encode(r.id))
+        };
+        let key = mimi_rm_crypto::ear::EarKey::from_bytes(&r.key).unwrap();
+        let plain = mimi_rm_crypto::ear::open(
+            &key,
+            mimi_rm_protocol::queue::STORED_EAR_DOMAIN,
+            &r.id,
+            stored.ciphertext.as_slice(),
+        )
+        .expect("a stored message opens with its reference's key");
+        self.to_release.push(StoredTicket {
+            id: r.id,
+            ticket: r.ticket,
+        });
+        decode_exact(&plain, usize::MAX).unwrap()
     }
 
     /// Reads every queued message (see [`Self::fetch_upto`]).

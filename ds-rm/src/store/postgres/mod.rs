@@ -32,10 +32,16 @@ use tokio_postgres::error::SqlState;
 mod coordinator;
 
 /// The schema's migrations, applied in order at start-up by refinery.
-const MIGRATIONS: [(&str, &str); 1] = [(
-    "V1__initial",
-    include_str!("../../../migrations/V1__initial.sql"),
-)];
+const MIGRATIONS: [(&str, &str); 2] = [
+    (
+        "V1__initial",
+        include_str!("../../../migrations/V1__initial.sql"),
+    ),
+    (
+        "V2__stored_once",
+        include_str!("../../../migrations/V2__stored_once.sql"),
+    ),
+];
 
 /// How long a request waits for a row lock or a pooled connection before it fails (a stuck
 /// holder must not stall the whole hub).
@@ -443,15 +449,16 @@ mod tests {
     }
 
     #[test]
-    fn the_first_schema_has_a_table_for_every_family_and_every_lock_kind() {
-        let sql = MIGRATIONS[0].1;
+    fn the_schema_has_a_table_for_every_family_and_every_lock_kind() {
+        let all: String = MIGRATIONS.iter().map(|(_, sql)| *sql).collect();
         for cf in Cf::ALL {
             assert!(
-                sql.contains(&format!("CREATE TABLE {} (", cf.name())),
+                all.contains(&format!("CREATE TABLE {} (", cf.name())),
                 "no table for {}",
                 cf.name()
             );
         }
+        let sql = MIGRATIONS[0].1;
         let kinds = super::super::shared::LockKind::ALL.len() - 1;
         assert!(sql.contains(&format!("generate_series(0, {kinds})")));
         assert!(sql.contains(&format!(
