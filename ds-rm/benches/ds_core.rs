@@ -428,6 +428,9 @@ fn bench_ops(c: &mut Criterion) {
                 let bundle = fx.creator_commit(Vec::new(), Some(last));
                 fx.drop_pending();
                 let req = fx.member_request(DsOperation::RemoveMembers(bundle));
+                if fx.mode == DsMode::Rm {
+                    report_bytes(&fx, "remove_1", &req, size);
+                }
                 measure(&mut g, "remove_1", req, &fx);
             }
 
@@ -457,6 +460,97 @@ fn bench_ops(c: &mut Criterion) {
 
             bench_floor(c, &fx, size);
         }
+    }
+}
+
+/// The client id a fan-out item's queue ref names.
+fn client_of(fx: &Fixture, queue_ref: &QueueRef) -> [u8; 16] {
+    match &queue_ref.address {
+        QueueAddress::Plain(p) => p.client_id,
+        QueueAddress::Sealed(sealed) => {
+            let plain = hpke_seal::open(
+                &fx.qs.private,
+                QUEUE_REF_HPKE_LABEL,
+                DOMAIN.as_bytes(),
+                &sealed.to_ciphertext(),
+            )
+            .expect("queue ref opens");
+            mimi_rm_protocol::decode_exact::<QueueRefPlain>(&plain, 64)
+                .expect("queue ref")
+                .client_id
+        }
+    }
+}
+
+/// Prints the bytes `req` hands the store with its fan-out enqueued in every recipient's
+/// queue, once copying the message into each queue and once storing it once (criterion
+/// measures time only; these figures go to BENCHMARKS.md). Nothing is committed.
+fn report_bytes(fx: &Fixture, name: &str, req: &DsRequest, size: usize) {
+    use mimi_ds_rm::core::qs::{ClientRecord, RatchetRecord};
+    use mimi_ds_rm::core::stored::{StoreOncePolicy, enqueue_local};
+    let replay = ReplayGuard::new(WINDOW_MS, fx.now.saturating_sub(1));
+    let probe = {
+        let mut txn = Txn::new(&fx.store);
+        ds::process(&fx.ctx(&replay), &mut txn, req.clone()).expect("request accepted")
+    };
+    // Every recipient gets a queue (setup, committed, not counted).
+    let mut setup = Txn::new(&fx.store);
+    for item in &probe.fanout {
+        let client = client_of(fx, &item.queue_ref);
+        setup
+            .put_record(
+                &client,
+                &ClientRecord {
+                    user_id: [0; 16],
+                    auth_key: vec![0; 32].into(),
+                    activity_month: 0,
+                    acked_below: 0,
+                    device_tag: vec![0; 32].into(),
+                },
+            )
+            .expect("client record");
+        setup
+            .put_record(
+                &client,
+                &RatchetRecord::new(mimi_rm_crypto::ratchet::RatchetSecret::random()),
+            )
+            .expect("ratchet record");
+    }
+    setup.commit().expect("setup");
+    let message = probe
+        .fanout
+        .iter()
+        .map(|f| tls_codec::Size::tls_serialized_len(f.message.as_ref()))
+        .max()
+        .unwrap_or(0);
+    for (how, min_bytes) in [("copy per queue", usize::MAX), ("stored once", 1024)] {
+        let replay = ReplayGuard::new(WINDOW_MS, fx.now.saturating_sub(1));
+        let mut txn = Txn::new(&fx.store);
+        let out = ds::process(&fx.ctx(&replay), &mut txn, req.clone()).expect("request accepted");
+        let targets: Vec<([u8; 16], &ds::Fanout)> = out
+            .fanout
+            .iter()
+            .map(|f| (client_of(fx, &f.queue_ref), f))
+            .collect();
+        enqueue_local(
+            &mut txn,
+            &targets,
+            StoreOncePolicy { min_bytes },
+            u64::MAX,
+            fx.now,
+        )
+        .expect("enqueue");
+        let bytes = txn.pending_bytes();
+        let total: usize = bytes.values().sum();
+        let per_family: Vec<String> = bytes.iter().map(|(cf, n)| format!("{cf} {n}")).collect();
+        eprintln!(
+            "bytes/{name}/{}/{size}: {how}: {total} B for a {message} B message to {} queues \
+             ({:.1} B per member beyond 2x the message) [{}]",
+            fx.mode,
+            targets.len(),
+            (total as f64 - 2.0 * message as f64) / size as f64,
+            per_family.join(", ")
+        );
     }
 }
 

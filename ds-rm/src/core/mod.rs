@@ -573,7 +573,17 @@ impl Hub {
             }
         }
         let mut delivered = 0u64;
-        for (client, item, outcome) in self.enqueue_runs(txn, &targets, now_ms)? {
+        let (outcomes, stored_once) = stored::enqueue_local(
+            txn,
+            &targets,
+            self.config.store_once,
+            self.config.max_queue_length,
+            now_ms,
+        )?;
+        self.metrics
+            .stored_once
+            .fetch_add(stored_once, Ordering::Relaxed);
+        for ((client, item), outcome) in targets.into_iter().zip(outcomes) {
             match outcome {
                 qs::Enqueued::Delivered => {
                     delivered += 1;
@@ -596,40 +606,6 @@ impl Hub {
         Ok((delivered, outboxed))
     }
 
-    /// Enqueues local fan-out items run by run: a run of items sharing one message (one
-    /// `Arc`, as the DS core fans them out) that the store-once policy covers is stored once
-    /// with a reference per queue; anything else is copied into each queue. Runs keep their
-    /// order, so each queue receives its items in fan-out order.
-    fn enqueue_runs<'f>(
-        &self,
-        txn: &mut Txn<'_>,
-        targets: &[(qs::ClientId, &'f ds::Fanout)],
-        now_ms: u64,
-    ) -> Result<Vec<(qs::ClientId, &'f ds::Fanout, qs::Enqueued)>, HubError> {
-        let max_queue = self.config.max_queue_length;
-        let mut out = Vec::with_capacity(targets.len());
-        for run in targets.chunk_by(|(_, a), (_, b)| Arc::ptr_eq(&a.message, &b.message)) {
-            let Some((_, first)) = run.first() else {
-                continue;
-            };
-            let message = first.message.as_ref();
-            let len = tls_codec::Size::tls_serialized_len(message);
-            if self.config.store_once.applies(message, len, run.len()) {
-                let clients: Vec<qs::ClientId> = run.iter().map(|(c, _)| *c).collect();
-                let outcomes = stored::enqueue_once(txn, message, &clients, max_queue, now_ms)?;
-                self.metrics
-                    .stored_once
-                    .fetch_add(1, Ordering::Relaxed);
-                out.extend(run.iter().zip(outcomes).map(|((c, i), o)| (*c, *i, o)));
-            } else {
-                for (client, item) in run {
-                    let outcome = qs::enqueue(txn, client, &item.message, max_queue)?;
-                    out.push((*client, *item, outcome));
-                }
-            }
-        }
-        Ok(out)
-    }
 
     fn handle_qs(
         &self,

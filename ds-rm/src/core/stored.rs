@@ -13,6 +13,7 @@
 //! entries themselves now all have one size whatever the commit's size, so sizes no longer link
 //! the queues that received one commit either.
 
+use crate::core::ds::Fanout;
 use crate::core::ds::state::month_of;
 use crate::core::qs::{self, ClientId, Enqueued};
 use crate::core::{HubError, RequestError};
@@ -25,7 +26,8 @@ use mimi_rm_protocol::queue::{
     QueueMessage, STORED_EAR_DOMAIN, STORED_ID_LEN, STORED_TICKET_LEN, StoredRef,
 };
 use sha2::{Digest, Sha256};
-use tls_codec::{TlsDeserialize, TlsSerialize, TlsSize, VLBytes};
+use std::sync::Arc;
+use tls_codec::{Size as _, TlsDeserialize, TlsSerialize, TlsSize, VLBytes};
 
 /// Most stored messages one `FetchStored` may ask for.
 pub const MAX_FETCH_STORED: usize = 64;
@@ -129,6 +131,38 @@ pub fn enqueue_once(
         )?;
     }
     Ok(outcomes)
+}
+
+/// Enqueues the local items of one fan-out, run by run: a run of items sharing one message
+/// (one `Arc`, as the DS core fans them out) that `policy` covers is stored once with a
+/// reference per queue; anything else is copied into each queue. Runs keep their order, so
+/// each queue receives its items in fan-out order. The caller holds every queue's lock.
+/// Returns each item's outcome, in order, and how many messages were stored once.
+pub fn enqueue_local(
+    txn: &mut Txn<'_>,
+    targets: &[(ClientId, &Fanout)],
+    policy: StoreOncePolicy,
+    max_queue: u64,
+    now_ms: u64,
+) -> Result<(Vec<Enqueued>, u64), HubError> {
+    let mut out = Vec::with_capacity(targets.len());
+    let mut stored = 0;
+    for run in targets.chunk_by(|(_, a), (_, b)| Arc::ptr_eq(&a.message, &b.message)) {
+        let Some((_, first)) = run.first() else {
+            continue;
+        };
+        let message = first.message.as_ref();
+        if policy.applies(message, message.tls_serialized_len(), run.len()) {
+            let clients: Vec<ClientId> = run.iter().map(|(c, _)| *c).collect();
+            out.extend(enqueue_once(txn, message, &clients, max_queue, now_ms)?);
+            stored += 1;
+        } else {
+            for (client, item) in run {
+                out.push(qs::enqueue(txn, client, &item.message, max_queue)?);
+            }
+        }
+    }
+    Ok((out, stored))
 }
 
 /// The stored ids a release list names, for the caller to lock (as queue stripes) before the

@@ -397,6 +397,20 @@ impl<'s> Txn<'s> {
         self.batch.ops.is_empty()
     }
 
+    /// The bytes this transaction would hand the store — keys and values of its puts, keys of
+    /// its deletes — per column family: how benchmarks compare write strategies.
+    pub fn pending_bytes(&self) -> std::collections::BTreeMap<&'static str, usize> {
+        let mut out = std::collections::BTreeMap::new();
+        for op in &self.batch.ops {
+            let (cf, n) = match op {
+                Op::Put(cf, k, v) => (cf, k.len() + v.len()),
+                Op::Delete(cf, k) => (cf, k.len()),
+            };
+            *out.entry(cf.name()).or_insert(0) += n;
+        }
+        out
+    }
+
     /// Commits all buffered writes atomically.
     pub fn commit(self) -> Result<(), StoreError> {
         if self.batch.ops.is_empty() {

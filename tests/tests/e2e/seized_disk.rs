@@ -11,8 +11,11 @@ use mimi_rm_tests::{contains, scenario};
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn raw_dump_links_no_identity_to_any_group_or_pseudonym() {
     let dir = tempfile::tempdir().unwrap();
-    let hub = hub(dir.path());
+    // Every shared message stored once (large commits in production; here all of them), so
+    // the search covers stored messages and their tickets too.
+    let hub = hub_with_config(dir.path(), "store_once_min_bytes = 0\n");
     let s = scenario::run(&hub.url(), dir.path(), 5).await.unwrap();
+    assert!(metric(&hub, "mimi_messages_stored_once").await > 0);
     let identities = s.identities().unwrap();
     let pseudonyms = s.pseudonyms().unwrap();
     let secrets = s.client_secrets().unwrap();
@@ -26,12 +29,19 @@ async fn raw_dump_links_no_identity_to_any_group_or_pseudonym() {
     );
 
     let dump = hub.dump();
+    eprintln!(
+        "stored messages left unread at the seizure: {}",
+        dump.iter().filter(|(c, _, _)| *c == Cf::QsStored).count()
+    );
     for cf in [
         Cf::DsGroups,
         Cf::DsRouting,
         Cf::QsQueues,
         Cf::QsAddPackages,
         Cf::ServerKeys,
+        // Commits that members had not read yet at the seizure.
+        Cf::QsStored,
+        Cf::QsStoredTickets,
     ] {
         assert!(dump.iter().any(|(c, _, _)| *c == cf), "{cf:?} is populated");
     }
@@ -53,7 +63,15 @@ async fn raw_dump_links_no_identity_to_any_group_or_pseudonym() {
                 findings.push(format!("{what} in {cf:?}"));
             }
         }
-        if matches!(cf, Cf::DsGroups | Cf::DsRouting | Cf::DsReservations) || is_as(cf) {
+        if matches!(
+            cf,
+            Cf::DsGroups
+                | Cf::DsRouting
+                | Cf::DsReservations
+                | Cf::QsStored
+                | Cf::QsStoredTickets
+        ) || is_as(cf)
+        {
             for (what, n) in &queue_ids {
                 if found(n) {
                     findings.push(format!("{what} in {cf:?}"));
