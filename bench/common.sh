@@ -34,3 +34,23 @@ TOML
     HUB=$!
     wait_for_hub "$2"
 }
+
+# Writes $1/hub.toml for a load run in mode $3 on port $2: no limit the generator's hundreds of
+# clients on 127.0.0.1 would hit (queue length, per-identity rate, per-address connections and
+# registrations, token allowance). Every batch is synced (the default).
+write_load_config() {
+    cat > "$1/hub.toml" <<TOML
+domain = "load.test"
+listen = "127.0.0.1:$2"
+data_dir = "$1/db"
+mode = "$3"
+max_queue_length = 1000000
+baseline_requests_per_minute = 0
+# Every generated client connects from 127.0.0.1: the per-address limit must not bind.
+max_connections_per_address = 100000
+[privacy_pass]
+allowance_per_epoch = 1000000
+# ... and registers from there too.
+registrations_per_address_per_epoch = 1000000
+TOML
+}

@@ -33,20 +33,7 @@ fi
 for MODE in rm baseline; do
     DATA=$(mktemp -d)
     PORT=$((18000 + RANDOM % 1000))
-    cat > "$DATA/hub.toml" <<TOML
-domain = "load.test"
-listen = "127.0.0.1:$PORT"
-data_dir = "$DATA/db"
-mode = "$MODE"
-max_queue_length = 1000000
-baseline_requests_per_minute = 0
-# Every generated client connects from 127.0.0.1: the per-address limit must not bind.
-max_connections_per_address = 100000
-[privacy_pass]
-allowance_per_epoch = 1000000
-# ... and registers from there too.
-registrations_per_address_per_epoch = 1000000
-TOML
+    write_load_config "$DATA" "$PORT" "$MODE"
     # Hundreds of clients hold a connection each: room for them under the hub's fd-fitted limit.
     ulimit -n 65536 2>/dev/null || true
     RUST_LOG=warn "$BIN/ds-rm" serve --config "$DATA/hub.toml" > "$DATA/hub.log" 2>&1 &

@@ -24,6 +24,17 @@ pub fn expand_label(
     if out.len() > MAX_OUT {
         return Err(CryptoError::Malformed("kdf output length"));
     }
+    expand_with(&Hkdf::<Sha256>::new(None, secret), label, context, out)
+}
+
+/// The expand step of [`expand_label`] from an extracted key: several derivations from one
+/// secret share one extract.
+fn expand_with(
+    prk: &Hkdf<Sha256>,
+    label: &str,
+    context: &[u8],
+    out: &mut [u8],
+) -> Result<(), CryptoError> {
     let full_label_len = PREFIX.len() + label.len();
     let mut info = Vec::with_capacity(16 + full_label_len + context.len());
     info.extend_from_slice(&(full_label_len as u64).to_be_bytes());
@@ -31,9 +42,26 @@ pub fn expand_label(
     info.extend_from_slice(label.as_bytes());
     info.extend_from_slice(&(context.len() as u64).to_be_bytes());
     info.extend_from_slice(context);
-    Hkdf::<Sha256>::new(None, secret)
-        .expand(&info, out)
+    prk.expand(&info, out)
         .map_err(|_| CryptoError::Malformed("kdf output length"))
+}
+
+/// Two [`expand_label_array`] derivations from one `secret` and `context`, with one extract
+/// between them (the queue ratchet derives its next secret and its message key per message).
+/// Each output equals its own `expand_label_array` call.
+pub(crate) fn expand_label_pair<const N: usize>(
+    secret: &[u8],
+    labels: [&str; 2],
+    context: &[u8],
+) -> [[u8; N]; 2] {
+    const { assert!(N <= MAX_OUT) };
+    let prk = Hkdf::<Sha256>::new(None, secret);
+    labels.map(|label| {
+        let mut out = [0u8; N];
+        // Unreachable error: the length bound above is the only failure condition.
+        let _ = expand_with(&prk, label, context, &mut out);
+        out
+    })
 }
 
 /// SHA-256 over `u64(len(L)) ‖ L ‖ data` with `L = "mimi-rm 1.0 " ‖ label`: a digest bound to its
@@ -68,6 +96,14 @@ pub(crate) fn expand_label_array<const N: usize>(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_pair_derives_what_two_single_derivations_do() {
+        let [a, b] = expand_label_pair::<32>(&[7; 32], ["one", "two"], b"ctx");
+        assert_eq!(a, expand_label_array::<32>(&[7; 32], "one", b"ctx"));
+        assert_eq!(b, expand_label_array::<32>(&[7; 32], "two", b"ctx"));
+        assert_ne!(a, b);
+    }
 
     /// Pins the derivation; update only together with a protocol version change.
     const KAT_EXPAND: &str = "b86f64ba325abfba5b2a5b7c3aee278470eb30acb50e723116a4dfb78e5c2b8e";

@@ -5,7 +5,9 @@
 //! so once a message is enqueued, whoever later seizes the stored state cannot derive its key
 //! again. The client starts from the same initial secret and follows the chain as it reads.
 
-use crate::{CryptoError, ids::random_bytes, kdf::expand_label_array, padding};
+use crate::{
+    CryptoError, ids::random_bytes, kdf::expand_label_array, kdf::expand_label_pair, padding,
+};
 use aes_gcm::aead::{Aead, KeyInit, Payload};
 use aes_gcm::{Aes256Gcm, Nonce};
 use subtle::ConstantTimeEq;
@@ -62,11 +64,12 @@ impl RatchetSecret {
     /// The next chain secret and the key for message `seq`, derived with the labels
     /// "ratchet secret" and "ratchet key" and `seq` (u64 BE) as context.
     pub fn advance(&self, seq: u64) -> (RatchetSecret, RatchetKey) {
-        let ctx = seq.to_be_bytes();
-        (
-            RatchetSecret(expand_label_array(&self.0, "ratchet secret", &ctx)),
-            RatchetKey(expand_label_array(&self.0, "ratchet key", &ctx)),
-        )
+        let [secret, key] = expand_label_pair(
+            &self.0,
+            ["ratchet secret", "ratchet key"],
+            &seq.to_be_bytes(),
+        );
+        (RatchetSecret(secret), RatchetKey(key))
     }
 }
 

@@ -5,7 +5,9 @@
 //! hub runs it (decrypt the state, authenticate, let OpenMLS validate, merge, re-encrypt, build
 //! the fan-out), but its transaction is dropped instead of committed, so every iteration sees
 //! the same state and the same prepared request stays valid. The synced write is measured
-//! separately as part of the floor; per-recipient enqueueing is not part of the DS core.
+//! separately as part of the floor. Per-recipient enqueueing is not part of the DS core;
+//! `application_message_enqueued` adds it (every recipient has a real queue), and
+//! `report_bytes` prints what a remove-1 commit writes with and without storing it once.
 //!
 //! Groups are built by a real OpenMLS creator with one bulk add. `MIMI_BENCH_SIZES` (comma
 //! separated, default `10,100,1000,10000`) picks the group sizes. Run with `make bench`.
@@ -51,6 +53,8 @@ struct Fixture {
     /// The hub's external-sender key.
     hub: SignatureKeyPair,
     now: u64,
+    /// Opened queue refs, as the hub keeps them (a steady-state fan-out opens none).
+    queue_refs: mimi_ds_rm::core::queue_cache::QueueRefCache,
 }
 
 impl Fixture {
@@ -100,6 +104,20 @@ impl Fixture {
             QUEUE_REF_EXTENSION_TYPE,
             UnknownExtension(encode(&qr).expect("encode")),
         )
+    }
+
+    /// The client a queue ref names, through the hub's cache of opened refs.
+    fn client_cache(&self, queue_ref: &QueueRef) -> [u8; 16] {
+        match &queue_ref.address {
+            QueueAddress::Plain(p) => p.client_id,
+            QueueAddress::Sealed(sealed) => {
+                let mut key = sealed.kem_output.as_slice().to_vec();
+                key.extend_from_slice(sealed.ciphertext.as_slice());
+                self.queue_refs
+                    .get_or_open(&key, || Ok::<_, ()>(client_of(self, queue_ref)))
+                    .expect("opens")
+            }
+        }
     }
 
     fn identity(&self) -> (SignatureKeyPair, CredentialWithKey) {
@@ -294,6 +312,7 @@ fn fixture(mode: DsMode, size: usize) -> Fixture {
         signer,
         hub: SignatureKeyPair::new(CS.signature_algorithm()).expect("keygen"),
         now,
+        queue_refs: mimi_ds_rm::core::queue_cache::QueueRefCache::new(1 << 20),
     };
     let DsResponse::GroupId(reserved) = fx
         .run(
@@ -415,6 +434,26 @@ fn bench_ops(c: &mut Criterion) {
                 .to_bytes()
                 .expect("encode");
             let req = fx.member_request(DsOperation::SendMessage(message.into()));
+            // The same message with its enqueue into every recipient's queue, as the hub runs
+            // it (ratchet, queue entry, per-recipient records), committed to nothing.
+            give_queues(&fx, &req);
+            g.bench_with_input(
+                BenchmarkId::new("application_message_enqueued", size),
+                &req,
+                |b, req| {
+                    b.iter_batched(
+                        || req.clone(),
+                        |r| {
+                            run_enqueued(
+                                &fx,
+                                r,
+                                mimi_ds_rm::core::stored::StoreOncePolicy { min_bytes: 1024 },
+                            )
+                        },
+                        BatchSize::SmallInput,
+                    )
+                },
+            );
             measure(&mut g, "application_message", req, &fx);
 
             let (_, kp) = fx.key_package();
@@ -482,21 +521,26 @@ fn client_of(fx: &Fixture, queue_ref: &QueueRef) -> [u8; 16] {
     }
 }
 
-/// Prints the bytes `req` hands the store with its fan-out enqueued in every recipient's
-/// queue, once copying the message into each queue and once storing it once (criterion
-/// measures time only; these figures go to BENCHMARKS.md). Nothing is committed.
-fn report_bytes(fx: &Fixture, name: &str, req: &DsRequest, size: usize) {
+/// Gives every recipient of `req`'s fan-out a queue (client record and ratchet), committed, so
+/// the request's enqueue runs as on a hub; returns the fan-out's largest message length and
+/// its number of recipients.
+fn give_queues(fx: &Fixture, req: &DsRequest) -> (usize, usize) {
     use mimi_ds_rm::core::qs::{ClientRecord, RatchetRecord};
-    use mimi_ds_rm::core::stored::{StoreOncePolicy, enqueue_local};
     let replay = ReplayGuard::new(WINDOW_MS, fx.now.saturating_sub(1));
     let probe = {
         let mut txn = Txn::new(&fx.store);
         ds::process(&fx.ctx(&replay), &mut txn, req.clone()).expect("request accepted")
     };
-    // Every recipient gets a queue (setup, committed, not counted).
     let mut setup = Txn::new(&fx.store);
     for item in &probe.fanout {
         let client = client_of(fx, &item.queue_ref);
+        if setup
+            .get_record::<ClientRecord>(&client)
+            .expect("read")
+            .is_some()
+        {
+            continue;
+        }
         setup
             .put_record(
                 &client,
@@ -517,29 +561,43 @@ fn report_bytes(fx: &Fixture, name: &str, req: &DsRequest, size: usize) {
             .expect("ratchet record");
     }
     setup.commit().expect("setup");
-    let message = probe
+    let longest = probe
         .fanout
         .iter()
         .map(|f| tls_codec::Size::tls_serialized_len(f.message.as_ref()))
         .max()
         .unwrap_or(0);
-    for (how, min_bytes) in [("copy per queue", usize::MAX), ("stored once", 1024)] {
-        let replay = ReplayGuard::new(WINDOW_MS, fx.now.saturating_sub(1));
-        let mut txn = Txn::new(&fx.store);
-        let out = ds::process(&fx.ctx(&replay), &mut txn, req.clone()).expect("request accepted");
-        let targets: Vec<([u8; 16], &ds::Fanout)> = out
-            .fanout
-            .iter()
-            .map(|f| (client_of(fx, &f.queue_ref), f))
-            .collect();
-        enqueue_local(
-            &mut txn,
-            &targets,
-            StoreOncePolicy { min_bytes },
-            u64::MAX,
-            fx.now,
-        )
+    (longest, probe.fanout.len())
+}
+
+/// Runs `req` and enqueues its fan-out into the recipients' queues (see [`give_queues`]) as
+/// the hub does, under `policy`; returns the uncommitted transaction.
+fn run_enqueued<'s>(
+    fx: &'s Fixture,
+    req: DsRequest,
+    policy: mimi_ds_rm::core::stored::StoreOncePolicy,
+) -> Txn<'s> {
+    let replay = ReplayGuard::new(WINDOW_MS, fx.now.saturating_sub(1));
+    let mut txn = Txn::new(&fx.store);
+    let out = ds::process(&fx.ctx(&replay), &mut txn, req).expect("request accepted");
+    let targets: Vec<([u8; 16], &ds::Fanout)> = out
+        .fanout
+        .iter()
+        .map(|f| (fx.client_cache(&f.queue_ref), f))
+        .collect();
+    mimi_ds_rm::core::stored::enqueue_local(&mut txn, &targets, policy, u64::MAX, fx.now)
         .expect("enqueue");
+    txn
+}
+
+/// Prints the bytes `req` hands the store with its fan-out enqueued in every recipient's
+/// queue, once copying the message into each queue and once storing it once (criterion
+/// measures time only; these figures go to BENCHMARKS.md). Nothing is committed.
+fn report_bytes(fx: &Fixture, name: &str, req: &DsRequest, size: usize) {
+    use mimi_ds_rm::core::stored::StoreOncePolicy;
+    let (message, recipients) = give_queues(fx, req);
+    for (how, min_bytes) in [("copy per queue", usize::MAX), ("stored once", 1024)] {
+        let txn = run_enqueued(fx, req.clone(), StoreOncePolicy { min_bytes });
         let bytes = txn.pending_bytes();
         let total: usize = bytes.values().sum();
         let per_family: Vec<String> = bytes.iter().map(|(cf, n)| format!("{cf} {n}")).collect();
@@ -547,7 +605,7 @@ fn report_bytes(fx: &Fixture, name: &str, req: &DsRequest, size: usize) {
             "bytes/{name}/{}/{size}: {how}: {total} B for a {message} B message to {} queues \
              ({:.1} B per member beyond 2x the message) [{}]",
             fx.mode,
-            targets.len(),
+            recipients,
             (total as f64 - 2.0 * message as f64) / size as f64,
             per_family.join(", ")
         );

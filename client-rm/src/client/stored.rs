@@ -24,7 +24,18 @@ impl Client {
             QsSender::Client(self.client_id()?),
             QsOperation::FetchStored(vec![r.id]),
         )?;
-        let QsResponse::Stored(found) = self.transport.qs(&req).await? else {
+        let answer = match self.transport.qs(&req).await {
+            Ok(a) => a,
+            // A hub that is overloaded or failing now may serve the message later: leave the
+            // entry unconsumed rather than lose the commit.
+            Err(ClientError::Hub { status, response }) if status >= 500 || status == 429 => {
+                return Err(ClientError::Transport(format!(
+                    "stored message not fetched ({status}): {response}"
+                )));
+            }
+            Err(e) => return Err(e),
+        };
+        let QsResponse::Stored(found) = answer else {
             return Err(ClientError::Unexpected("expected Stored"));
         };
         let stored = found

@@ -606,7 +606,6 @@ impl Hub {
         Ok((delivered, outboxed))
     }
 
-
     fn handle_qs(
         &self,
         req: &QsRequest,

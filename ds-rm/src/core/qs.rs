@@ -216,6 +216,18 @@ pub fn enqueue(
     message: &QueueMessage,
     max_queue: u64,
 ) -> Result<Enqueued, HubError> {
+    let plain = encode(message).map_err(|e| HubError::Bug(e.to_string()))?;
+    enqueue_encoded(txn, client, &plain, max_queue)
+}
+
+/// [`enqueue`] of an already encoded `QueueMessage`, so a message for many queues is encoded
+/// once.
+pub fn enqueue_encoded(
+    txn: &mut Txn<'_>,
+    client: &ClientId,
+    plain: &[u8],
+    max_queue: u64,
+) -> Result<Enqueued, HubError> {
     let Some(record) = txn.get_record::<ClientRecord>(client)? else {
         return Ok(Enqueued::NoQueue);
     };
@@ -225,9 +237,8 @@ pub fn enqueue(
         // A client that stopped fetching cannot make the hub store without bound.
         return Ok(Enqueued::QueueFull);
     }
-    let plain = encode(message).map_err(|e| HubError::Bug(e.to_string()))?;
     let (seq, ct) = ratchet
-        .encrypt_next(&plain)
+        .encrypt_next(plain)
         .map_err(|e| HubError::Bug(format!("ratchet: {e}")))?;
     txn.put(Cf::QsQueues, queue_key(client, seq), ct);
     state.ratchet = ratchet.to_bytes();

@@ -8,7 +8,7 @@
 //! `capacity` entries, the older dropped whole when the newer fills up.
 
 use crate::core::qs::ClientId;
-use std::collections::HashMap;
+use crate::store::FastMap;
 use std::sync::Mutex;
 
 /// Sealed address bytes → client id, for recently seen addresses.
@@ -19,8 +19,8 @@ pub struct QueueRefCache {
 
 #[derive(Default)]
 struct Generations {
-    young: HashMap<Vec<u8>, ClientId>,
-    old: HashMap<Vec<u8>, ClientId>,
+    young: FastMap<Vec<u8>, ClientId>,
+    old: FastMap<Vec<u8>, ClientId>,
 }
 
 impl QueueRefCache {

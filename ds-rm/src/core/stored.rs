@@ -117,7 +117,11 @@ pub fn enqueue_once(
             max_queue,
         )?;
         if outcome == Enqueued::Delivered {
-            txn.put(Cf::QsStoredTickets, ticket_key(&id, &reference.ticket), Vec::new());
+            txn.put(
+                Cf::QsStoredTickets,
+                ticket_key(&id, &reference.ticket),
+                Vec::new(),
+            );
         }
         outcomes.push(outcome);
     }
@@ -157,8 +161,9 @@ pub fn enqueue_local(
             out.extend(enqueue_once(txn, message, &clients, max_queue, now_ms)?);
             stored += 1;
         } else {
-            for (client, item) in run {
-                out.push(qs::enqueue(txn, client, &item.message, max_queue)?);
+            let plain = encode(message).map_err(HubError::bug)?;
+            for (client, _) in run {
+                out.push(qs::enqueue_encoded(txn, client, &plain, max_queue)?);
             }
         }
     }
@@ -294,7 +299,10 @@ mod tests {
         )
         .unwrap();
         let tickets: Vec<StoredTicket> = (0..3u8)
-            .map(|i| StoredTicket { id, ticket: [i; 16] })
+            .map(|i| StoredTicket {
+                id,
+                ticket: [i; 16],
+            })
             .collect();
         for t in &tickets {
             txn.put(Cf::QsStoredTickets, ticket_key(&id, &t.ticket), Vec::new());
@@ -304,7 +312,10 @@ mod tests {
         // The same tickets again: nothing more happens.
         assert_eq!(release(&mut txn, &tickets[..2]).unwrap(), 0);
         // A ticket that was never issued does not count.
-        let forged = StoredTicket { id, ticket: [9; 16] };
+        let forged = StoredTicket {
+            id,
+            ticket: [9; 16],
+        };
         assert_eq!(release(&mut txn, &[forged]).unwrap(), 0);
         assert!(txn.get_record::<StoredRecord>(&id).unwrap().is_some());
         assert_eq!(release(&mut txn, &tickets[2..]).unwrap(), 1);

@@ -24,6 +24,11 @@ pub use shared::{Coordinator, HeldLocks, LockKind};
 
 use std::collections::HashMap;
 
+/// A hash map for the request path: foldhash with a per-process random seed, so keys a sender
+/// chooses cannot be aimed at one bucket from outside, at a fraction of SipHash's cost on the
+/// short keys (ids) these maps hold.
+pub type FastMap<K, V> = HashMap<K, V, foldhash::fast::RandomState>;
+
 /// Every record kind has its own column family, so a dump shows exactly what each holds.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum Cf {
@@ -298,9 +303,13 @@ pub struct Statistic {
 pub struct Txn<'s> {
     store: &'s dyn Store,
     batch: Batch,
-    overlay: HashMap<(Cf, Vec<u8>), Option<Vec<u8>>>,
-    /// Committed values read ahead by [`Txn::prefetch`], under the locks the request holds.
-    read_ahead: HashMap<(Cf, Vec<u8>), Option<Vec<u8>>>,
+    /// Per family (indexed by [`Cf`]'s discriminant): the latest op of `batch` for each key
+    /// this transaction wrote (its index), so a read of one's own write finds it without a
+    /// second copy of every value, and a lookup needs no owned key.
+    overlay: Vec<FastMap<Vec<u8>, usize>>,
+    /// Per family: committed values read ahead by [`Txn::prefetch`], under the locks the
+    /// request holds.
+    read_ahead: Vec<FastMap<Vec<u8>, Option<Vec<u8>>>>,
 }
 
 impl<'s> Txn<'s> {
@@ -309,15 +318,17 @@ impl<'s> Txn<'s> {
         Self {
             store,
             batch: Batch::default(),
-            overlay: HashMap::new(),
-            read_ahead: HashMap::new(),
+            overlay: (0..Cf::ALL.len()).map(|_| FastMap::default()).collect(),
+            read_ahead: (0..Cf::ALL.len()).map(|_| FastMap::default()).collect(),
         }
     }
 
     /// Reads a value, seeing this transaction's own writes.
     pub fn get(&self, cf: Cf, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
-        let k = (cf, key.to_vec());
-        if let Some(v) = self.overlay.get(&k).or_else(|| self.read_ahead.get(&k)) {
+        if let Some(&i) = self.overlay[cf as usize].get(key) {
+            return Ok(self.written(i).map(<[u8]>::to_vec));
+        }
+        if let Some(v) = self.read_ahead[cf as usize].get(key) {
             return Ok(v.clone());
         }
         self.store.get(cf, key)
@@ -331,8 +342,8 @@ impl<'s> Txn<'s> {
         let mut wanted: Vec<Vec<u8>> = keys
             .iter()
             .filter(|k| {
-                let k = (cf, k.to_vec());
-                !self.overlay.contains_key(&k) && !self.read_ahead.contains_key(&k)
+                !self.overlay[cf as usize].contains_key(k.as_slice())
+                    && !self.read_ahead[cf as usize].contains_key(k.as_slice())
             })
             .cloned()
             .collect();
@@ -344,7 +355,7 @@ impl<'s> Txn<'s> {
         }
         let values = self.store.get_many(cf, &wanted)?;
         for (k, v) in wanted.into_iter().zip(values) {
-            self.read_ahead.insert((cf, k), v);
+            self.read_ahead[cf as usize].insert(k, v);
         }
         Ok(())
     }
@@ -359,20 +370,19 @@ impl<'s> Txn<'s> {
         // Each of this transaction's deletes can hide at most one committed entry, so the first
         // `limit + deletes` committed entries hold at least `limit` survivors when there are
         // that many: the store is never asked for more than the answer can use.
-        let deletes = self
-            .overlay
+        let deletes = self.overlay[cf as usize]
             .iter()
-            .filter(|((c, k), v)| *c == cf && v.is_none() && k.starts_with(prefix))
+            .filter(|(k, i)| self.written(**i).is_none() && k.starts_with(prefix))
             .count();
         let mut merged: std::collections::BTreeMap<Vec<u8>, Vec<u8>> = self
             .store
             .scan_prefix(cf, prefix, limit.saturating_add(deletes))?
             .into_iter()
             .collect();
-        for ((c, k), v) in &self.overlay {
-            if *c == cf && k.starts_with(prefix) {
-                match v {
-                    Some(v) => merged.insert(k.clone(), v.clone()),
+        for (k, i) in &self.overlay[cf as usize] {
+            if k.starts_with(prefix) {
+                match self.written(*i) {
+                    Some(v) => merged.insert(k.clone(), v.to_vec()),
                     None => merged.remove(k),
                 };
             }
@@ -382,14 +392,22 @@ impl<'s> Txn<'s> {
 
     /// Buffers a write.
     pub fn put(&mut self, cf: Cf, key: Vec<u8>, value: Vec<u8>) {
-        self.overlay.insert((cf, key.clone()), Some(value.clone()));
+        self.overlay[cf as usize].insert(key.clone(), self.batch.ops.len());
         self.batch.ops.push(Op::Put(cf, key, value));
     }
 
     /// Buffers a delete.
     pub fn delete(&mut self, cf: Cf, key: Vec<u8>) {
-        self.overlay.insert((cf, key.clone()), None);
+        self.overlay[cf as usize].insert(key.clone(), self.batch.ops.len());
         self.batch.ops.push(Op::Delete(cf, key));
+    }
+
+    /// The value op `i` of the batch writes (`None` for a delete).
+    fn written(&self, i: usize) -> Option<&[u8]> {
+        match self.batch.ops.get(i) {
+            Some(Op::Put(_, _, v)) => Some(v),
+            _ => None,
+        }
     }
 
     /// Whether anything was written.
@@ -430,5 +448,37 @@ impl<'s> Txn<'s> {
             Some(held) => self.store.write_held(self.batch, held),
             None => self.store.write(self.batch),
         }
+    }
+}
+
+#[cfg(test)]
+mod txn_tests {
+    use super::*;
+
+    #[test]
+    fn every_family_has_its_own_overlay_map() {
+        let mut seen: Vec<usize> = Cf::ALL.iter().map(|cf| *cf as usize).collect();
+        assert!(seen.iter().all(|i| *i < Cf::ALL.len()));
+        seen.sort_unstable();
+        seen.dedup();
+        assert_eq!(seen.len(), Cf::ALL.len());
+    }
+
+    #[test]
+    fn a_transaction_reads_its_own_latest_write_per_family() {
+        let store = MemStore::default();
+        let mut txn = Txn::new(&store);
+        txn.put(Cf::QsQueues, b"k".to_vec(), b"1".to_vec());
+        txn.put(Cf::QsClients, b"k".to_vec(), b"other family".to_vec());
+        txn.put(Cf::QsQueues, b"k".to_vec(), b"2".to_vec());
+        assert_eq!(txn.get(Cf::QsQueues, b"k").unwrap(), Some(b"2".to_vec()));
+        txn.delete(Cf::QsQueues, b"k".to_vec());
+        assert_eq!(txn.get(Cf::QsQueues, b"k").unwrap(), None);
+        assert_eq!(
+            txn.get(Cf::QsClients, b"k").unwrap(),
+            Some(b"other family".to_vec())
+        );
+        assert!(txn.scan_prefix(Cf::QsQueues, b"", 10).unwrap().is_empty());
+        assert_eq!(txn.scan_prefix(Cf::QsClients, b"", 10).unwrap().len(), 1);
     }
 }

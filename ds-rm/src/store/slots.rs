@@ -16,13 +16,15 @@
 //!
 //! [`Cf::is_erasable`]: super::Cf::is_erasable
 
+use super::FastMap;
 use super::{Entry, StoreError};
 use sha2::{Digest, Sha256};
-use std::collections::{BTreeSet, HashMap};
+use std::collections::BTreeSet;
 use std::fs::{File, OpenOptions};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::{Mutex, MutexGuard};
+use zeroize::Zeroizing;
 
 /// File name of the slot file inside a data directory.
 pub const SLOT_FILE: &str = "erasable.slots";
@@ -149,12 +151,40 @@ pub fn raw_entries(bytes: &[u8]) -> Vec<Entry> {
 
 #[derive(Default)]
 struct Index {
-    by_key: HashMap<Vec<u8>, u64>,
+    by_key: FastMap<Vec<u8>, u64>,
+    /// The file's contents, kept in step with every write, so a read costs no system call
+    /// (a fan-out reads one ratchet per recipient). Empty for a read-only view, whose file
+    /// another process may be writing. Wiped when dropped; the same bytes sit in the kernel's
+    /// page cache anyway.
+    image: Zeroizing<Vec<u8>>,
     /// Free slot numbers, lowest first, so the file stays as short as its live records allow.
     free: BTreeSet<u64>,
     /// Slots in the file, header included.
     slots: u64,
     witness: Witness,
+}
+
+impl Index {
+    /// Puts what was just written to slot `n` into the in-memory image (growing it with the
+    /// file).
+    fn mirror(&mut self, n: u64, slot: &Slot) {
+        let Ok(n) = usize::try_from(n) else {
+            return;
+        };
+        let at = n * SLOT_LEN;
+        let need = at + SLOT_LEN;
+        if self.image.capacity() < need {
+            // Grow into a new buffer and let the old one be wiped on drop: a reallocation
+            // in place would free the old bytes unwiped.
+            let mut bigger = Zeroizing::new(Vec::with_capacity(need.max(2 * self.image.len())));
+            bigger.extend_from_slice(&self.image);
+            self.image = bigger;
+        }
+        if self.image.len() < need {
+            self.image.resize(need, 0);
+        }
+        self.image[at..at + SLOT_LEN].copy_from_slice(slot);
+    }
 }
 
 /// The slot file of one data directory. All methods are safe to call from many threads; writes
@@ -190,7 +220,8 @@ impl SlotFile {
                 .and_then(|d| d.sync_all())
                 .map_err(StoreError::backend)?;
         }
-        let index = Self::load(&path, &file)?;
+        let mut index = Self::load(&path, &file)?;
+        index.image = Self::read_all(&file)?;
         Ok(Self {
             path,
             file: Some(file),
@@ -247,11 +278,19 @@ impl SlotFile {
         }
     }
 
-    fn load(path: &Path, file: &File) -> Result<Index, StoreError> {
+    fn read_all(file: &File) -> Result<Zeroizing<Vec<u8>>, StoreError> {
         let len = file.metadata().map_err(StoreError::backend)?.len();
-        let mut bytes = vec![0u8; usize::try_from(len).map_err(StoreError::backend)?];
+        let mut bytes = Zeroizing::new(vec![
+            0u8;
+            usize::try_from(len).map_err(StoreError::backend)?
+        ]);
         file.read_exact_at(&mut bytes, 0)
             .map_err(StoreError::backend)?;
+        Ok(bytes)
+    }
+
+    fn load(path: &Path, file: &File) -> Result<Index, StoreError> {
+        let bytes = Self::read_all(file)?;
         if bytes.len() < SLOT_LEN || bytes.len() % SLOT_LEN != 0 {
             return Err(Self::corrupt(
                 path,
@@ -302,6 +341,20 @@ impl SlotFile {
 
     fn read_slot(&self, n: u64) -> Result<Slot, StoreError> {
         let mut slot = [0u8; SLOT_LEN];
+        if !self.read_only {
+            let index = self.index();
+            let at = usize::try_from(n).map_err(StoreError::backend)? * SLOT_LEN;
+            return match index.image.get(at..at + SLOT_LEN) {
+                Some(bytes) => {
+                    slot.copy_from_slice(bytes);
+                    Ok(slot)
+                }
+                None => Err(Self::corrupt(
+                    &self.path,
+                    format!("slot {n} beyond the file"),
+                )),
+            };
+        }
         let Some(file) = &self.file else {
             return Err(Self::corrupt(
                 &self.path,
@@ -379,6 +432,7 @@ impl SlotFile {
                 };
                 file.write_all_at(slot, n * SLOT_LEN as u64)
                     .map_err(StoreError::backend)?;
+                index.mirror(n, slot);
             }
         }
         if sync {
@@ -398,14 +452,16 @@ impl SlotFile {
                 if let Some(n) = index.by_key.remove(*key) {
                     file.write_all_at(&[0u8; SLOT_LEN], n * SLOT_LEN as u64)
                         .map_err(StoreError::backend)?;
+                    index.mirror(n, &[0u8; SLOT_LEN]);
                     index.free.insert(n);
                     erased = true;
                 }
             }
             if erased {
                 // The erased slots may have held the highest witness: keep it in the header.
-                file.write_all_at(&header(&index.witness), 0)
-                    .map_err(StoreError::backend)?;
+                let head = header(&index.witness);
+                file.write_all_at(&head, 0).map_err(StoreError::backend)?;
+                index.mirror(0, &head);
             }
         }
         if sync && erased {
@@ -434,8 +490,9 @@ impl SlotFile {
             if let Some(m) = manifest {
                 index.witness.manifest = m;
             }
-            file.write_all_at(&header(&index.witness), 0)
-                .map_err(StoreError::backend)?;
+            let head = header(&index.witness);
+            file.write_all_at(&head, 0).map_err(StoreError::backend)?;
+            index.mirror(0, &head);
         }
         file.sync_data().map_err(StoreError::backend)
     }

@@ -128,11 +128,13 @@ async fn a_live_socket_takes_only_a_fresh_signed_dequeue_and_changes_nothing_els
     let mut bob = client(&hub, dir.path(), "bob").await;
     let g = group_of(&mut alice, &mut [&mut bob]).await;
     bob.receive().await.unwrap();
-    let dequeue = |ack_below| QsOperation::Dequeue(Dequeue {
-        ack_below,
-        max: 0,
-        release: Vec::new(),
-    });
+    let dequeue = |ack_below| {
+        QsOperation::Dequeue(Dequeue {
+            ack_below,
+            max: 0,
+            release: Vec::new(),
+        })
+    };
 
     // A good subscription: READY, then a wake-up when alice sends.
     let good = bob.signed_client_request(dequeue(0)).unwrap();

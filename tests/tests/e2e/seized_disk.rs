@@ -65,11 +65,7 @@ async fn raw_dump_links_no_identity_to_any_group_or_pseudonym() {
         }
         if matches!(
             cf,
-            Cf::DsGroups
-                | Cf::DsRouting
-                | Cf::DsReservations
-                | Cf::QsStored
-                | Cf::QsStoredTickets
+            Cf::DsGroups | Cf::DsRouting | Cf::DsReservations | Cf::QsStored | Cf::QsStoredTickets
         ) || is_as(cf)
         {
             for (what, n) in &queue_ids {

@@ -12,8 +12,8 @@ use mimi_rm_crypto::ear::{self, EarKey};
 use mimi_rm_protocol::qs::{Dequeue, QsOperation, StoredTicket};
 use mimi_rm_protocol::queue::STORED_EAR_DOMAIN;
 use mimi_rm_protocol::{ErrorCode, decode_exact, paths};
-use mimi_rm_tests::{HubProcess, post_with_ca};
 use mimi_rm_tests::common::*;
+use mimi_rm_tests::{HubProcess, post_with_ca};
 
 const STORE_ALL: &str = "store_once_min_bytes = 0\n";
 
@@ -55,7 +55,10 @@ async fn a_commit_is_written_once_and_goes_with_its_last_reader() {
     // Dave's add went to bob and carol as one stored commit; both read it, so it is gone.
     let before = hub.dump();
     assert!(metric(&hub, "mimi_messages_stored_once").await >= 1);
-    assert!(rows(&before, Cf::QsStored).is_empty(), "released by its readers");
+    assert!(
+        rows(&before, Cf::QsStored).is_empty(),
+        "released by its readers"
+    );
     assert!(rows(&before, Cf::QsStoredTickets).is_empty());
     let stored_before = metric(&hub, "mimi_messages_stored_once").await;
 
@@ -67,7 +70,11 @@ async fn a_commit_is_written_once_and_goes_with_its_last_reader() {
     );
     let stored = rows(&after, Cf::QsStored);
     assert_eq!(stored.len(), 1, "one commit, stored once");
-    assert_eq!(rows(&after, Cf::QsStoredTickets).len(), 3, "a ticket per reader");
+    assert_eq!(
+        rows(&after, Cf::QsStoredTickets).len(),
+        3,
+        "a ticket per reader"
+    );
     // Each reader's queue got one entry: a reference, all of one size, smaller than the
     // commit, so entry sizes no longer tell which queues got the same commit.
     let entries = new_entries(&before, &after);
@@ -153,7 +160,11 @@ async fn a_reader_that_never_comes_keeps_the_copy_until_expiry() {
         .arg(&data)
         .output()
         .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert!(
         String::from_utf8_lossy(&out.stdout).contains("1 stored messages"),
         "{}",
@@ -183,16 +194,38 @@ async fn stored_message_requests_that_are_wrong_change_nothing() {
         .signed_client_request(QsOperation::Dequeue(Dequeue {
             ack_below: 0,
             max: 0,
-            release: vec![StoredTicket { id, ticket: [1; 16] }; 257],
+            release: vec![
+                StoredTicket {
+                    id,
+                    ticket: [1; 16]
+                };
+                257
+            ],
         }))
         .unwrap();
-    rejected_case(&hub, "257 releases", paths::QS, too_many_releases, 400, InvalidRequest).await;
+    rejected_case(
+        &hub,
+        "257 releases",
+        paths::QS,
+        too_many_releases,
+        400,
+        InvalidRequest,
+    )
+    .await;
     let fetch = bob
         .signed_client_request(QsOperation::FetchStored(vec![id]))
         .unwrap();
     let mut truncated = fetch.clone();
     truncated.truncate(fetch.len() - 10);
-    rejected_case(&hub, "truncated fetch", paths::QS, truncated, 400, Malformed).await;
+    rejected_case(
+        &hub,
+        "truncated fetch",
+        paths::QS,
+        truncated,
+        400,
+        Malformed,
+    )
+    .await;
     let (ok, _) = post_with_ca(hub.ca_pem(), &hub.url(), paths::QS, fetch.clone()).await;
     assert_eq!(ok, 200, "bob's own fetch is fine");
     rejected_case(&hub, "replayed fetch", paths::QS, fetch, 403, Replayed).await;
@@ -203,7 +236,10 @@ async fn stored_message_requests_that_are_wrong_change_nothing() {
         .signed_client_request(QsOperation::Dequeue(Dequeue {
             ack_below: 0,
             max: 0,
-            release: vec![StoredTicket { id, ticket: [7; 16] }],
+            release: vec![StoredTicket {
+                id,
+                ticket: [7; 16],
+            }],
         }))
         .unwrap();
     let (s, _) = post_with_ca(hub.ca_pem(), &hub.url(), paths::QS, forged).await;

@@ -206,11 +206,13 @@ fn an_ack_beyond_the_queue_does_not_swallow_later_messages() {
     let hub = TestHub::new();
     let alice = QsClient::register(&hub);
     enqueue(&hub, &alice.client_id, &[message(1)]);
-    let ack = |ack_below| alice.request(Op::Dequeue(Dequeue {
-        ack_below,
-        max: 10,
-        release: Vec::new(),
-    }));
+    let ack = |ack_below| {
+        alice.request(Op::Dequeue(Dequeue {
+            ack_below,
+            max: 10,
+            release: Vec::new(),
+        }))
+    };
     let QsResponse::Messages(m) = hub.ok(&ack(1_000)) else {
         panic!("expected Messages")
     };
@@ -237,13 +239,11 @@ fn a_stale_ack_gets_an_exact_remaining_count() {
     let sent: Vec<QueueMessage> = (0..10).map(message).collect();
     enqueue(&hub, &alice.client_id, &sent);
     let dequeue = |ack_below, max| {
-        let QsResponse::Messages(m) =
-            hub.ok(&alice.request(Op::Dequeue(Dequeue {
-                ack_below,
-                max,
-                release: Vec::new(),
-            })))
-        else {
+        let QsResponse::Messages(m) = hub.ok(&alice.request(Op::Dequeue(Dequeue {
+            ack_below,
+            max,
+            release: Vec::new(),
+        }))) else {
             panic!("expected Messages")
         };
         m
