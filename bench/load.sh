@@ -10,7 +10,7 @@
 # the generator only sends while the hub is measured; it needs a send-only MIX.
 #
 # Expects target/release/ds-rm and target/release/mimi-rm-load (built by `make bench`). Results go
-# to bench/results/. Each hub gets a fresh data directory and syncs every batch (the default).
+# to bench/results/ (or $OUT). Each hub gets a fresh data directory and syncs every batch (the default).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 # shellcheck source=bench/common.sh
@@ -22,7 +22,7 @@ SIZE=${4:-10}
 MIX=${5:-send=100}
 # The release build `make bench` makes; BIN_PROFILE=debug runs the dev build instead.
 BIN=${CARGO_TARGET_DIR:-target}/${BIN_PROFILE:-release}
-OUT=bench/results
+OUT=${OUT:-bench/results}
 mkdir -p "$OUT"
 TAG="g${NGROUPS}x${SIZE}-$(echo "$MIX" | tr ',=' '_-')"
 GENERATOR_FLAGS=()

@@ -50,7 +50,7 @@ done
 sleep 2
 perf record -F 999 -g -p "$HUB" -o "$DATA/perf.data" -- sleep "$SECONDS_SAMPLED" 2> "$DATA/perf.log"
 wait $GEN
-grep -E 'achieved|hub CPU|p99' "$DATA/load.log" || true
+grep -E 'achieved|CPU:|p99' "$DATA/load.log" || true
 PROFILE="$OUT/profile-$MODE-$RATE.txt"
 perf report -i "$DATA/perf.data" --stdio --no-children -g none --sort dso,symbol --percent-limit 0.02 \
     2>/dev/null | grep -v '^$' > "$PROFILE"
