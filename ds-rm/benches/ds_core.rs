@@ -6,8 +6,9 @@
 //! the fan-out), but its transaction is dropped instead of committed, so every iteration sees
 //! the same state and the same prepared request stays valid. The synced write is measured
 //! separately as part of the floor. Per-recipient enqueueing is not part of the DS core;
-//! `application_message_enqueued` adds it (every recipient has a real queue), and
-//! `report_bytes` prints what a remove-1 commit writes with and without storing it once.
+//! `application_message_enqueued` adds it (every recipient has a real queue), and with
+//! `MIMI_BENCH_BYTES=1` `report_bytes` prints what a remove-1 commit writes with and without
+//! storing it once.
 //!
 //! Groups are built by a real OpenMLS creator with one bulk add. `MIMI_BENCH_SIZES` (comma
 //! separated, default `10,100,1000,10000`) picks the group sizes. Run with `make bench`.
@@ -373,7 +374,14 @@ fn fixture(mode: DsMode, size: usize) -> Fixture {
     if size > 1 {
         let kps: Vec<KeyPackage> = (1..size).map(|_| fx.key_package().1).collect();
         let bundle = fx.creator_commit(kps, None);
+        // One run, not a criterion sample: the hub's side of a bulk add of size − 1 members.
+        let started = std::time::Instant::now();
         fx.run(fx.member_request(DsOperation::AddMembers(bundle)), true);
+        eprintln!(
+            "  hub processed the bulk add of {} members in {:.1?}",
+            size - 1,
+            started.elapsed()
+        );
         fx.creator
             .merge_pending_commit(&fx.provider)
             .expect("merge");
@@ -467,7 +475,7 @@ fn bench_ops(c: &mut Criterion) {
                 let bundle = fx.creator_commit(Vec::new(), Some(last));
                 fx.drop_pending();
                 let req = fx.member_request(DsOperation::RemoveMembers(bundle));
-                if fx.mode == DsMode::Rm {
+                if fx.mode == DsMode::Rm && std::env::var_os("MIMI_BENCH_BYTES").is_some() {
                     report_bytes(&fx, "remove_1", &req, size);
                 }
                 measure(&mut g, "remove_1", req, &fx);

@@ -251,10 +251,39 @@ impl LoadedGroup {
     /// Stores `info` for `leaf`, keeping the list sorted by leaf.
     pub(super) fn set_credential(&mut self, leaf: LeafNodeIndex, info: LeafCredentialInfo) {
         let leaf = leaf.u32();
-        self.credentials.retain(|c| c.leaf != leaf);
+        // A binary search, not a scan: a bulk add seats k joiners in an N-leaf list.
         let pos = self.credentials.partition_point(|c| c.leaf < leaf);
-        self.credentials
-            .insert(pos, LeafCredentialEntry { leaf, info });
+        match self.credentials.get_mut(pos) {
+            Some(c) if c.leaf == leaf => c.info = info,
+            _ => self
+                .credentials
+                .insert(pos, LeafCredentialEntry { leaf, info }),
+        }
+    }
+
+    /// The current leaves of every key in `signature_keys`, in one pass over the members (a
+    /// lookup per joiner made a bulk add O(joiners × members)).
+    pub(super) fn leaves_of(
+        &self,
+        signature_keys: &[&[u8]],
+    ) -> Result<Vec<LeafNodeIndex>, HubError> {
+        let wanted: std::collections::HashSet<&[u8]> = signature_keys.iter().copied().collect();
+        let mut found: crate::store::FastMap<Vec<u8>, LeafNodeIndex> =
+            crate::store::FastMap::default();
+        for m in self.pg.members() {
+            if wanted.contains(m.signature_key.as_slice()) {
+                found.entry(m.signature_key).or_insert(m.index);
+            }
+        }
+        signature_keys
+            .iter()
+            .map(|k| {
+                found
+                    .get(*k)
+                    .copied()
+                    .ok_or_else(|| HubError::Bug("leaf missing after merge".into()))
+            })
+            .collect()
     }
 
     /// The current ratchet tree, TLS-encoded.

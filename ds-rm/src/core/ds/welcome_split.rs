@@ -35,6 +35,9 @@ struct WelcomeMessage {
 /// A parsed Welcome that can be cut into per-joiner Welcomes.
 pub struct SplitWelcome {
     message: WelcomeMessage,
+    /// Index of each joiner's entry in `message.secrets`, by KeyPackage reference: a bulk add
+    /// of k members looks up k entries, which a scan per joiner made O(k²).
+    by_joiner: crate::store::FastMap<Vec<u8>, usize>,
 }
 
 impl SplitWelcome {
@@ -45,23 +48,34 @@ impl SplitWelcome {
         if message.wire_format != WIRE_FORMAT_WELCOME {
             return Err(HubError::malformed("welcome", "not a Welcome message"));
         }
-        Ok(Self { message })
+        let mut by_joiner = crate::store::FastMap::default();
+        for (i, secrets) in message.secrets.iter().enumerate() {
+            // A reference named twice keeps its first entry, as a scan would find it.
+            by_joiner
+                .entry(secrets.new_member.as_slice().to_vec())
+                .or_insert(i);
+        }
+        Ok(Self { message, by_joiner })
     }
 
     /// The Welcome for the joiner whose KeyPackage reference is `key_package_ref`: only its own
     /// secrets entry. `None` if the Welcome has no entry for it.
     pub fn for_joiner(&self, key_package_ref: &[u8]) -> Result<Option<Vec<u8>>, HubError> {
         let Some(own) = self
-            .message
-            .secrets
-            .iter()
-            .find(|s| s.new_member.as_slice() == key_package_ref)
+            .by_joiner
+            .get(key_package_ref)
+            .and_then(|i| self.message.secrets.get(*i))
         else {
             return Ok(None);
         };
+        // Only this joiner's entry is copied: cloning the whole message per joiner copied
+        // every joiner's secrets k times for a k-member add.
         let one = WelcomeMessage {
+            version: self.message.version,
+            wire_format: self.message.wire_format,
+            cipher_suite: self.message.cipher_suite,
             secrets: vec![own.clone()],
-            ..self.message.clone()
+            encrypted_group_info: self.message.encrypted_group_info.clone(),
         };
         one.tls_serialize_detached()
             .map(Some)

@@ -505,15 +505,24 @@ impl LoadedGroup {
     ) -> Result<(), HubError> {
         let period = ctx.removal.period(ctx.now_ms);
         let mut new_users: Vec<(u32, Vec<u32>)> = Vec::new();
-        for (kp, member) in adds.iter().zip(added) {
-            let leaf = self.leaf_of(kp.leaf_node().signature_key().as_slice())?;
+        // Position of each user mark in `new_users`, which keeps first-seen order.
+        let mut user_at: crate::store::FastMap<u32, usize> = crate::store::FastMap::default();
+        let keys: Vec<&[u8]> = adds
+            .iter()
+            .map(|kp| kp.leaf_node().signature_key().as_slice())
+            .collect();
+        let leaves = self.leaves_of(&keys)?;
+        for (leaf, member) in leaves.into_iter().zip(added) {
             self.set_credential(leaf, member.credential.clone());
             self.record_activity(leaf.u32(), period);
             match kind {
                 CommitKind::AddClients(user) => self.roster.add_leaf(user, leaf.u32())?,
-                _ => match new_users.iter_mut().find(|(u, _)| *u == member.user) {
-                    Some((_, leaves)) => leaves.push(leaf.u32()),
-                    None => new_users.push((member.user, vec![leaf.u32()])),
+                _ => match user_at.get(&member.user) {
+                    Some(&i) => new_users[i].1.push(leaf.u32()),
+                    None => {
+                        user_at.insert(member.user, new_users.len());
+                        new_users.push((member.user, vec![leaf.u32()]));
+                    }
                 },
             }
         }
