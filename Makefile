@@ -29,7 +29,7 @@ demo: deps
 
 # Every test once (hubs on RocksDB), then the suites the PostgreSQL backend must pass as well
 # with every hub on PostgreSQL; the multi-process suite needs the cluster in both runs.
-PG_SUITES ?= lifecycle:: bad_input:: privacy_pass:: seized_disk:: mangled:: stored_once::a_commit stored_once::stored_message
+PG_SUITES ?= lifecycle:: bad_input:: privacy_pass:: seized_disk:: mangled:: stored_once::
 test: deps
 	.ci/with-postgres.sh $(MAKE) --no-print-directory test-both
 

@@ -54,3 +54,14 @@ allowance_per_epoch = 1000000
 registrations_per_address_per_epoch = 1000000
 TOML
 }
+
+# Starts a $BIN hub for a load run in mode $3 on port $2, in directory $1 (config from
+# write_load_config, log in $1/hub.log); sets HUB to its pid and waits until it answers.
+start_load_hub() {
+    write_load_config "$1" "$2" "$3"
+    # Hundreds of clients hold a connection each: room for them under the hub's fd-fitted limit.
+    ulimit -n 65536 2>/dev/null || true
+    RUST_LOG=warn "$BIN/ds-rm" serve --config "$1/hub.toml" > "$1/hub.log" 2>&1 &
+    HUB=$!
+    wait_for_hub "$2" || { kill "$HUB" 2>/dev/null; return 1; }
+}

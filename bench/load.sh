@@ -33,13 +33,8 @@ fi
 for MODE in rm baseline; do
     DATA=$(mktemp -d)
     PORT=$((18000 + RANDOM % 1000))
-    write_load_config "$DATA" "$PORT" "$MODE"
-    # Hundreds of clients hold a connection each: room for them under the hub's fd-fitted limit.
-    ulimit -n 65536 2>/dev/null || true
-    RUST_LOG=warn "$BIN/ds-rm" serve --config "$DATA/hub.toml" > "$DATA/hub.log" 2>&1 &
-    HUB=$!
+    start_load_hub "$DATA" "$PORT" "$MODE"
     trap 'kill $HUB 2>/dev/null || true' EXIT
-    wait_for_hub "$PORT"
     "$BIN/mimi-rm-load" run --url "http://127.0.0.1:$PORT" --mode "$MODE" --sweep "$RATES" --hub-pid "$HUB" \
         --duration "$DURATION" --groups "$NGROUPS" --group-size "$SIZE" --mix "$MIX" \
         --data-dir "$DATA/clients" --out "$OUT/load-$MODE-$TAG" "${GENERATOR_FLAGS[@]}"

@@ -24,10 +24,7 @@ mkdir -p "$OUT"
 command -v perf >/dev/null || { echo "perf not found (apt-get install linux-perf)" >&2; exit 1; }
 DATA=$(mktemp -d)
 PORT=$((18000 + RANDOM % 1000))
-write_load_config "$DATA" "$PORT" "$MODE"
-ulimit -n 65536 2>/dev/null || true
-RUST_LOG=warn "$BIN/ds-rm" serve --config "$DATA/hub.toml" > "$DATA/hub.log" 2>&1 &
-HUB=$!
+HUB=
 GEN=
 cleanup() {
     kill $HUB $GEN 2>/dev/null || true
@@ -35,7 +32,7 @@ cleanup() {
     rm -rf "$DATA"
 }
 trap cleanup EXIT
-wait_for_hub "$PORT"
+start_load_hub "$DATA" "$PORT" "$MODE"
 # Two seconds of warm-up, then the sampled seconds, and two more so sampling ends under load.
 "$BIN/mimi-rm-load" run --url "http://127.0.0.1:$PORT" --mode "$MODE" --rate "$RATE" --prebuilt \
     --warmup 2 --duration $((SECONDS_SAMPLED + 2)) --groups "$NGROUPS" --group-size "$SIZE" \
@@ -53,6 +50,6 @@ wait $GEN
 grep -E 'achieved|CPU:|p99' "$DATA/load.log" || true
 PROFILE="$OUT/profile-$MODE-$RATE.txt"
 perf report -i "$DATA/perf.data" --stdio --no-children -g none --sort dso,symbol --percent-limit 0.02 \
-    2>/dev/null | grep -v '^$' > "$PROFILE"
+    2>/dev/null | sed -e 's/ *- *- *$//' -e 's/[[:space:]]*$//' | grep -v '^$' > "$PROFILE"
 echo "wrote $PROFILE"
 python3 bench/profile_summary.py "$PROFILE"

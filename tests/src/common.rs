@@ -527,3 +527,25 @@ pub fn last_recorded(recorder: &std::sync::Mutex<Vec<(String, Vec<u8>)>>, path: 
         .map(|(_, body)| body.clone())
         .expect("a recorded request to that path")
 }
+
+/// Runs `ds-rm expire` on the stopped `hub`'s store as of `now_ms`, checks that it succeeded,
+/// and returns what it printed.
+pub fn expire(hub: &HubProcess, idle_months: u32, now_ms: u64) -> String {
+    let out = std::process::Command::new(hub_binary())
+        .args([
+            "expire",
+            "--idle-months",
+            &idle_months.to_string(),
+            "--now-ms",
+            &now_ms.to_string(),
+        ])
+        .args(hub.store_args())
+        .output()
+        .expect("run ds-rm expire");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}

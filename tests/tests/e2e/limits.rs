@@ -133,36 +133,15 @@ async fn idle_groups_and_queues_expire() {
     let g = group_of(&mut alice, &mut [&mut bob]).await;
     alice.send(&g, b"never fetched").await.unwrap();
     hub.stop();
-    let run = |months: u32, now: u64| {
-        std::process::Command::new(hub_binary())
-            .args([
-                "expire",
-                "--idle-months",
-                &months.to_string(),
-                "--now-ms",
-                &now.to_string(),
-            ])
-            .arg(&hub.data)
-            .output()
-            .unwrap()
-    };
     let now = mimi_ds_rm::now_ms();
     // Nothing is idle yet.
-    let out = run(2, now);
-    assert!(out.status.success());
-    assert!(String::from_utf8_lossy(&out.stdout).contains("expired 0 groups and 0 queued"));
+    assert!(expire(&hub, 2, now).contains("expired 0 groups and 0 queued"));
     // Three months later, both the group and bob's unfetched message go.
     let later = now + 92 * 24 * 3600 * 1000;
-    let out = run(2, later);
+    let printed = expire(&hub, 2, later);
     assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert!(
-        String::from_utf8_lossy(&out.stdout).contains("expired 1 groups and 1 queued"),
-        "{}",
-        String::from_utf8_lossy(&out.stdout)
+        printed.contains("expired 1 groups and 1 queued"),
+        "{printed}"
     );
     hub.restart();
     let err = alice.send(&g, b"too late").await.unwrap_err();

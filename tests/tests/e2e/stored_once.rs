@@ -146,30 +146,8 @@ async fn a_reader_that_never_comes_keeps_the_copy_until_expiry() {
     let mut hub = hub;
     hub.stop();
     // Offline expiry a year on removes the stored commit and its ticket.
-    let data = dir.path().join("hub-data");
-    let out = std::process::Command::new(hub_binary())
-        .args(["expire", "--idle-months", "3", "--now-ms"])
-        .arg(format!(
-            "{}",
-            std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .unwrap()
-                .as_millis()
-                + 365 * 24 * 3600 * 1000
-        ))
-        .arg(&data)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert!(
-        String::from_utf8_lossy(&out.stdout).contains("1 stored messages"),
-        "{}",
-        String::from_utf8_lossy(&out.stdout)
-    );
+    let printed = expire(&hub, 3, mimi_ds_rm::now_ms() + 365 * 24 * 3600 * 1000);
+    assert!(printed.contains("1 stored messages"), "{printed}");
     let after = hub.dump();
     assert!(rows(&after, Cf::QsStored).is_empty());
     assert!(rows(&after, Cf::QsStoredTickets).is_empty());
