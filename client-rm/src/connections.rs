@@ -48,7 +48,19 @@ pub struct ConnectionOptions {
     /// requests (queue, groups, lookups) go through it, encapsulated for the hub's gateway,
     /// so the hub never sees our address on them. Identity requests still go direct.
     pub ohttp_relay: Option<String>,
+    /// The longest one request may take, connecting included; `None` is
+    /// [`DEFAULT_REQUEST_TIMEOUT`]. A hub that accepts a connection and never answers must not
+    /// hold an application's call forever: the request fails as a transport error, which every
+    /// caller already treats as "the outcome is unknown, try again" (a commit checks the group's
+    /// epoch before it resends).
+    pub request_timeout: Option<Duration>,
 }
+
+/// How long a request may take unless [`ConnectionOptions::request_timeout`] says otherwise:
+/// long enough for a commit to a 10,000-member group on a loaded hub.
+pub const DEFAULT_REQUEST_TIMEOUT: Duration = Duration::from_secs(60);
+/// How long opening a connection (TCP and TLS) may take.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Whose requests a connection carries.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -70,6 +82,7 @@ pub struct Pools {
     policy: ConnectionPolicy,
     root_ca: Option<Vec<u8>>,
     local_address: Option<IpAddr>,
+    timeout: Duration,
     shared: reqwest::Client,
     scoped: Mutex<HashMap<Scope, reqwest::Client>>,
 }
@@ -84,18 +97,17 @@ impl std::fmt::Debug for Pools {
 }
 
 impl Pools {
-    /// Pools trusting the public web roots plus `root_ca` (PEM), connecting from
-    /// `local_address` when given.
-    pub fn new(
-        policy: ConnectionPolicy,
-        root_ca: Option<Vec<u8>>,
-        local_address: Option<IpAddr>,
-    ) -> Result<Self, ClientError> {
-        let shared = build(root_ca.as_deref(), local_address, true)?;
+    /// Pools as `options` say (policy, local address, request timeout), trusting the public
+    /// web roots plus `root_ca` (PEM).
+    pub fn new(options: &ConnectionOptions, root_ca: Option<Vec<u8>>) -> Result<Self, ClientError> {
+        let local_address = options.local_address;
+        let timeout = options.request_timeout.unwrap_or(DEFAULT_REQUEST_TIMEOUT);
+        let shared = build(root_ca.as_deref(), local_address, timeout, true)?;
         Ok(Self {
-            policy,
+            policy: options.policy,
             root_ca,
             local_address,
+            timeout,
             shared,
             scoped: Mutex::new(HashMap::new()),
         })
@@ -115,7 +127,12 @@ impl Pools {
     /// nor a TLS session cache (whose tickets would chain one fresh connection to the next)
     /// with any other.
     fn fresh(&self) -> Result<reqwest::Client, ClientError> {
-        build(self.root_ca.as_deref(), self.local_address, false)
+        build(
+            self.root_ca.as_deref(),
+            self.local_address,
+            self.timeout,
+            false,
+        )
     }
 
     /// The client (pool) for requests of `scope`.
@@ -130,7 +147,12 @@ impl Pools {
         if let Some(c) = scoped.get(scope) {
             return Ok(c.clone());
         }
-        let c = build(self.root_ca.as_deref(), self.local_address, true)?;
+        let c = build(
+            self.root_ca.as_deref(),
+            self.local_address,
+            self.timeout,
+            true,
+        )?;
         if scoped.len() >= MAX_POOLS {
             scoped.clear();
         }
@@ -144,9 +166,13 @@ impl Pools {
 fn build(
     root_ca: Option<&[u8]>,
     local_address: Option<IpAddr>,
+    timeout: Duration,
     pooled: bool,
 ) -> Result<reqwest::Client, ClientError> {
-    let mut builder = reqwest::Client::builder().local_address(local_address);
+    let mut builder = reqwest::Client::builder()
+        .local_address(local_address)
+        .timeout(timeout)
+        .connect_timeout(CONNECT_TIMEOUT.min(timeout));
     builder = if pooled {
         builder.pool_idle_timeout(IDLE_TIMEOUT)
     } else {

@@ -25,7 +25,7 @@ pub use client::{
     ADD_PACKAGE_DOMAIN, Client, Event, Events, GroupHandle, IncomingConnection, ListenStats,
     Listening, MAX_PAST_EPOCHS, MemberIdentity, PendingDevice, RegisterOptions, seal_offer,
 };
-pub use connections::{ConnectionOptions, ConnectionPolicy, Scope};
+pub use connections::{ConnectionOptions, ConnectionPolicy, DEFAULT_REQUEST_TIMEOUT, Scope};
 pub use contact::ContactCard;
 pub use error::ClientError;
 pub use prepared::PreparedRequest;

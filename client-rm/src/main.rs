@@ -36,6 +36,10 @@ struct Cli {
     /// identity still go direct.
     #[arg(long, value_name = "URL")]
     ohttp_relay: Option<String>,
+    /// Give up on a request to the hub (or relay) after this many seconds, connecting
+    /// included (default 60): a hub that accepts and never answers does not hang the command.
+    #[arg(long, value_name = "SECONDS")]
+    request_timeout_secs: Option<u64>,
     #[command(subcommand)]
     command: Command,
 }
@@ -51,6 +55,9 @@ impl Cli {
             },
             local_address: None,
             ohttp_relay: self.ohttp_relay.clone(),
+            request_timeout: self
+                .request_timeout_secs
+                .map(std::time::Duration::from_secs),
         }
     }
 }
@@ -399,7 +406,7 @@ async fn run(cli: Cli) -> CliResult {
         _ => {}
     }
     let mut client = Client::load_with(&cli.dir, &cli.hub, None, &store_options(&cli)?)?;
-    if cli.shared_connections || cli.ohttp_relay.is_some() {
+    if cli.shared_connections || cli.ohttp_relay.is_some() || cli.request_timeout_secs.is_some() {
         client.set_connections(cli.connections())?;
     }
     let client = &mut client;

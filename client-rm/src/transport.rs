@@ -75,11 +75,7 @@ impl Transport {
         base: impl Into<String>,
         options: TransportOptions,
     ) -> Result<Self, ClientError> {
-        let pools = Pools::new(
-            options.connections.policy,
-            options.root_ca.clone(),
-            options.connections.local_address,
-        )?;
+        let pools = Pools::new(&options.connections, options.root_ca.clone())?;
         Ok(Self {
             pools: std::sync::Arc::new(pools),
             base: base.into().trim_end_matches('/').to_owned(),
@@ -103,11 +99,7 @@ impl Transport {
     /// This transport with new connection pools built as `connections` says; the hub, the
     /// trusted roots, the wallet and the recorder stay.
     pub fn reconnected(&self, connections: &ConnectionOptions) -> Result<Self, ClientError> {
-        let pools = Pools::new(
-            connections.policy,
-            self.root_ca.clone(),
-            connections.local_address,
-        )?;
+        let pools = Pools::new(connections, self.root_ca.clone())?;
         Ok(Self {
             pools: std::sync::Arc::new(pools),
             oblivious: oblivious_for(connections),

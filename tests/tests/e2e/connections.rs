@@ -201,3 +201,43 @@ async fn a_flood_of_idle_connections_does_not_starve_a_client() {
     assert_eq!(got.len(), 10, "bob got {got:?}");
     drop(flood);
 }
+
+/// A hub that accepts connections and never answers (frozen with SIGSTOP: the kernel still
+/// accepts) must not hold a client's call forever: with a request timeout the call fails as a
+/// transport error, and the client works again once the hub does. Positive control: with the
+/// default 60 s timeout, the same call is still waiting after 4 s.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hub_that_never_answers_fails_the_request_at_the_client_timeout() {
+    use mimi_client_rm::{ClientError, ConnectionOptions};
+    let dir = tempfile::tempdir().unwrap();
+    let hub = common::hub(dir.path());
+    let mut alice = common::client(&hub, dir.path(), "alice").await;
+    let mut bob = common::client(&hub, dir.path(), "bob").await;
+    let g = group_of(&mut alice, &mut [&mut bob]).await;
+    alice
+        .set_connections(ConnectionOptions {
+            request_timeout: Some(Duration::from_secs(2)),
+            ..Default::default()
+        })
+        .unwrap();
+    let signal = |s: &str| {
+        std::process::Command::new("kill")
+            .args([s, &hub.pid().expect("running").to_string()])
+            .status()
+            .unwrap()
+            .success()
+    };
+    assert!(signal("-STOP"));
+    let waited = tokio::time::timeout(Duration::from_secs(4), bob.receive()).await;
+    assert!(waited.is_err(), "the default timeout is still waiting");
+    // One fetch (a receive sends no retries): it ends at alice's timeout, not at the hub's.
+    let fetched = tokio::time::timeout(Duration::from_secs(30), alice.receive()).await;
+    assert!(signal("-CONT"));
+    match fetched {
+        Ok(Err(ClientError::Transport(_))) => {}
+        other => panic!("expected a transport timeout, got {other:?}"),
+    }
+    alice.send(&g, b"thawed").await.unwrap();
+    let got = messages(&bob.receive().await.unwrap());
+    assert!(got.contains(&b"thawed".to_vec()), "{got:?}");
+}

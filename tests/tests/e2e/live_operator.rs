@@ -42,6 +42,7 @@ async fn observe(mode: DsMode, policy: ConnectionPolicy) -> Observation {
             policy,
             local_address: Some(address(i)),
             ohttp_relay: None,
+            request_timeout: None,
         }
     })
     .await
@@ -204,6 +205,7 @@ async fn through_an_ohttp_relay_no_pseudonymous_request_shows_a_device_address()
             policy: ConnectionPolicy::Scoped,
             local_address: Some(address(i)),
             ohttp_relay: Some(relay.url()),
+            request_timeout: None,
         }
     })
     .await
