@@ -12,7 +12,7 @@ import sys
 
 # (component, substrings of the symbol); first match wins.
 COMPONENTS = [
-    ("crypto: signatures (Ed25519)", ["ed25519", "curve25519", "scalar_mul", "edwards"]),
+    ("crypto: curve25519 (Ed25519 signatures, VOPRF tokens)", ["ed25519", "curve25519", "scalar_mul", "edwards"]),
     ("crypto: Privacy Pass (RSA, VOPRF)", ["crypto_bigint", "blind_rsa", "voprf", "ristretto", "rsa::", "crypto_primes"]),
     ("crypto: HPKE, AEAD, hashes", ["x25519", "hpke", "aes", "ghash", "polyval", "gcm", "sha2", "sha256", "sha512", "hkdf", "hmac", "chacha"]),
     ("storage: RocksDB", ["rocksdb", "snappy", "lz4", "crc32c", "ZSTD", "zstd"]),

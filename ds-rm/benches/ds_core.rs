@@ -112,8 +112,7 @@ impl Fixture {
         match &queue_ref.address {
             QueueAddress::Plain(p) => p.client_id,
             QueueAddress::Sealed(sealed) => {
-                let mut key = sealed.kem_output.as_slice().to_vec();
-                key.extend_from_slice(sealed.ciphertext.as_slice());
+                let key = mimi_ds_rm::core::queue_cache::sealed_key(sealed);
                 self.queue_refs
                     .get_or_open(&key, || Ok::<_, ()>(client_of(self, queue_ref)))
                     .expect("opens")

@@ -721,8 +721,7 @@ impl Hub {
         qs::check_address_mode(&qr.address, self.config.mode)?;
         match &qr.address {
             QueueAddress::Sealed(sealed) => {
-                let mut key = sealed.kem_output.as_slice().to_vec();
-                key.extend_from_slice(sealed.ciphertext.as_slice());
+                let key = queue_cache::sealed_key(sealed);
                 let mut opened = false;
                 // Only the client id is cached: a push key is taken from the ref again when a
                 // push is owed, so keys do not sit in the cache.

@@ -23,6 +23,13 @@ struct Generations {
     old: FastMap<Vec<u8>, ClientId>,
 }
 
+/// The key a sealed queue address is cached under: its whole ciphertext.
+pub fn sealed_key(sealed: &mimi_rm_protocol::queue::HpkeCiphertextWire) -> Vec<u8> {
+    let mut key = sealed.kem_output.as_slice().to_vec();
+    key.extend_from_slice(sealed.ciphertext.as_slice());
+    key
+}
+
 impl QueueRefCache {
     /// A cache holding between `capacity` and `2 × capacity` addresses (0 disables it).
     pub fn new(capacity: usize) -> Self {

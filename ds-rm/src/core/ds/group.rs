@@ -241,10 +241,8 @@ impl LoadedGroup {
 
     /// The current leaf holding `signature_key`.
     pub(super) fn leaf_of(&self, signature_key: &[u8]) -> Result<LeafNodeIndex, HubError> {
-        self.pg
-            .members()
-            .find(|m| m.signature_key == signature_key)
-            .map(|m| m.index)
+        self.leaves_of(&[signature_key])?
+            .pop()
             .ok_or_else(|| HubError::Bug("leaf missing after merge".into()))
     }
 
@@ -273,6 +271,9 @@ impl LoadedGroup {
         for m in self.pg.members() {
             if wanted.contains(m.signature_key.as_slice()) {
                 found.entry(m.signature_key).or_insert(m.index);
+                if found.len() == wanted.len() {
+                    break;
+                }
             }
         }
         signature_keys
